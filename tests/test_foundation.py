@@ -1,0 +1,81 @@
+"""Guards of the architecture and of the README's promises."""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+HEAVY = ["torch", "transformers", "peft", "trl", "bitsandbytes", "textual", "rich"]
+
+
+def _modules_loaded_by(code: str) -> set[str]:
+    probe = f"{code}\nimport sys, json\nprint(json.dumps(sorted(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, cwd=ROOT)
+    return set(json.loads(out.stdout.strip().splitlines()[-1]))
+
+
+def test_planner_imports_nothing_heavy():
+    import pkgutil
+
+    import planner
+
+    names = ["planner"] + [f"planner.{m.name}" for m in pkgutil.iter_modules(planner.__path__)]
+    loaded = _modules_loaded_by("\n".join(f"import {n}" for n in names))
+    assert not {m.split(".")[0] for m in loaded} & set(HEAVY)
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["plan", "--help"]])
+def test_help_loads_no_torch(argv):
+    code = (
+        "import sys\nfrom tuneplan.cli import main\n"
+        f"try:\n    main({argv!r})\nexcept SystemExit:\n    pass\n"
+    )
+    loaded = _modules_loaded_by(code)
+    assert "torch" not in loaded
+    assert "transformers" not in loaded
+
+
+def test_help_lists_every_subcommand():
+    out = subprocess.run([sys.executable, "-m", "tuneplan", "--help"], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0
+    for name in ["plan", "train", "runs", "attach", "stop", "presets", "demo"]:
+        assert re.search(rf"^\s+{name}\s", out.stdout, re.M), name
+    version = subprocess.run([sys.executable, "-m", "tuneplan", "--version"], capture_output=True, text=True)
+    assert version.stdout.startswith("tuneplan ")
+
+
+def test_ci_runs_the_readme_test_command():
+    readme = (ROOT / "README.md").read_text()
+    ci = (ROOT / ".ci" / "run").read_text()
+    test_cmd = re.search(r"^(bash scripts/test\.sh)\s", readme, re.M).group(1)
+    assert re.search(rf"^{re.escape(test_cmd)}$", ci, re.M)
+    block = re.search(r"## Quickstart.*?```bash\n(.*?)```", readme, re.S).group(1)
+    commands = [line for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2, commands
+
+
+def test_test_script_fails_when_no_test_ran():
+    script = (ROOT / "scripts" / "test.sh").read_text()
+    assert '"$rc" -eq 5' in script and "exit 1" in script
+
+
+@pytest.mark.slow
+def test_wheel_ships_presets(tmp_path):
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+        check=True, capture_output=True,
+    )
+    wheel = next(tmp_path.glob("tuneplan-*.whl"))
+    names = zipfile.ZipFile(wheel).namelist()
+    shipped = {Path(n).name for n in names if n.startswith("presets/") and n.endswith(".toml")}
+    expected = {p.name for p in (ROOT / "presets").glob("*.toml")}
+    assert expected and expected <= shipped
+    assert any(n.startswith("planner/") for n in names)
+    assert any(n.startswith("tuneplan/") for n in names)

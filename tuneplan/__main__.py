@@ -1,0 +1,5 @@
+import sys
+
+from tuneplan.cli import main
+
+sys.exit(main())

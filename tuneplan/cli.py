@@ -1,0 +1,67 @@
+"""The `tuneplan` command line.
+
+Every subcommand lives in `tuneplan/commands/<name>.py` with two functions:
+`add_arguments(parser)` (cheap: argparse only) and `run(args) -> int` (does the work and
+imports what it needs there, so `tuneplan --help` never loads torch or textual).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from tuneplan import __version__
+from tuneplan.errors import EXIT_BAD_INPUT, UserError
+
+# name -> one-line help. Order is the order shown in --help.
+COMMANDS: dict[str, str] = {
+    "plan": "dry-run: estimate memory, speed and cost and pick the fastest configuration that fits",
+    "train": "plan and launch a detached training run",
+    "runs": "list runs with status, progress and loss",
+    "attach": "open the live dashboard of a run (default: the newest)",
+    "stop": "checkpoint a run and stop it",
+    "save": "ask a running run to checkpoint at its next step",
+    "resume": "continue a stopped or crashed run from its last checkpoint",
+    "chat": "talk to a trained adapter in the terminal",
+    "export": "merge an adapter into its base model and write safetensors",
+    "presets": "list, show, save and delete presets",
+    "demo": "train a tiny model on the bundled dataset, end to end, on any machine",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tuneplan",
+        description="Fine-tune 7B-70B LLMs with LoRA/QLoRA on the GPU you have: "
+        "plan what fits, launch detached runs, follow them live. "
+        "Without a subcommand, opens the wizard.",
+    )
+    parser.add_argument("--version", action="version", version=f"tuneplan {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, help_text in COMMANDS.items():
+        module = _command_module(name)
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(p)
+    return parser
+
+
+def _command_module(name: str):
+    return importlib.import_module(f"tuneplan.commands.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    name = args.command or "wizard"
+    try:
+        return _command_module(name).run(args)
+    except UserError as exc:
+        print(f"tuneplan: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
