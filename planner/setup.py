@@ -1,0 +1,88 @@
+"""The inputs and outputs of the memory model: one training setup and its estimate."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+METHODS = ("full", "lora", "qlora")
+OPTIMIZERS = ("adamw", "adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit")
+ATTENTIONS = ("sdpa", "flash", "eager")
+DTYPES = ("bfloat16", "float16", "float32")
+STRATEGIES = ("single", "ddp", "fsdp")
+
+# Named groups of LoRA targets. Names are transformers module attribute names.
+ATTENTION_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj")
+ALL_LINEAR = "all-linear"
+
+
+@dataclass(frozen=True)
+class TrainSetup:
+    """Every knob of one training step that changes its memory or speed."""
+
+    method: str = "lora"
+    """`full`, `lora` or `qlora` (4-bit frozen base)."""
+    quant_type: str = "nf4"
+    """QLoRA 4-bit format: `nf4` or `fp4`."""
+    double_quant: bool = True
+    """QLoRA: quantize the per-block absmax constants too (bitsandbytes double quantization)."""
+    compute_dtype: str = "bfloat16"
+    """dtype of the frozen 16-bit weights and of autocast (`float16` on cards without bf16)."""
+    lora_rank: int = 16
+    lora_alpha: int = 32
+    lora_dropout: float = 0.05
+    lora_targets: tuple[str, ...] | str = ALL_LINEAR
+    """`all-linear`, or module names such as ("q_proj", "v_proj")."""
+    micro_batch: int = 1
+    """Sequences per forward/backward on one GPU."""
+    grad_accum: int = 1
+    """Micro-batches per optimizer step (changes speed, not memory)."""
+    seq_len: int = 2048
+    """Tokens per sequence (packed rows are exactly this long; padded rows at most this)."""
+    packing: bool = True
+    grad_checkpointing: bool = True
+    """Non-reentrant activation checkpointing of every decoder layer."""
+    optimizer: str = "adamw"
+    attn: str = "sdpa"
+    fused_ce: bool = False
+    """Fused linear cross-entropy (Liger): the full logits are never materialised."""
+    num_gpus: int = 1
+    strategy: str = "single"
+    """`single`, `ddp` or `fsdp` (the multi-GPU issue)."""
+
+    def effective_batch(self) -> int:
+        """Sequences per optimizer step across all GPUs."""
+        return self.micro_batch * self.grad_accum * self.num_gpus
+
+    def tokens_per_micro_batch(self) -> int:
+        return self.micro_batch * self.seq_len
+
+
+# Component names, in display order. Every MemoryEstimate has all of them (0 when absent).
+COMPONENTS = (
+    "runtime_overhead",      # CUDA context + cuBLAS workspace (not in torch's counters)
+    "quantized_weights",     # 4-bit weights + quantization constants
+    "unquantized_weights",   # 16/32-bit frozen weights: embeddings, lm_head, norms, routers, ...
+    "adapter_weights",       # trainable LoRA A/B (or all weights for full fine-tuning)
+    "gradients",             # gradients of the trainable parameters
+    "optimizer_states",      # AdamW moments (fp32 or 8-bit), on the GPU
+    "saved_activations",     # tensors autograd keeps from forward to backward
+    "transient_peak",        # the largest short-lived working set: logits/loss, dequant, recompute
+    "allocator_overhead",    # caching allocator reserve and fragmentation (reserved - allocated)
+)
+TENSOR_COMPONENTS = COMPONENTS[1:8]
+
+
+@dataclass(frozen=True)
+class MemoryEstimate:
+    """Memory of the second optimizer step on one GPU, in bytes."""
+
+    components: dict[str, int]
+    """Component name (see COMPONENTS) -> bytes."""
+    torch_peak_bytes: int
+    """What `torch.cuda.max_memory_allocated()` reads after the second optimizer step."""
+    device_bytes: int
+    """What nvidia-smi shows for the process: reserved memory plus CUDA context."""
+    details: dict[str, int] = field(default_factory=dict)
+    """Finer named items (e.g. `logits_fp32`, `embed_tokens`) for explanations, in bytes."""
+    notes: tuple[str, ...] = ()
+    """Sentences that explain notable items (e.g. 'eager attention: scores grow with seq^2')."""

@@ -1,0 +1,136 @@
+"""The run-directory schema shared by the training process and the dashboard.
+
+Pure standard library: the training child writes with it, the dashboard and `tuneplan runs`
+read with it. A run directory holds:
+
+- `config.toml`  the resolved run configuration (written once by the launcher)
+- `events.jsonl` append-only, one JSON object per line (see `Event` kinds below)
+- `status.json`  the current state, rewritten atomically (see `Status`)
+- `train.log`    the child's stdout/stderr (plain lines, no carriage returns)
+- `checkpoints/` trainer checkpoints; `adapter/` the final adapter
+
+Every event has `kind` and `time` (unix seconds). Kinds:
+- `phase`: `phase` (one of PHASES), optional `message`
+- `log`: training metrics: `step`, `max_steps`, `epoch`, `loss`, `learning_rate`, `grad_norm`,
+  `tokens_per_second`, `samples_per_second`, `elapsed_seconds`, `eta_seconds`,
+  optional `torch_allocated_peak_bytes`, `torch_reserved_peak_bytes`, `rank`
+- `eval`: `step`, `eval_loss`
+- `memory_probe`: measured vs predicted after the second optimizer step: `step`,
+  `torch_peak_bytes`, `torch_reserved_bytes`, `predicted_torch_peak_bytes`,
+  `predicted_device_bytes`, `rank`
+- `checkpoint`: `step`, `path`
+- `data`: dataset facts: `examples`, `dropped_too_long`, `truncated`, `format`
+- `replan`: OOM recovery: `attempt`, `reason`, `changes` (knob -> [old, new])
+- `message`: free text for the log tail: `level`, `text`
+Unknown keys are kept; readers ignore kinds they do not know.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+SCHEMA_VERSION = 1
+PHASES = ("queued", "loading", "tokenizing", "training", "evaluating", "saving",
+          "done", "failed", "stopped", "crashed")
+FINAL_PHASES = ("done", "failed", "stopped", "crashed")
+
+EVENTS_FILE = "events.jsonl"
+STATUS_FILE = "status.json"
+CONFIG_FILE = "config.toml"
+LOG_FILE = "train.log"
+
+
+def make_event(kind: str, **fields: Any) -> dict[str, Any]:
+    """A new event dict with `kind` and `time` set."""
+    return {"kind": kind, "time": time.time(), **fields}
+
+
+def append_event(run_dir: Path, event: dict[str, Any]) -> None:
+    """Append one event as a single line (one write call, so readers never see half a line
+    from a single writer)."""
+    line = json.dumps(event, separators=(",", ":")) + "\n"
+    with open(Path(run_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
+        f.write(line)
+
+
+class EventTail:
+    """Incremental reader of `events.jsonl`: each `read_new()` returns only the events
+    appended since the last call (cost independent of the file's length so far)."""
+
+    def __init__(self, run_dir: Path):
+        self.path = Path(run_dir) / EVENTS_FILE
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> list[dict[str, Any]]:
+        try:
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except FileNotFoundError:
+            return []
+        self._offset += len(chunk)
+        data = self._partial + chunk
+        lines = data.split(b"\n")
+        self._partial = lines.pop()  # incomplete last line (or b"")
+        events = []
+        for raw in lines:
+            if not raw.strip():
+                continue
+            try:
+                events.append(json.loads(raw))
+            except json.JSONDecodeError:
+                continue
+        return events
+
+
+def read_events(run_dir: Path) -> Iterator[dict[str, Any]]:
+    """All complete events of a run, in order."""
+    yield from EventTail(run_dir).read_new()
+
+
+@dataclass
+class Status:
+    """Contents of `status.json`: what a reader needs without replaying events."""
+
+    phase: str = "queued"
+    pids: list[int] = field(default_factory=list)
+    step: int = 0
+    max_steps: int | None = None
+    epoch: float | None = None
+    loss: float | None = None
+    last_checkpoint: str | None = None
+    error: str | None = None
+    log_tail: list[str] = field(default_factory=list)
+    started_at: float | None = None
+    updated_at: float | None = None
+    schema_version: int = SCHEMA_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "Status":
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        return cls(**known)
+
+
+def write_status(run_dir: Path, status: Status) -> None:
+    """Atomically replace `status.json` (write a temp file, then rename)."""
+    status.updated_at = time.time()
+    path = Path(run_dir) / STATUS_FILE
+    tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(status.to_dict(), indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def read_status(run_dir: Path) -> Status | None:
+    try:
+        return Status.from_dict(json.loads((Path(run_dir) / STATUS_FILE).read_text(encoding="utf-8")))
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
