@@ -1,0 +1,68 @@
+"""Format detection and row conversion (pure, no datasets import)."""
+
+from __future__ import annotations
+
+import pytest
+
+from tuneplan.errors import UserError
+from tuneplan.services.dataset_formats import (
+    FORMATS, detect_format, detect_format_of_rows, preview_rows, row_to_training_example,
+)
+
+ROWS = {
+    "messages": {"messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "2+2?"},
+                              {"role": "assistant", "content": "4"}]},
+    "sharegpt": {"conversations": [{"from": "human", "value": "2+2?"}, {"from": "gpt", "value": "4"}]},
+    "prompt_completion": {"prompt": "2+2?", "completion": "4"},
+    "alpaca": {"instruction": "Add the numbers.", "input": "2 and 2", "output": "4"},
+    "text": {"text": "2+2=4"},
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_each_format_is_detected_and_converted(fmt):
+    row = ROWS[fmt]
+    assert detect_format_of_rows([row]) == fmt
+    example = row_to_training_example(row, fmt)
+    if fmt == "text":
+        assert example == {"text": "2+2=4"}
+    else:
+        assert example["completion"] == [{"role": "assistant", "content": "4"}]
+        assert example["prompt"][-1]["role"] == "user"
+
+
+def test_alpaca_input_joins_the_instruction():
+    example = row_to_training_example(ROWS["alpaca"], "alpaca")
+    assert example["prompt"] == [{"role": "user", "content": "Add the numbers.\n\n2 and 2"}]
+
+
+def test_unknown_columns_name_found_and_accepted():
+    with pytest.raises(UserError) as info:
+        detect_format(["question", "answer"], source="qa.jsonl")
+    msg = str(info.value)
+    assert "qa.jsonl" in msg and "question, answer" in msg
+    for cols in ("messages", "prompt, completion", "instruction, output", "conversations", "text"):
+        assert cols in msg
+
+
+def test_empty_rows_and_bad_turns_are_user_errors():
+    with pytest.raises(UserError, match="no rows"):
+        detect_format_of_rows([], source="empty.jsonl")
+    with pytest.raises(UserError, match="no assistant turn"):
+        row_to_training_example({"messages": [{"role": "user", "content": "hi"}]}, "messages", where="row 7")
+    with pytest.raises(UserError, match=r"row 3: `conversations\[0\].from` is 'alien'"):
+        row_to_training_example({"conversations": [{"from": "alien", "value": "x"}]}, "sharegpt", where="row 3")
+
+
+def test_preview_gives_chats():
+    fmt, chats = preview_rows([ROWS["text"], ROWS["text"]], limit=1)
+    assert fmt == "text" and chats == [[{"role": "user", "content": "2+2=4"}]]
+
+
+def test_module_imports_no_datasets():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", "import tuneplan.services.dataset_formats, sys;"
+                          "print('datasets' in sys.modules, 'torch' in sys.modules)"],
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]

@@ -1,0 +1,159 @@
+"""Dataset row formats: detect which one a dataset uses and turn its rows into chat messages.
+
+Pure standard library (no `datasets` import): the wizard uses it on a few preview rows, the
+training process on every row. Accepted formats, each named by the columns that identify it:
+
+| format              | columns                            | trained on                     |
+| ---                 | ---                                | ---                            |
+| `messages`          | `messages` (list of role/content)  | the last assistant turn        |
+| `prompt_completion` | `prompt`, `completion`             | the completion                 |
+| `alpaca`            | `instruction`, `output` (+`input`) | the output                     |
+| `sharegpt`          | `conversations` (from/value)       | the last assistant turn        |
+| `text`              | `text`                             | every token                    |
+
+Chat-like rows become a conversational prompt/completion pair (the prompt is every message
+before the last assistant turn), so the loss covers completions only by default.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tuneplan.errors import UserError
+
+# format -> the columns that identify it (all required), in detection order: the first
+# format whose columns are all present wins.
+FORMAT_COLUMNS: dict[str, tuple[str, ...]] = {
+    "messages": ("messages",),
+    "sharegpt": ("conversations",),
+    "prompt_completion": ("prompt", "completion"),
+    "alpaca": ("instruction", "output"),
+    "text": ("text",),
+}
+FORMATS = tuple(FORMAT_COLUMNS)
+CHAT_FORMATS = ("messages", "sharegpt", "prompt_completion", "alpaca")
+"""Formats whose loss covers completions only (by default)."""
+
+ROLES = ("system", "user", "assistant")
+# ShareGPT speaker names -> chat roles (the common spellings found in published ShareGPT dumps).
+SHAREGPT_ROLES = {
+    "system": "system", "human": "user", "user": "user",
+    "gpt": "assistant", "assistant": "assistant", "model": "assistant", "bot": "assistant",
+}
+
+Message = dict[str, str]
+
+
+class DatasetFormatError(UserError):
+    """A dataset whose rows fit no accepted format, or a row that breaks its format."""
+
+
+def accepted_formats_text() -> str:
+    """One line listing the accepted formats by their columns."""
+    return "; ".join(f"{name} ({', '.join(cols)})" for name, cols in FORMAT_COLUMNS.items())
+
+
+def detect_format(columns: Iterable[str], *, source: str = "dataset") -> str:
+    """The format that a dataset with these column names uses.
+
+    Raises `DatasetFormatError` naming the columns found and the ones accepted."""
+    found = list(columns)
+    present = set(found)
+    for name, required in FORMAT_COLUMNS.items():
+        if all(c in present for c in required):
+            return name
+    shown = ", ".join(found) if found else "none"
+    raise DatasetFormatError(
+        f"{source}: columns ({shown}) fit no accepted format; accepted: {accepted_formats_text()}"
+    )
+
+
+def detect_format_of_rows(rows: Sequence[Mapping[str, Any]], *, source: str = "dataset") -> str:
+    """Like `detect_format`, from rows (their keys, in first-seen order)."""
+    if not rows:
+        raise DatasetFormatError(f"{source} has no rows; add examples or pick another file")
+    seen: dict[str, None] = {}
+    for row in rows:
+        for key in row:
+            seen.setdefault(key, None)
+    return detect_format(seen, source=source)
+
+
+def _text(value: Any, what: str, where: str) -> str:
+    if not isinstance(value, str):
+        raise DatasetFormatError(f"{where}: {what} must be text (got {type(value).__name__})")
+    return value
+
+
+def _chat_messages(raw: Any, *, role_key: str, content_key: str, role_map: Mapping[str, str] | None,
+                   column: str, where: str) -> list[Message]:
+    if not isinstance(raw, list) or not raw:
+        raise DatasetFormatError(f"{where}: `{column}` must be a non-empty list of messages")
+    messages: list[Message] = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, Mapping) or role_key not in item or content_key not in item:
+            raise DatasetFormatError(
+                f"{where}: `{column}[{i}]` must have `{role_key}` and `{content_key}` keys"
+            )
+        role = item[role_key]
+        mapped = role_map.get(str(role).lower()) if role_map is not None else role
+        if mapped not in ROLES:
+            allowed = sorted(role_map) if role_map is not None else list(ROLES)
+            raise DatasetFormatError(
+                f"{where}: `{column}[{i}].{role_key}` is {role!r}; accepted: {', '.join(allowed)}"
+            )
+        messages.append({"role": mapped, "content": _text(item[content_key], f"`{column}[{i}].{content_key}`", where)})
+    return messages
+
+
+def row_to_messages(row: Mapping[str, Any], fmt: str, *, where: str = "row") -> list[Message] | None:
+    """The row as a chat (list of {role, content}); `None` for the `text` format."""
+    if fmt == "messages":
+        return _chat_messages(row.get("messages"), role_key="role", content_key="content",
+                              role_map=None, column="messages", where=where)
+    if fmt == "sharegpt":
+        return _chat_messages(row.get("conversations"), role_key="from", content_key="value",
+                              role_map=SHAREGPT_ROLES, column="conversations", where=where)
+    if fmt == "prompt_completion":
+        prompt = _text(row.get("prompt"), "`prompt`", where)
+        completion = _text(row.get("completion"), "`completion`", where)
+        return [{"role": "user", "content": prompt}, {"role": "assistant", "content": completion}]
+    if fmt == "alpaca":
+        instruction = _text(row.get("instruction"), "`instruction`", where)
+        extra = row.get("input") or ""
+        extra = _text(extra, "`input`", where)
+        prompt = f"{instruction}\n\n{extra}" if extra.strip() else instruction
+        return [{"role": "user", "content": prompt},
+                {"role": "assistant", "content": _text(row.get("output"), "`output`", where)}]
+    if fmt == "text":
+        return None
+    raise ValueError(f"unknown dataset format {fmt!r}; known: {', '.join(FORMATS)}")
+
+
+def row_to_training_example(row: Mapping[str, Any], fmt: str, *, where: str = "row") -> dict[str, Any]:
+    """The row in the shape trl's SFTTrainer takes.
+
+    Chat-like formats -> conversational prompt/completion: `{"prompt": [messages before the
+    last assistant turn], "completion": [that turn]}` (the loss covers the completion).
+    `text` -> `{"text": ...}` (language modelling, loss on every token)."""
+    if fmt == "text":
+        return {"text": _text(row.get("text"), "`text`", where)}
+    messages = row_to_messages(row, fmt, where=where)
+    assert messages is not None
+    last = max((i for i, m in enumerate(messages) if m["role"] == "assistant"), default=None)
+    if last is None:
+        raise DatasetFormatError(f"{where}: the conversation has no assistant turn to train on")
+    if last == 0:
+        raise DatasetFormatError(f"{where}: the conversation starts with the assistant turn (no prompt before it)")
+    return {"prompt": messages[:last], "completion": [messages[last]]}
+
+
+def preview_rows(rows: Sequence[Mapping[str, Any]], *, source: str = "dataset", limit: int = 3) -> tuple[str, list[list[Message]]]:
+    """(format, up to `limit` rows as chats) for a preview; `text` rows appear as one user turn."""
+    fmt = detect_format_of_rows(rows, source=source)
+    shown = []
+    for i, row in enumerate(rows[:limit]):
+        messages = row_to_messages(row, fmt, where=f"{source} row {i + 1}")
+        shown.append(messages if messages is not None else [{"role": "user", "content": row.get("text", "")}])
+    return fmt, shown
