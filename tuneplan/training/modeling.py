@@ -1,0 +1,289 @@
+"""Build the model our training step runs: steps 1-3 of the training-path contract.
+
+The planner (`planner/memory.py`) predicts the memory of exactly this path, and
+`docs/training-path.md` describes it for users. Any change here must be agreed there and in
+`tuneplan/training/sft.py` (steps 4-5: trl `SFTTrainer`, mixed precision, optimizer, loss).
+
+1. Load with `AutoModelForCausalLM.from_pretrained(src, dtype=<compute dtype>,
+   attn_implementation=..., quantization_config=<QLoRA: BitsAndBytesConfig 4-bit, compute
+   and storage dtype = compute dtype>)`. The attention implementation falls back, with the
+   reason in the notes, when the requested one is unavailable (flash-attention without CUDA
+   or without the `flash_attn` package, SDPA on a model that refuses it such as Gemma-2).
+2. Lean k-bit preparation (ours, not `peft.prepare_model_for_kbit_training`): every base
+   parameter is frozen and nothing is upcast; embeddings, `lm_head` and norms stay in the
+   compute dtype. With checkpointing: non-reentrant activation checkpointing of every
+   decoder layer plus `enable_input_require_grads()`. `use_cache` is off for training.
+3. `get_peft_model(model, LoraConfig(r, lora_alpha, lora_dropout, target_modules,
+   bias="none", task_type="CAUSAL_LM"))`; adapters are created in fp32 (peft's default
+   `autocast_adapter_dtype=True`). Method `full`: every parameter trainable, no peft.
+
+Known library behaviour downstream of this module (documented in docs/training-path.md):
+trl's `SFTTrainer` casts the trainable parameters of a 4-bit model to bf16 when it is
+constructed (trl/trainer/sft_trainer.py, "QLoRA ... converted to bf16"), so QLoRA adapters
+end up bf16 in a real run while LoRA adapters stay fp32.
+
+`build_from_config` runs the same steps on a model built from a config (random weights),
+for tests and for the memory trace (`tuneplan/training/trace.py`).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from typing import Any
+
+import torch
+
+from planner.setup import ALL_LINEAR, TrainSetup
+from tuneplan.errors import UserError
+
+log = logging.getLogger("tuneplan.training")
+
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# TrainSetup.attn -> transformers `attn_implementation`
+_ATTN = {"sdpa": "sdpa", "flash": "flash_attention_2", "eager": "eager"}
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """`bfloat16` | `float16` | `float32` -> the torch dtype."""
+    try:
+        return _DTYPES[name]
+    except KeyError:
+        raise UserError(f"compute_dtype must be one of {', '.join(_DTYPES)} (got {name!r})") from None
+
+
+def _note(notes: list[str], text: str) -> None:
+    log.info(text)
+    notes.append(text)
+
+
+def _model_class(config) -> type | None:
+    """The transformers causal-LM class for a config, or None (e.g. remote code)."""
+    from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
+
+    try:
+        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+    except KeyError:
+        return None
+
+
+def resolve_attention(config, requested: str, device_type: str, notes: list[str]) -> str:
+    """The `attn_implementation` to load with: `requested` or the first usable fallback.
+
+    Order: flash-attention-2 -> SDPA -> eager. Each fallback is noted with its reason.
+    """
+    from transformers.utils import is_flash_attn_2_available
+
+    if requested not in _ATTN:
+        raise UserError(f"attn must be one of {', '.join(_ATTN)} (got {requested!r})")
+    cls = _model_class(config)
+    name = getattr(cls, "__name__", config.model_type)
+    choice = requested
+    if choice == "flash":
+        reason = None
+        if device_type != "cuda":
+            reason = "flash-attention needs a CUDA GPU"
+        elif not is_flash_attn_2_available():
+            reason = "the flash_attn package is not installed"
+        elif cls is not None and not getattr(cls, "_supports_flash_attn", False):
+            reason = f"{name} does not support flash-attention"
+        if reason:
+            _note(notes, f"attention: flash-attention unavailable ({reason}); using SDPA")
+            choice = "sdpa"
+    if choice == "sdpa" and cls is not None and not getattr(cls, "_supports_sdpa", False):
+        why = " (attention logit soft-capping)" if getattr(config, "attn_logit_softcapping", None) else ""
+        _note(notes, f"attention: {name} does not support SDPA{why}; using eager attention "
+                     "(its scores grow with the square of the sequence length)")
+        choice = "eager"
+    return _ATTN[choice]
+
+
+def bnb_config(setup: TrainSetup):
+    """The QLoRA `BitsAndBytesConfig` of the contract (step 1)."""
+    from transformers import BitsAndBytesConfig
+
+    if setup.quant_type not in ("nf4", "fp4"):
+        raise UserError(f"quant_type must be nf4 or fp4 (got {setup.quant_type!r})")
+    dtype = torch_dtype(setup.compute_dtype)
+    return BitsAndBytesConfig(
+        load_in_4bit=True,
+        bnb_4bit_quant_type=setup.quant_type,
+        bnb_4bit_use_double_quant=setup.double_quant,
+        bnb_4bit_compute_dtype=dtype,
+        bnb_4bit_quant_storage=dtype,
+    )
+
+
+def _default_device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def _load_model(source: str, config, setup: TrainSetup, device: torch.device,
+                trust_remote_code: bool, notes: list[str]):
+    """Step 1: `from_pretrained` in the compute dtype (or 4-bit for QLoRA)."""
+    from transformers import AutoModelForCausalLM
+
+    if setup.method not in ("full", "lora", "qlora"):
+        raise UserError(f"method must be full, lora or qlora (got {setup.method!r})")
+    kwargs: dict[str, Any] = {
+        "dtype": torch_dtype(setup.compute_dtype),
+        "attn_implementation": resolve_attention(config, setup.attn, device.type, notes),
+        "trust_remote_code": trust_remote_code,
+        "device_map": {"": device},
+    }
+    if setup.method == "qlora":
+        kwargs["quantization_config"] = bnb_config(setup)
+    try:
+        return AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
+    except (OSError, ValueError) as e:  # missing weights, gated repo, unsupported option
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not load model weights from {source!r}: {first}") from e
+
+
+def lora_targets(model, setup: TrainSetup) -> tuple[list[str] | str, list[str]]:
+    """(target_modules, target_parameters) for peft from `setup.lora_targets`.
+
+    Names of linear modules go to `target_modules`; names of fused expert weights stored as
+    plain parameters (transformers 5 MoE `experts.gate_up_proj`, `experts.down_proj`) go to
+    `target_parameters`. An unknown name raises a UserError naming the real ones.
+    """
+    targets = setup.lora_targets
+    if isinstance(targets, str):
+        if targets == ALL_LINEAR:
+            return ALL_LINEAR, []
+        targets = tuple(t.strip() for t in targets.split(",") if t.strip())
+    if not targets:
+        raise UserError("lora_targets is empty: give `all-linear` or module names such as q_proj,v_proj")
+    module_leaf: set[str] = set()
+    for name, mod in model.named_modules():
+        if isinstance(mod, torch.nn.Linear) or type(mod).__name__.startswith("Linear"):
+            if not name.endswith("lm_head"):
+                module_leaf.add(name.rsplit(".", 1)[-1])
+    param_names = {n for n, p in model.named_parameters() if p.dim() == 3}  # fused experts
+    modules, params, unknown = [], [], []
+    for t in targets:
+        if t in module_leaf:
+            modules.append(t)
+        elif any(n == t or n.endswith("." + t) for n in param_names):
+            params.append(t)
+        else:
+            unknown.append(t)
+    if unknown:
+        real = sorted(module_leaf | {n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1] for n in param_names})
+        raise UserError(f"unknown LoRA target module(s) {', '.join(unknown)}; this model has: {', '.join(real)}")
+    return modules, params
+
+
+def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
+    """Steps 2-3 on a loaded model: freeze, checkpointing, LoRA (or all-trainable for `full`)."""
+    model.config.use_cache = False
+    if setup.method == "full":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        if setup.grad_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        _note(notes, "full fine-tuning: every parameter trainable, no adapters")
+        return model
+
+    # Step 2: lean k-bit preparation. Freeze everything, upcast nothing.
+    for p in model.parameters():
+        p.requires_grad_(False)
+    if setup.grad_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+
+    # Step 3: LoRA adapters (fp32: peft's autocast_adapter_dtype=True default).
+    from peft import LoraConfig, get_peft_model
+
+    if setup.lora_rank <= 0:
+        raise UserError(f"lora_rank must be > 0 (got {setup.lora_rank})")
+    modules, params = lora_targets(model, setup)
+    cfg = LoraConfig(
+        r=setup.lora_rank,
+        lora_alpha=setup.lora_alpha,
+        lora_dropout=setup.lora_dropout,
+        target_modules=modules,
+        target_parameters=params or None,
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+    model = get_peft_model(model, cfg)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    _note(notes, f"LoRA r={setup.lora_rank} alpha={setup.lora_alpha} on "
+                 f"{modules if isinstance(modules, str) else ','.join(modules + params)}: "
+                 f"{trainable:,} trainable parameters (fp32)")
+    return model
+
+
+def load_for_training(source: str, setup: TrainSetup, *, trust_remote_code: bool = False,
+                      device: str | torch.device | None = None):
+    """Load `source` (local folder or Hub id) ready for the trainer: steps 1-3 of the contract.
+
+    Returns `(model, tokenizer, notes)`; `notes` are sentences for the run log (attention
+    fallback, adapter summary). The tokenizer is returned as loaded (no pad token is added).
+    Bad input (missing folder, unknown target, ...) raises `UserError`.
+    """
+    from transformers import AutoConfig, AutoTokenizer
+
+    source = str(source)
+    looks_local = os.path.isabs(source) or source.startswith((".", "~")) or os.path.exists(source)
+    if looks_local and not os.path.isdir(os.path.expanduser(source)):
+        raise UserError(f"model folder {source!r} does not exist: give an existing folder or a Hub id")
+    source = os.path.expanduser(source)
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise UserError(f"could not load the model config/tokenizer from {source!r}: {first}") from e
+    notes: list[str] = []
+    dev = _default_device(device)
+    model = _load_model(source, config, setup, dev, trust_remote_code, notes)
+    model = prepare_for_training(model, setup, notes)
+    return model, tokenizer, notes
+
+
+def config_from_dict(config: dict | Any):
+    """A transformers config object from a `config.json` dict (or pass one through)."""
+    from transformers import AutoConfig, PretrainedConfig
+
+    if isinstance(config, PretrainedConfig):
+        return config
+    d = dict(config)
+    model_type = d.pop("model_type")
+    return AutoConfig.for_model(model_type, **d)
+
+
+def build_from_config(config: dict | Any, setup: TrainSetup, *, device: str | torch.device = "cpu",
+                      seed: int = 0):
+    """A model with random weights from a config, through the same steps as a real load.
+
+    LoRA/full: built in the compute dtype directly on `device`. QLoRA: the random 16-bit
+    model is saved to a temporary folder and loaded back through `from_pretrained` with the
+    contract's `BitsAndBytesConfig`, so quantization is bitsandbytes' own. Returns
+    `(model, notes)`. For the meta device see `tuneplan.training.trace` (4-bit on meta needs
+    a stand-in).
+    """
+    from transformers import AutoModelForCausalLM
+
+    cfg = config_from_dict(config)
+    dev = torch.device(device)
+    notes: list[str] = []
+    attn = resolve_attention(cfg, setup.attn, dev.type, notes)
+    dtype = torch_dtype(setup.compute_dtype)
+    torch.manual_seed(seed)
+    if setup.method == "qlora":
+        with torch.device("cpu"):
+            m16 = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+        with tempfile.TemporaryDirectory(prefix="tuneplan-model-") as tmp:
+            m16.save_pretrained(tmp)
+            del m16
+            model = _load_model(tmp, cfg, setup, dev, False, [])
+    else:
+        with dev:
+            model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+    model = prepare_for_training(model, setup, notes)
+    return model, notes
