@@ -1,0 +1,48 @@
+"""Run configuration: TOML round trip and validation messages."""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.setup import TrainSetup
+from tuneplan.config import (
+    ConfigError, DataConfig, ModelConfig, RunConfig, TrainingConfig, config_from_dict, load_config, save_config,
+)
+
+
+def _config() -> RunConfig:
+    return RunConfig(model=ModelConfig(source="/m"), data=DataConfig(source="d.jsonl"),
+                     setup=TrainSetup(method="qlora", lora_targets=("q_proj", "v_proj"), micro_batch=2),
+                     training=TrainingConfig(max_steps=10), name="r1")
+
+
+def test_round_trip(tmp_path):
+    path = tmp_path / "run.toml"
+    save_config(_config(), path)
+    assert load_config(path) == _config()
+    with pytest.raises(ConfigError, match="already exists"):
+        save_config(_config(), path)
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"training": {"learning_rate": 0}}, r"training.learning_rate must be > 0 \(got 0.0\)"),
+    ({"setup": {"micro_batch": 0}}, r"setup.micro_batch must be > 0 \(got 0\)"),
+    ({"setup": {"method": "dora"}}, r"setup.method must be one of full, lora, qlora \(got 'dora'\)"),
+    ({"setup": {"lora_rank": 2.5}}, r"setup.lora_rank must be a whole number \(got 2.5\)"),
+    ({"setup": {"packing": "yes"}}, r"setup.packing must be true or false"),
+    ({"training": {"lr": 1}}, r"unknown key training.lr"),
+    ({"model": {"source": ""}}, r"model.source must name a model"),
+])
+def test_validation_names_field_and_value(data, message):
+    base = {"model": {"source": "/m"}, "data": {"source": "d.jsonl"}}
+    for section, table in data.items():
+        base[section] = {**base.get(section, {}), **table}
+    with pytest.raises(ConfigError, match=message):
+        config_from_dict(base)
+
+
+def test_malformed_toml_is_one_line(tmp_path):
+    path = tmp_path / "bad.toml"
+    path.write_text("[model\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_config(path)
