@@ -1,0 +1,154 @@
+"""The NVML probe, with only the `pynvml` module boundary faked."""
+
+from __future__ import annotations
+
+import os
+from types import SimpleNamespace
+
+from tuneplan.services.gpu import GpuProbe
+
+MiB = 1024**2
+
+
+class NVMLError(Exception):
+    """Stands in for pynvml.NVMLError (the real class needs the library)."""
+
+
+class FakeNVML:
+    """The subset of the pynvml module the probe calls, over a list of fake devices."""
+
+    NVML_TEMPERATURE_GPU = 0
+    NVMLError = NVMLError
+
+    def __init__(self, devices, *, init_error=None, driver="550.54.15", cuda=12040):
+        self.devices = devices
+        self.init_error = init_error
+        self.driver = driver
+        self.cuda = cuda
+        self.init_calls = 0
+
+    def nvmlInit(self):
+        self.init_calls += 1
+        if self.init_error:
+            raise self.init_error
+
+    def nvmlShutdown(self):
+        pass
+
+    def nvmlDeviceGetCount(self):
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        if i >= len(self.devices) or self.devices[i] is None:
+            raise NVMLError("GPU is lost")
+        return self.devices[i]
+
+    def nvmlDeviceGetName(self, h):
+        return h["name"].encode()  # older bindings return bytes
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return SimpleNamespace(total=h["total"], free=h["total"] - h["used"], used=h["used"])
+
+    def nvmlDeviceGetCudaComputeCapability(self, h):
+        return h["cc"]
+
+    def nvmlSystemGetDriverVersion(self):
+        return self.driver
+
+    def nvmlSystemGetCudaDriverVersion_v2(self):
+        return self.cuda
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return [SimpleNamespace(pid=pid, usedGpuMemory=b) for pid, b in h.get("procs", [])]
+
+    def nvmlDeviceGetUUID(self, h):
+        return "GPU-" + h["name"].replace(" ", "-")
+
+    def nvmlDeviceGetUtilizationRates(self, h):
+        return SimpleNamespace(gpu=87, memory=40)
+
+    def nvmlDeviceGetTemperature(self, h, sensor):
+        return 71
+
+    def nvmlDeviceGetPowerUsage(self, h):
+        return 312_500  # milliwatts
+
+    def nvmlDeviceGetEnforcedPowerLimit(self, h):
+        return 450_000
+
+
+def _dev(name, total_mib, used_mib=300, cc=(8, 9), procs=()):
+    return {"name": name, "total": total_mib * MiB, "used": used_mib * MiB, "cc": cc, "procs": list(procs)}
+
+
+def test_probe_reports_memory_capabilities_and_catalog_entry():
+    nv = FakeNVML([
+        _dev("NVIDIA GeForce RTX 4090", 24564, used_mib=2324, procs=[(4242, 2000 * MiB), (os.getpid(), 24 * MiB)]),
+        _dev("Tesla T4", 15360, cc=(7, 5)),
+    ])
+    gpus = GpuProbe(nvml=nv).probe()
+    assert [g.index for g in gpus] == [0, 1]
+    g = gpus[0]
+    assert g.name == "NVIDIA GeForce RTX 4090"
+    assert g.total_bytes == 24564 * MiB and g.free_bytes == (24564 - 2324) * MiB
+    assert g.used_bytes == 2324 * MiB
+    assert g.other_processes == ((4242, 2000 * MiB),), "our own process is not 'other'"
+    assert g.other_processes_bytes == 2000 * MiB
+    assert g.bf16 and g.compute_capability == (8, 9)
+    assert g.driver_version == "550.54.15" and g.cuda_version == "12.4"
+    assert g.catalog is not None and g.catalog.key == "rtx-4090"
+    assert g.as_planner_gpu().bf16_tflops == g.catalog.bf16_tflops
+    t4 = gpus[1]
+    assert not t4.bf16 and t4.catalog.key == "t4"
+    assert nv.init_calls == 1
+
+
+def test_init_is_lazy_and_happens_once():
+    nv = FakeNVML([_dev("NVIDIA H100 80GB HBM3", 81559, cc=(9, 0))])
+    probe = GpuProbe(nvml=nv)
+    assert nv.init_calls == 0
+    probe.probe()
+    probe.probe()
+    probe.sample(0)
+    assert nv.init_calls == 1
+
+
+def test_no_driver_gives_empty_list_and_a_reason():
+    nv = FakeNVML([], init_error=NVMLError("NVML Shared Library Not Found"))
+    probe = GpuProbe(nvml=nv)
+    assert probe.probe() == []
+    assert probe.sample(0) is None
+    assert not probe.available()
+    assert "NVML not available" in probe.status() and "Shared Library" in probe.status()
+
+
+def test_no_gpu_says_so():
+    probe = GpuProbe(nvml=FakeNVML([]))
+    assert probe.probe() == []
+    assert probe.status() == "NVML found no NVIDIA GPU"
+
+
+def test_vanished_gpu_is_skipped_not_raised():
+    nv = FakeNVML([None, _dev("NVIDIA A100-SXM4-40GB", 40960, cc=(8, 0))])
+    gpus = GpuProbe(nvml=nv).probe()
+    assert [g.index for g in gpus] == [1]
+    assert gpus[0].catalog.key == "a100-40gb"
+
+
+def test_unknown_card_still_plannable_without_catalog_rates():
+    nv = FakeNVML([_dev("NVIDIA Future X1", 65536, cc=(10, 0), procs=[(77, None)])])
+    g = GpuProbe(nvml=nv).probe()[0]
+    assert g.catalog is None
+    assert g.other_processes_bytes is None  # NVML could not say how much (containers)
+    planner_gpu = g.as_planner_gpu()
+    assert planner_gpu.memory_bytes == 65536 * MiB and planner_gpu.bf16 and planner_gpu.arch == "blackwell"
+    assert planner_gpu.bf16_tflops is None
+
+
+def test_sample_for_the_dashboard():
+    nv = FakeNVML([_dev("NVIDIA GeForce RTX 4090", 24564, used_mib=10000)])
+    s = GpuProbe(nvml=nv).sample(0)
+    assert s.utilization_pct == 87 and s.temperature_c == 71
+    assert s.power_w == 312.5 and s.power_limit_w == 450.0
+    assert s.memory_used_bytes == 10000 * MiB and s.memory_total_bytes == 24564 * MiB
+    assert GpuProbe(nvml=nv).sample(5) is None
