@@ -4,15 +4,65 @@ A `ModelSpec` holds what the memory and FLOP models need: the shapes of every li
 module a LoRA adapter can target, the embedding / lm_head / norm parameters, attention
 geometry and MoE routing. Parameter counts are exact: `tests/planner/test_spec_exact.py`
 checks them against `sum(p.numel())` of the transformers model built on the meta device.
+
+Entry points
+------------
+- `spec_from_config(config, name) -> ModelSpec`: the supported families are listed in
+  `SUPPORTED_MODEL_TYPES` (llama, mistral, mixtral, qwen2, qwen3, qwen3_moe, gemma2,
+  gemma3_text, gemma3, phi3). Anything else raises `UnsupportedArchitecture` naming the
+  `model_type` and the supported ones; nothing is guessed. Keys a `config.json` leaves out
+  take the defaults of the transformers configuration class of that family (transformers
+  5.x `models/<family>/configuration_<family>.py`), as `from_pretrained` would.
+- `resolve_lora_targets(spec, targets) -> tuple[tuple[LinearShape, ...], ...]`: for each
+  decoder layer, the linear modules a LoRA `target_modules` value adapts. `targets` is
+  `"all-linear"` (peft's shorthand: every `nn.Linear` except the lm_head), `"attention"`
+  (the attention projections), or module names (a list, or one comma-separated string)
+  matched the way peft matches them (the last dotted component of the module path, or a
+  dotted suffix such as `self_attn.q_proj`). An unknown name raises `ValueError` naming the
+  real module names (`spec.lora_module_names()`).
+
+Mixture-of-experts models (mixtral, qwen3_moe) in transformers 5.x store the experts as two
+fused 3-D `nn.Parameter`s per layer (`mlp.experts.gate_up_proj` of shape
+`(E, 2*I, H)` and `mlp.experts.down_proj` of shape `(E, H, I)`; see
+`transformers/models/mixtral/modeling_mixtral.py` `MixtralExperts`) and the router as a
+plain parameter (`mlp.gate.weight`, `(E, H)`, module `*TopKRouter`). None of these is an
+`nn.Linear`, so peft's `all-linear` does not adapt them and bitsandbytes does not quantize
+them (they stay in the compute dtype under QLoRA). They appear in `ModelSpec.layers` with
+`kind="expert"` / `kind="router"` and `lora_targetable=False`.
+
+Gemma 3 multimodal configs (`model_type: gemma3`, the 4B-27B checkpoints) are read through
+their `text_config`: the spec describes the language model only. The SigLIP vision tower
+and the projector that `AutoModelForCausalLM` also loads for these checkpoints are not in
+the parameter count; `extra` records `("multimodal", True)` so callers can say so.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Iterable, Mapping
 
 
 class UnsupportedArchitecture(ValueError):
     """The config's `model_type` is not one the planner models exactly."""
+
+
+SUPPORTED_MODEL_TYPES: tuple[str, ...] = (
+    "llama",
+    "mistral",
+    "mixtral",
+    "qwen2",
+    "qwen3",
+    "qwen3_moe",
+    "gemma2",
+    "gemma3_text",
+    "gemma3",
+    "phi3",
+)
+"""`config.json` `model_type` values `spec_from_config` models exactly."""
+
+LINEAR = "linear"
+EXPERT = "expert"
+ROUTER = "router"
 
 
 @dataclass(frozen=True)
@@ -30,10 +80,21 @@ class LinearShape:
     """Instances a token passes through (experts per token for routed experts)."""
     lora_targetable: bool = True
     """Whether peft can wrap it in a LoRA layer (routers stay frozen and untouched)."""
+    path: str = ""
+    """Dotted path inside the decoder layer, e.g. `self_attn.q_proj`, `mlp.experts.gate_up_proj`."""
+    kind: str = LINEAR
+    """`linear` (an `nn.Linear`: LoRA-targetable, quantized by bitsandbytes under QLoRA),
+    `expert` (one fused 3-D `nn.Parameter` holding `count` experts' matrices: not an
+    `nn.Linear`, never quantized by bitsandbytes) or `router` (the MoE router's weight
+    matrix, a plain parameter: never adapted or quantized)."""
 
     def weight_params(self) -> int:
         """Weight (and bias) parameters of all instances in one layer."""
         return self.count * (self.in_features * self.out_features + (self.out_features if self.bias else 0))
+
+    def quantizable(self) -> bool:
+        """Whether bitsandbytes replaces it with a 4-bit layer (only `nn.Linear` modules)."""
+        return self.kind == LINEAR
 
 
 @dataclass(frozen=True)
@@ -43,16 +104,19 @@ class ModelSpec:
     name: str
     """Catalog name, Hub id or folder the spec came from."""
     model_type: str
-    """`config.json` `model_type`, e.g. `llama`, `qwen3_moe`."""
+    """`config.json` `model_type`, e.g. `llama`, `qwen3_moe` (`gemma3` for the multimodal
+    Gemma 3 checkpoints, whose text part is described)."""
     vocab_size: int
     hidden_size: int
     intermediate_size: int
+    """Dense MLP width (for MoE layers see `moe_intermediate_size`)."""
     num_layers: int
     num_heads: int
     num_kv_heads: int
     head_dim: int
     tie_word_embeddings: bool
     max_position_embeddings: int
+    """Longest context the checkpoint's rope setup is configured for, in tokens."""
     torch_dtype: str = "bfloat16"
     """dtype the checkpoint is stored in."""
     layers: tuple[tuple[LinearShape, ...], ...] = field(default_factory=tuple)
@@ -67,6 +131,17 @@ class ModelSpec:
     final_logit_softcapping: float | None = None
     extra: tuple[tuple[str, object], ...] = ()
     """Other config facts kept for explanations (read-only pairs)."""
+    moe_intermediate_size: int = 0
+    """Width of one routed expert's MLP (0 for dense models)."""
+    qk_norm: bool = False
+    """Per-head RMSNorm on queries and keys (qwen3, gemma3): two `head_dim` weights per layer."""
+    norms_per_layer: int = 2
+    """Hidden-size norms per decoder layer (2 for llama-style, 4 for gemma2/3)."""
+    layer_types: tuple[str, ...] = ()
+    """Per layer `full_attention` or `sliding_attention` (sliding layers attend to at most
+    `sliding_window` tokens)."""
+    hidden_act: str = "silu"
+    """MLP activation (`silu`, `gelu_pytorch_tanh`, ...)."""
 
     # -- parameter counts (exact) ---------------------------------------------------
     def embedding_params(self) -> int:
@@ -85,3 +160,374 @@ class ModelSpec:
     def parameter_count(self) -> int:
         """Exactly `sum(p.numel() for p in model.parameters())` of the transformers model."""
         return self.embedding_params() + self.lm_head_params() + self.linear_params() + self.norm_params()
+
+    # -- derived facts ----------------------------------------------------------------
+    def is_moe(self) -> bool:
+        """Whether any layer routes tokens to experts."""
+        return self.num_experts > 0 and any(m.kind == EXPERT for layer in self.layers for m in layer)
+
+    def active_parameter_count(self) -> int:
+        """Parameters one token passes through (routed experts counted `active` times, not
+        `count`); equals `parameter_count()` for dense models. Used for FLOPs."""
+        total = self.embedding_params() + self.lm_head_params() + self.norm_params()
+        for layer in self.layers:
+            for m in layer:
+                per = m.in_features * m.out_features + (m.out_features if m.bias else 0)
+                total += per * (m.active if m.kind == EXPERT else m.count)
+        return total
+
+    def lora_module_names(self) -> tuple[str, ...]:
+        """Names of the modules a LoRA `target_modules` list can name, in layer order."""
+        seen: dict[str, None] = {}
+        for layer in self.layers:
+            for m in layer:
+                if m.lora_targetable:
+                    seen.setdefault(m.name, None)
+        return tuple(seen)
+
+    def attention_module_names(self) -> tuple[str, ...]:
+        """The attention projections (`q_proj, k_proj, v_proj, o_proj`, or phi3's `qkv_proj, o_proj`)."""
+        return tuple(n for n in self.lora_module_names() if n in _ATTENTION_NAMES)
+
+    def is_multimodal(self) -> bool:
+        """A multimodal checkpoint whose language model alone this spec describes."""
+        return bool(dict(self.extra).get("multimodal", False))
+
+
+_ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj")
+
+
+# -- LoRA target resolution -------------------------------------------------------------
+def _split_targets(targets: str | Iterable[str]) -> list[str]:
+    if isinstance(targets, str):
+        items = [t.strip() for t in targets.split(",")]
+    else:
+        items = [str(t).strip() for t in targets]
+    return [t for t in items if t]
+
+
+def resolve_lora_targets(spec: ModelSpec, targets: str | Iterable[str]) -> tuple[tuple[LinearShape, ...], ...]:
+    """For each decoder layer, the `LinearShape`s a LoRA adapter with `targets` wraps.
+
+    `targets`: `"all-linear"` (peft `INCLUDE_LINEAR_LAYERS_SHORTHAND`: every `nn.Linear`
+    but the lm_head, see `peft/tuners/tuners_utils.py` `_maybe_include_all_linear_layers`),
+    `"attention"` (the attention projections), or module names as peft's
+    `target_modules` list takes them (a name matches a module whose path ends with it:
+    `q_proj`, `self_attn.q_proj`). Raises `ValueError` naming the real module names when a
+    name matches no LoRA-targetable module (peft raises too when nothing matches; we are
+    stricter so a typo is never silently ignored), or when `targets` is empty.
+    """
+    items = _split_targets(targets)
+    if not items:
+        raise ValueError(f"LoRA targets are empty; use all-linear, attention or names from: {', '.join(spec.lora_module_names())}")
+    lowered = [t.lower() for t in items]
+    if len(items) == 1 and lowered[0] in ("all-linear", "all_linear"):
+        return tuple(tuple(m for m in layer if m.lora_targetable) for layer in spec.layers)
+    if len(items) == 1 and lowered[0] == "attention":
+        return tuple(tuple(m for m in layer if m.lora_targetable and m.name in _ATTENTION_NAMES) for layer in spec.layers)
+
+    def matches(target: str, m: LinearShape) -> bool:
+        full = m.path or m.name
+        return full == target or full.endswith("." + target) or m.name == target
+
+    unknown = []
+    for t in items:
+        if not any(m.lora_targetable and matches(t, m) for layer in spec.layers for m in layer):
+            unknown.append(t)
+    if unknown:
+        hint = ""
+        not_targetable = sorted({m.name for layer in spec.layers for m in layer if not m.lora_targetable and any(matches(t, m) or m.path.endswith(t) for t in unknown)})
+        if not_targetable:
+            hint = f" ({', '.join(not_targetable)} are MoE parameters, not nn.Linear modules, and cannot take a LoRA adapter)"
+        raise ValueError(
+            f"unknown LoRA target module(s) {', '.join(unknown)} for {spec.name} ({spec.model_type}){hint}; "
+            f"its linear modules are: {', '.join(spec.lora_module_names())} (or use all-linear / attention)"
+        )
+    return tuple(tuple(m for m in layer if m.lora_targetable and any(matches(t, m) for t in items)) for layer in spec.layers)
+
+
+# -- config.json -> ModelSpec -----------------------------------------------------------
+# Defaults of the transformers 5.x configuration classes (models/<family>/configuration_*.py)
+# for the keys read below, used when a config.json leaves a key out.
+_DEFAULTS: dict[str, dict[str, object]] = {
+    "llama": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
+                  num_attention_heads=32, max_position_embeddings=2048, tie_word_embeddings=False,
+                  hidden_act="silu"),
+    "mistral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096 * 32,
+                    tie_word_embeddings=False, sliding_window=4096, hidden_act="silu"),
+    "mixtral": dict(vocab_size=32000, hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                    num_attention_heads=32, num_key_value_heads=8, max_position_embeddings=4096 * 32,
+                    tie_word_embeddings=False, num_experts_per_tok=2, num_local_experts=8, hidden_act="silu"),
+    "qwen2": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, max_position_embeddings=32768,
+                  tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096,
+                  max_window_layers=28, hidden_act="silu"),
+    "qwen3": dict(vocab_size=151936, hidden_size=4096, intermediate_size=22016, num_hidden_layers=32,
+                  num_attention_heads=32, num_key_value_heads=32, head_dim=128, max_position_embeddings=32768,
+                  tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096,
+                  max_window_layers=28, hidden_act="silu"),
+    "qwen3_moe": dict(vocab_size=151936, hidden_size=2048, intermediate_size=6144, num_hidden_layers=24,
+                      num_attention_heads=32, num_key_value_heads=4, max_position_embeddings=32768,
+                      tie_word_embeddings=False, use_sliding_window=False, sliding_window=4096,
+                      decoder_sparse_step=1, moe_intermediate_size=768, num_experts_per_tok=8,
+                      num_experts=128, hidden_act="silu"),
+    "gemma2": dict(vocab_size=256000, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                   num_attention_heads=8, num_key_value_heads=4, head_dim=256, max_position_embeddings=8192,
+                   tie_word_embeddings=True, sliding_window=4096, final_logit_softcapping=30.0,
+                   attn_logit_softcapping=50.0, hidden_activation="gelu_pytorch_tanh"),
+    "gemma3_text": dict(vocab_size=262208, hidden_size=2304, intermediate_size=9216, num_hidden_layers=26,
+                        num_attention_heads=8, num_key_value_heads=4, head_dim=256,
+                        max_position_embeddings=131072, tie_word_embeddings=True, sliding_window=4096,
+                        final_logit_softcapping=None, attn_logit_softcapping=None,
+                        hidden_activation="gelu_pytorch_tanh"),
+    "phi3": dict(vocab_size=32064, hidden_size=3072, intermediate_size=8192, num_hidden_layers=32,
+                 num_attention_heads=32, max_position_embeddings=4096, tie_word_embeddings=False,
+                 hidden_act="silu"),
+}
+
+
+class _Cfg:
+    """A config dict read with the family's transformers defaults."""
+
+    def __init__(self, raw: Mapping[str, object], family: str):
+        self.raw = raw
+        self.defaults = _DEFAULTS[family]
+
+    def has(self, key: str) -> bool:
+        return self.raw.get(key) is not None
+
+    def get(self, key: str, default: object = None) -> object:
+        value = self.raw.get(key)
+        if value is None:
+            value = self.defaults.get(key, default)
+        return value
+
+    def int(self, key: str) -> int:
+        value = self.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"config.json field {key} must be a positive integer (got {value!r})")
+        return value
+
+
+def _dense_mlp(cfg_hidden: int, inter: int, bias: bool = False, fused: bool = False) -> list[LinearShape]:
+    if fused:  # phi3 `Phi3MLP`: gate_up_proj (H -> 2I) then down_proj
+        return [
+            LinearShape("gate_up_proj", cfg_hidden, 2 * inter, bias, path="mlp.gate_up_proj"),
+            LinearShape("down_proj", inter, cfg_hidden, bias, path="mlp.down_proj"),
+        ]
+    return [
+        LinearShape("gate_proj", cfg_hidden, inter, bias, path="mlp.gate_proj"),
+        LinearShape("up_proj", cfg_hidden, inter, bias, path="mlp.up_proj"),
+        LinearShape("down_proj", inter, cfg_hidden, bias, path="mlp.down_proj"),
+    ]
+
+
+def _moe_mlp(hidden: int, expert_inter: int, experts: int, top_k: int) -> list[LinearShape]:
+    # transformers 5.x `MixtralExperts` / `Qwen3MoeExperts`: gate_up_proj (E, 2I, H),
+    # down_proj (E, H, I) as nn.Parameter; router `*TopKRouter.weight` (E, H), no bias.
+    return [
+        LinearShape("gate", hidden, experts, False, lora_targetable=False, path="mlp.gate", kind=ROUTER),
+        LinearShape("experts.gate_up_proj", hidden, 2 * expert_inter, False, count=experts, active=top_k,
+                    lora_targetable=False, path="mlp.experts.gate_up_proj", kind=EXPERT),
+        LinearShape("experts.down_proj", expert_inter, hidden, False, count=experts, active=top_k,
+                    lora_targetable=False, path="mlp.experts.down_proj", kind=EXPERT),
+    ]
+
+
+def _freeze(value: object) -> object:
+    """Nested JSON made hashable (dicts to sorted item tuples, lists to tuples): specs are frozen."""
+    if isinstance(value, Mapping):
+        return tuple(sorted((str(k), _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+def _dtype_of(config: Mapping[str, object], fallback: Mapping[str, object] | None = None) -> str:
+    for source in (config, fallback or {}):
+        for key in ("dtype", "torch_dtype"):
+            value = source.get(key)
+            if isinstance(value, str) and value:
+                return value.replace("torch.", "")
+    return "bfloat16"
+
+
+def _context_length(cfg: _Cfg) -> int:
+    return cfg.int("max_position_embeddings")
+
+
+def spec_from_config(config: Mapping[str, object], name: str) -> ModelSpec:
+    """Build the exact `ModelSpec` of a Hugging Face `config.json` dict.
+
+    `name` labels the spec (catalog name, Hub id or folder). Raises
+    `UnsupportedArchitecture` for a `model_type` outside `SUPPORTED_MODEL_TYPES` and
+    `ValueError` (naming the field) for a malformed config. Sizes are element counts;
+    the per-layer module list mirrors the transformers 5.x modeling files of the family.
+    """
+    if not isinstance(config, Mapping):
+        raise ValueError(f"{name}: config.json must be a JSON object (got {type(config).__name__})")
+    model_type = config.get("model_type")
+    if model_type not in SUPPORTED_MODEL_TYPES:
+        architectures = config.get("architectures")
+        arch = f" (architectures: {', '.join(map(str, architectures))})" if isinstance(architectures, list) and architectures else ""
+        raise UnsupportedArchitecture(
+            f"{name}: model_type {model_type!r}{arch} is not supported; tuneplan models exactly: "
+            f"{', '.join(SUPPORTED_MODEL_TYPES)}"
+        )
+    multimodal = False
+    outer = config
+    if model_type == "gemma3":
+        # Gemma3ForConditionalGeneration: the language model is `text_config` (gemma3_text);
+        # keys it leaves out take Gemma3TextConfig defaults.
+        text = config.get("text_config") or {}
+        if not isinstance(text, Mapping):
+            raise ValueError(f"{name}: config.json field text_config must be an object")
+        config = dict(text)
+        config.setdefault("model_type", "gemma3_text")
+        if "tie_word_embeddings" not in config and outer.get("tie_word_embeddings") is not None:
+            config["tie_word_embeddings"] = outer["tie_word_embeddings"]
+        multimodal = True
+    family = "gemma3_text" if model_type == "gemma3" else str(model_type)
+    cfg = _Cfg(config, family)
+
+    vocab = cfg.int("vocab_size")
+    hidden = cfg.int("hidden_size")
+    inter = cfg.int("intermediate_size")
+    n_layers = cfg.int("num_hidden_layers")
+    heads = cfg.int("num_attention_heads")
+    kv_heads = cfg.int("num_key_value_heads") if cfg.get("num_key_value_heads") is not None else heads
+    # head_dim: explicit when given, else hidden // heads (e.g. LlamaConfig.__post_init__,
+    # MixtralAttention: `getattr(config, "head_dim", None) or hidden // heads`).
+    head_dim = cfg.int("head_dim") if cfg.get("head_dim") is not None else hidden // heads
+    tie = bool(cfg.get("tie_word_embeddings"))
+    hidden_act = str(cfg.get("hidden_activation") or cfg.get("hidden_act") or "silu")
+
+    # Attention projections. Bias: llama/qwen3/gemma `attention_bias` on q/k/v/o; qwen2 always
+    # on q/k/v and never on o (Qwen2Attention); mistral/mixtral/phi3 never.
+    q_out, kv_out = heads * head_dim, kv_heads * head_dim
+    if family == "phi3":
+        attn = [
+            LinearShape("qkv_proj", hidden, q_out + 2 * kv_out, False, path="self_attn.qkv_proj"),
+            LinearShape("o_proj", q_out, hidden, False, path="self_attn.o_proj"),
+        ]
+    else:
+        if family == "qwen2":
+            qkv_bias, o_bias = True, False
+        elif family in ("mistral", "mixtral"):
+            qkv_bias = o_bias = False
+        else:
+            qkv_bias = o_bias = bool(cfg.get("attention_bias", False))
+        attn = [
+            LinearShape("q_proj", hidden, q_out, qkv_bias, path="self_attn.q_proj"),
+            LinearShape("k_proj", hidden, kv_out, qkv_bias, path="self_attn.k_proj"),
+            LinearShape("v_proj", hidden, kv_out, qkv_bias, path="self_attn.v_proj"),
+            LinearShape("o_proj", q_out, hidden, o_bias, path="self_attn.o_proj"),
+        ]
+
+    # MLP per layer.
+    num_experts = top_k = moe_inter = 0
+    mlp_bias = bool(cfg.get("mlp_bias", False)) if family == "llama" else False
+    layers: list[tuple[LinearShape, ...]] = []
+    if family == "mixtral":
+        num_experts = cfg.int("num_local_experts")
+        top_k = cfg.int("num_experts_per_tok")
+        moe_inter = inter
+        layers = [tuple(attn + _moe_mlp(hidden, inter, num_experts, top_k))] * n_layers
+    elif family == "qwen3_moe":
+        num_experts = int(cfg.get("num_experts") or 0)
+        top_k = cfg.int("num_experts_per_tok")
+        moe_inter = cfg.int("moe_intermediate_size")
+        step = int(cfg.get("decoder_sparse_step") or 1)
+        mlp_only = set(cfg.get("mlp_only_layers") or [])
+        moe_layer = tuple(attn + _moe_mlp(hidden, moe_inter, num_experts, top_k)) if num_experts else ()
+        dense_layer = tuple(attn + _dense_mlp(hidden, inter))
+        # Qwen3MoeDecoderLayer: sparse when not in mlp_only_layers and (i + 1) % step == 0.
+        layers = [
+            moe_layer if (i not in mlp_only and num_experts > 0 and (i + 1) % step == 0) else dense_layer
+            for i in range(n_layers)
+        ]
+    else:
+        layers = [tuple(attn + _dense_mlp(hidden, inter, mlp_bias, fused=family == "phi3"))] * n_layers
+
+    # Norms: RMSNorm weights of `hidden` each; gemma2/3 have four per layer
+    # (input, post_attention, pre_feedforward, post_feedforward); qwen3/qwen3_moe/gemma3 add
+    # q_norm and k_norm over head_dim.
+    norms = 4 if family in ("gemma2", "gemma3_text") else 2
+    qk_norm = family in ("qwen3", "qwen3_moe", "gemma3_text")
+    norm_per_layer = norms * hidden + (2 * head_dim if qk_norm else 0)
+
+    # Sliding window and which layers use it.
+    sliding: int | None = None
+    layer_types: list[str] = []
+    if isinstance(cfg.get("layer_types"), list) and len(cfg.get("layer_types")) == n_layers:  # type: ignore[arg-type]
+        layer_types = [str(t) for t in cfg.get("layer_types")]  # type: ignore[union-attr]
+        sliding = cfg.get("sliding_window")  # type: ignore[assignment]
+    elif family in ("qwen2", "qwen3", "qwen3_moe"):
+        # Qwen2Config: sliding only with use_sliding_window, on layers >= max_window_layers.
+        if cfg.get("use_sliding_window"):
+            sliding = cfg.get("sliding_window")  # type: ignore[assignment]
+            mwl = int(cfg.get("max_window_layers") or 28)
+            layer_types = ["sliding_attention" if sliding and i >= mwl else "full_attention" for i in range(n_layers)]
+    elif family == "gemma2":
+        sliding = cfg.get("sliding_window")  # type: ignore[assignment]
+        layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
+    elif family == "gemma3_text":
+        sliding = cfg.get("sliding_window")  # type: ignore[assignment]
+        pattern = int(config.get("sliding_window_pattern") or 6)
+        layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
+    else:  # llama has none; mistral/mixtral/phi3 apply `sliding_window` to every layer when set
+        sliding = cfg.get("sliding_window") if family != "llama" else None  # type: ignore[assignment]
+    if not layer_types:
+        layer_types = ["sliding_attention" if sliding else "full_attention"] * n_layers
+    if not any(t == "sliding_attention" for t in layer_types):
+        sliding = None
+
+    extra: list[tuple[str, object]] = []
+    rope = config.get("rope_parameters") or config.get("rope_scaling")
+    if isinstance(rope, Mapping):
+        extra.append(("rope_scaling", _freeze(rope)))
+    if config.get("rope_theta") is not None:
+        extra.append(("rope_theta", config.get("rope_theta")))
+    if family == "phi3" and config.get("original_max_position_embeddings") is not None:
+        extra.append(("original_max_position_embeddings", config.get("original_max_position_embeddings")))
+    if multimodal:
+        extra.append(("multimodal", True))
+        extra.append(("note", "multimodal checkpoint: the spec covers the language model (text_config) only"))
+    if family == "gemma3_text" or family == "gemma2":
+        extra.append(("query_pre_attn_scalar", cfg.get("query_pre_attn_scalar", head_dim)))
+    if config.get("architectures"):
+        extra.append(("architectures", tuple(config.get("architectures") or ())))  # type: ignore[arg-type]
+
+    def _float_or_none(key: str) -> float | None:
+        value = cfg.get(key)
+        return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+    return ModelSpec(
+        name=name,
+        model_type=str(model_type),
+        vocab_size=vocab,
+        hidden_size=hidden,
+        intermediate_size=inter,
+        num_layers=n_layers,
+        num_heads=heads,
+        num_kv_heads=kv_heads,
+        head_dim=head_dim,
+        tie_word_embeddings=tie,
+        max_position_embeddings=_context_length(cfg),
+        torch_dtype=_dtype_of(config, outer),
+        layers=tuple(layers),
+        norm_params_per_layer=norm_per_layer,
+        final_norm_params=hidden,
+        num_experts=num_experts,
+        experts_per_token=top_k,
+        sliding_window=int(sliding) if sliding else None,
+        attn_logit_softcapping=_float_or_none("attn_logit_softcapping") if family in ("gemma2", "gemma3_text") else None,
+        final_logit_softcapping=_float_or_none("final_logit_softcapping") if family in ("gemma2", "gemma3_text") else None,
+        extra=tuple(extra),
+        moe_intermediate_size=moe_inter,
+        qk_norm=qk_norm,
+        norms_per_layer=norms,
+        layer_types=tuple(layer_types),
+        hidden_act=hidden_act,
+    )
