@@ -157,3 +157,65 @@ def preview_rows(rows: Sequence[Mapping[str, Any]], *, source: str = "dataset", 
         messages = row_to_messages(row, fmt, where=f"{source} row {i + 1}")
         shown.append(messages if messages is not None else [{"role": "user", "content": row.get("text", "")}])
     return fmt, shown
+
+
+# --- local files (pure readers: the launcher's preflight and the wizard's preview) -------------
+
+LOCAL_SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
+
+
+def is_local_source(source: str) -> bool:
+    """Whether a dataset source names a local file (by suffix or existence) rather than a Hub id."""
+    import os
+
+    return source.lower().endswith(LOCAL_SUFFIXES) or os.path.exists(os.path.expanduser(source))
+
+
+def read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """Rows of a local JSONL/JSON/CSV file as `(location, row)` pairs, where location reads
+    `data.jsonl line 12` (for error messages). Parquet needs pyarrow: returns `[]` (the
+    training process reads it through `datasets`). Raises `DatasetFormatError` for a missing
+    file, a corrupt JSONL line (with its line number) or JSON that is not a list of objects."""
+    import csv
+    import json
+    import os
+
+    path = os.path.expanduser(path)
+    name = os.path.basename(path)
+    if not os.path.isfile(path):
+        raise DatasetFormatError(f"dataset file {path!r} does not exist")
+    suffix = os.path.splitext(path)[1].lower()
+    rows: list[tuple[str, dict[str, Any]]] = []
+    if suffix == ".parquet":
+        return rows
+    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as f:
+        if suffix == ".csv":
+            for i, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
+                rows.append((f"{name} line {i}", dict(row)))
+                if limit is not None and len(rows) >= limit:
+                    break
+            return rows
+        if suffix == ".json":
+            try:
+                data = json.load(f)
+            except json.JSONDecodeError as exc:
+                raise DatasetFormatError(f"{name} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+            if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
+                data = next(iter(data.values()))  # {"data": [...]}
+            if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
+                raise DatasetFormatError(f"{name}: expected a JSON list of objects (one per example)")
+            return [(f"{name} item {i + 1}", r) for i, r in enumerate(data[:limit] if limit else data)]
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise DatasetFormatError(
+                    f"{name} line {lineno}: not valid JSON ({exc.msg}); fix or delete that line") from None
+            if not isinstance(row, dict):
+                raise DatasetFormatError(f"{name} line {lineno}: expected a JSON object (got {type(row).__name__})")
+            rows.append((f"{name} line {lineno}", row))
+            if limit is not None and len(rows) >= limit:
+                break
+    return rows

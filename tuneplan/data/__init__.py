@@ -1,0 +1,9 @@
+"""Data shipped with tuneplan: the sample chat dataset and the tiny model's config."""
+
+from pathlib import Path
+
+DATA_DIR = Path(__file__).resolve().parent
+SAMPLE_CHAT = DATA_DIR / "sample_chat.jsonl"
+"""A few hundred short chat examples (arithmetic and word tasks), `messages` format."""
+TINY_MODEL_CONFIG = DATA_DIR / "tiny_llama_config.json"
+"""config.json of the tiny Llama-style model (`tuneplan.training.tiny.build_tiny_model`)."""

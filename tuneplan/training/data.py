@@ -1,0 +1,126 @@
+"""Dataset loading for a run: file or Hub id -> trl-shaped `datasets.Dataset`s.
+
+Rows are converted by `tuneplan.services.dataset_formats` (chat-like rows -> conversational
+prompt/completion, `text` rows -> language modelling). Samples longer than the sequence
+length are counted and, per `data.overlong`, dropped or left for trl to truncate.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+from tuneplan.config import RunConfig
+from tuneplan.services.dataset_formats import (
+    DatasetFormatError, detect_format, is_local_source, read_local_rows, row_to_training_example,
+)
+
+log = logging.getLogger("tuneplan.training")
+
+FALLBACK_TEMPLATE_NAME = "tuneplan-plain"
+# Used when the base model's tokenizer has no chat template: plain-text headers, the turn ends
+# with the tokenizer's eos token so the model learns to stop.
+FALLBACK_CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
+    "{% elif message['role'] == 'user' %}{{ '### User:\n' + message['content'] + '\n\n' }}"
+    "{% else %}{{ '### Assistant:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
+)
+
+
+@dataclass(frozen=True)
+class PreparedData:
+    train: Any
+    """`datasets.Dataset` of training examples."""
+    eval: Any | None
+    """Held-out examples (`None` without an eval split)."""
+    format: str
+    """Detected (or configured) row format."""
+    examples: int
+    """Rows used (train + eval) after dropping over-long ones."""
+    dropped_too_long: int
+    truncated: int
+
+
+def _raw_rows(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
+    d = config.data
+    if is_local_source(d.source) and not d.source.lower().endswith(".parquet"):
+        return read_local_rows(d.source, limit=d.max_samples)
+    import datasets
+
+    try:
+        if d.source.lower().endswith(".parquet"):
+            ds = datasets.Dataset.from_parquet(d.source)
+        else:
+            ds = datasets.load_dataset(d.source, split=d.split)
+    except FileNotFoundError as exc:
+        raise DatasetFormatError(f"dataset {d.source!r} not found ({exc})") from None
+    if d.max_samples is not None:
+        ds = ds.select(range(min(d.max_samples, len(ds))))
+    return [(f"{d.source} row {i + 1}", row) for i, row in enumerate(ds)]
+
+
+def ensure_chat_template(tokenizer, notes: list[str]) -> None:
+    """Give a tokenizer without a chat template the fallback one, noted in the run log."""
+    if getattr(tokenizer, "chat_template", None):
+        return
+    tokenizer.chat_template = FALLBACK_CHAT_TEMPLATE
+    notes.append(f"the tokenizer has no chat template; using tuneplan's fallback template "
+                 f"'{FALLBACK_TEMPLATE_NAME}' (### User / ### Assistant headers)")
+
+
+def _length(tokenizer, example: dict[str, Any]) -> int:
+    if "text" in example:
+        return len(tokenizer(example["text"]).input_ids) + 1  # + eos appended by trl
+    ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
+    if isinstance(ids, dict) or hasattr(ids, "keys"):
+        ids = ids["input_ids"]
+    return len(ids)
+
+
+def prepare_data(config: RunConfig, tokenizer, notes: list[str]) -> PreparedData:
+    """Load, convert, count over-long samples and split. Bad data raises `UserError`."""
+    import datasets
+
+    rows = _raw_rows(config)
+    source = config.data.source
+    if not rows:
+        raise DatasetFormatError(f"dataset {source!r} has no rows; add examples or pick another file")
+    if config.data.format == "auto":
+        seen: dict[str, None] = {}
+        for _, row in rows[:1000]:
+            seen.update(dict.fromkeys(row))
+        fmt = detect_format(seen, source=source)
+    else:
+        fmt = config.data.format
+    examples = [row_to_training_example(row, fmt, where=where) for where, row in rows]
+    if fmt != "text":
+        ensure_chat_template(tokenizer, notes)
+
+    limit = config.setup.seq_len
+    lengths = [_length(tokenizer, ex) for ex in examples]
+    too_long = sum(1 for n in lengths if n > limit)
+    dropped = truncated = 0
+    if too_long and config.data.overlong == "drop":
+        examples = [ex for ex, n in zip(examples, lengths) if n <= limit]
+        dropped = too_long
+        if not examples:
+            raise DatasetFormatError(f"every example of {source!r} is longer than seq_len={limit} tokens; "
+                                     "raise the sequence length or use data.overlong = \"truncate\"")
+    elif too_long and not config.setup.packing:
+        truncated = too_long
+    elif too_long:
+        truncated = too_long  # bfd packing truncates overflowing sequences too
+
+    ds = datasets.Dataset.from_list(examples)
+    eval_ds = None
+    frac = config.data.eval_fraction
+    if frac > 0 and len(ds) >= 2:
+        n_eval = max(1, int(round(len(ds) * frac)))
+        split = ds.train_test_split(test_size=n_eval, seed=config.training.seed, shuffle=True)
+        ds, eval_ds = split["train"], split["test"]
+    return PreparedData(train=ds, eval=eval_ds, format=fmt, examples=len(examples),
+                        dropped_too_long=dropped, truncated=truncated)

@@ -1,0 +1,165 @@
+"""Steps 4-5 of the training-path contract: the trl `SFTTrainer` our runs use.
+
+`tuneplan/training/modeling.py` builds the model (steps 1-3); this module wraps it in the
+trainer. The planner (`planner/memory.py`) predicts exactly this path and
+`docs/training-path.md` documents it; a change here must be agreed in both places.
+
+4. trl `SFTTrainer` with mixed precision from the setup's compute dtype (`bf16=True` for
+   bfloat16, `fp16=True` for float16, neither for float32), the optimizer mapped
+   `adamw`->`adamw_torch`, `adamw-8bit`->`adamw_bnb_8bit`, `paged-adamw-8bit`->
+   `paged_adamw_8bit`, `paged-adamw-32bit`->`paged_adamw_32bit`, micro-batch, gradient
+   accumulation and sequence length (`max_length`) from the setup. `packing=True` -> trl's
+   best-fit-decreasing packing, which is padding-free (one flattened row per micro-batch,
+   documents kept apart by `position_ids`); `packing=False` -> rows padded to the longest in
+   the micro-batch, truncated at `seq_len`. Checkpointing is already enabled by step 2
+   (non-reentrant); the trainer is told the same so that it re-applies the same kwargs.
+   Checkpoints every `training.save_steps` keeping `training.save_total_limit` (with
+   optimizer state, so `resume` continues exactly). Eval loss on the held-out split.
+5. Loss. trl 1.16's `SFTTrainer` always patches the model with its own chunked "fused LM
+   head" (`trl.trainer.utils.add_fused_lm_head`): the loss is computed from the hidden
+   states in tiles of 32768 tokens without materialising the `(batch, seq, vocab)` logits,
+   and it REFUSES Liger's `fused_linear_cross_entropy` (ValueError in `SFTTrainer.__init__`).
+   So, with this trl:
+   - `fused_ce=True`  -> trl's chunked fused LM head (works on CPU and CUDA; no Liger, no
+     fallback needed). It also computes per-token entropy and top-1 for trl's metrics,
+     inside the same tiles (no full logits).
+   - `fused_ce=False` -> transformers' own loss: the model is called with `labels`
+     (`logits.float()` + cross-entropy), exactly as `Trainer.compute_loss` does. This is
+     the path the planner's `logits_fp32` terms model.
+   Completion-only loss: chat and prompt/completion data become conversational
+   prompt/completion rows (`tuneplan.services.dataset_formats`), so trl masks the prompt
+   (`completion_only_loss`) unless `data.completion_only_loss` is false.
+
+Known library behaviour (not ours, documented in docs/training-path.md by modeling.py's
+owner): trl casts the trainable parameters of a 4-bit model to bf16 in `__init__`.
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+from typing import Any
+
+from tuneplan.config import RunConfig
+
+log = logging.getLogger("tuneplan.training")
+
+# TrainSetup.optimizer -> transformers `optim` names (contract step 4).
+OPTIMIZERS = {
+    "adamw": "adamw_torch",
+    "adamw-8bit": "adamw_bnb_8bit",
+    "paged-adamw-8bit": "paged_adamw_8bit",
+    "paged-adamw-32bit": "paged_adamw_32bit",
+}
+
+
+def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval: bool = False,
+               completion_only: bool | None = None):
+    """The `trl.SFTConfig` for a run (contract step 4). `output_dir=None` -> no checkpoints
+    (a temporary folder is used for trl's bookkeeping)."""
+    from trl import SFTConfig
+
+    s, t = run_config.setup, run_config.training
+    saving = output_dir is not None
+    if output_dir is None:
+        output_dir = tempfile.mkdtemp(prefix="tuneplan-trainer-")
+    if has_eval:
+        eval_strategy = "steps" if t.eval_steps else "epoch"
+    else:
+        eval_strategy = "no"
+    return SFTConfig(
+        output_dir=output_dir,
+        # batch geometry (the planner's knobs)
+        per_device_train_batch_size=s.micro_batch,
+        per_device_eval_batch_size=s.micro_batch,
+        gradient_accumulation_steps=s.grad_accum,
+        max_length=s.seq_len,
+        packing=s.packing,
+        packing_strategy="bfd",
+        padding_free=False,  # implied by bfd packing; off without packing (needs flash-attention)
+        gradient_checkpointing=s.grad_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if s.grad_checkpointing else None,
+        bf16=s.compute_dtype == "bfloat16",
+        fp16=s.compute_dtype == "float16",
+        optim=OPTIMIZERS[s.optimizer],
+        # loss
+        completion_only_loss=completion_only,
+        # hyperparameters
+        learning_rate=t.learning_rate,
+        lr_scheduler_type=t.lr_scheduler,
+        warmup_steps=t.warmup_ratio,  # a float < 1 is a ratio of the total steps (transformers 5)
+        num_train_epochs=t.epochs,
+        max_steps=t.max_steps if t.max_steps is not None else -1,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        seed=t.seed,
+        data_seed=t.seed,
+        # logging, eval, checkpoints
+        logging_strategy="steps",
+        logging_steps=t.logging_steps,
+        eval_strategy=eval_strategy,
+        eval_steps=t.eval_steps,
+        save_strategy="steps" if saving else "no",
+        save_steps=t.save_steps,
+        save_total_limit=t.save_total_limit,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+    )
+
+
+def _trainer_class():
+    from transformers import Trainer
+    from trl import SFTTrainer
+
+    class TuneplanSFTTrainer(SFTTrainer):
+        """`SFTTrainer` with contract step 5's `fused_ce=False` path (transformers' loss)."""
+
+        fused_ce: bool = True
+
+        def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+            if self.fused_ce:
+                return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+            inputs["use_cache"] = False
+            # Trainer.compute_loss: model(**inputs) with labels -> logits.float() + cross-entropy
+            return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
+
+    return TuneplanSFTTrainer
+
+
+def build_trainer(run_config: RunConfig, model, tokenizer, train_ds, eval_ds=None, callbacks=None, *,
+                  output_dir: str | None = None):
+    """The trainer of contract steps 4-5 around a model from `modeling.load_for_training`.
+
+    `train_ds` / `eval_ds` are `datasets.Dataset`s in trl's shapes: conversational
+    prompt/completion rows or `text` rows (see `tuneplan.training.data`). The tokenizer gets
+    a pad token (its eos) when it has none. `output_dir` holds the checkpoints (`None`: no
+    checkpoints, e.g. for the memory trace)."""
+    if getattr(tokenizer, "pad_token", None) is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    columns = set(train_ds.column_names)
+    chat = "prompt" in columns and "completion" in columns
+    completion_only = run_config.data.completion_only_loss if chat else None
+    args = sft_config(run_config, output_dir=output_dir, has_eval=eval_ds is not None and len(eval_ds) > 0,
+                      completion_only=completion_only)
+    cls = _trainer_class()
+    trainer = cls(
+        model=model,
+        args=args,
+        train_dataset=train_ds,
+        eval_dataset=eval_ds if eval_ds is not None and len(eval_ds) > 0 else None,
+        processing_class=tokenizer,
+        callbacks=list(callbacks or []),
+    )
+    trainer.fused_ce = run_config.setup.fused_ce
+    log.info("loss: %s", "trl chunked fused LM head (no full logits)" if trainer.fused_ce
+             else "transformers loss (full fp32 logits)")
+    return trainer
+
+
+def optimizer_name(setup) -> str:
+    """The transformers `optim` name for a setup's optimizer."""
+    return OPTIMIZERS[setup.optimizer]
+
+
+__all__: list[Any] = ["build_trainer", "sft_config", "OPTIMIZERS", "optimizer_name"]
