@@ -1,0 +1,551 @@
+"""GPU memory of one LoRA / QLoRA / full fine-tuning step, modelled from the mechanisms.
+
+`estimate_memory(spec, setup, gpu)` predicts the second optimizer step of tuneplan's own
+training path (see `docs/training-path.md` and the contract in `planner/setup.py`):
+
+1. frozen base in the compute dtype (LoRA, full) or bitsandbytes 4-bit (QLoRA: NF4/FP4,
+   blocksize 64, optional double quantization, quant_storage = compute dtype); embeddings,
+   lm_head and norms stay in the compute dtype (no kbit-preparation upcast);
+2. peft LoRA adapters in fp32 (peft `autocast_adapter_dtype=True`); trl's SFTTrainer casts
+   the adapters of a 4-bit model to bf16 (trl/trainer/sft_trainer.py, "QLoRA ... bf16");
+3. accelerate bf16/fp16 autocast, non-reentrant checkpointing of every decoder layer;
+4. the loss: transformers' `ForCausalLMLoss` (`logits.float()` + cross-entropy, plus
+   accelerate's `convert_outputs_to_fp32` copy) or a fused/chunked linear cross-entropy;
+5. the optimizer after its first step (states exist): torch AdamW (states in the parameter
+   dtype, foreach temporaries), bitsandbytes 8-bit (uint8 + fp32 absmax per 256 elements,
+   tensors under 4096 elements in 32-bit) and paged variants (buffers of tensors with at
+   least 1e5 elements in CUDA unified memory, outside torch's caching allocator).
+
+The step is modelled in phases (end of forward / loss forward / start of the loss backward /
+backward through a layer / optimizer step); `torch_peak_bytes` is the largest phase, not the
+sum of everything. Each formula names the library file and function it follows.
+
+Paged optimizer buffers: `torch.cuda.max_memory_allocated()` never sees them (they come from
+`cudaMallocManaged` in bitsandbytes `functional.get_paged`), so they are left out of
+`torch_peak_bytes`; while the GPU has room they stay resident and nvidia-smi counts them, so
+they are in `device_bytes` (component `optimizer_states` holds both; `details` splits them).
+
+Pure arithmetic (stdlib only), well under 1 ms per estimate.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from planner.setup import COMPONENTS, MemoryEstimate, TrainSetup
+
+MiB = 1024**2
+GiB = 1024**3
+
+_DTYPE_BYTES = {"bfloat16": 2, "float16": 2, "float32": 4}
+
+# bitsandbytes 4-bit layout (bitsandbytes/functional.py `quantize_4bit`, nn/modules.py
+# `Params4bit`): blocksize 64, one absmax per block; with double quantization the absmax are
+# themselves quantized by `quantize_blockwise(..., blocksize=256)` to uint8 + fp32 absmax.
+BNB_4BIT_BLOCK = 64
+BNB_DQ_BLOCK = 256
+BNB_4BIT_CODE_BYTES = 16 * 4  # `get_4bit_type` -> 16 fp32 values per quantized tensor
+BNB_DQ_CODE_BYTES = 256 * 4  # `create_dynamic_map` -> 256 fp32 values (cached once per device)
+# bitsandbytes/backends/cuda/ops.py: `_gemm_4bit_custom_max_m`: above this many rows the 4-bit
+# matmul dequantizes the whole weight (`_dequant_linear_fallback`) and calls F.linear.
+BNB_FUSED_MAX_TOKENS = 1536
+
+# bitsandbytes/optim/optimizer.py `Optimizer2State.init_state` / `get_state_buffer`.
+BNB_OPT_BLOCK = 256
+BNB_MIN_8BIT_SIZE = 4096
+BNB_PAGED_MIN_NUMEL = 100_000
+
+# trl/kernels/chunked_logprob.py (`TOKEN_CHUNK_SIZE`) and trl/trainer/utils.py
+# (`_CHUNKED_LOGPROB_CHUNK_SIZE`): the tile of the chunked log-prob LM head.
+TRL_TOKEN_CHUNK = 4096
+TRL_VOCAB_CHUNK = 32768
+
+# CUDA context of a process that initialised torch + cuBLAS (lazy module loading, CUDA 12):
+# a few hundred MiB; older stacks without lazy loading used > 1 GiB (transformers docs
+# model_memory_anatomy.md measured 1343 MiB on a V100). Per architecture, measured values
+# from nvidia-smi of an idle process after `torch.ones(1).cuda() @ ...` (calibrated: see
+# tests/data/calibration/README.md).
+CUDA_CONTEXT_BYTES = {
+    "turing": 420 * MiB,
+    "ampere": 480 * MiB,
+    "ada": 480 * MiB,
+    "hopper": 560 * MiB,
+    "blackwell": 600 * MiB,
+    None: 500 * MiB,
+}
+# torch aten/src/ATen/cuda/CublasHandlePool.cpp `getChosenWorkspaceSize`: default
+# CUBLAS_WORKSPACE_CONFIG ":4096:2:16:8" (8 MiB + 128 KiB) or ":4096:8" (32 MiB) on sm90+.
+CUBLAS_WORKSPACE_BYTES = {"hopper": 32 * MiB, "blackwell": 32 * MiB, None: 8 * MiB + 128 * 1024}
+
+# Caching allocator (c10/cuda/CUDACachingAllocator.cpp): requests round up to 512 bytes;
+# requests over 10 MiB get their own segment rounded up to 2 MiB; freed blocks stay reserved.
+# Transients of different shapes (activations, logits, dequantized weights) leave cached
+# blocks that later requests of other sizes cannot reuse: reserved exceeds the allocated peak
+# by a fraction of the churning (non-persistent) memory. Calibrated against the published
+# allocated/reserved pairs (tests/data/calibration/README.md); a CPU cannot show it.
+ALLOC_ROUND = 512
+ALLOC_FRAGMENTATION = 0.12
+
+
+def _round_alloc(n: int) -> int:
+    return ((n + ALLOC_ROUND - 1) // ALLOC_ROUND) * ALLOC_ROUND
+
+
+def _bytes(dtype: str) -> int:
+    try:
+        return _DTYPE_BYTES[dtype]
+    except KeyError:
+        raise ValueError(f"dtype must be one of {', '.join(_DTYPE_BYTES)} (got {dtype!r})") from None
+
+
+# -- resolving the setup into the dtypes of our path ------------------------------------------
+@dataclass(frozen=True)
+class _Path:
+    w: int  # bytes per frozen 16/32-bit weight element
+    act: int  # bytes per activation element (the autocast dtype, or the weight dtype)
+    adapter: int  # bytes per trainable element (LoRA A/B, or all params for full)
+    lora_linear: int  # bytes of the input LoRA's A-linear computes in (and saves)
+    lora_cast: bool  # peft `_cast_input_dtype` makes a copy of each adapted input
+    opt_state: int  # bytes per AdamW state element (torch: param dtype; bnb 32-bit: fp32)
+
+
+def _resolve(setup: TrainSetup) -> _Path:
+    w = _bytes(setup.compute_dtype)
+    autocast = getattr(setup, "autocast", True) and w < 4
+    act = 2 if autocast else w
+    if setup.method == "full":
+        adapter = w
+    else:
+        dt = getattr(setup, "adapter_dtype", None)
+        if dt is None:
+            # peft default fp32 adapters; trl SFTTrainer casts a 4-bit model's adapters to bf16
+            dt = "bfloat16" if setup.method == "qlora" else "float32"
+        adapter = _bytes(dt)
+    # peft/tuners/lora/layer.py `Linear.forward` -> `_cast_input_dtype(x, lora_A.weight.dtype)`
+    lora_cast = setup.method != "full" and adapter != act
+    # under autocast F.linear runs in the autocast dtype; without it, in the adapter dtype
+    lora_linear = act if autocast else adapter
+    if setup.optimizer in ("paged-adamw-32bit",):
+        opt_state = 4  # bnb 32-bit optimizers keep fp32 states whatever the param dtype
+    else:
+        sd = getattr(setup, "optimizer_state_dtype", None)
+        opt_state = _bytes(sd) if sd else adapter  # torch.optim.AdamW: zeros_like(param)
+    return _Path(w=w, act=act, adapter=adapter, lora_linear=lora_linear, lora_cast=lora_cast, opt_state=opt_state)
+
+
+def _lora_modules(spec, setup: TrainSetup):
+    """Per layer, the LinearShapes peft wraps (spec.resolve_lora_targets when available)."""
+    if setup.method == "full":
+        return tuple(() for _ in spec.layers)
+    try:
+        from planner.spec import resolve_lora_targets
+    except ImportError:  # older spec without the helper
+        resolve_lora_targets = None
+    targets = setup.lora_targets
+    if resolve_lora_targets is not None:
+        return resolve_lora_targets(spec, targets)
+    names = None if targets in ("all-linear", "all_linear") else set(
+        [targets] if isinstance(targets, str) else targets)
+    return tuple(tuple(m for m in layer if m.lora_targetable and (names is None or m.name in names))
+                 for layer in spec.layers)
+
+
+# -- weights ----------------------------------------------------------------------------------
+def _quantized_tensor_bytes(n: int, setup: TrainSetup, storage_bytes: int) -> tuple[int, int]:
+    """(packed weight bytes, quantization-constant bytes) of one 4-bit tensor of n elements.
+
+    bitsandbytes/functional.py `quantize_4bit`: packed `(n + 1) // (2 * itemsize)` elements
+    of quant_storage; absmax fp32 per 64-block, or (double quant) uint8 per block + fp32
+    absmax per 256 of those + the 256-entry fp32 code + an fp32 offset; the 16-value code.
+    """
+    per = 2 * storage_bytes
+    packed = ((n + per - 1) // per) * storage_bytes
+    blocks = -(-n // BNB_4BIT_BLOCK)
+    if setup.double_quant:
+        consts = blocks + 4 * -(-blocks // BNB_DQ_BLOCK) + 4 + BNB_4BIT_CODE_BYTES
+    else:
+        consts = 4 * blocks + BNB_4BIT_CODE_BYTES
+    return packed, consts
+
+
+def _weights(spec, setup: TrainSetup, p: _Path, details: dict) -> tuple[int, int]:
+    """(quantized bytes, unquantized bytes) of the frozen or trainable base weights."""
+    embed = spec.embedding_params() * p.w
+    head = spec.lm_head_params() * p.w
+    norms = spec.norm_params() * p.w
+    details["embed_tokens"] = embed
+    if head:
+        details["lm_head"] = head
+    details["norms"] = norms
+    quant = packed_total = consts_total = 0
+    other = 0
+    for layer in spec.layers:
+        for m in layer:
+            if setup.method == "qlora" and m.quantizable():
+                n = m.in_features * m.out_features
+                packed, consts = _quantized_tensor_bytes(n, setup, p.w)
+                packed_total += packed * m.count
+                consts_total += consts * m.count
+                if m.bias:
+                    other += m.out_features * m.count * p.w  # Linear4bit keeps its bias unquantized
+            else:
+                other += m.weight_params() * p.w
+    quant = packed_total + consts_total
+    if setup.method == "qlora":
+        details["weights_4bit_packed"] = packed_total
+        details["weights_4bit_constants"] = consts_total
+        if setup.double_quant:
+            consts_total += BNB_DQ_CODE_BYTES
+    details["linear_weights_16bit"] = other
+    if setup.method == "full":
+        return 0, 0  # all weights are the trainable parameters (adapter_weights)
+    return quant, embed + head + norms + other
+
+
+# -- trainable parameters ----------------------------------------------------------------------
+def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[int]:
+    """Element counts of every trainable tensor (LoRA A and B per adapted module instance)."""
+    if setup.method == "full":
+        sizes = [spec.embedding_params()]
+        if spec.lm_head_params():
+            sizes.append(spec.lm_head_params())
+        for layer in spec.layers:
+            for m in layer:
+                sizes.extend([m.in_features * m.out_features] * m.count)
+                if m.bias:
+                    sizes.extend([m.out_features] * m.count)
+        # norms: one tensor per norm; exact split does not matter for the optimizer rules
+        per_layer_norms = max(1, getattr(spec, "norms_per_layer", 2))
+        if spec.norm_params_per_layer:
+            sizes.extend([spec.norm_params_per_layer // per_layer_norms] * (per_layer_norms * spec.num_layers))
+        if spec.final_norm_params:
+            sizes.append(spec.final_norm_params)
+        return sizes
+    r = setup.lora_rank
+    sizes = []
+    for layer in lora_layers:
+        for m in layer:
+            for _ in range(m.count):
+                sizes.append(r * m.in_features)  # lora_A: (r, in)
+                sizes.append(m.out_features * r)  # lora_B: (out, r)
+    return sizes
+
+
+def _optimizer_states(sizes: list[int], setup: TrainSetup, p: _Path) -> tuple[int, int, int]:
+    """(bytes inside torch's allocator, bytes in paged unified memory, step temporaries)."""
+    opt = setup.optimizer
+    torch_bytes = paged = 0
+    if opt == "adamw":
+        # torch/optim/adamw.py `_init_group`: exp_avg, exp_avg_sq = zeros_like(p)
+        total = sum(sizes)
+        torch_bytes = 2 * total * p.opt_state
+        # torch/optim/adamw.py `_multi_tensor_adamw` (foreach, the CUDA default):
+        # exp_avg_sq_sqrt = torch._foreach_sqrt(...) is one state-sized temporary
+        temp = total * p.opt_state
+        return torch_bytes, 0, temp
+    paged_opt = opt.startswith("paged")
+    eight_bit = opt.endswith("8bit")
+    for n in sizes:
+        if eight_bit and n >= BNB_MIN_8BIT_SIZE:
+            states = 2 * n  # state1, state2 uint8
+            torch_bytes += 2 * 4 * -(-n // BNB_OPT_BLOCK)  # absmax1, absmax2 fp32 per 256
+        else:
+            states = 2 * 4 * n  # 32-bit states (bnb 32-bit, or 8-bit below min_8bit_size)
+        if paged_opt and n >= BNB_PAGED_MIN_NUMEL:
+            paged += states
+        else:
+            torch_bytes += states
+    return torch_bytes, paged, 0
+
+
+# -- activations -------------------------------------------------------------------------------
+@dataclass
+class _Layer:
+    saved: int = 0  # bytes autograd keeps from forward to backward (no checkpointing)
+    fwd_transient: int = 0  # extra bytes live at the worst moment of the layer forward
+    bwd_working: int = 0  # extra bytes live at the worst moment of the layer backward
+    dequant: int = 0  # largest dequantized 4-bit weight (QLoRA)
+
+
+def _norm_saved(tokens: int, width: int, trainable: bool, a: int) -> int:
+    # transformers models/llama/modeling_llama.py `LlamaRMSNorm.forward`:
+    # hidden_states.to(float32) is saved by pow/mul (fp32 copy); weight * x.to(dtype) saves
+    # x only when the weight trains (autograd saves an input only for a gradient it needs).
+    return tokens * width * 4 + (tokens * width * a if trainable else 0) + tokens * 4
+
+
+def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s: int, attn: str,
+                       masked: bool) -> _Layer:
+    T = b * s
+    a = p.act
+    h = spec.hidden_size
+    nh, nkv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
+    full = setup.method == "full"
+    out = _Layer()
+    norms = max(2, getattr(spec, "norms_per_layer", 2))
+    out.saved += norms * _norm_saved(T, h, full, a)
+    if getattr(spec, "qk_norm", False):
+        # qwen3/gemma3 per-head q_norm/k_norm: fp32 copies of q and k
+        out.saved += T * (nh + nkv) * hd * 4 + 2 * T * 4
+    # -- attention (transformers integrations/sdpa_attention.py, eager_attention_forward) ----
+    qd, kvd = nh * hd, nkv * hd
+    if full:
+        out.saved += T * h * a  # q/k/v input (normed hidden) saved for the weight gradients
+        out.saved += T * qd * a  # o_proj input
+    if attn == "eager":
+        # repeat_kv copies k and v to all heads; matmul(q, k^T) saves q and k; the softmax
+        # runs in fp32 (saves its output) and is cast back (saved by matmul with v).
+        scores = b * nh * s * s
+        probs = scores * (4 + a)
+        if spec.attn_logit_softcapping:
+            probs += scores * a  # gemma2: tanh soft-capping saves its output
+        out.saved += T * qd * a * 3 + probs
+        out.fwd_transient = max(out.fwd_transient, scores * (2 * a + 4))
+        out.bwd_working = max(out.bwd_working, scores * (a + 4 + 4))
+    else:
+        # flash / memory-efficient SDPA save q, k, v, out and the fp32 logsumexp; with a
+        # padding mask on CUDA, GQA uses repeat_kv copies (`use_gqa_in_sdpa` needs mask None)
+        kv_saved = qd if (masked and attn == "sdpa") else kvd
+        out.saved += T * (qd + 2 * kv_saved + qd) * a + T * nh * 4
+        out.bwd_working = max(out.bwd_working, T * (2 * qd + 2 * kv_saved) * a + T * nh * 4)
+        if masked:
+            out.saved += 0  # the bool mask is shared by all layers (counted once, see caller)
+    # -- MLP -----------------------------------------------------------------------------------
+    experts = [m for m in layer if getattr(m, "kind", "linear") == "expert"]
+    router = [m for m in layer if getattr(m, "kind", "linear") == "router"]
+    if experts:
+        k = max(1, spec.experts_per_token)
+        inter = getattr(spec, "moe_intermediate_size", 0) or spec.intermediate_size
+        E = spec.num_experts or max(m.count for m in experts)
+        # transformers models/mixtral/modeling_mixtral.py `MixtralExperts.forward`: per routed
+        # token, gate_up output (kept by the activation), activation output, down output
+        # (saved by the routing-weight multiply); router softmax output in fp32.
+        out.saved += T * k * (2 * inter + inter + h) * a
+        out.saved += T * E * 4 + T * k * 4 * 2
+        if full:
+            out.saved += T * k * (h + inter) * a
+        out.bwd_working = max(out.bwd_working, T * k * inter * 3 * a)
+    else:
+        inter = spec.intermediate_size
+        # LlamaMLP: act_fn(gate) saves gate, act*up saves both factors
+        out.saved += 3 * T * inter * a
+        if full:
+            out.saved += T * h * a + T * inter * a  # gate/up input, down input
+        # mul backward: grad of the product plus grads of both factors
+        out.bwd_working = max(out.bwd_working, 3 * T * inter * a)
+    del router
+    # -- LoRA adapters (peft/tuners/lora/layer.py `Linear.forward`) ----------------------------
+    r = setup.lora_rank
+    drop = setup.lora_dropout > 0
+    shared_inputs = set()
+    for m in lora:
+        n_tok = T * m.count if getattr(m, "kind", "linear") != "expert" else T * m.active
+        fin = m.in_features
+        if p.lora_cast or drop:
+            # x.to(adapter dtype) (and dropout) make a new tensor per adapted module; the
+            # A-linear saves it (in its compute dtype: the autocast cast is another copy)
+            per_in = p.lora_linear + (1 if drop else 0)  # + the dropout mask (bool)
+            out.saved += n_tok * fin * per_in
+            # transient: fp32 cast + dropout output before the autocast cast
+            out.fwd_transient = max(out.fwd_transient, n_tok * fin * (p.adapter * (2 if drop else 1)))
+        else:
+            # no copy: the A-linear saves the module's own input, shared by modules that
+            # read the same tensor (q/k/v, gate/up)
+            key = (fin, m.path.split(".")[0] if getattr(m, "path", "") else m.name[:1])
+            if key not in shared_inputs and not full:
+                shared_inputs.add(key)
+                out.saved += n_tok * fin * p.lora_linear
+        out.saved += n_tok * r * p.lora_linear  # lora_A output, saved by lora_B
+        # backward through the adapter input: grad in the linear dtype, then through the
+        # cast / dropout in the adapter dtype
+        chain = n_tok * fin * (p.lora_linear + (p.adapter * 2 if (p.lora_cast or drop) else 0))
+        out.bwd_working = max(out.bwd_working, chain + n_tok * fin * a)
+    # -- QLoRA dequantization (bitsandbytes autograd/_functions.py `MatMul4Bit`) ---------------
+    if setup.method == "qlora":
+        biggest = max((m.in_features * m.out_features for m in layer if m.quantizable()), default=0)
+        out.dequant = biggest * p.w
+    # grad of the residual stream flowing through the layer
+    out.bwd_working += 2 * T * h * a
+    return out
+
+
+def _loss_transient(spec, setup: TrainSetup, p: _Path, T: int, details: dict, notes: list) -> tuple[int, int]:
+    """(bytes live at the start of the loss backward, bytes saved by the head for backward)."""
+    V, h = spec.vocab_size, spec.hidden_size
+    a = p.act
+    impl = _loss_impl(setup)
+    if impl == "transformers":
+        logits = T * V * a
+        # transformers loss/loss_utils.py `ForCausalLMLoss`: logits.float(); cross_entropy's
+        # log_softmax saves its fp32 output. At the start of the backward nll_loss_backward
+        # and log_softmax_backward each produce one more fp32 logits-sized tensor.
+        upcast = 4 if getattr(setup, "loss_upcast", True) else a
+        lse = T * V * upcast
+        bwd = 3 * lse
+        # forward: bf16 logits + fp32 copy + log_softmax output; accelerate
+        # utils/operations.py `convert_outputs_to_fp32` adds an fp32 copy of the returned logits
+        fwd = logits + 2 * lse
+        if getattr(setup, "autocast", True) and a < 4:
+            fwd = max(fwd, logits + lse + T * V * 4)
+        details["logits"] = logits
+        details["loss_fp32_logits"] = lse
+        details["loss_backward_logit_grads"] = 2 * lse
+        peak = max(fwd, bwd)
+        return peak, 0
+    if impl == "liger":
+        # liger_kernel/ops/fused_linear_cross_entropy.py: chunks of
+        # next_pow2(ceil(BT / ceil(V / H))) rows; grad_input (BT x H) kept for the backward
+        inc = -(-V // h)
+        chunk = 1 << max(0, math.ceil(math.log2(max(1, -(-T // inc)))))
+        chunk = min(chunk, T)
+        tile = chunk * V * a + chunk * V * 4 * 0
+        grad_in = T * h * a
+        details["fused_ce_chunk"] = tile
+        return tile + grad_in + T * 4, grad_in
+    # trl 1.16 SFTTrainer fused LM head (trl/kernels/chunked_logprob.py ChunkedLogProbFunction):
+    # a [min(N, 4096), 32768] tile in the compute dtype; the backward accumulates grad_hidden
+    # in fp32; the head input (masked rows) is saved.
+    tile = min(T, TRL_TOKEN_CHUNK) * min(V, TRL_VOCAB_CHUNK) * a
+    saved = T * h * a + T * 4 * 3
+    bwd = tile + T * h * 4 + T * h * a
+    details["fused_ce_chunk"] = tile
+    return bwd, saved
+
+
+def _loss_impl(setup: TrainSetup) -> str:
+    if not setup.fused_ce:
+        return "transformers"
+    return getattr(setup, "fused_ce_kernel", "trl")
+
+
+def _attention_kind(spec, setup: TrainSetup, notes: list) -> str:
+    attn = setup.attn
+    if spec.model_type == "gemma2" and attn != "eager":
+        # transformers refuses SDPA/flash for Gemma-2's soft-capping (modeling_gemma2.py):
+        # the training path falls back to eager attention (tuneplan/training/modeling.py)
+        notes.append("Gemma-2 uses eager attention (soft-capping): its scores grow with the square of the sequence length.")
+        attn = "eager"
+    if attn == "eager":
+        if spec.model_type != "gemma2":
+            notes.append("eager attention keeps batch x heads x seq^2 scores per layer (quadratic in the sequence length).")
+    return attn
+
+
+# -- the estimate ------------------------------------------------------------------------------
+def estimate_memory(spec, setup: TrainSetup, gpu=None) -> MemoryEstimate:
+    """Memory of the second optimizer step of `setup` on one GPU, in bytes.
+
+    `spec`: a `planner.spec.ModelSpec`; `gpu`: a `planner.gpus.GPU` or None for a generic
+    CUDA card (its architecture picks the cuBLAS workspace and context size). Sequences are
+    `setup.seq_len` tokens long (packed, or the longest padded batch). Returns a breakdown
+    (see `planner.setup.COMPONENTS`) with `torch_peak_bytes` (what
+    `torch.cuda.max_memory_allocated()` reads) and `device_bytes` (nvidia-smi: reserved +
+    CUDA context + cuBLAS workspace + paged optimizer buffers).
+    """
+    if setup.micro_batch <= 0 or setup.seq_len <= 0:
+        raise ValueError(f"micro_batch and seq_len must be > 0 (got {setup.micro_batch}, {setup.seq_len})")
+    p = _resolve(setup)
+    details: dict[str, int] = {}
+    notes: list[str] = []
+    lora_layers = _lora_modules(spec, setup)
+    b, s = setup.micro_batch, setup.seq_len
+    T = b * s
+    a = p.act
+    h = spec.hidden_size
+
+    quantized, unquantized = _weights(spec, setup, p, details)
+    sizes = _trainable_tensors(spec, setup, lora_layers)
+    trainable = sum(sizes)
+    adapters = trainable * p.adapter
+    grads = adapters  # gradients in the parameter dtype
+    opt_torch, opt_paged, opt_temp = _optimizer_states(sizes, setup, p)
+    details["trainable_params"] = trainable
+    if opt_paged:
+        details["optimizer_paged_unified_memory"] = opt_paged
+    static = quantized + unquantized + adapters + opt_torch
+    if setup.grad_accum > 1:
+        static_grads_fwd = grads  # accumulated grads exist during the next forward
+    else:
+        static_grads_fwd = 0
+
+    attn = _attention_kind(spec, setup, notes)
+    masked = not setup.packing
+    per_layer = [
+        _layer_activations(spec, layer, lora, setup, p, b, s, attn, masked)
+        for layer, lora in zip(spec.layers, lora_layers)
+    ] or [_Layer()]
+    L = len(per_layer)
+    mask_bytes = b * s * s if (masked and attn != "flash") else 0  # shared bool 4-D mask
+    head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
+    loss_peak, head_saved = _loss_transient(spec, setup, p, T, details, notes)
+    if setup.method == "full" and not setup.fused_ce:
+        head_saved += T * h * a  # lm_head input saved for its weight gradient
+    head_saved += head_saved_norm + mask_bytes
+    biggest_layer = max(per_layer, key=lambda x: x.saved)
+    dequant = max(x.dequant for x in per_layer)
+
+    if setup.grad_checkpointing:
+        # torch/utils/checkpoint.py non-reentrant: only each layer's inputs (hidden states)
+        # survive the forward; the backward recomputes one layer at a time.
+        layer_inputs = L * T * h * a
+        saved = layer_inputs + head_saved
+        bwd_layer = biggest_layer.saved + biggest_layer.bwd_working + dequant
+        fwd_layer = max(x.fwd_transient for x in per_layer) + dequant * (T > BNB_FUSED_MAX_TOKENS)
+        details["checkpointed_layer_inputs"] = layer_inputs
+        details["recomputed_layer"] = biggest_layer.saved
+    else:
+        saved = sum(x.saved for x in per_layer) + head_saved
+        bwd_layer = biggest_layer.bwd_working + dequant
+        fwd_layer = max(x.fwd_transient for x in per_layer) + dequant * (T > BNB_FUSED_MAX_TOKENS)
+        details["per_layer_activations"] = biggest_layer.saved
+    if dequant:
+        details["dequantized_weight"] = dequant
+
+    # phases (bytes above `static`)
+    phases = {
+        "forward": static_grads_fwd + saved + fwd_layer,
+        "loss_backward": static_grads_fwd + saved + loss_peak,
+        "layer_backward": grads + saved + bwd_layer,
+        "optimizer_step": grads + opt_temp,
+    }
+    worst = max(phases, key=phases.get)
+    transient = phases[worst] - saved - (grads if worst in ("layer_backward", "optimizer_step") else static_grads_fwd)
+    saved_at_peak = saved if worst != "optimizer_step" else 0
+    grads_at_peak = grads if worst in ("layer_backward", "optimizer_step") else static_grads_fwd
+    details.update({f"phase_{k}": v + static for k, v in phases.items()})
+    torch_peak = static + phases[worst]
+
+    arch = getattr(gpu, "arch", None) if gpu is not None else None
+    context = CUDA_CONTEXT_BYTES.get(arch, CUDA_CONTEXT_BYTES[None])
+    cublas = CUBLAS_WORKSPACE_BYTES.get(arch, CUBLAS_WORKSPACE_BYTES[None])
+    details["cuda_context"] = context
+    details["cublas_workspace"] = cublas
+    churn = saved_at_peak + transient
+    allocator = int(ALLOC_FRAGMENTATION * churn)
+    runtime = context + cublas
+    device = torch_peak + allocator + runtime + opt_paged
+
+    comps = {
+        "runtime_overhead": runtime,
+        "quantized_weights": quantized,
+        "unquantized_weights": unquantized,
+        "adapter_weights": adapters,
+        "gradients": grads_at_peak,
+        "optimizer_states": opt_torch + opt_paged,
+        "saved_activations": saved_at_peak,
+        "transient_peak": transient,
+        "allocator_overhead": allocator,
+    }
+    assert tuple(comps) == COMPONENTS
+    details["peak_phase_" + worst] = 1
+    if _loss_impl(setup) == "transformers" and details.get("loss_fp32_logits", 0) >= max(
+            v for k, v in comps.items() if k != "transient_peak"):
+        notes.append("the fp32 logits of the loss are the largest item; a fused cross-entropy removes most of it.")
+    return MemoryEstimate(
+        components=comps,
+        torch_peak_bytes=int(torch_peak),
+        device_bytes=int(device),
+        details=details,
+        notes=tuple(notes),
+    )
