@@ -1,0 +1,359 @@
+"""Measure the live tensor bytes of real training steps of our path (CPU or fake/meta).
+
+This is how the planner's memory model earns its accuracy (issue 3, section 2): a
+`TorchDispatchMode` sees every tensor an op creates during the step, tracks each distinct
+storage (views share it, so they are counted once) until Python frees it (a weakref
+callback on the storage object), on top of a baseline of what existed before (weights,
+quantization constants, buffers). The peak of the sum is what
+`torch.cuda.max_memory_allocated()` would read for the same ops, without allocator rounding.
+
+Two ways to run it:
+
+* `trace_training(model, tokenizer, setup)` drives the real trl `SFTTrainer` built by
+  `tuneplan.training.sft.build_trainer` for two optimizer steps on a CPU model (built by
+  `tuneplan.training.modeling`). Phases are marked by hooks: model forward (`forward`), the
+  trl chunked LM head / loss after the decoder backbone (`loss`), `accelerator.backward`
+  (`backward`), gradient clipping (`clip`), `optimizer.step` (`optimizer`).
+* `trace_fake(config, setup)` runs the same trainer on fake tensors (`FakeTensorMode`:
+  meta storage, CPU device, so CPU autocast applies; plain meta tensors ignore autocast)
+  for a full-size model without memory. bitsandbytes' own `Params4bit`/`Linear4bit` and its
+  registered fake kernels (`quantize_4bit`, `dequantize_4bit`, ...) give the 4-bit
+  storages their real shapes; no hand-made stand-in is needed. Data-dependent scalar reads
+  (`.item()`, `bool(tensor)`) cannot be answered on fake tensors; they are answered with the
+  value they have in a real step of this setup (see `_fake_scalars`), which only steers
+  logging and mask shortcuts and allocates nothing.
+
+Categories of live bytes: `quantized_weights` (4-bit storages and their quant state),
+`unquantized_weights` (frozen 16/32-bit parameters and buffers), `adapter_weights`
+(trainable parameters), `gradients`, `optimizer_states`, and everything else by the phase
+that created it (`forward` = saved activations, `loss`, `backward`, `clip`, `optimizer`,
+`other` e.g. the input batch).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import weakref
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+from planner.setup import TrainSetup
+
+STATIC = ("quantized_weights", "unquantized_weights", "adapter_weights", "gradients", "optimizer_states")
+PHASES = ("other", "forward", "loss", "backward", "clip", "optimizer")
+
+
+@dataclasses.dataclass
+class _Entry:
+    nbytes: int
+    category: str
+
+
+class LiveTensorTracker(TorchDispatchMode):
+    """Counts the bytes of every live tensor storage; keeps the peak and its breakdown."""
+
+    def __init__(self):
+        super().__init__()
+        self.live: dict[int, _Entry] = {}
+        self._refs: dict[int, weakref.ref] = {}
+        self.by_cat: dict[str, int] = {}
+        self.current = 0
+        self.phase = "other"
+        self.step = 0
+        # overall peak and, per (step, phase), the peak and the breakdown at it
+        self.peak = 0
+        self.peak_breakdown: dict[str, int] = {}
+        self.peak_where: tuple[int, str] = (0, "other")
+        self.phase_peaks: dict[tuple[int, str], tuple[int, dict[str, int]]] = {}
+        self.marks: dict[str, dict[str, int]] = {}
+
+    # -- storage bookkeeping -----------------------------------------------------------
+    def _freed(self, key: int, _ref=None) -> None:
+        e = self.live.pop(key, None)
+        self._refs.pop(key, None)
+        if e is not None:
+            self.current -= e.nbytes
+            self.by_cat[e.category] -= e.nbytes
+
+    def track(self, t: torch.Tensor, category: str | None = None) -> None:
+        """Count `t`'s storage (once) under `category` (default: the current phase)."""
+        if not isinstance(t, torch.Tensor):
+            return
+        try:
+            st = t.untyped_storage()
+        except (RuntimeError, NotImplementedError):  # sparse / nested: not produced here
+            return
+        key = id(st)
+        e = self.live.get(key)
+        nbytes = st.nbytes()
+        if e is not None:
+            if nbytes != e.nbytes:  # resized in place (out= ops)
+                self.current += nbytes - e.nbytes
+                self.by_cat[e.category] += nbytes - e.nbytes
+                e.nbytes = nbytes
+                self._check_peak()
+            if category is not None and category != e.category:
+                self.by_cat[e.category] -= e.nbytes
+                e.category = category
+                self.by_cat[category] = self.by_cat.get(category, 0) + e.nbytes
+            return
+        cat = category or self.phase
+        self.live[key] = _Entry(nbytes, cat)
+        self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
+        self.current += nbytes
+        self.by_cat[cat] = self.by_cat.get(cat, 0) + nbytes
+        self._check_peak()
+
+    def _check_peak(self) -> None:
+        key = (self.step, self.phase)
+        pp = self.phase_peaks.get(key)
+        if pp is None or self.current > pp[0]:
+            self.phase_peaks[key] = (self.current, {k: v for k, v in self.by_cat.items() if v})
+        if self.current > self.peak:
+            self.peak = self.current
+            self.peak_breakdown = {k: v for k, v in self.by_cat.items() if v}
+            self.peak_where = key
+
+    def set_phase(self, phase: str) -> None:
+        self.phase = phase
+        self._check_peak()
+
+    def mark(self, name: str) -> None:
+        """Remember the breakdown now under `name` (e.g. `step2.forward_end`)."""
+        self.marks[name] = {"total": self.current, **{k: v for k, v in self.by_cat.items() if v}}
+
+    # -- dispatch ---------------------------------------------------------------------
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor):
+                self.track(t)
+        return out
+
+
+# -- baseline classification ------------------------------------------------------------
+def _quant_state_tensors(qs) -> list[torch.Tensor]:
+    out = []
+    if qs is None:
+        return out
+    for name in ("absmax", "code", "offset"):
+        v = getattr(qs, name, None)
+        if isinstance(v, torch.Tensor):
+            out.append(v)
+    out += _quant_state_tensors(getattr(qs, "state2", None))
+    return out
+
+
+def classify_model(tracker: LiveTensorTracker, model: torch.nn.Module) -> None:
+    """Register the model's parameters, buffers and 4-bit quant state with their category."""
+    for p in model.parameters():
+        if type(p).__name__ == "Params4bit":
+            tracker.track(p, "quantized_weights")
+            for t in _quant_state_tensors(getattr(p, "quant_state", None)):
+                tracker.track(t, "quantized_weights")
+        elif p.requires_grad:
+            tracker.track(p, "adapter_weights")
+        else:
+            tracker.track(p, "unquantized_weights")
+    for b in model.buffers():
+        tracker.track(b, "unquantized_weights")
+
+
+def classify_optimizer(tracker: LiveTensorTracker, optimizer) -> None:
+    opt = getattr(optimizer, "optimizer", optimizer)  # accelerate's AcceleratedOptimizer
+    for state in opt.state.values():
+        for v in state.values():
+            if isinstance(v, torch.Tensor):
+                tracker.track(v, "optimizer_states")
+
+
+# -- result -----------------------------------------------------------------------------
+@dataclasses.dataclass
+class TraceResult:
+    """Live tensor bytes of two optimizer steps; step 2 is the one the planner predicts."""
+
+    peak_bytes: int
+    """Max of live tensor bytes over loading-complete .. end of step 2 (max_memory_allocated)."""
+    peak_where: str
+    """`step<N>.<phase>` where the peak happened."""
+    peak_breakdown: dict[str, int]
+    """Category -> bytes live at the peak."""
+    static: dict[str, int]
+    """Weights, adapters, gradients (end of step-2 backward), optimizer states (after step 2)."""
+    phases: dict[str, dict[str, int]]
+    """`step<N>.<phase>` -> breakdown at that phase's peak, with `total`."""
+    marks: dict[str, dict[str, int]]
+    """Named moments (`step2.forward_end`, `step2.backward_end`, ...) -> breakdown."""
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+    """What was traced: setup, config, device, library versions."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
+
+
+def _result(tr: LiveTensorTracker, meta: dict) -> TraceResult:
+    phases = {f"step{s}.{p}": {"total": v[0], **v[1]} for (s, p), v in sorted(tr.phase_peaks.items())}
+    m2 = tr.marks.get("step2.backward_end", {})
+    o2 = tr.marks.get("step2.optimizer_end", {})
+    static = {k: tr.marks.get("step2.start", {}).get(k, 0) for k in STATIC[:3]}
+    static["gradients"] = m2.get("gradients", 0)
+    static["optimizer_states"] = o2.get("optimizer_states", 0)
+    return TraceResult(
+        peak_bytes=tr.peak,
+        peak_where=f"step{tr.peak_where[0]}.{tr.peak_where[1]}",
+        peak_breakdown=dict(sorted(tr.peak_breakdown.items())),
+        static=static,
+        phases=phases,
+        marks=tr.marks,
+        meta=meta,
+    )
+
+
+# -- driving the real trainer -------------------------------------------------------------
+@contextlib.contextmanager
+def _phase_hooks(tr: LiveTensorTracker, trainer, model):
+    """Mark phases through module hooks, a wrapped accelerator.backward and optimizer hooks."""
+    from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
+
+    handles = []
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    backbone = getattr(base, base.base_model_prefix, None) or base.model
+
+    def fwd_pre(mod, args, kwargs=None):
+        if torch.is_grad_enabled() and tr.phase in ("other", "optimizer_done"):
+            tr.step += 1
+            tr.mark(f"step{tr.step}.start")
+            tr.set_phase("forward")
+
+    def backbone_post(mod, args, out):
+        if tr.phase == "forward":
+            tr.set_phase("loss")
+
+    def fwd_post(mod, args, out):
+        if tr.phase in ("forward", "loss"):
+            tr.mark(f"step{tr.step}.forward_end")
+            tr.set_phase("loss")
+
+    handles.append(model.register_forward_pre_hook(fwd_pre, with_kwargs=True))
+    handles.append(backbone.register_forward_hook(backbone_post))
+    handles.append(model.register_forward_hook(fwd_post))
+
+    def on_grad(p):
+        tr.track(p.grad, "gradients")
+
+    for p in model.parameters():
+        if p.requires_grad:
+            handles.append(p.register_post_accumulate_grad_hook(on_grad))
+
+    acc = trainer.accelerator
+    orig_backward = acc.backward
+
+    def backward(loss, **kw):
+        tr.set_phase("backward")
+        r = orig_backward(loss, **kw)
+        tr.mark(f"step{tr.step}.backward_end")
+        tr.set_phase("clip")
+        return r
+
+    acc.backward = backward
+
+    def opt_pre(opt, args, kwargs):
+        tr.set_phase("optimizer")
+
+    def opt_post(opt, args, kwargs):
+        classify_optimizer(tr, opt)
+        tr.mark(f"step{tr.step}.optimizer_end")
+        tr.set_phase("other")
+
+    handles.append(register_optimizer_step_pre_hook(opt_pre))
+    handles.append(register_optimizer_step_post_hook(opt_post))
+    try:
+        yield
+    finally:
+        acc.backward = orig_backward
+        for h in handles:
+            h.remove()
+
+
+def run_config_for(setup: TrainSetup, steps: int = 2):
+    """The RunConfig the trace trains with: the setup, `steps` optimizer steps, no saving."""
+    from tuneplan.config import RunConfig, TrainingConfig
+
+    return RunConfig(setup=setup, training=TrainingConfig(max_steps=steps, warmup_ratio=0.0, logging_steps=1,
+                                                         save_steps=10_000, lr_scheduler="constant"))
+
+
+def token_dataset(vocab_size: int, setup: TrainSetup, steps: int = 2, seed: int = 0):
+    """Pre-tokenized rows of exactly `seq_len` tokens, enough for `steps` micro-batches."""
+    from datasets import Dataset
+
+    g = torch.Generator().manual_seed(seed)
+    n = setup.micro_batch * setup.grad_accum * steps
+    ids = torch.randint(3, vocab_size, (n, setup.seq_len), generator=g).tolist()
+    return Dataset.from_dict({"input_ids": ids})
+
+
+def simple_tokenizer(vocab_size: int):
+    """A word-level tokenizer with pad/bos/eos (the trace feeds token ids directly)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2}
+    vocab.update({f"t{i}": i for i in range(3, min(vocab_size, 64))})
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
+
+
+@contextlib.contextmanager
+def _cpu_mixed_precision_allowed():
+    """Let TrainingArguments accept bf16 without a GPU when sft.py does not set `use_cpu`.
+
+    transformers refuses `bf16=True` on a machine without a bf16 GPU unless `use_cpu=True`
+    (training_args.py `_validate_args`); the step itself runs the same CPU autocast either
+    way. Harmless once sft_config passes `use_cpu` on CPU-only machines.
+    """
+    import transformers.training_args as ta
+
+    orig = ta.is_torch_bf16_gpu_available
+    ta.is_torch_bf16_gpu_available = lambda *a, **k: True if not torch.cuda.is_available() else orig(*a, **k)
+    try:
+        yield
+    finally:
+        ta.is_torch_bf16_gpu_available = orig
+
+
+def build_trace_trainer(model, tokenizer, setup: TrainSetup, vocab_size: int, steps: int = 2):
+    """Our SFTTrainer (`sft.build_trainer`) on `steps` micro-batches of random token rows."""
+    from tuneplan.training.sft import build_trainer
+
+    ds = token_dataset(vocab_size, setup, steps)
+    with _cpu_mixed_precision_allowed():
+        return build_trainer(run_config_for(setup, steps), model, tokenizer, ds)
+
+
+def trace_training(model, tokenizer, setup: TrainSetup, *, steps: int = 2, meta: dict | None = None) -> TraceResult:
+    """Train `steps` optimizer steps through our SFTTrainer and trace live tensor bytes."""
+    vocab = model.get_input_embeddings().weight.shape[0]
+    trainer = build_trace_trainer(model, tokenizer, setup, vocab, steps)
+    tr = LiveTensorTracker()
+    # trl may recast trainable parameters in __init__ (QLoRA -> bf16): classify afterwards
+    classify_model(tr, trainer.model)
+    with _phase_hooks(tr, trainer, trainer.model), tr:
+        trainer.train()
+    info = {"setup": dataclasses.asdict(setup), "device": "cpu", "driver": "tuneplan.training.sft.build_trainer",
+            **_versions(), **(meta or {})}
+    return _result(tr, info)
+
+
+def _versions() -> dict[str, str]:
+    import peft
+    import transformers
+    import trl
+
+    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
+            "trl": trl.__version__}
