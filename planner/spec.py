@@ -30,10 +30,12 @@ plain parameter (`mlp.gate.weight`, `(E, H)`, module `*TopKRouter`). None of the
 them (they stay in the compute dtype under QLoRA). They appear in `ModelSpec.layers` with
 `kind="expert"` / `kind="router"` and `lora_targetable=False`.
 
-Gemma 3 multimodal configs (`model_type: gemma3`, the 4B-27B checkpoints) are read through
-their `text_config`: the spec describes the language model only. The SigLIP vision tower
-and the projector that `AutoModelForCausalLM` also loads for these checkpoints are not in
-the parameter count; `extra` records `("multimodal", True)` so callers can say so.
+Gemma 3 multimodal configs (`model_type: gemma3`, the 4B-27B checkpoints) describe the
+language model from their `text_config`. `AutoModelForCausalLM` loads these checkpoints as
+`Gemma3ForConditionalGeneration`, vision tower included, so `vision_params` (SigLIP tower +
+projector, counted exactly) is part of `parameter_count()`; `language_model_parameter_count()`
+leaves it out. Training is text only: the vision tower holds frozen weights but sees no
+tokens. peft's `all-linear` also adapts its linears (`resolve_vision_lora_targets`).
 """
 
 from __future__ import annotations
@@ -142,6 +144,14 @@ class ModelSpec:
     `sliding_window` tokens)."""
     hidden_act: str = "silu"
     """MLP activation (`silu`, `gelu_pytorch_tanh`, ...)."""
+    vision_params: int = 0
+    """Parameters of the vision tower and projector a multimodal checkpoint loads with the
+    language model (`AutoModelForCausalLM` builds `Gemma3ForConditionalGeneration`); 0 for
+    text-only models. Included in `parameter_count()`."""
+    vision_linears: tuple[LinearShape, ...] = ()
+    """The `nn.Linear` modules of the vision encoder, `count` = number of vision layers
+    (subset of `vision_params`). peft's `all-linear` adapts them too, and names such as
+    `q_proj` match them as well (see `resolve_vision_lora_targets`)."""
 
     # -- parameter counts (exact) ---------------------------------------------------
     def embedding_params(self) -> int:
@@ -157,9 +167,14 @@ class ModelSpec:
     def norm_params(self) -> int:
         return self.norm_params_per_layer * self.num_layers + self.final_norm_params
 
-    def parameter_count(self) -> int:
-        """Exactly `sum(p.numel() for p in model.parameters())` of the transformers model."""
+    def language_model_parameter_count(self) -> int:
+        """Parameters of the decoder-only language model (no vision tower)."""
         return self.embedding_params() + self.lm_head_params() + self.linear_params() + self.norm_params()
+
+    def parameter_count(self) -> int:
+        """Exactly `sum(p.numel() for p in model.parameters())` of the model
+        `AutoModelForCausalLM.from_config` builds (vision tower included for multimodal ones)."""
+        return self.language_model_parameter_count() + self.vision_params
 
     # -- derived facts ----------------------------------------------------------------
     def is_moe(self) -> bool:
@@ -169,7 +184,7 @@ class ModelSpec:
     def active_parameter_count(self) -> int:
         """Parameters one token passes through (routed experts counted `active` times, not
         `count`); equals `parameter_count()` for dense models. Used for FLOPs."""
-        total = self.embedding_params() + self.lm_head_params() + self.norm_params()
+        total = self.embedding_params() + self.lm_head_params() + self.norm_params()  # text tokens only
         for layer in self.layers:
             for m in layer:
                 per = m.in_features * m.out_features + (m.out_features if m.bias else 0)
@@ -190,8 +205,8 @@ class ModelSpec:
         return tuple(n for n in self.lora_module_names() if n in _ATTENTION_NAMES)
 
     def is_multimodal(self) -> bool:
-        """A multimodal checkpoint whose language model alone this spec describes."""
-        return bool(dict(self.extra).get("multimodal", False))
+        """A multimodal checkpoint (a vision tower is loaded next to the language model)."""
+        return self.vision_params > 0
 
 
 _ATTENTION_NAMES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj")
@@ -236,14 +251,70 @@ def resolve_lora_targets(spec: ModelSpec, targets: str | Iterable[str]) -> tuple
             unknown.append(t)
     if unknown:
         hint = ""
-        not_targetable = sorted({m.name for layer in spec.layers for m in layer if not m.lora_targetable and any(matches(t, m) or m.path.endswith(t) for t in unknown)})
+        not_targetable = sorted({m.name for layer in spec.layers for m in layer if not m.lora_targetable and any(matches(t, m) for t in unknown)})
         if not_targetable:
-            hint = f" ({', '.join(not_targetable)} are MoE parameters, not nn.Linear modules, and cannot take a LoRA adapter)"
+            hint = f" ({', '.join(not_targetable)}: MoE router/expert parameters, not nn.Linear modules, cannot take a LoRA adapter)"
         raise ValueError(
             f"unknown LoRA target module(s) {', '.join(unknown)} for {spec.name} ({spec.model_type}){hint}; "
             f"its linear modules are: {', '.join(spec.lora_module_names())} (or use all-linear / attention)"
         )
     return tuple(tuple(m for m in layer if m.lora_targetable and any(matches(t, m) for t in items)) for layer in spec.layers)
+
+
+def resolve_vision_lora_targets(spec: ModelSpec, targets: str | Iterable[str]) -> tuple[LinearShape, ...]:
+    """The vision-encoder linears (each with `count` = vision layers) that peft also wraps
+    for `targets` on a multimodal checkpoint. peft matches by module name over the whole
+    model, so `all-linear` adapts every vision linear and a name list (or `attention`, which
+    expands to the language model's projection names) adapts the vision modules of the same
+    name (`q_proj`, `k_proj`, `v_proj`; the vision output projection is `out_proj`). Empty
+    for text-only models. Validate names with `resolve_lora_targets` first."""
+    if not spec.vision_linears:
+        return ()
+    items = [t.lower() for t in _split_targets(targets)]
+    if len(items) == 1 and items[0] in ("all-linear", "all_linear"):
+        return spec.vision_linears
+    if len(items) == 1 and items[0] == "attention":
+        items = list(spec.attention_module_names())
+    return tuple(m for m in spec.vision_linears if any(m.path == t or m.path.endswith("." + t) or m.name == t for t in items))
+
+
+def _siglip_vision(vc: Mapping[str, object], text_hidden: int) -> tuple[int, tuple[LinearShape, ...]]:
+    """Parameters of a SigLIP vision tower + Gemma 3 projector, and its encoder linears.
+
+    Mirrors transformers 5.x `models/siglip/modeling_siglip.py` (`SiglipVisionEmbeddings`:
+    conv patch embedding with bias and a learned position embedding per patch;
+    `SiglipEncoderLayer`: two LayerNorms with bias, q/k/v/out_proj and fc1/fc2 with bias;
+    post LayerNorm; optional attention-pooling head) and `Gemma3MultiModalProjector`
+    (`mm_input_projection_weight` (Dv, Dt) and an RMSNorm of Dv). Defaults are
+    `SiglipVisionConfig`'s."""
+    if vc.get("model_type", "siglip_vision_model") != "siglip_vision_model":
+        raise UnsupportedArchitecture(f"vision_config model_type {vc.get('model_type')!r} is not supported (only siglip_vision_model)")
+
+    def g(key: str, default: int) -> int:
+        value = vc.get(key)
+        return int(value) if isinstance(value, int) and not isinstance(value, bool) else default
+
+    d, i, n = g("hidden_size", 768), g("intermediate_size", 3072), g("num_hidden_layers", 12)
+    channels, image, patch = g("num_channels", 3), g("image_size", 224), g("patch_size", 16)
+    patches = (image // patch) ** 2
+    embeddings = channels * patch * patch * d + d + patches * d
+    linears = (
+        LinearShape("q_proj", d, d, True, count=n, path="self_attn.q_proj"),
+        LinearShape("k_proj", d, d, True, count=n, path="self_attn.k_proj"),
+        LinearShape("v_proj", d, d, True, count=n, path="self_attn.v_proj"),
+        LinearShape("out_proj", d, d, True, count=n, path="self_attn.out_proj"),
+        LinearShape("fc1", d, i, True, count=n, path="mlp.fc1"),
+        LinearShape("fc2", i, d, True, count=n, path="mlp.fc2"),
+    )
+    layers = sum(m.weight_params() for m in linears) + n * 4 * d  # layer_norm1/2: weight + bias
+    post = 2 * d
+    head = 0
+    if vc.get("vision_use_head", True):
+        # SiglipMultiheadAttentionPoolingHead: probe (1,1,D), nn.MultiheadAttention
+        # (in_proj 3D x D + 3D, out_proj D x D + D), LayerNorm, SiglipMLP (fc1, fc2).
+        head = d + (3 * d * d + 3 * d) + (d * d + d) + 2 * d + (d * i + i + i * d + d)
+    projector = d * text_hidden + d
+    return embeddings + layers + post + head + projector, linears
 
 
 # -- config.json -> ModelSpec -----------------------------------------------------------
@@ -298,10 +369,10 @@ class _Cfg:
         return self.raw.get(key) is not None
 
     def get(self, key: str, default: object = None) -> object:
-        value = self.raw.get(key)
-        if value is None:
-            value = self.defaults.get(key, default)
-        return value
+        """The config's value (an explicit `null` stays None), else the class default."""
+        if key in self.raw:
+            return self.raw[key]
+        return self.defaults.get(key, default)
 
     def int(self, key: str) -> int:
         value = self.get(key)
@@ -491,9 +562,14 @@ def spec_from_config(config: Mapping[str, object], name: str) -> ModelSpec:
         extra.append(("rope_theta", config.get("rope_theta")))
     if family == "phi3" and config.get("original_max_position_embeddings") is not None:
         extra.append(("original_max_position_embeddings", config.get("original_max_position_embeddings")))
+    vision_params, vision_linears = 0, ()
     if multimodal:
+        vision_cfg = outer.get("vision_config") or {}
+        if not isinstance(vision_cfg, Mapping):
+            raise ValueError(f"{name}: config.json field vision_config must be an object")
+        vision_params, vision_linears = _siglip_vision(vision_cfg, hidden)
         extra.append(("multimodal", True))
-        extra.append(("note", "multimodal checkpoint: the spec covers the language model (text_config) only"))
+        extra.append(("note", "multimodal checkpoint: training text only; the vision tower is loaded and frozen"))
     if family == "gemma3_text" or family == "gemma2":
         extra.append(("query_pre_attn_scalar", cfg.get("query_pre_attn_scalar", head_dim)))
     if config.get("architectures"):
@@ -530,4 +606,6 @@ def spec_from_config(config: Mapping[str, object], name: str) -> ModelSpec:
         norms_per_layer=norms,
         layer_types=tuple(layer_types),
         hidden_act=hidden_act,
+        vision_params=vision_params,
+        vision_linears=vision_linears,
     )
