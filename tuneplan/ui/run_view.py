@@ -1,0 +1,295 @@
+"""What the dashboard shows about one run, folded incrementally from the run directory.
+
+Pure (no textual): a `RunFollower` owns the incremental readers of `events.jsonl` and
+`train.log` and a `RunView` it updates in place; `snapshot()` returns a frozen copy the UI
+can render. Memory and work per poll are bounded independently of the run's length: plot
+series are decimated to at most `MAX_POINTS` points, the log and event tails are fixed-size
+deques, and files are read from the last offset only.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneplan import events as ev
+
+MAX_POINTS = 600
+"""Plot series keep at most this many points (every other point dropped when exceeded)."""
+LOG_LINES = 200
+EVENT_LINES = 200
+
+
+class _Series:
+    """A bounded (x, y) series: when full, halves its resolution (keeps every other point)
+    and from then on keeps one point in `stride`; the newest point is always shown.
+    Cost per append is O(1) amortised, memory at most `limit` points."""
+
+    def __init__(self, limit: int = MAX_POINTS):
+        self.limit = limit
+        self.xs: list[float] = []
+        self.ys: list[float] = []
+        self.stride = 1
+        self._count = 0
+        self._latest: tuple[float, float] | None = None
+
+    def append(self, x: float, y: float) -> None:
+        keep = self._count % self.stride == 0
+        self._count += 1
+        if not keep:
+            self._latest = (x, y)
+            return
+        self._latest = None
+        self.xs.append(x)
+        self.ys.append(y)
+        if len(self.xs) > self.limit:
+            self.xs = self.xs[::2]
+            self.ys = self.ys[::2]
+            self.stride *= 2
+            self._count = len(self.xs) * self.stride
+
+    def copy(self) -> tuple[tuple[float, ...], tuple[float, ...]]:
+        if self._latest is None:
+            return tuple(self.xs), tuple(self.ys)
+        return tuple(self.xs) + (self._latest[0],), tuple(self.ys) + (self._latest[1],)
+
+
+class _LineTail:
+    """Incremental reader of a text file keeping its last `n` complete lines."""
+
+    def __init__(self, path: Path, n: int = LOG_LINES):
+        self.path = path
+        self.lines: deque[str] = deque(maxlen=n)
+        self._offset = 0
+        self._partial = b""
+
+    def read_new(self) -> bool:
+        try:
+            size = os.path.getsize(self.path)
+            if size < self._offset:  # truncated / replaced: start over
+                self._offset, self._partial = 0, b""
+            if size == self._offset:
+                return False
+            with open(self.path, "rb") as f:
+                f.seek(self._offset)
+                chunk = f.read()
+        except OSError:
+            return False
+        self._offset += len(chunk)
+        parts = (self._partial + chunk).split(b"\n")
+        self._partial = parts.pop()
+        for raw in parts:
+            text = raw.decode("utf-8", "replace").rstrip("\r")
+            if "\r" in text:  # a progress bar redrawn in place: keep the last state
+                text = text.rsplit("\r", 1)[-1]
+            self.lines.append(text)
+        return bool(parts)
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """Everything the dashboard renders, frozen at one instant."""
+
+    run_dir: str
+    name: str
+    phase: str
+    """One of `tuneplan.events.PHASES` (or `unknown` before any status)."""
+    phase_message: str | None
+    step: int
+    max_steps: int | None
+    epoch: float | None
+    num_epochs: float | None
+    loss: float | None
+    eval_loss: float | None
+    learning_rate: float | None
+    tokens_per_second: float | None
+    elapsed_seconds: float | None
+    eta_seconds: float | None
+    loss_series: tuple[tuple[float, ...], tuple[float, ...]]
+    eval_series: tuple[tuple[float, ...], tuple[float, ...]]
+    lr_series: tuple[tuple[float, ...], tuple[float, ...]]
+    predicted_peak_bytes: int | None
+    """The planner's `torch_peak_bytes` for this run (memory_probe event), in bytes."""
+    measured_peak_bytes: int | None
+    """Measured `torch.cuda.max_memory_allocated` (memory_probe or log event), in bytes."""
+    checkpoints: tuple[tuple[int, str], ...]
+    event_lines: tuple[str, ...]
+    log_lines: tuple[str, ...]
+    error: str | None
+    pids: tuple[int, ...]
+    version: int
+    """Bumped on every change, so a renderer can skip identical snapshots."""
+
+    @property
+    def finished(self) -> bool:
+        return self.phase in ev.FINAL_PHASES
+
+    @property
+    def crashed(self) -> bool:
+        return self.phase in ("failed", "crashed")
+
+
+def _fmt_event(e: dict[str, Any]) -> str | None:
+    kind = e.get("kind")
+    if kind == "phase":
+        msg = e.get("message")
+        return f"phase: {e.get('phase')}" + (f" ({msg})" if msg else "")
+    if kind == "eval":
+        return f"eval: step {e.get('step')} eval_loss {_num(e.get('eval_loss'))}"
+    if kind == "checkpoint":
+        return f"checkpoint: step {e.get('step')} -> {e.get('path')}"
+    if kind == "data":
+        parts = [f"{k} {e[k]}" for k in ("format", "examples", "dropped_too_long", "truncated") if k in e]
+        return "data: " + ", ".join(parts)
+    if kind == "replan":
+        changes = e.get("changes") or {}
+        text = ", ".join(f"{k} {v[0]}->{v[1]}" for k, v in changes.items() if isinstance(v, (list, tuple)) and len(v) == 2)
+        return f"replan #{e.get('attempt')}: {e.get('reason')}" + (f" ({text})" if text else "")
+    if kind == "memory_probe":
+        return (f"memory: measured peak {_gib(e.get('torch_peak_bytes'))}, "
+                f"predicted {_gib(e.get('predicted_torch_peak_bytes'))}")
+    if kind == "message":
+        return f"{e.get('level', 'info')}: {e.get('text')}"
+    return None
+
+
+def _num(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, (int, float)) else "-"
+
+
+def _gib(v: Any) -> str:
+    return f"{v / 1024**3:.2f} GiB" if isinstance(v, (int, float)) else "-"
+
+
+@dataclass
+class RunView:
+    """Mutable fold of a run's events and status (owned by one `RunFollower`)."""
+
+    phase: str = "unknown"
+    phase_message: str | None = None
+    step: int = 0
+    max_steps: int | None = None
+    epoch: float | None = None
+    num_epochs: float | None = None
+    loss: float | None = None
+    eval_loss: float | None = None
+    learning_rate: float | None = None
+    tokens_per_second: float | None = None
+    elapsed_seconds: float | None = None
+    eta_seconds: float | None = None
+    predicted_peak_bytes: int | None = None
+    measured_peak_bytes: int | None = None
+    error: str | None = None
+    pids: tuple[int, ...] = ()
+    status_log_tail: tuple[str, ...] = ()
+    checkpoints: list[tuple[int, str]] = field(default_factory=list)
+    loss_series: _Series = field(default_factory=_Series)
+    eval_series: _Series = field(default_factory=_Series)
+    lr_series: _Series = field(default_factory=_Series)
+    event_lines: deque = field(default_factory=lambda: deque(maxlen=EVENT_LINES))
+
+    def apply(self, e: dict[str, Any]) -> None:
+        """Fold one event into the view (unknown kinds are ignored)."""
+        kind = e.get("kind")
+        if kind == "phase":
+            self.phase = str(e.get("phase", self.phase))
+            self.phase_message = e.get("message")
+            if self.phase in ("failed", "crashed") and e.get("message"):
+                self.error = str(e["message"])
+        elif kind == "log":
+            step = e.get("step")
+            if isinstance(step, int):
+                self.step = step
+            for name in ("max_steps", "epoch", "num_epochs", "tokens_per_second",
+                         "elapsed_seconds", "eta_seconds"):
+                if e.get(name) is not None:
+                    setattr(self, name, e[name])
+            x = float(self.step)
+            if isinstance(e.get("loss"), (int, float)):
+                self.loss = float(e["loss"])
+                self.loss_series.append(x, self.loss)
+            if isinstance(e.get("learning_rate"), (int, float)):
+                self.learning_rate = float(e["learning_rate"])
+                self.lr_series.append(x, self.learning_rate)
+            peak = e.get("torch_allocated_peak_bytes")
+            if isinstance(peak, int):
+                self.measured_peak_bytes = max(peak, self.measured_peak_bytes or 0)
+        elif kind == "eval":
+            if isinstance(e.get("eval_loss"), (int, float)):
+                self.eval_loss = float(e["eval_loss"])
+                self.eval_series.append(float(e.get("step") or self.step), self.eval_loss)
+        elif kind == "checkpoint":
+            self.checkpoints.append((int(e.get("step") or 0), str(e.get("path", ""))))
+            del self.checkpoints[:-50]
+        elif kind == "memory_probe":
+            if isinstance(e.get("predicted_torch_peak_bytes"), int):
+                self.predicted_peak_bytes = e["predicted_torch_peak_bytes"]
+            if isinstance(e.get("torch_peak_bytes"), int):
+                self.measured_peak_bytes = max(e["torch_peak_bytes"], self.measured_peak_bytes or 0)
+        line = _fmt_event(e)
+        if line:
+            self.event_lines.append(line)
+
+    def apply_status(self, status: ev.Status) -> None:
+        """Status wins for the phase (it is what the launcher and watchdog last wrote)."""
+        self.phase = status.phase
+        self.pids = tuple(status.pids)
+        if status.step and status.step > self.step:
+            self.step = status.step
+        if status.max_steps:
+            self.max_steps = status.max_steps
+        if status.error:
+            self.error = status.error
+        self.status_log_tail = tuple(status.log_tail or ())
+
+
+class RunFollower:
+    """Follows one run directory. `poll()` reads only what was appended since the last poll
+    and returns True when anything changed."""
+
+    def __init__(self, run_dir: Path):
+        self.run_dir = Path(run_dir)
+        self.view = RunView()
+        self._events = ev.EventTail(self.run_dir)
+        self._log = _LineTail(self.run_dir / ev.LOG_FILE)
+        self._status_mtime: float | None = None
+        self.version = 0
+
+    def poll(self) -> bool:
+        changed = False
+        for e in self._events.read_new():
+            self.view.apply(e)
+            changed = True
+        changed |= self._log.read_new()
+        try:
+            mtime = os.stat(self.run_dir / ev.STATUS_FILE).st_mtime_ns
+        except OSError:
+            mtime = None
+        if mtime is not None and mtime != self._status_mtime:
+            status = ev.read_status(self.run_dir)
+            if status is not None:
+                self._status_mtime = mtime
+                self.view.apply_status(status)
+                changed = True
+        if changed:
+            self.version += 1
+        return changed
+
+    def snapshot(self) -> RunSnapshot:
+        v = self.view
+        log_lines = tuple(self._log.lines) or v.status_log_tail
+        return RunSnapshot(
+            run_dir=str(self.run_dir), name=self.run_dir.name, phase=v.phase,
+            phase_message=v.phase_message, step=v.step, max_steps=v.max_steps, epoch=v.epoch,
+            num_epochs=v.num_epochs, loss=v.loss, eval_loss=v.eval_loss,
+            learning_rate=v.learning_rate, tokens_per_second=v.tokens_per_second,
+            elapsed_seconds=v.elapsed_seconds, eta_seconds=v.eta_seconds,
+            loss_series=v.loss_series.copy(), eval_series=v.eval_series.copy(),
+            lr_series=v.lr_series.copy(), predicted_peak_bytes=v.predicted_peak_bytes,
+            measured_peak_bytes=v.measured_peak_bytes, checkpoints=tuple(v.checkpoints),
+            event_lines=tuple(v.event_lines), log_lines=log_lines, error=v.error,
+            pids=v.pids, version=self.version,
+        )

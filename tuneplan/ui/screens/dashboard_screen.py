@@ -1,0 +1,273 @@
+"""The live dashboard of one run: follows the run directory's files, never the process."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, Vertical
+from textual.screen import Screen
+from textual.widgets import Footer, ProgressBar, Static
+from textual_plotext import PlotextPlot
+
+from tuneplan.ui.formatting import count, duration, gib, rate
+from tuneplan.ui.messages import GpuSampled, RunUpdated
+from tuneplan.ui.run_view import RunFollower, RunSnapshot
+from tuneplan.ui.widgets.dialogs import ConfirmDialog, HelpDialog
+
+POLL_SECONDS = 0.5
+"""How often the run files are checked (a stat and a read from the last offset)."""
+GPU_SECONDS = 1.0
+HELP = [
+    ("s", "save a checkpoint now (the run continues)"),
+    ("x", "stop the run: checkpoint, then exit (asks first)"),
+    ("l", "switch the tail between events and train.log"),
+    ("d / q", "detach: leave the dashboard, the run continues"),
+    ("?", "this help"),
+    ("", "reattach any time: tuneplan attach [RUN]"),
+]
+
+
+class DashboardScreen(Screen):
+    """Loss/LR plots, progress, throughput, GPU, memory, event/log tail and checkpoints."""
+
+    CSS_PATH = "dashboard_screen.tcss"
+    BINDINGS = [
+        Binding("s", "save", "Save now"),
+        Binding("x", "stop", "Stop"),
+        Binding("l", "toggle_tail", "Log/events"),
+        Binding("d", "detach", "Detach"),
+        Binding("q", "detach", "Detach", show=False),
+        Binding("question_mark", "help", "Help"),
+    ]
+
+    def __init__(self, run_dir: Path, *, poll_seconds: float = POLL_SECONDS) -> None:
+        super().__init__()
+        self.run_dir = Path(run_dir)
+        self.poll_seconds = poll_seconds
+        self.snapshot: RunSnapshot | None = None
+        self.gpu_sample: Any = None
+        self.gpu_note: str = "GPU: sampling..."
+        self.show_log = False
+        self._stop_event = threading.Event()
+        self._plotted_version = -1
+
+    # -- layout --------------------------------------------------------------------------
+    def compose(self) -> ComposeResult:
+        yield Static(id="title")
+        with Horizontal(id="progress-row"):
+            yield ProgressBar(total=None, show_eta=False, id="progress")
+            yield Static(id="progress-text")
+        with Horizontal(id="plots"):
+            yield PlotextPlot(id="loss-plot")
+            yield PlotextPlot(id="lr-plot")
+        yield Static(id="stats")
+        with Horizontal(id="bottom"):
+            yield Static(id="tail")
+            yield Static(id="checkpoints")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        for plot_id, title in (("#loss-plot", "loss"), ("#lr-plot", "learning rate")):
+            plt = self.query_one(plot_id, PlotextPlot).plt
+            plt.title(title)
+        self.query_one("#title", Static).update(Text(f" {self.run_dir.name}  loading...", style="bold"))
+        self.follow_run()
+        self.sample_gpu()
+
+    def on_unmount(self) -> None:
+        self._stop_event.set()
+
+    # -- workers: they post messages and never touch widgets -----------------------------
+    @work(thread=True, exclusive=True, exit_on_error=False, group="follow-run")
+    def follow_run(self) -> None:
+        follower = RunFollower(self.run_dir)
+        first = True
+        while not self._stop_event.is_set():
+            if follower.poll() or first:
+                self.post_message(RunUpdated(follower.snapshot()))
+                first = False
+            self._stop_event.wait(self.poll_seconds)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="sample-gpu")
+    def sample_gpu(self) -> None:
+        gpu = self.app.services.gpu
+        while not self._stop_event.is_set():
+            try:
+                sample = gpu.sample()
+            except Exception as exc:  # the probe should not raise; if it does, say so
+                sample = f"GPU: not available ({type(exc).__name__})"
+            self.post_message(GpuSampled(sample))
+            self._stop_event.wait(GPU_SECONDS)
+
+    # -- rendering -----------------------------------------------------------------------
+    @on(RunUpdated)
+    def _on_run_updated(self, message: RunUpdated) -> None:
+        self.snapshot = message.snapshot
+        self._render_snapshot()
+
+    @on(GpuSampled)
+    def _on_gpu_sampled(self, message: GpuSampled) -> None:
+        self.gpu_sample = message.sample
+        if self.snapshot is not None:
+            self.query_one("#stats", Static).update(self._stats_text(self.snapshot))
+
+    def _render_snapshot(self) -> None:
+        s = self.snapshot
+        if s is None:
+            return
+        phase_style = {"done": "bold green", "failed": "bold red", "crashed": "bold red",
+                       "stopped": "bold yellow"}.get(s.phase, "bold")
+        title = Text(f" {s.name}  ", style="bold")
+        title.append(f"[{s.phase}]", style=phase_style)
+        if s.phase_message and not s.crashed:
+            title.append(f" {s.phase_message}", style="dim")
+        self.query_one("#title", Static).update(title)
+
+        bar = self.query_one("#progress", ProgressBar)
+        if s.max_steps:
+            bar.update(total=s.max_steps, progress=s.step)
+        steps = f"step {s.step}/{s.max_steps or '?'}"
+        epoch = f"epoch {s.epoch:.2f}" if s.epoch is not None else "epoch -"
+        if s.num_epochs:
+            epoch += f"/{s.num_epochs:g}"
+        eta = "done" if s.finished else f"ETA {duration(s.eta_seconds)}"
+        self.query_one("#progress-text", Static).update(f"{steps}  {epoch}  {eta}")
+
+        if s.version != self._plotted_version:
+            self._plotted_version = s.version
+            self._plot(s)
+        self.query_one("#stats", Static).update(self._stats_text(s))
+        self._render_tail(s)
+        cps = Text("checkpoints\n", style="bold")
+        if s.checkpoints:
+            for step, path in s.checkpoints[-6:]:
+                cps.append(f"step {step}: {Path(path).name}\n")
+        else:
+            cps.append("none yet", style="dim")
+        self.query_one("#checkpoints", Static).update(cps)
+
+    def _plot(self, s: RunSnapshot) -> None:
+        loss = self.query_one("#loss-plot", PlotextPlot)
+        plt = loss.plt
+        plt.clear_data()
+        xs, ys = s.loss_series
+        if xs:
+            plt.plot(list(xs), list(ys), label="train", marker="braille")
+        exs, eys = s.eval_series
+        if exs:
+            plt.plot(list(exs), list(eys), label="eval", marker="o")
+        loss.refresh()
+        lr = self.query_one("#lr-plot", PlotextPlot)
+        lr.plt.clear_data()
+        xs, ys = s.lr_series
+        if xs:
+            lr.plt.plot(list(xs), list(ys), marker="braille")
+        lr.refresh()
+
+    def _stats_text(self, s: RunSnapshot) -> Text:
+        t = Text()
+        t.append("loss ", style="bold")
+        t.append(f"{s.loss:.4f}" if s.loss is not None else "-")
+        t.append("  eval ", style="bold")
+        t.append(f"{s.eval_loss:.4f}" if s.eval_loss is not None else "-")
+        t.append("  lr ", style="bold")
+        t.append(f"{s.learning_rate:.2e}" if s.learning_rate is not None else "-")
+        t.append("  speed ", style="bold")
+        t.append(rate(s.tokens_per_second))
+        t.append("  elapsed ", style="bold")
+        t.append(duration(s.elapsed_seconds))
+        t.append("\n")
+        t.append_text(self._gpu_text())
+        t.append("\n")
+        t.append("peak memory ", style="bold")
+        t.append(f"predicted {gib(s.predicted_peak_bytes, 2)}  measured {gib(s.measured_peak_bytes, 2)}")
+        if s.predicted_peak_bytes and s.measured_peak_bytes:
+            err = (s.measured_peak_bytes - s.predicted_peak_bytes) / s.predicted_peak_bytes
+            t.append(f"  ({err:+.1%})")
+        elif s.measured_peak_bytes is None:
+            t.append("  (measured on CUDA runs after step 2)", style="dim")
+        return t
+
+    def _gpu_text(self) -> Text:
+        t = Text("GPU ", style="bold")
+        g = self.gpu_sample
+        if g is None:
+            t.append(self.gpu_note, style="dim")
+        elif isinstance(g, str):
+            t.append(g, style="dim")
+        else:
+            util = getattr(g, "utilization_percent", None)
+            used = getattr(g, "memory_used_bytes", None)
+            total = getattr(g, "memory_total_bytes", None)
+            temp = getattr(g, "temperature_c", None)
+            power = getattr(g, "power_watts", None)
+            t.append(f"util {util if util is not None else '-'}%  mem {gib(used)}/{gib(total)}"
+                     f"  temp {temp if temp is not None else '-'}°C  power "
+                     f"{f'{power:.0f}' if power is not None else '-'} W")
+        return t
+
+    def _render_tail(self, s: RunSnapshot) -> None:
+        tail = self.query_one("#tail", Static)
+        height = max(3, tail.size.height or 6)
+        t = Text()
+        if s.crashed:
+            t.append(f"run {s.phase}: {s.error or 'no error recorded'}\n", style="bold red")
+            lines = list(s.log_lines)[-(height - 2):]
+            t.append("train.log tail:\n", style="bold")
+        elif self.show_log:
+            t.append("train.log (l: events)\n", style="bold")
+            lines = list(s.log_lines)[-(height - 1):]
+        else:
+            t.append("events (l: train.log)\n", style="bold")
+            lines = list(s.event_lines)[-(height - 1):]
+        t.append("\n".join(lines) if lines else "(nothing yet)", style="" if lines else "dim")
+        tail.update(t)
+
+    # -- actions -------------------------------------------------------------------------
+    def action_save(self) -> None:
+        if self.snapshot is not None and self.snapshot.finished:
+            self.notify("The run has finished: nothing to save.", severity="warning")
+            return
+        try:
+            self.app.services.runs.request_save(self.run_dir)
+        except Exception as exc:
+            self.notify(f"save request failed: {exc}", severity="error")
+            return
+        self.notify("Checkpoint requested: it is written at the next step.")
+
+    def action_stop(self) -> None:
+        if self.snapshot is not None and self.snapshot.finished:
+            self.notify("The run has already finished.", severity="warning")
+            return
+
+        def answered(yes: bool | None) -> None:
+            if not yes:
+                return
+            try:
+                self.app.services.runs.request_stop(self.run_dir)
+            except Exception as exc:
+                self.notify(f"stop request failed: {exc}", severity="error")
+                return
+            self.notify("Stop requested: the run checkpoints, then exits.")
+
+        self.app.push_screen(ConfirmDialog(f"Stop run {self.run_dir.name}?\n"
+                                           "It saves a checkpoint, then exits; "
+                                           "`tuneplan resume` continues it."), answered)
+
+    def action_toggle_tail(self) -> None:
+        self.show_log = not self.show_log
+        if self.snapshot is not None:
+            self._render_tail(self.snapshot)
+
+    def action_detach(self) -> None:
+        self._stop_event.set()
+        self.app.exit(result=("detached", self.run_dir))
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpDialog("Dashboard keys", HELP))

@@ -1,0 +1,254 @@
+"""Step 4: the plan: memory bar against the card, speed/time/cost, reasons, alternatives,
+and every knob editable in place with an instant re-estimate."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, Horizontal, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import DataTable, Footer, Input, Label, Static
+
+from planner.setup import ALL_LINEAR, ATTENTION_TARGETS, OPTIMIZERS
+from tuneplan.errors import UserError
+from tuneplan.ui.formatting import count, duration, gib, money, rate
+from tuneplan.ui.messages import PlanAccepted
+from tuneplan.ui.widgets.choice import Choice
+from tuneplan.ui.widgets.dialogs import HelpDialog
+from tuneplan.ui.widgets.memory_bar import MemoryBar
+from tuneplan.ui.widgets.step_bar import StepBar
+
+INT_KNOBS = {"seq_len": "sequence length", "micro_batch": "micro-batch", "grad_accum": "grad accum",
+             "lora_rank": "LoRA rank"}
+
+
+class PlanComputed(Message):
+    """The solver worker finished: `plan` on success, `error` (one line) otherwise."""
+
+    def __init__(self, plan: Any = None, error: str | None = None) -> None:
+        super().__init__()
+        self.plan = plan
+        self.error = error
+
+
+def targets_value(targets: Any) -> str:
+    if targets == ALL_LINEAR:
+        return ALL_LINEAR
+    if tuple(targets) == ATTENTION_TARGETS:
+        return "attention"
+    return ",".join(targets)
+
+
+class PlanScreen(Screen):
+    """The solver's choice; edit any knob and the estimate follows on each keypress."""
+
+    CSS_PATH = "plan_screen.tcss"
+    BINDINGS = [
+        Binding("ctrl+n", "accept", "Review"),
+        Binding("ctrl+r", "resolve", "Re-plan"),
+        Binding("ctrl+u", "reset", "Undo edits"),
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("f1", "help", "Help"),
+    ]
+
+    def __init__(self, target: Any, model: Any, dataset: Any) -> None:
+        super().__init__()
+        self.target = target
+        self.model = model
+        self.dataset = dataset
+        self.solved: Any = None
+        """The solver's plan (what Ctrl+U returns to)."""
+        self.plan: Any = None
+        """What is shown: the solver's plan or an estimate of edited knobs."""
+        self.fixed: dict[str, Any] = {}
+        """Knobs the user edited (kept fixed by Ctrl+R)."""
+
+    def compose(self) -> ComposeResult:
+        yield StepBar(4)
+        yield Static(id="title")
+        with VerticalScroll(id="body"):
+            yield MemoryBar(id="memory")
+            with Horizontal(id="middle"):
+                with Grid(id="knobs"):
+                    yield Label("method")
+                    yield Choice([("LoRA", "lora"), ("QLoRA 4-bit", "qlora"), ("full", "full")], id="method")
+                    for knob, label in INT_KNOBS.items():
+                        yield Label(label)
+                        yield Input(type="integer", id=knob, compact=True)
+                    yield Label("LoRA targets")
+                    yield Choice([("all-linear", ALL_LINEAR), ("attention", "attention")], id="lora_targets")
+                    yield Label("checkpointing")
+                    yield Choice([("on", True), ("off", False)], id="grad_checkpointing")
+                    yield Label("optimizer")
+                    yield Choice([(o, o) for o in OPTIMIZERS], id="optimizer")
+                yield Static(id="summary")
+            yield Static(id="reasons")
+            yield DataTable(id="alternatives", cursor_type="row", zebra_stripes=True)
+        yield Footer()
+
+    def on_mount(self) -> None:
+        table = self.query_one("#alternatives", DataTable)
+        table.add_columns("alternative", "method", "seq", "mb x acc", "ckpt", "memory", "speed")
+        self.query_one("#title", Static).update(Text("Planning...", style="dim"))
+        self.solve({})
+
+    # -- the solver runs in a worker (tens of ms for 70B; keeps the first paint instant) --
+    @work(thread=True, exclusive=True, exit_on_error=False, group="solve")
+    def solve(self, fixed: dict[str, Any]) -> None:
+        try:
+            plan = self.app.services.planning.plan(self.model, self.target, self.dataset, fixed)
+        except UserError as exc:
+            self.post_message(PlanComputed(error=str(exc)))
+        except Exception as exc:
+            self.post_message(PlanComputed(error=f"planner: {type(exc).__name__}: {exc}".splitlines()[0]))
+        else:
+            self.post_message(PlanComputed(plan=plan))
+
+    @on(PlanComputed)
+    def _computed(self, message: PlanComputed) -> None:
+        if message.error:
+            self.query_one("#title", Static).update(Text(message.error, style="bold red"))
+            return
+        self.solved = message.plan
+        self._show(message.plan, sync_knobs=True)
+
+    # -- editing: estimate synchronously (one estimate is well under a millisecond) -------
+    def _edit(self, **changes: Any) -> None:
+        if self.plan is None:
+            return
+        setup = replace(self.plan.setup, **changes)
+        try:
+            plan = self.app.services.planning.estimate(self.model, self.target, self.dataset, setup)
+        except UserError as exc:
+            self.query_one("#reasons", Static).update(Text(str(exc), style="bold red"))
+            return
+        self.fixed.update(changes)
+        self._show(plan, sync_knobs=False)
+
+    @on(Input.Changed)
+    def _int_changed(self, event: Input.Changed) -> None:
+        knob = event.input.id
+        if knob not in INT_KNOBS or self.plan is None:
+            return
+        try:
+            value = int(event.value)
+        except ValueError:
+            return
+        if value <= 0:
+            self.query_one("#reasons", Static).update(Text(f"{INT_KNOBS[knob]} must be > 0 (got {value})",
+                                                           style="bold red"))
+            return
+        if getattr(self.plan.setup, knob) != value:
+            self._edit(**{knob: value})
+
+    @on(Input.Submitted)
+    def _int_submitted(self, event: Input.Submitted) -> None:
+        self.focus_next()
+
+    @on(Choice.Changed)
+    def _choice_changed(self, event: Choice.Changed) -> None:
+        knob, value = event.choice.id, event.value
+        if knob == "lora_targets":
+            value = ATTENTION_TARGETS if value == "attention" else ALL_LINEAR
+        changes = {knob: value}
+        if knob == "method" and value == "qlora" and self.plan.setup.optimizer == "adamw":
+            pass  # keep the user's optimizer; the solver's default for QLoRA comes from Ctrl+R
+        self._edit(**changes)
+
+    @on(DataTable.RowSelected, "#alternatives")
+    def _use_alternative(self, event: DataTable.RowSelected) -> None:
+        alt = self.plan.alternatives[event.cursor_row]
+        changes = {f: getattr(alt.setup, f) for f in alt.setup.__dataclass_fields__
+                   if getattr(alt.setup, f) != getattr(self.plan.setup, f)}
+        self._edit(**changes)
+        self._sync_knobs(self.plan.setup)
+
+    # -- rendering -----------------------------------------------------------------------
+    def _show(self, plan: Any, *, sync_knobs: bool) -> None:
+        self.plan = plan
+        s = plan.setup
+        title = Text(f" {plan.model.name} on {plan.target.label}  ", style="bold")
+        if plan.fits:
+            title.append(" FITS ", style="bold reverse green")
+        else:
+            title.append(f" DOES NOT FIT: over by {gib(max(plan.over_bytes, plan.memory.device_bytes - plan.usable_bytes))} ",
+                         style="bold reverse red")
+        if not plan.solver:
+            title.append("  (edited)", style="dim")
+        self.query_one("#title", Static).update(title)
+        self.query_one("#memory", MemoryBar).set_memory(plan.memory.components, plan.memory.device_bytes,
+                                                        plan.capacity_bytes, plan.usable_bytes)
+        summary = Text()
+        summary.append("speed ", style="bold")
+        summary.append(rate(plan.tokens_per_second) + "\n")
+        summary.append("time  ", style="bold")
+        summary.append(duration(plan.time_seconds) + ("" if plan.dataset is not None else " (no dataset)") + "\n")
+        summary.append("cost  ", style="bold")
+        summary.append(money(plan.cost) + "\n")
+        summary.append("effective batch ", style="bold")
+        summary.append(f"{s.effective_batch()} seq = {count(s.effective_batch() * s.seq_len)} tokens/step\n")
+        summary.append("peak (torch) ", style="bold")
+        summary.append(gib(plan.memory.torch_peak_bytes, 2) + "\n")
+        summary.append("device (smi) ", style="bold")
+        summary.append(gib(plan.memory.device_bytes, 2))
+        self.query_one("#summary", Static).update(summary)
+        reasons = Text()
+        for r in plan.reasons:
+            reasons.append(f"- {r}\n")
+        for w in plan.warnings:
+            reasons.append(f"! {w}\n", style="bold yellow")
+        self.query_one("#reasons", Static).update(reasons)
+        table = self.query_one("#alternatives", DataTable)
+        table.clear()
+        for alt in plan.alternatives:
+            a = alt.setup
+            mem = gib(alt.device_bytes) + ("" if alt.fits else " !")
+            table.add_row(alt.why or "-", a.method, str(a.seq_len), f"{a.micro_batch}x{a.grad_accum}",
+                          "on" if a.grad_checkpointing else "off", mem, rate(alt.tokens_per_second))
+        if sync_knobs:
+            self._sync_knobs(s)
+
+    def _sync_knobs(self, s: Any) -> None:
+        for knob in INT_KNOBS:
+            inp = self.query_one(f"#{knob}", Input)
+            with inp.prevent(Input.Changed):
+                inp.value = str(getattr(s, knob))
+        self.query_one("#method", Choice).set_value(s.method)
+        self.query_one("#lora_targets", Choice).set_value(
+            "attention" if targets_value(s.lora_targets) == "attention" else ALL_LINEAR)
+        self.query_one("#grad_checkpointing", Choice).set_value(s.grad_checkpointing)
+        self.query_one("#optimizer", Choice).set_value(s.optimizer)
+
+    # -- actions -------------------------------------------------------------------------
+    def action_accept(self) -> None:
+        if self.plan is None:
+            return
+        if not self.plan.fits and not self.target.dry_run:
+            self.notify("This configuration does not fit the card: change a knob, pick an "
+                        "alternative or Ctrl+R to re-plan.", severity="error")
+            return
+        self.post_message(PlanAccepted(self.plan))
+
+    def action_resolve(self) -> None:
+        self.query_one("#title", Static).update(Text("Re-planning with your edits fixed...", style="dim"))
+        self.solve(dict(self.fixed))
+
+    def action_reset(self) -> None:
+        self.fixed.clear()
+        if self.solved is not None:
+            self._show(self.solved, sync_knobs=True)
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpDialog("Plan", [
+            ("Tab", "next knob / the alternatives table"),
+            ("Left/Right", "change a choice knob"), ("digits", "edit a number: estimate follows"),
+            ("Enter", "on an alternative: use it"),
+            ("Ctrl+R", "re-plan, keeping the knobs you edited"), ("Ctrl+U", "back to the solver's plan"),
+            ("Ctrl+N", "review and launch"), ("Esc", "back"),
+        ]))

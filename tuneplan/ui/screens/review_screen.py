@@ -1,0 +1,167 @@
+"""Step 5: the resolved configuration, the equivalent command line, save as preset, launch."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.text import Text
+from textual import on, work
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Grid, VerticalScroll
+from textual.message import Message
+from textual.screen import Screen
+from textual.widgets import Footer, Input, Label, Static
+
+from tuneplan.errors import UserError
+from tuneplan.ui.messages import RunLaunched
+from tuneplan.ui.widgets.dialogs import HelpDialog
+from tuneplan.ui.widgets.step_bar import StepBar
+
+
+class RunLaunchFailed(Message):
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
+
+
+class ReviewScreen(Screen):
+    """Ctrl+L launches (then the dashboard opens), Ctrl+S saves a preset."""
+
+    CSS_PATH = "review_screen.tcss"
+    BINDINGS = [
+        Binding("ctrl+l", "launch", "Launch"),
+        Binding("ctrl+s", "save_preset", "Save preset"),
+        Binding("escape", "app.pop_screen", "Back"),
+        Binding("f1", "help", "Help"),
+    ]
+
+    def __init__(self, plan: Any, dataset: Any) -> None:
+        super().__init__()
+        self.plan = plan
+        self.dataset = dataset
+        self.launching = False
+
+    def compose(self) -> ComposeResult:
+        yield StepBar(5)
+        with VerticalScroll(id="body"):
+            with Grid(id="hyper"):
+                yield Label("epochs")
+                yield Input("1", type="number", id="epochs", compact=True)
+                yield Label("max steps")
+                yield Input("", placeholder="(epochs)", type="integer", id="max_steps", compact=True)
+                yield Label("learning rate")
+                yield Input("0.0002", type="number", id="learning_rate", compact=True)
+                yield Label("preset name")
+                yield Input("", placeholder="name, then Ctrl+S", id="preset_name", compact=True)
+            yield Static(id="warning")
+            yield Static(id="command")
+            yield Static(id="config")
+        yield Footer()
+
+    def on_mount(self) -> None:
+        self._refresh()
+        self.query_one("#max_steps", Input).focus()
+
+    def build_config(self) -> Any:
+        """The run configuration this screen would launch (raises UserError on bad input)."""
+        return self.app.services.runs.build_config(self.plan, self.dataset, **self._hyper())
+
+    def _hyper(self) -> dict[str, Any]:
+        def val(name: str, cast):
+            text = self.query_one(f"#{name}", Input).value.strip()
+            if not text:
+                return None
+            try:
+                return cast(text)
+            except ValueError:
+                raise UserError(f"{name.replace('_', ' ')}: not a number (got {text!r})") from None
+
+        return {"epochs": val("epochs", float), "max_steps": val("max_steps", int),
+                "learning_rate": val("learning_rate", float)}
+
+    @on(Input.Changed)
+    def _changed(self, event: Input.Changed) -> None:
+        if event.input.id != "preset_name":
+            self._refresh()
+
+    @on(Input.Submitted)
+    def _submitted(self, event: Input.Submitted) -> None:
+        if event.input.id == "preset_name":
+            self.action_save_preset()
+        else:
+            self.focus_next()
+
+    def _refresh(self) -> None:
+        warning = self.query_one("#warning", Static)
+        try:
+            config = self.build_config()
+        except UserError as exc:
+            warning.update(Text(str(exc), style="bold red"))
+            return
+        runs = self.app.services.runs
+        w = Text()
+        if not self.plan.fits:
+            w.append(f"This configuration does not fit {self.plan.target.label}: it would run out of "
+                     "memory there.\n", style="bold red")
+        if self.plan.target.dry_run:
+            w.append("Dry run: this machine's GPU was not chosen; a launch here trains on what this "
+                     "machine has (the CPU without a GPU: fine for tiny models only).\n", style="yellow")
+        warning.update(w)
+        cmd = Text("Equivalent command:\n", style="bold")
+        cmd.append(runs.train_command(config))
+        self.query_one("#command", Static).update(cmd)
+        cfg = Text("Resolved configuration (config.toml):\n", style="bold")
+        cfg.append(runs.config_text(config))
+        self.query_one("#config", Static).update(cfg)
+
+    # -- actions -------------------------------------------------------------------------
+    def action_save_preset(self) -> None:
+        name = self.query_one("#preset_name", Input).value.strip()
+        if not name:
+            self.query_one("#preset_name", Input).focus()
+            self.notify("Type a preset name, then Ctrl+S (or Enter).")
+            return
+        try:
+            path = self.app.services.runs.save_preset(self.build_config(), name)
+        except UserError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.notify(f"Preset saved: {path}")
+
+    def action_launch(self) -> None:
+        if self.launching:
+            return
+        try:
+            config = self.build_config()
+        except UserError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.launching = True
+        self.query_one("#warning", Static).update(Text("Launching...", style="bold"))
+        self.launch(config)
+
+    @work(thread=True, exclusive=True, exit_on_error=False)
+    def launch(self, config: Any) -> None:
+        try:
+            run_dir = self.app.services.runs.launch(config)
+        except UserError as exc:
+            self.post_message(RunLaunchFailed(str(exc)))
+        except Exception as exc:
+            self.post_message(RunLaunchFailed(f"launch failed: {type(exc).__name__}: {exc}".splitlines()[0]))
+        else:
+            self.post_message(RunLaunched(Path(run_dir)))
+
+    @on(RunLaunchFailed)
+    def _failed(self, message: RunLaunchFailed) -> None:
+        self.launching = False
+        self.query_one("#warning", Static).update(Text(message.error, style="bold red"))
+
+    def action_help(self) -> None:
+        self.app.push_screen(HelpDialog("Review", [
+            ("Ctrl+L", "launch the run (detached) and open its dashboard"),
+            ("Ctrl+S", "save this configuration as a preset (type a name first)"),
+            ("Tab", "next field"), ("Esc", "back to the plan"),
+        ]))

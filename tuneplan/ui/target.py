@@ -1,0 +1,70 @@
+"""The hardware target the wizard plans for (no textual here)."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from planner.gpus import GPU, GPUS, GiB, UnknownGPU, get_gpu, suggest_gpus
+
+from tuneplan.errors import UserError
+
+
+@dataclass(frozen=True)
+class Target:
+    """One GPU to plan for: a detected card or, in dry-run mode, a catalog card or a size."""
+
+    gpu: GPU
+    """Planner GPU record (memory in bytes, bf16, speed and price when known)."""
+    label: str
+    """What the screens call it, e.g. `NVIDIA GeForce RTX 3060 12GB (dry run)`."""
+    free_bytes: int | None = None
+    """Memory free right now on a detected card, in bytes (None in dry-run mode)."""
+    dry_run: bool = False
+    index: int | None = None
+    """NVML index of a detected card (for the dashboard's sampling)."""
+    count: int = 1
+
+
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(gib|gb|g|mib|mb|m)?\s*$", re.I)
+
+
+def parse_memory(text: str) -> int | None:
+    """`12`, `12GB`, `11.5 GiB`, `24576MiB` -> bytes; None when `text` is not a size.
+    GPU makers' "GB" means GiB (a "12 GB" card has 12 GiB), so both read as GiB."""
+    m = _SIZE.match(text)
+    if not m:
+        return None
+    value = float(m.group(1))
+    unit = (m.group(2) or "gib").lower()
+    scale = 1024**2 if unit.startswith("m") else GiB
+    return int(value * scale) if value > 0 else None
+
+
+def catalog_matches(query: str, limit: int = 8) -> list[GPU]:
+    """Catalog cards for a search box: substring of key/name/alias first, then close names."""
+    q = query.strip().lower()
+    if not q:
+        return list(GPUS)
+    flat = q.replace(" ", "").replace("-", "")
+    hits = [g for g in GPUS if flat in (g.key + g.name + "".join(g.aliases)).lower().replace(" ", "").replace("-", "")]
+    for key in suggest_gpus(query, n=limit):
+        g = next(c for c in GPUS if c.key == key)
+        if g not in hits:
+            hits.append(g)
+    return hits[:limit]
+
+
+def dry_run_target(text: str) -> Target:
+    """A catalog card (`3060`, `a100-80`) or a memory size (`12GiB`) as a dry-run target."""
+    size = parse_memory(text)
+    if size is not None:
+        gpu = GPU(key=f"custom-{size // 1024**2}mib", name=f"custom {size / GiB:.1f} GiB card",
+                  memory_bytes=size, bf16=True, arch="ampere")
+        return Target(gpu=gpu, label=f"{gpu.name} (dry run; bf16 assumed, no speed figures)", dry_run=True)
+    try:
+        gpu = get_gpu(text)
+    except UnknownGPU as exc:
+        hint = f"did you mean {', '.join(exc.suggestions)}? " if exc.suggestions else ""
+        raise UserError(f"unknown GPU '{text}': {hint}or type a memory size like 24GiB") from None
+    return Target(gpu=gpu, label=f"{gpu.name} (dry run)", dry_run=True)
