@@ -27,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "export": "merge an adapter into its base model and write safetensors",
     "presets": "list, show, save and delete presets",
     "demo": "train a tiny model on the bundled dataset, end to end, on any machine",
+    "serve": "open the wizard (or a run's dashboard) in a browser tab via textual-serve",
 }
 
 

@@ -1,15 +1,46 @@
-"""`tuneplan attach`: not built yet (see the project's issues)."""
+"""`tuneplan attach [RUN]`: open the live dashboard of a run (default: the newest)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    parser.add_argument("run", nargs="?", help="run name or run directory (default: the newest run)")
+    parser.add_argument("--runs-dir", help="runs root (default: $TUNEPLAN_RUNS_DIR or the user data folder)")
+
+
+def resolve_run_dir(run: str | None, runs_dir: str | None) -> Path:
+    """The run directory `run` names (a path, or a name under the runs root)."""
+    from tuneplan.errors import UserError
+    from tuneplan.ui.adapters import RunsAdapter
+
+    if run and Path(run).expanduser().is_dir():
+        return Path(run).expanduser().resolve()
+    runs = RunsAdapter(Path(runs_dir) if runs_dir else None)
+    if run:
+        return Path(runs.find(run))
+    newest = runs.newest()
+    if newest is None:
+        raise UserError(f"no runs in {runs.root()}: start one with `tuneplan` or `tuneplan train`")
+    return Path(newest)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("tuneplan attach: not built yet", file=sys.stderr)
-    return 3
+    run_dir = resolve_run_dir(args.run, args.runs_dir)
+    from tuneplan.ui.app import create_app
+    from tuneplan.ui.services import default_services
+
+    app = create_app(default_services(Path(args.runs_dir) if args.runs_dir else None), run_dir=run_dir)
+    result = app.run()
+    print_detached(result)
+    return app.return_code or 0
+
+
+def print_detached(result: object) -> None:
+    if isinstance(result, tuple) and result and result[0] == "detached":
+        name = Path(result[1]).name
+        print(f"Detached from {name}; it keeps running (if it was). Reattach: tuneplan attach {name}",
+              file=sys.stderr)

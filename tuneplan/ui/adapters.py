@@ -151,3 +151,101 @@ class PlanView:
     @property
     def over_bytes(self) -> int:
         return max(0, self.memory.device_bytes - self.capacity_bytes)
+
+
+# -- runs ----------------------------------------------------------------------------------
+
+class RunsAdapter:
+    """Run configuration, launch and control through T's `tuneplan.services.launcher` /
+    `runs` and `tuneplan.config`."""
+
+    def __init__(self, runs_root: Path | None = None) -> None:
+        self.runs_root = runs_root
+
+    def root(self) -> Path:
+        from tuneplan.services.paths import runs_root
+
+        return runs_root(self.runs_root)
+
+    def build_config(self, plan: PlanView, dataset: Any, *, epochs: float | None = None,
+                     max_steps: int | None = None, learning_rate: float | None = None) -> Any:
+        from tuneplan.config import DataConfig, ModelConfig, PredictionConfig, RunConfig, TrainingConfig
+
+        training = TrainingConfig()
+        changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps),
+                                     ("learning_rate", learning_rate)) if v is not None}
+        if changes:
+            from dataclasses import replace
+
+            training = replace(training, **changes)
+        config = RunConfig(
+            model=ModelConfig(source=plan.model.source),
+            data=DataConfig(source=dataset.source if dataset is not None else ""),
+            setup=plan.setup,
+            training=training,
+            prediction=PredictionConfig(torch_peak_bytes=plan.memory.torch_peak_bytes,
+                                        device_bytes=plan.memory.device_bytes),
+        )
+        if dataset is None:
+            from tuneplan.errors import UserError
+
+            raise UserError("no dataset chosen: go back (Esc) to the dataset step to launch a run")
+        return config.validate()
+
+    def config_text(self, config: Any) -> str:
+        from tuneplan.config import dump_config
+
+        return dump_config(config)
+
+    def train_command(self, config: Any) -> str:
+        """The `tuneplan train` command line that launches the same run."""
+        import shlex
+
+        from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+
+        s, t = config.setup, config.training
+        targets = s.lora_targets
+        targets = (ALL_LINEAR if targets == ALL_LINEAR else
+                   "attention" if tuple(targets) == ATTENTION_TARGETS else ",".join(targets))
+        parts = ["tuneplan", "train", "--model", config.model.source, "--dataset", config.data.source,
+                 "--method", s.method, "--seq-len", str(s.seq_len), "--batch", str(s.micro_batch),
+                 "--grad-accum", str(s.grad_accum)]
+        if s.method != "full":
+            parts += ["--lora-r", str(s.lora_rank), "--lora-alpha", str(s.lora_alpha), "--lora-targets", targets]
+        parts += ["--grad-checkpointing", "on" if s.grad_checkpointing else "off", "--optimizer", s.optimizer]
+        if t.max_steps is not None:
+            parts += ["--max-steps", str(t.max_steps)]
+        else:
+            parts += ["--epochs", f"{t.epochs:g}"]
+        parts += ["--lr", f"{t.learning_rate:g}"]
+        return " ".join(shlex.quote(p) for p in parts)
+
+    def save_preset(self, config: Any, name: str) -> Path:
+        from tuneplan.services import presets
+
+        return presets.save_preset(config, name)
+
+    def launch(self, config: Any) -> Path:
+        from tuneplan.services import launcher
+
+        return launcher.launch(config, runs_root=self.root())
+
+    def newest(self) -> Path | None:
+        from tuneplan.services import runs
+
+        return runs.newest_run(self.root())
+
+    def find(self, name: str) -> Path:
+        from tuneplan.services import runs
+
+        return runs.find_run(name, self.root())
+
+    def request_save(self, run_dir: Path) -> None:
+        from tuneplan.services import runs
+
+        runs.request_save(run_dir)
+
+    def request_stop(self, run_dir: Path) -> None:
+        from tuneplan.services import runs
+
+        runs.request_stop(run_dir)

@@ -10,6 +10,7 @@ deques, and files are read from the last offset only.
 from __future__ import annotations
 
 import os
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,8 @@ MAX_POINTS = 600
 """Plot series keep at most this many points (every other point dropped when exceeded)."""
 LOG_LINES = 200
 EVENT_LINES = 200
+LIVENESS_SECONDS = 2.0
+"""How often a running run's pids are checked for a silent death."""
 
 
 class _Series:
@@ -234,8 +237,9 @@ class RunView:
             self.event_lines.append(line)
 
     def apply_status(self, status: ev.Status) -> None:
-        """Status wins for the phase (it is what the launcher and watchdog last wrote)."""
-        self.phase = status.phase
+        """Status wins for the phase (it is what the launcher and the child last wrote); a
+        non-final status whose processes are all gone reads as `crashed`."""
+        self.phase = ev.effective_phase(status)
         self.pids = tuple(status.pids)
         if status.step and status.step > self.step:
             self.step = status.step
@@ -256,6 +260,8 @@ class RunFollower:
         self._events = ev.EventTail(self.run_dir)
         self._log = _LineTail(self.run_dir / ev.LOG_FILE)
         self._status_mtime: float | None = None
+        self._status: ev.Status | None = None
+        self._liveness_checked = 0.0
         self.version = 0
 
     def poll(self) -> bool:
@@ -272,8 +278,17 @@ class RunFollower:
             status = ev.read_status(self.run_dir)
             if status is not None:
                 self._status_mtime = mtime
+                self._status = status
                 self.view.apply_status(status)
                 changed = True
+        elif self._status is not None and self.view.phase not in ev.FINAL_PHASES:
+            # The child may die without a word: check its pids every few seconds.
+            now = time.monotonic()
+            if now - self._liveness_checked > LIVENESS_SECONDS:
+                self._liveness_checked = now
+                if ev.effective_phase(self._status) != self.view.phase:
+                    self.view.apply_status(self._status)
+                    changed = True
         if changed:
             self.version += 1
         return changed

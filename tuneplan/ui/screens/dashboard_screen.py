@@ -46,13 +46,14 @@ class DashboardScreen(Screen):
         Binding("question_mark", "help", "Help"),
     ]
 
-    def __init__(self, run_dir: Path, *, poll_seconds: float = POLL_SECONDS) -> None:
+    def __init__(self, run_dir: Path, *, poll_seconds: float = POLL_SECONDS, gpu_index: int = 0) -> None:
         super().__init__()
+        self.gpu_index = gpu_index
         self.run_dir = Path(run_dir)
         self.poll_seconds = poll_seconds
         self.snapshot: RunSnapshot | None = None
         self.gpu_sample: Any = None
-        self.gpu_note: str = "GPU: sampling..."
+        self.gpu_note: str = "sampling..."
         self.show_log = False
         self._stop_event = threading.Event()
         self._plotted_version = -1
@@ -99,10 +100,14 @@ class DashboardScreen(Screen):
         gpu = self.app.services.gpu
         while not self._stop_event.is_set():
             try:
-                sample = gpu.sample()
-            except Exception as exc:  # the probe should not raise; if it does, say so
-                sample = f"GPU: not available ({type(exc).__name__})"
+                sample = gpu.sample(self.gpu_index)
+                if sample is None:
+                    sample = f"not available: {gpu.status()}"
+            except Exception as exc:  # the probe never raises by contract; if it does, say so
+                sample = f"not available ({type(exc).__name__})"
             self.post_message(GpuSampled(sample))
+            if isinstance(sample, str):  # no NVML: nothing will change, stop sampling
+                return
             self._stop_event.wait(GPU_SECONDS)
 
     # -- rendering -----------------------------------------------------------------------
@@ -202,11 +207,8 @@ class DashboardScreen(Screen):
         elif isinstance(g, str):
             t.append(g, style="dim")
         else:
-            util = getattr(g, "utilization_percent", None)
-            used = getattr(g, "memory_used_bytes", None)
-            total = getattr(g, "memory_total_bytes", None)
-            temp = getattr(g, "temperature_c", None)
-            power = getattr(g, "power_watts", None)
+            util, used, total = g.utilization_pct, g.memory_used_bytes, g.memory_total_bytes
+            temp, power = g.temperature_c, g.power_w
             t.append(f"util {util if util is not None else '-'}%  mem {gib(used)}/{gib(total)}"
                      f"  temp {temp if temp is not None else '-'}°C  power "
                      f"{f'{power:.0f}' if power is not None else '-'} W")
