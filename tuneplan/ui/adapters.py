@@ -249,3 +249,64 @@ class RunsAdapter:
         from tuneplan.services import runs
 
         runs.request_stop(run_dir)
+
+
+# -- planning ------------------------------------------------------------------------------
+
+SAFETY_MARGIN = 0.08
+"""Share of the card kept free when no solver setting says otherwise (issue 3: 8-10%)."""
+
+
+def dataset_tokens(dataset: Any, seq_len: int) -> int | None:
+    """Tokens one epoch trains: each sample capped at `seq_len`, scaled from the measured
+    samples to the whole dataset."""
+    stats = getattr(dataset, "tokens", None)
+    if stats is None or not stats.count:
+        return None
+    # Histogram bins give lengths to within a bin: cap each bin's midpoint at seq_len.
+    capped = sum(min((lo + hi - 1) / 2, seq_len) * n for lo, hi, n in stats.histogram)
+    scale = (dataset.num_examples or stats.count) / stats.count
+    return int(capped * scale)
+
+
+class PlanningAdapter:
+    """The solver (P's `tuneplan.services.planning`) and single estimates for edited knobs."""
+
+    def capacity(self, target: Any) -> int:
+        return target.free_bytes if target.free_bytes is not None else target.gpu.memory_bytes
+
+    def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: dict[str, Any]) -> PlanView:
+        try:
+            from tuneplan.services import planning
+        except ImportError:
+            raise UserError("the planning service (tuneplan.services.planning) is not available yet") from None
+        return self._from_planning(planning, model, target, dataset, fixed)
+
+    def _from_planning(self, planning: Any, model, target, dataset, fixed) -> PlanView:
+        raise UserError("planning service API not wired yet")
+
+    def estimate(self, model: ModelChoice, target: Any, dataset: Any, setup: Any) -> PlanView:
+        """One configuration's memory, speed, time and cost (well under a millisecond)."""
+        from planner.memory import estimate_memory
+        from planner.throughput import estimate_throughput, training_cost, training_seconds
+
+        try:
+            memory = estimate_memory(model.spec, setup, target.gpu)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        speed = estimate_throughput(model.spec, setup, target.gpu)
+        tokens = dataset_tokens(dataset, setup.seq_len)
+        seconds = training_seconds(speed.tokens_per_second, tokens) if tokens else None
+        cost = training_cost(seconds, target.gpu.price_per_hour, setup.num_gpus)
+        capacity = self.capacity(target)
+        usable = int(capacity * (1 - SAFETY_MARGIN))
+        fits = memory.device_bytes <= usable
+        warnings = []
+        if setup.seq_len > model.context_length:
+            warnings.append(f"sequence length {setup.seq_len} exceeds the model's context {model.context_length}")
+        if setup.compute_dtype == "bfloat16" and not target.gpu.bf16:
+            warnings.append(f"{target.gpu.name} has no bf16: training falls back to fp16")
+        return PlanView(setup=setup, memory=memory, fits=fits, capacity_bytes=capacity, usable_bytes=usable,
+                        tokens_per_second=speed.tokens_per_second, time_seconds=seconds, cost=cost,
+                        reasons=tuple(memory.notes), alternatives=(), warnings=tuple(warnings),
+                        model=model, target=target, dataset=dataset, solver=False, raw=(memory, speed))

@@ -129,6 +129,8 @@ class PlanScreen(Screen):
             self.query_one("#reasons", Static).update(Text(str(exc), style="bold red"))
             return
         self.fixed.update(changes)
+        if not plan.alternatives and self.solved is not None:
+            plan = replace(plan, alternatives=self.solved.alternatives)
         self._show(plan, sync_knobs=False)
 
     @on(Input.Changed)

@@ -1,0 +1,100 @@
+"""The dashboard: replays a recorded run, follows a growing one, shows a crash, keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+
+from textual.widgets import Static
+
+from tuneplan import events as ev
+from tuneplan.ui.app import create_app
+from tuneplan.ui.messages import RunUpdated
+from tuneplan.ui.screens.dashboard_screen import DashboardScreen
+from tuneplan.ui.widgets.dialogs import ConfirmDialog, HelpDialog
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+from ui_helpers import FakeNVML, make_services, rtx_4090, wait_for
+
+
+def text_of(screen, selector) -> str:
+    return str(screen.query_one(selector, Static).render())
+
+
+async def test_replays_a_finished_run(tmp_path, recorded_run):
+    run_dir = recorded_run("tiny-done")
+    app = create_app(make_services(tmp_path, nvml=FakeNVML([rtx_4090()])), run_dir=run_dir)
+    seen: list[RunUpdated] = []
+    async with app.run_test(size=(80, 24), message_hook=lambda m: seen.append(m) if isinstance(m, RunUpdated) else None) as pilot:
+        screen = app.screen
+        assert isinstance(screen, DashboardScreen)
+        await wait_for(pilot, lambda: screen.snapshot is not None and screen.gpu_sample is not None)
+        s = screen.snapshot
+        assert s.phase == "done" and s.step == 80 and s.max_steps == 80
+        assert len(s.loss_series[0]) == 80 and s.loss_series[1][0] > s.loss_series[1][-1]
+        assert len(s.eval_series[0]) == 4
+        assert "[done]" in text_of(screen, "#title")
+        assert "step 80/80" in text_of(screen, "#progress-text")
+        stats = text_of(screen, "#stats")
+        assert "util 87%" in stats and "71°C" in stats and "312 W" in stats
+        assert "step 80: checkpoint-80" in text_of(screen, "#checkpoints")
+        assert seen and seen[-1].snapshot is s
+        # a finished run has nothing to save or stop
+        await pilot.press("x")
+        assert not isinstance(app.screen, ConfirmDialog)
+        await pilot.press("question_mark")
+        assert isinstance(app.screen, HelpDialog)
+        await pilot.press("escape")
+        await pilot.press("d")
+    assert app.return_value == ("detached", run_dir)
+
+
+async def test_crashed_run_shows_error_and_log_tail(tmp_path, recorded_run):
+    run_dir = recorded_run("tiny-crashed")
+    app = create_app(make_services(tmp_path), run_dir=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.snapshot is not None and screen.gpu_sample is not None)
+        assert "[failed]" in text_of(screen, "#title")
+        tail = text_of(screen, "#tail")
+        assert "illegal memory access" in tail and "train.log tail" in tail
+        assert "not available" in text_of(screen, "#stats")  # no NVIDIA driver: said plainly
+
+
+async def test_follows_a_growing_run_and_sees_a_silent_death(tmp_path):
+    run_dir = tmp_path / "runs" / "live"
+    run_dir.mkdir(parents=True)
+    status = ev.Status(phase="training", pids=[os.getpid()], max_steps=50)
+    ev.write_status(run_dir, status)
+    app = create_app(make_services(tmp_path), run_dir=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        screen.poll_seconds = 0.05
+        await wait_for(pilot, lambda: screen.snapshot is not None)
+        for step in range(1, 11):
+            ev.append_event(run_dir, ev.make_event("log", step=step, max_steps=50, loss=3.0 - step / 10,
+                                                   learning_rate=1e-4, tokens_per_second=900.0))
+        await wait_for(pilot, lambda: screen.snapshot.step == 10)
+        assert "step 10/50" in text_of(screen, "#progress-text")
+        # the process disappears without writing a final status: shown as crashed
+        ev.write_status(run_dir, ev.Status(phase="training", pids=[2**22 + 12345], max_steps=50))
+        await wait_for(pilot, lambda: screen.snapshot.phase == "crashed")
+        assert "[crashed]" in text_of(screen, "#title")
+
+
+async def test_stop_asks_first(tmp_path):
+    run_dir = tmp_path / "runs" / "live"
+    run_dir.mkdir(parents=True)
+    ev.write_status(run_dir, ev.Status(phase="training", pids=[os.getpid()], max_steps=5))
+    app = create_app(make_services(tmp_path), run_dir=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.snapshot is not None)
+        await pilot.press("x")
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("n")
+        assert app.screen is screen

@@ -1,0 +1,29 @@
+"""The run follower: incremental, bounded, independent of run length."""
+
+from __future__ import annotations
+
+import json
+
+from tuneplan import events as ev
+from tuneplan.ui.run_view import MAX_POINTS, RunFollower
+
+
+def test_follower_reads_incrementally_and_stays_bounded(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    follower = RunFollower(run_dir)
+    assert follower.poll() is False
+    n = 5 * MAX_POINTS
+    with open(run_dir / ev.EVENTS_FILE, "w") as f:
+        for step in range(1, n + 1):
+            f.write(json.dumps({"kind": "log", "time": 0, "step": step, "loss": 1.0 / step}) + "\n")
+        f.write('{"kind": "log", "step": ')  # half a line: not read yet
+    assert follower.poll() is True
+    s = follower.snapshot()
+    assert s.step == n
+    assert len(s.loss_series[0]) <= MAX_POINTS + 1
+    assert s.loss_series[0][-1] == n  # the newest point is always shown
+    with open(run_dir / ev.EVENTS_FILE, "a") as f:
+        f.write(f'{n + 1}, "loss": 0.0}}\n')
+    assert follower.poll() is True and follower.snapshot().step == n + 1
+    assert follower.poll() is False
