@@ -1,0 +1,505 @@
+"""The solver: the fastest training configuration that fits the GPU, and why.
+
+`solve(spec, hardware, constraints, dataset_stats=None) -> PlanResult`
+
+What it searches (everything the user did not fix):
+- method: LoRA and QLoRA (`auto`), plus full fine-tuning when accuracy matters most;
+- gradient checkpointing off / on;
+- micro-batch over the divisors of the target effective batch, gradient accumulation
+  = effective batch / micro-batch, so the optimizer sees the same batch whatever fits;
+- optimizer: torch AdamW, and 8-bit paged AdamW only where AdamW's states do not fit
+  (or for full fine-tuning, where they are large);
+- loss: the fused (chunked) linear cross-entropy of our training path by default (same
+  loss, no full logits); transformers' loss only when fixed by the user.
+The sequence length is not searched: it comes from the user, the dataset (p99 of the token
+lengths, rounded up), or 2048, never above the model's context.
+
+How it picks, among configurations whose `device_bytes` fit the usable memory less the
+safety margin: LoRA over QLoRA when both fit (a 16-bit base is faster and has no
+quantization error) unless QLoRA was asked for; full fine-tuning first only with
+`prefer_accuracy`; no checkpointing when it fits, unless checkpointing lets a bigger
+micro-batch run clearly faster (CKPT_SPEEDUP_TO_SWITCH); then the highest estimated
+tokens/s. Memory grows monotonically with the micro-batch, so each group is a binary search:
+a full 70B search takes a few dozen estimates.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+from typing import Any, Mapping
+
+from planner.gpus import GPU, GiB, bigger_cards
+from planner.memory import estimate_memory
+from planner.setup import MemoryEstimate, TrainSetup
+from planner.spec import ModelSpec
+from planner.throughput import Throughput, estimate_throughput, trainable_parameters, training_cost, training_seconds
+
+DEFAULT_SEQ_LEN = 2048
+DEFAULT_EFFECTIVE_BATCH = 16
+DEFAULT_SAFETY_MARGIN = 0.08
+DEFAULT_DATASET_TOKENS = 10_000_000
+"""Tokens per epoch assumed for time and cost when no dataset is given (a ~10k-example
+instruction set of ~1k tokens each); the plan says it assumed this."""
+CKPT_SPEEDUP_TO_SWITCH = 1.15
+"""Checkpointing is chosen over a configuration without it only when it is this much faster."""
+SEQ_ROUND = 128
+MAX_MICRO_BATCH = 64
+
+_METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """The GPU(s) to plan for."""
+
+    gpu: GPU
+    """Catalog entry (or a generic record for `--vram` / unknown cards)."""
+    count: int = 1
+    """GPUs of this kind in the box (the plan uses one until multi-GPU planning lands)."""
+    free_bytes: int | None = None
+    """Memory free on the card right now (NVML), in bytes; None: the whole card is free."""
+    source: str = "catalog"
+    """`catalog`, `nvml` or `vram`: where the figures came from."""
+
+    def usable_bytes(self) -> int:
+        """Memory a new training process can use, in bytes."""
+        if self.free_bytes is None:
+            return self.gpu.memory_bytes
+        return min(self.free_bytes, self.gpu.memory_bytes)
+
+
+@dataclass(frozen=True)
+class DatasetStats:
+    """Token statistics of the training set (after the chat template)."""
+
+    num_examples: int | None = None
+    total_tokens: int | None = None
+    """Tokens in one epoch."""
+    p50_tokens: int | None = None
+    p99_tokens: int | None = None
+    max_tokens: int | None = None
+
+
+@dataclass(frozen=True)
+class Constraints:
+    """What the user asked for; knobs in `fixed` are never changed by the solver."""
+
+    method: str = "auto"
+    """`auto` (LoRA or QLoRA), `lora`, `qlora` or `full`."""
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    """TrainSetup field -> value the user fixed (e.g. {"micro_batch": 2, "lora_rank": 64})."""
+    min_seq_len: int | None = None
+    """Shortest sequence length the user accepts when suggesting shorter ones."""
+    max_seq_len: int | None = None
+    """Cap on the sequence length taken from the dataset."""
+    effective_batch: int = DEFAULT_EFFECTIVE_BATCH
+    """Sequences per optimizer step, kept constant while micro-batch and accumulation trade."""
+    epochs: float = 1.0
+    prefer_accuracy: bool = False
+    """Full fine-tuning first when it fits, 16-bit optimizer states, no truncation (max length)."""
+    safety_margin: float = DEFAULT_SAFETY_MARGIN
+    """Fraction of usable memory kept free (allocator spikes, other processes)."""
+    price_per_hour: float | None = None
+    """USD per GPU-hour; None: the catalog price."""
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """One evaluated configuration."""
+
+    setup: TrainSetup
+    memory: MemoryEstimate
+    throughput: Throughput
+    fits: bool
+
+    def tokens_per_second(self) -> float:
+        return self.throughput.tokens_per_second or 0.0
+
+    def describe(self) -> str:
+        """One line: `QLoRA r16, seq 2048, micro-batch 2 x 8, checkpointing, adamw`."""
+        s = self.setup
+        parts = [_METHOD_NAMES[s.method] + (f" r{s.lora_rank}" if s.method != "full" else ""),
+                 f"seq {s.seq_len}", f"micro-batch {s.micro_batch} x {s.grad_accum}",
+                 "checkpointing" if s.grad_checkpointing else "no checkpointing", s.optimizer]
+        if not s.fused_ce:
+            parts.append("unfused loss")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True)
+class PlanResult:
+    """The solver's answer."""
+
+    fits: bool
+    choice: Candidate
+    """The chosen configuration; when nothing fits, the smallest one tried (fits=False)."""
+    alternatives: tuple[Candidate, ...]
+    """The best few other configurations that fit, fastest first."""
+    reasons: tuple[str, ...]
+    """Plain sentences: why this choice."""
+    warnings: tuple[str, ...]
+    """Things the user asked for that were changed or are risky (bf16 fallback, context)."""
+    suggestions: tuple[str, ...]
+    """When nothing fits: what would make it fit."""
+    usable_bytes: int
+    budget_bytes: int
+    """usable_bytes less the safety margin: what `device_bytes` must stay under."""
+    hardware: Hardware
+    dataset_tokens: int
+    dataset_tokens_assumed: bool
+    epochs: float
+    seconds: float | None
+    """Training time for dataset_tokens x epochs."""
+    cost: float | None
+    """USD for that time at price_per_hour."""
+    price_per_hour: float | None
+    evaluated: int
+    """Memory estimates the search made."""
+
+    def headroom_bytes(self) -> int:
+        """Usable memory left beside the chosen configuration's device_bytes (may be < 0)."""
+        return self.usable_bytes - self.choice.memory.device_bytes
+
+
+class _Search:
+    def __init__(self, spec: ModelSpec, gpu: GPU, budget: int):
+        self.spec, self.gpu, self.budget = spec, gpu, budget
+        self.cache: dict[TrainSetup, Candidate] = {}
+
+    def eval(self, setup: TrainSetup) -> Candidate:
+        c = self.cache.get(setup)
+        if c is None:
+            mem = estimate_memory(self.spec, setup, self.gpu)
+            thr = estimate_throughput(self.spec, setup, self.gpu)
+            c = Candidate(setup, mem, thr, mem.device_bytes <= self.budget)
+            self.cache[setup] = c
+        return c
+
+    def largest_fitting(self, base: TrainSetup, micro_batches: list[int], effective: int | None,
+                        grad_accum: int | None) -> list[Candidate]:
+        """Binary search the biggest fitting micro-batch; returns the fitting candidates seen."""
+        def mk(mb: int) -> TrainSetup:
+            ga = grad_accum if grad_accum is not None else max(1, effective // mb)
+            return replace(base, micro_batch=mb, grad_accum=ga)
+
+        lo, hi = 0, len(micro_batches) - 1
+        fitting: list[Candidate] = []
+        first = self.eval(mk(micro_batches[0]))
+        if not first.fits:
+            return []
+        fitting.append(first)
+        lo = 1
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            c = self.eval(mk(micro_batches[mid]))
+            if c.fits:
+                fitting.append(c)
+                lo = mid + 1
+            else:
+                hi = mid - 1
+        # a smaller micro-batch is sometimes faster (host-bound tiny models): compare the
+        # biggest fitting one with its neighbour below
+        best = max(fitting, key=lambda c: c.setup.micro_batch)
+        i = micro_batches.index(best.setup.micro_batch)
+        if i > 0:
+            below = self.eval(mk(micro_batches[i - 1]))
+            if below.fits and below not in fitting:
+                fitting.append(below)
+        return fitting
+
+
+def _divisors(n: int, cap: int) -> list[int]:
+    return [d for d in range(1, min(n, cap) + 1) if n % d == 0]
+
+
+def _round_up(n: int, to: int) -> int:
+    return max(to, int(math.ceil(n / to)) * to)
+
+
+def choose_seq_len(spec: ModelSpec, constraints: Constraints, stats: DatasetStats | None,
+                   warnings: list[str], reasons: list[str]) -> int:
+    """The sequence length to plan with (see the module docstring)."""
+    context = spec.max_position_embeddings
+    fixed = constraints.fixed.get("seq_len")
+    if fixed is not None:
+        if fixed > context:
+            warnings.append(f"sequence length {fixed} is beyond {spec.name}'s context of {context} tokens; "
+                            f"planning with {context}.")
+            return context
+        return int(fixed)
+    if stats is not None and (stats.p99_tokens or stats.max_tokens):
+        basis = stats.max_tokens if (constraints.prefer_accuracy and stats.max_tokens) else (stats.p99_tokens or stats.max_tokens)
+        seq = _round_up(int(basis), SEQ_ROUND)
+        what = "longest example" if basis == stats.max_tokens and constraints.prefer_accuracy else "99th-percentile example"
+        reasons.append(f"Sequence length {seq}: the dataset's {what} is {basis} tokens (rounded up to a multiple of {SEQ_ROUND}).")
+    else:
+        seq = DEFAULT_SEQ_LEN
+        reasons.append(f"Sequence length {seq}: the default without dataset statistics.")
+    if constraints.max_seq_len is not None and seq > constraints.max_seq_len:
+        seq = constraints.max_seq_len
+        reasons.append(f"Capped at the maximum sequence length asked for ({seq}).")
+    if constraints.min_seq_len is not None and seq < constraints.min_seq_len:
+        seq = constraints.min_seq_len
+    if seq > context:
+        warnings.append(f"sequence length {seq} is beyond {spec.name}'s context of {context} tokens; planning with {context}.")
+        seq = context
+    return seq
+
+
+def _methods(constraints: Constraints) -> list[str]:
+    if constraints.method != "auto":
+        return [constraints.method]
+    return ["full", "lora", "qlora"] if constraints.prefer_accuracy else ["lora", "qlora"]
+
+
+def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None = None,
+          dataset_stats: DatasetStats | None = None) -> PlanResult:
+    """Pick the fastest configuration of `spec` that fits `hardware` under `constraints`.
+
+    Memory per configuration comes from `planner.memory.estimate_memory` (`device_bytes`,
+    what nvidia-smi shows), speed from `planner.throughput.estimate_throughput`. Sizes in
+    bytes, times in seconds, cost in USD.
+    """
+    constraints = constraints or Constraints()
+    fixed = dict(constraints.fixed)
+    if constraints.method not in ("auto", "lora", "qlora", "full"):
+        raise ValueError(f"method must be auto, lora, qlora or full (got {constraints.method!r})")
+    if not 0 <= constraints.safety_margin < 0.9:
+        raise ValueError(f"safety_margin must be in [0, 0.9) (got {constraints.safety_margin})")
+    if constraints.effective_batch <= 0:
+        raise ValueError(f"effective_batch must be > 0 (got {constraints.effective_batch})")
+    unknown = set(fixed) - set(TrainSetup.__dataclass_fields__)
+    if unknown:
+        raise ValueError(f"unknown setup knob(s): {', '.join(sorted(unknown))}")
+    gpu = hardware.gpu
+    reasons: list[str] = []
+    warnings: list[str] = []
+
+    # -- precision and kernels the card supports ---------------------------------------------
+    dtype = fixed.pop("compute_dtype", None)
+    if dtype is None:
+        dtype = "bfloat16" if gpu.bf16 else "float16"
+        if not gpu.bf16:
+            reasons.append(f"{gpu.name} has no bfloat16: training uses fp16 mixed precision (loss scaling).")
+    elif dtype == "bfloat16" and not gpu.bf16:
+        warnings.append(f"{gpu.name} does not support bfloat16 (compute capability < 8.0); using float16 instead.")
+        dtype = "float16"
+    attn = fixed.pop("attn", None) or "sdpa"
+    if attn == "flash" and gpu.arch in ("volta", "turing"):
+        warnings.append(f"flash-attention-2 needs an Ampere or newer GPU; {gpu.name} uses sdpa instead.")
+        attn = "sdpa"
+
+    seq = choose_seq_len(spec, constraints, dataset_stats, warnings, reasons)
+    fixed.pop("seq_len", None)
+    base = replace(TrainSetup(), compute_dtype=dtype, attn=attn, seq_len=seq, fused_ce=True,
+                   **{k: v for k, v in fixed.items() if k not in ("micro_batch", "grad_accum", "grad_checkpointing",
+                                                                 "optimizer", "fused_ce", "method")})
+    usable = hardware.usable_bytes()
+    budget = int(usable * (1.0 - constraints.safety_margin))
+    search = _Search(spec, gpu, budget)
+
+    # -- batch geometry ------------------------------------------------------------------------
+    mb_fixed, ga_fixed = fixed.get("micro_batch"), fixed.get("grad_accum")
+    effective = constraints.effective_batch
+    if mb_fixed and ga_fixed:
+        mbs, effective, ga_for = [mb_fixed], mb_fixed * ga_fixed, ga_fixed
+    elif mb_fixed:
+        mbs, ga_for = [mb_fixed], max(1, math.ceil(effective / mb_fixed))
+        effective = mb_fixed * ga_for
+    elif ga_fixed:
+        mbs, ga_for = [max(1, effective // ga_fixed)], ga_fixed
+        effective = mbs[0] * ga_fixed
+    else:
+        mbs, ga_for = _divisors(effective, MAX_MICRO_BATCH), None
+
+    ckpts = [fixed["grad_checkpointing"]] if "grad_checkpointing" in fixed else [False, True]
+    fused = [fixed["fused_ce"]] if "fused_ce" in fixed else [True]
+    methods = _methods(constraints)
+
+    def optimizers(method: str, tried_fit: bool) -> list[str]:
+        if "optimizer" in fixed:
+            return [fixed["optimizer"]]
+        if method == "full":
+            return ["adamw", "paged-adamw-8bit"]
+        return ["adamw"] if tried_fit else ["paged-adamw-8bit"]
+
+    groups: dict[tuple, list[Candidate]] = {}
+    for method in methods:
+        for ck in ckpts:
+            for fce in fused:
+                first_opts = optimizers(method, True)
+                any_fit = False
+                for opt in first_opts:
+                    b = replace(base, method=method, grad_checkpointing=ck, fused_ce=fce, optimizer=opt)
+                    found = search.largest_fitting(b, mbs, effective, ga_for)
+                    groups[(method, ck, fce, opt)] = found
+                    any_fit = any_fit or bool(found)
+                if not any_fit and "optimizer" not in fixed and method != "full":
+                    for opt in optimizers(method, False):
+                        b = replace(base, method=method, grad_checkpointing=ck, fused_ce=fce, optimizer=opt)
+                        groups[(method, ck, fce, opt)] = search.largest_fitting(b, mbs, effective, ga_for)
+
+    fitting = [c for cands in groups.values() for c in cands]
+    price = constraints.price_per_hour if constraints.price_per_hour is not None else gpu.price_per_hour
+    tokens = (dataset_stats.total_tokens if dataset_stats and dataset_stats.total_tokens else None)
+    assumed = tokens is None
+    tokens = tokens or DEFAULT_DATASET_TOKENS
+
+    def finish(fits: bool, choice: Candidate, alts, suggestions) -> PlanResult:
+        secs = training_seconds(choice.throughput.tokens_per_second, tokens, constraints.epochs) if fits else None
+        return PlanResult(
+            fits=fits, choice=choice, alternatives=tuple(alts), reasons=tuple(reasons), warnings=tuple(warnings),
+            suggestions=tuple(suggestions), usable_bytes=usable, budget_bytes=budget, hardware=hardware,
+            dataset_tokens=tokens, dataset_tokens_assumed=assumed, epochs=constraints.epochs, seconds=secs,
+            cost=training_cost(secs, price, 1), price_per_hour=price, evaluated=len(search.cache),
+        )
+
+    if not fitting:
+        smallest, suggestions = _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, budget)
+        return finish(False, smallest, [], suggestions)
+
+    choice = _pick(fitting, methods, constraints, reasons)
+    _explain_choice(choice, fitting, groups, methods, constraints, reasons, spec, budget, usable)
+    alts = _alternatives(choice, groups)
+    return finish(True, choice, alts, [])
+
+
+def _pick(fitting: list[Candidate], methods: list[str], constraints: Constraints, reasons: list[str]) -> Candidate:
+    # 1. method preference (order of `methods`)
+    by_method = {m: [c for c in fitting if c.setup.method == m] for m in methods}
+    method = next(m for m in methods if by_method[m])
+    pool = by_method[method]
+    # 2. optimizer: exact 32-bit states when they fit (ties at equal micro-batch favour adamw)
+    # 3. checkpointing only when it is clearly faster
+    best = lambda cs: max(cs, key=lambda c: (c.tokens_per_second(), c.setup.optimizer == "adamw"))
+    no_ck = [c for c in pool if not c.setup.grad_checkpointing]
+    ck = [c for c in pool if c.setup.grad_checkpointing]
+    if no_ck and ck:
+        a, b = best(no_ck), best(ck)
+        return b if b.tokens_per_second() > CKPT_SPEEDUP_TO_SWITCH * a.tokens_per_second() else a
+    return best(no_ck or ck)
+
+
+def _gib(n: float) -> str:
+    return f"{n / GiB:.1f} GiB"
+
+
+def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, reasons, spec, budget, usable):
+    s = choice.setup
+    m = choice.memory
+    fits_methods = {c.setup.method for c in fitting}
+    if constraints.method != "auto":
+        reasons.append(f"{_METHOD_NAMES[s.method]} as asked.")
+    elif s.method == "full":
+        reasons.append("Full fine-tuning fits and accuracy matters most, so all weights are trained.")
+    elif s.method == "lora":
+        reasons.append("LoRA on the 16-bit model fits: it is faster than QLoRA and has no quantization error.")
+    else:
+        lora_need = min((c.memory.device_bytes for k, cs in groups.items() if k[0] == "lora" for c in cs), default=None)
+        reasons.append("LoRA on the 16-bit model does not fit; QLoRA keeps the frozen weights in 4-bit "
+                       f"{s.quant_type.upper()} ({_gib(m.components.get('quantized_weights', 0))}), so it does.")
+    if s.grad_checkpointing:
+        no_ck_fit = any(not c.setup.grad_checkpointing and c.setup.method == s.method for c in fitting)
+        if no_ck_fit:
+            reasons.append("Gradient checkpointing is on: it lets a larger micro-batch run, which is faster overall "
+                           "despite recomputing each layer.")
+        else:
+            reasons.append("Gradient checkpointing is on: without it the saved activations do not fit.")
+    else:
+        reasons.append("Gradient checkpointing is off: the activations fit, so no layer is recomputed (about 25-30% faster).")
+    reasons.append(f"Micro-batch {s.micro_batch} x {s.grad_accum} accumulation steps keeps the effective batch at "
+                   f"{s.effective_batch()} sequences; it is the fastest micro-batch that fits.")
+    if s.optimizer != "adamw":
+        reasons.append(f"Optimizer {s.optimizer}: 32-bit AdamW states do not fit (or are slower to fit).")
+    if s.fused_ce:
+        reasons.append("The loss uses the fused (chunked) linear cross-entropy: the same loss without "
+                       "materialising the full fp32 logits.")
+    reasons.append(f"Predicted {_gib(m.device_bytes)} on the card (nvidia-smi) of {_gib(usable)} usable; "
+                   f"the plan keeps {_gib(usable - budget)} as safety margin.")
+    for note in m.notes:
+        reasons.append(note[0].upper() + note[1:])
+
+
+def _alternatives(choice: Candidate, groups, n: int = 4) -> list[Candidate]:
+    """The best candidate of every other group that fits, fastest first."""
+    out = []
+    for key, cands in groups.items():
+        others = [c for c in cands if c is not choice]
+        if not others:
+            continue
+        same_group = choice in cands
+        best = max(others, key=lambda c: c.tokens_per_second())
+        if same_group:
+            continue
+        out.append(best)
+    out.sort(key=lambda c: -c.tokens_per_second())
+    return out[:n]
+
+
+def _smallest_setup(base: TrainSetup, method: str, fixed: Mapping[str, Any]) -> TrainSetup:
+    return replace(
+        base, method=method, micro_batch=fixed.get("micro_batch", 1), grad_accum=fixed.get("grad_accum", base.grad_accum),
+        grad_checkpointing=fixed.get("grad_checkpointing", True), fused_ce=fixed.get("fused_ce", True),
+        optimizer=fixed.get("optimizer", "adamw" if method != "full" else "paged-adamw-8bit"),
+    )
+
+
+def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, budget):
+    """The smallest configuration of the allowed methods, and what would make it fit."""
+    smallest = min((search.eval(_smallest_setup(base, m, fixed)) for m in methods),
+                   key=lambda c: c.memory.device_bytes)
+    need = smallest.memory.device_bytes
+    s = smallest.setup
+    gpu = hardware.gpu
+    sug = [f"The smallest configuration ({smallest.describe()}) needs {_gib(need)}, but only "
+           f"{_gib(budget)} of {_gib(hardware.usable_bytes())} may be used (safety margin "
+           f"{constraints.safety_margin:.0%})."]
+    if hardware.free_bytes is not None and hardware.free_bytes < gpu.memory_bytes * 0.9:
+        sug.append(f"Other processes hold {_gib(gpu.memory_bytes - hardware.free_bytes)} of the card: "
+                   "freeing it would help.")
+    if s.method != "qlora" and "qlora" not in methods:
+        q = search.eval(_smallest_setup(base, "qlora", fixed))
+        if q.fits:
+            sug.append(f"QLoRA fits: {_gib(q.memory.device_bytes)} (use --method qlora or auto).")
+    # shorter sequence (with the smallest configuration)
+    if "seq_len" not in constraints.fixed or True:
+        lo_bound = constraints.min_seq_len or 256
+        best_seq = None
+        lo, hi = lo_bound // SEQ_ROUND, (s.seq_len - 1) // SEQ_ROUND
+        while lo <= hi:
+            mid = (lo + hi) // 2
+            c = search.eval(replace(s, seq_len=mid * SEQ_ROUND))
+            if c.fits:
+                best_seq, lo = mid * SEQ_ROUND, mid + 1
+            else:
+                hi = mid - 1
+        if best_seq:
+            sug.append(f"A shorter sequence fits: up to {best_seq} tokens (--seq-len {best_seq}) with {_METHOD_NAMES[s.method]}.")
+    if s.lora_rank > 8 and s.method != "full":
+        c = search.eval(replace(s, lora_rank=8))
+        if c.fits:
+            sug.append("A smaller LoRA rank fits: --lora-r 8.")
+    # more GPUs: sharded weights (FSDP) divide the static part; rough until multi-GPU planning
+    static = sum(smallest.memory.components.get(k, 0) for k in
+                 ("quantized_weights", "unquantized_weights", "adapter_weights", "optimizer_states"))
+    rest = need - static
+    if rest < budget:
+        n = max(2, math.ceil(static / max(1, budget - rest)))
+        if n <= 16:
+            sug.append(f"About {n} such GPUs with FSDP sharding would hold it (weights split across cards; "
+                       "multi-GPU planning is approximate).")
+    # a bigger card from the catalog
+    for card in bigger_cards(need):
+        if card.memory_bytes * (1 - constraints.safety_margin) < need:
+            continue
+        c = estimate_memory(spec, s, card)
+        if c.device_bytes <= card.memory_bytes * (1 - constraints.safety_margin):
+            sug.append(f"A bigger card: {card.name} ({_gib(card.memory_bytes)}, --gpu {card.key}) fits it.")
+            break
+    return smallest, sug
+
+
+def trainable_count(spec: ModelSpec, setup: TrainSetup) -> int:
+    """Trainable parameters of `setup` (re-exported for callers that format plans)."""
+    return trainable_parameters(spec, setup)

@@ -1,0 +1,323 @@
+"""Training speed, time and cost: a FLOP model over a roofline of the GPU, calibrated on
+published throughput figures.
+
+One micro-batch of `micro_batch x seq_len` tokens costs, on one GPU:
+
+  matmuls     max(FLOPs / (peak x e_mm(T)), weight bytes / bandwidth)   (roofline per pass)
+  memory-bound  element-wise traffic (norms, activations, rope, residuals, LoRA dropout,
+              the fp32 logits and loss) and QLoRA dequantization, / (bandwidth x E_BW)
+  host        Python/kernel-launch time of the HF + PEFT modules; the GPU waits when the
+              kernels are shorter than their launches (tiny models, tiny micro-batches)
+
+and the optimizer step adds its own memory traffic once per `grad_accum` micro-batches.
+
+FLOPs per token (N = parameters of the matmuls a token passes through):
+- forward 2N (Kaplan et al. 2020, "Scaling Laws for Neural Language Models", sec. 2.1);
+- full fine-tuning backward 4N (input and weight gradients), so 6N in all (same source;
+  Chinchilla, Hoffmann et al. 2022, appendix F);
+- LoRA / QLoRA backward through a frozen base: input gradients only, 2N, plus the adapters'
+  own forward/backward (2r(in+out) per adapted module and pass); Hu et al. 2021 (LoRA) sec. 4;
+- gradient checkpointing recomputes each decoder layer's forward once more (+2N of the
+  decoder layers; Chen et al. 2016, "Training Deep Nets with Sublinear Memory Cost");
+- causal attention: QK^T and PV, 4 x ctx x heads x head_dim per token and layer, ctx = s/2
+  for causal kernels that skip the masked half (flash / SDPA's flash and mem-efficient
+  backends), s for eager/math attention that computes the full square; sliding-window layers
+  attend to at most `sliding_window` tokens. Backward of flash attention is 2.5x its forward
+  (it recomputes QK^T; Dao 2023, FlashAttention-2, sec. 3).
+- QLoRA: bitsandbytes' 4-bit `Linear4bit` dequantizes the whole weight to the compute dtype
+  before every matmul of a large token count (`bitsandbytes/autograd/_functions.py`
+  `MatMul4Bit`: `dequantize_4bit` then `torch.nn.functional.linear`, forward and backward):
+  read 0.5 B/param (+ absmax), write 2 B/param, per pass, per micro-batch. This is why QLoRA is
+  slower than LoRA and why the gap grows at small micro-batches.
+
+Efficiency constants are calibrated on the published throughput rows in `CALIBRATION` (from
+`shared/data/measured.csv`, each with its source); `tests/planner/test_throughput.py` checks
+the model against them with a stated tolerance.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from planner.gpus import GPU
+from planner.setup import TrainSetup
+from planner.spec import ModelSpec
+
+try:  # `resolve_lora_targets` lands with the model-spec work; fall back to all LoRA-targetable modules.
+    from planner.spec import resolve_lora_targets
+except ImportError:  # pragma: no cover
+    resolve_lora_targets = None
+
+# -- efficiency constants (calibrated: see CALIBRATION and the test) ----------------------
+E_MM_MAX = 0.62
+"""Fraction of the dense tensor peak large bf16 GEMMs reach in the HF/PEFT training path."""
+T_HALF = 192
+"""Tokens per matmul (micro_batch x seq_len) at which GEMM efficiency is half of E_MM_MAX."""
+E_BW = 0.70
+"""Fraction of peak bandwidth element-wise kernels reach."""
+E_DEQUANT = 0.45
+"""Fraction of peak bandwidth bitsandbytes' `dequantize_4bit` reaches (calibrated on the
+QLoRA / LoRA time ratios of litgpt's A100 table, rows M011/M012 and M016/M017: 1.56 and 2.0
+at micro-batch 1 and ~300-token Alpaca samples)."""
+HOST_SECONDS_PER_MODULE_CALL = 60e-6
+"""Host time to run one nn.Module forward+backward (launches, autograd, PEFT wrappers), s.
+Order of magnitude from PyTorch eager dispatch overhead (~10 us per op, several ops per
+module); calibrated on the small-model rows in CALIBRATION."""
+
+# Element-wise bytes per token per decoder layer in the forward pass, as multiples of
+# hidden / intermediate width x activation bytes. Counted from the ops of a Llama decoder
+# layer in transformers `models/llama/modeling_llama.py` (2 RMSNorms in fp32 inside, rope on
+# q and k, SiLU(gate) * up, 2 residual adds, SDPA input/output layout copies): about 24 reads
+# or writes of a hidden-sized tensor and 5 of an intermediate-sized one.
+HIDDEN_TRAFFIC = 24
+INTERMEDIATE_TRAFFIC = 5
+BACKWARD_TRAFFIC_RATIO = 2.0
+"""Backward element-wise traffic relative to forward (gradients of each op's inputs)."""
+LOSS_TRAFFIC_FP32 = 6
+"""fp32 logits-sized passes of the unfused loss: `logits.float()`, log-softmax forward,
+gather, softmax backward, grad cast (transformers `ForCausalLMLoss` + autograd)."""
+FUSED_LOSS_TRAFFIC = 1.5
+"""Liger fused linear cross-entropy: logits are produced chunk by chunk and consumed at once."""
+
+
+@dataclass(frozen=True)
+class FlopsPerToken:
+    """Floating-point operations per trained token, by pass. FLOPs (not FLOP/s)."""
+
+    forward: float
+    """Matmuls and attention of the forward pass, incl. the lm_head and adapters."""
+    backward: float
+    recompute: float
+    """Extra forward of the decoder layers under gradient checkpointing (0 when off)."""
+    attention_forward: float
+    """The attention-score part of `forward` (grows with the sequence length)."""
+    model_flops: float
+    """The textbook count used for MFU: 6N (full) or 4N (LoRA) + attention, no recompute."""
+
+    def total(self) -> float:
+        return self.forward + self.backward + self.recompute
+
+
+@dataclass(frozen=True)
+class Throughput:
+    """Estimated speed of one training configuration on one GPU."""
+
+    tokens_per_second: float | None
+    """Trained tokens per second per GPU (None when the GPU's rates are unknown)."""
+    micro_batch_seconds: float | None
+    optimizer_step_seconds: float | None
+    """Wall time of one optimizer step (grad_accum micro-batches + the update)."""
+    flops: FlopsPerToken
+    mfu: float | None
+    """Model FLOPs utilisation: model_flops x tokens/s / peak."""
+    bound: str
+    """What limits the micro-batch: `compute`, `memory` or `host`."""
+    parts: dict[str, float] = field(default_factory=dict)
+    """Seconds per micro-batch by item (matmul, attention, elementwise, loss, dequant, host)."""
+
+
+def _targets(spec: ModelSpec, setup: TrainSetup):
+    if setup.method == "full":
+        return ()
+    targets = setup.lora_targets
+    if resolve_lora_targets is not None:
+        return resolve_lora_targets(spec, targets)
+    return tuple(tuple(m for m in layer if m.lora_targetable) for layer in spec.layers)
+
+
+def _uses_eager(spec: ModelSpec, setup: TrainSetup) -> bool:
+    # transformers refuses SDPA/flash for Gemma-2's attention soft-capping and runs eager.
+    return setup.attn == "eager" or spec.attn_logit_softcapping is not None
+
+
+def _attended(spec: ModelSpec, layer_index: int, seq: int, eager: bool) -> float:
+    """Average keys a query is multiplied with in one layer (causal; sliding windows)."""
+    layer_types = getattr(spec, "layer_types", ()) or ()
+    window = spec.sliding_window
+    sliding = (
+        window is not None
+        and layer_index < len(layer_types)
+        and layer_types[layer_index] == "sliding_attention"
+    )
+    if eager:
+        return float(seq)  # the full s x s square is computed, then masked
+    if sliding and seq > window:
+        # tokens past the window attend to `window` keys, the first `window` to i/2 on average
+        return window - window * window / (2.0 * seq)
+    return (seq + 1) / 2.0
+
+
+def flops_per_token(spec: ModelSpec, setup: TrainSetup) -> FlopsPerToken:
+    """FLOPs per trained token for `setup` (see the module docstring for the sources)."""
+    linear = 0.0
+    for layer in spec.layers:
+        for m in layer:
+            n = m.active if getattr(m, "kind", "linear") == "expert" else m.count
+            linear += 2.0 * m.in_features * m.out_features * n
+    head = 2.0 * spec.vocab_size * spec.hidden_size  # lm_head (tied or not, it is a matmul)
+    eager = _uses_eager(spec, setup)
+    attn = 0.0
+    width = spec.num_heads * spec.head_dim
+    for i in range(spec.num_layers):
+        attn += 4.0 * _attended(spec, i, setup.seq_len, eager) * width
+    adapter = 0.0
+    for layer in _targets(spec, setup):
+        for m in layer:
+            adapter += 2.0 * setup.lora_rank * (m.in_features + m.out_features) * m.count
+    attn_bwd = (2.0 if eager else 2.5) * attn
+    if setup.method == "full":
+        forward = linear + head + attn
+        backward = 2.0 * (linear + head) + attn_bwd
+        model = 3.0 * (linear + head) + 3.0 * attn
+    else:
+        forward = linear + head + attn + adapter
+        backward = (linear + head) + attn_bwd + 2.0 * adapter
+        model = 2.0 * (linear + head) + 3.0 * attn + 3.0 * adapter
+    recompute = (linear + attn + adapter) if setup.grad_checkpointing else 0.0
+    return FlopsPerToken(forward=forward, backward=backward, recompute=recompute,
+                         attention_forward=attn, model_flops=model)
+
+
+def _act_bytes(setup: TrainSetup) -> int:
+    return 4 if setup.compute_dtype == "float32" else 2
+
+
+def gemm_efficiency(tokens_per_matmul: int) -> float:
+    """Fraction of peak a GEMM with `tokens_per_matmul` rows reaches (saturating curve)."""
+    return E_MM_MAX * tokens_per_matmul / (tokens_per_matmul + T_HALF)
+
+
+def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
+    """Tokens per second of `setup` on one `gpu` (rates from the catalog entry).
+
+    Returns `tokens_per_second=None` when the card's TFLOP/s or bandwidth is unknown.
+    Assumes packed (or fixed-length) rows: every token of `micro_batch x seq_len` is trained.
+    """
+    fl = flops_per_token(spec, setup)
+    if not gpu.bf16_tflops or not gpu.bandwidth_gbs:
+        return Throughput(None, None, None, fl, None, "unknown")
+    peak = gpu.bf16_tflops * 1e12
+    bw = gpu.bandwidth_gbs * 1e9
+    tokens = setup.micro_batch * setup.seq_len
+    e_mm = gemm_efficiency(tokens)
+    act = _act_bytes(setup)
+
+    passes = 2 + (1 if setup.grad_checkpointing else 0)  # forward, backward, recompute
+    frozen_linear_params = 0
+    quant_params = 0
+    for layer in spec.layers:
+        for m in layer:
+            p = m.in_features * m.out_features * m.count
+            frozen_linear_params += p
+            if setup.method == "qlora" and (not hasattr(m, "quantizable") or m.quantizable()):
+                quant_params += p
+    head_params = spec.vocab_size * spec.hidden_size
+
+    # Matmuls: compute-bound above a few hundred tokens, weight-read-bound below (roofline).
+    attn_flops = fl.attention_forward * (1 + (2.0 if _uses_eager(spec, setup) else 2.5)
+                                         + (1 if setup.grad_checkpointing else 0))
+    mm_flops = fl.total() - attn_flops
+    weight_bytes = (frozen_linear_params + head_params) * 2 * passes
+    t_mm = max(mm_flops * tokens / (peak * e_mm), weight_bytes / (bw * E_BW))
+    t_attn = attn_flops * tokens / (peak * e_mm)
+
+    # Element-wise traffic of the decoder layers (forward, backward, recompute).
+    inter = spec.moe_intermediate_size * spec.experts_per_token if getattr(spec, "moe_intermediate_size", 0) else spec.intermediate_size
+    per_layer = (HIDDEN_TRAFFIC * spec.hidden_size + INTERMEDIATE_TRAFFIC * inter) * act
+    lora_bytes = 0.0
+    modules = 0
+    for layer in _targets(spec, setup):
+        for m in layer:
+            # peft LoRA: dropout on an fp32 copy of the input, A/B outputs, scaled add
+            lora_bytes += (3 * 4 * m.in_features + 2 * 2 * m.out_features) * m.count
+            modules += 1
+    fwd_bytes = spec.num_layers * per_layer + lora_bytes
+    ew_bytes = fwd_bytes * (1 + BACKWARD_TRAFFIC_RATIO + (1 if setup.grad_checkpointing else 0))
+    t_ew = ew_bytes * tokens / (bw * E_BW)
+    loss_passes = FUSED_LOSS_TRAFFIC if setup.fused_ce else LOSS_TRAFFIC_FP32
+    t_loss = spec.vocab_size * 4 * loss_passes * tokens / (bw * E_BW)
+
+    # QLoRA dequantization: read 4-bit + absmax, write the compute-dtype weight, every pass.
+    t_dequant = quant_params * (0.5 + 0.07 + act) * passes / (bw * E_DEQUANT) if quant_params else 0.0
+
+    t_gpu = t_mm + t_attn + t_ew + t_loss + t_dequant
+    base_modules = sum(len(layer) for layer in spec.layers) + 4 * spec.num_layers  # + norms, attn, act
+    t_host = HOST_SECONDS_PER_MODULE_CALL * (base_modules + 3 * modules) * (passes / 2.0)
+    t_micro = max(t_gpu, t_host)
+    bound = "host" if t_host > t_gpu else ("memory" if (t_ew + t_loss + t_dequant) > t_mm + t_attn else "compute")
+
+    # Optimizer step: read/write params, grads and states once per optimizer step.
+    trainable = trainable_parameters(spec, setup)
+    per_param = {"adamw": 16, "adamw-8bit": 8, "paged-adamw-8bit": 8, "paged-adamw-32bit": 16}.get(setup.optimizer, 16)
+    master = 4 if setup.method != "full" else 2  # fp32 adapters vs 16-bit full weights
+    t_opt = trainable * (per_param + 3 * master) / (bw * E_BW)
+    step = t_micro * setup.grad_accum + t_opt
+    tps = tokens * setup.grad_accum / step
+    mfu = fl.model_flops * tps / peak
+    return Throughput(
+        tokens_per_second=tps, micro_batch_seconds=t_micro, optimizer_step_seconds=step,
+        flops=fl, mfu=mfu, bound=bound,
+        parts={"matmul": t_mm, "attention": t_attn, "elementwise": t_ew, "loss": t_loss,
+               "dequant": t_dequant, "host": t_host},
+    )
+
+
+def trainable_parameters(spec: ModelSpec, setup: TrainSetup) -> int:
+    """Trainable parameters: all of them (full) or the LoRA A and B matrices (r x (in + out))."""
+    if setup.method == "full":
+        return spec.parameter_count()
+    return sum(setup.lora_rank * (m.in_features + m.out_features) * m.count
+               for layer in _targets(spec, setup) for m in layer)
+
+
+def training_seconds(tokens_per_second: float | None, dataset_tokens: int, epochs: float = 1.0) -> float | None:
+    """Wall time to train `dataset_tokens x epochs` tokens at `tokens_per_second` (all GPUs)."""
+    if not tokens_per_second or tokens_per_second <= 0:
+        return None
+    return dataset_tokens * epochs / tokens_per_second
+
+
+def training_cost(seconds: float | None, price_per_hour: float | None, num_gpus: int = 1) -> float | None:
+    """USD for `seconds` on `num_gpus` cards at `price_per_hour` each; None when unknown."""
+    if seconds is None or price_per_hour is None:
+        return None
+    return seconds / 3600.0 * price_per_hour * num_gpus
+
+
+@dataclass(frozen=True)
+class CalibrationPoint:
+    """A published throughput figure in our training stack's family (HF transformers + PEFT)."""
+
+    row: str
+    """Row id in `shared/data/measured.csv`."""
+    source: str
+    model: str
+    """Catalog name of the model."""
+    gpu: str
+    setup: TrainSetup
+    tokens_per_second: float
+    """Per GPU, as published (or derived from the published time and token count)."""
+
+
+CALIBRATION: tuple[CalibrationPoint, ...] = (
+    # fsdp_qlora (Answer.AI) train.py: HF Llama + PEFT + bitsandbytes, 1024 samples x 2048
+    # tokens, fixed length, "ddp" = no sharding (each GPU runs the whole model) on 2 x RTX 3090.
+    # https://github.com/AnswerDotAI/fsdp_qlora (benchmarks in the README / blog table)
+    CalibrationPoint("M112", "fsdp_qlora README, 2x3090 ddp, 875 s for 1024x2048 tokens", "llama-2-7b",
+                     "rtx-3090", TrainSetup(method="qlora", lora_rank=64, micro_batch=8, seq_len=2048,
+                                            grad_checkpointing=True), 1024 * 2048 / 875 / 2),
+    CalibrationPoint("M113", "fsdp_qlora README, 2x3090 ddp, 881 s for 1024x2048 tokens", "llama-2-7b",
+                     "rtx-3090", TrainSetup(method="lora", lora_rank=64, micro_batch=4, seq_len=2048,
+                                            grad_checkpointing=True), 1024 * 2048 / 881 / 2),
+    # LLaMA-Factory benchmark (HF + PEFT baseline rows), A100, Llama-2-7B, r=8 q/v, bs 4 x 1024,
+    # gradient checkpointing on (LLaMA-Factory default). https://github.com/hiyouga/LLaMA-Factory
+    # (README "Benchmark", "tokens per GPU per second")
+    CalibrationPoint("M151", "LLaMA-Factory README benchmark, HF LoRA 16-bit", "llama-2-7b", "a100-80gb",
+                     TrainSetup(method="lora", lora_rank=8, lora_targets=("q_proj", "v_proj"), micro_batch=4,
+                                seq_len=1024, grad_checkpointing=True), 2392.0),
+    CalibrationPoint("M152", "LLaMA-Factory README benchmark, HF QLoRA 4-bit", "llama-2-7b", "a100-80gb",
+                     TrainSetup(method="qlora", lora_rank=8, lora_targets=("q_proj", "v_proj"), micro_batch=4,
+                                seq_len=1024, grad_checkpointing=True), 2415.0),
+)
+"""Published throughput of HF/PEFT-style training (our stack's family). torchtune rows
+(compiled, pure bf16) are faster and serve only as an upper bound in the tests."""
