@@ -1,0 +1,387 @@
+"""Model resolution: a catalog name, a local folder or a Hub id -> an exact `ModelSpec`.
+
+`resolve_model(ref, *, token=None, trust_remote_code=False, hub=None) -> ResolvedModel`
+tries, in order:
+
+1. an explicit path (`./x`, `../x`, `/x`, `~/x`) -> a local folder (or a `config.json` file);
+2. a catalog name, alias or the Hub id of a catalog entry (offline, exact; `planner.catalog`);
+3. an existing folder -> local (it must hold `config.json`);
+4. `owner/name` -> the Hugging Face Hub: `config.json` only, via
+   `huggingface_hub.hf_hub_download` (cached under the HF cache; with `token=None` the
+   library uses `HF_TOKEN` or the saved login; `HF_HUB_OFFLINE=1` serves the cache only).
+   Where the Hub's API lists safetensors metadata, its parameter count is compared with the
+   spec's exact count and a mismatch is reported in `notes` (never an error).
+5. anything else -> unknown catalog name, with close names suggested.
+
+Every failure is a `tuneplan.errors.UserError` with one line naming the thing and the fix:
+gated repo without access, repo not found, offline / unreachable Hub, folder without
+`config.json`, unknown catalog name, unsupported architecture. The Hub token is passed
+through to `huggingface_hub` and never stored or printed. No model code runs here:
+`trust_remote_code` is only recorded for the training process.
+
+No textual, no torch: `huggingface_hub` is imported lazily on first Hub access. Tests swap
+the Hub boundary by passing `hub=` (an object with `hf_hub_download` and `model_info`) or by
+patching those two functions of the `huggingface_hub` module.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from planner import catalog
+from planner.spec import ModelSpec, UnsupportedArchitecture, spec_from_config
+from tuneplan.errors import UserError
+
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
+"""`owner/name` as the Hub accepts it (huggingface_hub `validate_repo_id` checks the rest)."""
+
+PARAMETER_MISMATCH_TOLERANCE = 0.0
+"""Relative difference between the Hub's safetensors count and the spec's count above which
+a note is added. The spec is exact for unquantized checkpoints, so any difference is shown."""
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model the planner can plan for, and where the trainer will load it from."""
+
+    spec: ModelSpec
+    """The exact architecture spec."""
+    kind: str
+    """Where it was found: `catalog`, `local` or `hub`."""
+    source: str
+    """What training passes to `from_pretrained`: the Hub id, or the local folder path."""
+    name: str
+    """Display name (catalog name, Hub id or folder name)."""
+    config: Mapping[str, Any]
+    """The raw `config.json` dict (read-only)."""
+    hub_id: str | None = None
+    """Hugging Face repo id (catalog and Hub models); None for local folders."""
+    local_path: Path | None = None
+    """The folder holding `config.json` (local models only)."""
+    license: str | None = None
+    """Licence id when known (catalog entry or Hub card); None when unknown."""
+    gated: bool | None = None
+    """Whether the Hub repo is gated (terms to accept, token needed); None when unknown."""
+    hub_parameters: int | None = None
+    """Parameter count from the Hub's safetensors metadata, when the Hub offered it."""
+    trust_remote_code: bool = False
+    """Whether the user allowed the repo's own modeling code (training only; never run here)."""
+    notes: tuple[str, ...] = field(default_factory=tuple)
+    """One-line remarks to show the user (multimodal checkpoint, count mismatch, ...)."""
+
+    @property
+    def tokenizer_source(self) -> str:
+        """Where the tokenizer comes from (same place as the weights)."""
+        return self.source
+
+
+# -- entry point --------------------------------------------------------------------------
+def resolve_model(
+    ref: str,
+    *,
+    token: str | None = None,
+    trust_remote_code: bool = False,
+    hub: Any = None,
+    check_hub_parameters: bool = True,
+) -> ResolvedModel:
+    """Resolve `ref` (catalog name, local folder or Hub id) to a `ResolvedModel`.
+
+    `token`: Hub token (None: huggingface_hub's default, i.e. `HF_TOKEN` or the saved login).
+    `hub`: the Hub boundary, an object with `hf_hub_download(repo_id, filename, token=...)`
+    and `model_info(repo_id, expand=..., token=..., timeout=...)` (None: `huggingface_hub`).
+    `check_hub_parameters`: ask the Hub API for safetensors metadata (one extra request,
+    skipped offline). Blocking (may use the network): call it from a worker in the UI.
+    Raises `UserError` with a one-line message.
+    """
+    text = (ref or "").strip()
+    if not text:
+        raise UserError("no model given: name a catalog model (e.g. llama-3.1-8b), a Hub id (owner/name) or a local folder")
+
+    if _looks_like_path(text):
+        return _resolve_local(Path(text).expanduser(), trust_remote_code)
+
+    entry = catalog.find(text)
+    if entry is not None:
+        return _resolve_catalog(entry, trust_remote_code)
+
+    path = Path(text).expanduser()
+    if path.is_dir() or (path.is_file() and path.name == "config.json"):
+        return _resolve_local(path, trust_remote_code)
+
+    if HUB_ID.match(text):
+        return _resolve_hub(text, token=token, trust_remote_code=trust_remote_code, hub=hub,
+                            check_parameters=check_hub_parameters)
+
+    suggestions = catalog.suggestions(text)
+    hint = f"did you mean {', '.join(suggestions)}? " if suggestions else ""
+    raise UserError(
+        f"unknown model {text!r}: not a catalog name, a folder or a Hub id (owner/name); {hint}"
+        f"the catalog has {', '.join(catalog.names()[:6])}, ..."
+    )
+
+
+# -- sources ------------------------------------------------------------------------------
+def _looks_like_path(text: str) -> bool:
+    return text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or text in (".", "..") or (
+        os.sep != "/" and os.sep in text
+    )
+
+
+def _spec(config: Mapping[str, Any], name: str, trust_remote_code: bool) -> ModelSpec:
+    try:
+        return spec_from_config(config, name)
+    except UnsupportedArchitecture as exc:
+        extra = ""
+        if config.get("auto_map"):
+            extra = " (it ships its own modeling code; trust_remote_code lets it load, but tuneplan cannot plan for it)"
+        raise UserError(f"{exc}{extra}") from None
+    except ValueError as exc:
+        raise UserError(f"{name}: invalid config.json: {exc}") from None
+
+
+def _config_notes(spec: ModelSpec, config: Mapping[str, Any]) -> list[str]:
+    notes = []
+    if spec.is_multimodal():
+        notes.append(
+            f"multimodal checkpoint: the vision tower ({spec.vision_params:,} parameters) is loaded and frozen; training uses text only"
+        )
+    quant = config.get("quantization_config")
+    if isinstance(quant, Mapping):
+        notes.append(f"config.json has a quantization_config ({quant.get('quant_method', 'unknown method')}): the checkpoint is pre-quantized")
+    return notes
+
+
+def _resolve_catalog(entry: catalog.CatalogEntry, trust_remote_code: bool) -> ResolvedModel:
+    spec = entry.spec()
+    notes = _config_notes(spec, entry.config)
+    if entry.gated:
+        notes.append(f"gated on the Hub: accept the licence at https://huggingface.co/{entry.hub_id} and log in before training")
+    return ResolvedModel(
+        spec=spec,
+        kind="catalog",
+        source=entry.hub_id,
+        name=entry.name,
+        config=entry.config,
+        hub_id=entry.hub_id,
+        license=entry.license,
+        gated=entry.gated,
+        hub_parameters=entry.official_parameters,
+        trust_remote_code=trust_remote_code,
+        notes=tuple(notes),
+    )
+
+
+def _resolve_local(path: Path, trust_remote_code: bool) -> ResolvedModel:
+    if path.is_file() and path.name == "config.json":
+        config_path, folder = path, path.parent
+    else:
+        folder, config_path = path, path / "config.json"
+    if not folder.exists():
+        raise UserError(f"model folder {str(path)!r} does not exist: give a folder that holds config.json, a catalog name or a Hub id")
+    if not folder.is_dir():
+        raise UserError(f"{str(path)!r} is a file, not a model folder: give the folder that holds config.json")
+    if not config_path.is_file():
+        raise UserError(
+            f"model folder {str(folder)!r} has no config.json: point --model at the folder of a Hugging Face "
+            "checkpoint (the one with config.json and *.safetensors)"
+        )
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"cannot read {config_path}: {exc}".splitlines()[0]) from None
+    if not isinstance(config, dict):
+        raise UserError(f"{config_path} is not a JSON object: is it a Hugging Face config.json?")
+    name = folder.resolve().name or str(folder)
+    spec = _spec(config, name, trust_remote_code)
+    notes = _config_notes(spec, config)
+    stored = _local_safetensors_parameters(folder, spec)
+    if stored is not None:
+        note = _mismatch_note(stored, spec, "the local safetensors index")
+        if note:
+            notes.append(note)
+    return ResolvedModel(
+        spec=spec,
+        kind="local",
+        source=str(folder.resolve()),
+        name=name,
+        config=config,
+        local_path=folder.resolve(),
+        hub_parameters=None,
+        trust_remote_code=trust_remote_code,
+        notes=tuple(notes),
+    )
+
+
+_DTYPE_BYTES = {"float32": 4, "float16": 2, "bfloat16": 2}
+
+
+def _local_safetensors_parameters(folder: Path, spec: ModelSpec) -> int | None:
+    """Parameters implied by `model.safetensors.index.json` `metadata.total_size` (bytes) when
+    the checkpoint is stored in one dtype; None when that cannot be read exactly."""
+    index = folder / "model.safetensors.index.json"
+    size = _DTYPE_BYTES.get(spec.torch_dtype)
+    if not index.is_file() or size is None:
+        return None
+    try:
+        total = json.loads(index.read_text(encoding="utf-8"))["metadata"]["total_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(total, int) or total % size:
+        return None
+    return total // size
+
+
+def _mismatch_note(counted: int, spec: ModelSpec, where: str) -> str | None:
+    expected = spec.parameter_count()
+    if counted <= 0 or abs(counted - expected) <= PARAMETER_MISMATCH_TOLERANCE * expected:
+        return None
+    diff = (counted - expected) / expected
+    return (
+        f"{where} counts {counted:,} parameters, the planner's spec {expected:,} ({diff:+.1%}); "
+        "estimates follow config.json"
+    )
+
+
+# -- the Hub boundary ---------------------------------------------------------------------
+def _default_hub() -> Any:
+    import huggingface_hub
+
+    return huggingface_hub
+
+
+def _hub_errors() -> Any:
+    from huggingface_hub import errors
+
+    return errors
+
+
+def _saved_token_exists() -> bool:
+    """Whether huggingface_hub would send a token (HF_TOKEN or a saved login). The token
+    itself is not kept."""
+    try:
+        from huggingface_hub import get_token
+
+        return get_token() is not None
+    except Exception:
+        return bool(os.environ.get("HF_TOKEN"))
+
+
+def _offline() -> bool:
+    try:
+        from huggingface_hub import constants
+
+        return bool(constants.is_offline_mode())
+    except Exception:  # pragma: no cover - very old huggingface_hub
+        return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
+
+
+def _resolve_hub(repo_id: str, *, token: str | None, trust_remote_code: bool, hub: Any, check_parameters: bool) -> ResolvedModel:
+    hub = hub if hub is not None else _default_hub()
+    errors = _hub_errors()
+    url = f"https://huggingface.co/{repo_id}"
+    has_token = bool(token) or _saved_token_exists()
+    try:
+        path = hub.hf_hub_download(repo_id, "config.json", token=token)
+    except errors.GatedRepoError:
+        if has_token:
+            raise UserError(
+                f"{repo_id} is a gated model and your Hub token has no access yet: accept its licence at {url} "
+                "(approval can take a while), then retry"
+            ) from None
+        raise UserError(
+            f"{repo_id} is a gated model: accept its licence at {url}, then log in (`hf auth login`) or set HF_TOKEN"
+        ) from None
+    except errors.RepositoryNotFoundError:
+        suggestions = catalog.suggestions(repo_id.split("/")[-1])
+        hint = f"; catalog models with a similar name: {', '.join(suggestions)}" if suggestions else ""
+        private = "" if has_token else " (if it is private, log in with `hf auth login` or set HF_TOKEN)"
+        raise UserError(f"no model {repo_id!r} on the Hugging Face Hub{private}; check the spelling{hint}") from None
+    except errors.RevisionNotFoundError:
+        raise UserError(f"{repo_id}: the requested revision does not exist on the Hub") from None
+    except errors.EntryNotFoundError as exc:
+        if isinstance(exc, errors.LocalEntryNotFoundError):
+            raise UserError(_offline_message(repo_id)) from None
+        raise UserError(f"{repo_id} has no config.json on the Hub: it is not a transformers model tuneplan can plan for") from None
+    except errors.OfflineModeIsEnabled:
+        raise UserError(_offline_message(repo_id)) from None
+    except errors.HfHubHTTPError as exc:
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        if status == 401:
+            raise UserError(f"the Hub rejected your token for {repo_id} (HTTP 401): check HF_TOKEN or run `hf auth login`") from None
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"the Hugging Face Hub failed to serve {repo_id}/config.json: {first}") from None
+    except (ConnectionError, TimeoutError) as exc:
+        raise UserError(_offline_message(repo_id, str(exc))) from None
+    except errors.HFValidationError as exc:
+        raise UserError(f"{repo_id!r} is not a valid Hub id: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        if "connect" in str(exc).lower() or "resolve" in str(exc).lower():
+            raise UserError(_offline_message(repo_id, str(exc))) from None
+        raise UserError(f"cannot read config.json of {repo_id}: {exc}".splitlines()[0]) from None
+
+    try:
+        config = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"config.json of {repo_id} is unreadable: {exc}".splitlines()[0]) from None
+    if not isinstance(config, dict):
+        raise UserError(f"config.json of {repo_id} is not a JSON object")
+    spec = _spec(config, repo_id, trust_remote_code)
+    notes = _config_notes(spec, config)
+
+    hub_parameters = license = gated = None
+    if check_parameters and not _offline():
+        hub_parameters, license, gated = _hub_facts(hub, repo_id, token)
+        if hub_parameters is not None:
+            note = _mismatch_note(hub_parameters, spec, "the Hub's safetensors metadata")
+            if note:
+                notes.append(note)
+    return ResolvedModel(
+        spec=spec,
+        kind="hub",
+        source=repo_id,
+        name=repo_id,
+        config=config,
+        hub_id=repo_id,
+        license=license,
+        gated=gated,
+        hub_parameters=hub_parameters,
+        trust_remote_code=trust_remote_code,
+        notes=tuple(notes),
+    )
+
+
+def _offline_message(repo_id: str, detail: str = "") -> str:
+    why = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face Hub cannot be reached"
+    fix = "unset HF_HUB_OFFLINE" if _offline() else "check the connection"
+    return (
+        f"cannot fetch config.json of {repo_id}: {why} and it is not in the local Hub cache; "
+        f"{fix}, or use a catalog name or a local folder with config.json"
+    )
+
+
+def _hub_facts(hub: Any, repo_id: str, token: str | None) -> tuple[int | None, str | None, bool | None]:
+    """(safetensors parameter count, licence, gated) from the Hub API; Nones when unavailable.
+    Never raises: this is a cross-check, not a requirement."""
+    try:
+        info = hub.model_info(repo_id, expand=["safetensors", "gated", "cardData"], token=token, timeout=10)
+    except Exception:
+        return None, None, None
+    total = None
+    st = getattr(info, "safetensors", None)
+    if st is not None:
+        total = getattr(st, "total", None)
+        if not isinstance(total, int):
+            params = getattr(st, "parameters", None)
+            total = sum(params.values()) if isinstance(params, dict) and params else None
+    card = getattr(info, "card_data", None) or getattr(info, "cardData", None)
+    license = None
+    if card is not None:
+        license = card.get("license") if isinstance(card, dict) else getattr(card, "license", None)
+    gated_raw = getattr(info, "gated", None)
+    gated = None if gated_raw is None else bool(gated_raw)
+    return total, (str(license) if license else None), gated
