@@ -80,11 +80,46 @@ class ModelsAdapter:
     def resolve(self, text: str) -> ModelChoice:
         """Catalog name, Hub id or local folder -> ModelChoice. Blocking (may fetch
         `config.json` from the Hub): call it from a worker. Raises UserError."""
-        from tuneplan.services import models
-
+        try:
+            from tuneplan.services import models
+        except ImportError:
+            return _resolve_without_models_service(text)
         kwargs = {"hub": self.hub} if self.hub is not None else {}
         resolved = models.resolve_model(text, **kwargs)
         return _choice_from_resolved(resolved)
+
+
+def _resolve_without_models_service(text: str) -> ModelChoice:
+    """Catalog names and local folders (pure); Hub ids need the models service."""
+    import json
+
+    from planner import catalog
+    from planner.spec import UnsupportedArchitecture, spec_from_config
+
+    folder = Path(text).expanduser()
+    if folder.is_dir():
+        cfg = folder / "config.json"
+        if not cfg.is_file():
+            raise UserError(f"{folder}: no config.json in this folder")
+        try:
+            spec = spec_from_config(json.loads(cfg.read_text(encoding="utf-8")), folder.name)
+        except UnsupportedArchitecture as exc:
+            raise UserError(str(exc)) from None
+        return ModelChoice(source=str(folder.resolve()), name=folder.name, spec=spec,
+                           parameters=spec.parameter_count(), architecture=spec.model_type,
+                           context_length=spec.max_position_embeddings,
+                           tokenizer_source=str(folder.resolve()), kind="local")
+    entry = catalog.find(text)
+    if entry is None:
+        if "/" in text:
+            raise UserError(f"{text}: Hub lookups need tuneplan.services.models (not installed yet)")
+        raise UserError(str(catalog.UnknownModel(text, catalog.suggestions(text))))
+    spec = entry.spec()
+    return ModelChoice(source=entry.hub_id, name=entry.name, spec=spec,
+                       parameters=spec.parameter_count(), architecture=spec.model_type,
+                       context_length=spec.max_position_embeddings, license=entry.license,
+                       gated=entry.gated, tokenizer_source=entry.hub_id, kind="catalog",
+                       notes=(entry.note,) if entry.note else ())
 
 
 def _choice_from_resolved(r: Any) -> ModelChoice:

@@ -18,7 +18,7 @@ class ServiceBundle:
     """The app's services. Each is the real service object; only boundaries are swapped."""
 
     gpu: Any
-    """`tuneplan.services.gpu` service: GPU probe and ~1 Hz samples (NVML boundary inside)."""
+    """`tuneplan.services.gpu.GpuProbe`: GPU probe and ~1 Hz samples (NVML boundary inside)."""
     models: Any
     """`tuneplan.services.models`: catalog search and model resolution (Hub boundary inside)."""
     planning: Any
@@ -40,10 +40,11 @@ class ServiceBundle:
 
 def default_services(runs_root: Path | None = None) -> ServiceBundle:
     """The real services, as the CLI uses them."""
+    from tuneplan.services.gpu import default_probe
     from tuneplan.ui import adapters
 
     return ServiceBundle(
-        gpu=adapters.GpuAdapter(),
+        gpu=default_probe(),
         models=adapters.ModelsAdapter(),
         planning=adapters.PlanningAdapter(),
         runs=adapters.RunsAdapter(runs_root),

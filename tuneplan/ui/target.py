@@ -31,11 +31,14 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(gib|gb|g|mib|mb|m)?\s*$", re.I)
 
 def parse_memory(text: str) -> int | None:
     """`12`, `12GB`, `11.5 GiB`, `24576MiB` -> bytes; None when `text` is not a size.
-    GPU makers' "GB" means GiB (a "12 GB" card has 12 GiB), so both read as GiB."""
+    GPU makers' "GB" means GiB (a "12 GB" card has 12 GiB), so both read as GiB. A bare
+    number over 512 is a card name (`3060`, `4090`), not a size."""
     m = _SIZE.match(text)
     if not m:
         return None
     value = float(m.group(1))
+    if m.group(2) is None and value > 512:
+        return None
     unit = (m.group(2) or "gib").lower()
     scale = 1024**2 if unit.startswith("m") else GiB
     return int(value * scale) if value > 0 else None
