@@ -23,12 +23,20 @@ Every event has `kind` and `time` (unix seconds). Kinds:
 - `replan`: OOM recovery: `attempt`, `reason`, `changes` (knob -> [old, new])
 - `message`: free text for the log tail: `level`, `text`
 Unknown keys are kept; readers ignore kinds they do not know.
+
+Control files a user command drops into the run directory (the training process polls them
+once per optimizer step): `save.request` (checkpoint at the next step, then delete the file).
+Stopping is SIGTERM to the pids in `status.json` (checkpoint, then phase `stopped`).
+
+A run whose `status.json` is not final while none of its pids is alive died without saying
+so: `effective_phase` reports it as `crashed`.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -43,6 +51,11 @@ EVENTS_FILE = "events.jsonl"
 STATUS_FILE = "status.json"
 CONFIG_FILE = "config.toml"
 LOG_FILE = "train.log"
+SAVE_REQUEST_FILE = "save.request"
+CHECKPOINTS_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"
+"""Final save of a `full` run (whole model); LoRA/QLoRA runs save `adapter/`."""
 
 
 def make_event(kind: str, **fields: Any) -> dict[str, Any]:
@@ -110,6 +123,11 @@ class Status:
     started_at: float | None = None
     updated_at: float | None = None
     schema_version: int = SCHEMA_VERSION
+    attempt: int = 0
+    """OOM recovery attempts so far (0: the first configuration)."""
+    effective_batch: int | None = None
+    """Sequences per optimizer step (micro-batch x accumulation x GPUs), kept across re-plans."""
+    run_name: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -134,3 +152,45 @@ def read_status(run_dir: Path) -> Status | None:
         return Status.from_dict(json.loads((Path(run_dir) / STATUS_FILE).read_text(encoding="utf-8")))
     except (FileNotFoundError, json.JSONDecodeError):
         return None
+
+
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this pid exists (and is not a zombie we could see)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a zombie (exited, not yet reaped) is not running
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
+
+
+def effective_phase(status: Status | None) -> str:
+    """The phase to show: `crashed` when the status is not final and no pid is alive."""
+    if status is None:
+        return "crashed"
+    if status.phase in FINAL_PHASES:
+        return status.phase
+    if status.pids and not any(pid_alive(p) for p in status.pids):
+        return "crashed"
+    return status.phase
+
+
+def last_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete trainer checkpoint of a run (`checkpoints/checkpoint-N` with the
+    highest N that holds `trainer_state.json`, which the trainer writes last)."""
+    root = Path(run_dir) / CHECKPOINTS_DIR
+    if not root.is_dir():
+        return None
+    found = []
+    for p in root.iterdir():
+        m = re.fullmatch(r"checkpoint-(\d+)", p.name)
+        if m and (p / "trainer_state.json").exists():
+            found.append((int(m.group(1)), p))
+    return max(found)[1] if found else None

@@ -1,15 +1,286 @@
-"""`tuneplan train`: not built yet (see the project's issues)."""
+"""`tuneplan train`: plan (unless every knob is fixed) and launch a detached training run.
+
+    tuneplan train --config run.toml
+    tuneplan train --preset tiny-cpu
+    tuneplan train --model llama-3.1-8b --dataset data.jsonl [--method qlora --batch 2 ...]
+
+Flags override the config/preset values. The run goes into a fresh folder under the runs root
+(`--runs-dir`, `$TUNEPLAN_RUNS_DIR` or the per-user data folder); the command prints its name
+and returns, the training keeps going in its own session. `--foreground` stays attached and
+prints progress until the run ends (Ctrl-C checkpoints and stops it).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import replace
+from pathlib import Path
+
+AUTO = "auto"
+
+
+def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
+    """The planner's knobs, spelled as in `tuneplan plan` (a knob given is fixed)."""
+    g = parser.add_argument_group("knobs (left out or `auto`: chosen by the planner)")
+    g.add_argument("--method", choices=["auto", "full", "lora", "qlora"])
+    g.add_argument("--seq-len", type=int, metavar="N")
+    g.add_argument("--batch", type=int, metavar="N", help="micro-batch per GPU")
+    g.add_argument("--grad-accum", type=int, metavar="N")
+    g.add_argument("--lora-r", type=int, metavar="N")
+    g.add_argument("--lora-alpha", type=int, metavar="N")
+    g.add_argument("--lora-dropout", type=float, metavar="X")
+    g.add_argument("--lora-targets", metavar="T", help="attention | all-linear | q_proj,v_proj,...")
+    g.add_argument("--grad-checkpointing", choices=["auto", "on", "off"])
+    g.add_argument("--optimizer", choices=["auto", "adamw", "adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit"])
+    g.add_argument("--attn", choices=["auto", "sdpa", "flash", "eager"])
+    g.add_argument("--fused-ce", choices=["auto", "on", "off"])
+    g.add_argument("--packing", choices=["auto", "on", "off"])
+    g.add_argument("--compute-dtype", choices=["auto", "bfloat16", "float16", "float32"])
+    g.add_argument("--quant-type", choices=["nf4", "fp4"])
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    src = parser.add_argument_group("what to train")
+    src.add_argument("--config", metavar="RUN.toml", help="a run configuration file")
+    src.add_argument("--preset", metavar="NAME", help="a preset (name or .toml path)")
+    src.add_argument("--model", help="catalog name, Hub id or local model folder")
+    src.add_argument("--dataset", help="local JSONL/JSON/CSV/Parquet file or Hub dataset id")
+    src.add_argument("--trust-remote-code", action="store_true", default=None,
+                     help="run Python code shipped with the model (off unless given)")
+    add_knob_arguments(parser)
+    hp = parser.add_argument_group("training")
+    hp.add_argument("--epochs", type=float)
+    hp.add_argument("--max-steps", type=int)
+    hp.add_argument("--lr", type=float, help="peak learning rate")
+    hp.add_argument("--warmup-ratio", type=float)
+    hp.add_argument("--eval-fraction", type=float, help="share of rows held out for the eval loss")
+    hp.add_argument("--save-steps", type=int, help="optimizer steps between checkpoints")
+    hp.add_argument("--save-total-limit", type=int, help="checkpoints kept")
+    hp.add_argument("--logging-steps", type=int)
+    hp.add_argument("--seed", type=int)
+    hp.add_argument("--max-samples", type=int, help="use only the first N rows")
+    hp.add_argument("--overlong", choices=["truncate", "drop"], help="samples longer than --seq-len")
+    hp.add_argument("--max-retries", type=int, help="out-of-memory re-plans allowed (default 3)")
+    hp.add_argument("--allow-qlora", action="store_true", default=None,
+                    help="let OOM recovery switch a LoRA run to QLoRA")
+    target = parser.add_argument_group("target (for planning)")
+    target.add_argument("--gpu", help="plan for this GPU (default: the GPUs NVML finds)")
+    target.add_argument("--vram", help="plan for this much GPU memory, e.g. 24GiB")
+    out = parser.add_argument_group("run")
+    out.add_argument("--name", help="run folder name (default: <model>-<method>-<time>)")
+    out.add_argument("--runs-dir", help="runs root (default: $TUNEPLAN_RUNS_DIR or the per-user data folder)")
+    out.add_argument("--foreground", action="store_true", help="stay attached and print progress")
+
+
+def _setup_changes(args: argparse.Namespace) -> dict:
+    from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+
+    changes: dict = {}
+    simple = {"method": "method", "seq_len": "seq_len", "batch": "micro_batch", "grad_accum": "grad_accum",
+              "lora_r": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
+              "optimizer": "optimizer", "attn": "attn", "compute_dtype": "compute_dtype", "quant_type": "quant_type"}
+    for arg, knob in simple.items():
+        value = getattr(args, arg, None)
+        if value is not None and value != AUTO:
+            changes[knob] = value
+    for arg, knob in (("grad_checkpointing", "grad_checkpointing"), ("fused_ce", "fused_ce"), ("packing", "packing")):
+        value = getattr(args, arg, None)
+        if value in ("on", "off"):
+            changes[knob] = value == "on"
+    if args.lora_targets:
+        t = args.lora_targets.strip()
+        changes["lora_targets"] = (ALL_LINEAR if t in ("all-linear", "all_linear") else
+                                   ATTENTION_TARGETS if t == "attention" else
+                                   tuple(x.strip() for x in t.split(",") if x.strip()))
+    return changes
+
+
+PLANNED_KNOBS = ("method", "seq_len", "micro_batch", "grad_accum", "grad_checkpointing", "optimizer", "attn",
+                 "fused_ce", "packing", "compute_dtype")
+"""The knobs the planner chooses when the user leaves them out (or says `auto`)."""
+
+
+def _fixed_in_file(args: argparse.Namespace) -> set[str]:
+    """Knobs a --config / --preset file fixes (its [setup] table)."""
+    from tuneplan.config import read_toml
+
+    path = args.config or (args.preset if args.preset and Path(args.preset).suffix else None)
+    if path:
+        return set((read_toml(Path(path)).get("setup") or {}))
+    if args.preset:
+        return set(PLANNED_KNOBS)  # a named preset is a complete, already re-fitted configuration
+    return set()
+
+
+def _auto_knobs(args: argparse.Namespace) -> list[str]:
+    """Knobs left to the planner: neither fixed by the file nor by a flag (or flagged `auto`)."""
+    fixed = _fixed_in_file(args) | set(_setup_changes(args))
+    explicit_auto = {"grad_checkpointing", "optimizer", "attn", "fused_ce", "packing", "compute_dtype", "method"}
+    explicit_auto = {k for k in explicit_auto if getattr(args, k, None) == AUTO}
+    return [k for k in PLANNED_KNOBS if k not in fixed or k in explicit_auto]
+
+
+def load_preset(name: str):
+    """A preset as a RunConfig: through `tuneplan.services.presets` when it exists, else a
+    TOML file (a path, or `presets/<name>.toml`) holding run-config sections."""
+    from tuneplan.config import config_from_dict, read_toml
+    from tuneplan.errors import UserError
+
+    try:
+        from tuneplan.services import presets as preset_service
+    except ImportError:
+        preset_service = None
+    if preset_service is not None and hasattr(preset_service, "load_preset_config"):
+        return preset_service.load_preset_config(name)
+    path = Path(name)
+    if not path.suffix:
+        import presets as preset_pkg  # the shipped data folder
+
+        path = Path(preset_pkg.__path__[0]) / f"{name}.toml"
+    if not path.is_file():
+        raise UserError(f"no preset named {name!r} (see `tuneplan presets list`)")
+    data = read_toml(path)
+    sections = {k: v for k, v in data.items() if k in ("model", "data", "setup", "training", "recovery")}
+    return config_from_dict(sections, where=str(path)) if sections.get("model") and sections.get("data") else \
+        _partial(sections, str(path))
+
+
+def _partial(sections: dict, where: str):
+    from tuneplan.config import RunConfig, _SECTIONS, _section_from_dict  # noqa: PLC2701
+
+    kwargs = {k: _section_from_dict(_SECTIONS[k], v, k, where) for k, v in sections.items()}
+    return RunConfig(**kwargs)
+
+
+def build_config(args: argparse.Namespace):
+    """The run configuration from --config / --preset and the flags (not yet planned)."""
+    from tuneplan.config import RunConfig, load_config
+    from tuneplan.errors import UserError
+
+    if args.config and args.preset:
+        raise UserError("give either --config or --preset, not both")
+    if args.config:
+        config = load_config(Path(args.config))
+    elif args.preset:
+        config = load_preset(args.preset)
+    else:
+        config = RunConfig()
+    if args.model:
+        config = replace(config, model=replace(config.model, source=args.model))
+    if args.trust_remote_code:
+        config = replace(config, model=replace(config.model, trust_remote_code=True))
+    data = {k: v for k, v in (("source", args.dataset), ("eval_fraction", args.eval_fraction),
+                              ("max_samples", args.max_samples), ("overlong", args.overlong)) if v is not None}
+    training = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps),
+                                  ("learning_rate", args.lr), ("warmup_ratio", args.warmup_ratio),
+                                  ("save_steps", args.save_steps), ("save_total_limit", args.save_total_limit),
+                                  ("logging_steps", args.logging_steps), ("seed", args.seed)) if v is not None}
+    recovery = {k: v for k, v in (("max_retries", args.max_retries), ("allow_qlora", args.allow_qlora))
+                if v is not None}
+    config = replace(config, data=replace(config.data, **data), training=replace(config.training, **training),
+                     recovery=replace(config.recovery, **recovery), setup=replace(config.setup, **_setup_changes(args)))
+    if args.name:
+        config = replace(config, name=args.name)
+    if not config.model.source:
+        raise UserError("no model: give --model (catalog name, Hub id or folder), --config or --preset")
+    if not config.data.source:
+        raise UserError("no dataset: give --dataset (JSONL/JSON/CSV/Parquet file or Hub id), --config or --preset")
+    return config
+
+
+def plan_config(config, args: argparse.Namespace):
+    """Let the planner choose the knobs left to it (`auto`), when the planning service exists.
+    Returns (config, notes)."""
+    auto = _auto_knobs(args)
+    if not auto:
+        return config, []
+    try:
+        from tuneplan.services import planning
+    except ImportError:
+        return config, [f"planner service not available: {', '.join(auto)} keep their defaults"]
+    fn = getattr(planning, "plan_run_config", None)
+    if fn is None:
+        return config, [f"planner service has no plan_run_config yet: {', '.join(auto)} keep their defaults"]
+    return fn(config, auto=auto, gpu=args.gpu, vram=args.vram)
 
 
 def run(args: argparse.Namespace) -> int:
-    print("tuneplan train: not built yet", file=sys.stderr)
-    return 3
+    from tuneplan.events import FINAL_PHASES
+    from tuneplan.services import launcher, paths
+
+    config = build_config(args)
+    config, notes = plan_config(config, args)
+    for note in notes:
+        print(f"tuneplan: {note}", file=sys.stderr)
+    root = paths.runs_root(args.runs_dir)
+    run_dir = launcher.prepare_run(config, root)
+    proc = launcher.start_process(run_dir, detach=not args.foreground)
+    s = config.setup
+    print(f"started run {run_dir.name} (pid {proc.pid}): {s.method}, micro-batch {s.micro_batch} x "
+          f"accumulation {s.grad_accum}, seq len {s.seq_len}")
+    print(f"  folder: {run_dir}")
+    if not args.foreground:
+        hint = f" --runs-dir {root}" if args.runs_dir else ""
+        print(f"  follow it: tuneplan attach {run_dir.name}{hint}   list runs: tuneplan runs{hint}")
+        print(f"  stop it:   tuneplan stop {run_dir.name}{hint}")
+        return 0
+    return follow(run_dir, proc, FINAL_PHASES)
+
+
+def follow(run_dir: Path, proc, final_phases) -> int:
+    """Print progress lines from the run's events until its process ends."""
+    import time
+
+    from tuneplan.events import EventTail, read_status
+
+    tail = EventTail(run_dir)
+    interrupted = False
+    while True:
+        try:
+            for e in tail.read_new():
+                line = format_event(e)
+                if line:
+                    print(line, flush=True)
+            if proc.poll() is not None:
+                for e in tail.read_new():
+                    line = format_event(e)
+                    if line:
+                        print(line, flush=True)
+                break
+            time.sleep(0.3)
+        except KeyboardInterrupt:
+            if not interrupted:
+                interrupted = True
+                print("tuneplan: stopping: checkpointing at the end of the current step (Ctrl-C again to leave)",
+                      file=sys.stderr, flush=True)
+                continue
+            return 130
+    status = read_status(run_dir)
+    return 0 if status is not None and status.phase in ("done", "stopped") else 3
+
+
+def format_event(e: dict) -> str | None:
+    kind = e.get("kind")
+    if kind == "phase":
+        msg = f": {e['message']}" if e.get("message") else ""
+        return f"[{e.get('phase')}]{msg}"
+    if kind == "log":
+        parts = [f"step {e.get('step')}/{e.get('max_steps')}", f"loss {e.get('loss'):.4f}"]
+        if e.get("tokens_per_second"):
+            parts.append(f"{e['tokens_per_second']:.0f} tok/s")
+        if e.get("eta_seconds") is not None:
+            parts.append(f"eta {e['eta_seconds']:.0f}s")
+        return "  " + ", ".join(parts)
+    if kind == "eval":
+        return f"  eval loss {e.get('eval_loss'):.4f} at step {e.get('step')}"
+    if kind == "checkpoint":
+        return f"  checkpoint {Path(e.get('path', '')).name}"
+    if kind == "replan":
+        changes = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in (e.get("changes") or {}).items())
+        return f"[replan {e.get('attempt')}] {e.get('reason')}: {changes}"
+    if kind == "message" and e.get("level") in ("warning", "error"):
+        return f"  {e.get('level')}: {e.get('text')}"
+    return None
+
+

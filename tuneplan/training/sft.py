@@ -121,6 +121,12 @@ def _trainer_class():
             if self.fused_ce:
                 return super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
             inputs["use_cache"] = False
+            if self.model.training:  # keep trl's `num_tokens` metric (tokens/s in the events)
+                if "attention_mask" in inputs:
+                    self._total_train_tokens += int(inputs["attention_mask"].sum().item())
+                elif "position_ids" in inputs:
+                    self._total_train_tokens += int(inputs["position_ids"].size(1))
+                self._metrics["train"]["num_tokens"] = [self._total_train_tokens]
             # Trainer.compute_loss: model(**inputs) with labels -> logits.float() + cross-entropy
             return Trainer.compute_loss(self, model, inputs, return_outputs, num_items_in_batch)
 

@@ -1,0 +1,139 @@
+"""The `TrainerCallback` that writes a run's events and status, and obeys run control.
+
+Every log step -> one `log` event (see `tuneplan/events.py`); eval -> `eval`; checkpoint ->
+`checkpoint`; on CUDA, after the second optimizer step of the process -> `memory_probe`
+(measured peak next to the planner's prediction). Control, checked once per step: the stop
+flag (SIGTERM/SIGINT) -> checkpoint and stop; `save.request` -> checkpoint now, keep going.
+Fault injection (`debug.oom_at_step`) raises an out-of-memory error, for the recovery tests.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+from transformers import TrainerCallback
+
+from tuneplan.config import RunConfig
+from tuneplan.events import SAVE_REQUEST_FILE, Status, append_event, make_event, write_status
+
+
+class RunControl:
+    """Flags set from signal handlers, read by the callback."""
+
+    def __init__(self) -> None:
+        self.stop_requested = False
+        self.stop_signal: str | None = None
+
+    def request_stop(self, signame: str) -> None:
+        self.stop_requested = True
+        self.stop_signal = signame
+
+
+class RunEventsCallback(TrainerCallback):
+    def __init__(self, run_dir: Path, config: RunConfig, status: Status, control: RunControl):
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.status = status
+        self.control_flags = control
+        self.evaluating = False
+        self.start_time = time.time()
+        self.first_step: int | None = None
+        self.last_log_time: float | None = None
+        self.last_log_tokens: float | None = None
+        self.last_log_step: int | None = None
+        self.probed = False
+
+    # -- helpers ------------------------------------------------------------------------------
+    def event(self, kind: str, **fields) -> None:
+        append_event(self.run_dir, make_event(kind, **fields))
+
+    def phase(self, phase: str, message: str | None = None) -> None:
+        self.status.phase = phase
+        self.event("phase", phase=phase, **({"message": message} if message else {}))
+        write_status(self.run_dir, self.status)
+
+    # -- trainer hooks --------------------------------------------------------------------------
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start_time = time.time()
+        self.first_step = state.global_step
+        self.last_log_time, self.last_log_step = self.start_time, state.global_step
+        self.status.step = state.global_step
+        self.status.max_steps = state.max_steps
+        resumed = f" (resumed at step {state.global_step})" if state.global_step else ""
+        self.phase("training", f"{state.max_steps} optimizer steps, effective batch "
+                               f"{self.config.effective_batch()}{resumed}")
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.evaluating:
+            self.evaluating = False
+            self.phase("training")
+        d = self.config.debug
+        if d.oom_at_step is not None and state.global_step + 1 == d.oom_at_step and (
+                d.oom_micro_batch_above is None or self.config.setup.micro_batch > d.oom_micro_batch_above):
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (injected by debug.oom_at_step={d.oom_at_step}, "
+                f"micro_batch={self.config.setup.micro_batch})")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.status.step = state.global_step
+        if self.control_flags.stop_requested:
+            control.should_save = True
+            control.should_training_stop = True
+        request = self.run_dir / SAVE_REQUEST_FILE
+        if request.exists():
+            request.unlink(missing_ok=True)
+            control.should_save = True
+            self.event("message", level="info", text=f"checkpoint requested: saving at step {state.global_step}")
+        if (not self.probed and self.first_step is not None and state.global_step - self.first_step >= 2
+                and torch.cuda.is_available()):
+            self.probed = True
+            p = self.config.prediction
+            self.event("memory_probe", step=state.global_step,
+                       torch_peak_bytes=torch.cuda.max_memory_allocated(),
+                       torch_reserved_bytes=torch.cuda.max_memory_reserved(),
+                       predicted_torch_peak_bytes=p.torch_peak_bytes,
+                       predicted_device_bytes=p.device_bytes, rank=args.process_index)
+
+    def on_prediction_step(self, args, state, control, **kwargs):
+        if not self.evaluating:
+            self.evaluating = True
+            self.phase("evaluating")
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        logs = logs or {}
+        now = time.time()
+        if "eval_loss" in logs:
+            self.event("eval", step=state.global_step, eval_loss=logs["eval_loss"])
+            return
+        if "loss" not in logs:
+            return
+        step = state.global_step
+        dt = now - (self.last_log_time or now)
+        dsteps = step - (self.last_log_step or 0)
+        tokens = logs.get("num_tokens")
+        tok_s = None
+        if tokens is not None and dt > 0:  # trl's counter starts at 0 in each process
+            tok_s = (tokens - (self.last_log_tokens or 0)) / dt
+        samples_s = dsteps * self.config.effective_batch() / dt if dt > 0 and dsteps > 0 else None
+        elapsed = now - self.start_time
+        done = step - (self.first_step or 0)
+        eta = elapsed / done * (state.max_steps - step) if done > 0 else None
+        fields = dict(step=step, max_steps=state.max_steps, epoch=logs.get("epoch", state.epoch),
+                      loss=logs["loss"], learning_rate=logs.get("learning_rate"), grad_norm=logs.get("grad_norm"),
+                      tokens_per_second=tok_s, samples_per_second=samples_s,
+                      elapsed_seconds=elapsed, eta_seconds=eta)
+        if torch.cuda.is_available():
+            fields.update(torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(),
+                          torch_reserved_peak_bytes=torch.cuda.max_memory_reserved(), rank=args.process_index)
+        self.event("log", **fields)
+        self.last_log_time, self.last_log_step, self.last_log_tokens = now, step, tokens
+        self.status.step, self.status.epoch, self.status.loss = step, fields["epoch"], logs["loss"]
+        write_status(self.run_dir, self.status)
+
+    def on_save(self, args, state, control, **kwargs):
+        path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+        self.status.last_checkpoint = str(path)
+        self.event("checkpoint", step=state.global_step, path=str(path))
+        write_status(self.run_dir, self.status)
