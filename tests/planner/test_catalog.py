@@ -84,3 +84,19 @@ def test_gated_and_licences_as_on_the_hub():
     assert catalog.get("llama-3.1-8b").gated and catalog.get("gemma-2-9b").gated
     assert not catalog.get("qwen2.5-7b").gated and catalog.get("qwen2.5-7b").license == "apache-2.0"
     assert catalog.get("phi-3-mini").license == "mit"
+
+
+def test_wheel_ships_the_catalog(tmp_path):
+    """The catalog is package data: a built wheel holds every models/*.json."""
+    import subprocess
+    import sys
+    import zipfile
+
+    root = catalog.MODELS_DIR.parents[1]
+    subprocess.run(
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(root)],
+        check=True, capture_output=True,
+    )
+    names = zipfile.ZipFile(next(tmp_path.glob("tuneplan-*.whl"))).namelist()
+    shipped = {n.rsplit("/", 1)[-1] for n in names if n.startswith("planner/models/")}
+    assert shipped == {p.name for p in FILES}
