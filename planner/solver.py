@@ -360,7 +360,7 @@ def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None =
         return finish(False, smallest, [], suggestions)
 
     choice = _pick(fitting, methods, constraints, reasons)
-    _explain_choice(choice, fitting, groups, methods, constraints, reasons, spec, budget, usable)
+    _explain_choice(choice, fitting, groups, methods, constraints, reasons, spec, budget, usable, search)
     alts = _alternatives(choice, groups)
     return finish(True, choice, alts, [])
 
@@ -385,7 +385,7 @@ def _gib(n: float) -> str:
     return f"{n / GiB:.1f} GiB"
 
 
-def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, reasons, spec, budget, usable):
+def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, reasons, spec, budget, usable, search):
     s = choice.setup
     m = choice.memory
     fits_methods = {c.setup.method for c in fitting}
@@ -396,9 +396,10 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
     elif s.method == "lora":
         reasons.append("LoRA on the 16-bit model fits: it is faster than QLoRA and has no quantization error.")
     else:
-        lora_need = min((c.memory.device_bytes for k, cs in groups.items() if k[0] == "lora" for c in cs), default=None)
-        reasons.append("LoRA on the 16-bit model does not fit; QLoRA keeps the frozen weights in 4-bit "
-                       f"{s.quant_type.upper()} ({_gib(m.components.get('quantized_weights', 0))}), so it does.")
+        lora_need = search.eval(_smallest_setup(replace(s, method="lora"), "lora", constraints.fixed)).memory.device_bytes
+        reasons.append(f"LoRA on the 16-bit model does not fit (it needs at least {_gib(lora_need)}); QLoRA keeps the "
+                       f"frozen weights in 4-bit {s.quant_type.upper()} "
+                       f"({_gib(m.components.get('quantized_weights', 0))}), so it does.")
     if s.grad_checkpointing:
         no_ck_fit = any(not c.setup.grad_checkpointing and c.setup.method == s.method for c in fitting)
         if no_ck_fit:
@@ -422,18 +423,18 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
 
 
 def _alternatives(choice: Candidate, groups, n: int = 4) -> list[Candidate]:
-    """The best candidate of every other group that fits, fastest first."""
+    """The best candidate of every other group that fits, fastest first; when fewer than
+    two groups fit, other micro-batches of the chosen group fill in."""
     out = []
-    for key, cands in groups.items():
-        others = [c for c in cands if c is not choice]
-        if not others:
+    for cands in groups.values():
+        if choice in cands or not cands:
             continue
-        same_group = choice in cands
-        best = max(others, key=lambda c: c.tokens_per_second())
-        if same_group:
-            continue
-        out.append(best)
+        out.append(max(cands, key=lambda c: c.tokens_per_second()))
     out.sort(key=lambda c: -c.tokens_per_second())
+    if len(out) < 2:
+        same = [c for cands in groups.values() if choice in cands for c in cands if c is not choice]
+        same.sort(key=lambda c: -c.tokens_per_second())
+        out += same[: 2 - len(out)]
     return out[:n]
 
 

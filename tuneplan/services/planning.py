@@ -1,0 +1,370 @@
+"""The planning service: what `tuneplan plan` and the wizard's plan screen both call.
+
+    outcome = plan(PlanRequest(model="llama-3.1-8b", gpu="rtx-3060-12gb"))
+    outcome.result.fits, outcome.result.choice.setup, outcome.to_dict()
+
+It resolves the model (catalog, local folder or Hub: `tuneplan.services.models`) and the
+hardware (a catalog card, a memory size, or the GPUs NVML finds), validates the user's knobs
+(one-line `UserError`s), and runs the pure solver (`planner.solver.solve`). UI-free and fast:
+no textual, no torch; the model resolution may touch the network for Hub ids only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Mapping
+
+from planner.gpus import GPU, PRICES_AS_OF, GiB, UnknownGPU, get_gpu
+from planner.setup import COMPONENTS, METHODS, OPTIMIZERS, TrainSetup
+from planner.solver import (
+    DEFAULT_EFFECTIVE_BATCH,
+    DEFAULT_SAFETY_MARGIN,
+    Candidate,
+    Constraints,
+    DatasetStats,
+    Hardware,
+    PlanResult,
+    solve,
+)
+from planner.throughput import estimate_throughput, trainable_parameters, training_cost, training_seconds
+from tuneplan.errors import UserError
+
+# Knobs of TrainSetup a user may fix (everything but the multi-GPU ones, which issue 7 adds).
+FIXABLE = ("quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
+           "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing",
+           "optimizer", "attn", "fused_ce")
+LORA_KNOBS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
+QLORA_KNOBS = ("quant_type", "double_quant")
+
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """Everything a plan needs. Give `model` (a reference) or `resolved` (already resolved)."""
+
+    model: str | None = None
+    """Catalog name, local folder or Hub id."""
+    resolved: Any = None
+    """A `tuneplan.services.models.ResolvedModel` the caller already has (the wizard)."""
+    gpu: str | None = None
+    """Catalog GPU name (loose: `4090`, `a100-80`)."""
+    vram_bytes: int | None = None
+    """Memory to plan for, in bytes (with `gpu`: that card with this much free)."""
+    hardware: Hardware | None = None
+    """Hardware the caller already built (the wizard, from NVML)."""
+    gpu_index: int | None = None
+    """Which NVML GPU to plan for when neither `gpu` nor `vram_bytes` is given (None: most free)."""
+    method: str = "auto"
+    fixed: Mapping[str, Any] = field(default_factory=dict)
+    """TrainSetup knob -> value the user fixed (see FIXABLE)."""
+    effective_batch: int | None = None
+    """Sequences per optimizer step (None: micro_batch x grad_accum if both fixed, else 16)."""
+    epochs: float = 1.0
+    dataset: DatasetStats | None = None
+    prefer_accuracy: bool = False
+    safety_margin: float = DEFAULT_SAFETY_MARGIN
+    price_per_hour: float | None = None
+    min_seq_len: int | None = None
+    max_seq_len: int | None = None
+    token: str | None = None
+    """Hub token for gated repos (passed through, never stored)."""
+
+
+@dataclass(frozen=True)
+class PlanOutcome:
+    """A plan with what it was made for."""
+
+    request: PlanRequest
+    model: Any
+    """The `ResolvedModel`."""
+    hardware: Hardware
+    result: PlanResult
+    notes: tuple[str, ...] = ()
+    """Remarks about the inputs (model notes, which NVML GPU was used, ...)."""
+    detected_gpus: int = 0
+    """GPUs NVML found (0 when the hardware came from --gpu / --vram)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The `--json` object (schema documented in the README, `## tuneplan plan`)."""
+        return plan_to_dict(self)
+
+
+# -- parsing helpers shared by the CLI and the UI ---------------------------------------------
+_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.I)
+_UNITS = {"": GiB, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
+          "g": GiB, "gb": 1000**3, "gib": GiB, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
+
+
+def parse_size(text: str, what: str = "--vram") -> int:
+    """`24GiB`, `24GB` (1e9), `24G`, `24` (GiB), `24576MiB` -> bytes. Raises UserError."""
+    m = _SIZE.match(str(text))
+    if not m:
+        raise UserError(f"{what} must be a size such as 24GiB, 80GB or 24576MiB (got {text!r})")
+    value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
+    if value <= 0:
+        raise UserError(f"{what} must be > 0 (got {text!r})")
+    return int(value)
+
+
+def parse_targets(text: str) -> str | tuple[str, ...]:
+    """`all-linear`, `attention` or `q_proj,v_proj` -> the TrainSetup value."""
+    t = text.strip()
+    if t.lower() in ("all-linear", "all_linear", "attention"):
+        return t.lower().replace("_", "-")
+    names = tuple(x.strip() for x in t.split(",") if x.strip())
+    if not names:
+        raise UserError(f"--lora-targets must be all-linear, attention or module names like q_proj,v_proj (got {text!r})")
+    return names
+
+
+# -- hardware ------------------------------------------------------------------------------
+def resolve_gpu(name: str) -> GPU:
+    """Catalog lookup that fails as a one-line UserError with suggestions."""
+    try:
+        return get_gpu(name)
+    except UnknownGPU as exc:
+        hint = f"did you mean {', '.join(exc.suggestions)}?" if exc.suggestions else "e.g. rtx-4090, a100-80gb, h100"
+        raise UserError(f"unknown GPU {name!r}: {hint} (or give its memory with --vram 24GiB)") from None
+
+
+def _generic_gpu(vram: int, bf16: bool = True) -> GPU:
+    gib = vram / GiB
+    return GPU(key="custom", name=f"a {gib:.4g} GiB GPU", memory_bytes=vram, bf16=bf16, arch="unknown")
+
+
+def resolve_hardware(request: PlanRequest, probe: Any = None) -> tuple[Hardware, list[str], int]:
+    """The Hardware to plan for, notes about it, and how many GPUs NVML found."""
+    if request.hardware is not None:
+        return request.hardware, [], 0
+    if request.gpu:
+        gpu = resolve_gpu(request.gpu)
+        if request.vram_bytes is not None:
+            if request.vram_bytes > gpu.memory_bytes:
+                raise UserError(f"--vram {request.vram_bytes / GiB:.1f} GiB is more than the {gpu.name}'s "
+                                f"{gpu.memory_bytes / GiB:.1f} GiB")
+            return Hardware(gpu=gpu, free_bytes=request.vram_bytes, source="vram"), [], 0
+        return Hardware(gpu=gpu, source="catalog"), [], 0
+    if request.vram_bytes is not None:
+        bf16 = request.fixed.get("compute_dtype") != "float16"
+        notes = ["Speed, time and cost need a GPU model: add --gpu NAME for them."]
+        return Hardware(gpu=_generic_gpu(request.vram_bytes, bf16), source="vram"), notes, 0
+    if probe is None:
+        from tuneplan.services.gpu import default_probe
+
+        probe = default_probe()
+    gpus = probe.probe()
+    if not gpus:
+        raise UserError(f"no GPU to plan for: {probe.status()}; name a card with --gpu (e.g. --gpu rtx-4090) "
+                        "or a memory size with --vram 24GiB")
+    if request.gpu_index is not None:
+        chosen = next((g for g in gpus if g.index == request.gpu_index), None)
+        if chosen is None:
+            raise UserError(f"--gpu-index {request.gpu_index}: NVML sees GPUs {', '.join(str(g.index) for g in gpus)}")
+    else:
+        chosen = max(gpus, key=lambda g: g.free_bytes)
+    notes = [f"Planning for GPU {chosen.index} ({chosen.name}) as NVML sees it: "
+             f"{chosen.free_bytes / GiB:.1f} of {chosen.total_bytes / GiB:.1f} GiB free."]
+    if len(gpus) > 1:
+        notes.append(f"NVML found {len(gpus)} GPUs; the plan uses one (multi-GPU plans come with `--gpus`).")
+    if chosen.catalog is None:
+        notes.append(f"{chosen.name} is not in the GPU catalog: no speed, time or cost estimate.")
+    hw = Hardware(gpu=chosen.as_planner_gpu(), count=len(gpus), free_bytes=chosen.free_bytes, source="nvml")
+    return hw, notes, len(gpus)
+
+
+# -- validation ----------------------------------------------------------------------------
+def _check_positive(name: str, value: Any, flag: str) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and value > 0):
+        raise UserError(f"{flag} must be > 0 (got {value})")
+
+
+_FLAGS = {"lora_rank": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
+          "lora_targets": "--lora-targets", "micro_batch": "--batch", "grad_accum": "--grad-accum",
+          "seq_len": "--seq-len", "grad_checkpointing": "--grad-checkpointing", "optimizer": "--optimizer",
+          "attn": "--attn", "fused_ce": "--fused-ce", "compute_dtype": "--dtype", "quant_type": "--quant-type",
+          "double_quant": "--double-quant"}
+
+
+def validate(request: PlanRequest, spec: Any) -> None:
+    """Raise a one-line UserError for bad or contradictory input."""
+    fixed = dict(request.fixed)
+    unknown = set(fixed) - set(FIXABLE)
+    if unknown:
+        raise UserError(f"cannot fix {', '.join(sorted(unknown))}: fixable knobs are {', '.join(FIXABLE)}")
+    if request.method not in ("auto", *METHODS):
+        raise UserError(f"--method must be auto, lora, qlora or full (got {request.method!r})")
+    for key in ("lora_rank", "lora_alpha", "micro_batch", "grad_accum", "seq_len"):
+        v = fixed.get(key)
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
+            raise UserError(f"{_FLAGS[key]} must be a whole number > 0 (got {v})")
+    d = fixed.get("lora_dropout")
+    if d is not None and not (0 <= d < 1):
+        raise UserError(f"--lora-dropout must be in [0, 1) (got {d})")
+    for name, value in (("--effective-batch", request.effective_batch), ("--epochs", request.epochs),
+                        ("--price", request.price_per_hour), ("--min-seq-len", request.min_seq_len),
+                        ("--max-seq-len", request.max_seq_len)):
+        if value is not None and name == "--price" and value == 0:
+            continue  # a free card (your own) is fine
+        _check_positive(name, value, name)
+    if not 0 <= request.safety_margin < 0.9:
+        raise UserError(f"--safety-margin must be between 0 and 0.9 (got {request.safety_margin})")
+    if fixed.get("optimizer") is not None and fixed["optimizer"] not in OPTIMIZERS:
+        raise UserError(f"--optimizer must be one of auto, {', '.join(OPTIMIZERS)} (got {fixed['optimizer']!r})")
+    if fixed.get("attn") is not None and fixed["attn"] not in ("sdpa", "flash", "eager"):
+        raise UserError(f"--attn must be auto, sdpa, flash or eager (got {fixed['attn']!r})")
+    if fixed.get("quant_type") is not None and fixed["quant_type"] not in ("nf4", "fp4"):
+        raise UserError(f"--quant-type must be nf4 or fp4 (got {fixed['quant_type']!r})")
+    # contradictions
+    if request.method == "full":
+        given = [_FLAGS[k] for k in LORA_KNOBS + QLORA_KNOBS if k in fixed]
+        if given:
+            raise UserError(f"--method full trains every weight: {', '.join(given)} only apply to LoRA/QLoRA")
+    if request.method == "lora":
+        given = [_FLAGS[k] for k in QLORA_KNOBS if k in fixed]
+        if given:
+            raise UserError(f"--method lora keeps a 16-bit base: {', '.join(given)} only apply to --method qlora")
+    mb, ga, eff = fixed.get("micro_batch"), fixed.get("grad_accum"), request.effective_batch
+    if mb and ga and eff and mb * ga != eff:
+        raise UserError(f"--batch {mb} x --grad-accum {ga} = {mb * ga}, not --effective-batch {eff}: drop one of them")
+    if eff and mb and eff % mb:
+        raise UserError(f"--effective-batch {eff} is not a multiple of --batch {mb}")
+    if eff and ga and eff % ga:
+        raise UserError(f"--effective-batch {eff} is not a multiple of --grad-accum {ga}")
+    lo, hi = request.min_seq_len, request.max_seq_len
+    if lo and hi and lo > hi:
+        raise UserError(f"--min-seq-len {lo} is above --max-seq-len {hi}")
+    seq = fixed.get("seq_len")
+    if seq and ((lo and seq < lo) or (hi and seq > hi)):
+        raise UserError(f"--seq-len {seq} is outside --min-seq-len/--max-seq-len ({lo or '-'}..{hi or '-'})")
+    targets = fixed.get("lora_targets")
+    if targets is not None:
+        from planner.spec import resolve_lora_targets
+
+        try:
+            resolve_lora_targets(spec, targets)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+
+
+# -- the service ---------------------------------------------------------------------------
+def resolve(request: PlanRequest) -> Any:
+    """The ResolvedModel of the request (catalog, folder or Hub)."""
+    if request.resolved is not None:
+        return request.resolved
+    if not request.model:
+        raise UserError("no model given: --model NAME (a catalog name such as llama-3.1-8b, a Hub id or a folder)")
+    from tuneplan.services.models import resolve_model
+
+    return resolve_model(request.model, token=request.token)
+
+
+def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
+    """Resolve, validate and solve. Raises UserError for bad input (one line)."""
+    model = resolve(request)
+    spec = model.spec
+    validate(request, spec)
+    hardware, notes, detected = resolve_hardware(request, probe)
+    fixed = dict(request.fixed)
+    effective = request.effective_batch
+    if effective is None:
+        mb, ga = fixed.get("micro_batch"), fixed.get("grad_accum")
+        effective = mb * ga if (mb and ga) else DEFAULT_EFFECTIVE_BATCH
+        if ga and not mb and effective % ga:
+            effective = ga * max(1, effective // ga)
+    constraints = Constraints(
+        method=request.method, fixed=fixed, min_seq_len=request.min_seq_len, max_seq_len=request.max_seq_len,
+        effective_batch=effective, epochs=request.epochs, prefer_accuracy=request.prefer_accuracy,
+        safety_margin=request.safety_margin, price_per_hour=request.price_per_hour,
+    )
+    try:
+        result = solve(spec, hardware, constraints, request.dataset)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    all_notes = tuple(notes) + tuple(getattr(model, "notes", ()) or ())
+    return PlanOutcome(request=request, model=model, hardware=hardware, result=result, notes=all_notes,
+                       detected_gpus=detected)
+
+
+def estimate(spec: Any, hardware: Hardware, setup: TrainSetup, *, dataset_tokens: int | None = None,
+             epochs: float = 1.0, price_per_hour: float | None = None,
+             safety_margin: float = DEFAULT_SAFETY_MARGIN) -> dict[str, Any]:
+    """One configuration's memory, speed, time and cost (for knobs edited by hand in the UI)."""
+    from planner.memory import estimate_memory
+
+    try:
+        memory = estimate_memory(spec, setup, hardware.gpu)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    speed = estimate_throughput(spec, setup, hardware.gpu)
+    usable = hardware.usable_bytes()
+    budget = int(usable * (1 - safety_margin))
+    secs = training_seconds(speed.tokens_per_second, dataset_tokens, epochs) if dataset_tokens else None
+    price = price_per_hour if price_per_hour is not None else hardware.gpu.price_per_hour
+    return {"memory": memory, "throughput": speed, "fits": memory.device_bytes <= budget, "usable_bytes": usable,
+            "budget_bytes": budget, "seconds": secs, "cost": training_cost(secs, price, setup.num_gpus)}
+
+
+# -- JSON ----------------------------------------------------------------------------------
+def config_dict(setup: TrainSetup) -> dict[str, Any]:
+    """Every knob of `setup`, JSON-ready (tuples become lists), plus the effective batch."""
+    d = asdict(setup)
+    if isinstance(d["lora_targets"], tuple):
+        d["lora_targets"] = list(d["lora_targets"])
+    d["effective_batch"] = setup.effective_batch()
+    return d
+
+
+def _candidate_dict(c: Candidate) -> dict[str, Any]:
+    return {
+        "summary": c.describe(),
+        "config": config_dict(c.setup),
+        "memory": {"torch_peak_bytes": c.memory.torch_peak_bytes, "device_bytes": c.memory.device_bytes},
+        "tokens_per_second": c.throughput.tokens_per_second,
+    }
+
+
+def plan_to_dict(o: PlanOutcome) -> dict[str, Any]:
+    """The `--json` object. Bytes are integers; absent figures are null."""
+    r = o.result
+    c = r.choice
+    spec = o.model.spec
+    gpu = o.hardware.gpu
+    return {
+        "fits": r.fits,
+        "model": {
+            "name": o.model.name, "source": o.model.source, "kind": o.model.kind,
+            "architecture": spec.model_type, "parameters": spec.parameter_count(),
+            "trainable_parameters": trainable_parameters(spec, c.setup),
+            "context_length": spec.max_position_embeddings,
+        },
+        "config": config_dict(c.setup),
+        "fixed": sorted(o.request.fixed) + (["method"] if o.request.method != "auto" else []),
+        "memory": {
+            "torch_peak_bytes": c.memory.torch_peak_bytes,
+            "device_bytes": c.memory.device_bytes,
+            "components": {k: int(c.memory.components.get(k, 0)) for k in COMPONENTS},
+            "usable_bytes": r.usable_bytes,
+            "budget_bytes": r.budget_bytes,
+            "headroom_bytes": r.headroom_bytes(),
+            "safety_margin": o.request.safety_margin,
+            "notes": list(c.memory.notes),
+        },
+        "gpu": {
+            "name": gpu.name, "key": gpu.key if gpu.key != "custom" else None, "memory_bytes": gpu.memory_bytes,
+            "free_bytes": o.hardware.free_bytes, "count": 1, "detected": o.hardware.count if o.hardware.source == "nvml" else None,
+            "bf16": gpu.bf16, "source": o.hardware.source,
+        },
+        "throughput": {
+            "tokens_per_second": c.throughput.tokens_per_second,
+            "optimizer_step_seconds": c.throughput.optimizer_step_seconds,
+            "mfu": c.throughput.mfu, "bound": c.throughput.bound,
+        },
+        "time": {"dataset_tokens": r.dataset_tokens, "dataset_tokens_assumed": r.dataset_tokens_assumed,
+                 "epochs": r.epochs, "seconds": r.seconds},
+        "cost": {"usd": r.cost, "price_per_hour": r.price_per_hour, "prices_as_of": PRICES_AS_OF},
+        "alternatives": [_candidate_dict(a) for a in r.alternatives],
+        "reasons": list(r.reasons),
+        "warnings": list(r.warnings),
+        "suggestions": list(r.suggestions),
+        "notes": list(o.notes),
+    }
