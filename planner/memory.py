@@ -268,6 +268,18 @@ class _Layer:
     dequant: int = 0  # largest dequantized 4-bit weight (QLoRA)
 
 
+# modules that read a decoder layer's (normed) input directly
+_LAYER_INPUT_READERS = ("q_proj", "k_proj", "v_proj", "qkv_proj")
+
+
+def _mask_elems(b: int, s: int, setup: TrainSetup) -> int:
+    """Elements of the 4-D attention mask: trl's padding-free packing flattens a micro-batch
+    into one row of b*s tokens whose block-diagonal mask is (1, 1, b*s, b*s)
+    (transformers masking_utils.py `find_packed_sequence_indices`); padded rows give
+    (b, 1, s, s)."""
+    return (b * s) ** 2 if setup.packing else b * s * s
+
+
 def _norm_saved(tokens: int, width: int, trainable: bool, a: int) -> int:
     # transformers models/llama/modeling_llama.py `LlamaRMSNorm.forward`:
     # hidden_states.to(float32) is saved by pow/mul (fp32 copy); weight * x.to(dtype) saves
@@ -276,7 +288,7 @@ def _norm_saved(tokens: int, width: int, trainable: bool, a: int) -> int:
 
 
 def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s: int, attn: str,
-                       masked: bool) -> _Layer:
+                       masked: bool, input_grad: bool = True, device: str = "cuda") -> _Layer:
     T = b * s
     a = p.act
     h = spec.hidden_size
@@ -284,7 +296,9 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     full = setup.method == "full"
     out = _Layer()
     norms = max(2, getattr(spec, "norms_per_layer", 2))
-    out.saved += norms * _norm_saved(T, h, full, a)
+    # the first norm of a layer whose input needs no gradient (layer 0 without checkpointing:
+    # `enable_input_require_grads` is only called with checkpointing) saves nothing
+    out.saved += (norms - (0 if input_grad else 1)) * _norm_saved(T, h, full, a)
     if getattr(spec, "qk_norm", False):
         # qwen3/gemma3 per-head q_norm/k_norm: fp32 copies of q and k
         out.saved += T * (nh + nkv) * hd * 4 + 2 * T * 4
@@ -309,8 +323,11 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         kv_saved = qd if (masked and attn == "sdpa") else kvd
         out.saved += T * (qd + 2 * kv_saved + qd) * a + T * nh * 4
         out.bwd_working = max(out.bwd_working, T * (2 * qd + 2 * kv_saved) * a + T * nh * 4)
-        if masked:
-            out.saved += 0  # the bool mask is shared by all layers (counted once, see caller)
+        if masked and attn == "sdpa":
+            # aten attention.cpp `scaled_dot_product_attention`: `convert_boolean_attn_mask`
+            # turns the shared bool mask into a float bias in the query dtype for every call;
+            # the memory-efficient (CUDA) / CPU flash kernel saves it for its backward
+            out.saved += _mask_elems(b, s, setup) * a
     # -- MLP -----------------------------------------------------------------------------------
     experts = [m for m in layer if getattr(m, "kind", "linear") == "expert"]
     router = [m for m in layer if getattr(m, "kind", "linear") == "router"]
@@ -339,13 +356,23 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     r = setup.lora_rank
     drop = setup.lora_dropout > 0
     shared_inputs = set()
+    # torch aten Dropout.cpp `dropout`: on CUDA the fused `native_dropout` saves a bool mask;
+    # on the CPU `_dropout_impl` multiplies by a noise tensor of the input dtype and saves it
+    drop_in_dtype = p.adapter if p.lora_cast else p.lora_linear
+    mask_bytes = 1 if device != "cpu" else drop_in_dtype
+    autocast = p.lora_linear != p.adapter
     for m in lora:
         n_tok = T * m.count if getattr(m, "kind", "linear") != "expert" else T * m.active
         fin = m.in_features
+        reads_layer_input = not input_grad and fin == h and m.name in _LAYER_INPUT_READERS
+        if autocast:
+            # torch autocast caches the low-precision copy of each fp32 LoRA weight for the
+            # whole forward (autocast_mode.cpp `cached_cast`); F.linear saves it
+            out.saved += (r * fin + m.out_features * r) * m.count * p.lora_linear
         if p.lora_cast or drop:
             # x.to(adapter dtype) (and dropout) make a new tensor per adapted module; the
             # A-linear saves it (in its compute dtype: the autocast cast is another copy)
-            per_in = p.lora_linear + (1 if drop else 0)  # + the dropout mask (bool)
+            per_in = p.lora_linear + (mask_bytes if drop and not reads_layer_input else 0)
             out.saved += n_tok * fin * per_in
             # transient: fp32 cast + dropout output before the autocast cast
             out.fwd_transient = max(out.fwd_transient, n_tok * fin * (p.adapter * (2 if drop else 1)))
@@ -370,7 +397,8 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     return out
 
 
-def _loss_transient(spec, setup: TrainSetup, p: _Path, T: int, details: dict, notes: list) -> tuple[int, int]:
+def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: dict, notes: list,
+                    device: str = "cuda") -> tuple[int, int]:
     """(bytes live at the start of the loss backward, bytes saved by the head for backward)."""
     V, h = spec.vocab_size, spec.hidden_size
     a = p.act
@@ -403,14 +431,29 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, T: int, details: dict, no
         grad_in = T * h * a
         details["fused_ce_chunk"] = tile
         return tile + grad_in + T * 4, grad_in
-    # trl 1.16 SFTTrainer fused LM head (trl/kernels/chunked_logprob.py ChunkedLogProbFunction):
-    # a [min(N, 4096), 32768] tile in the compute dtype; the backward accumulates grad_hidden
-    # in fp32; the head input (masked rows) is saved.
-    tile = min(T, TRL_TOKEN_CHUNK) * min(V, TRL_VOCAB_CHUNK) * a
-    saved = T * h * a + T * 4 * 3
-    bwd = tile + T * h * 4 + T * h * a
-    details["fused_ce_chunk"] = tile
-    return bwd, saved
+    # trl 1.16 SFTTrainer fused LM head (trl/kernels/chunked_logprob.py `ChunkedLogProbFunction`,
+    # trl/trainer/utils.py `add_fused_lm_head`): the last hidden states minus the final position
+    # (N = b*(s-1) rows; a gathered copy of the labelled rows on CUDA, a reshape copy on the
+    # CPU) are saved; one [min(N, 4096), min(V, 32768)] tile in the compute dtype is reused;
+    # the backward accumulates grad_hidden in fp32 and returns it in the hidden dtype.
+    N = max(1, T - b)
+    rows = min(N, TRL_TOKEN_CHUNK)
+    buf = rows * TRL_VOCAB_CHUNK * a  # `mm_buf` is allocated at the full chunk width
+    n_tile = rows * min(V, TRL_VOCAB_CHUNK)
+    saved = N * h * a + 2 * N * 4  # hidden rows, log_z and entropy
+    if device == "cpu":
+        # without Triton the tiles are folded with fp32 torch ops (`_forward_tile`: z, e, e*z
+        # and the top-1 bool mask; `_backward_tile`: y, z, log_p, p, grad, the target bool
+        # mask, (onehot - p) and its product with the incoming gradient)
+        fold_fwd, fold_bwd = n_tile * (3 * 4 + 1), n_tile * (7 * 4 + 1)
+    else:
+        fold_fwd = fold_bwd = 0  # the Triton kernels rewrite the tile in place
+    stats = 7 * N * 4  # fp32 running statistics per row
+    fwd = buf + fold_fwd + stats
+    # backward: grad_hidden accumulates in fp32 and is returned in the hidden dtype
+    bwd = buf + fold_bwd + N * h * 4 + 2 * N * 4
+    details["fused_ce_chunk"] = buf
+    return max(fwd, bwd, N * h * (4 + a)), saved
 
 
 def _loss_impl(setup: TrainSetup) -> str:
@@ -433,7 +476,7 @@ def _attention_kind(spec, setup: TrainSetup, notes: list) -> str:
 
 
 # -- the estimate ------------------------------------------------------------------------------
-def estimate_memory(spec, setup: TrainSetup, gpu=None) -> MemoryEstimate:
+def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda") -> MemoryEstimate:
     """Memory of the second optimizer step of `setup` on one GPU, in bytes.
 
     `spec`: a `planner.spec.ModelSpec`; `gpu`: a `planner.gpus.GPU` or None for a generic
@@ -442,6 +485,9 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None) -> MemoryEstimate:
     (see `planner.setup.COMPONENTS`) with `torch_peak_bytes` (what
     `torch.cuda.max_memory_allocated()` reads) and `device_bytes` (nvidia-smi: reserved +
     CUDA context + cuBLAS workspace + paged optimizer buffers).
+    `device="cpu"` predicts the same step run on the CPU (what the CPU trace test measures):
+    dropout saves a noise tensor instead of a bool mask, trl's chunked LM head folds its tiles
+    with fp32 torch ops instead of a Triton kernel.
     """
     if setup.micro_batch <= 0 or setup.seq_len <= 0:
         raise ValueError(f"micro_batch and seq_len must be > 0 (got {setup.micro_batch}, {setup.seq_len})")
@@ -470,15 +516,22 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None) -> MemoryEstimate:
         static_grads_fwd = 0
 
     attn = _attention_kind(spec, setup, notes)
-    masked = not setup.packing
+    # a 4-D mask exists for trl's padding-free packing (block-diagonal) and for padded
+    # micro-batches of several rows; flash-attention-2 takes varlen offsets instead
+    masked = attn != "flash" and (setup.packing or b > 1)
+    input_grad0 = setup.grad_checkpointing or setup.method == "full"
     per_layer = [
-        _layer_activations(spec, layer, lora, setup, p, b, s, attn, masked)
-        for layer, lora in zip(spec.layers, lora_layers)
+        _layer_activations(spec, layer, lora, setup, p, b, s, attn, masked,
+                           input_grad=(i > 0 or input_grad0), device=device)
+        for i, (layer, lora) in enumerate(zip(spec.layers, lora_layers))
     ] or [_Layer()]
     L = len(per_layer)
-    mask_bytes = b * s * s if (masked and attn != "flash") else 0  # shared bool 4-D mask
+    # rotary cos/sin (one pair per forward, saved by the rotary multiplies; the shared bool
+    # mask itself is not saved by anyone, each layer saves its own float copy, see above);
+    # the batch: input_ids, labels, position_ids (int64)
+    mask_bytes = 2 * T * spec.head_dim * a + 3 * T * 8
     head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
-    loss_peak, head_saved = _loss_transient(spec, setup, p, T, details, notes)
+    loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
     if setup.method == "full" and not setup.fused_ce:
         head_saved += T * h * a  # lm_head input saved for its weight gradient
     head_saved += head_saved_norm + mask_bytes
@@ -502,19 +555,31 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None) -> MemoryEstimate:
     if dequant:
         details["dequantized_weight"] = dequant
 
-    # phases (bytes above `static`)
+    # phases: (gradients live, saved activations live, transient) above `static`
+    head_grads = 0
+    if setup.method == "full":
+        head_grads = (spec.lm_head_params() or spec.embedding_params()) * p.adapter
+    g_acc = grads if setup.grad_accum > 1 else 0  # accumulated grads of earlier micro-batches
+    if setup.grad_checkpointing:
+        per_input = T * h * a
+        bottom_saved = head_saved + per_input
+    else:
+        bottom_saved = head_saved + per_layer[0].saved
+    bottom_grads = max(g_acc, grads * (L - 1) // L)  # the last layer has not produced its grads yet
     phases = {
-        "forward": static_grads_fwd + saved + fwd_layer,
-        "loss_backward": static_grads_fwd + saved + loss_peak,
-        "layer_backward": grads + saved + bwd_layer,
-        "optimizer_step": grads + opt_temp,
+        "forward": (g_acc, saved, fwd_layer),
+        "loss_backward": (g_acc, saved, loss_peak),
+        # backward through the top layer: every activation still saved
+        "layer_backward_top": (max(g_acc, head_grads), saved, bwd_layer),
+        # backward through the bottom layer: almost all gradients exist
+        "layer_backward_bottom": (bottom_grads, bottom_saved, bwd_layer),
+        "optimizer_step": (grads, 0, opt_temp),
     }
-    worst = max(phases, key=phases.get)
-    transient = phases[worst] - saved - (grads if worst in ("layer_backward", "optimizer_step") else static_grads_fwd)
-    saved_at_peak = saved if worst != "optimizer_step" else 0
-    grads_at_peak = grads if worst in ("layer_backward", "optimizer_step") else static_grads_fwd
-    details.update({f"phase_{k}": v + static for k, v in phases.items()})
-    torch_peak = static + phases[worst]
+    totals = {k: sum(v) for k, v in phases.items()}
+    worst = max(totals, key=totals.get)
+    grads_at_peak, saved_at_peak, transient = phases[worst]
+    details.update({f"phase_{k}": v + static for k, v in totals.items()})
+    torch_peak = static + totals[worst]
 
     arch = getattr(gpu, "arch", None) if gpu is not None else None
     context = CUDA_CONTEXT_BYTES.get(arch, CUDA_CONTEXT_BYTES[None])
@@ -538,7 +603,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None) -> MemoryEstimate:
         "allocator_overhead": allocator,
     }
     assert tuple(comps) == COMPONENTS
-    details["peak_phase_" + worst] = 1
+    details["peak_phase_" + worst] = torch_peak
     if _loss_impl(setup) == "transformers" and details.get("loss_fp32_logits", 0) >= max(
             v for k, v in comps.items() if k != "transient_peak"):
         notes.append("the fp32 logits of the loss are the largest item; a fused cross-entropy removes most of it.")

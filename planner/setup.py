@@ -48,6 +48,18 @@ class TrainSetup:
     num_gpus: int = 1
     strategy: str = "single"
     """`single`, `ddp` or `fsdp` (the multi-GPU issue)."""
+    # -- other training stacks (the memory model's calibration); defaults = our path ------
+    adapter_dtype: str | None = None
+    """dtype of the trainable LoRA weights; None = our path: fp32 for LoRA (peft default),
+    bf16 for QLoRA (trl's SFTTrainer casts a 4-bit model's adapters to bf16)."""
+    autocast: bool = True
+    """Mixed precision through autocast (accelerate `bf16`/`fp16`); False = pure 16-bit
+    ("bf16-true") or fp32 steps."""
+    loss_upcast: bool = True
+    """transformers' loss upcasts the logits to fp32 (`logits.float()`); False = the loss
+    runs on 16-bit logits (e.g. litgpt)."""
+    optimizer_state_dtype: str | None = None
+    """dtype of torch AdamW states; None = the parameter dtype (`zeros_like(param)`)."""
 
     def effective_batch(self) -> int:
         """Sequences per optimizer step across all GPUs."""
