@@ -152,7 +152,7 @@ def _quant_state_tensors(qs) -> list[torch.Tensor]:
 def classify_model(tracker: LiveTensorTracker, model: torch.nn.Module) -> None:
     """Register the model's parameters, buffers and 4-bit quant state with their category."""
     for p in model.parameters():
-        if type(p).__name__ == "Params4bit":
+        if type(p).__name__ == "Params4bit" or getattr(p, "is_fake_params4bit", False):
             tracker.track(p, "quantized_weights")
             for t in _quant_state_tensors(getattr(p, "quant_state", None)):
                 tracker.track(t, "quantized_weights")
@@ -256,6 +256,9 @@ def _phase_hooks(tr: LiveTensorTracker, trainer, model):
     def backward(loss, **kw):
         tr.set_phase("backward")
         r = orig_backward(loss, **kw)
+        for p in model.parameters():
+            if p.grad is not None:
+                tr.track(p.grad, "gradients")
         tr.mark(f"step{tr.step}.backward_end")
         tr.set_phase("clip")
         return r
@@ -357,3 +360,172 @@ def _versions() -> dict[str, str]:
 
     return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__,
             "trl": trl.__version__}
+
+
+# -- the same step on fake tensors (full size, no memory) ---------------------------------
+@contextlib.contextmanager
+def fake_mode():
+    """A `FakeTensorMode` (fake CPU tensors) in which `Module.to()` works.
+
+    torch 2.13 moves FakeTensor parameters with `torch.utils.swap_tensors`, which refuses a
+    tensor that has weak references; the mode's own real->fake memo (`MetaConverter.
+    tensor_memo`, a WeakValueDictionary that only caches conversions) holds one on every
+    `nn.Parameter`. We clear that cache before each swap (peft's adapter `.to()`, trl's casts)
+    and keep the swapped parameter's Python attributes.
+    """
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    mode = FakeTensorMode(allow_non_fake_inputs=True)
+    orig = torch.utils.swap_tensors
+
+    def swap(t1, t2):
+        # also keep t1's Python attributes (the 4-bit stand-in's quant_state, ...) as a real
+        # Params4bit keeps them across `.to()`
+        attrs = dict(getattr(t1, "__dict__", {}))
+        mode.fake_tensor_converter.meta_converter.tensor_memo.clear()
+        out = orig(t1, t2)
+        t1.__dict__.update(attrs)
+        return out
+
+    torch.utils.swap_tensors = swap
+    try:
+        with mode:
+            yield mode
+    finally:
+        torch.utils.swap_tensors = orig
+
+
+def _fake_params4bit(w: torch.Tensor, template, module) -> torch.nn.Parameter:
+    """The stand-in for a quantized `bnb.nn.Params4bit` on fake tensors.
+
+    `Params4bit` is a Tensor subclass made with `_make_subclass`, which cannot wrap a
+    FakeTensor. So we do what `Params4bit._quantize` does (bitsandbytes nn/modules.py) with
+    bitsandbytes' own `functional.quantize_4bit` (its registered fake kernel gives the packed
+    storage and the absmax / double-quant state their real shapes and dtypes) and keep the
+    result in a plain frozen `nn.Parameter` carrying the same attributes (`quant_state`,
+    `quant_type`, `blocksize`, ...). `Linear4bit.forward` and peft's 4-bit LoRA layer only
+    read those attributes, so forward and backward run bitsandbytes' real code path
+    (`matmul_4bit` -> `MatMul4Bit` -> `dequantize_4bit`).
+    """
+    import bitsandbytes as bnb
+
+    packed, qs = bnb.functional.quantize_4bit(
+        w.contiguous(), blocksize=template.blocksize, compress_statistics=template.compress_statistics,
+        quant_type=template.quant_type, quant_storage=template.quant_storage)
+    p = torch.nn.Parameter(packed, requires_grad=False)
+    for k in ("blocksize", "compress_statistics", "quant_type", "quant_storage"):
+        setattr(p, k, getattr(template, k))
+    p.quant_state = qs
+    p.bnb_quantized = True
+    p.module = module
+    p.is_fake_params4bit = True
+    module.quant_state = qs
+    return p
+
+
+def build_fake_model(config, setup: TrainSetup):
+    """`modeling.build_from_config` on fake tensors: steps 1-3 with bitsandbytes' own 4-bit.
+
+    Must be called inside the fake mode. QLoRA follows `from_pretrained`'s quantizer: the
+    transformers bnb quantizer replaces the linears (`replace_with_bnb_linear`, same
+    modules-to-not-convert) and each 16-bit weight becomes `Params4bit(...).to(device)`
+    exactly as `transformers.integrations.bitsandbytes.Bnb4bitQuantize.convert` does.
+    """
+    from transformers import AutoModelForCausalLM
+
+    from tuneplan.training import modeling
+
+    cfg = modeling.config_from_dict(config)
+    notes: list[str] = []
+    attn = modeling.resolve_attention(cfg, setup.attn, "cpu", notes)
+    dtype = modeling.torch_dtype(setup.compute_dtype)
+    model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
+    if setup.method == "qlora":
+        import bitsandbytes as bnb
+        from transformers.quantizers.auto import AutoHfQuantizer
+
+        q = AutoHfQuantizer.from_config(modeling.bnb_config(setup), pre_quantized=False)
+        from torch.utils._python_dispatch import _disable_current_modes
+
+        linears = {n: (m.weight.data, m.bias) for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}
+        # replace_with_bnb_linear builds each Linear4bit on the meta device (a real meta
+        # Params4bit); it must run outside the fake mode, then the stand-in takes its place.
+        with _disable_current_modes():
+            q.preprocess_model(model, device_map={"": "cpu"}, dtype=dtype)
+            # the double-quant code map is built from Python floats (`.tolist()`), which fake
+            # tensors cannot answer; bitsandbytes caches it per process, so build it for real
+            if "dynamic" not in bnb.functional.name2qmap:
+                bnb.functional.name2qmap["dynamic"] = bnb.functional.create_dynamic_map().to("cpu")
+        for n, m in model.named_modules():
+            if isinstance(m, bnb.nn.Linear4bit):
+                w, b = linears[n]
+                m.weight = _fake_params4bit(w, m.weight, m)
+                if b is not None:
+                    m.bias = b
+        q.postprocess_model(model)
+        model.hf_quantizer = q
+        model.config.quantization_config = q.quantization_config
+    model = modeling.prepare_for_training(model, setup, notes)
+    return model, notes
+
+
+@contextlib.contextmanager
+def _fake_scalars():
+    """Answer data-dependent scalar reads of fake tensors with 1 / True.
+
+    Under fake tensors `.item()` / `bool()` have no value. In the trainer's step they feed
+    logging (loss, grad norm, token counts, trl's entropy/accuracy metrics: nothing
+    allocated) and transformers' mask shortcuts: "all attention-mask entries are 1" and
+    "only one packed sequence" (masking_utils). True is the real answer for the rows the trace
+    feeds (full rows without padding) with `packing=False`, or `packing=True` with
+    micro_batch 1; with packing and micro_batch > 1 the real step builds a block-diagonal
+    mask that the fake step does not (a known limit of the fake trace).
+    """
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    orig_item, orig_bool = torch.Tensor.item, torch.Tensor.__bool__
+
+    def item(self):
+        if isinstance(self, FakeTensor):
+            return True if self.dtype == torch.bool else (1 if not self.is_floating_point() else 1.0)
+        return orig_item(self)
+
+    def as_bool(self):
+        if isinstance(self, FakeTensor):
+            return True
+        return orig_bool(self)
+
+    # transformers' mask helpers treat fake tensors as "tracing" and then always build the
+    # 4-D mask (masking_utils `is_tracing`); a real step of full rows skips it
+    import transformers.utils.import_utils as iu
+
+    orig_is_fake = iu.is_fake_tensor
+    torch.Tensor.item, torch.Tensor.__bool__ = item, as_bool
+    iu.is_fake_tensor = lambda t: False
+    try:
+        yield
+    finally:
+        torch.Tensor.item, torch.Tensor.__bool__ = orig_item, orig_bool
+        iu.is_fake_tensor = orig_is_fake
+
+
+def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None = None) -> TraceResult:
+    """`trace_training` of a model built from `config` on fake tensors (any size, no memory)."""
+    from tuneplan.training import modeling
+
+    cfg = modeling.config_from_dict(config)
+    tokenizer = simple_tokenizer(cfg.vocab_size)
+    ds = token_dataset(cfg.vocab_size, setup, steps)
+    from tuneplan.training.sft import build_trainer
+
+    with fake_mode():
+        model, notes = build_fake_model(cfg, setup)
+        with _cpu_mixed_precision_allowed():
+            trainer = build_trainer(run_config_for(setup, steps), model, tokenizer, ds)
+        tr = LiveTensorTracker()
+        classify_model(tr, trainer.model)
+        with _phase_hooks(tr, trainer, trainer.model), _fake_scalars(), tr:
+            trainer.train()
+    info = {"setup": dataclasses.asdict(setup), "device": "fake-cpu", "driver": "tuneplan.training.sft.build_trainer",
+            "notes": notes, **_versions(), **(meta or {})}
+    return _result(tr, info)
