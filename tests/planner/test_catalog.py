@@ -98,5 +98,11 @@ def test_wheel_ships_the_catalog(tmp_path):
         check=True, capture_output=True,
     )
     names = zipfile.ZipFile(next(tmp_path.glob("tuneplan-*.whl"))).namelist()
-    shipped = {n.rsplit("/", 1)[-1] for n in names if n.startswith("planner/models/")}
+    shipped = {n.rsplit("/", 1)[-1] for n in names if n.startswith("planner/models/") and n.endswith(".json")}
     assert shipped == {p.name for p in FILES}
+
+
+def test_readme_lists_every_entry():
+    readme = (catalog.MODELS_DIR / "README.md").read_text()
+    for e in catalog.entries():
+        assert f"| `{e.name}` | [{e.hub_id}]({e.source}) |" in readme, e.name
