@@ -37,6 +37,8 @@ class ModelChoice:
     kind: str = "catalog"
     """`catalog`, `hub` or `local`."""
     notes: tuple[str, ...] = ()
+    resolved: Any = None
+    """The models service's `ResolvedModel` (handed back to the planning service)."""
 
 
 @dataclass(frozen=True)
@@ -80,46 +82,11 @@ class ModelsAdapter:
     def resolve(self, text: str) -> ModelChoice:
         """Catalog name, Hub id or local folder -> ModelChoice. Blocking (may fetch
         `config.json` from the Hub): call it from a worker. Raises UserError."""
-        try:
-            from tuneplan.services import models
-        except ImportError:
-            return _resolve_without_models_service(text)
+        from tuneplan.services import models
+
         kwargs = {"hub": self.hub} if self.hub is not None else {}
         resolved = models.resolve_model(text, **kwargs)
         return _choice_from_resolved(resolved)
-
-
-def _resolve_without_models_service(text: str) -> ModelChoice:
-    """Catalog names and local folders (pure); Hub ids need the models service."""
-    import json
-
-    from planner import catalog
-    from planner.spec import UnsupportedArchitecture, spec_from_config
-
-    folder = Path(text).expanduser()
-    if folder.is_dir():
-        cfg = folder / "config.json"
-        if not cfg.is_file():
-            raise UserError(f"{folder}: no config.json in this folder")
-        try:
-            spec = spec_from_config(json.loads(cfg.read_text(encoding="utf-8")), folder.name)
-        except UnsupportedArchitecture as exc:
-            raise UserError(str(exc)) from None
-        return ModelChoice(source=str(folder.resolve()), name=folder.name, spec=spec,
-                           parameters=spec.parameter_count(), architecture=spec.model_type,
-                           context_length=spec.max_position_embeddings,
-                           tokenizer_source=str(folder.resolve()), kind="local")
-    entry = catalog.find(text)
-    if entry is None:
-        if "/" in text:
-            raise UserError(f"{text}: Hub lookups need tuneplan.services.models (not installed yet)")
-        raise UserError(str(catalog.UnknownModel(text, catalog.suggestions(text))))
-    spec = entry.spec()
-    return ModelChoice(source=entry.hub_id, name=entry.name, spec=spec,
-                       parameters=spec.parameter_count(), architecture=spec.model_type,
-                       context_length=spec.max_position_embeddings, license=entry.license,
-                       gated=entry.gated, tokenizer_source=entry.hub_id, kind="catalog",
-                       notes=(entry.note,) if entry.note else ())
 
 
 def _choice_from_resolved(r: Any) -> ModelChoice:
@@ -136,6 +103,7 @@ def _choice_from_resolved(r: Any) -> ModelChoice:
         tokenizer_source=getattr(r, "tokenizer_source", None) or getattr(r, "hub_id", None),
         kind=getattr(r, "kind", "catalog"),
         notes=tuple(getattr(r, "notes", ()) or ()),
+        resolved=r,
     )
 
 
@@ -255,10 +223,33 @@ class RunsAdapter:
         parts += ["--lr", f"{t.learning_rate:g}"]
         return " ".join(shlex.quote(p) for p in parts)
 
-    def save_preset(self, config: Any, name: str) -> Path:
-        from tuneplan.services import presets
+    def presets_dir(self) -> Path:
+        """User presets: `$TUNEPLAN_PRESETS_DIR`, else the user config folder's `presets/`."""
+        import os
 
-        return presets.save_preset(config, name)
+        env = os.environ.get("TUNEPLAN_PRESETS_DIR")
+        if env:
+            return Path(env).expanduser()
+        import platformdirs
+
+        return platformdirs.user_config_path("tuneplan") / "presets"
+
+    def save_preset(self, config: Any, name: str) -> Path:
+        """Write the configuration as `<name>.toml` (never over an existing preset)."""
+        import re
+        from dataclasses import replace
+
+        from tuneplan.config import save_config
+
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
+            raise UserError(f"preset name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
+        folder = self.presets_dir()
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"{name}.toml"
+        if path.exists():
+            raise UserError(f"preset {name} already exists ({path}); pick another name")
+        save_config(replace(config, name=None), path)
+        return path
 
     def launch(self, config: Any) -> Path:
         from tuneplan.services import launcher
@@ -288,60 +279,96 @@ class RunsAdapter:
 
 # -- planning ------------------------------------------------------------------------------
 
-SAFETY_MARGIN = 0.08
-"""Share of the card kept free when no solver setting says otherwise (issue 3: 8-10%)."""
-
-
 def dataset_tokens(dataset: Any, seq_len: int) -> int | None:
     """Tokens one epoch trains: each sample capped at `seq_len`, scaled from the measured
-    samples to the whole dataset."""
+    samples to the whole dataset (histogram bins give lengths to within a bin)."""
     stats = getattr(dataset, "tokens", None)
     if stats is None or not stats.count:
         return None
-    # Histogram bins give lengths to within a bin: cap each bin's midpoint at seq_len.
     capped = sum(min((lo + hi - 1) / 2, seq_len) * n for lo, hi, n in stats.histogram)
     scale = (dataset.num_examples or stats.count) / stats.count
     return int(capped * scale)
 
 
-class PlanningAdapter:
-    """The solver (P's `tuneplan.services.planning`) and single estimates for edited knobs."""
+def _dataset_stats(dataset: Any) -> Any:
+    from planner.solver import DatasetStats
 
-    def capacity(self, target: Any) -> int:
-        return target.free_bytes if target.free_bytes is not None else target.gpu.memory_bytes
+    stats = getattr(dataset, "tokens", None)
+    if stats is None:
+        return None
+    scale = (dataset.num_examples or stats.count) / stats.count
+    return DatasetStats(num_examples=dataset.num_examples, total_tokens=int(stats.total_tokens * scale),
+                        p50_tokens=stats.p50, p99_tokens=stats.p99, max_tokens=stats.max)
+
+
+def _difference(alt: Any, choice: Any) -> str:
+    """What sets an alternative apart from the choice, in a few words."""
+    names = {"lora": "LoRA", "qlora": "QLoRA", "full": "full"}
+    out = []
+    if alt.method != choice.method:
+        out.append(names.get(alt.method, alt.method))
+    if alt.grad_checkpointing != choice.grad_checkpointing:
+        out.append("ckpt " + ("on" if alt.grad_checkpointing else "off"))
+    if alt.seq_len != choice.seq_len:
+        out.append(f"seq {alt.seq_len}")
+    if (alt.micro_batch, alt.grad_accum) != (choice.micro_batch, choice.grad_accum):
+        out.append(f"batch {alt.micro_batch}x{alt.grad_accum}")
+    if alt.optimizer != choice.optimizer:
+        out.append(alt.optimizer)
+    if alt.lora_rank != choice.lora_rank:
+        out.append(f"r{alt.lora_rank}")
+    return ", ".join(out[:2]) or "same knobs"
+
+
+class PlanningAdapter:
+    """The solver and single estimates through `tuneplan.services.planning` (P's service)."""
+
+    def hardware(self, target: Any) -> Any:
+        from planner.solver import Hardware
+
+        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes,
+                        source="catalog" if target.dry_run else "nvml")
 
     def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: dict[str, Any]) -> PlanView:
-        try:
-            from tuneplan.services import planning
-        except ImportError:
-            raise UserError("the planning service (tuneplan.services.planning) is not available yet") from None
-        return self._from_planning(planning, model, target, dataset, fixed)
+        """The solver's choice with `fixed` knobs kept (blocking for tens of ms: a worker)."""
+        from tuneplan.services import planning
 
-    def _from_planning(self, planning: Any, model, target, dataset, fixed) -> PlanView:
-        raise UserError("planning service API not wired yet")
+        fixed = dict(fixed)
+        method = fixed.pop("method", "auto")
+        request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,
+                                       fixed=fixed, dataset=_dataset_stats(dataset))
+        outcome = planning.plan(request)
+        r = outcome.result
+        c = r.choice
+        warnings = list(r.warnings) + list(outcome.notes)
+        if r.dataset_tokens_assumed:
+            warnings.append(f"time and cost assume {r.dataset_tokens / 1e6:.0f}M tokens (no dataset statistics)")
+        alternatives = tuple(
+            Alternative(setup=a.setup, device_bytes=a.memory.device_bytes,
+                        tokens_per_second=a.throughput.tokens_per_second, fits=a.fits,
+                        why=_difference(a.setup, c.setup))
+            for a in r.alternatives)
+        return PlanView(setup=c.setup, memory=c.memory, fits=r.fits, capacity_bytes=r.usable_bytes,
+                        usable_bytes=r.budget_bytes, tokens_per_second=c.throughput.tokens_per_second,
+                        time_seconds=r.seconds, cost=r.cost, reasons=tuple(r.reasons) + tuple(r.suggestions),
+                        alternatives=alternatives, warnings=tuple(warnings), model=model, target=target,
+                        dataset=dataset, solver=True, raw=outcome)
 
     def estimate(self, model: ModelChoice, target: Any, dataset: Any, setup: Any) -> PlanView:
         """One configuration's memory, speed, time and cost (well under a millisecond)."""
-        from planner.memory import estimate_memory
-        from planner.throughput import estimate_throughput, training_cost, training_seconds
+        from tuneplan.services import planning
 
-        try:
-            memory = estimate_memory(model.spec, setup, target.gpu)
-        except ValueError as exc:
-            raise UserError(str(exc)) from None
-        speed = estimate_throughput(model.spec, setup, target.gpu)
+        hw = self.hardware(target)
         tokens = dataset_tokens(dataset, setup.seq_len)
-        seconds = training_seconds(speed.tokens_per_second, tokens) if tokens else None
-        cost = training_cost(seconds, target.gpu.price_per_hour, setup.num_gpus)
-        capacity = self.capacity(target)
-        usable = int(capacity * (1 - SAFETY_MARGIN))
-        fits = memory.device_bytes <= usable
+        e = planning.estimate(model.spec, hw, setup, dataset_tokens=tokens)
+        memory = e["memory"]
         warnings = []
         if setup.seq_len > model.context_length:
-            warnings.append(f"sequence length {setup.seq_len} exceeds the model's context {model.context_length}")
-        if setup.compute_dtype == "bfloat16" and not target.gpu.bf16:
-            warnings.append(f"{target.gpu.name} has no bf16: training falls back to fp16")
-        return PlanView(setup=setup, memory=memory, fits=fits, capacity_bytes=capacity, usable_bytes=usable,
-                        tokens_per_second=speed.tokens_per_second, time_seconds=seconds, cost=cost,
-                        reasons=tuple(memory.notes), alternatives=(), warnings=tuple(warnings),
-                        model=model, target=target, dataset=dataset, solver=False, raw=(memory, speed))
+            warnings.append(f"sequence length {setup.seq_len} is beyond the model's context {model.context_length}")
+        if tokens is None:
+            warnings.append("no dataset statistics: no time or cost")
+        return PlanView(setup=setup, memory=memory, fits=e["fits"], capacity_bytes=e["usable_bytes"],
+                        usable_bytes=e["budget_bytes"], tokens_per_second=e["throughput"].tokens_per_second,
+                        time_seconds=e["seconds"], cost=e["cost"], reasons=tuple(memory.notes), alternatives=(),
+                        warnings=tuple(warnings), model=model, target=target, dataset=dataset, solver=False,
+                        raw=e)

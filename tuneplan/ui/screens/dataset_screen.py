@@ -45,6 +45,8 @@ class DatasetScreen(Screen):
     BINDINGS = [
         Binding("escape", "app.pop_screen", "Back"),
         Binding("ctrl+s", "skip", "Skip"),
+        Binding("pagedown", "scroll(1)", "Scroll", show=False),
+        Binding("pageup", "scroll(-1)", "Scroll", show=False),
         Binding("f1", "help", "Help"),
     ]
 
@@ -161,6 +163,10 @@ class DatasetScreen(Screen):
         for line in format_histogram(s, width=36):
             t.append(line + "\n")
         return t
+
+    def action_scroll(self, direction: int) -> None:
+        body = self.query_one("#body", VerticalScroll)
+        body.scroll_page_down() if direction > 0 else body.scroll_page_up()
 
     def action_skip(self) -> None:
         self.post_message(DatasetChosen(None))

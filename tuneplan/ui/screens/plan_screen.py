@@ -55,6 +55,8 @@ class PlanScreen(Screen):
         Binding("ctrl+u", "reset", "Undo edits"),
         Binding("escape", "app.pop_screen", "Back"),
         Binding("f1", "help", "Help"),
+        Binding("pagedown", "scroll(1)", "Scroll", show=False),
+        Binding("pageup", "scroll(-1)", "Scroll", show=False),
     ]
 
     def __init__(self, target: Any, model: Any, dataset: Any) -> None:
@@ -193,8 +195,8 @@ class PlanScreen(Screen):
         summary.append(duration(plan.time_seconds) + ("" if plan.dataset is not None else " (no dataset)") + "\n")
         summary.append("cost  ", style="bold")
         summary.append(money(plan.cost) + "\n")
-        summary.append("effective batch ", style="bold")
-        summary.append(f"{s.effective_batch()} seq = {count(s.effective_batch() * s.seq_len)} tokens/step\n")
+        summary.append("batch ", style="bold")
+        summary.append(f"{s.effective_batch()} x {s.seq_len} = {count(s.effective_batch() * s.seq_len)} tok/step\n")
         summary.append("peak (torch) ", style="bold")
         summary.append(gib(plan.memory.torch_peak_bytes, 2) + "\n")
         summary.append("device (smi) ", style="bold")
@@ -245,6 +247,10 @@ class PlanScreen(Screen):
         self.fixed.clear()
         if self.solved is not None:
             self._show(self.solved, sync_knobs=True)
+
+    def action_scroll(self, direction: int) -> None:
+        body = self.query_one("#body", VerticalScroll)
+        body.scroll_page_down() if direction > 0 else body.scroll_page_up()
 
     def action_help(self) -> None:
         self.app.push_screen(HelpDialog("Plan", [

@@ -15,10 +15,10 @@ GiB = 1024**3
 # component -> (glyph, colour, short label); order = display order
 STYLE = {
     "runtime_overhead": ("▒", "grey50", "runtime"),
-    "quantized_weights": ("█", "dodger_blue2", "4-bit weights"),
-    "unquantized_weights": ("▓", "steel_blue1", "16-bit weights"),
+    "quantized_weights": ("█", "dodger_blue2", "4-bit W"),
+    "unquantized_weights": ("▓", "steel_blue1", "16-bit W"),
     "adapter_weights": ("≡", "green3", "adapters"),
-    "gradients": ("▚", "yellow3", "gradients"),
+    "gradients": ("▚", "yellow3", "grads"),
     "optimizer_states": ("▞", "orange3", "optimizer"),
     "saved_activations": ("▆", "medium_purple2", "activations"),
     "transient_peak": ("▲", "magenta", "transient"),
@@ -97,6 +97,6 @@ class MemoryBar(Widget):
                 continue
             glyph, colour, label = STYLE.get(name, ("#", "white", name))
             legend.append(glyph, style=colour)
-            legend.append(f" {label} {gib(nbytes)}  ")
+            legend.append(f"{label} {gib(nbytes)} ")
         lines.append_text(legend)
         return lines
