@@ -1,0 +1,226 @@
+"""`tuneplan plan` end to end through the real CLI (NVML faked only at the pynvml boundary)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tuneplan import cli
+from tuneplan.services import gpu as gpu_service
+
+ROOT = Path(__file__).resolve().parents[2]
+MiB = 1024**2
+
+
+def run(capsys, *argv):
+    code = cli.main(["plan", *argv])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def run_json(capsys, *argv):
+    code, out, err = run(capsys, *argv, "--json")
+    return code, json.loads(out), err
+
+
+class _NoDriver(Exception):
+    pass
+
+
+class FakeNVML:
+    """pynvml's functions over a list of (name, total MiB, used MiB, compute capability)."""
+
+    def __init__(self, devices, fail=False):
+        self.devices, self.fail = devices, fail
+
+    def nvmlInit(self):
+        if self.fail:
+            raise _NoDriver("NVML Shared Library Not Found")
+
+    def nvmlDeviceGetCount(self):
+        return len(self.devices)
+
+    def nvmlDeviceGetHandleByIndex(self, i):
+        return self.devices[i]
+
+    def nvmlDeviceGetName(self, h):
+        return h[0]
+
+    def nvmlDeviceGetMemoryInfo(self, h):
+        return SimpleNamespace(total=h[1] * MiB, used=h[2] * MiB, free=(h[1] - h[2]) * MiB)
+
+    def nvmlDeviceGetCudaComputeCapability(self, h):
+        return h[3]
+
+    def nvmlSystemGetDriverVersion(self):
+        return "550.54"
+
+    def nvmlDeviceGetComputeRunningProcesses(self, h):
+        return []
+
+    def nvmlDeviceGetUUID(self, h):
+        return "GPU-0"
+
+
+@pytest.fixture
+def nvml(monkeypatch):
+    def install(devices, fail=False):
+        monkeypatch.setattr(gpu_service, "_default", gpu_service.GpuProbe(nvml=FakeNVML(devices, fail)))
+    return install
+
+
+# -- must-show plans --------------------------------------------------------------------------
+def test_8b_on_3060_plans_qlora_with_table(capsys):
+    code, out, err = run(capsys, "--model", "llama-3.1-8b", "--gpu", "rtx-3060-12gb")
+    assert code == 0
+    assert "FITS" in out and "QLoRA" in out
+    for part in ("Configuration", "Memory on one GPU", "on the card (nvidia-smi)", "headroom", "Speed",
+                 "Time", "Cost", "Why"):
+        assert part in out, part
+    assert "█" in out
+    assert err.strip().startswith("tuneplan plan: fits:") and len(err.strip().splitlines()) == 1
+
+
+def test_70b_on_a100_plans_qlora_json(capsys):
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-70b", "--gpu", "a100-80gb")
+    assert code == 0 and data["fits"] is True
+    assert data["config"]["method"] == "qlora"
+    for key in ("fits", "model", "config", "memory", "gpu", "throughput", "alternatives", "reasons"):
+        assert key in data
+    assert set(data["model"]) >= {"name", "architecture", "parameters", "trainable_parameters"}
+    assert data["model"]["architecture"] == "llama" and data["model"]["parameters"] > 70e9
+    assert set(data["memory"]) >= {"torch_peak_bytes", "device_bytes", "components"}
+    assert sum(data["memory"]["components"].values()) >= data["memory"]["torch_peak_bytes"]
+    assert set(data["gpu"]) >= {"name", "memory_bytes", "count"}
+    assert data["throughput"]["tokens_per_second"] > 0
+    for knob in ("method", "lora_rank", "lora_alpha", "lora_dropout", "lora_targets", "micro_batch", "grad_accum",
+                 "seq_len", "grad_checkpointing", "optimizer", "attn", "fused_ce", "compute_dtype"):
+        assert knob in data["config"], knob
+    assert data["reasons"] and all(isinstance(r, str) for r in data["reasons"])
+
+
+def test_small_model_on_h100_is_lora_without_checkpointing(capsys):
+    code, data, _ = run_json(capsys, "--model", "qwen2.5-0.5b", "--gpu", "h100")
+    assert code == 0
+    assert data["config"]["method"] == "lora" and data["config"]["grad_checkpointing"] is False
+
+
+# -- fixed vs solved ---------------------------------------------------------------------------
+def test_given_knobs_are_fixed_and_listed(capsys):
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-8b", "--gpu", "4090", "--batch", "1", "--lora-r", "32",
+                             "--lora-targets", "q_proj,v_proj", "--grad-checkpointing", "on", "--method", "qlora")
+    assert code == 0
+    c = data["config"]
+    assert (c["micro_batch"], c["grad_accum"], c["lora_rank"], c["lora_targets"], c["grad_checkpointing"],
+            c["method"]) == (1, 16, 32, ["q_proj", "v_proj"], True, "qlora")
+    assert set(data["fixed"]) == {"micro_batch", "lora_rank", "lora_targets", "grad_checkpointing", "method"}
+
+
+def test_vram_plans_for_a_size(capsys):
+    code, data, _ = run_json(capsys, "--model", "qwen2.5-7b", "--vram", "24GiB")
+    assert code == 0 and data["gpu"]["memory_bytes"] == 24 * 1024**3 and data["gpu"]["source"] == "vram"
+    code, data, _ = run_json(capsys, "--model", "qwen2.5-7b", "--gpu", "a100-80gb", "--vram", "20GiB")
+    assert data["memory"]["usable_bytes"] == 20 * 1024**3 and data["throughput"]["tokens_per_second"]
+
+
+def test_does_not_fit_exits_1_and_says_what_would(capsys):
+    code, out, err = run(capsys, "--model", "llama-3.1-70b", "--gpu", "rtx-3060-12gb")
+    assert code == 1
+    assert "DOES NOT FIT" in out and "What would make it fit" in out and "--gpu" in out
+    assert len(err.strip().splitlines()) == 1 and "does not fit" in err
+
+
+# -- bad input: exit 2, one line -----------------------------------------------------------------
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "llama-3.1-8c", "--gpu", "4090"], "llama-3.1-8b"),          # unknown model, suggestion
+    (["--model", "llama-3.1-8b", "--gpu", "rtx 4009"], "rtx-4090"),          # unknown GPU, suggestion
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--batch", "0"], "--batch must be > 0"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--seq-len", "-5"], "--seq-len must be > 0"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--lora-r", "two"], "--lora-r must be a whole number"),
+    (["--model", "llama-3.1-8b", "--vram", "0GiB"], "--vram must be > 0"),
+    (["--model", "llama-3.1-8b", "--vram", "lots"], "--vram must be a size"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--lora-dropout", "1.5"], "--lora-dropout"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--method", "fancy"], "--method must be"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--optimizer", "sgd"], "--optimizer must be"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--grad-checkpointing", "maybe"], "--grad-checkpointing"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--method", "full", "--lora-r", "8"], "--method full"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--method", "lora", "--quant-type", "fp4"], "--method lora"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--batch", "4", "--grad-accum", "2", "--effective-batch", "16"],
+     "not --effective-batch 16"),
+    (["--model", "llama-3.1-8b", "--gpu", "4090", "--lora-targets", "q_proj,wq"], "q_proj, k_proj"),
+    (["--gpu", "4090"], "no model given"),
+])
+def test_bad_input_exits_2_with_one_line(capsys, argv, needle):
+    with_exit = None
+    try:
+        code, out, err = run(capsys, *argv)
+    except SystemExit as exc:  # argparse-level errors exit from the parser
+        with_exit = exc.code
+        captured = capsys.readouterr()
+        code, out, err = with_exit, captured.out, captured.err
+    assert code == 2, (argv, out, err)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert len(lines) == 1, err
+    assert needle in lines[0], lines[0]
+    assert "Traceback" not in err
+
+
+def test_unknown_lora_target_names_the_real_modules(capsys):
+    code, _, err = run(capsys, "--model", "qwen2.5-0.5b", "--gpu", "4090", "--lora-targets", "query")
+    assert code == 2
+    for real in ("q_proj", "v_proj", "gate_proj", "down_proj"):
+        assert real in err
+
+
+def test_seq_len_beyond_context_warns_naming_both(capsys):
+    code, out, err = run(capsys, "--model", "qwen2.5-0.5b", "--gpu", "h100", "--seq-len", "100000", "--json")
+    data = json.loads(out)
+    context = data["model"]["context_length"]
+    assert data["config"]["seq_len"] == context
+    warning = [line for line in err.splitlines() if "warning" in line][0]
+    assert "100000" in warning and str(context) in warning
+    assert data["warnings"]
+
+
+def test_bf16_on_a_card_without_it_falls_back_to_fp16(capsys):
+    code, out, err = run(capsys, "--model", "qwen2.5-0.5b", "--gpu", "t4", "--dtype", "bf16", "--json")
+    assert code == 0
+    assert json.loads(out)["config"]["compute_dtype"] == "float16"
+    assert "float16" in err and "bfloat16" in err
+
+
+# -- without --gpu / --vram: NVML ------------------------------------------------------------------
+def test_no_gpu_and_no_target_asks_for_one(capsys, nvml):
+    nvml([], fail=True)
+    code, out, err = run(capsys, "--model", "llama-3.1-8b")
+    assert code == 2
+    assert "no GPU" in err and "--gpu" in err and "--vram" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_plans_for_the_gpu_nvml_finds(capsys, nvml):
+    nvml([("NVIDIA GeForce RTX 4090", 24564, 4000, (8, 9))])
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-8b")
+    assert code == 0
+    assert data["gpu"]["source"] == "nvml" and data["gpu"]["key"] == "rtx-4090"
+    assert data["gpu"]["free_bytes"] == (24564 - 4000) * MiB
+    assert data["memory"]["usable_bytes"] == (24564 - 4000) * MiB
+    assert any("NVML" in n for n in data["notes"])
+
+
+def test_a_real_plan_run_loads_no_torch():
+    code = (
+        "import sys, json\nfrom tuneplan.cli import main\n"
+        "rc = main(['plan', '--model', 'llama-3.1-8b', '--gpu', 'rtx-3060-12gb', '--json'])\n"
+        "print(json.dumps({'rc': rc, 'mods': sorted(sys.modules)}))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["rc"] == 0
+    loaded = {m.split(".")[0] for m in result["mods"]}
+    assert not loaded & {"torch", "transformers", "peft", "trl", "bitsandbytes", "textual", "rich"}
