@@ -125,6 +125,69 @@ def _targets(spec: ModelSpec, setup: TrainSetup):
     return tuple(tuple(m for m in layer if m.lora_targetable) for layer in spec.layers)
 
 
+@dataclass(frozen=True)
+class _SpecSums:
+    linear_flops: float  # forward matmul FLOPs per token of the decoder layers
+    linear_params: int  # frozen decoder matmul weights (all experts)
+    quantizable_params: int  # of which bitsandbytes quantizes (nn.Linear only)
+    modules: int  # linear modules in all layers
+
+
+@dataclass(frozen=True)
+class _TargetSums:
+    in_out: int  # sum of (in + out) x count over adapted modules: r x this = trainable params
+    modules: int  # adapted modules
+    traffic: int  # element-wise bytes per token of the LoRA branches (forward)
+
+
+# Specs are long-lived (the catalog caches them): keep per-spec sums keyed by identity.
+_SPEC_CACHE: dict[int, tuple[ModelSpec, _SpecSums]] = {}
+_TARGET_CACHE: dict[tuple, tuple[ModelSpec, _TargetSums]] = {}
+
+
+def _spec_sums(spec: ModelSpec) -> _SpecSums:
+    hit = _SPEC_CACHE.get(id(spec))
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    flops = 0.0
+    params = quant = modules = 0
+    for layer in spec.layers:
+        for m in layer:
+            n = m.active if getattr(m, "kind", "linear") == "expert" else m.count
+            flops += 2.0 * m.in_features * m.out_features * n
+            p = m.in_features * m.out_features * m.count
+            params += p
+            if not hasattr(m, "quantizable") or m.quantizable():
+                quant += p
+            modules += 1
+    sums = _SpecSums(flops, params, quant, modules)
+    if len(_SPEC_CACHE) > 256:
+        _SPEC_CACHE.clear()
+    _SPEC_CACHE[id(spec)] = (spec, sums)
+    return sums
+
+
+def _target_sums(spec: ModelSpec, setup: TrainSetup) -> _TargetSums:
+    if setup.method == "full":
+        return _TargetSums(0, 0, 0)
+    key = (id(spec), setup.lora_targets)
+    hit = _TARGET_CACHE.get(key)
+    if hit is not None and hit[0] is spec:
+        return hit[1]
+    in_out = modules = traffic = 0
+    for layer in _targets(spec, setup):
+        for m in layer:
+            in_out += (m.in_features + m.out_features) * m.count
+            modules += 1
+            # peft LoRA: dropout on an fp32 copy of the input, A/B outputs, scaled add
+            traffic += (3 * 4 * m.in_features + 2 * 2 * m.out_features) * m.count
+    sums = _TargetSums(in_out, modules, traffic)
+    if len(_TARGET_CACHE) > 1024:
+        _TARGET_CACHE.clear()
+    _TARGET_CACHE[key] = (spec, sums)
+    return sums
+
+
 def _uses_eager(spec: ModelSpec, setup: TrainSetup) -> bool:
     # transformers refuses SDPA/flash for Gemma-2's attention soft-capping and runs eager.
     return setup.attn == "eager" or spec.attn_logit_softcapping is not None
@@ -149,21 +212,14 @@ def _attended(spec: ModelSpec, layer_index: int, seq: int, eager: bool) -> float
 
 def flops_per_token(spec: ModelSpec, setup: TrainSetup) -> FlopsPerToken:
     """FLOPs per trained token for `setup` (see the module docstring for the sources)."""
-    linear = 0.0
-    for layer in spec.layers:
-        for m in layer:
-            n = m.active if getattr(m, "kind", "linear") == "expert" else m.count
-            linear += 2.0 * m.in_features * m.out_features * n
+    linear = _spec_sums(spec).linear_flops
     head = 2.0 * spec.vocab_size * spec.hidden_size  # lm_head (tied or not, it is a matmul)
     eager = _uses_eager(spec, setup)
     attn = 0.0
     width = spec.num_heads * spec.head_dim
     for i in range(spec.num_layers):
         attn += 4.0 * _attended(spec, i, setup.seq_len, eager) * width
-    adapter = 0.0
-    for layer in _targets(spec, setup):
-        for m in layer:
-            adapter += 2.0 * setup.lora_rank * (m.in_features + m.out_features) * m.count
+    adapter = 2.0 * setup.lora_rank * _target_sums(spec, setup).in_out
     attn_bwd = (2.0 if eager else 2.5) * attn
     if setup.method == "full":
         forward = linear + head + attn
@@ -203,14 +259,10 @@ def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Through
     act = _act_bytes(setup)
 
     passes = 2 + (1 if setup.grad_checkpointing else 0)  # forward, backward, recompute
-    frozen_linear_params = 0
-    quant_params = 0
-    for layer in spec.layers:
-        for m in layer:
-            p = m.in_features * m.out_features * m.count
-            frozen_linear_params += p
-            if setup.method == "qlora" and (not hasattr(m, "quantizable") or m.quantizable()):
-                quant_params += p
+    sums = _spec_sums(spec)
+    tsums = _target_sums(spec, setup)
+    frozen_linear_params = sums.linear_params
+    quant_params = sums.quantizable_params if setup.method == "qlora" else 0
     head_params = spec.vocab_size * spec.hidden_size
 
     # Matmuls: compute-bound above a few hundred tokens, weight-read-bound below (roofline).
@@ -224,13 +276,8 @@ def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Through
     # Element-wise traffic of the decoder layers (forward, backward, recompute).
     inter = spec.moe_intermediate_size * spec.experts_per_token if getattr(spec, "moe_intermediate_size", 0) else spec.intermediate_size
     per_layer = (HIDDEN_TRAFFIC * spec.hidden_size + INTERMEDIATE_TRAFFIC * inter) * act
-    lora_bytes = 0.0
-    modules = 0
-    for layer in _targets(spec, setup):
-        for m in layer:
-            # peft LoRA: dropout on an fp32 copy of the input, A/B outputs, scaled add
-            lora_bytes += (3 * 4 * m.in_features + 2 * 2 * m.out_features) * m.count
-            modules += 1
+    lora_bytes = tsums.traffic
+    modules = tsums.modules
     fwd_bytes = spec.num_layers * per_layer + lora_bytes
     ew_bytes = fwd_bytes * (1 + BACKWARD_TRAFFIC_RATIO + (1 if setup.grad_checkpointing else 0))
     t_ew = ew_bytes * tokens / (bw * E_BW)
@@ -241,7 +288,7 @@ def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Through
     t_dequant = quant_params * (0.5 + 0.07 + act) * passes / (bw * E_DEQUANT) if quant_params else 0.0
 
     t_gpu = t_mm + t_attn + t_ew + t_loss + t_dequant
-    base_modules = sum(len(layer) for layer in spec.layers) + 4 * spec.num_layers  # + norms, attn, act
+    base_modules = sums.modules + 4 * spec.num_layers  # + norms, attention, activation
     t_host = HOST_SECONDS_PER_MODULE_CALL * (base_modules + 3 * modules) * (passes / 2.0)
     t_micro = max(t_gpu, t_host)
     bound = "host" if t_host > t_gpu else ("memory" if (t_ew + t_loss + t_dequant) > t_mm + t_attn else "compute")
@@ -266,8 +313,7 @@ def trainable_parameters(spec: ModelSpec, setup: TrainSetup) -> int:
     """Trainable parameters: all of them (full) or the LoRA A and B matrices (r x (in + out))."""
     if setup.method == "full":
         return spec.parameter_count()
-    return sum(setup.lora_rank * (m.in_features + m.out_features) * m.count
-               for layer in _targets(spec, setup) for m in layer)
+    return setup.lora_rank * _target_sums(spec, setup).in_out
 
 
 def training_seconds(tokens_per_second: float | None, dataset_tokens: int, epochs: float = 1.0) -> float | None:
