@@ -171,7 +171,12 @@ class RunsAdapter:
         return runs_root(self.runs_root)
 
     def build_config(self, plan: PlanView, dataset: Any, *, epochs: float | None = None,
-                     max_steps: int | None = None, learning_rate: float | None = None) -> Any:
+                     max_steps: int | None = None, learning_rate: float | None = None,
+                     on_cpu: bool = False) -> Any:
+        """The run configuration for `plan`. `on_cpu`: this machine has no NVIDIA GPU, so
+        the run computes in float32 (CPU training has no bf16/fp16 mixed precision)."""
+        from dataclasses import replace as _replace
+
         from tuneplan.config import DataConfig, ModelConfig, PredictionConfig, RunConfig, TrainingConfig
 
         training = TrainingConfig()
@@ -184,7 +189,7 @@ class RunsAdapter:
         config = RunConfig(
             model=ModelConfig(source=plan.model.source),
             data=DataConfig(source=dataset.source if dataset is not None else ""),
-            setup=plan.setup,
+            setup=_replace(plan.setup, compute_dtype="float32") if on_cpu else plan.setup,
             training=training,
             prediction=PredictionConfig(torch_peak_bytes=plan.memory.torch_peak_bytes,
                                         device_bytes=plan.memory.device_bytes),
@@ -215,7 +220,10 @@ class RunsAdapter:
                  "--grad-accum", str(s.grad_accum)]
         if s.method != "full":
             parts += ["--lora-r", str(s.lora_rank), "--lora-alpha", str(s.lora_alpha), "--lora-targets", targets]
-        parts += ["--grad-checkpointing", "on" if s.grad_checkpointing else "off", "--optimizer", s.optimizer]
+        parts += ["--grad-checkpointing", "on" if s.grad_checkpointing else "off", "--optimizer", s.optimizer,
+                  "--attn", s.attn, "--fused-ce", "on" if s.fused_ce else "off", "--compute-dtype", s.compute_dtype]
+        if s.method == "qlora":
+            parts += ["--quant-type", s.quant_type]
         if t.max_steps is not None:
             parts += ["--max-steps", str(t.max_steps)]
         else:

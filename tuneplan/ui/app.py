@@ -21,6 +21,8 @@ class WizardState:
     model: Any = None
     dataset: Any = None
     plan: Any = None
+    local_gpus: int | None = None
+    """NVIDIA GPUs on this machine (None: not probed yet); 0 means a launch trains on the CPU."""
 
 
 class TuneplanApp(App):

@@ -62,9 +62,10 @@ def dry_run_target(text: str) -> Target:
     """A catalog card (`3060`, `a100-80`) or a memory size (`12GiB`) as a dry-run target."""
     size = parse_memory(text)
     if size is not None:
-        gpu = GPU(key=f"custom-{size // 1024**2}mib", name=f"custom {size / GiB:.1f} GiB card",
+        # A size alone says nothing of speed: no TFLOP/s, so no time or cost; bf16 assumed.
+        gpu = GPU(key=f"custom-{size // 1024**2}mib", name=f"a {size / GiB:.1f} GiB card",
                   memory_bytes=size, bf16=True, arch="ampere")
-        return Target(gpu=gpu, label=f"{gpu.name} (dry run; bf16 assumed, no speed figures)", dry_run=True)
+        return Target(gpu=gpu, label=f"{gpu.name} (dry run)", dry_run=True)
     try:
         gpu = get_gpu(text)
     except UnknownGPU as exc:

@@ -23,6 +23,8 @@ from tuneplan.ui.widgets.dialogs import ConfirmDialog, HelpDialog
 POLL_SECONDS = 0.5
 """How often the run files are checked (a stat and a read from the last offset)."""
 GPU_SECONDS = 1.0
+TAIL_LINES = 6
+"""Lines of the event/log tail at 80x24 (header included); more when the terminal is taller."""
 HELP = [
     ("s", "save a checkpoint now (the run continues)"),
     ("x", "stop the run: checkpoint, then exit (asks first)"),
@@ -166,13 +168,19 @@ class DashboardScreen(Screen):
             plt.plot(list(xs), list(ys), label="train", marker="braille")
         exs, eys = s.eval_series
         if exs:
-            plt.plot(list(exs), list(eys), label="eval", marker="o")
+            plt.scatter(list(exs), list(eys), label="eval", marker="o")
         loss.refresh()
         lr = self.query_one("#lr-plot", PlotextPlot)
         lr.plt.clear_data()
         xs, ys = s.lr_series
         if xs:
-            lr.plt.plot(list(xs), list(ys), marker="braille")
+            # Plot in units of the largest power of ten below the peak: short tick labels.
+            import math
+
+            peak = max(ys) or 1.0
+            exp = math.floor(math.log10(peak)) if peak > 0 else 0
+            lr.plt.title(f"learning rate (x1e{exp})")
+            lr.plt.plot(list(xs), [y / 10**exp for y in ys], marker="braille")
         lr.refresh()
 
     def _stats_text(self, s: RunSnapshot) -> Text:
@@ -197,6 +205,8 @@ class DashboardScreen(Screen):
             t.append(f"  ({err:+.1%})")
         elif s.measured_peak_bytes is None:
             t.append("  (measured on CUDA runs after step 2)", style="dim")
+        t.no_wrap = True
+        t.overflow = "ellipsis"
         return t
 
     def _gpu_text(self) -> Text:
@@ -216,7 +226,7 @@ class DashboardScreen(Screen):
 
     def _render_tail(self, s: RunSnapshot) -> None:
         tail = self.query_one("#tail", Static)
-        height = max(3, tail.size.height or 6)
+        height = max(TAIL_LINES, tail.content_size.height)
         t = Text()
         if s.crashed:
             t.append(f"run {s.phase}: {s.error or 'no error recorded'}\n", style="bold red")

@@ -75,6 +75,7 @@ class HardwareScreen(Screen):
     @on(GpusProbed)
     def _show_gpus(self, message: GpusProbed) -> None:
         self.gpus = message.gpus
+        self.app.state.local_gpus = len(self.gpus)
         status = self.query_one("#status", Static)
         if not self.gpus:
             status.update(Text.assemble(("No NVIDIA GPU here: ", "bold"), message.status,

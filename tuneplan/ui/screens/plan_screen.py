@@ -177,14 +177,17 @@ class PlanScreen(Screen):
     def _show(self, plan: Any, *, sync_knobs: bool) -> None:
         self.plan = plan
         s = plan.setup
-        title = Text(f" {plan.model.name} on {plan.target.label}  ", style="bold")
+        title = Text(" ")
         if plan.fits:
             title.append(" FITS ", style="bold reverse green")
         else:
-            title.append(f" DOES NOT FIT: over by {gib(max(plan.over_bytes, plan.memory.device_bytes - plan.usable_bytes))} ",
-                         style="bold reverse red")
+            over = plan.memory.device_bytes - plan.usable_bytes
+            title.append(f" DOES NOT FIT: over by {gib(over)} ", style="bold reverse red")
         if not plan.solver:
-            title.append("  (edited)", style="dim")
+            title.append(" edited", style="bold yellow")
+        title.append(f"  {plan.model.name} on {plan.target.label}", style="bold")
+        title.no_wrap = True
+        title.overflow = "ellipsis"
         self.query_one("#title", Static).update(title)
         self.query_one("#memory", MemoryBar).set_memory(plan.memory.components, plan.memory.device_bytes,
                                                         plan.capacity_bytes, plan.usable_bytes)

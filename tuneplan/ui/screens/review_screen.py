@@ -67,7 +67,8 @@ class ReviewScreen(Screen):
 
     def build_config(self) -> Any:
         """The run configuration this screen would launch (raises UserError on bad input)."""
-        return self.app.services.runs.build_config(self.plan, self.dataset, **self._hyper())
+        on_cpu = getattr(self.app, "state", None) is not None and self.app.state.local_gpus == 0
+        return self.app.services.runs.build_config(self.plan, self.dataset, on_cpu=on_cpu, **self._hyper())
 
     def _hyper(self) -> dict[str, Any]:
         def val(name: str, cast):
@@ -106,9 +107,12 @@ class ReviewScreen(Screen):
         if not self.plan.fits:
             w.append(f"This configuration does not fit {self.plan.target.label}: it would run out of "
                      "memory there.\n", style="bold red")
-        if self.plan.target.dry_run:
-            w.append("Dry run: this machine's GPU was not chosen; a launch here trains on what this "
-                     "machine has (the CPU without a GPU: fine for tiny models only).\n", style="yellow")
+        if self.app.state.local_gpus == 0:
+            w.append("This machine has no NVIDIA GPU: a launch here trains on the CPU in float32 "
+                     "(fine for tiny models only).\n", style="yellow")
+        elif self.plan.target.dry_run:
+            w.append(f"Dry run for {self.plan.target.gpu.name}: a launch here trains on this machine's "
+                     "GPU, which the plan was not made for.\n", style="yellow")
         warning.update(w)
         cmd = Text("Equivalent command:\n", style="bold")
         cmd.append(runs.train_command(config))
