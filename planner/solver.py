@@ -396,11 +396,14 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
     elif s.method == "lora":
         reasons.append("LoRA on the 16-bit model fits: it is faster than QLoRA and has no quantization error.")
     else:
-        lora_need = search.eval(_smallest_setup(replace(s, method="lora"), "lora", constraints.fixed)).memory.device_bytes
+        lora_need = search.eval(_smallest_setup(replace(s, method="lora"), "lora", constraints.fixed, s.effective_batch())).memory.device_bytes
         reasons.append(f"LoRA on the 16-bit model does not fit (it needs at least {_gib(lora_need)}); QLoRA keeps the "
                        f"frozen weights in 4-bit {s.quant_type.upper()} "
                        f"({_gib(m.components.get('quantized_weights', 0))}), so it does.")
-    if s.grad_checkpointing:
+    fx = constraints.fixed
+    if "grad_checkpointing" in fx:
+        reasons.append(f"Gradient checkpointing {'on' if s.grad_checkpointing else 'off'}, as asked.")
+    elif s.grad_checkpointing:
         no_ck_fit = any(not c.setup.grad_checkpointing and c.setup.method == s.method for c in fitting)
         if no_ck_fit:
             reasons.append("Gradient checkpointing is on: it lets a larger micro-batch run, which is faster overall "
@@ -409,10 +412,16 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
             reasons.append("Gradient checkpointing is on: without it the saved activations do not fit.")
     else:
         reasons.append("Gradient checkpointing is off: the activations fit, so no layer is recomputed (about 25-30% faster).")
-    reasons.append(f"Micro-batch {s.micro_batch} x {s.grad_accum} accumulation steps keeps the effective batch at "
-                   f"{s.effective_batch()} sequences; it is the fastest micro-batch that fits.")
-    if s.optimizer != "adamw":
-        reasons.append(f"Optimizer {s.optimizer}: 32-bit AdamW states do not fit (or are slower to fit).")
+    if "micro_batch" in fx or "grad_accum" in fx:
+        reasons.append(f"Micro-batch {s.micro_batch} x {s.grad_accum} accumulation steps (effective batch "
+                       f"{s.effective_batch()}) follows the batch you gave.")
+    else:
+        reasons.append(f"Micro-batch {s.micro_batch} x {s.grad_accum} accumulation steps keeps the effective batch at "
+                       f"{s.effective_batch()} sequences; it is the fastest micro-batch that fits.")
+    if "optimizer" in fx:
+        reasons.append(f"Optimizer {s.optimizer}, as asked.")
+    elif s.optimizer != "adamw":
+        reasons.append(f"Optimizer {s.optimizer}: 32-bit AdamW states do not fit.")
     if s.fused_ce:
         reasons.append("The loss uses the fused (chunked) linear cross-entropy: the same loss without "
                        "materialising the full fp32 logits.")
@@ -438,9 +447,12 @@ def _alternatives(choice: Candidate, groups, n: int = 4) -> list[Candidate]:
     return out[:n]
 
 
-def _smallest_setup(base: TrainSetup, method: str, fixed: Mapping[str, Any]) -> TrainSetup:
+def _smallest_setup(base: TrainSetup, method: str, fixed: Mapping[str, Any], effective: int | None = None) -> TrainSetup:
+    """Micro-batch 1 (or the fixed one), checkpointing, fused loss: the least memory of `method`."""
+    mb = fixed.get("micro_batch", 1)
+    ga = fixed.get("grad_accum", max(1, (effective or DEFAULT_EFFECTIVE_BATCH) // mb))
     return replace(
-        base, method=method, micro_batch=fixed.get("micro_batch", 1), grad_accum=fixed.get("grad_accum", base.grad_accum),
+        base, method=method, micro_batch=mb, grad_accum=ga,
         grad_checkpointing=fixed.get("grad_checkpointing", True), fused_ce=fixed.get("fused_ce", True),
         optimizer=fixed.get("optimizer", "adamw" if method != "full" else "paged-adamw-8bit"),
     )
@@ -448,8 +460,12 @@ def _smallest_setup(base: TrainSetup, method: str, fixed: Mapping[str, Any]) -> 
 
 def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, budget):
     """The smallest configuration of the allowed methods, and what would make it fit."""
-    smallest = min((search.eval(_smallest_setup(base, m, fixed)) for m in methods),
-                   key=lambda c: c.memory.device_bytes)
+    tries = []
+    for m in methods:
+        tries.append(search.eval(_smallest_setup(base, m, fixed, constraints.effective_batch)))
+        if "optimizer" not in fixed and m != "full":
+            tries.append(search.eval(replace(_smallest_setup(base, m, fixed, constraints.effective_batch), optimizer="paged-adamw-8bit")))
+    smallest = min(tries, key=lambda c: c.memory.device_bytes)
     need = smallest.memory.device_bytes
     s = smallest.setup
     gpu = hardware.gpu
@@ -460,23 +476,22 @@ def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, b
         sug.append(f"Other processes hold {_gib(gpu.memory_bytes - hardware.free_bytes)} of the card: "
                    "freeing it would help.")
     if s.method != "qlora" and "qlora" not in methods:
-        q = search.eval(_smallest_setup(base, "qlora", fixed))
+        q = search.eval(_smallest_setup(base, "qlora", fixed, constraints.effective_batch))
         if q.fits:
             sug.append(f"QLoRA fits: {_gib(q.memory.device_bytes)} (use --method qlora or auto).")
-    # shorter sequence (with the smallest configuration)
-    if "seq_len" not in constraints.fixed or True:
-        lo_bound = constraints.min_seq_len or 256
-        best_seq = None
-        lo, hi = lo_bound // SEQ_ROUND, (s.seq_len - 1) // SEQ_ROUND
-        while lo <= hi:
-            mid = (lo + hi) // 2
-            c = search.eval(replace(s, seq_len=mid * SEQ_ROUND))
-            if c.fits:
-                best_seq, lo = mid * SEQ_ROUND, mid + 1
-            else:
-                hi = mid - 1
-        if best_seq:
-            sug.append(f"A shorter sequence fits: up to {best_seq} tokens (--seq-len {best_seq}) with {_METHOD_NAMES[s.method]}.")
+    # a shorter sequence (named even when the user fixed one)
+    lo_bound = constraints.min_seq_len or 256
+    best_seq = None
+    lo, hi = lo_bound // SEQ_ROUND, (s.seq_len - 1) // SEQ_ROUND
+    while lo <= hi:
+        mid = (lo + hi) // 2
+        c = search.eval(replace(s, seq_len=mid * SEQ_ROUND))
+        if c.fits:
+            best_seq, lo = mid * SEQ_ROUND, mid + 1
+        else:
+            hi = mid - 1
+    if best_seq:
+        sug.append(f"A shorter sequence fits: up to {best_seq} tokens (--seq-len {best_seq}) with {_METHOD_NAMES[s.method]}.")
     if s.lora_rank > 8 and s.method != "full":
         c = search.eval(replace(s, lora_rank=8))
         if c.fits:
