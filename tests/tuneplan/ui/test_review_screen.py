@@ -1,0 +1,73 @@
+"""Step 5: resolved configuration, equivalent command, presets, launch errors."""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+from textual.widgets import Input, Static
+
+from tuneplan.config import load_config
+from tuneplan.data import SAMPLE_CHAT, TINY_MODEL_CONFIG
+from tuneplan.services.dataset_preview import preview_dataset
+from tuneplan.ui.adapters import ModelsAdapter, PlanningAdapter
+from tuneplan.ui.app import create_app
+from tuneplan.ui.screens.review_screen import ReviewScreen
+from tuneplan.ui.target import dry_run_target
+
+from ui_helpers import make_services, wait_for
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
+
+
+def _plan(tmp_path):
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    shutil.copy(TINY_MODEL_CONFIG, folder / "config.json")
+    data = tmp_path / "data.jsonl"
+    shutil.copy(SAMPLE_CHAT, data)
+    model = ModelsAdapter().resolve(str(folder))
+    dataset = preview_dataset(str(data))
+    return PlanningAdapter().plan(model, dry_run_target("4GiB"), dataset, {}), dataset, data
+
+
+async def test_shows_config_and_command_and_saves_a_preset(tmp_path, monkeypatch):
+    monkeypatch.setenv("TUNEPLAN_PRESETS_DIR", str(tmp_path / "presets"))
+    plan, dataset, _ = _plan(tmp_path)
+    app = create_app(make_services(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.state.local_gpus = 0
+        await app.push_screen(ReviewScreen(plan, dataset))
+        screen = app.screen
+        await pilot.press(*"12")  # max steps (focused first)
+        command = str(screen.query_one("#command", Static).render())
+        assert "tuneplan train --model" in command and f"--method {plan.setup.method}" in command
+        assert "--max-steps 12" in command and "--compute-dtype float32" in command
+        config = str(screen.query_one("#config", Static).render())
+        assert "[setup]" in config and "max_steps = 12" in config
+        assert "trains on the CPU" in str(screen.query_one("#warning", Static).render())
+        screen.query_one("#preset_name", Input).value = "my-tiny"
+        await pilot.press("ctrl+s")
+        path = tmp_path / "presets" / "my-tiny.toml"
+        assert path.is_file()
+        saved = load_config(path)
+        assert saved.setup.seq_len == plan.setup.seq_len and saved.training.max_steps == 12
+        before = path.read_text()
+        await pilot.press("ctrl+s")  # the same name again: refused, file untouched
+        assert path.read_text() == before
+
+
+async def test_launch_error_is_one_red_line_and_no_run_is_left(tmp_path):
+    plan, dataset, data = _plan(tmp_path)
+    app = create_app(make_services(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.state.local_gpus = 0
+        await app.push_screen(ReviewScreen(plan, dataset))
+        screen = app.screen
+        data.unlink()  # the dataset vanished since the preview
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: not screen.launching)
+        warning = str(screen.query_one("#warning", Static).render())
+        assert "data.jsonl" in warning and isinstance(app.screen, ReviewScreen)
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
