@@ -290,6 +290,12 @@ def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None =
         warnings.append(f"flash-attention-2 needs an Ampere or newer GPU; {gpu.name} uses sdpa instead.")
         attn = "sdpa"
 
+    if constraints.method == "full" and dtype == "float16":
+        # HF Trainer's fp16 GradScaler refuses fp16 parameters ("Attempting to unscale FP16
+        # gradients", torch/amp/grad_scaler.py `_unscale_grads_`): full fine-tuning in fp16
+        # needs fp32 master weights, which our training path does not keep.
+        warnings.append(f"full fine-tuning on {gpu.name} (no bfloat16) would train fp16 weights with fp16 mixed "
+                        "precision, which the trainer refuses; use LoRA/QLoRA on this card.")
     seq = choose_seq_len(spec, constraints, dataset_stats, warnings, reasons)
     fixed.pop("seq_len", None)
     base = replace(TrainSetup(), compute_dtype=dtype, attn=attn, seq_len=seq, fused_ce=True,

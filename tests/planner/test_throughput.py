@@ -137,19 +137,25 @@ def test_time_and_cost_arithmetic():
 
 
 # -- calibration against published throughput ----------------------------------------------------
-# Tolerance, stated: published figures of HF/PEFT-family stacks disagree with each other by
-# up to ~2x in achieved MFU (LLaMA-Factory's A100 rows at 30% vs fsdp_qlora's 3090 rows at
-# ~65%), so one model cannot be closer than that spread allows: each row within a factor of
-# 1.7, and the geometric mean of predicted/published within 25%.
+# Tolerance, stated: the well-specified fsdp_qlora rows (fixed-length data, pure bf16) read
+# ~30% above the model and the LLaMA-Factory rows (padded Alpaca batches) ~25-30% below it;
+# sources disagree by that much. Each row within a factor of 1.45, and the geometric mean of
+# predicted/published within 15%.
 def test_calibration_rows_within_stated_tolerance():
     ratios = []
     for point in CALIBRATION:
         predicted = tps(load_spec(point.model), point.setup, point.gpu)
         ratio = predicted / point.tokens_per_second
         ratios.append(ratio)
-        assert 1 / 1.7 < ratio < 1.7, (point.row, predicted, point.tokens_per_second)
+        assert 1 / 1.45 < ratio < 1.45, (point.row, predicted, point.tokens_per_second)
     geo = math.exp(sum(math.log(r) for r in ratios) / len(ratios))
-    assert 0.8 < geo < 1.25, ratios
+    assert 0.87 < geo < 1.15, ratios
+
+
+def test_eager_attention_is_slower_than_flash_at_long_sequences():
+    spec = load_spec("llama-3.1-8b")
+    s = TrainSetup(micro_batch=1, seq_len=8192)
+    assert tps(spec, replace(s, attn="eager"), "a100-80gb") < 0.8 * tps(spec, replace(s, attn="flash"), "a100-80gb")
 
 
 def test_qlora_over_lora_time_ratio_matches_litgpt_table():
