@@ -235,7 +235,7 @@ def choose_seq_len(spec: ModelSpec, constraints: Constraints, stats: DatasetStat
         reasons.append(f"Sequence length {seq}: the dataset's {what} is {basis} tokens (rounded up to a multiple of {SEQ_ROUND}).")
     else:
         seq = DEFAULT_SEQ_LEN
-        reasons.append(f"Sequence length {seq}: the default without dataset statistics.")
+        reasons.append(f"Sequence length {seq}: the default (no example lengths given).")
     if constraints.max_seq_len is not None and seq > constraints.max_seq_len:
         seq = constraints.max_seq_len
         reasons.append(f"Capped at the maximum sequence length asked for ({seq}).")

@@ -165,7 +165,7 @@ def resolve_hardware(request: PlanRequest, probe: Any = None) -> tuple[Hardware,
     notes = [f"Planning for GPU {chosen.index} ({chosen.name}) as NVML sees it: "
              f"{chosen.free_bytes / GiB:.1f} of {chosen.total_bytes / GiB:.1f} GiB free."]
     if len(gpus) > 1:
-        notes.append(f"NVML found {len(gpus)} GPUs; the plan uses one (multi-GPU plans come with `--gpus`).")
+        notes.append(f"NVML found {len(gpus)} GPUs; the plan uses one (multi-GPU planning is separate work).")
     if chosen.catalog is None:
         notes.append(f"{chosen.name} is not in the GPU catalog: no speed, time or cost estimate.")
     hw = Hardware(gpu=chosen.as_planner_gpu(), count=len(gpus), free_bytes=chosen.free_bytes, source="nvml")
