@@ -376,7 +376,10 @@ def _pick(fitting: list[Candidate], methods: list[str], constraints: Constraints
     by_method = {m: [c for c in fitting if c.setup.method == m] for m in methods}
     method = next(m for m in methods if by_method[m])
     pool = by_method[method]
-    # 2. optimizer: exact 32-bit states when they fit (ties at equal micro-batch favour adamw)
+    # 2. exact 32-bit AdamW states over 8-bit ones whenever they fit (no quantization error)
+    if "optimizer" not in constraints.fixed:
+        exact = [c for c in pool if c.setup.optimizer == "adamw"]
+        pool = exact or pool
     # 3. checkpointing only when it is clearly faster
     best = lambda cs: max(cs, key=lambda c: (c.tokens_per_second(), c.setup.optimizer == "adamw"))
     no_ck = [c for c in pool if not c.setup.grad_checkpointing]
@@ -511,14 +514,17 @@ def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, b
         if n <= 16:
             sug.append(f"About {n} such GPUs with FSDP sharding would hold it (weights split across cards; "
                        "multi-GPU planning is approximate).")
-    # a bigger card from the catalog
+    # a bigger card from the catalog: the smallest memory tier that fits, cheapest in it
+    fitting_cards = []
     for card in bigger_cards(need):
-        if card.memory_bytes * (1 - constraints.safety_margin) < need:
+        limit = card.memory_bytes * (1 - constraints.safety_margin)
+        if limit < need or (fitting_cards and card.memory_bytes > 1.1 * fitting_cards[0].memory_bytes):
             continue
-        c = estimate_memory(spec, s, card)
-        if c.device_bytes <= card.memory_bytes * (1 - constraints.safety_margin):
-            sug.append(f"A bigger card: {card.name} ({_gib(card.memory_bytes)}, --gpu {card.key}) fits it.")
-            break
+        if estimate_memory(spec, s, card).device_bytes <= limit:
+            fitting_cards.append(card)
+    if fitting_cards:
+        card = min(fitting_cards, key=lambda g: g.price_per_hour or 1e9)
+        sug.append(f"A bigger card: {card.name} ({_gib(card.memory_bytes)}, --gpu {card.key}) fits it.")
     return smallest, sug
 
 

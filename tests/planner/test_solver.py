@@ -188,6 +188,7 @@ def test_safety_margin_is_a_setting(specs):
 def test_prefer_accuracy_trains_all_weights_when_that_fits(specs):
     r = plan(specs, "qwen2.5-0.5b", "h100", prefer_accuracy=True)
     assert r.fits and r.choice.setup.method == "full"
+    assert r.choice.setup.optimizer == "adamw", "exact 32-bit states when they fit"
     big = plan(specs, "llama-3.1-8b", "rtx-4090", prefer_accuracy=True)
     assert big.fits and big.choice.setup.method in ("lora", "qlora")
 
