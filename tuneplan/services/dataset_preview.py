@@ -237,7 +237,7 @@ def _percentile(sorted_values: list[int], q: float) -> int:
     return sorted_values[rank - 1]
 
 
-def token_stats(lengths: Iterable[int], *, exact: bool, method: str, bins: int = 12,
+def token_stats(lengths: Iterable[int], *, exact: bool, method: str, bins: int = 8,
                 seq_lens: Iterable[int] | None = None) -> TokenStats | None:
     values = sorted(int(v) for v in lengths)
     if not values:

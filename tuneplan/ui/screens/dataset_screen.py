@@ -8,7 +8,7 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import VerticalScroll
+from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, LoadingIndicator, Static
@@ -63,8 +63,9 @@ class DatasetScreen(Screen):
         yield LoadingIndicator(id="spinner")
         with VerticalScroll(id="body"):
             yield Static(id="summary")
-            yield Static(id="samples")
-            yield Static(id="histogram")
+            with Horizontal(id="preview"):
+                yield Static(id="samples")
+                yield Static(id="histogram")
         yield Footer()
 
     def on_mount(self) -> None:
@@ -139,9 +140,9 @@ class DatasetScreen(Screen):
             t.append(f"sample {i}\n", style="bold underline")
             for role, content in sample:
                 one_line = " ".join(content.split())
-                if len(one_line) > 150:
-                    one_line = one_line[:147] + "..."
-                t.append(f"  {role:>9}: ", style="bold")
+                if len(one_line) > 120:
+                    one_line = one_line[:117] + "..."
+                t.append(f"{role:>9}: ", style="bold")
                 t.append(one_line + "\n")
         return t
 
@@ -152,16 +153,15 @@ class DatasetScreen(Screen):
         t = Text()
         if s is None:
             return t
-        t.append("token lengths", style="bold underline")
-        t.append("  (exact)\n" if s.exact else "  (APPROXIMATE)\n", style="" if s.exact else "bold yellow")
-        t.append(f"counted with: {s.method}\n", style="dim")
-        t.append(f"p50 {s.p50}  p90 {s.p90}  p99 {s.p99}  max {s.max}  mean {s.mean:.0f}  "
-                 f"({s.count:,} samples, {s.total_tokens:,} tokens)\n")
-        t.append("truncated at seq len: ")
-        t.append("  ".join(f"{n}: {share:.1%}" for n, share in s.truncated_share))
-        t.append("\n")
-        for line in format_histogram(s, width=36):
+        t.append("tokens", style="bold underline")
+        t.append(" exact\n" if s.exact else " APPROXIMATE\n", style="bold" if s.exact else "bold yellow")
+        t.append(f"p50 {s.p50}  p90 {s.p90}  p99 {s.p99}\nmax {s.max}  mean {s.mean:.0f}  "
+                 f"total {s.total_tokens:,}\n")
+        t.append("truncated at seq len\n", style="bold")
+        t.append("  ".join(f"{n}:{share:.0%}" for n, share in s.truncated_share) + "\n")
+        for line in format_histogram(s, width=14):
             t.append(line + "\n")
+        t.append(f"counted with {s.method}", style="dim")
         return t
 
     def action_scroll(self, direction: int) -> None:
