@@ -45,11 +45,7 @@ FAMILIES = {
 }
 
 _S = TrainSetup(seq_len=128, micro_batch=2, lora_rank=16, packing=False, optimizer="adamw")
-# peft wraps transformers-5 fused expert weights in `ParamWrapper` under all-linear, which refuses
-# lora_dropout != 0 (peft/tuners/lora/layer.py); see /work/team/trace-findings.md
-_MOE = {"mixtral", "qwen3_moe"}
-CASES = [(f, replace(_S, method=m, lora_dropout=0.0 if f in _MOE else _S.lora_dropout))
-         for f in FAMILIES for m in ("lora", "qlora")] + [
+CASES = [(f, replace(_S, method=m)) for f in FAMILIES for m in ("lora", "qlora")] + [
     ("llama", replace(_S, micro_batch=4)),
     ("llama", replace(_S, seq_len=256, micro_batch=1)),
     ("llama", replace(_S, lora_rank=64)),
@@ -83,7 +79,8 @@ def _few_threads():
     torch.set_num_threads(n)
 
 
-MOE_MISS = "MoE: peft all-linear also adapts the fused expert weights (ParamWrapper); planner omits expert adapters"
+MOE_MISS = ("MoE: peft all-linear also adapts the fused expert weights and the router (ParamWrapper, "
+            "gate_up at rank 2r) with dropout forced to 0; planner omits them")
 # Cases the planner misses today (over 5%), with the mechanism, for M1; non-strict so a fix shows
 # up as XPASS. Keep this list in step with /work/team/trace-findings.md.
 KNOWN_MISSES: dict[str, str] = {

@@ -201,10 +201,20 @@ def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
     if setup.lora_rank <= 0:
         raise UserError(f"lora_rank must be > 0 (got {setup.lora_rank})")
     modules, params = lora_targets(model, setup)
+    dropout = setup.lora_dropout
+    fused_experts = any(p.dim() == 3 for p in model.parameters())
+    if dropout and (params or (modules == ALL_LINEAR and fused_experts)):
+        # peft maps all-linear on transformers-5 MoE models (peft/utils/
+        # transformers_weight_conversion.py `_convert_peft_config_moe`) to the fused expert
+        # weights and the router as `target_parameters`; their `lora.ParamWrapper` raises
+        # "does not work with lora_dropout != 0" (peft/tuners/lora/layer.py).
+        dropout = 0.0
+        _note(notes, f"LoRA dropout set to 0 (was {setup.lora_dropout}): peft cannot apply dropout to the "
+                     "fused MoE expert weights it adapts")
     cfg = LoraConfig(
         r=setup.lora_rank,
         lora_alpha=setup.lora_alpha,
-        lora_dropout=setup.lora_dropout,
+        lora_dropout=dropout,
         target_modules=modules,
         target_parameters=params or None,
         bias="none",
