@@ -262,14 +262,33 @@ def _optimizer_states(sizes: list[int], setup: TrainSetup, p: _Path) -> tuple[in
 # -- activations -------------------------------------------------------------------------------
 @dataclass
 class _Layer:
-    saved: int = 0  # bytes autograd keeps from forward to backward (no checkpointing)
-    fwd_transient: int = 0  # extra bytes live at the worst moment of the layer forward
-    bwd_working: int = 0  # extra bytes live at the worst moment of the layer backward
+    saved_attn: int = 0  # bytes autograd keeps from the attention half (norm, q/k/v/o, LoRA)
+    saved_mlp: int = 0  # bytes kept from the MLP half (norm, gate/up/down or experts, LoRA)
+    fwd_attn: int = 0  # extra bytes live at the worst moment of the attention forward
+    fwd_mlp: int = 0  # extra bytes live at the worst moment of the MLP forward
+    w_attn: int = 0  # extra bytes live at the worst moment of the attention backward
+    w_mlp: int = 0  # extra bytes live at the worst moment of the MLP backward
     dequant: int = 0  # largest dequantized 4-bit weight (QLoRA)
+
+    @property
+    def saved(self) -> int:
+        return self.saved_attn + self.saved_mlp
+
+    @property
+    def fwd_transient(self) -> int:
+        # the attention half runs before the MLP half has saved anything
+        return max(self.fwd_mlp, self.fwd_attn - self.saved_mlp, 0)
+
+    @property
+    def bwd_working(self) -> int:
+        # the backward runs the MLP half first (everything still saved), then the attention
+        # half, by which time the MLP half's saved tensors have been released
+        return max(self.w_mlp, self.w_attn - self.saved_mlp, 0)
 
 
 # modules that read a decoder layer's (normed) input directly
 _LAYER_INPUT_READERS = ("q_proj", "k_proj", "v_proj", "qkv_proj")
+_ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj")
 
 
 def _mask_elems(b: int, s: int, setup: TrainSetup) -> int:
@@ -297,16 +316,20 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     out = _Layer()
     norms = max(2, getattr(spec, "norms_per_layer", 2))
     # the first norm of a layer whose input needs no gradient (layer 0 without checkpointing:
-    # `enable_input_require_grads` is only called with checkpointing) saves nothing
-    out.saved += (norms - (0 if input_grad else 1)) * _norm_saved(T, h, full, a)
+    # `enable_input_require_grads` is only called with checkpointing) saves nothing.
+    # gemma2/3 have 4 norms: input + post-attention on the attention side, pre/post-MLP.
+    attn_norms = norms // 2 - (0 if input_grad else 1)
+    out.saved_attn += attn_norms * _norm_saved(T, h, full, a)
+    out.saved_mlp += (norms - norms // 2) * _norm_saved(T, h, full, a)
     if getattr(spec, "qk_norm", False):
         # qwen3/gemma3 per-head q_norm/k_norm: fp32 copies of q and k
-        out.saved += T * (nh + nkv) * hd * 4 + 2 * T * 4
+        out.saved_attn += T * (nh + nkv) * hd * 4 + 2 * T * 4
     # -- attention (transformers integrations/sdpa_attention.py, eager_attention_forward) ----
     qd, kvd = nh * hd, nkv * hd
     if full:
-        out.saved += T * h * a  # q/k/v input (normed hidden) saved for the weight gradients
-        out.saved += T * qd * a  # o_proj input
+        # q/k/v input (the normed hidden) saved for the weight gradients; the o_proj input is
+        # the attention output SDPA already saves (flash writes it in (b, s, heads, dim) layout)
+        out.saved_attn += T * h * a
     if attn == "eager":
         # repeat_kv copies k and v to all heads; matmul(q, k^T) saves q and k; the softmax
         # runs in fp32 (saves its output) and is cast back (saved by matmul with v).
@@ -314,23 +337,23 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         probs = scores * (4 + a)
         if spec.attn_logit_softcapping:
             probs += scores * a  # gemma2: tanh soft-capping saves its output
-        out.saved += T * qd * a * 3 + probs
-        out.fwd_transient = max(out.fwd_transient, scores * (2 * a + 4))
-        out.bwd_working = max(out.bwd_working, scores * (a + 4 + 4))
+        out.saved_attn += T * qd * a * 3 + probs
+        out.fwd_attn = max(out.fwd_attn, scores * 2 * a)  # matmul output + scaled copy
+        # softmax backward: incoming fp32 grad + its fp32 result (the bf16 probs are released)
+        out.w_attn = max(out.w_attn, scores * (4 + 4 - a))
     else:
         # flash / memory-efficient SDPA save q, k, v, out and the fp32 logsumexp; with a
-        # padding mask on CUDA, GQA uses repeat_kv copies (`use_gqa_in_sdpa` needs mask None)
+        # mask, GQA on CUDA uses repeat_kv copies (`use_gqa_in_sdpa` needs mask None)
         kv_saved = qd if (masked and attn == "sdpa") else kvd
-        out.saved += T * (qd + 2 * kv_saved + qd) * a + T * nh * 4
-        out.bwd_working = max(out.bwd_working, T * (2 * qd + 2 * kv_saved) * a + T * nh * 4)
+        out.saved_attn += T * (qd + 2 * kv_saved + qd) * a + T * nh * 4
+        out.w_attn = max(out.w_attn, T * (qd + 2 * kv_saved) * a + T * nh * 4)
         if masked and attn == "sdpa":
             # aten attention.cpp `scaled_dot_product_attention`: `convert_boolean_attn_mask`
             # turns the shared bool mask into a float bias in the query dtype for every call;
             # the memory-efficient (CUDA) / CPU flash kernel saves it for its backward
-            out.saved += _mask_elems(b, s, setup) * a
+            out.saved_attn += _mask_elems(b, s, setup) * a
     # -- MLP -----------------------------------------------------------------------------------
     experts = [m for m in layer if getattr(m, "kind", "linear") == "expert"]
-    router = [m for m in layer if getattr(m, "kind", "linear") == "router"]
     if experts:
         k = max(1, spec.experts_per_token)
         inter = getattr(spec, "moe_intermediate_size", 0) or spec.intermediate_size
@@ -338,20 +361,19 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         # transformers models/mixtral/modeling_mixtral.py `MixtralExperts.forward`: per routed
         # token, gate_up output (kept by the activation), activation output, down output
         # (saved by the routing-weight multiply); router softmax output in fp32.
-        out.saved += T * k * (2 * inter + inter + h) * a
-        out.saved += T * E * 4 + T * k * 4 * 2
+        out.saved_mlp += T * k * (2 * inter + inter + h) * a
+        out.saved_mlp += T * E * 4 + T * k * 4 * 2
         if full:
-            out.saved += T * k * (h + inter) * a
-        out.bwd_working = max(out.bwd_working, T * k * inter * 3 * a)
+            out.saved_mlp += T * k * (h + inter) * a
+        out.w_mlp = max(out.w_mlp, T * k * inter * 3 * a)
     else:
         inter = spec.intermediate_size
         # LlamaMLP: act_fn(gate) saves gate, act*up saves both factors
-        out.saved += 3 * T * inter * a
+        out.saved_mlp += 3 * T * inter * a
         if full:
-            out.saved += T * h * a + T * inter * a  # gate/up input, down input
+            out.saved_mlp += T * h * a + T * inter * a  # gate/up input, down input
         # mul backward: grad of the product plus grads of both factors
-        out.bwd_working = max(out.bwd_working, 3 * T * inter * a)
-    del router
+        out.w_mlp = max(out.w_mlp, 3 * T * inter * a)
     # -- LoRA adapters (peft/tuners/lora/layer.py `Linear.forward`) ----------------------------
     r = setup.lora_rank
     drop = setup.lora_dropout > 0
@@ -364,36 +386,60 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     for m in lora:
         n_tok = T * m.count if getattr(m, "kind", "linear") != "expert" else T * m.active
         fin = m.in_features
+        in_attn = m.name in _ATTN_MODULES
         reads_layer_input = not input_grad and fin == h and m.name in _LAYER_INPUT_READERS
+        saved = 0
         if autocast:
             # torch autocast caches the low-precision copy of each fp32 LoRA weight for the
             # whole forward (autocast_mode.cpp `cached_cast`); F.linear saves it
-            out.saved += (r * fin + m.out_features * r) * m.count * p.lora_linear
+            saved += (r * fin + m.out_features * r) * m.count * p.lora_linear
         if p.lora_cast or drop:
             # x.to(adapter dtype) (and dropout) make a new tensor per adapted module; the
             # A-linear saves it (in its compute dtype: the autocast cast is another copy)
             per_in = p.lora_linear + (mask_bytes if drop and not reads_layer_input else 0)
-            out.saved += n_tok * fin * per_in
+            saved += n_tok * fin * per_in
             # transient: fp32 cast + dropout output before the autocast cast
-            out.fwd_transient = max(out.fwd_transient, n_tok * fin * (p.adapter * (2 if drop else 1)))
+            tr = n_tok * fin * (p.adapter * (2 if drop else 1))
+            if in_attn:
+                out.fwd_attn = max(out.fwd_attn, tr)
+            else:
+                out.fwd_mlp = max(out.fwd_mlp, tr)
         else:
             # no copy: the A-linear saves the module's own input, shared by modules that
             # read the same tensor (q/k/v, gate/up)
             key = (fin, m.path.split(".")[0] if getattr(m, "path", "") else m.name[:1])
             if key not in shared_inputs and not full:
                 shared_inputs.add(key)
-                out.saved += n_tok * fin * p.lora_linear
-        out.saved += n_tok * r * p.lora_linear  # lora_A output, saved by lora_B
+                saved += n_tok * fin * p.lora_linear
+        saved += n_tok * r * p.lora_linear  # lora_A output, saved by lora_B
         # backward through the adapter input: grad in the linear dtype, then through the
-        # cast / dropout in the adapter dtype
-        chain = n_tok * fin * (p.lora_linear + (p.adapter * 2 if (p.lora_cast or drop) else 0))
-        out.bwd_working = max(out.bwd_working, chain + n_tok * fin * a)
+        # cast / dropout in the adapter dtype, next to the base path's input grad
+        # (grad in the linear dtype; then the cast backward and the dropout backward each
+        # make one more input-sized gradient in the adapter dtype)
+        chain = n_tok * fin * (p.lora_linear + p.adapter * (int(p.lora_cast) + int(drop)))
+        if in_attn:
+            out.saved_attn += saved
+            out.w_attn = max(out.w_attn, chain + n_tok * fin * a)
+        else:
+            out.saved_mlp += saved
+            out.w_mlp = max(out.w_mlp, chain + n_tok * fin * a)
     # -- QLoRA dequantization (bitsandbytes autograd/_functions.py `MatMul4Bit`) ---------------
     if setup.method == "qlora":
+        # `MatMul4Bit.backward` dequantizes the whole weight for grad_A = grad @ W; it runs after
+        # the adapter branch of the same module, whose input gradient is already accumulated
+        for m in layer:
+            if not m.quantizable():
+                continue
+            w = m.in_features * m.out_features * p.w + 2 * T * m.in_features * a
+            if m.name in _ATTN_MODULES:
+                out.w_attn = max(out.w_attn, w)
+            else:
+                out.w_mlp = max(out.w_mlp, w)
         biggest = max((m.in_features * m.out_features for m in layer if m.quantizable()), default=0)
         out.dequant = biggest * p.w
     # grad of the residual stream flowing through the layer
-    out.bwd_working += 2 * T * h * a
+    out.w_attn += 2 * T * h * a
+    out.w_mlp += 2 * T * h * a
     return out
 
 
@@ -476,7 +522,8 @@ def _attention_kind(spec, setup: TrainSetup, notes: list) -> str:
 
 
 # -- the estimate ------------------------------------------------------------------------------
-def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda") -> MemoryEstimate:
+def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
+                    padded_rows: bool = True) -> MemoryEstimate:
     """Memory of the second optimizer step of `setup` on one GPU, in bytes.
 
     `spec`: a `planner.spec.ModelSpec`; `gpu`: a `planner.gpus.GPU` or None for a generic
@@ -487,7 +534,8 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda") 
     CUDA context + cuBLAS workspace + paged optimizer buffers).
     `device="cpu"` predicts the same step run on the CPU (what the CPU trace test measures):
     dropout saves a noise tensor instead of a bool mask, trl's chunked LM head folds its tiles
-    with fp32 torch ops instead of a Triton kernel.
+    with fp32 torch ops instead of a Triton kernel. `padded_rows=False` says unpacked
+    micro-batches hold rows of equal length (no padding, so transformers skips the 4-D mask).
     """
     if setup.micro_batch <= 0 or setup.seq_len <= 0:
         raise ValueError(f"micro_batch and seq_len must be > 0 (got {setup.micro_batch}, {setup.seq_len})")
@@ -518,7 +566,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda") 
     attn = _attention_kind(spec, setup, notes)
     # a 4-D mask exists for trl's padding-free packing (block-diagonal) and for padded
     # micro-batches of several rows; flash-attention-2 takes varlen offsets instead
-    masked = attn != "flash" and (setup.packing or b > 1)
+    masked = attn != "flash" and (setup.packing or (b > 1 and padded_rows))
     input_grad0 = setup.grad_checkpointing or setup.method == "full"
     per_layer = [
         _layer_activations(spec, layer, lora, setup, p, b, s, attn, masked,
@@ -543,13 +591,13 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda") 
         # survive the forward; the backward recomputes one layer at a time.
         layer_inputs = L * T * h * a
         saved = layer_inputs + head_saved
-        bwd_layer = biggest_layer.saved + biggest_layer.bwd_working + dequant
+        bwd_layer = biggest_layer.saved + biggest_layer.bwd_working
         fwd_layer = max(x.fwd_transient for x in per_layer) + dequant * (T > BNB_FUSED_MAX_TOKENS)
         details["checkpointed_layer_inputs"] = layer_inputs
         details["recomputed_layer"] = biggest_layer.saved
     else:
         saved = sum(x.saved for x in per_layer) + head_saved
-        bwd_layer = biggest_layer.bwd_working + dequant
+        bwd_layer = biggest_layer.bwd_working
         fwd_layer = max(x.fwd_transient for x in per_layer) + dequant * (T > BNB_FUSED_MAX_TOKENS)
         details["per_layer_activations"] = biggest_layer.saved
     if dequant:
@@ -560,17 +608,18 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda") 
     if setup.method == "full":
         head_grads = (spec.lm_head_params() or spec.embedding_params()) * p.adapter
     g_acc = grads if setup.grad_accum > 1 else 0  # accumulated grads of earlier micro-batches
+    # the head (final norm, loss inputs) runs its backward first: freed in the layer phases
+    layers_saved = saved - head_saved
     if setup.grad_checkpointing:
-        per_input = T * h * a
-        bottom_saved = head_saved + per_input
+        bottom_saved = mask_bytes + T * h * a
     else:
-        bottom_saved = head_saved + per_layer[0].saved
+        bottom_saved = mask_bytes + per_layer[0].saved
     bottom_grads = max(g_acc, grads * (L - 1) // L)  # the last layer has not produced its grads yet
     phases = {
         "forward": (g_acc, saved, fwd_layer),
         "loss_backward": (g_acc, saved, loss_peak),
         # backward through the top layer: every activation still saved
-        "layer_backward_top": (max(g_acc, head_grads), saved, bwd_layer),
+        "layer_backward_top": (max(g_acc, head_grads), layers_saved + mask_bytes, bwd_layer),
         # backward through the bottom layer: almost all gradients exist
         "layer_backward_bottom": (bottom_grads, bottom_saved, bwd_layer),
         "optimizer_step": (grads, 0, opt_temp),
