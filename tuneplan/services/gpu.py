@@ -192,13 +192,18 @@ class GpuProbe:
             other_bytes = sum(b or 0 for _, b in others)
         uuid = self._optional(nv.nvmlDeviceGetUUID, handle)
         total = int(mem.total)
+        catalog = match_nvml(name, total)
+        if cc is not None:
+            bf16 = cc >= (8, 0)
+        else:  # NVML would not say: trust the catalog entry, else assume the safe fp16
+            bf16 = catalog.bf16 if catalog is not None else False
         return DetectedGPU(
             index=index, name=name, uuid=_text(uuid) if uuid is not None else None,
             total_bytes=total, free_bytes=int(mem.free), used_bytes=int(mem.used),
             other_processes_bytes=other_bytes, other_processes=tuple(others),
-            compute_capability=cc, bf16=cc is not None and cc >= (8, 0),
+            compute_capability=cc, bf16=bf16,
             driver_version=_text(driver) if driver is not None else None, cuda_version=cuda,
-            catalog=match_nvml(name, total),
+            catalog=catalog,
         )
 
     def _cuda_version(self) -> str | None:
