@@ -136,11 +136,14 @@ class _SpecSums:
     linear_params: int  # frozen decoder matmul weights (all experts)
     quantizable_params: int  # of which bitsandbytes quantizes (nn.Linear only)
     modules: int  # linear modules in all layers
+    expert_flops: float = 0.0  # of linear_flops, the routed experts' share
+    expert_token_share: float = 1.0  # tokens one expert's GEMM sees / tokens in the batch (k / E)
 
 
 @dataclass(frozen=True)
 class _TargetSums:
-    in_out: int  # sum of (in + out) x count over adapted modules: r x this = trainable params
+    params_per_rank: int  # trainable LoRA parameters per unit of rank (all instances)
+    in_out: int  # sum of (in + out) x rank factor over the instances one token passes through
     modules: int  # adapted modules
     traffic: int  # element-wise bytes per token of the LoRA branches (forward)
 
@@ -154,18 +157,23 @@ def _spec_sums(spec: ModelSpec) -> _SpecSums:
     hit = _SPEC_CACHE.get(id(spec))
     if hit is not None and hit[0] is spec:
         return hit[1]
-    flops = 0.0
+    flops = expert = 0.0
+    share = 1.0
     params = quant = modules = 0
     for layer in spec.layers:
         for m in layer:
-            n = m.active if getattr(m, "kind", "linear") == "expert" else m.count
+            is_expert = getattr(m, "kind", "linear") == "expert"
+            n = m.active if is_expert else m.count
             flops += 2.0 * m.in_features * m.out_features * n
+            if is_expert:
+                expert += 2.0 * m.in_features * m.out_features * n
+                share = m.active / m.count
             p = m.in_features * m.out_features * m.count
             params += p
             if not hasattr(m, "quantizable") or m.quantizable():
                 quant += p
             modules += 1
-    sums = _SpecSums(flops, params, quant, modules)
+    sums = _SpecSums(flops, params, quant, modules, expert, share)
     if len(_SPEC_CACHE) > 256:
         _SPEC_CACHE.clear()
     _SPEC_CACHE[id(spec)] = (spec, sums)
@@ -174,19 +182,23 @@ def _spec_sums(spec: ModelSpec) -> _SpecSums:
 
 def _target_sums(spec: ModelSpec, setup: TrainSetup) -> _TargetSums:
     if setup.method == "full":
-        return _TargetSums(0, 0, 0)
+        return _TargetSums(0, 0, 0, 0)
     key = (id(spec), setup.lora_targets)
     hit = _TARGET_CACHE.get(key)
     if hit is not None and hit[0] is spec:
         return hit[1]
-    in_out = modules = traffic = 0
+    per_rank = in_out = modules = traffic = 0
     for layer in _targets(spec, setup):
         for m in layer:
-            in_out += (m.in_features + m.out_features) * m.count
+            factor = getattr(m, "lora_rank_factor", 1)
+            # a token passes through `active` routed experts, through every other instance
+            n = m.active if getattr(m, "kind", "linear") == "expert" else m.count
+            per_rank += factor * (m.in_features + m.out_features) * m.count
+            in_out += factor * (m.in_features + m.out_features) * n
             modules += 1
             # peft LoRA: dropout on an fp32 copy of the input, A/B outputs, scaled add
-            traffic += (3 * 4 * m.in_features + 2 * 2 * m.out_features) * m.count
-    sums = _TargetSums(in_out, modules, traffic)
+            traffic += (3 * 4 * m.in_features + 2 * 2 * m.out_features) * n
+    sums = _TargetSums(per_rank, in_out, modules, traffic)
     if len(_TARGET_CACHE) > 1024:
         _TARGET_CACHE.clear()
     _TARGET_CACHE[key] = (spec, sums)
@@ -275,7 +287,14 @@ def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Through
                                          + (1 if setup.grad_checkpointing else 0))
     mm_flops = fl.total() - attn_flops
     weight_bytes = (frozen_linear_params + head_params) * 2 * passes
-    t_mm = max(mm_flops * tokens / (peak * e_mm), weight_bytes / (bw * E_BW))
+    # Routed experts (transformers' grouped_mm experts) multiply only the tokens routed to
+    # each expert: their GEMMs see tokens x k / E rows and run at that size's efficiency.
+    inv_e = 1.0 / e_mm
+    if sums.expert_flops:
+        g = sums.expert_flops / (sums.linear_flops + 2.0 * spec.vocab_size * spec.hidden_size)
+        e_expert = gemm_efficiency(max(1, int(tokens * sums.expert_token_share)))
+        inv_e = (1.0 - g) / e_mm + g / e_expert
+    t_mm = max(mm_flops * tokens * inv_e / peak, weight_bytes / (bw * E_BW))
     t_attn = attn_flops * tokens / (peak * e_mm)
 
     # Element-wise traffic of the decoder layers (forward, backward, recompute).
@@ -317,10 +336,11 @@ def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Through
 
 
 def trainable_parameters(spec: ModelSpec, setup: TrainSetup) -> int:
-    """Trainable parameters: all of them (full) or the LoRA A and B matrices (r x (in + out))."""
+    """Trainable parameters: all of them (full) or the LoRA A and B matrices: r x (in + out)
+    per adapted instance (x `lora_rank_factor` for fused expert tensors, as peft does)."""
     if setup.method == "full":
         return spec.parameter_count()
-    return setup.lora_rank * _target_sums(spec, setup).in_out
+    return setup.lora_rank * _target_sums(spec, setup).params_per_rank
 
 
 def training_seconds(tokens_per_second: float | None, dataset_tokens: int, epochs: float = 1.0) -> float | None:

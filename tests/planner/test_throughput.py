@@ -184,3 +184,23 @@ def test_hf_stack_is_not_predicted_faster_than_compiled_torchtune():
     for method, published in (("full", 1650), ("lora", 3083), ("qlora", 2413)):
         s = TrainSetup(method=method, lora_rank=8, micro_batch=2, seq_len=2048, grad_checkpointing=True)
         assert tps(spec, s, "rtx-4090") < 1.1 * published, method
+
+
+def test_moe_adapters_count_like_peft_and_tokens_see_only_routed_experts():
+    from planner.spec import resolve_lora_targets
+
+    spec = load_spec("qwen3-30b-a3b")
+    s = TrainSetup(lora_rank=16)
+    expected = sum(m.lora_params(16) for layer in resolve_lora_targets(spec, "all-linear") for m in layer)
+    assert trainable_parameters(spec, s) == expected
+    # adapter FLOPs per token follow the k routed experts, not all E of them
+    f = flops_per_token(spec, s)
+    dense_equivalent = 2 * 16 * sum(getattr(m, "lora_rank_factor", 1) * (m.in_features + m.out_features) * m.count
+                                    for layer in resolve_lora_targets(spec, "all-linear") for m in layer)
+    assert f.forward - f.attention_forward < dense_equivalent
+
+
+def test_routed_expert_gemms_are_small_and_less_efficient():
+    moe, dense = load_spec("qwen3-30b-a3b"), load_spec("qwen3-8b")
+    s = TrainSetup(micro_batch=2, grad_checkpointing=False)
+    assert estimate_throughput(moe, s, get_gpu("h100")).mfu < estimate_throughput(dense, s, get_gpu("h100")).mfu
