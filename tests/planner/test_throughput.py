@@ -195,9 +195,12 @@ def test_moe_adapters_count_like_peft_and_tokens_see_only_routed_experts():
     assert trainable_parameters(spec, s) == expected
     # adapter FLOPs per token follow the k routed experts, not all E of them
     f = flops_per_token(spec, s)
-    dense_equivalent = 2 * 16 * sum(getattr(m, "lora_rank_factor", 1) * (m.in_features + m.out_features) * m.count
-                                    for layer in resolve_lora_targets(spec, "all-linear") for m in layer)
-    assert f.forward - f.attention_forward < dense_equivalent
+    adapters = f.forward - f.attention_forward - _matmul_params(spec) * 2
+    per_token = 2 * 16 * sum(getattr(m, "lora_rank_factor", 1) * (m.in_features + m.out_features)
+                             * (m.active if m.kind == "expert" else m.count)
+                             for layer in resolve_lora_targets(spec, "all-linear") for m in layer)
+    assert adapters == pytest.approx(per_token, rel=1e-9)
+    assert per_token < 2 * 16 * expected / 16 / 4  # far below "every expert's adapter"
 
 
 def test_routed_expert_gemms_are_small_and_less_efficient():
