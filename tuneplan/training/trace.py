@@ -52,6 +52,7 @@ PHASES = ("other", "forward", "loss", "backward", "clip", "optimizer")
 class _Entry:
     nbytes: int
     category: str
+    op: str = ""
 
 
 class LiveTensorTracker(TorchDispatchMode):
@@ -71,6 +72,8 @@ class LiveTensorTracker(TorchDispatchMode):
         self.peak_where: tuple[int, str] = (0, "other")
         self.phase_peaks: dict[tuple[int, str], tuple[int, dict[str, int]]] = {}
         self.marks: dict[str, dict[str, int]] = {}
+        self.mark_ops: dict[str, dict[str, dict[str, int]]] = {}
+        self._op = ""
 
     # -- storage bookkeeping -----------------------------------------------------------
     def _freed(self, key: int, _ref=None) -> None:
@@ -103,7 +106,7 @@ class LiveTensorTracker(TorchDispatchMode):
                 self.by_cat[category] = self.by_cat.get(category, 0) + e.nbytes
             return
         cat = category or self.phase
-        self.live[key] = _Entry(nbytes, cat)
+        self.live[key] = _Entry(nbytes, cat, self._op)
         self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
         self.current += nbytes
         self.by_cat[cat] = self.by_cat.get(cat, 0) + nbytes
@@ -124,12 +127,20 @@ class LiveTensorTracker(TorchDispatchMode):
         self._check_peak()
 
     def mark(self, name: str) -> None:
-        """Remember the breakdown now under `name` (e.g. `step2.forward_end`)."""
+        """Remember the breakdown now under `name` (e.g. `step2.forward_end`), and for the
+        non-static categories the bytes by the op that created them (top 12 each)."""
         self.marks[name] = {"total": self.current, **{k: v for k, v in self.by_cat.items() if v}}
+        ops: dict[str, dict[str, int]] = {}
+        for e in self.live.values():
+            if e.category not in STATIC:
+                d = ops.setdefault(e.category, {})
+                d[e.op] = d.get(e.op, 0) + e.nbytes
+        self.mark_ops[name] = {c: dict(sorted(d.items(), key=lambda kv: -kv[1])[:12]) for c, d in ops.items()}
 
     # -- dispatch ---------------------------------------------------------------------
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
+        self._op = func.__name__
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.track(t)
@@ -189,6 +200,8 @@ class TraceResult:
     """`step<N>.<phase>` -> breakdown at that phase's peak, with `total`."""
     marks: dict[str, dict[str, int]]
     """Named moments (`step2.forward_end`, `step2.backward_end`, ...) -> breakdown."""
+    mark_ops: dict[str, dict[str, dict[str, int]]] = dataclasses.field(default_factory=dict)
+    """Named moment -> category -> creating op (e.g. `mm.default`) -> live bytes (top 12)."""
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What was traced: setup, config, device, library versions."""
 
@@ -210,6 +223,7 @@ def _result(tr: LiveTensorTracker, meta: dict) -> TraceResult:
         static=static,
         phases=phases,
         marks=tr.marks,
+        mark_ops=tr.mark_ops,
         meta=meta,
     )
 
