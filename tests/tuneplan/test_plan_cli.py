@@ -194,6 +194,22 @@ def test_bf16_on_a_card_without_it_falls_back_to_fp16(capsys):
     assert "float16" in err and "bfloat16" in err
 
 
+def test_dataset_file_sets_sequence_length_and_tokens(capsys, tmp_path):
+    rows = [{"messages": [{"role": "user", "content": "word " * n}, {"role": "assistant", "content": "ok " * 20}]}
+            for n in [40] * 90 + [3000] * 10]
+    data = tmp_path / "train.jsonl"
+    data.write_text("\n".join(json.dumps(r) for r in rows))
+    code, out, _ = run(capsys, "--model", "qwen2.5-0.5b", "--gpu", "4090", "--dataset", str(data), "--json")
+    assert code == 0
+    plan = json.loads(out)
+    seq = plan["config"]["seq_len"]
+    assert seq % 128 == 0 and seq >= 750  # p99 covers the long examples (~4 chars per token offline)
+    assert plan["time"]["dataset_tokens_assumed"] is False and plan["time"]["dataset_tokens"] > 10_000
+    assert any("train.jsonl" in n for n in plan["notes"])
+    code, _, err = run(capsys, "--model", "qwen2.5-0.5b", "--gpu", "4090", "--dataset", str(data), "--dataset-tokens", "5")
+    assert code == 2 and "--dataset" in err
+
+
 # -- without --gpu / --vram: NVML ------------------------------------------------------------------
 def test_no_gpu_and_no_target_asks_for_one(capsys, nvml):
     nvml([], fail=True)

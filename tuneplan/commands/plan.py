@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dtype", default=AUTO, metavar="auto|bf16|fp16", help="compute dtype (default: bf16 where supported)")
     a("--quant-type", metavar="nf4|fp4", help="QLoRA 4-bit format (default nf4)")
     a("--double-quant", metavar="on|off", help="QLoRA double quantization (default on)")
+    a("--dataset", metavar="PATH|ID", help="a .jsonl/.json/.csv/.parquet file or Hub dataset id: measures example "
+      "lengths (sequence length = p99) and tokens per epoch (time, cost)")
     a("--dataset-tokens", metavar="N", help="tokens in one epoch of your dataset, for time and cost (default 10M)")
     a("--p99-len", metavar="N", help="99th-percentile example length in tokens (sets the default sequence length)")
     a("--epochs", metavar="X", help="epochs (default 1)")
@@ -52,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--safety-margin", metavar="X", help="fraction of usable memory kept free (default 0.08)")
     a("--price", metavar="USD", help="price per GPU-hour for the cost (default: catalog price)")
     a("--json", action="store_true", help="print one JSON object instead of the table")
+    a("--preset", metavar="NAME", help="re-fit a preset to --gpu/--vram or this machine (see `tuneplan presets`)")
 
 
 # -- argument conversion (one-line UserErrors) -------------------------------------------------
@@ -155,6 +158,8 @@ def build_request(args: argparse.Namespace):
     tokens = _int(args.dataset_tokens, "--dataset-tokens")
     p99 = _int(args.p99_len, "--p99-len")
     dataset = DatasetStats(total_tokens=tokens, p99_tokens=p99) if (tokens or p99) else None
+    if args.dataset is not None and dataset is not None:
+        raise UserError("--dataset measures lengths and tokens itself: drop --dataset-tokens/--p99-len, or --dataset")
     margin = _float(args.safety_margin, "--safety-margin", allow_zero=True)
     gpu_index = None
     if args.gpu_index is not None:
@@ -168,7 +173,7 @@ def build_request(args: argparse.Namespace):
         raise UserError("--gpu is empty: name a card such as rtx-4090 or a100-80gb")
     return PlanRequest(
         model=args.model, gpu=args.gpu, vram_bytes=parse_size(args.vram) if args.vram is not None else None,
-        gpu_index=gpu_index, method=method, fixed=fixed,
+        gpu_index=gpu_index, method=method, fixed=fixed, dataset_source=args.dataset,
         effective_batch=_int(args.effective_batch, "--effective-batch"),
         epochs=_float(args.epochs, "--epochs") or 1.0, dataset=dataset, prefer_accuracy=args.prefer_accuracy,
         safety_margin=DEFAULT_SAFETY_MARGIN if margin is None else margin,
@@ -178,6 +183,10 @@ def build_request(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
+    if getattr(args, "preset", None):  # presets issue: the re-fit lives in tuneplan.commands.presets
+        from tuneplan.commands.presets import plan_with_preset
+
+        return plan_with_preset(args)
     from tuneplan.errors import EXIT_DOES_NOT_FIT, EXIT_OK
     from tuneplan.services.planning import plan
 
@@ -228,6 +237,8 @@ def _bar(n: float, capacity: float, width: int = BAR) -> str:
 def _duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
     if seconds < 72 * 3600:
@@ -251,7 +262,8 @@ def _knob_rows(outcome) -> list[tuple[str, str, str]]:
                      "you" if fixed & set(("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")) else "default"))
     rows += [
         ("sequence length", str(s.seq_len), "you" if "seq_len" in fixed else
-         ("dataset" if outcome.request.dataset and outcome.request.dataset.p99_tokens else "default")),
+         ("dataset" if (outcome.request.dataset and outcome.request.dataset.p99_tokens)
+          or outcome.request.dataset_source else "default")),
         ("micro-batch", str(s.micro_batch), src("micro_batch")),
         ("grad accumulation", f"{s.grad_accum} (effective batch {s.effective_batch()})", src("grad_accum")),
         ("grad checkpointing", "on" if s.grad_checkpointing else "off", src("grad_checkpointing")),
@@ -311,7 +323,7 @@ def render(outcome) -> str:
         out.append(f"Time      {_duration(r.seconds)} for {r.dataset_tokens / 1e6:,.1f}M tokens x {r.epochs:g} epoch"
                    f"{'s' if r.epochs != 1 else ''}{assumed}")
         if r.cost is not None:
-            out.append(f"Cost      ${r.cost:,.2f} at ${r.price_per_hour:.2f}/GPU-hour "
+            out.append(f"Cost      {'<$0.01' if 0 < r.cost < 0.005 else f'${r.cost:,.2f}'} at ${r.price_per_hour:.2f}/GPU-hour "
                        f"(typical price as of {PRICES_AS_OF}; --price to override)")
     out.append("")
     if r.reasons:

@@ -61,6 +61,9 @@ class PlanRequest:
     """Sequences per optimizer step (None: micro_batch x grad_accum if both fixed, else 16)."""
     epochs: float = 1.0
     dataset: DatasetStats | None = None
+    dataset_source: str | None = None
+    """A local data file or Hub dataset id to measure (when `dataset` is not given): token
+    lengths come from `tuneplan.services.dataset_preview` with the model's tokenizer."""
     prefer_accuracy: bool = False
     safety_margin: float = DEFAULT_SAFETY_MARGIN
     price_per_hour: float | None = None
@@ -258,12 +261,31 @@ def resolve(request: PlanRequest) -> Any:
     return resolve_model(request.model, token=request.token)
 
 
+def dataset_stats(source: str, model: Any) -> tuple[DatasetStats, list[str]]:
+    """Token statistics of a dataset file / Hub dataset, measured with the model's tokenizer
+    where obtainable (else ~4 characters per token, said in the notes)."""
+    from tuneplan.services.dataset_preview import RealHubFiles, preview_dataset
+
+    preview = preview_dataset(source, model_source=model.source, hub=RealHubFiles())
+    t = preview.tokens
+    notes = [f"Dataset {source}: {preview.format} format, token lengths by {t.method}."] + list(preview.notes)
+    total = t.total_tokens
+    if preview.num_examples and t.count and preview.num_examples > t.count:
+        total = int(t.total_tokens * preview.num_examples / t.count)  # measured rows scaled to the file
+    return DatasetStats(num_examples=preview.num_examples, total_tokens=total, p50_tokens=t.p50,
+                        p99_tokens=t.p99, max_tokens=t.max), notes
+
+
 def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     """Resolve, validate and solve. Raises UserError for bad input (one line)."""
     model = resolve(request)
     spec = model.spec
     validate(request, spec)
     hardware, notes, detected = resolve_hardware(request, probe)
+    if request.dataset is None and request.dataset_source:
+        stats, data_notes = dataset_stats(request.dataset_source, model)
+        request = replace(request, dataset=stats)
+        notes = notes + data_notes
     fixed = dict(request.fixed)
     effective = request.effective_batch
     if effective is None:
