@@ -90,6 +90,14 @@ def main() -> None:
     print(f"widest search (qwen2.5-72b on h100, full+LoRA+QLoRA, effective batch 64): median "
           f"{statistics.median(runs) * 1e3:.1f} ms ({r.evaluated} estimates)")
 
+    from planner.throughput import CALIBRATION
+
+    print("throughput calibration (predicted vs published tokens/s per GPU):")
+    for point in CALIBRATION:
+        t = estimate_throughput(load_spec(point.model), point.setup, get_gpu(point.gpu)).tokens_per_second
+        print(f"  {point.row:<9} {point.model:<11} {point.gpu:<10} {point.setup.method:<6} {point.setup.attn:<6} "
+              f"{t:7.0f} vs {point.tokens_per_second:7.0f}  {t / point.tokens_per_second - 1:+.0%}")
+
 
 if __name__ == "__main__":
     main()
