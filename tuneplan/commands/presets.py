@@ -1,15 +1,204 @@
-"""`tuneplan presets`: not built yet (see the project's issues)."""
+"""`tuneplan presets`: list, show, save and delete presets.
+
+    tuneplan presets list                       every preset on the search path, and where from
+    tuneplan presets show NAME                  its file, where it lives, its evidence
+    tuneplan presets save NAME --from RUN       a finished run's configuration + what it measured
+    tuneplan presets delete NAME [--yes]        project or user presets (asks first)
+
+Search order (first match wins): ./presets/, the user folder ($TUNEPLAN_PRESETS_DIR or the
+platform's user config folder + /presets), the presets shipped with tuneplan. Loading one
+(`tuneplan plan --preset NAME`, `tuneplan train --preset NAME`) re-fits it to the hardware.
+No torch, no textual.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    pass
+    sub = parser.add_subparsers(dest="presets_command", metavar="ACTION")
+    ls = sub.add_parser("list", help="list presets and where each comes from")
+    ls.add_argument("--json", action="store_true", help="one JSON object")
+    show = sub.add_parser("show", help="show a preset's file, origin and evidence")
+    show.add_argument("name", help="preset name or .toml path")
+    save = sub.add_parser("save", help="save a finished run as a preset")
+    save.add_argument("name", help="preset name: letters, digits, '.', '_', '-'")
+    save.add_argument("--from", dest="run", required=True, metavar="RUN", help="run name or run folder")
+    save.add_argument("--description", help="one line saying what it is for")
+    save.add_argument("--project", action="store_true", help="save into ./presets/ instead of the user folder")
+    save.add_argument("--force", action="store_true", help="replace an existing preset of that name")
+    save.add_argument("--runs-dir", help="runs root (default: $TUNEPLAN_RUNS_DIR or the user data folder)")
+    delete = sub.add_parser("delete", help="delete a project or user preset")
+    delete.add_argument("name")
+    delete.add_argument("--yes", "-y", action="store_true", help="do not ask")
 
 
 def run(args: argparse.Namespace) -> int:
-    print("tuneplan presets: not built yet", file=sys.stderr)
-    return 3
+    action = getattr(args, "presets_command", None) or "list"
+    return {"list": _list, "show": _show, "save": _save, "delete": _delete}[action](args)
+
+
+def _gib(n: int | None) -> str:
+    return "-" if n is None else f"{n / 2**30:.1f} GiB"
+
+
+def _list(args: argparse.Namespace) -> int:
+    from tuneplan.services import presets as P
+
+    entries = P.list_presets()
+    if getattr(args, "json", False):
+        print(json.dumps({
+            "search_path": [{"origin": o, "folder": str(f)} for o, f in P.search_path()],
+            "presets": [{
+                "name": e.name, "origin": e.origin, "path": str(e.path), "error": e.error,
+                "shadowed_by": e.shadowed_by,
+                "description": e.preset.description if e.preset else None,
+                "model": e.preset.config.model.source if e.preset else None,
+                "method": e.preset.config.setup.method if e.preset else None,
+                "gpu": e.preset.constraints.gpu if e.preset else None,
+                "evidence": e.preset.evidence is not None if e.preset else False,
+            } for e in entries]}, indent=2))
+        return 0
+    print("Search order (first match wins):")
+    for i, (origin, folder) in enumerate(P.search_path(), 1):
+        state = "" if folder.is_dir() else "  (does not exist)"
+        print(f"  {i}. {origin:<8} {folder}{state}")
+    print()
+    if not entries:
+        print("No presets found.")
+        return 0
+    rows = [("NAME", "FROM", "MODEL", "METHOD", "MADE FOR", "DESCRIPTION")]
+    for e in entries:
+        p = e.preset
+        origin = e.origin + (f" (hidden by {e.shadowed_by})" if e.shadowed_by else "")
+        if p is None:
+            rows.append((e.name, origin, "-", "-", "-", f"INVALID: {e.error}"))
+            continue
+        made = p.constraints.gpu or p.constraints.vram or "-"
+        measured = " [measured]" if p.evidence is not None else ""
+        rows.append((e.name, origin, p.config.model.source, p.config.setup.method, made, p.description + measured))
+    widths = [max(len(r[i]) for r in rows) for i in range(5)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
+    print("\nUse one: tuneplan plan --preset NAME [--gpu CARD | --vram SIZE]   "
+          "tuneplan train --preset NAME")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    from tuneplan.services import presets as P
+
+    preset = P.find_preset(args.name)
+    print(f"# preset {preset.name}: {preset.origin}, {preset.path}")
+    shadowed = [e for e in P.list_presets() if e.name == preset.name and e.path != preset.path]
+    for e in shadowed:
+        print(f"# (also found, hidden by this one: {e.origin}, {e.path})")
+    ev = preset.evidence
+    if ev is not None:
+        bits = [f"run {ev.run}" if ev.run else None, f"on {ev.gpu_name}" if ev.gpu_name else None,
+                f"peak {_gib(ev.peak_memory_bytes)}" if ev.peak_memory_bytes else None,
+                f"{ev.tokens_per_second:,.0f} tokens/s" if ev.tokens_per_second else None,
+                f"final loss {ev.final_loss:.4f}" if ev.final_loss is not None else None]
+        print("# measured: " + ", ".join(b for b in bits if b))
+    print()
+    print(preset.path.read_text(encoding="utf-8").rstrip() if preset.path else "")
+    return 0
+
+
+def _save(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from tuneplan.services import paths
+    from tuneplan.services import presets as P
+
+    root = paths.runs_root(args.runs_dir)
+    run_dir = paths.resolve_run(args.run, root)
+    folder = P.project_dir() if args.project else P.user_dir()
+    others = [e for e in P.list_presets() if e.name == args.name and e.path.parent.resolve() != folder.resolve()]
+    path = P.save_from_run(args.name, Path(run_dir), description=args.description, force=args.force, folder=folder)
+    print(f"saved preset {args.name}: {path}")
+    order = [o for o, _ in P.search_path()]
+    mine = "project" if args.project else "user"
+    for e in others:
+        if e.origin in order and mine in order:
+            where = "hides" if order.index(e.origin) > order.index(mine) else "is hidden by"
+            print(f"  note: it {where} the {e.origin} preset of the same name ({e.path})", file=sys.stderr)
+    print(f"  use it: tuneplan plan --preset {args.name}   tuneplan train --preset {args.name}")
+    return 0
+
+
+def _delete(args: argparse.Namespace) -> int:
+    from tuneplan.errors import UserError
+    from tuneplan.services import presets as P
+
+    preset = P.find_preset(args.name)
+    if preset.origin == "shipped":
+        raise UserError(f"preset {preset.name} is shipped with tuneplan and cannot be deleted; save your own "
+                        "under the same name to hide it")
+    if not args.yes:
+        if not sys.stdin.isatty():
+            raise UserError(f"deleting preset {preset.name} ({preset.path}) needs confirmation: add --yes")
+        answer = input(f"Delete preset {preset.name} ({preset.origin}: {preset.path})? [y/N] ").strip().lower()
+        if answer not in ("y", "yes"):
+            print("kept it")
+            return 0
+    path = P.delete_preset(args.name)
+    print(f"deleted preset {preset.name}: {path}")
+    return 0
+
+
+# -- `tuneplan plan --preset NAME` -------------------------------------------------------------
+KNOB_FLAGS = ("method", "seq_len", "batch", "grad_accum", "effective_batch", "lora_r", "lora_alpha", "lora_dropout",
+              "lora_targets", "grad_checkpointing", "optimizer", "attn", "fused_ce", "dtype", "quant_type",
+              "double_quant", "min_seq_len", "max_seq_len", "model", "prefer_accuracy")
+
+
+def plan_with_preset(args: argparse.Namespace) -> int:
+    """`tuneplan plan --preset NAME [--gpu CARD | --vram SIZE] [--json]`: the re-fit, then the plan."""
+    from tuneplan.commands.plan import render
+    from tuneplan.errors import EXIT_DOES_NOT_FIT, EXIT_OK, UserError
+    from tuneplan.services import presets as P
+    from tuneplan.services.planning import parse_size
+
+    given = [k for k in KNOB_FLAGS if getattr(args, k, None) not in (None, False, "auto")]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UserError(f"{flags} cannot be combined with --preset: the preset sets them (copy and edit it, "
+                        "or plan without --preset)")
+    preset = P.find_preset(args.preset)
+    gpu_index = None
+    if getattr(args, "gpu_index", None) is not None:
+        try:
+            gpu_index = int(args.gpu_index)
+        except ValueError:
+            raise UserError(f"--gpu-index must be a whole number (got {args.gpu_index!r})") from None
+    margin = None
+    if getattr(args, "safety_margin", None) is not None:
+        try:
+            margin = float(args.safety_margin)
+        except ValueError:
+            raise UserError(f"--safety-margin must be a number (got {args.safety_margin!r})") from None
+    fit = P.refit(preset, gpu=args.gpu, vram_bytes=parse_size(args.vram) if args.vram else None,
+                  gpu_index=gpu_index, safety_margin=margin)
+    if args.json:
+        out = fit.outcome.to_dict()
+        out["preset"] = {
+            "name": preset.name, "origin": preset.origin, "path": str(preset.path) if preset.path else None,
+            "fits": fit.fits, "changes": {k: [a if not isinstance(a, tuple) else list(a),
+                                              b if not isinstance(b, tuple) else list(b)] for k, a, b in fit.changes},
+            "reasons": list(fit.reasons), "notes": list(fit.notes),
+        }
+        print(json.dumps(out, indent=2))
+    else:
+        print("\n".join(fit.summary_lines(skip_notes=fit.outcome.notes)))
+        print()
+        print(render(fit.outcome))
+    if not fit.fits:
+        print(f"tuneplan plan: preset {preset.name} does not fit here", file=sys.stderr)
+        return EXIT_DOES_NOT_FIT
+    print(f"tuneplan plan: preset {preset.name}: {fit.change_text()}; train it with: "
+          f"tuneplan train --preset {preset.name}", file=sys.stderr)
+    return EXIT_OK
