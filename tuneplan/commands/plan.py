@@ -315,7 +315,7 @@ def render(outcome) -> str:
     t = c.throughput
     if t.tokens_per_second:
         out.append(f"Speed     {t.tokens_per_second:,.0f} tokens/s ({t.optimizer_step_seconds:.2f} s per optimizer step, "
-                   f"MFU {t.mfu:.0%}, {t.bound}-bound)")
+                   f"MFU {t.mfu:.0%}, {t.bound}-bound)" + ("" if r.fits else "; if it fitted"))
     else:
         out.append("Speed     unknown (give --gpu NAME for the card's speed)")
     if r.fits:
