@@ -22,13 +22,21 @@ Entry points
   real module names (`spec.lora_module_names()`).
 
 Mixture-of-experts models (mixtral, qwen3_moe) in transformers 5.x store the experts as two
-fused 3-D `nn.Parameter`s per layer (`mlp.experts.gate_up_proj` of shape
-`(E, 2*I, H)` and `mlp.experts.down_proj` of shape `(E, H, I)`; see
-`transformers/models/mixtral/modeling_mixtral.py` `MixtralExperts`) and the router as a
-plain parameter (`mlp.gate.weight`, `(E, H)`, module `*TopKRouter`). None of these is an
-`nn.Linear`, so peft's `all-linear` does not adapt them and bitsandbytes does not quantize
-them (they stay in the compute dtype under QLoRA). They appear in `ModelSpec.layers` with
-`kind="expert"` / `kind="router"` and `lora_targetable=False`.
+fused 3-D `nn.Parameter`s per layer (`mlp.experts.gate_up_proj` of shape `(E, 2*I, H)` and
+`mlp.experts.down_proj` of shape `(E, H, I)`; `transformers/models/mixtral/modeling_mixtral.py`
+`MixtralExperts`) and the router as a plain parameter (`mlp.gate.weight`, `(E, H)`, module
+`*TopKRouter`). None is an `nn.Linear`: bitsandbytes never quantizes them (they stay in the
+compute dtype under QLoRA; `LinearShape.quantizable()` is False). peft 0.21 nevertheless adapts
+them: for these model types `get_peft_model` first rewrites the LoRA config
+(`peft/utils/transformers_weight_conversion.py` `_convert_peft_config_moe`), mapping the
+transformers-4 module names (`all-linear`, or mixtral's `w1`/`w3`/`w2`/`gate`, qwen3_moe's
+`gate_proj`/`up_proj`/`down_proj`/`gate`) to `target_parameters` on the fused tensors, with
+rank and alpha doubled on `gate_up_proj` (two fused matrices). Each such `LinearShape` lists
+the names that select it in `lora_aliases` and the rank multiplier in `lora_rank_factor`; a
+LoRA on `count` experts holds `count * rank * (in + out)` parameters, exactly as `count`
+separate adapters would. The same rewrite strips those names from `target_modules`, so the
+dense MLP of a qwen3_moe `mlp_only_layers` layer is never adapted (`lora_targetable=False`).
+`tests/planner/test_spec_exact.py` checks all of this against real `get_peft_model` calls.
 
 Gemma 3 multimodal configs (`model_type: gemma3`, the 4B-27B checkpoints) describe the
 language model from their `text_config`. `AutoModelForCausalLM` loads these checkpoints as
@@ -40,7 +48,7 @@ tokens. peft's `all-linear` also adapts its linears (`resolve_vision_lora_target
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable, Mapping
 
 
@@ -85,10 +93,27 @@ class LinearShape:
     path: str = ""
     """Dotted path inside the decoder layer, e.g. `self_attn.q_proj`, `mlp.experts.gate_up_proj`."""
     kind: str = LINEAR
-    """`linear` (an `nn.Linear`: LoRA-targetable, quantized by bitsandbytes under QLoRA),
-    `expert` (one fused 3-D `nn.Parameter` holding `count` experts' matrices: not an
-    `nn.Linear`, never quantized by bitsandbytes) or `router` (the MoE router's weight
-    matrix, a plain parameter: never adapted or quantized)."""
+    """`linear` (an `nn.Linear`: quantized by bitsandbytes under QLoRA), `expert` (one fused
+    3-D `nn.Parameter` holding `count` experts' matrices) or `router` (the MoE router's
+    weight matrix, a plain parameter). Experts and routers are never quantized; peft adapts
+    them through `target_parameters` (see the module docstring)."""
+    lora_aliases: tuple[str, ...] = ()
+    """Names in a LoRA target list that select this module when they differ from `name`
+    (MoE parameters: peft's transformers-4 names, e.g. `("w1", "w3")` for mixtral's fused
+    `experts.gate_up_proj`). All of them must be targeted together."""
+    lora_rank_factor: int = 1
+    """peft adapts this module with `rank * lora_rank_factor` (and alpha times the same):
+    2 for a fused `gate_up_proj` of experts (peft `rank_pattern`), 1 otherwise."""
+
+    def target_names(self) -> tuple[str, ...]:
+        """The names a LoRA target list uses to select this module."""
+        return self.lora_aliases or (self.name,)
+
+    def lora_params(self, rank: int) -> int:
+        """Parameters of the LoRA adapter on all `count` instances at `rank`
+        (A: `rank' x in`, B: `out x rank'` per instance, `rank' = rank * lora_rank_factor`)."""
+        r = rank * self.lora_rank_factor
+        return self.count * r * (self.in_features + self.out_features)
 
     def weight_params(self) -> int:
         """Weight (and bias) parameters of all instances in one layer."""
@@ -197,7 +222,8 @@ class ModelSpec:
         for layer in self.layers:
             for m in layer:
                 if m.lora_targetable:
-                    seen.setdefault(m.name, None)
+                    for n in m.target_names():
+                        seen.setdefault(n, None)
         return tuple(seen)
 
     def attention_module_names(self) -> tuple[str, ...]:
@@ -242,22 +268,33 @@ def resolve_lora_targets(spec: ModelSpec, targets: str | Iterable[str]) -> tuple
         return tuple(tuple(m for m in layer if m.lora_targetable and m.name in _ATTENTION_NAMES) for layer in spec.layers)
 
     def matches(target: str, m: LinearShape) -> bool:
+        if m.lora_aliases:  # peft `_convert_peft_config_moe`: `target == old or target.endswith("." + old)`
+            return any(target == a or target.endswith("." + a) for a in m.lora_aliases)
         full = m.path or m.name
         return full == target or full.endswith("." + target) or m.name == target
 
-    unknown = []
-    for t in items:
-        if not any(m.lora_targetable and matches(t, m) for layer in spec.layers for m in layer):
-            unknown.append(t)
+    unknown = [t for t in items if not any(m.lora_targetable and matches(t, m) for layer in spec.layers for m in layer)]
     if unknown:
         hint = ""
-        not_targetable = sorted({m.name for layer in spec.layers for m in layer if not m.lora_targetable and any(matches(t, m) for t in unknown)})
-        if not_targetable:
-            hint = f" ({', '.join(not_targetable)}: MoE router/expert parameters, not nn.Linear modules, cannot take a LoRA adapter)"
+        fused = sorted({m.name for layer in spec.layers for m in layer if m.kind != LINEAR and any(
+            t == m.name or m.path.endswith("." + t) or t == m.name.split(".")[-1] for t in unknown)})
+        if fused:
+            hint = (f" ({', '.join(fused)}: MoE parameters, not nn.Linear modules; target them by "
+                    f"peft's names: {', '.join(n for n in spec.lora_module_names() if n not in _ATTENTION_NAMES)})")
         raise ValueError(
             f"unknown LoRA target module(s) {', '.join(unknown)} for {spec.name} ({spec.model_type}){hint}; "
-            f"its linear modules are: {', '.join(spec.lora_module_names())} (or use all-linear / attention)"
+            f"its targets are: {', '.join(spec.lora_module_names())} (or use all-linear / attention)"
         )
+    for layer in spec.layers:
+        for m in layer:
+            if m.lora_targetable and len(m.lora_aliases) > 1:
+                hit = [a for a in m.lora_aliases if any(t == a or t.endswith("." + a) for t in items)]
+                if hit and len(hit) < len(m.lora_aliases):
+                    missing = [a for a in m.lora_aliases if a not in hit]
+                    raise ValueError(
+                        f"LoRA target {', '.join(hit)} needs {', '.join(missing)} too: transformers fuses them "
+                        f"into {m.name} of {spec.name}, so peft adapts them together"
+                    )
     return tuple(tuple(m for m in layer if m.lora_targetable and any(matches(t, m) for t in items)) for layer in spec.layers)
 
 
@@ -394,15 +431,24 @@ def _dense_mlp(cfg_hidden: int, inter: int, bias: bool = False, fused: bool = Fa
     ]
 
 
-def _moe_mlp(hidden: int, expert_inter: int, experts: int, top_k: int) -> list[LinearShape]:
+# peft 0.21 `_MOE_TARGET_MODULE_MAPPING` (transformers-4 names -> fused transformers-5 tensors)
+_MOE_ALIASES = {
+    "mixtral": {"gate": ("gate",), "gate_up_proj": ("w1", "w3"), "down_proj": ("w2",)},
+    "qwen3_moe": {"gate": ("gate",), "gate_up_proj": ("gate_proj", "up_proj"), "down_proj": ("down_proj",)},
+}
+
+
+def _moe_mlp(family: str, hidden: int, expert_inter: int, experts: int, top_k: int) -> list[LinearShape]:
     # transformers 5.x `MixtralExperts` / `Qwen3MoeExperts`: gate_up_proj (E, 2I, H),
     # down_proj (E, H, I) as nn.Parameter; router `*TopKRouter.weight` (E, H), no bias.
+    aliases = _MOE_ALIASES[family]
     return [
-        LinearShape("gate", hidden, experts, False, lora_targetable=False, path="mlp.gate", kind=ROUTER),
+        LinearShape("gate", hidden, experts, False, path="mlp.gate", kind=ROUTER, lora_aliases=aliases["gate"]),
         LinearShape("experts.gate_up_proj", hidden, 2 * expert_inter, False, count=experts, active=top_k,
-                    lora_targetable=False, path="mlp.experts.gate_up_proj", kind=EXPERT),
+                    path="mlp.experts.gate_up_proj", kind=EXPERT, lora_aliases=aliases["gate_up_proj"],
+                    lora_rank_factor=len(aliases["gate_up_proj"])),
         LinearShape("experts.down_proj", expert_inter, hidden, False, count=experts, active=top_k,
-                    lora_targetable=False, path="mlp.experts.down_proj", kind=EXPERT),
+                    path="mlp.experts.down_proj", kind=EXPERT, lora_aliases=aliases["down_proj"]),
     ]
 
 
@@ -413,6 +459,35 @@ def _freeze(value: object) -> object:
     if isinstance(value, (list, tuple)):
         return tuple(_freeze(v) for v in value)
     return value
+
+
+# transformers 5.x `default_theta` where a config.json may omit rope_theta (mixtral:
+# MixtralConfig.default_theta; gemma3: Gemma3TextConfig.default_theta["global"]; the others
+# use `PreTrainedConfig`'s 10_000).
+_DEFAULT_THETA = {"mixtral": 1_000_000.0, "gemma3_text": 1_000_000.0}
+
+
+def _rope_facts(config: Mapping[str, object], family: str) -> list[tuple[str, object]]:
+    """`rope_theta` and a non-default rope scaling, from either spelling: the classic
+    top-level `rope_theta` + `rope_scaling`, or transformers 5's `rope_parameters` (per
+    attention type for gemma3: the full-attention one is reported)."""
+    theta = config.get("rope_theta", _DEFAULT_THETA.get(family, 10_000.0))
+    scaling = config.get("rope_scaling")
+    params = config.get("rope_parameters")
+    if isinstance(params, Mapping):
+        full = params.get("full_attention")
+        if isinstance(full, Mapping):
+            params = full
+        theta = params.get("rope_theta", theta)
+        scaling = params
+    facts: list[tuple[str, object]] = []
+    if isinstance(theta, (int, float)) and not isinstance(theta, bool):
+        facts.append(("rope_theta", float(theta)))
+    if isinstance(scaling, Mapping):
+        kind = scaling.get("rope_type") or scaling.get("type")
+        if kind and kind != "default":
+            facts.append(("rope_scaling", _freeze({k: v for k, v in scaling.items() if k != "rope_theta"})))
+    return facts
 
 
 def _dtype_of(config: Mapping[str, object], fallback: Mapping[str, object] | None = None) -> str:
@@ -504,15 +579,17 @@ def spec_from_config(config: Mapping[str, object], name: str) -> ModelSpec:
         num_experts = cfg.int("num_local_experts")
         top_k = cfg.int("num_experts_per_tok")
         moe_inter = inter
-        layers = [tuple(attn + _moe_mlp(hidden, inter, num_experts, top_k))] * n_layers
+        layers = [tuple(attn + _moe_mlp(family, hidden, inter, num_experts, top_k))] * n_layers
     elif family == "qwen3_moe":
         num_experts = int(cfg.get("num_experts") or 0)
         top_k = cfg.int("num_experts_per_tok")
         moe_inter = cfg.int("moe_intermediate_size")
         step = int(cfg.get("decoder_sparse_step") or 1)
         mlp_only = set(cfg.get("mlp_only_layers") or [])
-        moe_layer = tuple(attn + _moe_mlp(hidden, moe_inter, num_experts, top_k)) if num_experts else ()
-        dense_layer = tuple(attn + _dense_mlp(hidden, inter))
+        moe_layer = tuple(attn + _moe_mlp(family, hidden, moe_inter, num_experts, top_k)) if num_experts else ()
+        # peft's MoE rewrite moves gate_proj/up_proj/down_proj (and all-linear) onto the
+        # experts' parameters, so the dense MLP of an mlp_only layer is never adapted.
+        dense_layer = tuple(attn + [replace(m, lora_targetable=False) for m in _dense_mlp(hidden, inter)])
         # Qwen3MoeDecoderLayer: sparse when not in mlp_only_layers and (i + 1) % step == 0.
         layers = [
             moe_layer if (i not in mlp_only and num_experts > 0 and (i + 1) % step == 0) else dense_layer
@@ -555,11 +632,7 @@ def spec_from_config(config: Mapping[str, object], name: str) -> ModelSpec:
         sliding = None
 
     extra: list[tuple[str, object]] = []
-    rope = config.get("rope_parameters") or config.get("rope_scaling")
-    if isinstance(rope, Mapping):
-        extra.append(("rope_scaling", _freeze(rope)))
-    if config.get("rope_theta") is not None:
-        extra.append(("rope_theta", config.get("rope_theta")))
+    extra.extend(_rope_facts(config, family))
     if family == "phi3" and config.get("original_max_position_embeddings") is not None:
         extra.append(("original_max_position_embeddings", config.get("original_max_position_embeddings")))
     vision_params, vision_linears = 0, ()

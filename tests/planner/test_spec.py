@@ -63,17 +63,35 @@ def test_unknown_target_names_the_real_modules():
         resolve_lora_targets(spec, " , ")
 
 
-def test_moe_experts_and_router_are_not_lora_targets():
+def test_moe_experts_are_adapted_under_peft_names_and_never_quantized():
     spec = catalog.load_spec("qwen3-30b-a3b")
     assert spec.is_moe() and spec.num_experts == 128 and spec.experts_per_token == 8
-    assert set(spec.lora_module_names()) == {"q_proj", "k_proj", "v_proj", "o_proj"}
-    with pytest.raises(ValueError, match="MoE"):
-        resolve_lora_targets(spec, ["down_proj"])
+    assert spec.lora_module_names() == ("q_proj", "k_proj", "v_proj", "o_proj", "gate", "gate_proj", "up_proj", "down_proj")
     experts = [m for m in spec.layers[0] if m.kind == "expert"]
     assert {m.count for m in experts} == {128} and {m.active for m in experts} == {8}
-    assert not any(m.quantizable() for m in experts)
+    assert not any(m.quantizable() for m in spec.layers[0] if m.kind != "linear")
+    # all-linear adapts the router and both fused expert tensors (gate_up at twice the rank)
+    adapted = {m.name: m for m in resolve_lora_targets(spec, "all-linear")[0]}
+    assert set(adapted) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate", "experts.gate_up_proj", "experts.down_proj"}
+    gate_up = adapted["experts.gate_up_proj"]
+    assert gate_up.lora_rank_factor == 2
+    assert gate_up.lora_params(8) == 128 * 16 * (2048 + 2 * 768)
+    # names that transformers fused must come together, as peft demands
+    with pytest.raises(ValueError, match="needs up_proj"):
+        resolve_lora_targets(spec, ["gate_proj"])
+    assert [m.name for m in resolve_lora_targets(spec, ["down_proj"])[0]] == ["experts.down_proj"]
+    with pytest.raises(ValueError, match="MoE parameters"):
+        resolve_lora_targets(spec, ["gate_up_proj"])
     # one token goes through 8 of 128 experts: ~3B of ~30B parameters
     assert 3.0e9 < spec.active_parameter_count() < 3.6e9 < spec.parameter_count()
+
+
+def test_mixtral_uses_its_transformers_4_names():
+    spec = catalog.load_spec("mixtral-8x7b")
+    assert set(spec.lora_module_names()) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate", "w1", "w3", "w2"}
+    with pytest.raises(ValueError, match="w1"):
+        resolve_lora_targets(spec, ["down_proj"])
+    assert [m.name for m in resolve_lora_targets(spec, ["w1", "w3"])[0]] == ["experts.gate_up_proj"]
 
 
 def test_qwen3_moe_sparse_step_and_mlp_only_layers():
@@ -82,7 +100,8 @@ def test_qwen3_moe_sparse_step_and_mlp_only_layers():
     )
     kinds = [{m.kind for m in layer} for layer in spec.layers]
     assert kinds == [{"linear"}, {"linear", "expert", "router"}, {"linear"}, {"linear"}]
-    assert "gate_proj" in spec.lora_module_names()
+    # peft's MoE rewrite leaves the dense MLPs of the other layers without adapters
+    assert [len(layer) for layer in resolve_lora_targets(spec, "all-linear")] == [4, 7, 4, 4]
 
 
 def test_family_features():

@@ -10,6 +10,8 @@ well under a second.
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 torch = pytest.importorskip("torch")
@@ -103,49 +105,86 @@ def test_catalog_spec_matches_transformers_exactly(entry):
     tied = model.get_output_embeddings().weight is model.get_input_embeddings().weight
     assert spec.tie_word_embeddings == tied
 
-    # LoRA targets: what peft's all-linear really wraps, per decoder layer and in the vision tower
-    prefix = _layer_prefix(model)
-    peft_names = _peft_all_linear(model)
-    for i, shapes in enumerate(resolve_lora_targets(spec, "all-linear")):
-        got = {n[len(f"{prefix}{i}.") :] for n in peft_names if n.startswith(f"{prefix}{i}.")}
-        assert got == {m.path for m in shapes}, f"layer {i}"
-    vision = {n for n in peft_names if "vision" in n}
-    expected_vision = resolve_vision_lora_targets(spec, "all-linear")
-    assert len(vision) == sum(m.count for m in expected_vision)
-    assert {n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1] for n in vision} == {m.path for m in expected_vision}
-    outside = peft_names - vision - {n for n in peft_names if n.startswith(prefix)}
-    assert not outside, f"peft adapts modules the spec does not know: {sorted(outside)[:5]}"
 
 
-@pytest.mark.parametrize("name", ["llama-3.2-1b", "qwen3-30b-a3b", "phi-3-mini", "gemma-3-12b"])
-def test_named_targets_match_peft_matching(name):
-    """`resolve_lora_targets` with a name list selects what peft's name matching selects."""
-    from peft import LoraConfig
-    from peft.tuners.tuners_utils import check_target_module_exists
+def _reduced(config: dict) -> dict:
+    """The same architecture with few layers (LoRA layout does not depend on depth)."""
+    config = json.loads(json.dumps(config))
+    inner = config.get("text_config", config) if config["model_type"] == "gemma3" else config
+    inner["num_hidden_layers"] = min(inner.get("num_hidden_layers", 4), 4)
+    if config["model_type"] == "gemma3":
+        config.setdefault("vision_config", {})["num_hidden_layers"] = 2
+    return config
 
-    spec = catalog.load_spec(name)
-    _, model = _build(dict(catalog.get(name).config))
-    prefix = _layer_prefix(model)
-    for targets in (["q_proj", "v_proj"], ["o_proj", "down_proj"], ["qkv_proj"], ["self_attn.k_proj"]):
-        try:
-            ours = resolve_lora_targets(spec, targets)
-        except ValueError:
-            ours = None
-        cfg = LoraConfig(target_modules=targets, task_type="CAUSAL_LM")
-        peft_hits = {
-            n for n, m in model.named_modules() if isinstance(m, nn.Linear) and check_target_module_exists(cfg, n)
-        }
-        text_hits = {n for n in peft_hits if n.startswith(prefix)}
-        if ours is None:
-            # we refuse a list with a name that matches no language-model linear (peft would
-            # silently skip it when another name matches)
-            lone = [t for t in targets if not any(check_target_module_exists(LoraConfig(target_modules=[t]), n) for n in text_hits)]
-            assert lone, targets
-            continue
-        expected = {f"{prefix}{i}.{m.path}" for i, shapes in enumerate(ours) for m in shapes}
-        assert text_hits == expected, targets
-        vision_hits = peft_hits - text_hits
-        assert len(vision_hits) == sum(m.count for m in resolve_vision_lora_targets(spec, targets)), targets
+
+def _peft_lora(model, targets, rank: int) -> dict[str, list[tuple[tuple[int, ...], tuple[int, ...]]]]:
+    """Run the real `get_peft_model` (adapters on meta) and return, per owning module path,
+    the (lora_A shape, lora_B shape) pairs it created."""
+    from peft import LoraConfig, get_peft_model
+
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, task_type="CAUSAL_LM")
+    peft_model = get_peft_model(model, cfg, low_cpu_mem_usage=True)
+    shapes = dict(peft_model.named_parameters())
+    out: dict[str, list] = {}
+    for name, p in shapes.items():
+        if ".lora_A." in name:
+            owner = name.split(".lora_A.")[0].removeprefix("base_model.model.").replace(".base_layer", "")
+            b = shapes[name.replace(".lora_A.", ".lora_B.")]
+            out.setdefault(owner, []).append((tuple(p.shape), tuple(b.shape)))
+    return out
+
+
+def _expected_lora(m, rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    r = rank * m.lora_rank_factor
+    if m.kind == EXPERT:  # peft ParamWrapper over (E, out, in): A (r*E, in), B (out, r*E)
+        return (r * m.count, m.in_features), (m.out_features, r * m.count)
+    return (r, m.in_features), (m.out_features, r)
+
+
+def _name_lists(spec) -> list[list[str]]:
+    lists = [list(spec.attention_module_names())]
+    if spec.model_type == "mixtral":
+        lists.append(["q_proj", "w2", "gate"])
+    elif spec.model_type == "qwen3_moe":
+        lists.append(["gate_proj", "up_proj", "v_proj"])
+    elif spec.model_type == "phi3":
+        lists.append(["qkv_proj", "down_proj"])
+    else:
+        lists.append(["q_proj", "v_proj", "down_proj"])
+    return lists
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_lora_targets_match_what_peft_creates(entry):
+    """`resolve_lora_targets` (+ `resolve_vision_lora_targets`) predicts every adapter the
+    real `get_peft_model` creates, with its exact A/B shapes, for all-linear, the attention
+    projections and a name list (incl. peft's MoE rewrite onto fused expert tensors)."""
+    _check_lora(_reduced(dict(entry.config)), entry.name)
+
+
+def _check_lora(config: dict, name: str) -> None:
+    spec = spec_from_config(config, name)
+    rank = 4
+    for targets in ["all-linear", *_name_lists(spec)]:
+        _, model = _build(config)
+        prefix = _layer_prefix(model)
+        got = _peft_lora(model, targets, rank)
+        expected: dict[str, list] = {}
+        for i, shapes in enumerate(resolve_lora_targets(spec, targets)):
+            for m in shapes:
+                expected.setdefault(f"{prefix}{i}.{m.path.rsplit('.', 1)[0] if m.kind == EXPERT else m.path}", []).append(
+                    _expected_lora(m, rank)
+                )
+        text_got = {k: sorted(v) for k, v in got.items() if "vision" not in k}
+        assert text_got == {k: sorted(v) for k, v in expected.items()}, targets
+        vision_got = sorted(pair for k, v in got.items() if "vision" in k for pair in v)
+        vision_expected = sorted(
+            _expected_lora(m, rank) for m in resolve_vision_lora_targets(spec, targets) for _ in range(m.count)
+        )
+        assert vision_got == vision_expected, targets
+        total = sum(m.lora_params(rank) for layer in resolve_lora_targets(spec, targets) for m in layer)
+        total += sum(m.lora_params(rank) for m in resolve_vision_lora_targets(spec, targets))
+        assert total == sum(a[0] * a[1] + b[0] * b[1] for v in got.values() for a, b in v), targets
 
 
 # Minimal configs: keys left out take the transformers config-class defaults, which the
@@ -178,3 +217,14 @@ def test_minimal_configs_use_transformers_defaults(key):
     text_cfg = cfg.get_text_config()
     if getattr(text_cfg, "layer_types", None) is not None:
         assert list(spec.layer_types) == list(text_cfg.layer_types)
+    if key.startswith(("qwen3_moe", "mixtral", "llama-bias", "phi3")):
+        _check_lora(config, key)  # incl. dense mlp_only layers next to MoE layers
+
+
+@pytest.mark.parametrize("entry", ENTRIES, ids=[e.name for e in ENTRIES])
+def test_config_saved_by_transformers_gives_the_same_spec(entry):
+    """A config.json written by transformers 5 (`rope_parameters`, `dtype`, explicit
+    `layer_types`, every default spelled out) describes the same model."""
+    kwargs = {k: v for k, v in entry.config.items() if k != "model_type"}
+    saved = AutoConfig.for_model(entry.config["model_type"], **kwargs).to_dict()
+    assert spec_from_config(saved, entry.name) == entry.spec()
