@@ -152,7 +152,7 @@ _NOT_IN_PRESETS = {
     "prediction": "the planner's prediction is made again for the hardware at hand",
     "debug": "fault injection belongs to tests, not to presets",
     "resume_from": "a preset starts a new run",
-    "version": "presets use format_version (this looks like a run's config.toml: use `tuneplan train --config`)",
+    "version": "presets use format_version (a run configuration file has version and no format_version)",
 }
 
 
@@ -246,6 +246,8 @@ def preset_from_toml(text: str, path: str = "<preset>", *, origin: str = "file")
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(f"{path}: not valid TOML ({exc})") from None
+    if "version" in data and "format_version" not in data:
+        return _preset_from_run_config_dict(data, text, path, origin)
     version = data.get("format_version")
     if isinstance(version, int) and not isinstance(version, bool) and version > FORMAT_VERSION:
         raise PresetError(f"{_where(path, text, None, 'format_version')}: format_version {version} is newer than "
@@ -304,6 +306,26 @@ def preset_from_toml(text: str, path: str = "<preset>", *, origin: str = "file")
     return Preset(name=name, description=data.get("description", ""), config=config, constraints=constraints,
                   evidence=parts.get("evidence"), setup_keys=frozenset(setup_keys), path=Path(path) if path else None,
                   origin=origin, header=header)
+
+
+def _preset_from_run_config_dict(data: dict[str, Any], text: str, path: str, origin: str) -> Preset:
+    """A run configuration file (`version = 1`, as `tuneplan train` writes `config.toml` and
+    the wizard's review screen saves presets) read as a preset: its knobs are the preset's,
+    its effective batch and sequence length the constraints; its prediction is dropped."""
+    from tuneplan.config import config_from_dict
+
+    config = config_from_dict({k: v for k, v in data.items() if k not in ("prediction", "debug", "resume_from")},
+                              where=path)
+    stem = Path(path).stem if path else "preset"
+    name = stem if NAME_RE.fullmatch(stem) else "preset"
+    s = config.setup
+    constraints = PresetConstraints(effective_batch=s.effective_batch(), min_seq_len=s.seq_len)
+    clean = RunConfig(model=config.model, data=config.data, setup=s, training=config.training,
+                      recovery=config.recovery)
+    return Preset(name=name, description=f"run configuration ({_METHOD.get(s.method, s.method)} of "
+                  f"{Path(config.model.source).name})", config=clean, constraints=constraints,
+                  setup_keys=frozenset(data.get("setup") or {}), path=Path(path) if path else None, origin=origin,
+                  header="\n".join(_header_lines(text)))
 
 
 def _check_constraints(c: PresetConstraints, config: RunConfig) -> None:

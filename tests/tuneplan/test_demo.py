@@ -1,0 +1,38 @@
+"""`tuneplan demo`, headless: a real detached run of the tiny model to the end, loss falling."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tuneplan.events import read_events, read_status
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.mark.slow
+def test_demo_runs_headless_to_a_finished_run_with_falling_loss(tmp_path):
+    env = {**os.environ, "TUNEPLAN_CACHE_DIR": str(tmp_path / "cache"), "TUNEPLAN_PRESETS_DIR": str(tmp_path / "p"),
+           "OMP_NUM_THREADS": "2"}
+    env.pop("HF_HUB_OFFLINE", None)  # the demo switches the Hub off by itself
+    runs = tmp_path / "runs"
+    out = subprocess.run(
+        [sys.executable, "-m", "tuneplan", "demo", "--no-dashboard", "--runs-dir", str(runs), "--max-steps", "30"],
+        capture_output=True, text=True, env=env, cwd=tmp_path, timeout=170,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    text = out.stdout
+    assert "[1/4] model" in text and "[3/4] plan" in text
+    assert ("training on the CPU" in text) or ("GPU found" in text)
+    assert "done" in text and "(falling)" in text
+    (run,) = [p for p in runs.iterdir() if p.is_dir()]
+    status = read_status(run)
+    assert status.phase == "done" and status.step == 30
+    losses = [e["loss"] for e in read_events(run) if e["kind"] == "log"]
+    assert len(losses) >= 3 and losses[-1] < losses[0]
+    assert f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" in text
+    assert (run / "train.log").is_file() and any((run / "checkpoints").iterdir())

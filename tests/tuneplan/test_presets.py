@@ -1,0 +1,363 @@
+"""Presets: the shipped files plan and fit, re-fits say what changed and why, bad files fail
+in one line naming file, line and key, search order, save/delete, no token ever written."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from planner.gpus import GiB
+from tuneplan.cli import main
+from tuneplan.errors import UserError
+from tuneplan.services import presets as P
+from tuneplan.services.planning import estimate, resolve, PlanRequest
+
+SHIPPED = sorted(P.shipped_dir().glob("*.toml"))
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def isolated(tmp_path, monkeypatch):
+    """No user presets, no project folder, a private cache, no GPU to find."""
+    monkeypatch.setenv(P.PRESETS_DIR_ENV, str(tmp_path / "user-presets"))
+    monkeypatch.setenv(P.CACHE_DIR_ENV, str(tmp_path / "cache"))
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    return tmp_path
+
+
+class NoGPU:
+    def probe(self):
+        return []
+
+    def status(self):
+        return "no NVIDIA driver (test)"
+
+
+def test_the_shipped_folder_has_the_presets_the_issue_asks_for():
+    assert len(SHIPPED) >= 8
+    presets = [P.load_preset_file(p, "shipped") for p in SHIPPED]
+    kinds = set()
+    for p in presets:
+        hw = P.target_hardware(p)
+        gib = round(hw.usable_bytes() / GiB) if p.constraints.gpu != P.CPU else 0
+        kinds.add((p.config.setup.method, gib))
+    for wanted in [("qlora", 12), ("qlora", 16), ("lora", 24), ("qlora", 24), ("qlora", 48), ("qlora", 80)]:
+        assert wanted in kinds, wanted
+    assert any(p.constraints.gpu == P.CPU for p in presets)
+    assert any(p.config.setup.seq_len >= 8192 for p in presets), "a long-context preset"
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
+def test_every_shipped_preset_plans_and_fits_on_the_gpu_it_names(path):
+    preset = P.load_preset_file(path, "shipped")
+    assert preset.name == path.stem
+    # header comment: what it is for and the exact command
+    assert preset.header.startswith("#")
+    assert f"--preset {preset.name}" in preset.header
+    target = P.target_hardware(preset)
+    assert target is not None, "every shipped preset names the hardware it was made for"
+    fit = P.refit(preset, hardware=target)  # the real planner
+    assert fit.fits, fit.reasons
+    # on its own card the saved configuration is the planner's own choice ...
+    assert fit.changes == (), fit.change_text()
+    # ... and it fits as saved (estimated independently of the re-fit)
+    config = P.resolve_sources(preset.config, build=False)
+    spec = resolve(PlanRequest(model=config.model.source)).spec
+    est = estimate(spec, target, preset.config.setup)
+    assert est["fits"], (est["memory"].device_bytes / GiB, est["budget_bytes"] / GiB)
+    assert preset.config.setup.effective_batch() == preset.effective_batch()
+
+
+def _preset(name: str) -> P.Preset:
+    return P.find_preset(name)
+
+
+def _largest_gpu_preset() -> P.Preset:
+    """A shipped LoRA/QLoRA preset made for a 24 GB card with micro-batch > 1."""
+    for path in SHIPPED:
+        p = P.load_preset_file(path, "shipped")
+        hw = P.target_hardware(p)
+        if p.config.setup.method == "qlora" and p.config.setup.micro_batch > 1 and round(hw.usable_bytes() / GiB) == 24 \
+                and p.config.setup.seq_len <= 4096:
+            return p
+    raise AssertionError("no 24 GB QLoRA preset")
+
+
+def test_refit_to_a_smaller_card_keeps_method_and_effective_batch_and_says_why():
+    preset = _largest_gpu_preset()
+    fit = P.refit(preset, vram_bytes=16 * GiB)
+    assert fit.fits
+    new, old = fit.config.setup, preset.config.setup
+    assert new.method == old.method
+    assert new.effective_batch() == old.effective_batch()
+    assert new.seq_len == old.seq_len
+    assert new.micro_batch < old.micro_batch and new.grad_accum > old.grad_accum
+    text = "\n".join(fit.summary_lines())
+    assert f"micro-batch {old.micro_batch} -> {new.micro_batch}" in text
+    assert f"accumulation {old.grad_accum} -> {new.grad_accum}" in text
+    assert "16.0 GiB" in text and "24.0 GiB" in text
+    # the prediction travels with the configuration, and it fits the budget
+    assert fit.config.prediction.device_bytes <= fit.outcome.result.budget_bytes
+
+
+def test_refit_switches_lora_to_qlora_only_when_lora_cannot_fit_and_says_so():
+    lora = next(p for p in (P.load_preset_file(x, "shipped") for x in SHIPPED) if p.config.setup.method == "lora")
+    same = P.refit(lora, hardware=P.target_hardware(lora))
+    assert same.config.setup.method == "lora"
+    small = P.refit(lora, vram_bytes=12 * GiB)
+    assert small.fits and small.config.setup.method == "qlora"
+    assert any("LoRA does not fit" in r for r in small.reasons)
+    assert small.config.setup.effective_batch() == lora.config.setup.effective_batch()
+    pinned = replace(lora, constraints=replace(lora.constraints, allow_method_change=False))
+    refused = P.refit(pinned, vram_bytes=12 * GiB)
+    assert not refused.fits
+    assert any("allow_method_change" in r for r in refused.reasons)
+
+
+def test_refit_shortens_the_sequence_no_further_than_min_seq_len():
+    long = max((P.load_preset_file(x, "shipped") for x in SHIPPED), key=lambda p: p.config.setup.seq_len)
+    floor = long.constraints.min_seq_len
+    assert floor and floor < long.config.setup.seq_len
+    fit = P.refit(long, vram_bytes=14 * GiB)
+    if fit.fits and fit.config.setup.seq_len != long.config.setup.seq_len:
+        assert floor <= fit.config.setup.seq_len < long.config.setup.seq_len
+        assert any("Sequence length" in r and "truncated" in r for r in fit.reasons)
+    tiny_card = P.refit(long, vram_bytes=4 * GiB)
+    assert not tiny_card.fits
+    assert "Nothing fits" in " ".join(tiny_card.reasons)
+
+
+def test_refit_without_gpu_plans_for_the_cpu_or_the_presets_target():
+    tiny = _preset("tiny-cpu")
+    fit = P.refit(tiny, probe=NoGPU())
+    assert fit.fits and fit.outcome.hardware.gpu.key == "cpu"
+    assert any("No GPU found" in n and "CPU" in n for n in fit.notes)
+    gpu_preset = _largest_gpu_preset()
+    fit = P.refit(gpu_preset, probe=NoGPU())
+    assert fit.outcome.hardware.gpu.key == gpu_preset.constraints.gpu
+    assert any("preset's own target" in n for n in fit.notes)
+
+
+# -- bad input ------------------------------------------------------------------------------------
+GOOD = """# test preset
+format_version = 1
+name = "mine"
+description = "test"
+
+[model]
+source = "llama-3.1-8b"
+
+[setup]
+method = "qlora"
+micro_batch = 2
+grad_accum = 8
+
+[constraints]
+gpu = "rtx-4090"
+"""
+
+
+def _error(text: str, tmp_path: Path) -> str:
+    path = tmp_path / "mine.toml"
+    path.write_text(text)
+    with pytest.raises(UserError) as exc:
+        P.load_preset_file(path)
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def test_a_good_preset_loads(tmp_path):
+    path = tmp_path / "mine.toml"
+    path.write_text(GOOD)
+    p = P.load_preset_file(path)
+    assert p.config.setup.method == "qlora" and p.effective_batch() == 16
+
+
+def test_unknown_key_names_key_file_line_and_the_closest(tmp_path):
+    msg = _error(GOOD.replace("micro_batch = 2", "micro_bach = 2"), tmp_path)
+    line = GOOD.splitlines().index("micro_batch = 2") + 1
+    assert f"mine.toml:{line}:" in msg
+    assert "setup.micro_bach" in msg and "did you mean micro_batch" in msg
+    msg = _error(GOOD.replace("[constraints]", "[constrains]"), tmp_path)
+    assert "unknown key constrains" in msg and "did you mean constraints" in msg
+    assert f":{GOOD.splitlines().index('[constraints]') + 1}:" in msg
+
+
+def test_wrong_type_missing_field_newer_version_bad_value(tmp_path):
+    msg = _error(GOOD.replace("grad_accum = 8", 'grad_accum = "eight"'), tmp_path)
+    assert "setup.grad_accum must be a whole number" in msg and "'eight'" in msg
+    assert f":{GOOD.splitlines().index('grad_accum = 8') + 1}:" in msg
+    msg = _error(GOOD.replace('source = "llama-3.1-8b"', "source = 8"), tmp_path)
+    assert "model.source must be a string" in msg
+    msg = _error(GOOD.replace('method = "qlora"\n', ""), tmp_path)
+    assert "missing required field setup.method" in msg
+    msg = _error(GOOD.replace("format_version = 1", "format_version = 99"), tmp_path)
+    assert "format_version 99 is newer" in msg and "upgrade" in msg
+    msg = _error(GOOD.replace("micro_batch = 2", "micro_batch = 0"), tmp_path)
+    assert "setup.micro_batch must be > 0 (got 0)" in msg
+    assert f":{GOOD.splitlines().index('micro_batch = 2') + 1}:" in msg
+    msg = _error(GOOD.replace('gpu = "rtx-4090"', 'gpu = "rtx-4009"'), tmp_path)
+    assert "constraints.gpu" in msg
+    msg = _error(GOOD + "\n[debug]\noom_at_step = 3\n", tmp_path)
+    assert "debug is not part of a preset" in msg
+    msg = _error(GOOD.replace("[model]", "[model"), tmp_path)
+    assert "not valid TOML" in msg
+
+
+def test_a_preset_is_never_executed(tmp_path):
+    marker = tmp_path / "pwned"
+    code = f"__import__('os').system('touch {marker}')"
+    path = tmp_path / "mine.toml"
+    path.write_text(GOOD.replace('description = "test"', f'description = "{code}"'))
+    preset = P.load_preset_file(path)
+    P.refit(preset, hardware=P.target_hardware(preset))
+    assert preset.description == code and not marker.exists()
+
+
+def test_a_run_configuration_file_reads_as_a_preset(tmp_path):
+    """The wizard's review screen saves run configurations into the user presets folder."""
+    from planner.setup import TrainSetup
+    from tuneplan.config import DataConfig, ModelConfig, RunConfig, save_config
+
+    path = tmp_path / "wizard.toml"
+    save_config(RunConfig(model=ModelConfig(source="llama-3.1-8b"), data=DataConfig(source="d.jsonl"),
+                          setup=TrainSetup(method="qlora", micro_batch=4, grad_accum=4)), path)
+    preset = P.load_preset_file(path)
+    assert preset.name == "wizard" and preset.effective_batch() == 16
+    assert P.refit(preset, gpu="rtx-4090").fits
+    msg = _error(GOOD.replace("format_version = 1", "format_version = 1\nversion = 1"), tmp_path)
+    assert "version is not part of a preset" in msg
+
+
+# -- search order, list, show, delete ----------------------------------------------------------------
+def _write(folder: Path, name: str, description: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{name}.toml"
+    path.write_text(GOOD.replace('name = "mine"', f'name = "{name}"').replace('"test"', f'"{description}"'))
+    return path
+
+
+def test_search_order_project_then_user_then_shipped(isolated, capsys):
+    user = isolated / "user-presets"
+    project = Path.cwd() / "presets"
+    _write(user, "tiny-cpu", "user copy")
+    assert P.find_preset("tiny-cpu").origin == "user"
+    _write(project, "tiny-cpu", "project copy")
+    assert P.find_preset("tiny-cpu").origin == "project"
+    assert [o for o, _ in P.search_path()] == ["project", "user", "shipped"]
+    assert main(["presets", "list"]) == 0
+    out = capsys.readouterr().out
+    for path in SHIPPED:
+        assert path.stem in out
+    assert "project" in out and "user" in out and "shipped" in out and "hidden by project" in out
+    assert main(["presets", "list", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    origins = [p["origin"] for p in data["presets"] if p["name"] == "tiny-cpu"]
+    assert origins == ["project", "user", "shipped"]
+
+
+def test_show_and_delete(isolated, capsys, monkeypatch):
+    user = isolated / "user-presets"
+    path = _write(user, "mine", "my preset")
+    assert main(["presets", "show", "mine"]) == 0
+    out = capsys.readouterr().out
+    assert str(path) in out and 'description = "my preset"' in out
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["presets", "delete", "mine"]) == 2
+    assert "--yes" in capsys.readouterr().err and path.exists()
+    assert main(["presets", "delete", "tiny-cpu", "--yes"]) == 2
+    assert "shipped" in capsys.readouterr().err
+    assert main(["presets", "delete", "mine", "--yes"]) == 0
+    assert not path.exists()
+    assert main(["presets", "show", "mine"]) == 2
+    assert "no preset named 'mine'" in capsys.readouterr().err
+
+
+# -- save --from RUN, and the Hub token --------------------------------------------------------
+def _finished_run(root: Path) -> Path:
+    from planner.setup import TrainSetup
+    from tuneplan.config import DataConfig, ModelConfig, PredictionConfig, RunConfig, save_config
+
+    run = root / "my-run"
+    shutil.copytree(ROOT / "tests" / "data" / "runs" / "tiny-done", run)
+    config = RunConfig(model=ModelConfig(source="llama-3.1-8b"), data=DataConfig(source="data.jsonl"),
+                       setup=TrainSetup(method="qlora", micro_batch=2, grad_accum=8, seq_len=1024),
+                       prediction=PredictionConfig(torch_peak_bytes=5, device_bytes=6), name="my-run")
+    save_config(config, run / "config.toml")
+    return run
+
+
+def test_save_from_a_run_records_evidence_and_never_the_token(isolated, capsys, monkeypatch):
+    token = "hf_" + "A1b2C3d4E5f6G7h8I9j0K1l2M3n4O5p6Q7"
+    monkeypatch.setenv("HF_TOKEN", token)
+    runs = isolated / "runs"
+    _finished_run(runs)
+    assert main(["presets", "save", "from-run", "--from", "my-run", "--runs-dir", str(runs)]) == 0
+    path = isolated / "user-presets" / "from-run.toml"
+    text = path.read_text()
+    assert token not in text and "hf_" not in text
+    preset = P.find_preset("from-run")
+    assert preset.origin == "user"
+    assert preset.config.setup.micro_batch == 2 and preset.effective_batch() == 16
+    assert preset.evidence is not None and preset.evidence.run == "my-run" and preset.evidence.steps == 80
+    assert preset.evidence.outcome == "done" and preset.evidence.torch_version
+    assert "[prediction]" not in text and "[evidence]" in text
+    # never overwritten without --force
+    assert main(["presets", "save", "from-run", "--from", "my-run", "--runs-dir", str(runs)]) == 2
+    assert "--force" in capsys.readouterr().err
+    assert main(["presets", "save", "from-run", "--from", "my-run", "--runs-dir", str(runs), "--force",
+                 "--description", "again"]) == 0
+    assert P.find_preset("from-run").description == "again"
+
+
+def test_a_token_in_the_text_is_refused(isolated, monkeypatch):
+    token = "hf_" + "Z9y8X7w6V5u4T3s2R1q0P9o8N7m6L5k4J3"
+    monkeypatch.setenv("HF_TOKEN", token)
+    from tuneplan.config import RunConfig, ModelConfig
+
+    config = RunConfig(model=ModelConfig(source="llama-3.1-8b"))
+    with pytest.raises(UserError, match="token"):
+        P.save_config_as_preset(config, "leak", f"see {token}")
+    assert not (isolated / "user-presets" / "leak.toml").exists()
+
+
+def test_save_refuses_an_unfinished_run(isolated):
+    from tuneplan.events import Status, write_status
+
+    runs = isolated / "runs"
+    run = _finished_run(runs)
+    write_status(run, Status(phase="failed", error="boom"))
+    with pytest.raises(UserError, match="failed"):
+        P.save_from_run("x", run)
+
+
+# -- the commands that load a preset ------------------------------------------------------------
+def test_plan_preset_with_vram_shows_the_refit(capsys):
+    preset = _largest_gpu_preset()
+    assert main(["plan", "--preset", preset.name, "--vram", "16GiB"]) == 0
+    out = capsys.readouterr().out
+    assert f"Preset {preset.name}" in out and "re-fitted for a 16.0 GiB GPU" in out
+    assert f"micro-batch {preset.config.setup.micro_batch} ->" in out
+    assert "FITS" in out
+    assert main(["plan", "--preset", preset.name, "--gpu", "a100-80gb", "--json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["preset"]["name"] == preset.name and data["fits"]
+    assert data["config"]["effective_batch"] == preset.effective_batch()
+    assert main(["plan", "--preset", preset.name, "--batch", "2"]) == 2
+    assert "cannot be combined with --preset" in capsys.readouterr().err
+    assert main(["plan", "--preset", "no-such-preset"]) == 2
+
+
+def test_load_preset_config_is_what_train_gets(capsys):
+    config = P.load_preset_config(_largest_gpu_preset().name, vram="16GiB", build_sources=False)
+    assert config.model.source and config.prediction.device_bytes
+    assert "re-fitted for a 16.0 GiB GPU" in capsys.readouterr().err
+    tiny = P.load_preset_config("tiny-cpu", echo=False, build_sources=False)
+    assert Path(tiny.data.source).is_file() and (Path(tiny.model.source) / "config.json").is_file()
