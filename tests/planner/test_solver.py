@@ -204,3 +204,24 @@ def test_price_override_scales_the_cost(specs):
 def test_full_70b_search_stays_small(specs):
     r = plan(specs, "llama-3.1-70b", "a100-80gb")
     assert r.evaluated <= 60  # a few binary searches, not a grid (bench/ times it)
+
+
+def test_every_catalog_model_gets_a_plan_or_a_reason():
+    from planner import catalog
+
+    for entry in catalog.entries():
+        r = solve(entry.spec(), Hardware(get_gpu("a100-80gb")), Constraints())
+        if r.fits:
+            assert r.choice.memory.device_bytes <= r.budget_bytes and r.choice.tokens_per_second() > 0, entry.name
+            assert r.reasons
+        else:
+            assert r.suggestions and "needs" in r.suggestions[0], entry.name
+
+
+def test_choice_memory_is_the_memory_models_own_estimate(specs):
+    from planner.memory import estimate_memory
+
+    r = plan(specs, "llama-3.1-8b", "rtx-4090")
+    again = estimate_memory(specs["llama-3.1-8b"], r.choice.setup, get_gpu("rtx-4090"))
+    assert again.device_bytes == r.choice.memory.device_bytes
+    assert again.torch_peak_bytes == r.choice.memory.torch_peak_bytes

@@ -319,7 +319,7 @@ def render(outcome) -> str:
     else:
         out.append("Speed     unknown (give --gpu NAME for the card's speed)")
     if r.fits:
-        assumed = " (assumed; give --dataset-tokens)" if r.dataset_tokens_assumed else ""
+        assumed = " (assumed; give --dataset or --dataset-tokens)" if r.dataset_tokens_assumed else ""
         out.append(f"Time      {_duration(r.seconds)} for {r.dataset_tokens / 1e6:,.1f}M tokens x {r.epochs:g} epoch"
                    f"{'s' if r.epochs != 1 else ''}{assumed}")
         if r.cost is not None:
