@@ -227,6 +227,9 @@ def choose_seq_len(spec: ModelSpec, constraints: Constraints, stats: DatasetStat
             warnings.append(f"sequence length {fixed} is beyond {spec.name}'s context of {context} tokens; "
                             f"planning with {context}.")
             return context
+        if stats is not None and stats.p99_tokens and stats.p99_tokens > fixed:
+            warnings.append(f"sequence length {fixed} is below the dataset's 99th-percentile example "
+                            f"({stats.p99_tokens} tokens): more than 1% of the examples will be truncated.")
         return int(fixed)
     if stats is not None and (stats.p99_tokens or stats.max_tokens):
         basis = stats.max_tokens if (constraints.prefer_accuracy and stats.max_tokens) else (stats.p99_tokens or stats.max_tokens)

@@ -225,3 +225,9 @@ def test_choice_memory_is_the_memory_models_own_estimate(specs):
     again = estimate_memory(specs["llama-3.1-8b"], r.choice.setup, get_gpu("rtx-4090"))
     assert again.device_bytes == r.choice.memory.device_bytes
     assert again.torch_peak_bytes == r.choice.memory.torch_peak_bytes
+
+
+def test_fixed_sequence_shorter_than_the_data_warns_about_truncation(specs):
+    r = plan(specs, "qwen2.5-0.5b", "h100", fixed={"seq_len": 512}, dataset=DatasetStats(p99_tokens=1500))
+    assert r.choice.setup.seq_len == 512
+    assert any("truncated" in w and "1500" in w for w in r.warnings)
