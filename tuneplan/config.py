@@ -118,6 +118,8 @@ class DebugConfig:
     oom_micro_batch_above: int | None = None
     """Fault injection: with `oom_at_step`, only while the micro-batch exceeds this
     (so a re-planned run with a smaller micro-batch gets past it)."""
+    step_sleep_seconds: float = 0.0
+    """Slow every optimizer step down by this much (tests of stop/save/resume)."""
 
 
 @dataclass(frozen=True)

@@ -205,13 +205,16 @@ def launch(config: RunConfig, runs_root: Path | None = None, *, detach: bool = T
 
 
 def wait_for_phase(run_dir: Path, phases: tuple[str, ...], timeout: float) -> Status | None:
-    """Poll `status.json` until its phase is one of `phases` (or the run crashed)."""
-    from tuneplan.events import effective_phase
+    """Poll `status.json` until its phase is one of `phases` and its processes have exited
+    (or the run crashed)."""
+    from tuneplan.events import effective_phase, pid_alive
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         status = read_status(run_dir)
-        if status is not None and (status.phase in phases or effective_phase(status) == "crashed"):
+        if status is not None and effective_phase(status) == "crashed":
+            return status
+        if status is not None and status.phase in phases and not any(pid_alive(p) for p in status.pids):
             return status
         time.sleep(0.2)
     return read_status(run_dir)

@@ -78,6 +78,16 @@ def _live_pids(status: Status | None) -> list[int]:
     return [p for p in (status.pids if status else []) if pid_alive(p)]
 
 
+def wait_until_exited(status: Status | None, timeout: float) -> bool:
+    """Wait for the processes of a status to exit; False if some are still alive."""
+    deadline = time.monotonic() + timeout
+    while _live_pids(status):
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def is_running(run_dir: Path) -> bool:
     status = read_status(run_dir)
     return status is not None and status.phase not in FINAL_PHASES and bool(_live_pids(status))
@@ -114,6 +124,9 @@ def prepare_resume(run_dir: Path) -> Path:
     run_dir = Path(run_dir)
     status = read_status(run_dir)
     phase = effective_phase(status)
+    if phase in FINAL_PHASES and not wait_until_exited(status, 15.0):
+        raise UserError(f"run {run_dir.name} is still shutting down (pids {', '.join(map(str, _live_pids(status)))}); "
+                        "try again in a moment")
     if phase == "done":
         raise UserError(f"run {run_dir.name} already finished; start a new one with `tuneplan train`")
     if phase not in FINAL_PHASES:

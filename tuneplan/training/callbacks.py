@@ -78,6 +78,8 @@ class RunEventsCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.status.step = state.global_step
+        if self.config.debug.step_sleep_seconds:
+            time.sleep(self.config.debug.step_sleep_seconds)
         if self.control_flags.stop_requested:
             control.should_save = True
             control.should_training_stop = True

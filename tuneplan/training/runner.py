@@ -205,7 +205,10 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
     except Exception as exc:  # a bug or a library failure: full traceback in train.log
         traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-        _finish(run_dir, status, "failed", error=f"{type(exc).__name__}: {first}")
+        where = {"loading": "while loading the model", "tokenizing": "while preparing the data",
+                 "training": f"at step {status.step + 1}", "evaluating": "while evaluating",
+                 "saving": "while saving"}.get(status.phase, f"in phase {status.phase}")
+        _finish(run_dir, status, "failed", error=f"{where}: {type(exc).__name__}: {first} (see train.log)")
         return WorkerResult(EXIT_FAILED, trainer, tokenizer)
 
 

@@ -105,7 +105,14 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         report_to="none",
         disable_tqdm=True,
         dataloader_num_workers=0,
+        dataloader_pin_memory=_cuda_available(),
     )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def _trainer_class():
