@@ -130,8 +130,8 @@ def test_prediction_within_5_percent_of_cpu_trace(family, setup):
         f"predicted {predicted.components}")
 
 
-FAKE_CASES = [("llama", replace(_S, method="lora")), ("llama", replace(_S, method="qlora")),
-              ("gemma2", replace(_S, method="qlora", micro_batch=1))]
+FAKE_CASES = [("llama", replace(_S, method="lora")), ("llama", replace(_S, method="qlora", fused_ce=True)),
+              ("gemma2", replace(_S, method="qlora", micro_batch=1)), ("mixtral", replace(_S, method="lora"))]
 
 
 @pytest.mark.slow

@@ -16,12 +16,16 @@ Two ways to run it:
   (`backward`), gradient clipping (`clip`), `optimizer.step` (`optimizer`).
 * `trace_fake(config, setup)` runs the same trainer on fake tensors (`FakeTensorMode`:
   meta storage, CPU device, so CPU autocast applies; plain meta tensors ignore autocast)
-  for a full-size model without memory. bitsandbytes' own `Params4bit`/`Linear4bit` and its
-  registered fake kernels (`quantize_4bit`, `dequantize_4bit`, ...) give the 4-bit
-  storages their real shapes; no hand-made stand-in is needed. Data-dependent scalar reads
-  (`.item()`, `bool(tensor)`) cannot be answered on fake tensors; they are answered with the
-  value they have in a real step of this setup (see `_fake_scalars`), which only steers
-  logging and mask shortcuts and allocates nothing.
+  for a full-size model without memory. 4-bit weights: bitsandbytes' `Params4bit` is a
+  Tensor subclass that cannot wrap a FakeTensor, so each quantized weight is a stand-in (a
+  plain frozen Parameter holding exactly what `Params4bit._quantize` stores, produced by
+  bitsandbytes' own `quantize_4bit` through its registered fake kernel; see
+  `_fake_params4bit`); the forward/backward are bitsandbytes' real `Linear4bit` /
+  `MatMul4Bit` / `dequantize_4bit` code. Data-dependent scalar reads (`.item()`,
+  `bool(tensor)`) are answered with the value they have in a real step of unpadded rows
+  (`_fake_scalars`); they only steer logging and mask shortcuts. `packing=True` is refused
+  (data-dependent shapes). On small models the fake trace equals the CPU trace byte for byte
+  (tests/planner/test_trace_cpu.py), MoE and trl's chunked head included.
 
 Categories of live bytes: `quantized_weights` (4-bit storages and their quant state),
 `unquantized_weights` (frozen 16/32-bit parameters and buffers), `adapter_weights`
@@ -492,8 +496,8 @@ def _fake_scalars():
     allocated) and transformers' mask shortcuts: "all attention-mask entries are 1" and
     "only one packed sequence" (masking_utils). True is the real answer for the rows the trace
     feeds (full rows without padding) with `packing=False`, or `packing=True` with
-    micro_batch 1; with packing and micro_batch > 1 the real step builds a block-diagonal
-    mask that the fake step does not (a known limit of the fake trace).
+    micro_batch 1 (packing itself is refused by `trace_fake`: its sequence-start search has a
+    data-dependent output shape).
     """
     from torch._subclasses.fake_tensor import FakeTensor
 
@@ -527,6 +531,11 @@ def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None =
     """`trace_training` of a model built from `config` on fake tensors (any size, no memory)."""
     from tuneplan.training import modeling
 
+    if setup.packing:
+        # trl's padding-free packing makes transformers look for sequence starts in
+        # position_ids (`nonzero`), whose output size fake tensors cannot know
+        raise ValueError("trace_fake needs packing=False (packed batches have data-dependent shapes); "
+                         "rows of exactly seq_len tokens hold the same tensors")
     cfg = modeling.config_from_dict(config)
     tokenizer = simple_tokenizer(cfg.vocab_size)
     ds = token_dataset(cfg.vocab_size, setup, steps)
