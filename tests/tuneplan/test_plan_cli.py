@@ -133,6 +133,9 @@ def test_does_not_fit_exits_1_and_says_what_would(capsys):
     assert code == 1
     assert "DOES NOT FIT" in out and "What would make it fit" in out and "--gpu" in out
     assert len(err.strip().splitlines()) == 1 and "does not fit" in err
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-70b", "--gpu", "rtx-3060-12gb")
+    assert code == 1 and data["fits"] is False and data["suggestions"]
+    assert data["memory"]["device_bytes"] > data["memory"]["budget_bytes"] and data["time"]["seconds"] is None
 
 
 # -- bad input: exit 2, one line -----------------------------------------------------------------
