@@ -61,7 +61,7 @@ class DatasetScreen(Screen):
         yield Static("Dataset: a local .jsonl/.json/.csv/.parquet file or a Hub dataset id", id="help")
         yield Input(value=_sample_dataset(), placeholder="path/to/data.jsonl or org/dataset", id="dataset-input")
         yield LoadingIndicator(id="spinner")
-        with VerticalScroll(id="body"):
+        with VerticalScroll(id="body", can_focus=False):
             yield Static(id="summary")
             with Horizontal(id="preview"):
                 yield Static(id="samples")

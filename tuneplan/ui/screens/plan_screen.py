@@ -24,6 +24,17 @@ from tuneplan.ui.widgets.dialogs import HelpDialog
 from tuneplan.ui.widgets.memory_bar import MemoryBar
 from tuneplan.ui.widgets.step_bar import StepBar
 
+KNOB_HELP = {
+    "method": "method: LoRA (16-bit base), QLoRA (4-bit base) or full; Left/Right",
+    "seq_len": "sequence length: tokens per packed row; type a number",
+    "micro_batch": "micro-batch: sequences per forward/backward; type a number",
+    "grad_accum": "grad accum: micro-batches per optimizer step; type a number",
+    "lora_rank": "LoRA rank: adapter size (alpha follows the setup); type a number",
+    "lora_targets": "LoRA targets: all linear layers or attention only; Left/Right",
+    "grad_checkpointing": "checkpointing: recompute activations to save memory; Left/Right",
+    "optimizer": "optimizer: AdamW 32-bit or 8-bit states, paged or not; Left/Right",
+    "alternatives": "alternatives: Enter uses the highlighted configuration",
+}
 INT_KNOBS = {"seq_len": "sequence length", "micro_batch": "micro-batch", "grad_accum": "grad accum",
              "lora_rank": "LoRA rank"}
 
@@ -74,7 +85,7 @@ class PlanScreen(Screen):
     def compose(self) -> ComposeResult:
         yield StepBar(4)
         yield Static(id="title")
-        with VerticalScroll(id="body"):
+        with VerticalScroll(id="body", can_focus=False):
             yield MemoryBar(id="memory")
             with Horizontal(id="middle"):
                 with Grid(id="knobs"):
@@ -90,6 +101,7 @@ class PlanScreen(Screen):
                     yield Label("optimizer")
                     yield Choice([(o, o) for o in OPTIMIZERS], id="optimizer")
                 yield Static(id="summary")
+            yield Static(id="knob-help")
             yield Static(id="reasons")
             yield DataTable(id="alternatives", cursor_type="row", zebra_stripes=True)
         yield Footer()
@@ -99,6 +111,10 @@ class PlanScreen(Screen):
         table.add_columns("alternative", "method", "seq", "mb x acc", "ckpt", "memory", "speed")
         self.query_one("#title", Static).update(Text("Planning...", style="dim"))
         self.solve({})
+
+    def on_descendant_focus(self, event) -> None:
+        hint = KNOB_HELP.get(event.widget.id or "", "")
+        self.query_one("#knob-help", Static).update(Text(f"> {hint}" if hint else "", style="italic"))
 
     # -- the solver runs in a worker (tens of ms for 70B; keeps the first paint instant) --
     @work(thread=True, exclusive=True, exit_on_error=False, group="solve")
@@ -119,6 +135,8 @@ class PlanScreen(Screen):
             return
         self.solved = message.plan
         self._show(message.plan, sync_knobs=True)
+        if self.focused is None:
+            self.query_one("#method", Choice).focus()
 
     # -- editing: estimate synchronously (one estimate is well under a millisecond) -------
     def _edit(self, **changes: Any) -> None:

@@ -21,6 +21,14 @@ from tuneplan.ui.widgets.dialogs import HelpDialog
 from tuneplan.ui.widgets.step_bar import StepBar
 
 
+FIELD_HELP = {
+    "epochs": "epochs: passes over the dataset (ignored when max steps is set)",
+    "max_steps": "max steps: optimizer steps to run (empty: run the epochs)",
+    "learning_rate": "learning rate: peak, after warmup (cosine schedule)",
+    "preset_name": "preset name: then Ctrl+S (or Enter) saves this configuration",
+}
+
+
 class RunLaunchFailed(Message):
     def __init__(self, error: str) -> None:
         super().__init__()
@@ -46,7 +54,7 @@ class ReviewScreen(Screen):
 
     def compose(self) -> ComposeResult:
         yield StepBar(5)
-        with VerticalScroll(id="body"):
+        with VerticalScroll(id="body", can_focus=False):
             with Grid(id="hyper"):
                 yield Label("epochs")
                 yield Input("1", type="number", id="epochs", compact=True)
@@ -56,6 +64,7 @@ class ReviewScreen(Screen):
                 yield Input("0.0002", type="number", id="learning_rate", compact=True)
                 yield Label("preset name")
                 yield Input("", placeholder="name, then Ctrl+S", id="preset_name", compact=True)
+            yield Static(id="field-help")
             yield Static(id="warning")
             yield Static(id="command")
             yield Static(id="config")
@@ -64,6 +73,10 @@ class ReviewScreen(Screen):
     def on_mount(self) -> None:
         self._refresh()
         self.query_one("#max_steps", Input).focus()
+
+    def on_descendant_focus(self, event) -> None:
+        hint = FIELD_HELP.get(event.widget.id or "", "")
+        self.query_one("#field-help", Static).update(Text(f"> {hint}" if hint else "", style="italic"))
 
     def build_config(self) -> Any:
         """The run configuration this screen would launch (raises UserError on bad input)."""

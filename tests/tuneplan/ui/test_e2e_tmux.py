@@ -1,0 +1,159 @@
+"""End to end in a real terminal: the whole wizard in tmux at 80x24 with the tiny model and
+the sample dataset on the CPU, a real detached training run, detach, `tuneplan attach`.
+
+Drives the real app with `tmux send-keys` and reads it with `tmux capture-pane`; every wait
+is on what the screen shows (or on the run's files), never a fixed sleep.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from tuneplan import events as ev
+
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")]
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(request, tmp_path_factory) -> Path:
+    """The tiny model (deterministic), cached across runs by the hash of what builds it."""
+    from tuneplan.data import SAMPLE_CHAT, TINY_MODEL_CONFIG
+
+    digest = hashlib.sha256()
+    for f in (ROOT / "tuneplan/training/tiny.py", TINY_MODEL_CONFIG, SAMPLE_CHAT):
+        digest.update(Path(f).read_bytes())
+    cache = Path(request.config.cache.mkdir("tuneplan-tiny-model")) / f"tiny-{digest.hexdigest()[:12]}"
+    if not (cache / "config.json").is_file() or not (cache / "tokenizer.json").is_file():
+        from tuneplan.training.tiny import build_tiny_model
+
+        tmp = tmp_path_factory.mktemp("tiny-build")
+        build_tiny_model(tmp)
+        shutil.rmtree(cache, ignore_errors=True)
+        shutil.copytree(tmp, cache)
+    return cache
+
+
+class Tmux:
+    def __init__(self, tmp: Path):
+        self.socket = f"tuneplan-e2e-{os.getpid()}"
+        self.env = {**os.environ, "TUNEPLAN_RUNS_DIR": str(tmp / "runs"), "OMP_NUM_THREADS": "1",
+                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+                    "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
+        self.tmux("new-session", "-d", "-s", "e2e", "-x", "80", "-y", "24", "bash --norc --noprofile")
+        self.send(f"cd {tmp} && export PS1='$ '", "Enter")
+
+    def tmux(self, *args: str) -> str:
+        out = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, env=self.env)
+        return out.stdout
+
+    def send(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", "e2e", *keys)
+
+    def type(self, text: str) -> None:
+        self.tmux("send-keys", "-t", "e2e", "-l", text)
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", "e2e")
+
+    def wait(self, pattern: str, timeout: float = 20.0) -> str:
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.screen()
+            if re.search(pattern, text):
+                return text
+            if time.monotonic() > deadline:
+                raise AssertionError(f"never saw {pattern!r}; the screen:\n{text}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        self.tmux("kill-server")
+
+
+def _loss_on_screen(text: str) -> float | None:
+    m = re.search(r"loss (\d+\.\d+)", text)
+    return float(m.group(1)) if m else None
+
+
+def test_wizard_launch_follow_detach_attach(tmp_path, tiny_model_dir):
+    term = Tmux(tmp_path)
+    app = f"{sys.executable} -m tuneplan"
+    try:
+        term.type(app)
+        term.send("Enter")
+        # 1 hardware: no NVIDIA GPU here -> dry run by memory size
+        term.wait(r"No NVIDIA GPU")
+        term.type("4GiB")
+        term.send("Enter")
+        # 2 model: the tiny model's folder
+        term.wait(r"\[2 Model\]")
+        term.type(str(tiny_model_dir))
+        term.send("Enter")
+        term.wait(r"architecture llama")
+        term.send("Enter")
+        # 3 dataset: the bundled sample is offered; preview, then continue
+        term.wait(r"\[3 Dataset\]")
+        term.send("Enter")
+        screen = term.wait(r"examples 400")
+        assert "tokens exact" in screen  # counted with the tiny model's own tokenizer.json
+        term.send("Enter")
+        # 4 plan: fits; keep each step small on a shared CPU: micro-batch 2, accumulation 1
+        screen = term.wait(r"FITS")
+        assert "LoRA" in screen
+        term.wait(r"> method:")  # the focused knob explains itself
+        term.send("Tab", "Tab")  # method -> sequence length -> micro-batch
+        term.wait(r"> micro-batch:")
+        term.type("2")  # a focused field's text is selected: typing replaces it
+        term.wait(r"batch 32 x \d+ = ")  # effective batch follows the keypress
+        term.send("Tab")
+        term.wait(r"> grad accum:")
+        term.type("1")
+        term.wait(r"batch 2 x \d+ = ")
+        term.send("C-n")
+        # 5 review: 12 steps at a learning rate that shows the loss falling, then launch
+        term.wait(r"> max steps:")
+        term.type("12")
+        term.wait(r"--max-steps 12 ")
+        term.send("Tab")
+        term.wait(r"> learning rate:")
+        term.type("0.01")
+        screen = term.wait(r"--max-steps 12 --lr 0.01")
+        assert "--batch 2 --grad-accum 1" in screen.replace("\n", " ")
+        term.send("C-l")
+        # the dashboard follows the detached run
+        screen = term.wait(r"\[training\]", timeout=60)
+        screen = term.wait(r"step [2-9]/12", timeout=60)
+        first_loss = _loss_on_screen(screen)
+        assert first_loss is not None
+        term.send("d")
+        screen = term.wait(r"Detached from (\S+)")
+        run_name = re.search(r"Reattach: tuneplan attach (\S+)", screen.replace("\n", "")).group(1)
+        run_dir = tmp_path / "runs" / run_name
+        assert (run_dir / ev.EVENTS_FILE).is_file()
+        # the run goes on without the dashboard; reattach from "another login"
+        term.send("clear", "Enter")
+        term.type(f"{app} attach")
+        term.send("Enter")
+        screen = term.wait(r"\[done\]", timeout=90)
+        assert run_name in screen and "step 12/12" in screen
+        last_loss = _loss_on_screen(screen)
+        assert last_loss is not None and last_loss < first_loss, (first_loss, last_loss)
+        term.send("q")
+        term.wait(r"Detached from")
+    finally:
+        term.close()
+    losses = [e["loss"] for e in ev.read_events(run_dir) if e.get("kind") == "log" and "loss" in e]
+    assert losses[-1] < losses[0]
+    assert json.loads((run_dir / ev.STATUS_FILE).read_text())["phase"] == "done"
