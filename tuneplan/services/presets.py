@@ -521,8 +521,11 @@ def tiny_model_dir(*, build: bool = True) -> Path:
     import shutil
     import tempfile
 
+    from transformers.utils import logging as hf_logging
+
     from tuneplan.training.tiny import build_tiny_model
 
+    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the CLI's output
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
     try:
