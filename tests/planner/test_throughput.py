@@ -207,3 +207,14 @@ def test_routed_expert_gemms_are_small_and_less_efficient():
     moe, dense = load_spec("qwen3-30b-a3b"), load_spec("qwen3-8b")
     s = TrainSetup(micro_batch=2, grad_checkpointing=False)
     assert estimate_throughput(moe, s, get_gpu("h100")).mfu < estimate_throughput(dense, s, get_gpu("h100")).mfu
+
+
+@pytest.mark.parametrize("model", ["qwen2.5-0.5b", "llama-3.1-8b", "qwen3-30b-a3b"])
+def test_bigger_micro_batch_at_constant_effective_batch_is_never_slower(model):
+    # the solver's binary search relies on this: it keeps the biggest micro-batch that fits
+    spec = load_spec(model)
+    for method in ("lora", "qlora", "full"):
+        for ck in (False, True):
+            speeds = [tps(spec, TrainSetup(method=method, micro_batch=mb, grad_accum=16 // mb, grad_checkpointing=ck),
+                          "h100") for mb in (1, 2, 4, 8, 16)]
+            assert speeds == sorted(speeds), (method, ck, speeds)
