@@ -15,11 +15,15 @@ Entry points
   5.x `models/<family>/configuration_<family>.py`), as `from_pretrained` would.
 - `resolve_lora_targets(spec, targets) -> tuple[tuple[LinearShape, ...], ...]`: for each
   decoder layer, the linear modules a LoRA `target_modules` value adapts. `targets` is
-  `"all-linear"` (peft's shorthand: every `nn.Linear` except the lm_head), `"attention"`
-  (the attention projections), or module names (a list, or one comma-separated string)
-  matched the way peft matches them (the last dotted component of the module path, or a
-  dotted suffix such as `self_attn.q_proj`). An unknown name raises `ValueError` naming the
-  real module names (`spec.lora_module_names()`).
+  `"all-linear"` (peft's shorthand: every `nn.Linear` except the lm_head, plus on MoE models
+  the experts and router, see below), `"attention"` (the attention projections; training
+  passes `spec.attention_module_names()` to peft), or module names (a list, or one
+  comma-separated string) matched the way peft matches them (the last dotted component of the
+  module path, or a dotted suffix such as `self_attn.q_proj`). An unknown name raises
+  `ValueError` naming the real ones (`spec.lora_module_names()`). Expected training-side
+  mapping: names go to peft's `target_modules` as given, except fused expert tensors named
+  directly (`gate_up_proj`, `experts.down_proj` on MoE models), which go to
+  `target_parameters`.
 
 Mixture-of-experts models (mixtral, qwen3_moe) in transformers 5.x store the experts as two
 fused 3-D `nn.Parameter`s per layer (`mlp.experts.gate_up_proj` of shape `(E, 2*I, H)` and
@@ -267,23 +271,28 @@ def resolve_lora_targets(spec: ModelSpec, targets: str | Iterable[str]) -> tuple
     if len(items) == 1 and lowered[0] == "attention":
         return tuple(tuple(m for m in layer if m.lora_targetable and m.name in _ATTENTION_NAMES) for layer in spec.layers)
 
+    def via_alias(target: str, m: LinearShape) -> bool:
+        # peft `_convert_peft_config_moe`: `target == old or target.endswith("." + old)`
+        return any(target == a or target.endswith("." + a) for a in m.lora_aliases)
+
+    def via_tensor(target: str, m: LinearShape) -> bool:
+        # a fused expert tensor named directly (`gate_up_proj`, `experts.down_proj`): our
+        # training code passes it to peft as `target_parameters` (rank unchanged)
+        return m.kind == EXPERT and (m.path == target or m.path.endswith("." + target))
+
     def matches(target: str, m: LinearShape) -> bool:
-        if m.lora_aliases:  # peft `_convert_peft_config_moe`: `target == old or target.endswith("." + old)`
-            return any(target == a or target.endswith("." + a) for a in m.lora_aliases)
+        if m.kind != LINEAR or m.lora_aliases:
+            return via_alias(target, m) or via_tensor(target, m)
         full = m.path or m.name
         return full == target or full.endswith("." + target) or m.name == target
 
     unknown = [t for t in items if not any(m.lora_targetable and matches(t, m) for layer in spec.layers for m in layer)]
     if unknown:
-        hint = ""
-        fused = sorted({m.name for layer in spec.layers for m in layer if m.kind != LINEAR and any(
-            t == m.name or m.path.endswith("." + t) or t == m.name.split(".")[-1] for t in unknown)})
-        if fused:
-            hint = (f" ({', '.join(fused)}: MoE parameters, not nn.Linear modules; target them by "
-                    f"peft's names: {', '.join(n for n in spec.lora_module_names() if n not in _ATTENTION_NAMES)})")
+        experts = sorted({m.name for layer in spec.layers for m in layer if m.kind == EXPERT})
+        fused = f" or the fused expert tensors {', '.join(experts)}" if experts else ""
         raise ValueError(
-            f"unknown LoRA target module(s) {', '.join(unknown)} for {spec.name} ({spec.model_type}){hint}; "
-            f"its targets are: {', '.join(spec.lora_module_names())} (or use all-linear / attention)"
+            f"unknown LoRA target module(s) {', '.join(unknown)} for {spec.name} ({spec.model_type}); "
+            f"its targets are: {', '.join(spec.lora_module_names())}{fused} (or use all-linear / attention)"
         )
     for layer in spec.layers:
         for m in layer:
@@ -295,7 +304,17 @@ def resolve_lora_targets(spec: ModelSpec, targets: str | Iterable[str]) -> tuple
                         f"LoRA target {', '.join(hit)} needs {', '.join(missing)} too: transformers fuses them "
                         f"into {m.name} of {spec.name}, so peft adapts them together"
                     )
-    return tuple(tuple(m for m in layer if m.lora_targetable and any(matches(t, m) for t in items)) for layer in spec.layers)
+
+    def chosen(m: LinearShape) -> LinearShape:
+        # the doubled rank comes only from peft's rewrite of the transformers-4 names
+        if m.lora_rank_factor > 1 and not any(via_alias(t, m) for t in items):
+            return replace(m, lora_rank_factor=1)
+        return m
+
+    return tuple(
+        tuple(chosen(m) for m in layer if m.lora_targetable and any(matches(t, m) for t in items))
+        for layer in spec.layers
+    )
 
 
 def resolve_vision_lora_targets(spec: ModelSpec, targets: str | Iterable[str]) -> tuple[LinearShape, ...]:

@@ -80,8 +80,9 @@ def test_moe_experts_are_adapted_under_peft_names_and_never_quantized():
     with pytest.raises(ValueError, match="needs up_proj"):
         resolve_lora_targets(spec, ["gate_proj"])
     assert [m.name for m in resolve_lora_targets(spec, ["down_proj"])[0]] == ["experts.down_proj"]
-    with pytest.raises(ValueError, match="MoE parameters"):
-        resolve_lora_targets(spec, ["gate_up_proj"])
+    # the fused tensor named directly: target_parameters at the plain rank
+    (direct,) = resolve_lora_targets(spec, ["gate_up_proj"])[0]
+    assert direct.name == "experts.gate_up_proj" and direct.lora_rank_factor == 1
     # one token goes through 8 of 128 experts: ~3B of ~30B parameters
     assert 3.0e9 < spec.active_parameter_count() < 3.6e9 < spec.parameter_count()
 
@@ -89,9 +90,11 @@ def test_moe_experts_are_adapted_under_peft_names_and_never_quantized():
 def test_mixtral_uses_its_transformers_4_names():
     spec = catalog.load_spec("mixtral-8x7b")
     assert set(spec.lora_module_names()) == {"q_proj", "k_proj", "v_proj", "o_proj", "gate", "w1", "w3", "w2"}
-    with pytest.raises(ValueError, match="w1"):
-        resolve_lora_targets(spec, ["down_proj"])
+    with pytest.raises(ValueError, match="w1.*experts.gate_up_proj"):
+        resolve_lora_targets(spec, ["fc1"])
     assert [m.name for m in resolve_lora_targets(spec, ["w1", "w3"])[0]] == ["experts.gate_up_proj"]
+    with pytest.raises(ValueError, match="w1 needs w3"):
+        resolve_lora_targets(spec, ["w1"])
 
 
 def test_qwen3_moe_sparse_step_and_mlp_only_layers():

@@ -122,7 +122,11 @@ def _peft_lora(model, targets, rank: int) -> dict[str, list[tuple[tuple[int, ...
     the (lora_A shape, lora_B shape) pairs it created."""
     from peft import LoraConfig, get_peft_model
 
-    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=targets, task_type="CAUSAL_LM")
+    modules, params = targets, None
+    if not isinstance(targets, str):  # fused expert tensors named directly go to target_parameters
+        params = [t for t in targets if t.rsplit(".", 1)[-1] in ("gate_up_proj", "down_proj") and "experts" in t] or None
+        modules = [t for t in targets if not params or t not in params]
+    cfg = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules=modules, target_parameters=params, task_type="CAUSAL_LM")
     peft_model = get_peft_model(model, cfg, low_cpu_mem_usage=True)
     shapes = dict(peft_model.named_parameters())
     out: dict[str, list] = {}
@@ -144,9 +148,9 @@ def _expected_lora(m, rank: int) -> tuple[tuple[int, int], tuple[int, int]]:
 def _name_lists(spec) -> list[list[str]]:
     lists = [list(spec.attention_module_names())]
     if spec.model_type == "mixtral":
-        lists.append(["q_proj", "w2", "gate"])
+        lists += [["q_proj", "w2", "gate"], ["w1", "w3"], ["experts.gate_up_proj", "o_proj"]]
     elif spec.model_type == "qwen3_moe":
-        lists.append(["gate_proj", "up_proj", "v_proj"])
+        lists += [["gate_proj", "up_proj", "v_proj"], ["down_proj"], ["experts.gate_up_proj"]]
     elif spec.model_type == "phi3":
         lists.append(["qkv_proj", "down_proj"])
     else:
