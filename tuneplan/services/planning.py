@@ -121,13 +121,15 @@ def parse_targets(text: str) -> str | tuple[str, ...]:
 
 
 # -- hardware ------------------------------------------------------------------------------
-def resolve_gpu(name: str) -> GPU:
+def resolve_gpu(name: str, *, vram_given: bool = False) -> GPU:
     """Catalog lookup that fails as a one-line UserError with suggestions."""
     try:
         return get_gpu(name)
     except UnknownGPU as exc:
         hint = f"did you mean {', '.join(exc.suggestions)}?" if exc.suggestions else "e.g. rtx-4090, a100-80gb, h100"
-        raise UserError(f"unknown GPU {name!r}: {hint} (or give its memory with --vram 24GiB)") from None
+        other = ("drop --gpu to plan for --vram alone (no speed figures)" if vram_given
+                 else "or give its memory with --vram 24GiB")
+        raise UserError(f"unknown GPU {name!r}: {hint} ({other})") from None
 
 
 def _generic_gpu(vram: int, bf16: bool = True) -> GPU:
@@ -140,7 +142,7 @@ def resolve_hardware(request: PlanRequest, probe: Any = None) -> tuple[Hardware,
     if request.hardware is not None:
         return request.hardware, [], 0
     if request.gpu:
-        gpu = resolve_gpu(request.gpu)
+        gpu = resolve_gpu(request.gpu, vram_given=request.vram_bytes is not None)
         if request.vram_bytes is not None:
             if request.vram_bytes > gpu.memory_bytes:
                 raise UserError(f"--vram {request.vram_bytes / GiB:.1f} GiB is more than the {gpu.name}'s "
