@@ -18,7 +18,7 @@ AUTO = "auto"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Values are validated in run() (one-line errors, exit 2), not by argparse's choices.
     def one_line_error(message: str) -> None:
-        print(f"tuneplan plan: error: {message}", file=sys.stderr)
+        print(f"tuneplan: error: plan: {message}", file=sys.stderr)
         sys.exit(2)
 
     parser.error = one_line_error  # type: ignore[method-assign]
