@@ -226,9 +226,17 @@ def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[int]:
     sizes = []
     for layer in lora_layers:
         for m in layer:
+            # peft `_convert_peft_config_moe` doubles the rank of fused gate_up experts
+            rr = r * getattr(m, "lora_rank_factor", 1)
+            if getattr(m, "kind", "linear") == "expert":
+                # peft ParamWrapper on the fused (E, out, in) weight: lora_A (E*r, in) and
+                # lora_B (out, E*r), one tensor each
+                sizes.append(m.count * rr * m.in_features)
+                sizes.append(m.out_features * rr * m.count)
+                continue
             for _ in range(m.count):
-                sizes.append(r * m.in_features)  # lora_A: (r, in)
-                sizes.append(m.out_features * r)  # lora_B: (out, r)
+                sizes.append(rr * m.in_features)  # lora_A: (r, in)
+                sizes.append(m.out_features * rr)  # lora_B: (out, r)
     return sizes
 
 
@@ -291,6 +299,21 @@ _LAYER_INPUT_READERS = ("q_proj", "k_proj", "v_proj", "qkv_proj")
 _ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj")
 
 
+def _experts_adapted(spec, setup: TrainSetup) -> bool:
+    """peft adapts transformers-5 fused MoE experts (and the router) when the targets are
+    all-linear (peft utils/transformers_weight_conversion.py `_convert_peft_config_moe` maps
+    the v4 names to `target_parameters`) or name the expert parameters."""
+    if setup.method == "full" or not any(getattr(m, "kind", "linear") == "expert" for layer in spec.layers for m in layer):
+        return False
+    return any(getattr(m, "kind", "linear") == "expert" for layer in _lora_modules(spec, setup) for m in layer)
+
+
+def _lora_dropout(spec, setup: TrainSetup) -> float:
+    # tuneplan/training/modeling.py `prepare_for_training`: peft's ParamWrapper refuses
+    # dropout, so LoRA on fused experts runs with dropout 0 everywhere
+    return 0.0 if _experts_adapted(spec, setup) else setup.lora_dropout
+
+
 def _mask_elems(b: int, s: int, setup: TrainSetup) -> int:
     """Elements of the 4-D attention mask: trl's padding-free packing flattens a micro-batch
     into one row of b*s tokens whose block-diagonal mask is (1, 1, b*s, b*s)
@@ -333,7 +356,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     if attn == "eager":
         # repeat_kv copies k and v to all heads; matmul(q, k^T) saves q and k; the softmax
         # runs in fp32 (saves its output) and is cast back (saved by matmul with v).
-        scores = b * nh * s * s
+        scores = nh * _mask_elems(b, s, setup)  # packed rows attend over the flattened b*s
         probs = scores * (4 + a)
         if spec.attn_logit_softcapping:
             probs += scores * a  # gemma2: tanh soft-capping saves its output
@@ -358,13 +381,26 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         k = max(1, spec.experts_per_token)
         inter = getattr(spec, "moe_intermediate_size", 0) or spec.intermediate_size
         E = spec.num_experts or max(m.count for m in experts)
+        adapted = full or _experts_adapted(spec, setup)
         # transformers models/mixtral/modeling_mixtral.py `MixtralExperts.forward`: per routed
-        # token, gate_up output (kept by the activation), activation output, down output
-        # (saved by the routing-weight multiply); router softmax output in fp32.
-        out.saved_mlp += T * k * (2 * inter + inter + h) * a
-        out.saved_mlp += T * E * 4 + T * k * 4 * 2
-        if full:
-            out.saved_mlp += T * k * (h + inter) * a
+        # token, gate_up output (kept by the activation: gate is a view of it), activation
+        # output, down output (saved by the routing-weight multiply); router softmax in fp32.
+        per_tok = (2 * inter + inter + h) * a + 4
+        if adapted:
+            # the expert weights need gradients (full) or are LoRA-parametrized (peft
+            # `ParamWrapper`): the gathered input and the act*up product are saved too
+            per_tok += (h + inter) * a
+        out.saved_mlp += T * k * per_tok + T * E * 4 + T * k * 8
+        if adapted and not full:
+            # peft tuners/lora/layer.py `ParamWrapper._activate_lora`: the weight is
+            # parametrized as base + einsum(B, A) * scaling, one merged (E, out, in) weight per
+            # forward in the compute dtype, saved by the expert matmuls for the input gradient
+            merged = sum(m.in_features * m.out_features * m.count for m in experts) * a
+            out.saved_mlp += merged
+            biggest = max(m.in_features * m.out_features * m.count for m in experts)
+            # the einsum runs under autocast (bf16 bmm): one delta-sized transient
+            out.fwd_mlp = max(out.fwd_mlp, biggest * p.lora_linear)
+            out.w_mlp = max(out.w_mlp, biggest * a + T * k * inter * 2 * a)  # merged-weight grad
         out.w_mlp = max(out.w_mlp, T * k * inter * 3 * a)
     else:
         inter = spec.intermediate_size
@@ -376,7 +412,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         out.w_mlp = max(out.w_mlp, 3 * T * inter * a)
     # -- LoRA adapters (peft/tuners/lora/layer.py `Linear.forward`) ----------------------------
     r = setup.lora_rank
-    drop = setup.lora_dropout > 0
+    drop = _lora_dropout(spec, setup) > 0
     shared_inputs = set()
     # torch aten Dropout.cpp `dropout`: on CUDA the fused `native_dropout` saves a bool mask;
     # on the CPU `_dropout_impl` multiplies by a noise tensor of the input dtype and saves it
@@ -384,7 +420,12 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     mask_bytes = 1 if device != "cpu" else drop_in_dtype
     autocast = p.lora_linear != p.adapter
     for m in lora:
-        n_tok = T * m.count if getattr(m, "kind", "linear") != "expert" else T * m.active
+        if getattr(m, "kind", "linear") == "expert":
+            if autocast:  # the autocast copies of the expert LoRA weights (see below)
+                rr = r * getattr(m, "lora_rank_factor", 1)
+                out.saved_mlp += m.count * rr * (m.in_features + m.out_features) * p.lora_linear
+            continue  # the rest of peft's ParamWrapper is in the MoE part above
+        n_tok = T * m.count
         fin = m.in_features
         in_attn = m.name in _ATTN_MODULES
         reads_layer_input = not input_grad and fin == h and m.name in _LAYER_INPUT_READERS
