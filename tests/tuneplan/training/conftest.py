@@ -45,3 +45,15 @@ def runs_root(tmp_path):
     root = tmp_path / "runs"
     root.mkdir()
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_lora_run(tiny_model, tmp_path_factory):
+    """One real LoRA run (24 steps, in-process worker), shared by the tests that read it:
+    (run_dir, WorkerResult)."""
+    from tuneplan.services.launcher import prepare_run
+    from tuneplan.training.runner import run_worker
+
+    root = tmp_path_factory.mktemp("shared-runs")
+    run_dir = prepare_run(tiny_config(tiny_model), root)
+    return run_dir, run_worker(run_dir, install_signals=False)

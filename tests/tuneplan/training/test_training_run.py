@@ -53,12 +53,12 @@ def _probe_logits(model, tokenizer):
 
 
 @pytest.mark.slow
-def test_lora_run_learns_records_and_reloads(tiny_model, runs_root):
+def test_lora_run_learns_records_and_reloads(tiny_model, trained_lora_run):
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    run_dir, result = _train(tiny_model, runs_root)
+    run_dir, result = trained_lora_run
     assert result.exit_code == 0
     logs = _check_run_files(run_dir, 24)
     assert logs[-1]["loss"] < logs[0]["loss"] - 0.2, [e["loss"] for e in logs]

@@ -1,0 +1,171 @@
+"""After training: talk to a run's adapter, or merge it into a 16-bit base for serving.
+
+`load_chat_model(run_dir)` loads the base model plus the adapter (`PeftModel.from_pretrained`)
+with the tokenizer saved next to the adapter (it carries the chat template the run trained
+with). `export_merged(run_dir, out)` reloads the base in 16 bits (for a QLoRA run too: the
+adapter is merged into a freshly loaded 16-bit base, never into the 4-bit one), merges and
+writes safetensors, after checking RAM and disk.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+from tuneplan.config import RunConfig, load_config
+from tuneplan.errors import UserError
+from tuneplan.events import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, last_checkpoint
+
+
+def _adapter_dir(run_dir: Path, config: RunConfig) -> tuple[Path, str | None]:
+    """(folder with the trained weights, a note when it is a checkpoint rather than the final save)."""
+    final = run_dir / (MODEL_DIR if config.setup.method == "full" else ADAPTER_DIR)
+    if final.is_dir():
+        return final, None
+    ckpt = last_checkpoint(run_dir)
+    if ckpt is not None:
+        return ckpt, f"the run has no final save yet; using {ckpt.name}"
+    raise UserError(f"run {run_dir.name} has no adapter and no checkpoint yet; wait for its first checkpoint")
+
+
+def _device():
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_chat_model(run_dir: Path):
+    """(model, tokenizer, notes) ready for generation."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / CONFIG_FILE)
+    weights, note = _adapter_dir(run_dir, config)
+    notes = [note] if note else []
+    device = _device()
+    from tuneplan.training.modeling import bnb_config, torch_dtype
+
+    # CPU: float32 (bf16 matmuls are slow there); CUDA: the run's compute dtype, 4-bit for QLoRA.
+    dtype = torch_dtype(config.setup.compute_dtype) if device.type == "cuda" else torch.float32
+    tokenizer = AutoTokenizer.from_pretrained(weights)
+    if config.setup.method == "full":
+        model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, device_map={"": device})
+    else:
+        from peft import PeftModel
+
+        kwargs = {"dtype": dtype, "device_map": {"": device}, "trust_remote_code": config.model.trust_remote_code}
+        if config.setup.method == "qlora" and device.type == "cuda":
+            kwargs["quantization_config"] = bnb_config(config.setup)
+        base = AutoModelForCausalLM.from_pretrained(config.model.source, **kwargs)
+        model = PeftModel.from_pretrained(base, weights)
+    model.eval()
+    return model, tokenizer, notes
+
+
+def reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 128, temperature: float = 0.0) -> str:
+    """The assistant's next turn for a conversation (the chat template's generation prompt)."""
+    import torch
+
+    inputs = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                           return_dict=True)
+    inputs = {k: v.to(model.device) for k, v in inputs.items()}
+    kwargs = {"max_new_tokens": max_new_tokens, "pad_token_id": tokenizer.pad_token_id or tokenizer.eos_token_id}
+    if temperature > 0:
+        kwargs.update(do_sample=True, temperature=temperature)
+    else:
+        kwargs.update(do_sample=False)
+    with torch.no_grad():
+        out = model.generate(**inputs, **kwargs)
+    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+
+
+def available_ram_bytes() -> int | None:
+    """MemAvailable from /proc/meminfo (Linux), else None."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None
+
+
+def merged_size_bytes(config: RunConfig, dtype_bytes: int) -> int | None:
+    """Size of the merged model: its parameter count (planner, from config.json) x dtype bytes."""
+    path = Path(config.model.source) / "config.json"
+    cfg = None
+    if path.is_file():
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    else:
+        from planner import catalog
+
+        entry = catalog.find(config.model.source) or next(
+            (e for e in catalog.entries() if e.hub_id == config.model.source), None)
+        cfg = dict(entry.config) if entry else None
+    if cfg is None:
+        return None
+    from planner.spec import spec_from_config
+
+    try:
+        return spec_from_config(cfg, config.model.source).parameter_count() * dtype_bytes
+    except Exception:
+        return None
+
+
+def export_merged(run_dir: Path, out: Path | None = None, *, dtype: str = "auto", free_bytes=None,
+                  ram_bytes=None) -> Path:
+    """Merge the run's adapter into a freshly loaded 16-bit base and write it to `out`
+    (default `RUN/merged`). Refuses to overwrite, and checks RAM and disk first."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuneplan.services.paths import free_bytes as disk_free
+
+    run_dir = Path(run_dir)
+    config = load_config(run_dir / CONFIG_FILE)
+    if config.setup.method == "full":
+        raise UserError(f"run {run_dir.name} is a full fine-tune: its model/ folder is already a merged model")
+    adapter, note = _adapter_dir(run_dir, config)
+    if note:
+        print(f"tuneplan: {note}")
+    out = Path(out) if out else run_dir / "merged"
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty; pass another --out")
+    name = dtype if dtype != "auto" else ("float16" if config.setup.compute_dtype == "float16" else "bfloat16")
+    torch_dt = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
+    size = merged_size_bytes(config, torch.finfo(torch_dt).bits // 8)
+    if size is not None:
+        ram = available_ram_bytes() if ram_bytes is None else ram_bytes
+        # The base is loaded once in 16 bits and merged in place; the adapter and buffers are small.
+        if ram is not None and ram < size * 1.1:
+            raise UserError(f"not enough free RAM to merge: {ram / 2**30:.1f} GiB available, the {name} model "
+                            f"needs about {size * 1.1 / 2**30:.1f} GiB")
+        have = (free_bytes or disk_free)(out.parent if not out.exists() else out)
+        if have < size + 2**26:
+            raise UserError(f"not enough disk space in {out.parent}: {have / 2**30:.1f} GiB free, the merged "
+                            f"model needs about {size / 2**30:.1f} GiB")
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(config.model.source, dtype=torch_dt, device_map={"": "cpu"},
+                                                trust_remote_code=config.model.trust_remote_code)
+    merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
+    tmp = out.with_name(f".{out.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    try:
+        merged.save_pretrained(tmp, safe_serialization=True)
+        AutoTokenizer.from_pretrained(adapter).save_pretrained(tmp)
+        (tmp / "README.md").write_text(
+            f"# {run_dir.name} (merged)\n\n`{config.model.source}` with the LoRA adapter of run `{run_dir.name}` "
+            f"merged in, {name}, written by `tuneplan export --merge`.\n", encoding="utf-8")
+        if out.exists():
+            out.rmdir()
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
