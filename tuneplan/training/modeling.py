@@ -230,7 +230,7 @@ def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
 
 def load_for_training(source: str, setup: TrainSetup, *, trust_remote_code: bool = False,
                       device: str | torch.device | None = None):
-    """Load `source` (local folder or Hub id) ready for the trainer: steps 1-3 of the contract.
+    """Load `source` (local folder, Hub id or catalog name) ready for the trainer: steps 1-3.
 
     Returns `(model, tokenizer, notes)`; `notes` are sentences for the run log (attention
     fallback, adapter summary). The tokenizer is returned as loaded (no pad token is added).
@@ -239,9 +239,17 @@ def load_for_training(source: str, setup: TrainSetup, *, trust_remote_code: bool
     from transformers import AutoConfig, AutoTokenizer
 
     source = str(source)
+    notes: list[str] = []
     looks_local = os.path.isabs(source) or source.startswith((".", "~")) or os.path.exists(source)
     if looks_local and not os.path.isdir(os.path.expanduser(source)):
         raise UserError(f"model folder {source!r} does not exist: give an existing folder or a Hub id")
+    if not looks_local and "/" not in source:
+        from planner import catalog  # a catalog name (e.g. `llama-3.1-8b`) -> its Hub repo
+
+        entry = catalog.find(source)
+        if entry is not None:
+            _note(notes, f"model {source!r}: catalog entry, loading {entry.hub_id}")
+            source = entry.hub_id
     source = os.path.expanduser(source)
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
@@ -249,7 +257,6 @@ def load_for_training(source: str, setup: TrainSetup, *, trust_remote_code: bool
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load the model config/tokenizer from {source!r}: {first}") from e
-    notes: list[str] = []
     dev = _default_device(device)
     model = _load_model(source, config, setup, dev, trust_remote_code, notes)
     model = prepare_for_training(model, setup, notes)
