@@ -79,3 +79,11 @@ def test_wheel_ships_presets(tmp_path):
     assert expected and expected <= shipped
     assert any(n.startswith("planner/") for n in names)
     assert any(n.startswith("tuneplan/") for n in names)
+
+
+def test_bad_flag_is_one_line_and_exit_2():
+    out = subprocess.run([sys.executable, "-m", "tuneplan", "plan", "--no-such-flag"],
+                         capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--no-such-flag" in lines[0]

@@ -31,8 +31,16 @@ COMMANDS: dict[str, str] = {
 }
 
 
+class _OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a bad flag in one line (plus a pointer to --help), exit 2."""
+
+    def error(self, message: str):  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+        sys.exit(EXIT_BAD_INPUT)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _OneLineParser(
         prog="tuneplan",
         description="Fine-tune 7B-70B LLMs with LoRA/QLoRA on the GPU you have: "
         "plan what fits, launch detached runs, follow them live. "
