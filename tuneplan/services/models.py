@@ -27,6 +27,7 @@ patching those two functions of the `huggingface_hub` module.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from dataclasses import dataclass, field
@@ -103,7 +104,7 @@ def resolve_model(
         raise UserError("no model given: name a catalog model (e.g. llama-3.1-8b), a Hub id (owner/name) or a local folder")
 
     if _looks_like_path(text):
-        return _resolve_local(Path(text).expanduser(), trust_remote_code)
+        return _resolve_local(Path(text).expanduser(), trust_remote_code, shown=text)
 
     entry = catalog.find(text)
     if entry is not None:
@@ -111,7 +112,7 @@ def resolve_model(
 
     path = Path(text).expanduser()
     if path.is_dir() or (path.is_file() and path.name == "config.json"):
-        return _resolve_local(path, trust_remote_code)
+        return _resolve_local(path, trust_remote_code, shown=text)
 
     if HUB_ID.match(text):
         return _resolve_hub(text, token=token, trust_remote_code=trust_remote_code, hub=hub,
@@ -176,15 +177,15 @@ def _resolve_catalog(entry: catalog.CatalogEntry, trust_remote_code: bool) -> Re
     )
 
 
-def _resolve_local(path: Path, trust_remote_code: bool) -> ResolvedModel:
+def _resolve_local(path: Path, trust_remote_code: bool, shown: str | None = None) -> ResolvedModel:
     if path.is_file() and path.name == "config.json":
         config_path, folder = path, path.parent
     else:
         folder, config_path = path, path / "config.json"
     if not folder.exists():
-        raise UserError(f"model folder {str(path)!r} does not exist: give a folder that holds config.json, a catalog name or a Hub id")
+        raise UserError(f"model folder {shown or str(path)!r} does not exist: give a folder that holds config.json, a catalog name or a Hub id")
     if not folder.is_dir():
-        raise UserError(f"{str(path)!r} is a file, not a model folder: give the folder that holds config.json")
+        raise UserError(f"{shown or str(path)!r} is a file, not a model folder: give the folder that holds config.json")
     if not config_path.is_file():
         raise UserError(
             f"model folder {str(folder)!r} has no config.json: point --model at the folder of a Hugging Face "
@@ -286,7 +287,8 @@ def _resolve_hub(repo_id: str, *, token: str | None, trust_remote_code: bool, hu
     url = f"https://huggingface.co/{repo_id}"
     has_token = bool(token) or _saved_token_exists()
     try:
-        path = hub.hf_hub_download(repo_id, "config.json", token=token)
+        with _quiet_hub_logs():
+            path = hub.hf_hub_download(repo_id, "config.json", token=token)
     except errors.GatedRepoError:
         if has_token:
             raise UserError(
@@ -355,6 +357,19 @@ def _resolve_hub(repo_id: str, *, token: str | None, trust_remote_code: bool, hu
     )
 
 
+class _quiet_hub_logs:
+    """Hold huggingface_hub's logger at ERROR during a call: its "Retrying in 1s" lines would
+    break the one-line error contract (the outcome is reported by us)."""
+
+    def __enter__(self) -> None:
+        self.logger = logging.getLogger("huggingface_hub")
+        self.level = self.logger.level
+        self.logger.setLevel(logging.ERROR)
+
+    def __exit__(self, *exc: object) -> None:
+        self.logger.setLevel(self.level)
+
+
 def _offline_message(repo_id: str, detail: str = "") -> str:
     why = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face Hub cannot be reached"
     fix = "unset HF_HUB_OFFLINE" if _offline() else "check the connection"
@@ -368,7 +383,8 @@ def _hub_facts(hub: Any, repo_id: str, token: str | None) -> tuple[int | None, s
     """(safetensors parameter count, licence, gated) from the Hub API; Nones when unavailable.
     Never raises: this is a cross-check, not a requirement."""
     try:
-        info = hub.model_info(repo_id, expand=["safetensors", "gated", "cardData"], token=token, timeout=10)
+        with _quiet_hub_logs():
+            info = hub.model_info(repo_id, expand=["safetensors", "gated", "cardData"], token=token, timeout=10)
     except Exception:
         return None, None, None
     total = None

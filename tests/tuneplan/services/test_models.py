@@ -119,6 +119,8 @@ def test_local_folder_without_config(tmp_path):
         resolve_model(str(tmp_path / "weights"))
     with pytest.raises(UserError, match="does not exist"):
         resolve_model(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="'./missing' does not exist"):
+        resolve_model("./missing")  # named as the user typed it
 
 
 def test_local_bad_json(tmp_path):
@@ -213,6 +215,20 @@ def test_offline_without_cache(hub, monkeypatch):
     with pytest.raises(UserError) as err:
         resolve_model("owner/model")
     assert "HF_HUB_OFFLINE" in str(err.value) and "not in the local Hub cache" in str(err.value)
+
+
+def test_hub_retry_chatter_is_silenced(hub, monkeypatch, caplog):
+    import logging
+
+    def noisy(repo_id, filename, *, token=None, **kwargs):
+        logging.getLogger("huggingface_hub.utils._http").warning("Retrying in 1s [Retry 1/5].")
+        raise hub_errors.LocalEntryNotFoundError("no connection")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", noisy)
+    with caplog.at_level(logging.WARNING), pytest.raises(UserError):
+        resolve_model("owner/model")
+    assert "Retrying" not in caplog.text
+    assert logging.getLogger("huggingface_hub").level != logging.ERROR  # restored
 
 
 def test_connection_error(hub, monkeypatch):
