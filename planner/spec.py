@@ -164,6 +164,9 @@ class ModelSpec:
     """Other config facts kept for explanations (read-only pairs)."""
     moe_intermediate_size: int = 0
     """Width of one routed expert's MLP (0 for dense models)."""
+    num_shared_experts: int = 0
+    """Always-active shared experts per MoE layer (none of the supported families has any:
+    mixtral and qwen3_moe route every token to `experts_per_token` of `num_experts`)."""
     qk_norm: bool = False
     """Per-head RMSNorm on queries and keys (qwen3, gemma3): two `head_dim` weights per layer."""
     norms_per_layer: int = 2
