@@ -187,6 +187,17 @@ def _resolve_local(path: Path, trust_remote_code: bool, shown: str | None = None
     if not folder.is_dir():
         raise UserError(f"{shown or str(path)!r} is a file, not a model folder: give the folder that holds config.json")
     if not config_path.is_file():
+        adapter = folder / "adapter_config.json"
+        if adapter.is_file():
+            try:
+                base = json.loads(adapter.read_text(encoding="utf-8")).get("base_model_name_or_path")
+            except (OSError, ValueError, AttributeError):
+                base = None
+            using = f" --model {base}" if base else " its base model"
+            raise UserError(
+                f"{str(folder)!r} holds a LoRA adapter, not a model: plan and train with{using} "
+                "(merge the adapter first to fine-tune the merged model)"
+            )
         raise UserError(
             f"model folder {str(folder)!r} has no config.json: point --model at the folder of a Hugging Face "
             "checkpoint (the one with config.json and *.safetensors)"
@@ -284,6 +295,7 @@ def _offline() -> bool:
 def _resolve_hub(repo_id: str, *, token: str | None, trust_remote_code: bool, hub: Any, check_parameters: bool) -> ResolvedModel:
     hub = hub if hub is not None else _default_hub()
     errors = _hub_errors()
+    token = token or None  # "" would be sent as an empty credential
     url = f"https://huggingface.co/{repo_id}"
     has_token = bool(token) or _saved_token_exists()
     try:

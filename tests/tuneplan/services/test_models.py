@@ -123,6 +123,12 @@ def test_local_folder_without_config(tmp_path):
         resolve_model("./missing")  # named as the user typed it
 
 
+def test_lora_adapter_folder_points_at_its_base(tmp_path):
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"base_model_name_or_path": "Qwen/Qwen2.5-7B", "r": 16}))
+    with pytest.raises(UserError, match="LoRA adapter.*--model Qwen/Qwen2.5-7B"):
+        resolve_model(str(tmp_path))
+
+
 def test_local_bad_json(tmp_path):
     (tmp_path / "config.json").write_text("{not json")
     with pytest.raises(UserError, match="cannot read"):
