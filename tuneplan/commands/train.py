@@ -113,44 +113,24 @@ def _fixed_in_file(args: argparse.Namespace) -> set[str]:
     return set()
 
 
+def _given_knobs(args: argparse.Namespace) -> set[str]:
+    """Knobs the user fixed: in the --config / --preset file or by a flag (not `auto`)."""
+    return _fixed_in_file(args) | set(_setup_changes(args))
+
+
 def _auto_knobs(args: argparse.Namespace) -> list[str]:
     """Knobs left to the planner: neither fixed by the file nor by a flag (or flagged `auto`)."""
-    fixed = _fixed_in_file(args) | set(_setup_changes(args))
-    explicit_auto = {"grad_checkpointing", "optimizer", "attn", "fused_ce", "packing", "compute_dtype", "method"}
-    explicit_auto = {k for k in explicit_auto if getattr(args, k, None) == AUTO}
-    return [k for k in PLANNED_KNOBS if k not in fixed or k in explicit_auto]
+    given = _given_knobs(args)
+    explicit_auto = {k for k in ("grad_checkpointing", "optimizer", "attn", "fused_ce", "packing",
+                                 "compute_dtype", "method") if getattr(args, k, None) == AUTO}
+    return [k for k in PLANNED_KNOBS if k not in given or k in explicit_auto]
 
 
-def load_preset(name: str):
-    """A preset as a RunConfig: through `tuneplan.services.presets` when it exists, else a
-    TOML file (a path, or `presets/<name>.toml`) holding run-config sections."""
-    from tuneplan.config import config_from_dict, read_toml
-    from tuneplan.errors import UserError
+def load_preset(name: str, args: argparse.Namespace):
+    """A preset re-fitted to this machine (`tuneplan.services.presets`)."""
+    from tuneplan.services import presets
 
-    try:
-        from tuneplan.services import presets as preset_service
-    except ImportError:
-        preset_service = None
-    if preset_service is not None and hasattr(preset_service, "load_preset_config"):
-        return preset_service.load_preset_config(name)
-    path = Path(name)
-    if not path.suffix:
-        import presets as preset_pkg  # the shipped data folder
-
-        path = Path(preset_pkg.__path__[0]) / f"{name}.toml"
-    if not path.is_file():
-        raise UserError(f"no preset named {name!r} (see `tuneplan presets list`)")
-    data = read_toml(path)
-    sections = {k: v for k, v in data.items() if k in ("model", "data", "setup", "training", "recovery")}
-    return config_from_dict(sections, where=str(path)) if sections.get("model") and sections.get("data") else \
-        _partial(sections, str(path))
-
-
-def _partial(sections: dict, where: str):
-    from tuneplan.config import RunConfig, _SECTIONS, _section_from_dict  # noqa: PLC2701
-
-    kwargs = {k: _section_from_dict(_SECTIONS[k], v, k, where) for k, v in sections.items()}
-    return RunConfig(**kwargs)
+    return presets.load_preset_config(name, gpu=args.gpu, vram=args.vram)
 
 
 def build_config(args: argparse.Namespace):
@@ -163,7 +143,7 @@ def build_config(args: argparse.Namespace):
     if args.config:
         config = load_config(Path(args.config))
     elif args.preset:
-        config = load_preset(args.preset)
+        config = load_preset(args.preset, args)
     else:
         config = RunConfig()
     if args.model:
@@ -190,19 +170,36 @@ def build_config(args: argparse.Namespace):
 
 
 def plan_config(config, args: argparse.Namespace):
-    """Let the planner choose the knobs left to it (`auto`), when the planning service exists.
-    Returns (config, notes)."""
+    """Let the planner choose the knobs left to it (`tuneplan.services.planning`, the same
+    solver as `tuneplan plan`). Returns (config, notes); raises UserError when nothing fits."""
     auto = _auto_knobs(args)
     if not auto:
         return config, []
-    try:
-        from tuneplan.services import planning
-    except ImportError:
-        return config, [f"planner service not available: {', '.join(auto)} keep their defaults"]
-    fn = getattr(planning, "plan_run_config", None)
-    if fn is None:
-        return config, [f"planner service has no plan_run_config yet: {', '.join(auto)} keep their defaults"]
-    return fn(config, auto=auto, gpu=args.gpu, vram=args.vram)
+    from tuneplan.config import PredictionConfig
+    from tuneplan.errors import UserError
+    from tuneplan.services import planning
+
+    given = _given_knobs(args) - set(auto)
+    fixed = {k: getattr(config.setup, k) for k in planning.FIXABLE if k in given}
+    method = "auto" if "method" in auto else config.setup.method
+    mb, ga = config.setup.micro_batch, config.setup.grad_accum
+    request = planning.PlanRequest(
+        model=config.model.source, gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None,
+        method=method, fixed=fixed, epochs=config.training.epochs, dataset_source=config.data.source,
+        effective_batch=mb * ga if {"micro_batch", "grad_accum"} <= given else None,
+    )
+    outcome = planning.plan(request)
+    result = outcome.result
+    if not result.fits:
+        hint = f"; {result.suggestions[0]}" if result.suggestions else ""
+        raise UserError(f"no configuration of {config.model.source} fits {outcome.hardware.gpu.name}{hint} "
+                        f"(see `tuneplan plan --model {config.model.source}`)")
+    choice = result.choice
+    config = replace(config, setup=choice.setup,
+                     prediction=PredictionConfig(torch_peak_bytes=choice.memory.torch_peak_bytes,
+                                                 device_bytes=choice.memory.device_bytes))
+    notes = list(outcome.notes) + list(result.warnings) + [f"planned: {choice.describe()}"]
+    return config, notes
 
 
 def run(args: argparse.Namespace) -> int:

@@ -106,7 +106,25 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=_cuda_available(),
+        # Without CUDA the Trainer refuses bf16 unless told it runs on the CPU (CPU autocast).
+        use_cpu=not _cuda_available(),
     )
+
+
+# TrainSetup fields that describe OTHER training stacks (the planner's calibration against
+# published measurements); tuneplan's own path is their default value.
+_OTHER_STACK_FIELDS = {"adapter_dtype": None, "autocast": True, "loss_upcast": True, "optimizer_state_dtype": None}
+
+
+def check_supported(setup) -> None:
+    """Refuse setups tuneplan's trainer does not implement (one line naming the field)."""
+    from tuneplan.errors import UserError
+
+    for name, default in _OTHER_STACK_FIELDS.items():
+        value = getattr(setup, name, default)
+        if value != default:
+            raise UserError(f"setup.{name} = {value!r} describes another training stack (planner calibration); "
+                            f"tuneplan trains with {name} = {default!r}: remove it from the config")
 
 
 def _cuda_available() -> bool:
@@ -148,6 +166,7 @@ def build_trainer(run_config: RunConfig, model, tokenizer, train_ds, eval_ds=Non
     prompt/completion rows or `text` rows (see `tuneplan.training.data`). The tokenizer gets
     a pad token (its eos) when it has none. `output_dir` holds the checkpoints (`None`: no
     checkpoints, e.g. for the memory trace)."""
+    check_supported(run_config.setup)
     if getattr(tokenizer, "pad_token", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
     columns = set(train_ds.column_names)
