@@ -22,6 +22,8 @@ Every event has `kind` and `time` (unix seconds). Kinds:
 - `data`: dataset facts: `examples`, `dropped_too_long`, `truncated`, `format`
 - `replan`: OOM recovery: `attempt`, `reason`, `changes` (knob -> [old, new])
 - `message`: free text for the log tail: `level`, `text`
+- `environment`: where an attempt trains (presets' evidence): `device`, `gpu_name`,
+  `gpu_memory_bytes`, `driver_version`, `cuda_version`, `<library>_version`
 Unknown keys are kept; readers ignore kinds they do not know.
 
 Control files a user command drops into the run directory (the training process polls them

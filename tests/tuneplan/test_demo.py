@@ -21,7 +21,7 @@ def test_demo_runs_headless_to_a_finished_run_with_falling_loss(tmp_path):
     env.pop("HF_HUB_OFFLINE", None)  # the demo switches the Hub off by itself
     runs = tmp_path / "runs"
     out = subprocess.run(
-        [sys.executable, "-m", "tuneplan", "demo", "--no-dashboard", "--runs-dir", str(runs), "--max-steps", "30"],
+        [sys.executable, "-m", "tuneplan", "demo", "--no-dashboard", "--runs-dir", str(runs), "--max-steps", "20"],
         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=170,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -31,8 +31,21 @@ def test_demo_runs_headless_to_a_finished_run_with_falling_loss(tmp_path):
     assert "done" in text and "(falling)" in text
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
     status = read_status(run)
-    assert status.phase == "done" and status.step == 30
+    assert status.phase == "done" and status.step == 20
     losses = [e["loss"] for e in read_events(run) if e["kind"] == "log"]
     assert len(losses) >= 3 and losses[-1] < losses[0]
     assert f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" in text
     assert (run / "train.log").is_file() and any((run / "checkpoints").iterdir())
+
+    # the finished run becomes a preset with the evidence the training process recorded
+    saved = subprocess.run([sys.executable, "-m", "tuneplan", "presets", "save", "from-demo", "--from", run.name,
+                            "--runs-dir", str(runs)], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert saved.returncode == 0, saved.stderr
+    from tuneplan.services.presets import load_preset_file
+
+    preset = load_preset_file(tmp_path / "p" / "from-demo.toml")
+    ev = preset.evidence
+    assert ev.environment_source == "run" and ev.torch_version and ev.gpu_name
+    assert ev.steps == 20 and ev.outcome == "done" and ev.final_loss == pytest.approx(losses[-1])
+    assert ev.tokens_per_second and ev.tokens_per_second > 0
+    assert preset.effective_batch() == preset.config.setup.effective_batch()

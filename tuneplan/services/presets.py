@@ -892,7 +892,7 @@ def _toml_dict(preset_name: str, description: str, config: RunConfig, constraint
         out = {}
         for f in fields(obj):
             v = getattr(obj, f.name)
-            if v is None or f.name in skip:
+            if v is None or v == () or f.name in skip:
                 continue
             out[f.name] = list(v) if isinstance(v, tuple) else v
         return out

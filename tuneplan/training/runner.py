@@ -160,6 +160,7 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
 
         model, tokenizer, notes = load_for_training(config.model.source, config.setup,
                                                     trust_remote_code=config.model.trust_remote_code)
+        _event(run_dir, "environment", **environment_facts())  # presets issue: evidence for `presets save`
         if control.stop_requested:
             _finish(run_dir, status, "stopped", message=f"{control.stop_signal} before training started")
             return WorkerResult(EXIT_OK)
@@ -210,6 +211,35 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
                  "saving": "while saving"}.get(status.phase, f"in phase {status.phase}")
         _finish(run_dir, status, "failed", error=f"{where}: {type(exc).__name__}: {first} (see train.log)")
         return WorkerResult(EXIT_FAILED, trainer, tokenizer)
+
+
+def environment_facts() -> dict:
+    """Where this attempt trains, for a preset's `[evidence]` (`tuneplan presets save --from RUN`):
+    device, GPU name and memory (bytes), driver and CUDA versions, library versions."""
+    from importlib import metadata
+
+    import torch
+
+    facts: dict = {"device": "cuda" if torch.cuda.is_available() else "cpu"}
+    for dist in ("torch", "transformers", "peft", "trl", "bitsandbytes", "accelerate"):
+        try:
+            facts[f"{dist}_version"] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    if not torch.cuda.is_available():
+        facts["gpu_name"] = "cpu"
+        return facts
+    props = torch.cuda.get_device_properties(torch.cuda.current_device())
+    facts.update(gpu_name=props.name, gpu_memory_bytes=int(props.total_memory), cuda_version=torch.version.cuda)
+    try:
+        from tuneplan.services.gpu import default_probe
+
+        gpus = default_probe().probe()
+        if gpus:
+            facts["driver_version"] = gpus[0].driver_version
+    except Exception:  # the driver version is decoration: never fail a run for it
+        pass
+    return facts
 
 
 # --- supervisor ------------------------------------------------------------------------------------
