@@ -1,0 +1,78 @@
+"""Pure parts of run handling: OOM re-plan order, crashed detection, runs root, run folders."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from planner.setup import TrainSetup
+from tuneplan.errors import UserError
+from tuneplan.events import Status, effective_phase, write_status
+from tuneplan.services import paths, runs
+from tuneplan.training.recovery import replan_after_oom
+
+
+def test_oom_replan_order_keeps_the_effective_batch():
+    setup = TrainSetup(method="lora", micro_batch=6, grad_accum=2, grad_checkpointing=False)
+    seen = []
+    while (step := replan_after_oom(setup, allow_qlora=True)) is not None:
+        setup, changes = step
+        seen.append(changes)
+        assert setup.effective_batch() == 12
+    assert seen == [
+        {"micro_batch": [6, 3], "grad_accum": [2, 4]},
+        {"micro_batch": [3, 1], "grad_accum": [4, 12]},
+        {"grad_checkpointing": [False, True]},
+        {"method": ["lora", "qlora"]},
+    ]
+    last = TrainSetup(method="lora", micro_batch=1, grad_checkpointing=True)
+    assert replan_after_oom(last, allow_qlora=False) is None
+
+
+def test_dead_pid_without_final_status_is_crashed(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", "pass"])
+    proc.wait()
+    write_status(tmp_path, Status(phase="training", pids=[proc.pid]))
+    from tuneplan.events import read_status
+
+    assert effective_phase(read_status(tmp_path)) == "crashed"
+    write_status(tmp_path, Status(phase="stopped", pids=[proc.pid]))
+    assert effective_phase(read_status(tmp_path)) == "stopped"
+    import os
+
+    write_status(tmp_path, Status(phase="training", pids=[os.getpid()]))
+    assert effective_phase(read_status(tmp_path)) == "training"
+
+
+def test_runs_root_precedence(monkeypatch, tmp_path):
+    monkeypatch.setenv(paths.RUNS_DIR_ENV, str(tmp_path / "env"))
+    assert paths.runs_root(tmp_path / "flag") == tmp_path / "flag"
+    assert paths.runs_root() == tmp_path / "env"
+    monkeypatch.delenv(paths.RUNS_DIR_ENV)
+    assert paths.runs_root().parts[-2:] == ("tuneplan", "runs")
+
+
+def test_run_folders_are_never_reused(tmp_path):
+    a = paths.new_run_dir(tmp_path, None, model="org/Llama-3.1-8B", method="qlora")
+    b = paths.new_run_dir(tmp_path, None, model="org/Llama-3.1-8B", method="qlora")
+    assert a != b and a.name.startswith("llama-3.1-8b-qlora-")
+    paths.new_run_dir(tmp_path, "mine", model="m", method="lora")
+    with pytest.raises(UserError, match="already exists"):
+        paths.new_run_dir(tmp_path, "mine", model="m", method="lora")
+
+
+def test_controls_refuse_a_run_that_is_not_running(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    (run / "config.toml").write_text("")
+    write_status(run, Status(phase="done"))
+    with pytest.raises(UserError, match="not running"):
+        runs.request_stop(run)
+    with pytest.raises(UserError, match="not running"):
+        runs.request_save(run)
+    with pytest.raises(UserError, match="already finished"):
+        runs.prepare_resume(run)
+    with pytest.raises(UserError, match="no run named 'nope'"):
+        runs.find_run("nope", tmp_path)
