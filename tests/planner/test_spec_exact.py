@@ -42,15 +42,6 @@ def _decoder_layers(model) -> list[nn.Module]:
     raise AssertionError("no decoder layers found")
 
 
-def _peft_all_linear(model) -> set[str]:
-    """Module names peft's `all-linear` resolves to (its own helper, applied to this model)."""
-    from peft import LoraConfig
-    from peft.tuners.tuners_utils import _maybe_include_all_linear_layers
-
-    cfg = _maybe_include_all_linear_layers(LoraConfig(target_modules="all-linear", task_type="CAUSAL_LM"), model)
-    return set(cfg.target_modules)
-
-
 def _layer_prefix(model) -> str:
     for name, module in model.named_modules():
         if name.endswith("layers") and isinstance(module, nn.ModuleList) and "vision" not in name:
