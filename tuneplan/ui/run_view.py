@@ -18,8 +18,9 @@ from typing import Any
 
 from tuneplan import events as ev
 
-MAX_POINTS = 600
-"""Plot series keep at most this many points (every other point dropped when exceeded)."""
+MAX_POINTS = 400
+"""Plot series keep at most this many points (every other point dropped when exceeded); a
+plot 80 columns wide has at most 160 braille dots across, so nothing visible is lost."""
 LOG_LINES = 200
 EVENT_LINES = 200
 LIVENESS_SECONDS = 2.0

@@ -134,7 +134,8 @@ def test_wizard_launch_follow_detach_attach(tmp_path, tiny_model_dir):
         term.send("C-l")
         # the dashboard follows the detached run
         screen = term.wait(r"\[training\]", timeout=60)
-        screen = term.wait(r"step [2-9]/12", timeout=60)
+        screen = term.wait(r"step ([1-9]|1[0-2])/12 .*\n(.*\n)*.*loss \d", timeout=60)
+        first_step = int(re.search(r"step (\d+)/12", screen).group(1))
         first_loss = _loss_on_screen(screen)
         assert first_loss is not None
         term.send("d")
@@ -149,7 +150,9 @@ def test_wizard_launch_follow_detach_attach(tmp_path, tiny_model_dir):
         screen = term.wait(r"\[done\]", timeout=90)
         assert run_name in screen and "step 12/12" in screen
         last_loss = _loss_on_screen(screen)
-        assert last_loss is not None and last_loss < first_loss, (first_loss, last_loss)
+        assert last_loss is not None
+        if first_step < 12:  # seen falling on the dashboard (unless the run beat the first poll)
+            assert last_loss < first_loss, (first_step, first_loss, last_loss)
         term.send("q")
         term.wait(r"Detached from")
     finally:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,8 @@ from tuneplan.ui.widgets.dialogs import ConfirmDialog, HelpDialog
 POLL_SECONDS = 0.5
 """How often the run files are checked (a stat and a read from the last offset)."""
 GPU_SECONDS = 1.0
+PLOT_SECONDS = 2.0
+"""Plots are rebuilt at most this often (numbers and progress follow every poll)."""
 TAIL_LINES = 6
 """Lines of the event/log tail at 80x24 (header included); more when the terminal is taller."""
 HELP = [
@@ -59,6 +62,8 @@ class DashboardScreen(Screen):
         self.show_log = False
         self._stop_event = threading.Event()
         self._plotted_version = -1
+        self._plotted_at = 0.0
+        self._plot_timer = None
 
     # -- layout --------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -146,9 +151,15 @@ class DashboardScreen(Screen):
         eta = "done" if s.finished else f"ETA {duration(s.eta_seconds)}"
         self.query_one("#progress-text", Static).update(f"{steps}  {epoch}  {eta}")
 
-        if s.version != self._plotted_version:
+        # Plots are the costly part of a redraw: at most one rebuild per PLOT_SECONDS (the
+        # final state of a finished run is always drawn).
+        now = time.monotonic()
+        if s.version != self._plotted_version and (now - self._plotted_at >= PLOT_SECONDS or s.finished):
             self._plotted_version = s.version
+            self._plotted_at = now
             self._plot(s)
+        elif s.version != self._plotted_version and self._plot_timer is None:
+            self._plot_timer = self.set_timer(PLOT_SECONDS, self._replot)
         self.query_one("#stats", Static).update(self._stats_text(s))
         self._render_tail(s)
         cps = Text("checkpoints\n", style="bold")
@@ -158,6 +169,13 @@ class DashboardScreen(Screen):
         else:
             cps.append("none yet", style="dim")
         self.query_one("#checkpoints", Static).update(cps)
+
+    def _replot(self) -> None:
+        self._plot_timer = None
+        if self.snapshot is not None and self.snapshot.version != self._plotted_version:
+            self._plotted_version = self.snapshot.version
+            self._plotted_at = time.monotonic()
+            self._plot(self.snapshot)
 
     def _plot(self, s: RunSnapshot) -> None:
         loss = self.query_one("#loss-plot", PlotextPlot)
