@@ -142,13 +142,26 @@ def _lora_modules(spec, setup: TrainSetup):
         from planner.spec import resolve_lora_targets
     except ImportError:  # older spec without the helper
         resolve_lora_targets = None
-    targets = setup.lora_targets
+    targets = _body_targets(setup)
     if resolve_lora_targets is not None:
         return resolve_lora_targets(spec, targets)
     names = None if targets in ("all-linear", "all_linear") else set(
         [targets] if isinstance(targets, str) else targets)
     return tuple(tuple(m for m in layer if m.lora_targetable and (names is None or m.name in names))
                  for layer in spec.layers)
+
+
+def _head_adapted(setup: TrainSetup) -> bool:
+    """LoRA on the lm_head (litgpt's `lora_head`; peft's all-linear never adapts it)."""
+    t = setup.lora_targets
+    return setup.method != "full" and not isinstance(t, str) and "lm_head" in t
+
+
+def _body_targets(setup: TrainSetup):
+    t = setup.lora_targets
+    if isinstance(t, str):
+        return t
+    return tuple(x for x in t if x != "lm_head")
 
 
 # -- weights ----------------------------------------------------------------------------------
@@ -178,25 +191,32 @@ def _weights(spec, setup: TrainSetup, p: _Path, details: dict) -> tuple[int, int
     if head:
         details["lm_head"] = head
     details["norms"] = norms
-    quant = packed_total = consts_total = 0
-    other = 0
+    packed_total = consts_total = other = 0
+    memo: dict[int, tuple[int, int, int]] = {}
     for layer in spec.layers:
-        for m in layer:
-            if setup.method == "qlora" and m.quantizable():
-                n = m.in_features * m.out_features
-                packed, consts = _quantized_tensor_bytes(n, setup, p.w)
-                packed_total += packed * m.count
-                consts_total += consts * m.count
-                if m.bias:
-                    other += m.out_features * m.count * p.w  # Linear4bit keeps its bias unquantized
-            else:
-                other += m.weight_params() * p.w
-    quant = packed_total + consts_total
+        k = id(layer)
+        if k not in memo:
+            pk = cs = ot = 0
+            for m in layer:
+                if setup.method == "qlora" and m.quantizable():
+                    packed, consts = _quantized_tensor_bytes(m.in_features * m.out_features, setup, p.w)
+                    pk += packed * m.count
+                    cs += consts * m.count
+                    if m.bias:
+                        ot += m.out_features * m.count * p.w  # Linear4bit keeps its bias unquantized
+                else:
+                    ot += m.weight_params() * p.w
+            memo[k] = (pk, cs, ot)
+        pk, cs, ot = memo[k]
+        packed_total += pk
+        consts_total += cs
+        other += ot
     if setup.method == "qlora":
+        if setup.double_quant:
+            consts_total += BNB_DQ_CODE_BYTES  # the shared dynamic map of the absmax quantization
         details["weights_4bit_packed"] = packed_total
         details["weights_4bit_constants"] = consts_total
-        if setup.double_quant:
-            consts_total += BNB_DQ_CODE_BYTES
+    quant = packed_total + consts_total
     details["linear_weights_16bit"] = other
     if setup.method == "full":
         return 0, 0  # all weights are the trainable parameters (adapter_weights)
@@ -204,49 +224,63 @@ def _weights(spec, setup: TrainSetup, p: _Path, details: dict) -> tuple[int, int
 
 
 # -- trainable parameters ----------------------------------------------------------------------
-def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[int]:
-    """Element counts of every trainable tensor (LoRA A and B per adapted module instance)."""
+def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[tuple[int, int]]:
+    """(element count, how many such tensors) of the trainable tensors: LoRA A and B per
+    adapted module instance, or every parameter for full fine-tuning."""
+    out: dict[int, int] = {}
+
+    def add(n: int, times: int = 1) -> None:
+        if n and times:
+            out[n] = out.get(n, 0) + times
+
     if setup.method == "full":
-        sizes = [spec.embedding_params()]
-        if spec.lm_head_params():
-            sizes.append(spec.lm_head_params())
+        add(spec.embedding_params())
+        add(spec.lm_head_params())
+        memo: dict[int, list] = {}
         for layer in spec.layers:
-            for m in layer:
-                sizes.extend([m.in_features * m.out_features] * m.count)
-                if m.bias:
-                    sizes.extend([m.out_features] * m.count)
-        # norms: one tensor per norm; exact split does not matter for the optimizer rules
+            k = id(layer)
+            if k not in memo:
+                memo[k] = [(m.in_features * m.out_features, m.count) for m in layer] + \
+                          [(m.out_features, m.count) for m in layer if m.bias]
+            for n, c in memo[k]:
+                add(n, c)
+        # norms: one tensor per norm; the exact split does not matter for the optimizer rules
         per_layer_norms = max(1, getattr(spec, "norms_per_layer", 2))
         if spec.norm_params_per_layer:
-            sizes.extend([spec.norm_params_per_layer // per_layer_norms] * (per_layer_norms * spec.num_layers))
-        if spec.final_norm_params:
-            sizes.append(spec.final_norm_params)
-        return sizes
+            add(spec.norm_params_per_layer // per_layer_norms, per_layer_norms * spec.num_layers)
+        add(spec.final_norm_params)
+        return list(out.items())
     r = setup.lora_rank
-    sizes = []
+    memo2: dict[tuple, list] = {}
     for layer in lora_layers:
-        for m in layer:
-            # peft `_convert_peft_config_moe` doubles the rank of fused gate_up experts
-            rr = r * getattr(m, "lora_rank_factor", 1)
-            if getattr(m, "kind", "linear") == "expert":
-                # peft ParamWrapper on the fused (E, out, in) weight: lora_A (E*r, in) and
-                # lora_B (out, E*r), one tensor each
-                sizes.append(m.count * rr * m.in_features)
-                sizes.append(m.out_features * rr * m.count)
-                continue
-            for _ in range(m.count):
-                sizes.append(rr * m.in_features)  # lora_A: (r, in)
-                sizes.append(m.out_features * rr)  # lora_B: (out, r)
-    return sizes
+        k = tuple(map(id, layer))
+        if k not in memo2:
+            items = []
+            for m in layer:
+                # peft `_convert_peft_config_moe` doubles the rank of fused gate_up experts
+                rr = r * getattr(m, "lora_rank_factor", 1)
+                if getattr(m, "kind", "linear") == "expert":
+                    # peft ParamWrapper on the fused (E, out, in) weight: lora_A (E*r, in) and
+                    # lora_B (out, E*r), one tensor each
+                    items += [(m.count * rr * m.in_features, 1), (m.out_features * rr * m.count, 1)]
+                else:
+                    items += [(rr * m.in_features, m.count), (m.out_features * rr, m.count)]
+            memo2[k] = items
+        for n, c in memo2[k]:
+            add(n, c)
+    if _head_adapted(setup):
+        add(r * spec.hidden_size)
+        add(spec.vocab_size * r)
+    return list(out.items())
 
 
-def _optimizer_states(sizes: list[int], setup: TrainSetup, p: _Path) -> tuple[int, int, int]:
+def _optimizer_states(sizes: list[tuple[int, int]], setup: TrainSetup, p: _Path) -> tuple[int, int, int]:
     """(bytes inside torch's allocator, bytes in paged unified memory, step temporaries)."""
     opt = setup.optimizer
     torch_bytes = paged = 0
     if opt == "adamw":
         # torch/optim/adamw.py `_init_group`: exp_avg, exp_avg_sq = zeros_like(p)
-        total = sum(sizes)
+        total = sum(n * c for n, c in sizes)
         torch_bytes = 2 * total * p.opt_state
         # torch/optim/adamw.py `_multi_tensor_adamw` (foreach, the CUDA default):
         # exp_avg_sq_sqrt = torch._foreach_sqrt(...) is one state-sized temporary
@@ -254,16 +288,16 @@ def _optimizer_states(sizes: list[int], setup: TrainSetup, p: _Path) -> tuple[in
         return torch_bytes, 0, temp
     paged_opt = opt.startswith("paged")
     eight_bit = opt.endswith("8bit")
-    for n in sizes:
+    for n, c in sizes:
         if eight_bit and n >= BNB_MIN_8BIT_SIZE:
             states = 2 * n  # state1, state2 uint8
-            torch_bytes += 2 * 4 * -(-n // BNB_OPT_BLOCK)  # absmax1, absmax2 fp32 per 256
+            torch_bytes += c * 2 * 4 * -(-n // BNB_OPT_BLOCK)  # absmax1, absmax2 fp32 per 256
         else:
             states = 2 * 4 * n  # 32-bit states (bnb 32-bit, or 8-bit below min_8bit_size)
         if paged_opt and n >= BNB_PAGED_MIN_NUMEL:
-            paged += states
+            paged += c * states
         else:
-            torch_bytes += states
+            torch_bytes += c * states
     return torch_bytes, paged, 0
 
 
@@ -299,19 +333,20 @@ _LAYER_INPUT_READERS = ("q_proj", "k_proj", "v_proj", "qkv_proj")
 _ATTN_MODULES = ("q_proj", "k_proj", "v_proj", "qkv_proj", "o_proj")
 
 
-def _experts_adapted(spec, setup: TrainSetup) -> bool:
+def _experts_adapted(spec, setup: TrainSetup, lora_layers=None) -> bool:
     """peft adapts transformers-5 fused MoE experts (and the router) when the targets are
     all-linear (peft utils/transformers_weight_conversion.py `_convert_peft_config_moe` maps
     the v4 names to `target_parameters`) or name the expert parameters."""
     if setup.method == "full" or not any(getattr(m, "kind", "linear") == "expert" for layer in spec.layers for m in layer):
         return False
-    return any(getattr(m, "kind", "linear") == "expert" for layer in _lora_modules(spec, setup) for m in layer)
+    layers = lora_layers if lora_layers is not None else _lora_modules(spec, setup)
+    return any(getattr(m, "kind", "linear") == "expert" for layer in layers for m in layer)
 
 
-def _lora_dropout(spec, setup: TrainSetup) -> float:
+def _lora_dropout(spec, setup: TrainSetup, lora_layers=None) -> float:
     # tuneplan/training/modeling.py `prepare_for_training`: peft's ParamWrapper refuses
     # dropout, so LoRA on fused experts runs with dropout 0 everywhere
-    return 0.0 if _experts_adapted(spec, setup) else setup.lora_dropout
+    return 0.0 if _experts_adapted(spec, setup, lora_layers) else setup.lora_dropout
 
 
 def _mask_elems(b: int, s: int, setup: TrainSetup) -> int:
@@ -330,7 +365,8 @@ def _norm_saved(tokens: int, width: int, trainable: bool, a: int) -> int:
 
 
 def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s: int, attn: str,
-                       masked: bool, input_grad: bool = True, device: str = "cuda") -> _Layer:
+                       masked: bool, input_grad: bool = True, device: str = "cuda",
+                       dropout: float = 0.0) -> _Layer:
     T = b * s
     a = p.act
     h = spec.hidden_size
@@ -381,7 +417,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         k = max(1, spec.experts_per_token)
         inter = getattr(spec, "moe_intermediate_size", 0) or spec.intermediate_size
         E = spec.num_experts or max(m.count for m in experts)
-        adapted = full or _experts_adapted(spec, setup)
+        adapted = full or any(getattr(m, "kind", "linear") == "expert" for m in lora)
         # transformers models/mixtral/modeling_mixtral.py `MixtralExperts.forward`: per routed
         # token, gate_up output (kept by the activation: gate is a view of it), activation
         # output, down output (saved by the routing-weight multiply); router softmax in fp32.
@@ -412,7 +448,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         out.w_mlp = max(out.w_mlp, 3 * T * inter * a)
     # -- LoRA adapters (peft/tuners/lora/layer.py `Linear.forward`) ----------------------------
     r = setup.lora_rank
-    drop = _lora_dropout(spec, setup) > 0
+    drop = dropout > 0
     shared_inputs = set()
     # torch aten Dropout.cpp `dropout`: on CUDA the fused `native_dropout` saves a bool mask;
     # on the CPU `_dropout_impl` multiplies by a noise tensor of the input dtype and saves it
@@ -490,6 +526,17 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: 
     V, h = spec.vocab_size, spec.hidden_size
     a = p.act
     impl = _loss_impl(setup)
+    head_lora = T * V * a if _head_adapted(setup) else 0  # LoRA-on-head output, added to logits
+    if impl == "chunked":
+        # litgpt `chunked_cross_entropy` (lm_head_chunk_size=128): the 16-bit logits chunks
+        # stay referenced by the training loop through the backward; each chunk's
+        # cross-entropy saves its log-softmax (in the logits dtype unless upcast); the
+        # backward works chunk by chunk
+        logits = T * V * a
+        lse = T * V * (4 if getattr(setup, "loss_upcast", True) else a)
+        chunk = min(T, 128) * V * 4 * 3
+        details["logits"] = logits
+        return logits + lse + chunk + head_lora, 0
     if impl == "transformers":
         logits = T * V * a
         # transformers loss/loss_utils.py `ForCausalLMLoss`: logits.float(); cross_entropy's
@@ -503,10 +550,14 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: 
         fwd = logits + 2 * lse
         if getattr(setup, "autocast", True) and a < 4:
             fwd = max(fwd, logits + lse + T * V * 4)
+        if spec.final_logit_softcapping:
+            # gemma2 `logits = tanh(logits / cap) * cap`: tanh saves its 16-bit output
+            fwd += logits
+            bwd += logits
         details["logits"] = logits
         details["loss_fp32_logits"] = lse
         details["loss_backward_logit_grads"] = 2 * lse
-        peak = max(fwd, bwd)
+        peak = max(fwd, bwd) + head_lora
         return peak, 0
     if impl == "liger":
         # liger_kernel/ops/fused_linear_cross_entropy.py: chunks of
@@ -544,9 +595,11 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: 
 
 
 def _loss_impl(setup: TrainSetup) -> str:
-    if not setup.fused_ce:
-        return "transformers"
-    return getattr(setup, "fused_ce_kernel", "trl")
+    impl = getattr(setup, "loss_impl", None)
+    if impl:
+        return impl
+    # tuneplan/training/sft.py: fused_ce -> trl's chunked LM head, else transformers' loss
+    return "trl" if setup.fused_ce else "transformers"
 
 
 def _attention_kind(spec, setup: TrainSetup, notes: list) -> str:
@@ -591,7 +644,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
 
     quantized, unquantized = _weights(spec, setup, p, details)
     sizes = _trainable_tensors(spec, setup, lora_layers)
-    trainable = sum(sizes)
+    trainable = sum(n * c for n, c in sizes)
     adapters = trainable * p.adapter
     grads = adapters  # gradients in the parameter dtype
     opt_torch, opt_paged, opt_temp = _optimizer_states(sizes, setup, p)
@@ -609,11 +662,19 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     # micro-batches of several rows; flash-attention-2 takes varlen offsets instead
     masked = attn != "flash" and (setup.packing or (b > 1 and padded_rows))
     input_grad0 = setup.grad_checkpointing or setup.method == "full"
-    per_layer = [
-        _layer_activations(spec, layer, lora, setup, p, b, s, attn, masked,
-                           input_grad=(i > 0 or input_grad0), device=device)
-        for i, (layer, lora) in enumerate(zip(spec.layers, lora_layers))
-    ] or [_Layer()]
+    dropout = _lora_dropout(spec, setup, lora_layers)
+    # decoder layers are mostly identical: compute each distinct (layer, adapters) once;
+    # identity of the module records keys the cache (value hashing would cost more than it saves)
+    memo: dict = {}
+    per_layer = []
+    for i, (layer, lora) in enumerate(zip(spec.layers, lora_layers)):
+        key = (id(layer), tuple(map(id, lora)), i > 0 or input_grad0)
+        hit = memo.get(key)
+        if hit is None:
+            hit = memo[key] = _layer_activations(spec, layer, lora, setup, p, b, s, attn, masked,
+                                                 input_grad=key[2], device=device, dropout=dropout)
+        per_layer.append(hit)
+    per_layer = per_layer or [_Layer()]
     L = len(per_layer)
     # rotary cos/sin (one pair per forward, saved by the rotary multiplies; the shared bool
     # mask itself is not saved by anyone, each layer saves its own float copy, see above);
@@ -623,6 +684,9 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
     if setup.method == "full" and not setup.fused_ce:
         head_saved += T * h * a  # lm_head input saved for its weight gradient
+    if _head_adapted(setup):
+        # LoRA on the lm_head: dropout copy of its input (+ mask) and lora_A's output
+        head_saved += T * h * (p.lora_linear + (1 if dropout > 0 else 0)) + T * setup.lora_rank * p.lora_linear
     head_saved += head_saved_norm + mask_bytes
     biggest_layer = max(per_layer, key=lambda x: x.saved)
     dequant = max(x.dequant for x in per_layer)

@@ -60,6 +60,10 @@ class TrainSetup:
     runs on 16-bit logits (e.g. litgpt)."""
     optimizer_state_dtype: str | None = None
     """dtype of torch AdamW states; None = the parameter dtype (`zeros_like(param)`)."""
+    loss_impl: str | None = None
+    """How the loss is computed; None = our path (`fused_ce` -> trl's chunked LM head, else
+    transformers' loss). Others: `transformers`, `trl`, `liger`, `chunked` (litgpt: 16-bit
+    logit chunks, per-chunk cross-entropy)."""
 
     def effective_batch(self) -> int:
         """Sequences per optimizer step across all GPUs."""
