@@ -45,7 +45,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--max-steps must be > 0 (got {args.max_steps})")
     started = time.monotonic()
     _say("tuneplan demo: a real fine-tuning run of a tiny model on this machine, offline.")
-    preset = P.find_preset(PRESET)
+    # always the shipped preset: a project or user copy of the same name must not change the demo
+    preset = P.load_preset_file(P.shipped_dir() / f"{PRESET}.toml", "shipped")
 
     # 1. the tiny model (built once, then cached)
     t0 = time.monotonic()

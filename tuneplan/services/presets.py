@@ -800,15 +800,26 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
             reasons.append(f"Sequence length {s.seq_len} does not fit even at micro-batch 1 with checkpointing; "
                            f"{new.seq_len} is the longest that does (constraints.min_seq_len "
                            f"{preset.constraints.min_seq_len}): longer examples are truncated.")
-        geometry = [k for k, _, _ in changes if k not in ("method", "seq_len")]
-        if geometry:
-            text = ", ".join(f"{SHOWN[k]} {_show(k, a)} -> {_show(k, b)}" for k, a, b in changes
-                             if k not in ("method", "seq_len"))
+        here = _card(outcome.hardware)
+
+        def said(keys: tuple[str, ...]) -> str:
+            return ", ".join(f"{SHOWN[k]} {_show(k, a)} -> {_show(k, b)}" for k, a, b in changes if k in keys)
+
+        if said(("compute_dtype",)):
+            why = (f"{outcome.hardware.gpu.name} has no bfloat16 (fp16 mixed precision with loss scaling)"
+                   if new.compute_dtype == "float16" else f"{outcome.hardware.gpu.name} supports {new.compute_dtype}")
+            reasons.append(f"{said(('compute_dtype',))}: {why}.")
+        if said(("optimizer",)):
+            why = ("32-bit AdamW states do not fit beside the rest" if new.optimizer != "adamw"
+                   else "32-bit AdamW states fit")
+            reasons.append(f"{said(('optimizer',))}: {why} on {here}.")
+        geometry = ("micro_batch", "grad_accum", "grad_checkpointing", "attn", "fused_ce")
+        if said(geometry):
             if new.method != s.method:
-                why_hw = f"the fastest that fits with {_METHOD[new.method]} on {_card(outcome.hardware)}"
-            reasons.append(f"{text}: {why_hw}.")
+                why_hw = f"the fastest that fits with {_METHOD[new.method]} on {here}"
+            reasons.append(f"{said(geometry)}: {why_hw}.")
         if not changes:
-            reasons.append(f"The preset's configuration is still the planner's choice ({why_hw}).")
+            reasons.append(f"Nothing to change: on {here} the planner picks the preset's own configuration.")
         kept = [f"effective batch {new.effective_batch()}"]
         if new.method == s.method:
             kept.append(f"method {_METHOD[s.method]}")
