@@ -955,6 +955,7 @@ def preset_from_run_config(config: RunConfig, name: str, description: str = "", 
     point are left out; the constraints keep the effective batch and the sequence length."""
     if not NAME_RE.fullmatch(name or ""):
         raise UserError(f"preset name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
+    description = " ".join((description or "").split())  # one line: it is also the header comment
     clean = RunConfig(model=config.model, data=config.data, setup=config.setup, training=config.training,
                       recovery=config.recovery)
     constraints = PresetConstraints(effective_batch=config.setup.effective_batch(), min_seq_len=config.setup.seq_len,
