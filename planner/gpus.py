@@ -248,6 +248,47 @@ def match_nvml(name: str, memory_bytes: int | None = None) -> GPU | None:
     return best
 
 
+# -- interconnect ----------------------------------------------------------------------------
+# Bandwidth one GPU can send to its peers, per direction, in GB/s (1e9 bytes), as vendor
+# datasheets give it:
+# - NVLink: V100 NVLink2 300 GB/s total (150/direction); A100 NVLink3 600 GB/s (300/direction);
+#   H100/H200/GH200 NVLink4 900 GB/s (450/direction); B200 NVLink5 1800 GB/s (900/direction);
+#   H100 NVL pairs its two cards with 600 GB/s NVLink bridges (300/direction); the 2-card
+#   NVLink bridges of RTX 3090 / RTX A5000 / A6000 / A40 carry 112.5 GB/s (56/direction).
+# - PCIe x16 per direction: Gen3 16 GB/s (T4, V100), Gen4 32 GB/s (Ampere, Ada), Gen5 64 GB/s
+#   (H100 PCIe, RTX 5090, Blackwell). GeForce Ada/Blackwell cards have no peer-to-peer over
+#   PCIe (NVIDIA disabled P2P on the RTX 4090; accelerate sets NCCL_P2P_DISABLE for them), so
+#   NCCL stages through host memory: about half the link.
+# NCCL reaches ~80% of these as bus bandwidth (nccl-tests PERFORMANCE.md "busbw"); the
+# throughput model applies that factor.
+_NVLINK_GBS = {"volta": 150.0, "ampere": 300.0, "hopper": 450.0, "blackwell": 900.0}
+_NVLINK_BRIDGE_GBS = 56.0
+_PCIE_GBS = {"volta": 16.0, "turing": 16.0, "ampere": 32.0, "ada": 32.0, "hopper": 64.0, "blackwell": 64.0}
+_NO_P2P = ("rtx-4060-ti-16gb", "rtx-4070-ti", "rtx-4080", "rtx-4090", "rtx-5090")
+_BRIDGED = ("rtx-3090", "rtx-a5000", "rtx-a6000", "a40")
+
+DEFAULT_INTER_NODE_GBS = 12.5
+"""Between machines when nothing else is known: 100 Gb/s Ethernet (12.5 GB/s per direction),
+the common rented-cluster network; InfiniBand HDR/NDR (25/50 GB/s) is faster."""
+
+
+def interconnect_gbs(gpu: GPU) -> float | None:
+    """Per-direction GB/s between two GPUs of this model in one box (see the table above);
+    None when the card's architecture is unknown."""
+    if gpu.interconnect == "nvlink":
+        if gpu.key in _BRIDGED:
+            return _NVLINK_BRIDGE_GBS
+        if gpu.key == "h100-nvl":
+            return 300.0
+        bw = _NVLINK_GBS.get(gpu.arch)
+        if bw is not None:
+            return bw
+    bw = _PCIE_GBS.get(gpu.arch)
+    if bw is None:
+        return None
+    return bw / 2 if gpu.key in _NO_P2P else bw
+
+
 def bigger_cards(than_bytes: int, *, bf16: bool | None = None) -> list[GPU]:
     """Catalog cards with more memory than `than_bytes`, smallest (then cheapest) first."""
     cards = [g for g in GPUS if g.memory_bytes > than_bytes and (bf16 is None or g.bf16 == bf16)]

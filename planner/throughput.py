@@ -45,7 +45,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.gpus import GPU
+from planner.gpus import DEFAULT_INTER_NODE_GBS, GPU, interconnect_gbs
 from planner.setup import TrainSetup
 from planner.spec import ModelSpec
 
@@ -122,7 +122,7 @@ class Throughput:
     mfu: float | None
     """Model FLOPs utilisation: model_flops x tokens/s / peak."""
     bound: str
-    """What limits the micro-batch: `compute`, `memory` or `host`."""
+    """What limits the micro-batch: `compute`, `memory`, `host` or (several GPUs) `communication`."""
     parts: dict[str, float] = field(default_factory=dict)
     """Seconds per micro-batch by item (matmul, attention, elementwise, loss, dequant, host)."""
 
@@ -266,12 +266,115 @@ def gemm_efficiency(tokens_per_matmul: int) -> float:
     return E_MM_MAX * tokens_per_matmul / (tokens_per_matmul + T_HALF)
 
 
-def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
-    """Tokens per second of `setup` on one `gpu` (rates from the catalog entry).
+def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU, *, nodes: int = 1,
+                        inter_node_gbs: float | None = None, cpu_offload: bool = False) -> Throughput:
+    """Tokens per second of `setup` on `setup.num_gpus` x `gpu` (rates from the catalog entry).
 
     Returns `tokens_per_second=None` when the card's TFLOP/s or bandwidth is unknown.
     Assumes packed (or fixed-length) rows: every token of `micro_batch x seq_len` is trained.
+    With several GPUs (`setup.strategy` ddp or fsdp) `tokens_per_second` is the total over
+    all GPUs and `parts["communication"]` the exposed communication time per micro-batch
+    (see `communication_seconds`); `nodes` machines share the GPUs, linked at
+    `inter_node_gbs` (GB/s per direction; default 100 Gb/s Ethernet).
     """
+    single = _estimate_one(spec, setup, gpu)
+    if (setup.num_gpus <= 1 and setup.strategy != "fsdp") or single.tokens_per_second is None:
+        return single
+    return _with_communication(spec, setup, gpu, single, nodes, inter_node_gbs, cpu_offload)
+
+
+# Communication (ring algorithms; NCCL docs "Performance: algorithm bandwidth vs bus
+# bandwidth", nccl-tests PERFORMANCE.md): for S bytes over N ranks at bus bandwidth B,
+# all-reduce moves 2 (N-1)/N x S / B, all-gather and reduce-scatter (N-1)/N x S / B each.
+NCCL_EFFICIENCY = 0.80
+"""Fraction of the per-direction link bandwidth NCCL reaches as bus bandwidth (nccl-tests
+busbw on NVLink A100/H100 boxes and PCIe Gen4 pairs: 75-85%)."""
+DDP_OVERLAP = 0.8
+"""Share of the backward of the last micro-batch that DDP's bucketed all-reduce can hide
+behind (buckets fire as gradients become ready; the last bucket is always exposed)."""
+FSDP_OVERLAP = 0.9
+"""Share of compute that FSDP's prefetched all-gathers hide behind (the first unit's gather
+and the last reduce-scatter are exposed)."""
+HOST_LINK_GBS = 25.0
+"""Host<->GPU copy rate for FSDP CPU offload (PCIe Gen4 x16 pinned copies, ~25 GB/s)."""
+CPU_ADAM_GBS = 10.0
+"""Bytes/s (in GB/s) a CPU AdamW step streams through (params, grads, two fp32 states)."""
+
+
+def link_bandwidth(gpu: GPU, num_gpus: int, nodes: int = 1, inter_node_gbs: float | None = None) -> float | None:
+    """Bus bandwidth in bytes/s of the slowest link a ring over `num_gpus` crosses."""
+    intra = interconnect_gbs(gpu)
+    if intra is None:
+        return None
+    bw = intra
+    if nodes > 1:
+        bw = min(bw, inter_node_gbs or DEFAULT_INTER_NODE_GBS)
+    return bw * 1e9 * NCCL_EFFICIENCY
+
+
+def communication_seconds(spec: ModelSpec, setup: TrainSetup, gpu: GPU, *, nodes: int = 1,
+                          inter_node_gbs: float | None = None) -> dict[str, float] | None:
+    """Seconds of collective traffic, unhidden, per micro-batch and per optimizer step.
+
+    DDP: one all-reduce of the trainable gradients per optimizer step (accelerate skips the
+    sync on accumulation micro-batches: `no_sync`). FSDP: the frozen and trainable weights
+    are all-gathered in the forward and again in the backward (resharded after forward),
+    in their stored size (half a byte per 4-bit weight), and the trainable gradients are
+    reduce-scattered every micro-batch. Returns None when the link is unknown."""
+    n = setup.num_gpus
+    bw = link_bandwidth(gpu, n, nodes, inter_node_gbs)
+    if bw is None:
+        return None
+    ring = (n - 1) / n if n > 1 else 0.0
+    trainable = trainable_parameters(spec, setup)
+    grad_bytes = 2 if setup.method == "full" else 4  # full: 16-bit weights; LoRA: fp32 adapters
+    if setup.strategy == "ddp":
+        return {"per_micro_batch": 0.0, "per_step": 2 * ring * trainable * grad_bytes / bw}
+    w = 2 if setup.compute_dtype != "float32" else 4
+    quant = _spec_sums(spec).quantizable_params if setup.method == "qlora" else 0
+    frozen = spec.parameter_count() - (trainable if setup.method == "full" else 0)
+    weight_bytes = (frozen - quant) * w + quant * 0.5 + (trainable * w if setup.method == "full" else trainable * 2)
+    gathers = 2 * ring * weight_bytes / bw
+    scatter = ring * trainable * grad_bytes / bw
+    return {"per_micro_batch": gathers + scatter, "per_step": 0.0}
+
+
+def _with_communication(spec, setup, gpu, single: Throughput, nodes, inter_node_gbs, cpu_offload) -> Throughput:
+    n = setup.num_gpus
+    comm = communication_seconds(spec, setup, gpu, nodes=nodes, inter_node_gbs=inter_node_gbs)
+    t_micro = single.micro_batch_seconds
+    t_opt = single.optimizer_step_seconds - t_micro * setup.grad_accum
+    fl = single.flops
+    exposed_micro = exposed_step = 0.0
+    if comm is not None:
+        if setup.strategy == "ddp":
+            backward = t_micro * fl.backward / max(fl.total(), 1.0)
+            exposed_step = max(comm["per_step"] - DDP_OVERLAP * backward, comm["per_step"] / max(4, spec.num_layers))
+        else:
+            c = comm["per_micro_batch"]
+            exposed_micro = max(c - FSDP_OVERLAP * t_micro, c / max(1, spec.num_layers))
+    if cpu_offload:
+        # sharded weights copied up before each gather (forward and backward), gradients down;
+        # the optimizer steps on the CPU over this rank's shard
+        trainable = trainable_parameters(spec, setup)
+        shard = (spec.parameter_count() * 2) / n
+        exposed_micro += 2 * shard / (HOST_LINK_GBS * 1e9)
+        t_opt = trainable / n * (2 + 4 + 8 + 4) / (CPU_ADAM_GBS * 1e9)
+    t_micro_total = t_micro + exposed_micro
+    step = t_micro_total * setup.grad_accum + t_opt + exposed_step
+    tokens = setup.micro_batch * setup.seq_len
+    per_gpu = tokens * setup.grad_accum / step
+    peak = gpu.bf16_tflops * 1e12
+    parts = dict(single.parts)
+    parts["communication"] = exposed_micro + exposed_step / max(1, setup.grad_accum)
+    bound = "communication" if parts["communication"] > 0.5 * t_micro else single.bound
+    return Throughput(tokens_per_second=per_gpu * n, micro_batch_seconds=t_micro_total,
+                      optimizer_step_seconds=step, flops=fl, mfu=fl.model_flops * per_gpu / peak, bound=bound,
+                      parts=parts)
+
+
+def _estimate_one(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
+    """One GPU's throughput (the single-GPU model)."""
     fl = flops_per_token(spec, setup)
     if not gpu.bf16_tflops or not gpu.bandwidth_gbs:
         return Throughput(None, None, None, fl, None, "unknown")
