@@ -389,7 +389,9 @@ def fake_mode():
     tensor that has weak references; the mode's own real->fake memo (`MetaConverter.
     tensor_memo`, a WeakValueDictionary that only caches conversions) holds one on every
     `nn.Parameter`. We clear that cache before each swap (peft's adapter `.to()`, trl's casts)
-    and keep the swapped parameter's Python attributes.
+    and keep the swapped parameter's Python attributes. A `.to()` that changes nothing (the
+    trainer moving the model to the device it is on) keeps the tensor itself, as it does for
+    real tensors, so gradient hooks registered on it stay.
     """
     from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -400,6 +402,10 @@ def fake_mode():
         # also keep t1's Python attributes (the 4-bit stand-in's quant_state, ...) as a real
         # Params4bit keeps them across `.to()`
         attrs = dict(getattr(t1, "__dict__", {}))
+        same = (t1.dtype == t2.dtype and t1.shape == t2.shape and t1.stride() == t2.stride()
+                and t1.untyped_storage() is t2.untyped_storage())
+        if same:  # `.to()` to where it already is: keep the tensor (and its grad hooks) as it is
+            return None
         mode.fake_tensor_converter.meta_converter.tensor_memo.clear()
         out = orig(t1, t2)
         t1.__dict__.update(attrs)
