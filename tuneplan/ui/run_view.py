@@ -125,6 +125,8 @@ class RunSnapshot:
     error: str | None
     pids: tuple[int, ...]
     version: int
+    summary: str = ""
+    """One line from the run's config.toml: model, method and the main knobs."""
     """Bumped on every change, so a renderer can skip identical snapshots."""
 
     @property
@@ -251,6 +253,32 @@ class RunView:
         self.status_log_tail = tuple(status.log_tail or ())
 
 
+def _config_facts(run_dir: Path) -> tuple[str, int | None, float | None]:
+    """(summary line, predicted torch peak bytes, epochs) from the run's config.toml."""
+    import sys
+
+    if sys.version_info >= (3, 11):
+        import tomllib
+    else:  # pragma: no cover
+        import tomli as tomllib
+    try:
+        data = tomllib.loads((run_dir / ev.CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return "", None, None
+    model = str(data.get("model", {}).get("source", "?"))
+    model = Path(model).name if "/" in model and not model.count("/") == 1 else model
+    s = data.get("setup", {})
+    t = data.get("training", {})
+    parts = [model, s.get("method", "?")]
+    if s.get("seq_len"):
+        parts.append(f"seq {s['seq_len']}")
+    if s.get("micro_batch"):
+        parts.append(f"batch {s['micro_batch']}x{s.get('grad_accum', 1)}")
+    peak = data.get("prediction", {}).get("torch_peak_bytes")
+    epochs = None if t.get("max_steps") else t.get("epochs")
+    return " · ".join(str(p) for p in parts), peak if isinstance(peak, int) else None, epochs
+
+
 class RunFollower:
     """Follows one run directory. `poll()` reads only what was appended since the last poll
     and returns True when anything changed."""
@@ -258,6 +286,8 @@ class RunFollower:
     def __init__(self, run_dir: Path):
         self.run_dir = Path(run_dir)
         self.view = RunView()
+        self.summary = ""
+        self._config_read = False
         self._events = ev.EventTail(self.run_dir)
         self._log = _LineTail(self.run_dir / ev.LOG_FILE)
         self._status_mtime: float | None = None
@@ -267,6 +297,14 @@ class RunFollower:
 
     def poll(self) -> bool:
         changed = False
+        if not self._config_read and (self.run_dir / ev.CONFIG_FILE).is_file():
+            self._config_read = True
+            self.summary, peak, epochs = _config_facts(self.run_dir)
+            if self.view.predicted_peak_bytes is None:
+                self.view.predicted_peak_bytes = peak
+            if self.view.num_epochs is None:
+                self.view.num_epochs = epochs
+            changed = True
         for e in self._events.read_new():
             self.view.apply(e)
             changed = True
@@ -307,5 +345,5 @@ class RunFollower:
             lr_series=v.lr_series.copy(), predicted_peak_bytes=v.predicted_peak_bytes,
             measured_peak_bytes=v.measured_peak_bytes, checkpoints=tuple(v.checkpoints),
             event_lines=tuple(v.event_lines), log_lines=log_lines, error=v.error,
-            pids=v.pids, version=self.version,
+            pids=v.pids, version=self.version, summary=self.summary,
         )

@@ -25,8 +25,17 @@ def text_of(screen, selector) -> str:
     return str(screen.query_one(selector, Static).render())
 
 
+def _recorded(name):
+    from ui_helpers import RUNS
+
+    events = list(ev.read_events(RUNS / name))
+    logs = [e for e in events if e["kind"] == "log"]
+    return events, logs
+
+
 async def test_replays_a_finished_run(tmp_path, recorded_run):
     run_dir = recorded_run("tiny-done")
+    events, logs = _recorded("tiny-done")
     app = create_app(make_services(tmp_path, nvml=FakeNVML([rtx_4090()])), run_dir=run_dir)
     seen: list[RunUpdated] = []
     async with app.run_test(size=(80, 24), message_hook=lambda m: seen.append(m) if isinstance(m, RunUpdated) else None) as pilot:
@@ -34,14 +43,18 @@ async def test_replays_a_finished_run(tmp_path, recorded_run):
         assert isinstance(screen, DashboardScreen)
         await wait_for(pilot, lambda: screen.snapshot is not None and screen.gpu_sample is not None)
         s = screen.snapshot
-        assert s.phase == "done" and s.step == 80 and s.max_steps == 80
-        assert len(s.loss_series[0]) == 80 and s.loss_series[1][0] > s.loss_series[1][-1]
-        assert len(s.eval_series[0]) == 4
-        assert "[done]" in text_of(screen, "#title")
-        assert "step 80/80" in text_of(screen, "#progress-text")
+        last = logs[-1]
+        assert s.phase == "done" and s.step == last["step"] and s.max_steps == last["max_steps"]
+        assert len(s.loss_series[0]) == len(logs)
+        assert s.loss_series[1][-1] < s.loss_series[1][0]  # the recorded loss fell
+        assert len(s.eval_series[0]) == sum(e["kind"] == "eval" for e in events)
+        assert "[done]" in text_of(screen, "#title") and "lora" in text_of(screen, "#title")
+        assert f"step {last['step']}/{last['max_steps']}" in text_of(screen, "#progress-text")
         stats = text_of(screen, "#stats")
         assert "util 87%" in stats and "71°C" in stats and "312 W" in stats
-        assert "step 80: checkpoint-80" in text_of(screen, "#checkpoints")
+        assert f"loss {last['loss']:.4f}" in stats
+        checkpoint = [e for e in events if e["kind"] == "checkpoint"][-1]
+        assert f"step {checkpoint['step']}: checkpoint-{checkpoint['step']}" in text_of(screen, "#checkpoints")
         assert seen and seen[-1].snapshot is s
         # a finished run has nothing to save or stop
         await pilot.press("x")
@@ -55,13 +68,14 @@ async def test_replays_a_finished_run(tmp_path, recorded_run):
 
 async def test_crashed_run_shows_error_and_log_tail(tmp_path, recorded_run):
     run_dir = recorded_run("tiny-crashed")
+    status = ev.read_status(run_dir)
     app = create_app(make_services(tmp_path), run_dir=run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
         screen = app.screen
         await wait_for(pilot, lambda: screen.snapshot is not None and screen.gpu_sample is not None)
         assert "[failed]" in text_of(screen, "#title")
         tail = text_of(screen, "#tail")
-        assert "illegal memory access" in tail and "train.log tail" in tail
+        assert status.error[:40] in tail and "train.log tail" in tail
         assert "not available" in text_of(screen, "#stats")  # no NVIDIA driver: said plainly
 
 
@@ -86,15 +100,26 @@ async def test_follows_a_growing_run_and_sees_a_silent_death(tmp_path):
         assert "[crashed]" in text_of(screen, "#title")
 
 
-async def test_stop_asks_first(tmp_path):
-    run_dir = tmp_path / "runs" / "live"
-    run_dir.mkdir(parents=True)
-    ev.write_status(run_dir, ev.Status(phase="training", pids=[os.getpid()], max_steps=5))
-    app = create_app(make_services(tmp_path), run_dir=run_dir)
-    async with app.run_test(size=(80, 24)) as pilot:
-        screen = app.screen
-        await wait_for(pilot, lambda: screen.snapshot is not None)
-        await pilot.press("x")
-        assert isinstance(app.screen, ConfirmDialog)
-        await pilot.press("n")
-        assert app.screen is screen
+async def test_save_now_and_stop_with_confirmation(tmp_path):
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        run_dir = tmp_path / "runs" / "live"
+        run_dir.mkdir(parents=True)
+        ev.write_status(run_dir, ev.Status(phase="training", pids=[child.pid], max_steps=5))
+        app = create_app(make_services(tmp_path), run_dir=run_dir)
+        async with app.run_test(size=(80, 24)) as pilot:
+            screen = app.screen
+            await wait_for(pilot, lambda: screen.snapshot is not None)
+            await pilot.press("s")
+            assert (run_dir / ev.SAVE_REQUEST_FILE).is_file()  # the run checkpoints at its next step
+            await pilot.press("x")
+            assert isinstance(app.screen, ConfirmDialog)
+            await pilot.press("n")
+            assert app.screen is screen and child.poll() is None
+            await pilot.press("x", "y")
+            assert child.wait(timeout=10) is not None  # SIGTERM reached the run's process
+    finally:
+        child.kill()

@@ -137,7 +137,9 @@ class DashboardScreen(Screen):
                        "stopped": "bold yellow"}.get(s.phase, "bold")
         title = Text(f" {s.name}  ", style="bold")
         title.append(f"[{s.phase}]", style=phase_style)
-        if s.phase_message and not s.crashed:
+        if s.summary:
+            title.append(f"  {s.summary}")
+        elif s.phase_message and not s.crashed:
             title.append(f" {s.phase_message}", style="dim")
         self.query_one("#title", Static).update(title)
 
