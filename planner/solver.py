@@ -30,7 +30,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
 from planner.gpus import GPU, GiB, bigger_cards
-from planner.memory import estimate_memory
+from planner.parallel import estimate_parallel_memory
 from planner.setup import MemoryEstimate, TrainSetup
 from planner.spec import ModelSpec
 from planner.throughput import Throughput, estimate_throughput, trainable_parameters, training_cost, training_seconds
@@ -56,7 +56,8 @@ class Hardware:
     gpu: GPU
     """Catalog entry (or a generic record for `--vram` / unknown cards)."""
     count: int = 1
-    """GPUs of this kind in the box (the plan uses one until multi-GPU planning lands)."""
+    """GPUs of this kind available (NVML: found in the box; catalog/--vram: 1, the solver may
+    propose more when one does not hold the model and the GPU count is left to it)."""
     free_bytes: int | None = None
     """Memory free on the card right now (NVML), in bytes; None: the whole card is free."""
     source: str = "catalog"
@@ -102,6 +103,24 @@ class Constraints:
     """Fraction of usable memory kept free (allocator spikes, other processes)."""
     price_per_hour: float | None = None
     """USD per GPU-hour; None: the catalog price."""
+    gpus: int | None = None
+    """GPUs to train on; None: the solver chooses (see `solve`). Same as fixing `num_gpus`."""
+    strategy: str = "auto"
+    """`auto`, `ddp` or `fsdp` for several GPUs (`single` for one); same as fixing `strategy`."""
+    cpu_offload: bool = False
+    """FSDP CPU offload of sharded weights, gradients and optimizer states."""
+    max_gpus: int | None = None
+    """Most GPUs the solver may propose when the count is left to it (None: the GPUs NVML
+    found; for a catalog card one, with more GPUs named in the suggestions only)."""
+    gpus_per_node: int = 8
+    """GPUs per machine: a plan with more GPUs spans ceil(gpus / gpus_per_node) machines."""
+    inter_node_gbs: float | None = None
+    """Network between machines in GB/s per direction (None: 100 Gb/s Ethernet)."""
+
+
+MAX_AUTO_GPUS = 64
+"""Most GPUs an automatic count proposes for a catalog card (8 machines of 8)."""
+AUTO_GPU_COUNTS = (1, 2, 4, 8, 16, 32, 64)
 
 
 @dataclass(frozen=True)
@@ -124,6 +143,8 @@ class Candidate:
                  "checkpointing" if s.grad_checkpointing else "no checkpointing", s.optimizer]
         if not s.fused_ce:
             parts.append("unfused loss")
+        if s.num_gpus > 1 or s.strategy == "fsdp":
+            parts.insert(0, f"{s.num_gpus} GPU{'s' if s.num_gpus > 1 else ''} {s.strategy.upper()}")
         return ", ".join(parts)
 
 
@@ -156,6 +177,13 @@ class PlanResult:
     price_per_hour: float | None
     evaluated: int
     """Memory estimates the search made."""
+    nodes: int = 1
+    """Machines the plan spans (num_gpus / gpus_per_node, rounded up)."""
+    cpu_offload: bool = False
+    """FSDP CPU offload on."""
+    single_gpu_need_bytes: int | None = None
+    """When the plan uses several GPUs because one cannot hold it: what the smallest
+    one-GPU configuration needs (device bytes)."""
 
     def headroom_bytes(self) -> int:
         """Usable memory left beside the chosen configuration's device_bytes (may be < 0)."""
@@ -163,15 +191,19 @@ class PlanResult:
 
 
 class _Search:
-    def __init__(self, spec: ModelSpec, gpu: GPU, budget: int):
+    def __init__(self, spec: ModelSpec, gpu: GPU, budget: int, *, cpu_offload: bool = False, nodes: int = 1,
+                 inter_node_gbs: float | None = None):
         self.spec, self.gpu, self.budget = spec, gpu, budget
+        self.cpu_offload, self.nodes, self.inter_node_gbs = cpu_offload, nodes, inter_node_gbs
         self.cache: dict[TrainSetup, Candidate] = {}
 
     def eval(self, setup: TrainSetup) -> Candidate:
         c = self.cache.get(setup)
         if c is None:
-            mem = estimate_memory(self.spec, setup, self.gpu)
-            thr = estimate_throughput(self.spec, setup, self.gpu)
+            offload = self.cpu_offload and setup.strategy == "fsdp"
+            mem = estimate_parallel_memory(self.spec, setup, self.gpu, cpu_offload=offload)
+            thr = estimate_throughput(self.spec, setup, self.gpu, nodes=self.nodes,
+                                      inter_node_gbs=self.inter_node_gbs, cpu_offload=offload)
             c = Candidate(setup, mem, thr, mem.device_bytes <= self.budget)
             self.cache[setup] = c
         return c
@@ -251,16 +283,13 @@ def _methods(constraints: Constraints) -> list[str]:
     return ["full", "lora", "qlora"] if constraints.prefer_accuracy else ["lora", "qlora"]
 
 
-def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None = None,
-          dataset_stats: DatasetStats | None = None) -> PlanResult:
-    """Pick the fastest configuration of `spec` that fits `hardware` under `constraints`.
-
-    Memory per configuration comes from `planner.memory.estimate_memory` (`device_bytes`,
-    what nvidia-smi shows), speed from `planner.throughput.estimate_throughput`. Sizes in
-    bytes, times in seconds, cost in USD.
-    """
-    constraints = constraints or Constraints()
+def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
+                 dataset_stats: DatasetStats | None, n: int, strategy: str) -> PlanResult:
+    """The fastest configuration on exactly `n` GPUs with `strategy` (per-GPU budget)."""
     fixed = dict(constraints.fixed)
+    fixed.pop("num_gpus", None)
+    fixed.pop("strategy", None)
+    nodes = -(-n // max(1, constraints.gpus_per_node))
     if constraints.method not in ("auto", "lora", "qlora", "full"):
         raise ValueError(f"method must be auto, lora, qlora or full (got {constraints.method!r})")
     if not 0 <= constraints.safety_margin < 0.9:
@@ -297,15 +326,20 @@ def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None =
     seq = choose_seq_len(spec, constraints, dataset_stats, warnings, reasons)
     fixed.pop("seq_len", None)
     base = replace(TrainSetup(), compute_dtype=dtype, attn=attn, seq_len=seq, fused_ce=True,
+                   num_gpus=n, strategy=strategy,
                    **{k: v for k, v in fixed.items() if k not in ("micro_batch", "grad_accum", "grad_checkpointing",
                                                                  "optimizer", "fused_ce", "method")})
     usable = hardware.usable_bytes()
     budget = int(usable * (1.0 - constraints.safety_margin))
-    search = _Search(spec, gpu, budget)
+    search = _Search(spec, gpu, budget, cpu_offload=constraints.cpu_offload and strategy == "fsdp", nodes=nodes,
+                     inter_node_gbs=constraints.inter_node_gbs)
 
-    # -- batch geometry ------------------------------------------------------------------------
+    # -- batch geometry (per GPU: the effective batch is micro-batch x accumulation x GPUs) -----
     mb_fixed, ga_fixed = fixed.get("micro_batch"), fixed.get("grad_accum")
-    effective = constraints.effective_batch
+    effective = max(1, constraints.effective_batch // n)
+    if n > 1 and constraints.effective_batch % n and not (mb_fixed and ga_fixed):
+        warnings.append(f"effective batch {constraints.effective_batch} is not a multiple of {n} GPUs: "
+                        f"planning {effective * n} sequences per optimizer step.")
     if mb_fixed and ga_fixed:
         mbs, effective, ga_for = [mb_fixed], mb_fixed * ga_fixed, ga_fixed
     elif mb_fixed:
@@ -356,7 +390,8 @@ def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None =
             fits=fits, choice=choice, alternatives=tuple(alts), reasons=tuple(reasons), warnings=tuple(warnings),
             suggestions=tuple(suggestions), usable_bytes=usable, budget_bytes=budget, hardware=hardware,
             dataset_tokens=tokens, dataset_tokens_assumed=assumed, epochs=constraints.epochs, seconds=secs,
-            cost=training_cost(secs, price, 1), price_per_hour=price, evaluated=len(search.cache),
+            cost=training_cost(secs, price, n), price_per_hour=price, evaluated=len(search.cache),
+            nodes=nodes, cpu_offload=search.cpu_offload,
         )
 
     if not fitting:
@@ -367,6 +402,129 @@ def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None =
     _explain_choice(choice, fitting, groups, methods, constraints, reasons, spec, budget, usable, search)
     alts = _alternatives(choice, groups)
     return finish(True, choice, alts, [])
+
+
+def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None = None,
+          dataset_stats: DatasetStats | None = None) -> PlanResult:
+    """Pick the fastest configuration of `spec` that fits `hardware` under `constraints`.
+
+    Memory per configuration comes from `planner.parallel.estimate_parallel_memory`
+    (`device_bytes` per GPU, what nvidia-smi shows), speed from
+    `planner.throughput.estimate_throughput` (all GPUs together). Sizes in bytes, times in
+    seconds, cost in USD (all GPUs).
+
+    GPU count and strategy: a count given (`constraints.gpus` or a fixed `num_gpus`) is
+    used as is. Left to the solver:
+    - GPUs NVML found (`hardware.source == "nvml"`, `hardware.count` > 1): all of them, since
+      they are there: DDP when a replica fits one GPU (throughput scales), else FSDP;
+    - a catalog card or a memory size: one GPU when the model fits one; otherwise, when
+      `max_gpus` allows more than one, the fewest of 2, 4, 8, 16, ... (up to `max_gpus`) that
+      hold it, spanning ceil(n / gpus_per_node) machines past one box; with `max_gpus` unset
+      the plan stays on one GPU and names the fewest GPUs that would hold it (one machine) in
+      its suggestions.
+    Strategy `auto`: DDP when it fits (no weight traffic), else FSDP.
+    """
+    constraints = constraints or Constraints()
+    fixed = dict(constraints.fixed)
+    n_fixed = constraints.gpus or fixed.pop("num_gpus", None)
+    strategy = constraints.strategy if constraints.strategy != "auto" else fixed.pop("strategy", "auto")
+    fixed.pop("strategy", None)
+    if strategy not in ("auto", "single", "ddp", "fsdp"):
+        raise ValueError(f"strategy must be auto, ddp or fsdp (got {strategy!r})")
+    if n_fixed is not None and (not isinstance(n_fixed, int) or n_fixed <= 0):
+        raise ValueError(f"gpus must be a whole number > 0 (got {n_fixed})")
+    if strategy == "single" and n_fixed and n_fixed > 1:
+        raise ValueError(f"strategy single runs on one GPU (got {n_fixed} GPUs): use ddp or fsdp")
+    if constraints.cpu_offload and strategy == "ddp":
+        raise ValueError("CPU offload needs FSDP (DDP keeps a full replica on every GPU)")
+    base_constraints = replace(constraints, fixed=fixed)
+
+    def strategies(n: int) -> list[str]:
+        if n == 1:
+            return ["fsdp"] if (constraints.cpu_offload or strategy == "fsdp") else ["single"]
+        if strategy in ("ddp", "fsdp"):
+            return [strategy]
+        return ["fsdp"] if constraints.cpu_offload else ["ddp", "fsdp"]
+
+    def attempt(n: int) -> PlanResult:
+        first = None
+        for st in strategies(n):
+            r = _solve_count(spec, hardware, base_constraints, dataset_stats, n, st)
+            if r.fits:
+                if first is not None:
+                    r = _note_strategy(r, first)
+                return r
+            first = first or r
+        return first
+
+    if n_fixed is not None:
+        result = attempt(n_fixed)
+        if not result.fits:
+            more = _more_gpus(spec, hardware, base_constraints, dataset_stats, strategies, start=n_fixed)
+            if more is not None:
+                result = replace(result, suggestions=result.suggestions + (_more_gpus_text(more, hardware),))
+        return result
+    if hardware.source == "nvml" and hardware.count > 1:
+        n = min(hardware.count, constraints.max_gpus or hardware.count)
+        result = attempt(n)
+        if result.fits:
+            result = replace(result, reasons=(f"All {n} GPUs of the box train together: "
+                                              f"{_strategy_sentence(result.choice.setup)}",) + result.reasons)
+        return result
+    one = attempt(1)
+    if one.fits:
+        return one
+    cap = constraints.max_gpus or 1
+    if cap <= 1:  # more GPUs are a suggestion only (within one machine)
+        more = _more_gpus(spec, hardware, replace(base_constraints, max_gpus=constraints.gpus_per_node),
+                          dataset_stats, strategies, start=1)
+        if more is not None:
+            one = replace(one, suggestions=one.suggestions + (_more_gpus_text(more, hardware),))
+        return one
+    more = _more_gpus(spec, hardware, base_constraints, dataset_stats, strategies, start=1)
+    if more is None:
+        return one
+    need = one.choice.memory.device_bytes
+    lead = (f"One {hardware.gpu.name} cannot hold {_METHOD_NAMES.get(one.choice.setup.method, '')} of {spec.name}: "
+            f"the smallest configuration needs {_gib(need)} of the {_gib(one.budget_bytes)} it may use. "
+            f"{more.choice.setup.num_gpus} x {hardware.gpu.name}: {_strategy_sentence(more.choice.setup)}")
+    return replace(more, reasons=(lead,) + more.reasons, single_gpu_need_bytes=need,
+                   warnings=one.warnings if not more.warnings else more.warnings)
+
+
+def _strategy_sentence(s: TrainSetup) -> str:
+    if s.strategy == "ddp":
+        return (f"DDP keeps a full replica on each of the {s.num_gpus} GPUs and splits the batch, so throughput "
+                "scales while memory per GPU stays that of one.")
+    return (f"FSDP shards the weights, gradients and optimizer states over {s.num_gpus} GPUs "
+            f"so each GPU holds about 1/{s.num_gpus} of them plus "
+            "the layers being computed.")
+
+
+def _note_strategy(result: PlanResult, ddp_try: PlanResult) -> PlanResult:
+    need = ddp_try.choice.memory.device_bytes
+    return replace(result, reasons=(f"DDP does not fit: a full replica needs at least {_gib(need)} per GPU.",)
+                   + result.reasons)
+
+
+def _more_gpus(spec, hardware, constraints, dataset_stats, strategies, start: int) -> PlanResult | None:
+    """The fewest GPUs above `start` (from AUTO_GPU_COUNTS) on which a plan fits, or None."""
+    cap = constraints.max_gpus or MAX_AUTO_GPUS
+    for n in AUTO_GPU_COUNTS:
+        if n <= start or n > cap:
+            continue
+        for st in strategies(n):
+            r = _solve_count(spec, hardware, constraints, dataset_stats, n, st)
+            if r.fits:
+                return r
+    return None
+
+
+def _more_gpus_text(r: PlanResult, hardware: Hardware) -> str:
+    s = r.choice.setup
+    nodes = f" on {r.nodes} machines" if r.nodes > 1 else ""
+    return (f"More GPUs: {s.num_gpus} x {hardware.gpu.name} with {s.strategy.upper()}{nodes} fit "
+            f"({_gib(r.choice.memory.device_bytes)} per GPU; --gpus {s.num_gpus} --strategy {s.strategy}).")
 
 
 def _pick(fitting: list[Candidate], methods: list[str], constraints: Constraints, reasons: list[str]) -> Candidate:
@@ -432,7 +590,8 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
     if s.fused_ce:
         reasons.append("The loss uses the fused (chunked) linear cross-entropy: the same loss without "
                        "materialising the full fp32 logits.")
-    reasons.append(f"Predicted {_gib(m.device_bytes)} on the card (nvidia-smi) of {_gib(usable)} usable; "
+    where = "on the card" if s.num_gpus == 1 and s.strategy != "fsdp" else "on each GPU"
+    reasons.append(f"Predicted {_gib(m.device_bytes)} {where} (nvidia-smi) of {_gib(usable)} usable; "
                    f"the plan keeps {_gib(usable - budget)} as safety margin.")
     for note in m.notes:
         reasons.append(note[0].upper() + note[1:])
@@ -457,7 +616,8 @@ def _alternatives(choice: Candidate, groups, n: int = 4) -> list[Candidate]:
 def _smallest_setup(base: TrainSetup, method: str, fixed: Mapping[str, Any], effective: int | None = None) -> TrainSetup:
     """Micro-batch 1 (or the fixed one), checkpointing, fused loss: the least memory of `method`."""
     mb = fixed.get("micro_batch", 1)
-    ga = fixed.get("grad_accum", max(1, (effective or DEFAULT_EFFECTIVE_BATCH) // mb))
+    per_gpu = max(1, (effective or DEFAULT_EFFECTIVE_BATCH) // max(1, base.num_gpus))
+    ga = fixed.get("grad_accum", max(1, per_gpu // mb))
     return replace(
         base, method=method, micro_batch=mb, grad_accum=ga,
         grad_checkpointing=fixed.get("grad_checkpointing", True), fused_ce=fixed.get("fused_ce", True),
@@ -503,22 +663,14 @@ def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, b
         c = search.eval(replace(s, lora_rank=8))
         if c.fits:
             sug.append("A smaller LoRA rank fits: --lora-r 8.")
-    # more GPUs: sharded weights (FSDP) divide the static part; rough until multi-GPU planning
-    static = sum(smallest.memory.components.get(k, 0) for k in
-                 ("quantized_weights", "unquantized_weights", "adapter_weights", "optimizer_states"))
-    rest = need - static
-    if rest < budget:
-        n = max(2, math.ceil(static / max(1, budget - rest)))
-        if n <= 16:
-            sug.append(f"About {n} such GPUs with FSDP sharding would hold it (weights split across cards; "
-                       "multi-GPU planning is approximate).")
+    # more GPUs: added by `solve`, which plans them (see _more_gpus_suggestion)
     # a bigger card from the catalog: the smallest memory tier that fits, cheapest in it
     fitting_cards = []
     for card in bigger_cards(need):
         limit = card.memory_bytes * (1 - constraints.safety_margin)
         if limit < need or (fitting_cards and card.memory_bytes > 1.1 * fitting_cards[0].memory_bytes):
             continue
-        if estimate_memory(spec, s, card).device_bytes <= limit:
+        if estimate_parallel_memory(spec, s, card, cpu_offload=search.cpu_offload).device_bytes <= limit:
             fitting_cards.append(card)
     if fitting_cards:
         card = min(fitting_cards, key=lambda g: g.price_per_hour or 1e9)
