@@ -19,8 +19,10 @@ Every event has `kind` and `time` (unix seconds). Kinds:
   `torch_peak_bytes`, `torch_reserved_bytes`, `predicted_torch_peak_bytes`,
   `predicted_device_bytes`, `rank`
 - `checkpoint`: `step`, `path`
-- `data`: dataset facts: `examples`, `dropped_too_long`, `truncated`, `format`
-- `replan`: OOM recovery: `attempt`, `reason`, `changes` (knob -> [old, new])
+- `data`: dataset facts: `examples`, `dropped_too_long`, `truncated`, `format`,
+  `train_examples`, `eval_examples`
+- `replan`: OOM recovery: `attempt`, `reason`, `changes` (knob -> [old, new]),
+  `effective_batch` (unchanged by design), `resume_from` (checkpoint path or null)
 - `message`: free text for the log tail: `level`, `text`
 - `environment`: where an attempt trains (presets' evidence): `device`, `gpu_name`,
   `gpu_memory_bytes`, `driver_version`, `cuda_version`, `<library>_version`

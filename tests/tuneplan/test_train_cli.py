@@ -18,6 +18,7 @@ from tuneplan.config import load_config, save_config
 from tuneplan.events import read_events, read_status
 
 ROOT = Path(__file__).resolve().parents[2]
+SECRET = "hf_tuneplanTestSecretToken123"
 pytest_plugins = ["tests.tuneplan.training.conftest"]
 
 
@@ -78,7 +79,7 @@ def test_detached_run_survives_launcher_kill_and_sighup(tiny_model, runs_root, t
     # A "terminal": a shell in its own session runs the launcher and then lingers, like a login shell.
     terminal = subprocess.Popen(
         ["bash", "-c", f'"{sys.executable}" -m tuneplan train --config "{config}"; sleep 60'],
-        env=_env(runs_root), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=_env(runs_root, HF_TOKEN=SECRET), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
         run_dir = wait_for(lambda: next((p for p in runs_root.iterdir() if (p / "status.json").exists()), None),
@@ -102,6 +103,9 @@ def test_detached_run_survives_launcher_kill_and_sighup(tiny_model, runs_root, t
     assert logs[-1]["loss"] < logs[0]["loss"]
     listing = tuneplan(runs_root, "runs")
     assert run_dir.name in listing.stdout and "done" in listing.stdout and "16/16" in listing.stdout
+    for path in run_dir.rglob("*"):  # the Hub token never lands in the run folder
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
 
 
 # --- stop / save / resume -------------------------------------------------------------------------

@@ -66,3 +66,35 @@ def test_module_imports_no_datasets():
                           "print('datasets' in sys.modules, 'torch' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_overlong_samples_are_counted_and_dropped(tiny_model):
+    from dataclasses import replace
+
+    from tests.tuneplan.training.conftest import tiny_config
+    from transformers import AutoTokenizer
+
+    from tuneplan.training.data import prepare_data
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    config = tiny_config(tiny_model)
+    config = replace(config, setup=replace(config.setup, seq_len=12))
+    truncated = prepare_data(config, tok, [])
+    assert truncated.truncated > 0 and truncated.dropped_too_long == 0 and truncated.examples == 400
+    dropped = prepare_data(replace(config, data=replace(config.data, overlong="drop")), tok, [])
+    assert dropped.dropped_too_long == truncated.truncated and dropped.examples == 400 - dropped.dropped_too_long
+    assert len(dropped.train) + len(dropped.eval) == dropped.examples
+
+
+def test_base_tokenizer_without_template_gets_the_named_fallback(tiny_model):
+    from transformers import AutoTokenizer
+
+    from tuneplan.training.data import FALLBACK_TEMPLATE_NAME, ensure_chat_template
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = None
+    notes: list[str] = []
+    ensure_chat_template(tok, notes)
+    text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
+                                   tokenize=False)
+    assert text == "### User:\nhi\n\n### Assistant:\nyo</s>\n\n" and FALLBACK_TEMPLATE_NAME in notes[0]
