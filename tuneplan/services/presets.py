@@ -759,8 +759,10 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
         if method != "qlora":
             fixed.pop("quant_type", None)
             fixed.pop("double_quant", None)
+        # the preset's GPU count is kept (one, unless it was made for several): never more GPUs
         return plan(PlanRequest(resolved=resolved, hardware=hardware, method=method, fixed=fixed,
-                                effective_batch=effective, epochs=config.training.epochs, safety_margin=margin))
+                                effective_batch=effective, epochs=config.training.epochs, safety_margin=margin,
+                                **_gpu_count(s)))
 
     reasons: list[str] = []
     first = outcome = attempt(s.method, s.seq_len)
@@ -774,7 +776,7 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
                 q = _shorter(attempt, "qlora", s.seq_len, preset.constraints.min_seq_len) or q
             if q.result.fits:
                 outcome = q
-    if outcome.result.fits and not outcome.result.choice.throughput.tokens_per_second:
+    if outcome.result.fits and not outcome.result.choice.throughput.tokens_per_second and s.num_gpus == 1:
         # No speed model for this hardware (the CPU, a bare --vram size): the solver cannot rank
         # micro-batches by speed, so keep the preset's micro-batch, or the largest below it that fits.
         chosen = outcome.result.choice.setup
@@ -846,6 +848,20 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
     out = replace(out, prediction=PredictionConfig(torch_peak_bytes=m.torch_peak_bytes, device_bytes=m.device_bytes))
     return Refit(preset=preset, config=out, outcome=outcome, fits=outcome.result.fits, changes=changes,
                  reasons=tuple(reasons), notes=tuple(notes) + tuple(outcome.notes))
+
+
+def _gpu_count(s: TrainSetup) -> dict[str, Any]:
+    """PlanRequest fields that keep a preset's GPU count and strategy (if the planning service
+    knows about several GPUs)."""
+    from tuneplan.services.planning import PlanRequest
+
+    known = {f.name for f in fields(PlanRequest)}
+    out: dict[str, Any] = {}
+    if "gpus" in known:
+        out["gpus"] = s.num_gpus
+    if "strategy" in known and s.num_gpus > 1 and s.strategy in ("ddp", "fsdp"):
+        out["strategy"] = s.strategy
+    return out
 
 
 def fields_of(cls: type) -> list[str]:
