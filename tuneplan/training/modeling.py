@@ -143,36 +143,80 @@ def _load_model(source: str, config, setup: TrainSetup, device: torch.device,
         raise UserError(f"could not load model weights from {source!r}: {first}") from e
 
 
+def _peft_moe_aliases(model) -> set[str]:
+    """transformers-4 module names peft rewrites onto fused MoE tensors for this model type
+    (`peft/utils/transformers_weight_conversion.py` `_MOE_TARGET_MODULE_MAPPING`), e.g.
+    mixtral `w1`/`w3`/`w2`/`gate`, qwen3_moe `gate_proj`/`up_proj`/`down_proj`/`gate`."""
+    try:
+        from peft.utils import transformers_weight_conversion as twc
+    except ImportError:  # a peft without the v4->v5 conversion
+        return set()
+    base = twc._MODEL_TO_CONVERSION_PATTERN.get(getattr(model.config, "model_type", None))
+    return set(twc._MOE_TARGET_MODULE_MAPPING.get(base, {}))
+
+
+def _attention_names(model) -> list[str]:
+    """The attention projections of the decoder layers (planner spec names when it knows the
+    model: `q_proj, k_proj, v_proj, o_proj`, phi3 `qkv_proj, o_proj`)."""
+    try:
+        from planner.spec import spec_from_config
+
+        names = list(spec_from_config(model.config.to_dict(), "model").attention_module_names())
+        if names:
+            return names
+    except (ValueError, KeyError, TypeError):
+        pass
+    found = []
+    for name, mod in model.named_modules():
+        if ".layers." in name and ".self_attn." in name and isinstance(mod, torch.nn.Linear):
+            leaf = name.rsplit(".", 1)[-1]
+            if leaf not in found:
+                found.append(leaf)
+    return found
+
+
 def lora_targets(model, setup: TrainSetup) -> tuple[list[str] | str, list[str]]:
     """(target_modules, target_parameters) for peft from `setup.lora_targets`.
 
-    Names of linear modules go to `target_modules`; names of fused expert weights stored as
-    plain parameters (transformers 5 MoE `experts.gate_up_proj`, `experts.down_proj`) go to
-    `target_parameters`. An unknown name raises a UserError naming the real ones.
+    `all-linear` passes through (peft resolves it, MoE experts and router included);
+    `attention` becomes the attention projections. Names go to `target_modules` as given when
+    they name a linear module or a transformers-4 MoE name peft rewrites itself (mixtral
+    `w1`/`w2`/`w3`/`gate`, qwen3_moe `gate_proj`/`up_proj`/`down_proj`/`gate`); fused expert
+    tensors named directly (`gate_up_proj`, `experts.down_proj`) go to `target_parameters`
+    (see planner/spec.py). An unknown name raises a UserError naming the real ones.
     """
     targets = setup.lora_targets
     if isinstance(targets, str):
         if targets == ALL_LINEAR:
             return ALL_LINEAR, []
+        if targets == "attention":
+            return _attention_names(model), []
         targets = tuple(t.strip() for t in targets.split(",") if t.strip())
+    targets = tuple(t for t in targets if t)
     if not targets:
-        raise UserError("lora_targets is empty: give `all-linear` or module names such as q_proj,v_proj")
-    module_leaf: set[str] = set()
-    for name, mod in model.named_modules():
-        if isinstance(mod, torch.nn.Linear) or type(mod).__name__.startswith("Linear"):
-            if not name.endswith("lm_head"):
-                module_leaf.add(name.rsplit(".", 1)[-1])
-    param_names = {n for n, p in model.named_parameters() if p.dim() == 3}  # fused experts
+        raise UserError("lora_targets is empty: give `all-linear`, `attention` or module names such as q_proj,v_proj")
+    if targets == ("attention",):
+        return _attention_names(model), []
+    linear_paths = [name for name, mod in model.named_modules()
+                    if (isinstance(mod, torch.nn.Linear) or type(mod).__name__.startswith("Linear"))
+                    and not name.endswith("lm_head")]
+    fused = [n for n, p in model.named_parameters() if p.dim() == 3]  # transformers-5 MoE experts
+    aliases = _peft_moe_aliases(model)
+
+    def suffix(paths, t):
+        return any(p == t or p.endswith("." + t) for p in paths)
+
     modules, params, unknown = [], [], []
     for t in targets:
-        if t in module_leaf:
+        if suffix(linear_paths, t) or t in aliases:
             modules.append(t)
-        elif any(n == t or n.endswith("." + t) for n in param_names):
+        elif suffix(fused, t):
             params.append(t)
         else:
             unknown.append(t)
     if unknown:
-        real = sorted(module_leaf | {n.rsplit(".", 2)[-2] + "." + n.rsplit(".", 1)[-1] for n in param_names})
+        real = sorted({p.rsplit(".", 1)[-1] for p in linear_paths} | aliases
+                      | {".".join(n.rsplit(".", 2)[-2:]) for n in fused})
         raise UserError(f"unknown LoRA target module(s) {', '.join(unknown)}; this model has: {', '.join(real)}")
     return modules, params
 
@@ -203,7 +247,8 @@ def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
     modules, params = lora_targets(model, setup)
     dropout = setup.lora_dropout
     fused_experts = any(p.dim() == 3 for p in model.parameters())
-    if dropout and (params or (modules == ALL_LINEAR and fused_experts)):
+    rewritten = modules == ALL_LINEAR or any(m in _peft_moe_aliases(model) for m in modules)
+    if dropout and (params or (fused_experts and rewritten)):
         # peft maps all-linear on transformers-5 MoE models (peft/utils/
         # transformers_weight_conversion.py `_convert_peft_config_moe`) to the fused expert
         # weights and the router as `target_parameters`; their `lora.ParamWrapper` raises

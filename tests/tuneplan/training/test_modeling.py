@@ -79,14 +79,28 @@ def test_attention_falls_back_with_a_reason():
     assert resolve_attention(llama, "eager", "cpu", []) == "eager"
 
 
-def test_moe_all_linear_adapts_experts_with_dropout_off():
+MIXTRAL = dict(model_type="mixtral", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+               num_attention_heads=2, num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1)
+
+
+def _adapted(model) -> set[str]:
+    return {n.split(".lora_")[0].split("layers.0.")[-1] for n, p in model.named_parameters() if p.requires_grad}
+
+
+@pytest.mark.parametrize("targets,expected", [
+    ("all-linear", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate",
+                    "mlp.experts", "mlp.experts.base_layer"}),
+    ("attention", {"self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj"}),
+    (("w1", "w3", "w2"), {"mlp.experts", "mlp.experts.base_layer"}),  # transformers-4 names, peft rewrites
+    (("gate_up_proj", "experts.down_proj"), {"mlp.experts", "mlp.experts.base_layer"}),  # fused tensors
+])
+def test_moe_targets_reach_the_experts_with_dropout_off(targets, expected):
     from tuneplan.training.modeling import build_from_config
 
-    cfg = dict(model_type="mixtral", vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-               num_attention_heads=2, num_key_value_heads=1, num_local_experts=2, num_experts_per_tok=1)
-    model, notes = build_from_config(cfg, replace(BASE, lora_dropout=0.05))
-    assert any("dropout set to 0" in n for n in notes)
-    assert any("experts" in n and "lora_A" in n for n, _ in model.named_parameters())
+    model, notes = build_from_config(MIXTRAL, replace(BASE, lora_targets=targets, lora_dropout=0.05))
+    assert _adapted(model) == expected
+    touches_experts = any("experts" in e or e == "mlp.gate" for e in expected)
+    assert any("dropout set to 0" in n for n in notes) == touches_experts
 
 
 @pytest.mark.parametrize("source,setup,words", [
