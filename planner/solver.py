@@ -488,7 +488,14 @@ def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None =
     lead = (f"One {hardware.gpu.name} cannot hold {_METHOD_NAMES.get(one.choice.setup.method, '')} of {spec.name}: "
             f"the smallest configuration needs {_gib(need)} of the {_gib(one.budget_bytes)} it may use. "
             f"{more.choice.setup.num_gpus} x {hardware.gpu.name}: {_strategy_sentence(more.choice.setup)}")
-    return replace(more, reasons=(lead,) + more.reasons, single_gpu_need_bytes=need,
+    reasons = (lead,) + more.reasons
+    if constraints.method == "lora" and "qlora" not in _methods(constraints):
+        q = _solve_count(spec, hardware, replace(base_constraints, method="qlora"), dataset_stats, 1,
+                         strategies(1)[0])
+        if q.fits:
+            reasons += (f"Or QLoRA on one {hardware.gpu.name}: {q.choice.describe()}, "
+                        f"{_gib(q.choice.memory.device_bytes)} (--method qlora --gpus 1).",)
+    return replace(more, reasons=reasons, single_gpu_need_bytes=need,
                    warnings=one.warnings if not more.warnings else more.warnings)
 
 
@@ -508,15 +515,25 @@ def _note_strategy(result: PlanResult, ddp_try: PlanResult) -> PlanResult:
 
 
 def _more_gpus(spec, hardware, constraints, dataset_stats, strategies, start: int) -> PlanResult | None:
-    """The fewest GPUs above `start` (from AUTO_GPU_COUNTS) on which a plan fits, or None."""
+    """The fewest GPUs above `start` (from AUTO_GPU_COUNTS) on which a plan fits, or None.
+    The fitting plan's reasons say what the next smaller count tried would have needed."""
     cap = constraints.max_gpus or MAX_AUTO_GPUS
+    last = None
     for n in AUTO_GPU_COUNTS:
         if n <= start or n > cap:
             continue
+        tried = None
         for st in strategies(n):
             r = _solve_count(spec, hardware, constraints, dataset_stats, n, st)
             if r.fits:
+                if last is not None:
+                    ls = last.choice.setup
+                    r = replace(r, reasons=(f"{ls.num_gpus} GPUs with {ls.strategy.upper()} are not enough: the smallest "
+                                            f"configuration needs {_gib(last.choice.memory.device_bytes)} per GPU.",)
+                                + r.reasons)
                 return r
+            tried = r
+        last = tried
     return None
 
 

@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--gpu", metavar="NAME", help="plan for this card from the catalog (4090, a100-80gb, h100, ...)")
     a("--vram", metavar="SIZE", help="plan for this much GPU memory (24GiB, 80GB, 24576MiB); with --gpu: free memory")
     a("--gpu-index", metavar="N", help="with neither --gpu nor --vram: which NVML GPU (default: the one with most free memory)")
+    a("--gpus", default=AUTO, metavar="auto|N", help="GPUs to train on (default auto: one if the model fits, else "
+      "the fewest that hold it in one machine; with NVML, all GPUs of the box)")
+    a("--strategy", default=AUTO, metavar="auto|ddp|fsdp", help="multi-GPU strategy (default auto: DDP when a "
+      "replica fits one GPU, else FSDP)")
+    a("--cpu-offload", default="off", metavar="on|off", help="FSDP CPU offload of weights, gradients, optimizer")
+    a("--gpus-per-node", metavar="N", help="GPUs per machine (default 8); more --gpus span several machines")
     a("--method", default=AUTO, metavar="auto|lora|qlora|full", help="training method (default: auto, LoRA or QLoRA)")
     a("--seq-len", metavar="N", help="tokens per sequence (default: dataset p99 or 2048)")
     a("--batch", metavar="N", help="micro-batch: sequences per forward/backward")
@@ -171,6 +177,11 @@ def build_request(args: argparse.Namespace):
             raise UserError("--gpu-index picks an NVML GPU: drop --gpu/--vram, or drop --gpu-index")
     if args.gpu is not None and not args.gpu.strip():
         raise UserError("--gpu is empty: name a card such as rtx-4090 or a100-80gb")
+    gpus = None if str(args.gpus).lower() == AUTO else _int(args.gpus, "--gpus")
+    strategy = str(args.strategy).lower()
+    if strategy not in (AUTO, "ddp", "fsdp"):
+        raise UserError(f"--strategy must be one of auto, ddp, fsdp (got {args.strategy!r})")
+    offload = _tri(args.cpu_offload, "--cpu-offload")
     return PlanRequest(
         model=args.model, gpu=args.gpu, vram_bytes=parse_size(args.vram) if args.vram is not None else None,
         gpu_index=gpu_index, method=method, fixed=fixed, dataset_source=args.dataset,
@@ -179,6 +190,8 @@ def build_request(args: argparse.Namespace):
         safety_margin=DEFAULT_SAFETY_MARGIN if margin is None else margin,
         price_per_hour=_float(args.price, "--price", allow_zero=True),
         min_seq_len=_int(args.min_seq_len, "--min-seq-len"), max_seq_len=_int(args.max_seq_len, "--max-seq-len"),
+        gpus=gpus, strategy=strategy, cpu_offload=bool(offload),
+        gpus_per_node=_int(args.gpus_per_node, "--gpus-per-node") or 8,
     )
 
 
@@ -203,7 +216,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tuneplan plan: does not fit: {outcome.model.name} needs {_gib(r.choice.memory.device_bytes)} at least, "
               f"{_gib(r.budget_bytes)} usable on {outcome.hardware.gpu.name}", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
-    print(f"tuneplan plan: fits: {r.choice.describe()} ({_gib(r.choice.memory.device_bytes)} of "
+    per = " per GPU" if r.choice.setup.num_gpus > 1 or r.choice.setup.strategy == "fsdp" else ""
+    print(f"tuneplan plan: fits: {r.choice.describe()} ({_gib(r.choice.memory.device_bytes)}{per} of "
           f"{_gib(r.usable_bytes)})", file=sys.stderr)
     return EXIT_OK
 
@@ -252,7 +266,17 @@ def _knob_rows(outcome) -> list[tuple[str, str, str]]:
     def src(*keys):
         return "you" if any(k in fixed for k in keys) else "solver"
     method_src = "you" if outcome.request.method != AUTO else "solver"
-    rows = [("method", {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}[s.method], method_src)]
+    req = outcome.request
+    gpus_src = "you" if (getattr(req, "gpus", None) or "num_gpus" in fixed) else "solver"
+    gpu_text = f"{s.num_gpus} x {outcome.hardware.gpu.name}"
+    if s.num_gpus > 1 or s.strategy == "fsdp":
+        gpu_text += f", {s.strategy.upper()}"
+        if outcome.result.nodes > 1:
+            gpu_text += f", {outcome.result.nodes} machines"
+        if outcome.result.cpu_offload:
+            gpu_text += ", CPU offload"
+    rows = [("GPUs", gpu_text, gpus_src),
+            ("method", {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}[s.method], method_src)]
     if s.method == "qlora":
         rows.append(("4-bit format", f"{s.quant_type}{', double quant' if s.double_quant else ''}",
                      src("quant_type", "double_quant") if fixed & {"quant_type", "double_quant"} else "default"))
@@ -299,7 +323,12 @@ def render(outcome) -> str:
         out.append(f"  {k:<20} {v:<48} {who}")
     out.append(f"  {'trainable':<20} {trainable / 1e6:,.1f}M parameters ({trainable / params:.2%})")
     out.append("")
-    out.append(f"Memory on one GPU (predicted; bar = share of {_gib(cap)} usable)")
+    multi = c.setup.num_gpus > 1 or c.setup.strategy == "fsdp"
+    if multi:
+        out.append(f"Memory per GPU, each of {c.setup.num_gpus} ({c.setup.strategy.upper()}; predicted; "
+                   f"bar = share of {_gib(cap)} usable)")
+    else:
+        out.append(f"Memory on one GPU (predicted; bar = share of {_gib(cap)} usable)")
     for name, label in _LABELS.items():
         v = m.components.get(name, 0)
         if v <= 0:
@@ -314,8 +343,11 @@ def render(outcome) -> str:
     out.append("")
     t = c.throughput
     if t.tokens_per_second:
-        out.append(f"Speed     {t.tokens_per_second:,.0f} tokens/s ({t.optimizer_step_seconds:.2f} s per optimizer step, "
-                   f"MFU {t.mfu:.0%}, {t.bound}-bound)" + ("" if r.fits else "; if it fitted"))
+        over = f" over {c.setup.num_gpus} GPUs" if c.setup.num_gpus > 1 else ""
+        comm = t.parts.get("communication")
+        comm_text = f", {comm * 1000:.0f} ms communication per micro-batch" if comm else ""
+        out.append(f"Speed     {t.tokens_per_second:,.0f} tokens/s{over} ({t.optimizer_step_seconds:.2f} s per optimizer step, "
+                   f"MFU {t.mfu:.0%}, {t.bound}-bound{comm_text})" + ("" if r.fits else "; if it fitted"))
     else:
         out.append("Speed     unknown (give --gpu NAME for the card's speed)")
     if r.fits:

@@ -30,10 +30,11 @@ from planner.solver import (
 from planner.throughput import estimate_throughput, trainable_parameters, training_cost, training_seconds
 from tuneplan.errors import UserError
 
-# Knobs of TrainSetup a user may fix (everything but the multi-GPU ones, which issue 7 adds).
+# Knobs of TrainSetup a user may fix.
 FIXABLE = ("quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
            "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing",
-           "optimizer", "attn", "fused_ce")
+           "optimizer", "attn", "fused_ce", "num_gpus", "strategy")
+STRATEGY_CHOICES = ("auto", "ddp", "fsdp")
 LORA_KNOBS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 QLORA_KNOBS = ("quant_type", "double_quant")
 
@@ -71,6 +72,15 @@ class PlanRequest:
     max_seq_len: int | None = None
     token: str | None = None
     """Hub token for gated repos (passed through, never stored)."""
+    gpus: int | None = None
+    """GPUs to train on; None (`--gpus auto`): one when the model fits one, else the fewest
+    that hold it in one machine (catalog card), or all the GPUs NVML finds."""
+    strategy: str = "auto"
+    """`auto`, `ddp` or `fsdp` (several GPUs)."""
+    cpu_offload: bool = False
+    """FSDP CPU offload (weights, gradients, optimizer in host memory)."""
+    gpus_per_node: int = 8
+    """GPUs per machine: more GPUs than this span several machines (planned on paper)."""
 
 
 @dataclass(frozen=True)
@@ -169,11 +179,25 @@ def resolve_hardware(request: PlanRequest, probe: Any = None) -> tuple[Hardware,
         chosen = max(gpus, key=lambda g: g.free_bytes)
     notes = [f"Planning for GPU {chosen.index} ({chosen.name}) as NVML sees it: "
              f"{chosen.free_bytes / GiB:.1f} of {chosen.total_bytes / GiB:.1f} GiB free."]
-    if len(gpus) > 1:
-        notes.append(f"NVML found {len(gpus)} GPUs; the plan uses one (multi-GPU planning is separate work).")
+    # several GPUs of the same model (and no --gpu-index): the plan may use all of them, each
+    # with the least free memory among them
+    same = [g for g in gpus if g.name == chosen.name and g.total_bytes == chosen.total_bytes]
+    if request.gpu_index is not None or request.gpus == 1:
+        same = [chosen]
+    if len(same) > 1:
+        free = min(g.free_bytes for g in same)
+        notes[0] = (f"Planning for the {len(same)} x {chosen.name} NVML sees (GPUs "
+                    f"{', '.join(str(g.index) for g in same)}): at least {free / GiB:.1f} of "
+                    f"{chosen.total_bytes / GiB:.1f} GiB free on each.")
+        if len(same) < len(gpus):
+            notes.append(f"NVML found {len(gpus)} GPUs; the plan uses the {len(same)} of one model.")
+    else:
+        free = chosen.free_bytes
+        if len(gpus) > 1:
+            notes.append(f"NVML found {len(gpus)} GPUs; the plan uses GPU {chosen.index}.")
     if chosen.catalog is None:
         notes.append(f"{chosen.name} is not in the GPU catalog: no speed, time or cost estimate.")
-    hw = Hardware(gpu=chosen.as_planner_gpu(), count=len(gpus), free_bytes=chosen.free_bytes, source="nvml")
+    hw = Hardware(gpu=chosen.as_planner_gpu(), count=len(same), free_bytes=free, source="nvml")
     return hw, notes, len(gpus)
 
 
@@ -213,6 +237,17 @@ def validate(request: PlanRequest, spec: Any) -> None:
         _check_positive(name, value, name)
     if not 0 <= request.safety_margin < 0.9:
         raise UserError(f"--safety-margin must be between 0 and 0.9 (got {request.safety_margin})")
+    if request.gpus is not None and (not isinstance(request.gpus, int) or isinstance(request.gpus, bool)
+                                     or request.gpus <= 0):
+        raise UserError(f"--gpus must be auto or a whole number > 0 (got {request.gpus})")
+    if request.strategy not in STRATEGY_CHOICES:
+        raise UserError(f"--strategy must be one of {', '.join(STRATEGY_CHOICES)} (got {request.strategy!r})")
+    if request.gpus_per_node <= 0:
+        raise UserError(f"--gpus-per-node must be > 0 (got {request.gpus_per_node})")
+    if request.cpu_offload and request.strategy == "ddp":
+        raise UserError("--cpu-offload needs --strategy fsdp (DDP keeps a full replica on every GPU)")
+    if request.gpus == 1 and request.strategy == "ddp":
+        raise UserError("--strategy ddp needs --gpus 2 or more (one GPU has nothing to replicate to)")
     if fixed.get("optimizer") is not None and fixed["optimizer"] not in OPTIMIZERS:
         raise UserError(f"--optimizer must be one of auto, {', '.join(OPTIMIZERS)} (got {fixed['optimizer']!r})")
     if fixed.get("attn") is not None and fixed["attn"] not in ("sdpa", "flash", "eager"):
@@ -284,6 +319,9 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     spec = model.spec
     validate(request, spec)
     hardware, notes, detected = resolve_hardware(request, probe)
+    if hardware.source == "nvml" and request.gpus is not None and request.gpus > hardware.count:
+        raise UserError(f"--gpus {request.gpus}: NVML sees {hardware.count} x {hardware.gpu.name} here; plan for "
+                        f"another machine with --gpu {hardware.gpu.key if hardware.gpu.key != 'custom' else 'NAME'}")
     if request.dataset is None and request.dataset_source:
         stats, data_notes = dataset_stats(request.dataset_source, model)
         request = replace(request, dataset=stats)
@@ -295,10 +333,14 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
         effective = mb * ga if (mb and ga) else DEFAULT_EFFECTIVE_BATCH
         if ga and not mb and effective % ga:
             effective = ga * max(1, effective // ga)
+    # --gpus auto on a catalog card / memory size: as many GPUs as one machine holds, fewest first
+    max_gpus = request.gpus_per_node if (request.gpus is None and hardware.source != "nvml") else None
     constraints = Constraints(
         method=request.method, fixed=fixed, min_seq_len=request.min_seq_len, max_seq_len=request.max_seq_len,
         effective_batch=effective, epochs=request.epochs, prefer_accuracy=request.prefer_accuracy,
         safety_margin=request.safety_margin, price_per_hour=request.price_per_hour,
+        gpus=request.gpus, strategy=request.strategy, cpu_offload=request.cpu_offload, max_gpus=max_gpus,
+        gpus_per_node=request.gpus_per_node,
     )
     try:
         result = solve(spec, hardware, constraints, request.dataset)
@@ -313,10 +355,10 @@ def estimate(spec: Any, hardware: Hardware, setup: TrainSetup, *, dataset_tokens
              epochs: float = 1.0, price_per_hour: float | None = None,
              safety_margin: float = DEFAULT_SAFETY_MARGIN) -> dict[str, Any]:
     """One configuration's memory, speed, time and cost (for knobs edited by hand in the UI)."""
-    from planner.memory import estimate_memory
+    from planner.parallel import estimate_parallel_memory
 
     try:
-        memory = estimate_memory(spec, setup, hardware.gpu)
+        memory = estimate_parallel_memory(spec, setup, hardware.gpu)
     except ValueError as exc:
         raise UserError(str(exc)) from None
     speed = estimate_throughput(spec, setup, hardware.gpu)
@@ -375,8 +417,17 @@ def plan_to_dict(o: PlanOutcome) -> dict[str, Any]:
         },
         "gpu": {
             "name": gpu.name, "key": gpu.key if gpu.key != "custom" else None, "memory_bytes": gpu.memory_bytes,
-            "free_bytes": o.hardware.free_bytes, "count": 1, "detected": o.hardware.count if o.hardware.source == "nvml" else None,
+            "free_bytes": o.hardware.free_bytes, "count": c.setup.num_gpus,
+            "detected": o.detected_gpus if o.hardware.source == "nvml" else None,
             "bf16": gpu.bf16, "source": o.hardware.source,
+        },
+        "parallel": {
+            "num_gpus": c.setup.num_gpus, "strategy": c.setup.strategy, "nodes": r.nodes,
+            "gpus_per_node": o.request.gpus_per_node, "cpu_offload": r.cpu_offload,
+            "host_offload_bytes": int(c.memory.details.get("host_offload_bytes", 0)),
+            "communication_seconds_per_micro_batch": c.throughput.parts.get("communication"),
+            "single_gpu_need_bytes": r.single_gpu_need_bytes,
+            "memory_is_per_gpu": True,
         },
         "throughput": {
             "tokens_per_second": c.throughput.tokens_per_second,
