@@ -15,7 +15,11 @@ The planner (`planner/memory.py`) predicts the memory of exactly this path, and
    decoder layer plus `enable_input_require_grads()`. `use_cache` is off for training.
 3. `get_peft_model(model, LoraConfig(r, lora_alpha, lora_dropout, target_modules,
    bias="none", task_type="CAUSAL_LM"))`; adapters are created in fp32 (peft's default
-   `autocast_adapter_dtype=True`). Method `full`: every parameter trainable, no peft.
+   `autocast_adapter_dtype=True`). Targets: `all-linear` (peft's, which on transformers-5 MoE
+   models also adapts the fused experts and the router), `attention`, or names (see
+   `lora_targets`). peft cannot apply dropout to MoE tensors (`lora.ParamWrapper`), so dropout
+   is 0 whenever they are adapted, with a note. Method `full`: every parameter trainable, no
+   peft.
 
 Known library behaviour downstream of this module (documented in docs/training-path.md):
 trl's `SFTTrainer` casts the trainable parameters of a 4-bit model to bf16 when it is
@@ -122,7 +126,7 @@ def _default_device(device: str | torch.device | None) -> torch.device:
 
 
 def _load_model(source: str, config, setup: TrainSetup, device: torch.device,
-                trust_remote_code: bool, notes: list[str]):
+                trust_remote_code: bool, notes: list[str], revision: str | None = None):
     """Step 1: `from_pretrained` in the compute dtype (or 4-bit for QLoRA)."""
     from transformers import AutoModelForCausalLM
 
@@ -134,6 +138,8 @@ def _load_model(source: str, config, setup: TrainSetup, device: torch.device,
         "trust_remote_code": trust_remote_code,
         "device_map": {"": device},
     }
+    if revision is not None:
+        kwargs["revision"] = revision
     if setup.method == "qlora":
         kwargs["quantization_config"] = bnb_config(setup)
     try:
@@ -267,18 +273,19 @@ def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
     )
     model = get_peft_model(model, cfg)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    dtype = "fp32; trl's SFTTrainer casts them to bf16 for a 4-bit model" if setup.method == "qlora" else "fp32"
     _note(notes, f"LoRA r={setup.lora_rank} alpha={setup.lora_alpha} on "
                  f"{modules if isinstance(modules, str) else ','.join(modules + params)}: "
-                 f"{trainable:,} trainable parameters (fp32)")
+                 f"{trainable:,} trainable parameters ({dtype})")
     return model
 
 
 def load_for_training(source: str, setup: TrainSetup, *, trust_remote_code: bool = False,
-                      device: str | torch.device | None = None):
+                      device: str | torch.device | None = None, revision: str | None = None):
     """Load `source` (local folder, Hub id or catalog name) ready for the trainer: steps 1-3.
 
     Returns `(model, tokenizer, notes)`; `notes` are sentences for the run log (attention
-    fallback, adapter summary). The tokenizer is returned as loaded (no pad token is added).
+    fallback, adapter summary). `revision`: a Hub branch, tag or commit (None: the default). The tokenizer is returned as loaded (no pad token is added).
     Bad input (missing folder, unknown target, ...) raises `UserError`.
     """
     from transformers import AutoConfig, AutoTokenizer
@@ -297,13 +304,13 @@ def load_for_training(source: str, setup: TrainSetup, *, trust_remote_code: bool
             source = entry.hub_id
     source = os.path.expanduser(source)
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code)
-        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
+        tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
     except (OSError, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise UserError(f"could not load the model config/tokenizer from {source!r}: {first}") from e
     dev = _default_device(device)
-    model = _load_model(source, config, setup, dev, trust_remote_code, notes)
+    model = _load_model(source, config, setup, dev, trust_remote_code, notes, revision=revision)
     model = prepare_for_training(model, setup, notes)
     return model, tokenizer, notes
 
