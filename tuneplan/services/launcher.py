@@ -151,8 +151,8 @@ def prepare_run(config: RunConfig, runs_root: Path, *, free_bytes: Callable[[Pat
     config = config.validate()
     source = resolve_model_source(config.model.source)
     config = replace(config, model=replace(config.model, source=source))
-    fmt = check_dataset(config)
-    if fmt is not None:
+    check_dataset(config)
+    if is_local_source(config.data.source):  # the training process runs in the run folder
         config = replace(config, data=replace(config.data, source=str(Path(config.data.source).expanduser().resolve())))
     cfg = model_config_dict(source)
     need = required_disk_bytes(config, cfg)

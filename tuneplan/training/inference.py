@@ -30,6 +30,13 @@ def _adapter_dir(run_dir: Path, config: RunConfig) -> tuple[Path, str | None]:
     raise UserError(f"run {run_dir.name} has no adapter and no checkpoint yet; wait for its first checkpoint")
 
 
+def _quiet() -> None:
+    import transformers
+
+    transformers.utils.logging.disable_progress_bar()
+    transformers.utils.logging.set_verbosity_error()
+
+
 def _device():
     import torch
 
@@ -41,6 +48,7 @@ def load_chat_model(run_dir: Path):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    _quiet()
     run_dir = Path(run_dir)
     config = load_config(run_dir / CONFIG_FILE)
     weights, note = _adapter_dir(run_dir, config)
@@ -125,6 +133,7 @@ def export_merged(run_dir: Path, out: Path | None = None, *, dtype: str = "auto"
 
     from tuneplan.services.paths import free_bytes as disk_free
 
+    _quiet()
     run_dir = Path(run_dir)
     config = load_config(run_dir / CONFIG_FILE)
     if config.setup.method == "full":

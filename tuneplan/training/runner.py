@@ -179,8 +179,13 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
         resume = config.resume_from if config.resume_from and Path(config.resume_from).is_dir() else None
         if resume:
             _event(run_dir, "message", level="info", text=f"resuming from {resume}")
-        trainer.train(resume_from_checkpoint=resume)
-        if control.stop_requested:
+        try:
+            trainer.train(resume_from_checkpoint=resume)
+        except RuntimeError as exc:  # some CUDA paths (bitsandbytes, cuBLAS) raise a plain RuntimeError
+            if "out of memory" in str(exc).lower() and not isinstance(exc, torch.OutOfMemoryError):
+                raise torch.OutOfMemoryError(str(exc)) from exc
+            raise
+        if control.stop_requested and trainer.state.global_step < trainer.state.max_steps:
             _finish(run_dir, status, "stopped",
                     message=f"{control.stop_signal}: checkpoint saved at step {status.step}")
             return WorkerResult(EXIT_OK, trainer, tokenizer)
