@@ -34,7 +34,6 @@ def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
     from tuneplan.errors import UserError
-    from tuneplan.events import FINAL_PHASES
     from tuneplan.services import launcher, paths
     from tuneplan.services import presets as P
 
@@ -63,8 +62,12 @@ def run(args: argparse.Namespace) -> int:
     hardware = P.cpu_hardware() if args.cpu else None
     fit = P.refit(preset, hardware=hardware, build_sources=True)
     hw = fit.outcome.hardware
+    why = "as asked (--cpu)" if args.cpu else "no GPU found"
+    if hw.gpu.key != P.CPU and not _torch_has_cuda():
+        why = f"NVML sees {hw.gpu.name} but this torch build has no CUDA"
+        fit = P.refit(preset, hardware=P.cpu_hardware(), build_sources=True)
+        hw = fit.outcome.hardware
     if hw.gpu.key == P.CPU:
-        why = "as asked (--cpu)" if args.cpu else "no GPU found"
         _say(f"[3/4] plan     {why}: training on the CPU ({os.cpu_count() or 1} cores, "
              f"{hw.usable_bytes() / 2**30:.1f} GiB RAM available)")
     else:
@@ -101,10 +104,37 @@ def run(args: argparse.Namespace) -> int:
         print_detached(result)
         return _summary(run_dir, started, hint, waited=False)
     _say("               following it here (no dashboard); Ctrl-C leaves it running")
-    from tuneplan.commands.train import follow
-
-    follow(run_dir, proc, FINAL_PHASES)
+    if not _follow(run_dir, proc):
+        _say(f"demo: left run {run_dir.name} training on its own; follow it: tuneplan attach {run_dir.name}{hint}")
+        return 0
     return _summary(run_dir, started, hint, waited=True)
+
+
+def _torch_has_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _follow(run_dir, proc) -> bool:
+    """Print the run's progress lines until its process ends; False on Ctrl-C (the run, in its
+    own session, keeps going)."""
+    from tuneplan.commands.train import format_event
+    from tuneplan.events import EventTail
+
+    tail = EventTail(run_dir)
+    try:
+        while True:
+            ended = proc.poll() is not None
+            for event in tail.read_new():
+                line = format_event(event)
+                if line:
+                    _say(line)
+            if ended:
+                return True
+            time.sleep(0.3)
+    except KeyboardInterrupt:
+        return False
 
 
 def _params(model_dir) -> str:
