@@ -49,6 +49,9 @@ class TrainSetup:
     strategy: str = "single"
     """`single`, `ddp` or `fsdp` (the multi-GPU issue)."""
     # -- other training stacks (the memory model's calibration); defaults = our path ------
+    weight_dtype: str | None = None
+    """dtype the (frozen) base weights are kept in; None = `compute_dtype` (our path).
+    `float32` with autocast is Lightning's "bf16-mixed"."""
     adapter_dtype: str | None = None
     """dtype of the trainable LoRA weights; None = our path: fp32 for LoRA (peft default),
     bf16 for QLoRA (trl's SFTTrainer casts a 4-bit model's adapters to bf16)."""
@@ -60,6 +63,15 @@ class TrainSetup:
     runs on 16-bit logits (e.g. litgpt)."""
     optimizer_state_dtype: str | None = None
     """dtype of torch AdamW states; None = the parameter dtype (`zeros_like(param)`)."""
+    lora_qkv_fused: bool = False
+    """The stack adapts q/k/v through one fused projection with one shared adapter input
+    (litgpt `LoRAQKVLinear`); peft wraps each projection separately."""
+    quantize_lm_head: bool = False
+    """QLoRA also quantizes the lm_head (Lightning `BitsandbytesPrecision` converts every
+    nn.Linear); transformers' bitsandbytes quantizer keeps it 16-bit."""
+    bnb_saves_input: bool = False
+    """Older bitsandbytes (`MatMul4Bit` saving `(A, B)`): each 4-bit linear keeps its input
+    for the backward; bitsandbytes 0.50 keeps only the weight."""
     loss_impl: str | None = None
     """How the loss is computed; None = our path (`fused_ce` -> trl's chunked LM head, else
     transformers' loss). Others: `transformers`, `trl`, `liger`, `chunked` (litgpt: 16-bit
