@@ -343,8 +343,9 @@ class PlanningAdapter:
 
         fixed = dict(fixed)
         method = fixed.pop("method", "auto")
+        # The wizard plans for the one card chosen (more GPUs appear as suggestions only).
         request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,
-                                       fixed=fixed, dataset=_dataset_stats(dataset))
+                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1)
         outcome = planning.plan(request)
         r = outcome.result
         c = r.choice

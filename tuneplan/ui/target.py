@@ -51,6 +51,8 @@ def catalog_matches(query: str, limit: int = 8) -> list[GPU]:
         return list(GPUS)
     flat = q.replace(" ", "").replace("-", "")
     hits = [g for g in GPUS if flat in (g.key + g.name + "".join(g.aliases)).lower().replace(" ", "").replace("-", "")]
+    if hits:
+        return hits[:limit]
     for key in suggest_gpus(query, n=limit):
         g = next(c for c in GPUS if c.key == key)
         if g not in hits:

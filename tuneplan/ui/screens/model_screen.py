@@ -142,8 +142,8 @@ class ModelScreen(Screen):
         t.append(f"parameters {count(m.parameters)} ({m.parameters:,})  architecture {m.architecture}  "
                  f"context {m.context_length:,}\n")
         lic = m.license or "unknown"
-        gate = {True: "gated: accept the terms on the Hub and set HF_TOKEN to download",
-                False: "not gated", None: "gating unknown"}[m.gated]
+        gate = {True: "gated (a Hub token with access is needed to train)", False: "not gated",
+                None: "gating unknown"}[m.gated]
         t.append(f"licence {lic}, {gate}\n")
         for note in m.notes:
             t.append(f"{note}\n", style="dim")

@@ -198,12 +198,16 @@ class PlanScreen(Screen):
         title = Text(" ")
         if plan.fits:
             title.append(" FITS ", style="bold reverse green")
+        elif plan.memory.device_bytes > plan.capacity_bytes:
+            over = plan.memory.device_bytes - plan.capacity_bytes
+            title.append(f" DOES NOT FIT: over by {gib(over)} ", style="bold reverse red")
         else:
             over = plan.memory.device_bytes - plan.usable_bytes
-            title.append(f" DOES NOT FIT: over by {gib(over)} ", style="bold reverse red")
+            title.append(f" TOO TIGHT: {gib(over)} into the safety margin ", style="bold reverse red")
         if not plan.solver:
             title.append(" edited", style="bold yellow")
-        title.append(f"  {plan.model.name} on {plan.target.label}", style="bold")
+        gpus = f"{s.num_gpus} x " if s.num_gpus > 1 else ""
+        title.append(f"  {plan.model.name} on {gpus}{plan.target.label}", style="bold")
         title.no_wrap = True
         title.overflow = "ellipsis"
         self.query_one("#title", Static).update(title)
