@@ -49,3 +49,5 @@ def test_demo_runs_headless_to_a_finished_run_with_falling_loss(tmp_path):
     assert ev.steps == 20 and ev.outcome == "done" and ev.final_loss == pytest.approx(losses[-1])
     assert ev.tokens_per_second and ev.tokens_per_second > 0
     assert preset.effective_batch() == preset.config.setup.effective_batch()
+    # the bundled model and dataset are named, not this machine's paths: the preset travels
+    assert preset.config.model.source == "tuneplan:tiny" and preset.config.data.source == "tuneplan:sample-chat"

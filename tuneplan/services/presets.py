@@ -555,6 +555,22 @@ def resolve_sources(config: RunConfig, *, build: bool = True) -> RunConfig:
     return config
 
 
+def portable_sources(config: RunConfig) -> RunConfig:
+    """The inverse of `resolve_sources`: the bundled tiny model's and sample dataset's paths on
+    this machine become `tuneplan:tiny` / `tuneplan:sample-chat` again (a preset travels)."""
+    from tuneplan.data import SAMPLE_CHAT
+
+    model = Path(config.model.source)
+    if model.name == "tiny-llama" and model.parent.name.startswith("tiny-model-"):
+        config = replace(config, model=replace(config.model, source=TINY_MODEL))
+    try:
+        if config.data.source and Path(config.data.source).resolve() == SAMPLE_CHAT.resolve():
+            config = replace(config, data=replace(config.data, source=SAMPLE_DATA))
+    except OSError:
+        pass
+    return config
+
+
 # -- hardware ------------------------------------------------------------------------------------
 def cpu_hardware() -> Any:
     """The machine's CPU as the planner's `Hardware`: memory = RAM available now."""
@@ -972,6 +988,7 @@ def preset_from_run_config(config: RunConfig, name: str, description: str = "", 
     if not NAME_RE.fullmatch(name or ""):
         raise UserError(f"preset name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
     description = " ".join((description or "").split())  # one line: it is also the header comment
+    config = portable_sources(config)
     clean = RunConfig(model=config.model, data=config.data, setup=config.setup, training=config.training,
                       recovery=config.recovery)
     constraints = PresetConstraints(effective_batch=config.setup.effective_batch(), min_seq_len=config.setup.seq_len,
