@@ -45,7 +45,8 @@ async def test_shows_config_and_command_and_saves_a_preset(tmp_path, monkeypatch
         assert "--max-steps 12" in command and "--compute-dtype float32" in command
         config = str(screen.query_one("#config", Static).render())
         assert "[setup]" in config and "max_steps = 12" in config
-        assert "trains on the CPU" in str(screen.query_one("#warning", Static).render())
+        warning = str(screen.query_one("#warning", Static).render())
+        assert "trains on the CPU" in warning and "on the planned card" in warning
         screen.query_one("#preset_name", Input).value = "my-tiny"
         await pilot.press("ctrl+s")
         path = tmp_path / "presets" / "my-tiny.toml"

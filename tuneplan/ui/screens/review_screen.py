@@ -117,6 +117,7 @@ class ReviewScreen(Screen):
             return
         runs = self.app.services.runs
         w = Text()
+        w.append_text(self._time_line(config))
         if not self.plan.fits:
             w.append(f"This configuration does not fit {self.plan.target.label}: it would run out of "
                      "memory there.\n", style="bold red")
@@ -133,6 +134,27 @@ class ReviewScreen(Screen):
         cfg = Text("Resolved configuration (config.toml):\n", style="bold")
         cfg.append(runs.config_text(config))
         self.query_one("#config", Static).update(cfg)
+
+    def _time_line(self, config: Any) -> Text:
+        """Expected time and cost of this run on the planned card, at the plan's speed."""
+        from tuneplan.ui.formatting import duration, money
+
+        s, t, plan = config.setup, config.training, self.plan
+        tps = plan.tokens_per_second
+        t_line = Text("on the planned card: ", style="bold")
+        if not tps:
+            return t_line.append("no speed estimate for this card\n", style="dim")
+        if t.max_steps is not None:
+            seconds = t.max_steps * s.effective_batch() * s.seq_len / tps
+            what = f"{t.max_steps} steps"
+        elif plan.time_seconds is not None:
+            seconds = plan.time_seconds * t.epochs
+            what = f"{t.epochs:g} epoch(s)"
+        else:
+            return t_line.append("no dataset statistics: no time estimate\n", style="dim")
+        price = plan.target.gpu.price_per_hour
+        cost = money(seconds / 3600 * price * s.num_gpus) if price is not None else "-"
+        return t_line.append(f"{what} ~ {duration(seconds)}, {cost}\n")
 
     # -- actions -------------------------------------------------------------------------
     def action_save_preset(self) -> None:
