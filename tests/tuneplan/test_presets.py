@@ -135,7 +135,8 @@ def test_refit_shortens_the_sequence_no_further_than_min_seq_len():
         assert any("Sequence length" in r and "truncated" in r for r in fit.reasons)
     tiny_card = P.refit(long, vram_bytes=4 * GiB)
     assert not tiny_card.fits
-    assert "Nothing fits" in " ".join(tiny_card.reasons)
+    text = "\n".join(tiny_card.summary_lines())
+    assert "DOES NOT FIT" in text and f"at {floor} (constraints.min_seq_len)" in text
 
 
 def test_refit_without_gpu_plans_for_the_cpu_or_the_presets_target():

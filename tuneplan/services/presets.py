@@ -693,8 +693,10 @@ class Refit:
         where = f" ({p.origin}: {p.path})" if p.path else ""
         lines = [f"Preset {p.name}{where}: {p.description}".rstrip(": ")]
         lines.append(f"  made for {_card(target)}; re-fitted for {_card(here)}")
-        verdict = "fits" if self.fits else "DOES NOT FIT"
-        lines.append(f"  {verdict}: {self.change_text()}")
+        if self.fits:
+            lines.append(f"  fits: {self.change_text()}")
+        else:
+            lines.append(f"  DOES NOT FIT on {_card(here)}, even with the changes a re-fit may make:")
         lines += [f"  - {r}" for r in self.reasons]
         skip = set(skip_notes)
         lines += [f"  note: {n}" for n in self.notes if n not in skip]
@@ -790,8 +792,8 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
             q = attempt("qlora", s.seq_len)
             if not q.result.fits:
                 q = _shorter(attempt, "qlora", s.seq_len, preset.constraints.min_seq_len) or q
-            if q.result.fits:
-                outcome = q
+            if q.result.fits or q.result.choice.memory.device_bytes < outcome.result.choice.memory.device_bytes:
+                outcome = q  # it fits, or it comes closest (its suggestions are the useful ones)
     if outcome.result.fits and not outcome.result.choice.throughput.tokens_per_second and s.num_gpus == 1:
         # No speed model for this hardware (the CPU, a bare --vram size): the solver cannot rank
         # micro-batches by speed, so keep the preset's micro-batch, or the largest below it that fits.
@@ -848,12 +850,14 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
         reasons.append(f"Kept: {', '.join(kept)}. Predicted {_gib(outcome.result.choice.memory.device_bytes)} "
                        f"of {_gib(outcome.result.usable_bytes)} usable.")
     else:
-        tried = " or ".join(_METHOD[m] for m in tried_methods)
         floor = preset.constraints.min_seq_len or s.seq_len
-        reasons.append(f"Nothing fits on {_card(outcome.hardware)}: {tried} at sequence length {floor}"
-                       f"{'' if floor == s.seq_len else f'-{s.seq_len}'} needs at least "
-                       f"{_gib(outcome.result.choice.memory.device_bytes)}, {_gib(outcome.result.budget_bytes)} "
-                       "may be used.")
+        for m in tried_methods:
+            need = attempt(m, s.seq_len).result.choice.memory.device_bytes
+            text = f"{_METHOD[m]} needs at least {_gib(need)} at sequence length {s.seq_len}"
+            if floor < s.seq_len:
+                text += (f" and {_gib(attempt(m, floor).result.choice.memory.device_bytes)} at {floor} "
+                         "(constraints.min_seq_len)")
+            reasons.append(f"{text}; {_gib(outcome.result.budget_bytes)} may be used on {_card(outcome.hardware)}.")
         if s.method == "lora" and not preset.constraints.allow_method_change:
             reasons.append("constraints.allow_method_change is false, so QLoRA was not tried.")
         reasons += list(outcome.result.suggestions[1:])
