@@ -79,7 +79,8 @@ class TuneplanApp(App):
         from tuneplan.ui.screens.dashboard_screen import DashboardScreen
 
         self.run_dir = message.run_dir
-        self.switch_screen(DashboardScreen(message.run_dir))
+        index = getattr(self.state.target, "index", None)
+        self.switch_screen(DashboardScreen(message.run_dir, gpu_index=index or 0))
 
 
 def create_app(services: ServiceBundle | None = None, *, run_dir: Path | None = None,
