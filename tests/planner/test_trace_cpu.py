@@ -43,9 +43,20 @@ FAMILIES = {
     "gemma3_text": dict(model_type="gemma3_text", **_BASE, head_dim=32),
     "phi3": dict(model_type="phi3", **_BASE, pad_token_id=0),
 }
+# Other geometry, so the formulas are not only right at one shape: wider, GQA 4:1, 3 layers and
+# a 32k vocabulary (Llama-2 / Mistral size); tied embeddings with q/k/v biases (Qwen2.5 small).
+SHAPES = {
+    "llama_wide": dict(model_type="llama", vocab_size=32000, hidden_size=512, intermediate_size=1376,
+                       num_hidden_layers=3, num_attention_heads=8, num_key_value_heads=2,
+                       max_position_embeddings=4096),
+    "qwen2_tied": dict(model_type="qwen2", vocab_size=8192, hidden_size=384, intermediate_size=1024,
+                       num_hidden_layers=2, num_attention_heads=6, num_key_value_heads=2,
+                       tie_word_embeddings=True, max_position_embeddings=4096),
+}
+FAMILIES.update(SHAPES)
 
 _S = TrainSetup(seq_len=128, micro_batch=2, lora_rank=16, packing=False, optimizer="adamw")
-CASES = [(f, replace(_S, method=m)) for f in FAMILIES for m in ("lora", "qlora")] + [
+CASES = [(f, replace(_S, method=m)) for f in FAMILIES if f not in SHAPES for m in ("lora", "qlora")] + [
     ("llama", replace(_S, micro_batch=4)),
     ("llama", replace(_S, seq_len=256, micro_batch=1)),
     ("llama", replace(_S, lora_rank=64)),
@@ -59,6 +70,10 @@ CASES = [(f, replace(_S, method=m)) for f in FAMILIES for m in ("lora", "qlora")
     ("gemma2", replace(_S, fused_ce=True)),
     ("llama", replace(_S, optimizer="adamw-8bit")),
     ("llama", replace(_S, method="full")),
+    ("llama_wide", replace(_S, method="lora", seq_len=256, micro_batch=1, lora_rank=32)),
+    ("llama_wide", replace(_S, method="qlora", seq_len=256, micro_batch=1, fused_ce=True)),
+    ("qwen2_tied", replace(_S, method="qlora", lora_targets=("q_proj", "k_proj", "v_proj", "o_proj"))),
+    ("qwen2_tied", replace(_S, method="lora", grad_checkpointing=False, optimizer="adamw-8bit")),
 ]
 
 
@@ -88,18 +103,7 @@ def _few_threads():
     torch.set_num_threads(n)
 
 
-MOE_MISS = ("MoE: peft all-linear also adapts the fused expert weights and the router (ParamWrapper, "
-            "gate_up at rank 2r) with dropout forced to 0; planner omits them")
-GEMMA2_MISS = ("gemma2: final-logit soft-capping keeps extra logits-sized tensors (div/tanh/mul) and the "
-               "eager attention path saves more; planner underestimates")
-# Cases the planner misses today (over 5%), with the mechanism, for M1; non-strict so a fix shows
-# up as XPASS. Keep this list in step with /work/team/trace-findings.md.
-KNOWN_MISSES: dict[str, str] = {
-    "mixtral-lora-b2-s128-r16-all-linear-ckpt": MOE_MISS,
-    "gemma2-lora-b2-s128-r16-all-linear-ckpt": GEMMA2_MISS,
-    "gemma2-qlora-b2-s128-r16-all-linear-ckpt": GEMMA2_MISS,
-    "gemma2-lora-b2-s128-r16-all-linear-ckpt-fusedce": GEMMA2_MISS,
-}
+KNOWN_MISSES: dict[str, str] = {}  # case id -> mechanism (none open; history in trace-findings.md)
 
 
 def _params():
