@@ -148,6 +148,11 @@ class PlanScreen(Screen):
         except UserError as exc:
             self.query_one("#reasons", Static).update(Text(str(exc), style="bold red"))
             return
+        except Exception as exc:  # an estimate must never take the app down: say what failed
+            self.query_one("#reasons", Static).update(
+                Text(f"cannot estimate this configuration: {type(exc).__name__}: {exc}".splitlines()[0],
+                     style="bold red"))
+            return
         self.fixed.update(changes)
         if not plan.alternatives and self.solved is not None:
             plan = replace(plan, alternatives=self.solved.alternatives)
