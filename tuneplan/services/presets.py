@@ -60,6 +60,11 @@ SHOWN = {"method": "method", "seq_len": "sequence length", "micro_batch": "micro
          "compute_dtype": "precision", "attn": "attention", "fused_ce": "fused loss"}
 _METHOD = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 SEQ_STEP = 128
+SETUP_KEYS = ("method", "quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
+              "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing", "optimizer",
+              "attn", "fused_ce", "num_gpus", "strategy")
+"""`[setup]` keys a preset may hold: the knobs tuneplan's training path implements. The other
+`TrainSetup` fields describe other training stacks (the planner's calibration) and are refused."""
 
 
 class PresetError(UserError):
@@ -217,6 +222,12 @@ def _section(cls: type, table: Any, section: str, path: str, text: str) -> tuple
     if not isinstance(table, dict):
         raise PresetError(f"{_where(path, text, section, None)}: [{section}] must be a table (got {table!r})")
     known = {f.name: f for f in fields(cls)}
+    if cls is TrainSetup:
+        for key in table:
+            if key in known and key not in SETUP_KEYS:
+                raise PresetError(f"{_where(path, text, section, key)}: setup.{key} describes another training "
+                                  "stack (the planner's calibration), not tuneplan's: remove it from the preset")
+        known = {k: f for k, f in known.items() if k in SETUP_KEYS}
     kwargs: dict[str, Any] = {}
     for key, value in table.items():
         if key not in known:
@@ -947,7 +958,7 @@ def _toml_dict(preset_name: str, description: str, config: RunConfig, constraint
     data: dict[str, Any] = {"format_version": FORMAT_VERSION, "name": preset_name, "description": description}
     data["model"] = table(config.model)
     data["data"] = table(config.data)
-    data["setup"] = table(config.setup)
+    data["setup"] = {k: v for k, v in table(config.setup).items() if k in SETUP_KEYS}
     data["training"] = table(config.training)
     data["recovery"] = table(config.recovery)
     data["constraints"] = table(constraints)
