@@ -446,7 +446,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
             biggest = max(m.in_features * m.out_features * m.count for m in experts)
             # the einsum runs under autocast (bf16 bmm): one delta-sized transient
             out.fwd_mlp = max(out.fwd_mlp, biggest * p.lora_linear)
-            out.w_mlp = max(out.w_mlp, biggest * a + T * k * inter * 2 * a)  # merged-weight grad
+            out.w_mlp = max(out.w_mlp, biggest * a)  # the merged weight's gradient
         out.w_mlp = max(out.w_mlp, T * k * inter * 3 * a)
     else:
         inter = spec.intermediate_size
@@ -620,6 +620,10 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: 
         # and the top-1 bool mask; `_backward_tile`: y, z, log_p, p, grad, the target bool
         # mask, (onehot - p) and its product with the incoming gradient)
         fold_fwd, fold_bwd = n_tile * (3 * 4 + 1), n_tile * (7 * 4 + 1)
+        if spec.final_logit_softcapping:
+            # the soft-cap branch keeps t = tanh(y / cap) next to the others
+            fold_fwd += n_tile * 4
+            fold_bwd += n_tile * 4
     else:
         fold_fwd = fold_bwd = 0  # the Triton kernels rewrite the tile in place
     stats = 7 * N * 4  # fp32 running statistics per row
@@ -716,6 +720,10 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     # mask itself is not saved by anyone, each layer saves its own float copy, see above);
     # the batch: input_ids, labels, position_ids (int64)
     mask_bytes = 2 * T * spec.head_dim * a + 3 * T * 8
+    if attn == "eager":
+        # transformers masking_utils.py `eager_mask`: eager attention always takes an additive
+        # float mask (b, 1, s, s) (fp32 as traced), live through the step
+        mask_bytes += _mask_elems(b, s, setup) * 4
     head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
     loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
     if setup.method == "full" and not setup.fused_ce:
