@@ -221,6 +221,22 @@ def _weights(spec, setup: TrainSetup, p: _Path, details: dict) -> tuple[int, int
         packed_total += pk
         consts_total += cs
         other += ot
+    vision = getattr(spec, "vision_params", 0)
+    if vision:
+        # multimodal checkpoints (gemma3) load their vision tower too: its nn.Linear modules
+        # are 4-bit under QLoRA, the rest stays in the compute dtype (planner/spec.py)
+        v_lin = 0
+        for m in getattr(spec, "vision_linears", ()):
+            v_lin += m.weight_params()
+            if setup.method == "qlora":
+                packed, consts = _quantized_tensor_bytes(m.in_features * m.out_features, setup, p.w)
+                packed_total += packed * m.count
+                consts_total += consts * m.count
+                other += (m.out_features * m.count if m.bias else 0) * p.w
+            else:
+                other += m.weight_params() * p.w
+        other += (vision - v_lin) * p.w
+        details["vision_tower"] = vision * p.w
     if setup.method == "qlora":
         if setup.double_quant:
             consts_total += BNB_DQ_CODE_BYTES  # the shared dynamic map of the absmax quantization
@@ -281,6 +297,13 @@ def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[tuple[int, 
     if _head_adapted(setup):
         add(r * spec.hidden_size)
         add(spec.vocab_size * r)
+    if getattr(spec, "vision_linears", ()):
+        # peft matches module names over the whole model: the vision linears get adapters too
+        from planner.spec import resolve_vision_lora_targets
+
+        for m in resolve_vision_lora_targets(spec, _body_targets(setup)):
+            add(r * m.in_features, m.count)
+            add(m.out_features * r, m.count)
     return list(out.items())
 
 
