@@ -91,3 +91,27 @@ def test_hub_dataset_through_the_boundary(tmp_path):
 
     with pytest.raises(UserError, match="cannot be reached"):
         preview_dataset("org/chat", hub=FakeHub(error=ConnectionError("offline")))
+
+
+def test_csv_json_and_parquet_files(tmp_path):
+    import csv
+
+    rows = [{"prompt": f"What is {i} plus 1?", "completion": str(i + 1)} for i in range(30)]
+    with open(tmp_path / "d.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, fieldnames=["prompt", "completion"])
+        w.writeheader()
+        w.writerows(rows)
+    (tmp_path / "d.json").write_text(json.dumps({"train": rows}))
+    paths = [tmp_path / "d.csv", tmp_path / "d.json"]
+    try:
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        pq.write_table(pa.Table.from_pylist(rows), tmp_path / "d.parquet")
+        paths.append(tmp_path / "d.parquet")
+    except ImportError:
+        pass
+    for path in paths:
+        p = preview_dataset(str(path))
+        assert p.format == "prompt_completion" and p.num_examples == 30, path
+        assert p.samples[0][-1] == ("assistant", "1")
