@@ -1,0 +1,83 @@
+"""The memory model against published GPU measurements (/work/shared/data/measured.csv).
+
+The rows are re-expressed as planner inputs in tests/data/calibration/cases.json: each
+names its training stack (TrainSetup fields) and the statistic it measured, so the test
+compares like with like (max_memory_allocated vs reserved vs nvidia-smi; GB vs GiB). Rows
+not used are listed there with the reason.
+
+Stated tolerances (issue 3 aims at median <= 5%, none over 12%):
+- series whose stack is ours (transformers + peft: the PEFT method-comparison runs):
+  median |error| <= 5%, worst <= 12%;
+- litgpt series (litgpt's own GPT/LoRA code, bf16-true): the model underestimates them
+  (median about -12% for the 2023 A100 table, -20% for the 2024 A10G table, worst -34%);
+  the mechanism is not found yet (see the report). The test pins the current accuracy so a
+  regression shows, and checks the direction of the effects the rows show;
+- out-of-memory rows: the predicted device memory exceeds the card.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from planner.memory_calibration import MEDIAN_TOLERANCE, WORST_TOLERANCE, load_cases, predict, run_all, series_summary
+
+
+@pytest.fixture(scope="module")
+def results():
+    return run_all()
+
+
+@pytest.fixture(scope="module")
+def by_id(results):
+    return {r.id: r for r in results}
+
+
+def test_every_case_is_well_formed():
+    data = load_cases()
+    ids = [c["id"] for c in data["cases"]]
+    assert len(ids) == len(set(ids))
+    assert data["excluded"], "excluded rows must be listed with their reason"
+    for c in data["cases"]:
+        assert c["measures"] in ("allocated", "reserved", "reserved_minus_init", "nvidia_smi", "oom"), c["id"]
+        assert c["stack"] in data["stacks"], c["id"]
+        predict(c, data["stacks"])  # builds a valid TrainSetup and a catalog model
+
+
+def test_our_stack_series_within_stated_tolerance(results):
+    summary = series_summary(results)
+    ours = [s for s in summary if s.startswith("peft-method-comparison")]
+    assert ours
+    for s in ours:
+        assert summary[s]["median_abs"] <= MEDIAN_TOLERANCE, (s, summary[s])
+        assert summary[s]["worst_abs"] <= WORST_TOLERANCE, (s, summary[s])
+
+
+def test_litgpt_series_do_not_regress(results):
+    summary = series_summary(results)
+    lit = [s for s in summary if s.startswith("litgpt")]
+    assert len(lit) == 2
+    for s in lit:
+        assert summary[s]["median_abs"] <= 0.22, (s, summary[s])
+        assert summary[s]["worst_abs"] <= 0.36, (s, summary[s])
+
+
+def test_out_of_memory_rows_are_predicted_not_to_fit(results):
+    ooms = [r for r in results if r.measures == "oom"]
+    assert len(ooms) >= 4
+    for r in ooms:
+        assert r.predicted_bytes > r.measured_bytes, r
+
+
+def test_published_orderings_come_out(by_id):
+    # double quantization saves what the absmax constants cost (litgpt 7B and 13B tables)
+    for no_dq, dq in (("M012", "M013"), ("M017", "M018")):
+        saved_measured = by_id[no_dq].measured_bytes - by_id[dq].measured_bytes
+        saved_predicted = by_id[no_dq].predicted_bytes - by_id[dq].predicted_bytes
+        assert saved_predicted == pytest.approx(saved_measured, rel=0.15)
+    # the second sequence of a micro-batch costs what the table shows (activations + logits)
+    grow_measured = by_id["M014"].measured_bytes - by_id["M011"].measured_bytes
+    grow_predicted = by_id["M014"].predicted_bytes - by_id["M011"].predicted_bytes
+    assert 0.6 * grow_measured < grow_predicted < 1.2 * grow_measured
+    # rank 64 vs 32 on q,v moves reserved memory only a little (PEFT comparison)
+    assert by_id["P034"].predicted_bytes > by_id["P033"].predicted_bytes
+    assert by_id["P034"].predicted_bytes - by_id["P033"].predicted_bytes < 0.03 * by_id["P033"].predicted_bytes
