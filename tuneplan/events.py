@@ -18,6 +18,9 @@ Every event has `kind` and `time` (unix seconds). Kinds:
 - `memory_probe`: measured vs predicted after the second optimizer step: `step`,
   `torch_peak_bytes`, `torch_reserved_bytes`, `predicted_torch_peak_bytes`,
   `predicted_device_bytes`, `rank`
+- `memory` (several GPUs, every rank at each log step): `step`, `rank`, `local_rank`,
+  `device`, and `torch_allocated_peak_bytes` / `torch_reserved_peak_bytes` (CUDA) or
+  `rss_bytes` (CPU); written by each rank itself (`tuneplan/training/distributed.py`)
 - `checkpoint`: `step`, `path`
 - `data`: dataset facts: `examples`, `dropped_too_long`, `truncated`, `format`,
   `train_examples`, `eval_examples`
@@ -198,3 +201,13 @@ def last_checkpoint(run_dir: Path) -> Path | None:
         if m and (p / "trainer_state.json").exists():
             found.append((int(m.group(1)), p))
     return max(found)[1] if found else None
+
+
+def created_at(run_dir: Path) -> float:
+    """When a run was created: the time of its first event (the launcher's `queued`), else
+    the folder's modification time. Unlike config.toml's mtime, a resume does not change it."""
+    try:
+        with open(Path(run_dir) / EVENTS_FILE, "rb") as f:
+            return float(json.loads(f.readline())["time"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return Path(run_dir).stat().st_mtime

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from tuneplan.errors import UserError
-from tuneplan.events import CONFIG_FILE
+from tuneplan.events import CONFIG_FILE, created_at
 
 RUNS_DIR_ENV = "TUNEPLAN_RUNS_DIR"
 FREE_BYTES_ENV = "TUNEPLAN_FAKE_FREE_BYTES"
@@ -78,11 +78,11 @@ def new_run_dir(root: Path, name: str | None, *, model: str, method: str) -> Pat
 
 
 def list_run_dirs(root: Path) -> list[Path]:
-    """Run folders under `root`, oldest first (by creation of their config)."""
+    """Run folders under `root`, oldest first (by creation)."""
     if not root.is_dir():
         return []
     runs = [p for p in root.iterdir() if p.is_dir() and (p / CONFIG_FILE).exists()]
-    return sorted(runs, key=lambda p: ((p / CONFIG_FILE).stat().st_mtime, p.name))
+    return sorted(runs, key=lambda p: (created_at(p), p.name))
 
 
 def resolve_run(name: str | None, root: Path) -> Path:

@@ -15,7 +15,7 @@ from pathlib import Path
 from tuneplan.config import load_config, save_config
 from tuneplan.errors import UserError
 from tuneplan.events import (
-    CONFIG_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, Status, append_event, effective_phase, last_checkpoint, make_event,
+    CONFIG_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, Status, append_event, created_at, effective_phase, last_checkpoint, make_event,
     pid_alive,
     read_events, read_status, write_status,
 )
@@ -54,7 +54,7 @@ def summarize(run_dir: Path) -> RunSummary:
     st = status or Status(phase="crashed")
     return RunSummary(
         name=run_dir.name, path=run_dir, phase=effective_phase(status), step=st.step, max_steps=st.max_steps,
-        loss=st.loss, first_loss=first_loss, created_at=(run_dir / CONFIG_FILE).stat().st_mtime,
+        loss=st.loss, first_loss=first_loss, created_at=created_at(run_dir),
         updated_at=st.updated_at, attempt=st.attempt, error=st.error,
     )
 
@@ -138,6 +138,7 @@ def prepare_resume(run_dir: Path) -> Path:
     save_config(replace(config, resume_from=str(ckpt)), run_dir / CONFIG_FILE, overwrite=True)
     st = status or Status(run_name=run_dir.name)
     st.phase, st.error, st.log_tail, st.pids = "queued", None, [], []
+    st.step = int(ckpt.name.rsplit("-", 1)[1])  # steps after the checkpoint are redone
     write_status(run_dir, st)
     append_event(run_dir, make_event("phase", phase="queued", message=f"resuming from {ckpt.name}"))
     return ckpt
