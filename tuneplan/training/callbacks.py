@@ -17,6 +17,7 @@ from transformers import TrainerCallback
 
 from tuneplan.config import RunConfig
 from tuneplan.events import SAVE_REQUEST_FILE, Status, append_event, make_event, write_status
+from tuneplan.training import distributed
 
 
 class RunControl:
@@ -44,15 +45,23 @@ class RunEventsCallback(TrainerCallback):
         self.last_log_tokens: float | None = None
         self.last_log_step: int | None = None
         self.probed = False
+        self.main = distributed.is_main_process()
+        """Rank 0 (or one process): writes status.json and every event; other ranks only memory."""
 
     # -- helpers ------------------------------------------------------------------------------
     def event(self, kind: str, **fields) -> None:
+        if not self.main and kind not in ("memory", "memory_probe"):
+            return
         append_event(self.run_dir, make_event(kind, **fields))
+
+    def _write_status(self) -> None:
+        if self.main:
+            write_status(self.run_dir, self.status)
 
     def phase(self, phase: str, message: str | None = None) -> None:
         self.status.phase = phase
         self.event("phase", phase=phase, **({"message": message} if message else {}))
-        write_status(self.run_dir, self.status)
+        self._write_status()
 
     # -- trainer hooks --------------------------------------------------------------------------
     def on_train_begin(self, args, state, control, **kwargs):
@@ -80,12 +89,18 @@ class RunEventsCallback(TrainerCallback):
         self.status.step = state.global_step
         if self.config.debug.step_sleep_seconds:
             time.sleep(self.config.debug.step_sleep_seconds)
-        if self.control_flags.stop_requested:
+        request = self.run_dir / SAVE_REQUEST_FILE
+        save_now = self.main and request.exists()
+        if save_now:
+            request.unlink(missing_ok=True)
+        # several ranks: all must stop / checkpoint at the same step (collectives)
+        stop, save_now = distributed.sync_flags(self.control_flags.stop_requested, save_now)
+        if stop and not self.control_flags.stop_requested:
+            self.control_flags.request_stop("SIGTERM")
+        if stop:
             control.should_save = True
             control.should_training_stop = True
-        request = self.run_dir / SAVE_REQUEST_FILE
-        if request.exists():
-            request.unlink(missing_ok=True)
+        if save_now:
             control.should_save = True
             self.event("message", level="info", text=f"checkpoint requested: saving at step {state.global_step}")
         if (not self.probed and self.first_step is not None and state.global_step - self.first_step >= 2
@@ -130,12 +145,14 @@ class RunEventsCallback(TrainerCallback):
             fields.update(torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(),
                           torch_reserved_peak_bytes=torch.cuda.max_memory_reserved(), rank=args.process_index)
         self.event("log", **fields)
+        if distributed.world_size() > 1:  # every rank: its own memory, one dashboard row per GPU
+            self.event("memory", step=step, **distributed.memory_fields())
         self.last_log_time, self.last_log_step, self.last_log_tokens = now, step, tokens
         self.status.step, self.status.epoch, self.status.loss = step, fields["epoch"], logs["loss"]
-        write_status(self.run_dir, self.status)
+        self._write_status()
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.status.last_checkpoint = str(path)
         self.event("checkpoint", step=state.global_step, path=str(path))
-        write_status(self.run_dir, self.status)
+        self._write_status()

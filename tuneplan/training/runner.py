@@ -29,6 +29,7 @@ import traceback
 from pathlib import Path
 
 from tuneplan.config import RunConfig, load_config, save_config
+from tuneplan.training import distributed
 from tuneplan.errors import UserError
 from tuneplan.events import (
     ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, FINAL_PHASES, LOG_FILE, MODEL_DIR, Status, append_event,
@@ -60,6 +61,8 @@ def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
 
 
 def _event(run_dir: Path, kind: str, **fields) -> None:
+    if not distributed.is_main_process():  # several ranks: rank 0 writes the run's events
+        return
     append_event(run_dir, make_event(kind, **fields))
 
 
@@ -70,6 +73,8 @@ def _finish(run_dir: Path, status: Status, phase: str, *, error: str | None = No
         sys.stdout.flush()
         sys.stderr.flush()
         status.log_tail = log_tail(run_dir)
+    if not distributed.is_main_process():  # several ranks: rank 0 owns status.json
+        return
     _event(run_dir, "phase", phase=phase, **({"message": message or error} if (message or error) else {}))
     write_status(run_dir, status)
 
@@ -191,16 +196,19 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
             return WorkerResult(EXIT_OK, trainer, tokenizer)
         callback.phase("saving")
         out = run_dir / (MODEL_DIR if config.setup.method == "full" else ADAPTER_DIR)
-        trainer.model.save_pretrained(out)
-        tokenizer.save_pretrained(out)
-        write_model_card(out, config, status, notes)
+        distributed.save_final_model(trainer, out)
+        if distributed.is_main_process():
+            tokenizer.save_pretrained(out)
+            write_model_card(out, config, status, notes)
         _event(run_dir, "message", level="info", text=f"saved {out.name}/ ({config.setup.method})")
         loss = f"final loss {status.loss:.4f}" if status.loss is not None else "finished"
         _finish(run_dir, status, "done", message=f"{loss} after {status.step} steps")
         return WorkerResult(EXIT_OK, trainer, tokenizer)
     except torch.OutOfMemoryError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
-        _event(run_dir, "message", level="error", text=f"out of memory at step {status.step + 1}: {first}")
+        # any rank may run out of memory: it says so itself (the supervisor re-plans on it)
+        append_event(run_dir, make_event("message", level="error", text=f"out of memory at step {status.step + 1}: "
+                                         f"{first}", **({"rank": distributed.rank()} if distributed.world_size() > 1 else {})))
         status.error = f"out of memory at step {status.step + 1}"
         write_status(run_dir, status)
         return WorkerResult(EXIT_OOM, trainer, tokenizer)
@@ -313,14 +321,20 @@ def supervise(run_dir: Path) -> int:
         if stopping:
             _finish(run_dir, status, "stopped", message="stopped before training started")
             return EXIT_OK
-        worker = subprocess.Popen([sys.executable, "-m", "tuneplan.training.runner", str(run_dir), "--worker"],
-                                  env=env, stdin=subprocess.DEVNULL)
+        try:  # several GPUs: `accelerate launch` starts one worker per GPU (training/distributed.py)
+            cmd, extra = distributed.worker_command(run_dir, load_config(run_dir / CONFIG_FILE).setup)
+        except Exception:  # a bad config: the plain worker reports it
+            cmd, extra = [sys.executable, "-m", "tuneplan.training.runner", str(run_dir), "--worker"], {}
+        worker = subprocess.Popen(cmd, env={**env, **extra}, stdin=subprocess.DEVNULL)
         status.pids = [os.getpid(), worker.pid]
         write_status(run_dir, status)
         rc = worker.wait()
         status = read_status(run_dir) or Status(run_name=run_dir.name)
         status.pids = [os.getpid()]
-        if rc == EXIT_OOM and not stopping:
+        # under accelerate launch a rank's OOM exit becomes the launcher's exit 1: the rank's
+        # status error says it
+        oom = rc == EXIT_OOM or (rc != 0 and (status.error or "").startswith("out of memory"))
+        if oom and not stopping:
             if replan(run_dir, status):
                 continue
             return EXIT_FAILED
