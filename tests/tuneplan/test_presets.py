@@ -379,3 +379,16 @@ def test_load_preset_config_is_what_train_gets(capsys):
     assert "re-fitted for a 16.0 GiB GPU" in capsys.readouterr().err
     tiny = P.load_preset_config("tiny-cpu", echo=False, build_sources=False)
     assert Path(tiny.data.source).is_file() and (Path(tiny.model.source) / "config.json").is_file()
+
+
+def test_listing_and_planning_presets_load_no_torch_or_textual():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom tuneplan.cli import main\n"
+            "main(['presets', 'list'])\nmain(['plan', '--preset', 'qwen2.5-14b-qlora-24gb', '--vram', '16GiB'])\n"
+            "heavy = {m.split('.')[0] for m in sys.modules} & {'torch', 'transformers', 'trl', 'peft', 'textual'}\n"
+            "print('HEAVY', sorted(heavy))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
