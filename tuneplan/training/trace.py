@@ -330,31 +330,12 @@ def simple_tokenizer(vocab_size: int):
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>")
 
 
-@contextlib.contextmanager
-def _cpu_mixed_precision_allowed():
-    """Let TrainingArguments accept bf16 without a GPU when sft.py does not set `use_cpu`.
-
-    transformers refuses `bf16=True` on a machine without a bf16 GPU unless `use_cpu=True`
-    (training_args.py `_validate_args`); the step itself runs the same CPU autocast either
-    way. Harmless once sft_config passes `use_cpu` on CPU-only machines.
-    """
-    import transformers.training_args as ta
-
-    orig = ta.is_torch_bf16_gpu_available
-    ta.is_torch_bf16_gpu_available = lambda *a, **k: True if not torch.cuda.is_available() else orig(*a, **k)
-    try:
-        yield
-    finally:
-        ta.is_torch_bf16_gpu_available = orig
-
-
 def build_trace_trainer(model, tokenizer, setup: TrainSetup, vocab_size: int, steps: int = 2):
     """Our SFTTrainer (`sft.build_trainer`) on `steps` micro-batches of random token rows."""
     from tuneplan.training.sft import build_trainer
 
     ds = token_dataset(vocab_size, setup, steps)
-    with _cpu_mixed_precision_allowed():
-        return build_trainer(run_config_for(setup, steps), model, tokenizer, ds)
+    return build_trainer(run_config_for(setup, steps), model, tokenizer, ds)
 
 
 def trace_training(model, tokenizer, setup: TrainSetup, *, steps: int = 2, meta: dict | None = None) -> TraceResult:
@@ -549,8 +530,7 @@ def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None =
 
     with fake_mode():
         model, notes = build_fake_model(cfg, setup)
-        with _cpu_mixed_precision_allowed():
-            trainer = build_trainer(run_config_for(setup, steps), model, tokenizer, ds)
+        trainer = build_trainer(run_config_for(setup, steps), model, tokenizer, ds)
         tr = LiveTensorTracker()
         classify_model(tr, trainer.model)
         with _phase_hooks(tr, trainer, trainer.model), _fake_scalars(), tr:
