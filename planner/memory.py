@@ -278,8 +278,10 @@ def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[tuple[int, 
         return list(out.items())
     r = setup.lora_rank
     memo2: dict[tuple, list] = {}
+    times: dict[tuple, int] = {}
     for layer in lora_layers:
         k = tuple(map(id, layer))
+        times[k] = times.get(k, 0) + 1
         if k not in memo2:
             items = []
             for m in layer:
@@ -292,8 +294,9 @@ def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[tuple[int, 
                 else:
                     items += [(rr * m.in_features, m.count), (m.out_features * rr, m.count)]
             memo2[k] = items
-        for n, c in memo2[k]:
-            add(n, c)
+    for k, items in memo2.items():
+        for n, c in items:
+            add(n, c * times[k])
     if _head_adapted(setup):
         add(r * spec.hidden_size)
         add(spec.vocab_size * r)
@@ -370,7 +373,7 @@ def _experts_adapted(spec, setup: TrainSetup, lora_layers=None) -> bool:
     """peft adapts transformers-5 fused MoE experts (and the router) when the targets are
     all-linear (peft utils/transformers_weight_conversion.py `_convert_peft_config_moe` maps
     the v4 names to `target_parameters`) or name the expert parameters."""
-    if setup.method == "full" or not any(getattr(m, "kind", "linear") == "expert" for layer in spec.layers for m in layer):
+    if setup.method == "full" or not spec.num_experts:
         return False
     layers = lora_layers if lora_layers is not None else _lora_modules(spec, setup)
     return any(getattr(m, "kind", "linear") == "expert" for layer in layers for m in layer)
