@@ -432,14 +432,14 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         probs = scores * (4 + a)
         if spec.attn_logit_softcapping:
             probs += scores * a  # gemma2: tanh soft-capping saves its output
-        out.saved_attn += T * qd * a * 3 + probs
+        out.saved_attn += T * qd * a * 3 + probs  # q and the head-repeated k, v
         out.fwd_attn = max(out.fwd_attn, scores * 2 * a)  # matmul output + scaled copy
         # softmax backward: incoming fp32 grad + its fp32 result (the bf16 probs are released)
         out.w_attn = max(out.w_attn, scores * (4 + 4 - a))
     else:
         # flash / memory-efficient SDPA save q, k, v, out and the fp32 logsumexp; with a
         # mask, GQA on CUDA uses repeat_kv copies (`use_gqa_in_sdpa` needs mask None)
-        kv_saved = qd if (masked and attn == "sdpa") else kvd
+        kv_saved = qd if ((masked and attn == "sdpa") or getattr(setup, "repeat_kv", False)) else kvd
         out.saved_attn += T * (qd + 2 * kv_saved + qd) * a + T * nh * 4
         out.w_attn = max(out.w_attn, T * (qd + 2 * kv_saved) * a + T * nh * 4)
         if masked and attn == "sdpa":
@@ -752,6 +752,10 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         mask_bytes += _mask_elems(b, s, setup) * 4
     head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
     loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
+    if "lm_head_4bit" in details and _loss_impl(setup) != "trl":
+        # a 4-bit head (litgpt) dequantizes its whole weight in every forward/backward call
+        # (bitsandbytes `MatMul4Bit`), next to the logits
+        loss_peak += spec.vocab_size * h * p.w
     if setup.method == "full" and not setup.fused_ce:
         head_saved += T * h * a  # lm_head input saved for its weight gradient
     if p.w > a:

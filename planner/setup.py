@@ -69,6 +69,9 @@ class TrainSetup:
     quantize_lm_head: bool = False
     """QLoRA also quantizes the lm_head (Lightning `BitsandbytesPrecision` converts every
     nn.Linear); transformers' bitsandbytes quantizer keeps it 16-bit."""
+    repeat_kv: bool = False
+    """The stack expands grouped-query k/v to every query head before attention (litgpt
+    `repeat_interleave` in training); transformers' SDPA path uses native GQA when it can."""
     bnb_saves_input: bool = False
     """Older bitsandbytes (`MatMul4Bit` saving `(A, B)`): each 4-bit linear keeps its input
     for the backward; bitsandbytes 0.50 keeps only the weight."""
