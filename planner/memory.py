@@ -717,6 +717,8 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     details["trainable_params"] = trainable
     if opt_paged:
         details["optimizer_paged_unified_memory"] = opt_paged
+        notes.append("paged optimizer buffers live in CUDA unified memory: counted on the card (nvidia-smi), "
+                     "not in torch's max_memory_allocated; under memory pressure they page to the host.")
     static = quantized + unquantized + adapters + opt_torch
     if setup.grad_accum > 1:
         static_grads_fwd = grads  # accumulated grads exist during the next forward
@@ -742,6 +744,11 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         per_layer.append(hit)
     per_layer = per_layer or [_Layer()]
     L = len(per_layer)
+    if masked and attn == "sdpa" and setup.packing:
+        per = _mask_elems(b, s, setup) * a
+        if per * L > 0.1 * (T * h * a * L + 1):
+            notes.append(f"padding-free packing with SDPA builds a {b * s} x {b * s} block mask that every layer "
+                         f"keeps as a float bias ({per / GiB:.2f} GiB per layer); flash-attention-2 avoids it.")
     # rotary cos/sin (one pair per forward, saved by the rotary multiplies; the shared bool
     # mask itself is not saved by anyone, each layer saves its own float copy, see above);
     # the batch: input_ids, labels, position_ids (int64)
