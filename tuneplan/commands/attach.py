@@ -41,6 +41,11 @@ def run(args: argparse.Namespace) -> int:
 
 def print_detached(result: object) -> None:
     if isinstance(result, tuple) and result and result[0] == "detached":
-        name = Path(result[1]).name
-        print(f"Detached from {name}; it keeps running (if it was). Reattach: tuneplan attach {name}",
-              file=sys.stderr)
+        from tuneplan.events import FINAL_PHASES, effective_phase, read_status
+
+        run_dir = Path(result[1])
+        name = run_dir.name
+        phase = effective_phase(read_status(run_dir))
+        state = f"it has {phase}" if phase == "crashed" else (
+            f"it ended ({phase})" if phase in FINAL_PHASES else "it keeps running")
+        print(f"Detached from {name}; {state}. Reattach: tuneplan attach {name}", file=sys.stderr)

@@ -30,7 +30,7 @@ class ConfirmDialog(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static(self.question, id="question")
+            yield Static(self.question, id="question", markup=False)
             yield Static("[b]y[/b] yes    [b]n[/b] / [b]Esc[/b] no", id="keys")
 
     def action_answer(self, value: bool) -> None:
@@ -59,7 +59,9 @@ class HelpDialog(ModalScreen[None]):
         self.lines = lines
 
     def compose(self) -> ComposeResult:
-        body = "\n".join(f"[b]{key:>8}[/b]  {what}" for key, what in self.lines)
+        from rich.markup import escape
+
+        body = "\n".join(f"[b]{escape(key):>8}[/b]  {escape(what)}" for key, what in self.lines)
         with Vertical():
             yield Static(f"[b]{self.title_text}[/b]\n")
             yield Static(body)
