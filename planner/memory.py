@@ -25,6 +25,19 @@ Paged optimizer buffers: `torch.cuda.max_memory_allocated()` never sees them (th
 `torch_peak_bytes`; while the GPU has room they stay resident and nvidia-smi counts them, so
 they are in `device_bytes` (component `optimizer_states` holds both; `details` splits them).
 
+Other training stacks (used to calibrate against published measurements) are described by
+defaults-only `TrainSetup` fields: `weight_dtype`, `adapter_dtype`, `autocast`,
+`loss_upcast`, `loss_impl`, `optimizer_state_dtype`, `lora_qkv_fused`, `quantize_lm_head`,
+`repeat_kv`, `bnb_saves_input`; their defaults are our path.
+
+What the numbers are checked against:
+- the live tensor bytes of real CPU training steps of our own trainer, every supported
+  family (tests/planner/test_trace_cpu.py, tests/data/traces/; `device="cpu"` switches the two
+  CPU-only kernels), and the same step on fake tensors at 8B/70B (bench/bench_trace_meta.py);
+- published GPU measurements (tests/planner/test_calibration.py,
+  tests/data/calibration/cases.json, bench/bench_memory_calibration.py), which also calibrate
+  what a CPU cannot show: CUDA context, cuBLAS workspace, allocator fragmentation.
+
 Pure arithmetic (stdlib only), well under 1 ms per estimate.
 """
 
