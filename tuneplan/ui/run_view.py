@@ -294,6 +294,8 @@ class RunFollower:
         self._status: ev.Status | None = None
         self._liveness_checked = 0.0
         self.version = 0
+        self.skipped = 0
+        """Events that could not be read (malformed fields)."""
 
     def poll(self) -> bool:
         changed = False
@@ -306,7 +308,12 @@ class RunFollower:
                 self.view.num_epochs = epochs
             changed = True
         for e in self._events.read_new():
-            self.view.apply(e)
+            if not isinstance(e, dict):
+                continue
+            try:
+                self.view.apply(e)
+            except (TypeError, ValueError, KeyError, AttributeError):
+                self.skipped += 1  # a malformed event (a newer schema?) never stops the follow
             changed = True
         changed |= self._log.read_new()
         try:

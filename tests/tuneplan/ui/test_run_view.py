@@ -27,3 +27,19 @@ def test_follower_reads_incrementally_and_stays_bounded(tmp_path):
         f.write(f'{n + 1}, "loss": 0.0}}\n')
     assert follower.poll() is True and follower.snapshot().step == n + 1
     assert follower.poll() is False
+
+
+def test_malformed_events_are_skipped_not_fatal(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / ev.EVENTS_FILE).write_text(
+        '{"kind": "log", "step": 1, "loss": 2.0}\n'
+        '{"kind": "checkpoint", "step": "soon"}\n'  # a bad field
+        '[1, 2, 3]\n'  # not an object
+        '{"kind": "future-kind", "x": 1}\n'  # unknown kinds are ignored
+        '{"kind": "log", "step": 2, "loss": 1.5}\n'
+    )
+    follower = RunFollower(run_dir)
+    assert follower.poll()
+    s = follower.snapshot()
+    assert s.step == 2 and s.loss == 1.5 and follower.skipped == 1

@@ -12,6 +12,7 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, Vertical
+from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
 from textual_plotext import PlotextPlot
@@ -36,6 +37,14 @@ HELP = [
     ("?", "this help"),
     ("", "reattach any time: tuneplan attach [RUN]"),
 ]
+
+
+class RunFollowFailed(Message):
+    """The run files could not be read (the follower keeps trying)."""
+
+    def __init__(self, error: str) -> None:
+        super().__init__()
+        self.error = error
 
 
 class DashboardScreen(Screen):
@@ -97,9 +106,12 @@ class DashboardScreen(Screen):
         follower = RunFollower(self.run_dir)
         first = True
         while not self._stop_event.is_set():
-            if follower.poll() or first:
-                self.post_message(RunUpdated(follower.snapshot()))
-                first = False
+            try:
+                if follower.poll() or first:
+                    self.post_message(RunUpdated(follower.snapshot()))
+                    first = False
+            except OSError as exc:  # e.g. the run folder was removed: say so, keep trying
+                self.post_message(RunFollowFailed(f"cannot read {self.run_dir}: {exc}"))
             self._stop_event.wait(self.poll_seconds)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="sample-gpu")
@@ -122,6 +134,10 @@ class DashboardScreen(Screen):
     def _on_run_updated(self, message: RunUpdated) -> None:
         self.snapshot = message.snapshot
         self._render_snapshot()
+
+    @on(RunFollowFailed)
+    def _on_follow_failed(self, message: RunFollowFailed) -> None:
+        self.notify(message.error, severity="error", timeout=3)
 
     @on(GpuSampled)
     def _on_gpu_sampled(self, message: GpuSampled) -> None:
