@@ -74,11 +74,11 @@ BNB_PAGED_MIN_NUMEL = 100_000
 TRL_TOKEN_CHUNK = 4096
 TRL_VOCAB_CHUNK = 32768
 
-# CUDA context of a process that initialised torch + cuBLAS (lazy module loading, CUDA 12):
-# a few hundred MiB; older stacks without lazy loading used > 1 GiB (transformers docs
-# model_memory_anatomy.md measured 1343 MiB on a V100). Per architecture, measured values
-# from nvidia-smi of an idle process after `torch.ones(1).cuda() @ ...` (calibrated: see
-# tests/data/calibration/README.md).
+# CUDA context of a process that initialised torch + cuBLAS: with lazy module loading (CUDA
+# >= 11.7, the torch default) a few hundred MiB, growing with the architecture's kernel
+# images; older stacks loaded every kernel up front (> 1 GiB: transformers docs
+# model_memory_anatomy.md read 1343 MiB on a V100, row M168). No single-GPU nvidia-smi row of
+# the published data states its context, so these are typical values, not a fit.
 CUDA_CONTEXT_BYTES = {
     "turing": 420 * MiB,
     "ampere": 480 * MiB,
