@@ -167,3 +167,27 @@ def test_one_estimate_is_fast(llama8b):
     for _ in range(50):
         estimate_memory(llama8b, setup)
     assert (time.perf_counter() - t) / 50 < 0.02  # generous bound; bench/ prints the real figure
+
+
+def test_cpu_variant_differs_only_where_the_kernels_differ(llama8b):
+    # CUDA's fused dropout saves a bool mask, the CPU saves a noise tensor of the input dtype;
+    # trl's chunked head folds tiles with fp32 torch ops without Triton
+    setup = TrainSetup(grad_checkpointing=False, fused_ce=False)
+    cuda = estimate_memory(llama8b, setup)
+    cpu = estimate_memory(llama8b, setup, device="cpu")
+    assert cpu.components["saved_activations"] > cuda.components["saved_activations"]
+    nodrop = replace(setup, lora_dropout=0.0)
+    assert estimate_memory(llama8b, nodrop, device="cpu").components["saved_activations"] == \
+        estimate_memory(llama8b, nodrop).components["saved_activations"]
+    fused = replace(setup, fused_ce=True)
+    assert estimate_memory(llama8b, fused, device="cpu").details["phase_loss_backward"] > \
+        estimate_memory(llama8b, fused).details["phase_loss_backward"]
+
+
+def test_packed_sdpa_block_mask_is_quadratic_and_flash_avoids_it(qwen05):
+    packed = TrainSetup(micro_batch=8, grad_checkpointing=False, fused_ce=True, packing=True)
+    est = estimate_memory(qwen05, packed)
+    assert any("block mask" in n for n in est.notes)
+    flash = estimate_memory(qwen05, replace(packed, attn="flash"))
+    assert flash.components["saved_activations"] < est.components["saved_activations"]
+    assert not any("block mask" in n for n in flash.notes)
