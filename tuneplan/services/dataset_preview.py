@@ -15,7 +15,6 @@ Without it the counts are estimated at ~4 characters per token and marked approx
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from dataclasses import dataclass

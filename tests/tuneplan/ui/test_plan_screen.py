@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from textual.widgets import DataTable, Input, Static
+from textual.widgets import DataTable, Input
 
 from tuneplan.ui.adapters import ModelsAdapter
 from tuneplan.ui.app import create_app
@@ -12,7 +12,6 @@ from tuneplan.ui.screens.plan_screen import PlanScreen
 from tuneplan.ui.screens.review_screen import ReviewScreen
 from tuneplan.ui.target import dry_run_target
 from tuneplan.ui.widgets.choice import Choice
-from tuneplan.ui.widgets.memory_bar import MemoryBar
 
 from ui_helpers import make_services, wait_for
 

@@ -11,13 +11,13 @@ from rich.text import Text
 from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, Vertical
+from textual.containers import Horizontal
 from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
-from tuneplan.ui.formatting import count, duration, gib, rate
+from tuneplan.ui.formatting import duration, gib, rate
 from tuneplan.ui.messages import GpuSampled, RunUpdated
 from tuneplan.ui.run_view import RunFollower, RunSnapshot
 from tuneplan.ui.widgets.dialogs import ConfirmDialog, HelpDialog

@@ -183,10 +183,8 @@ class PlanScreen(Screen):
         knob, value = event.choice.id, event.value
         if knob == "lora_targets":
             value = ATTENTION_TARGETS if value == "attention" else ALL_LINEAR
-        changes = {knob: value}
-        if knob == "method" and value == "qlora" and self.plan.setup.optimizer == "adamw":
-            pass  # keep the user's optimizer; the solver's default for QLoRA comes from Ctrl+R
-        self._edit(**changes)
+        # Only this knob changes (the optimizer the solver would pair with it comes from Ctrl+R).
+        self._edit(**{knob: value})
 
     @on(DataTable.RowSelected, "#alternatives")
     def _use_alternative(self, event: DataTable.RowSelected) -> None:
