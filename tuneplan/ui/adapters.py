@@ -79,6 +79,12 @@ class ModelsAdapter:
             hits.append(ModelHit(e.name, e.hub_id, params, e.gated, e.license))
         return hits
 
+    def is_catalog_name(self, text: str) -> bool:
+        """Whether `text` names a catalog entry exactly (name, alias or Hub id)."""
+        from planner import catalog
+
+        return catalog.find(text) is not None
+
     def resolve(self, text: str) -> ModelChoice:
         """Catalog name, Hub id or local folder -> ModelChoice. Blocking (may fetch
         `config.json` from the Hub): call it from a worker. Raises UserError."""

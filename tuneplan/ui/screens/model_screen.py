@@ -94,9 +94,7 @@ class ModelScreen(Screen):
             return
         hits = self.query_one("#hits", OptionList)
         if (not text or self._looks_like_catalog_query(text)) and hits.highlighted is not None and hits.option_count:
-            from planner import catalog
-
-            if catalog.find(text) is None:  # partial name: take the highlighted hit
+            if not self.app.services.models.is_catalog_name(text):  # partial name: take the highlighted hit
                 text = hits.get_option_at_index(hits.highlighted).id
                 self.query_one("#model-input", Input).value = text
         if not text:
