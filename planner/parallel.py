@@ -184,7 +184,15 @@ def estimate_parallel_memory(spec, setup: TrainSetup, gpu=None, *, cpu_offload: 
     torch_peak = (one.torch_peak_bytes - static_one - grads_peak) + on_gpu_static + sharded_grads \
         + gathered + unit_grads
     transient = c["transient_peak"] + gathered + unit_grads
-    allocator = c["allocator_overhead"] + int(ALLOC_FRAGMENTATION * (gathered + unit_grads))
+    # FSDP all-gathers into blocks allocated on its own unshard stream (torch
+    # distributed/fsdp/_runtime_utils.py `_unshard` on `state._unshard_stream`; FSDP2 uses
+    # separate all-gather streams too). The caching allocator keeps a pool per stream, so
+    # the gathered decoder-layer buffers stay reserved in a pool the compute stream cannot
+    # reuse: reserved exceeds allocated by about those buffers (the published fsdp_qlora
+    # allocated/reserved pairs show it: tests/planner/test_parallel.py).
+    stream_pool = FSDP_PREFETCHED_UNITS * layer_unit
+    d["fsdp_unshard_stream_pool"] = stream_pool
+    allocator = c["allocator_overhead"] + int(ALLOC_FRAGMENTATION * (gathered + unit_grads)) + stream_pool
     runtime = c["runtime_overhead"] + nccl
     comps = {
         "runtime_overhead": runtime,
