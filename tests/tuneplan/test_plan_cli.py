@@ -243,3 +243,57 @@ def test_a_real_plan_run_loads_no_torch():
     assert result["rc"] == 0
     loaded = {m.split(".")[0] for m in result["mods"]}
     assert not loaded & {"torch", "transformers", "peft", "trl", "bitsandbytes", "textual", "rich"}
+
+
+# -- several GPUs (issue 7) -------------------------------------------------------------------------
+def test_70b_lora_on_h100_proposes_fsdp_over_several_gpus(capsys):
+    code, out, err = run(capsys, "--model", "llama-3.1-70b", "--gpu", "h100", "--method", "lora")
+    assert code == 0  # --gpus left to the solver: a multi-GPU plan that fits is a plan
+    assert "cannot hold" in out and "FSDP" in out and "Memory per GPU" in out
+    assert "QLoRA on one" in out  # the one-card alternative is named
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-70b", "--gpu", "h100", "--method", "lora")
+    n = data["gpu"]["count"]
+    assert n > 1 and data["config"]["num_gpus"] == n and data["parallel"]["strategy"] == "fsdp"
+    assert data["parallel"]["single_gpu_need_bytes"] > data["memory"]["budget_bytes"] >= data["memory"]["device_bytes"]
+    assert data["config"]["effective_batch"] == 16 and data["parallel"]["nodes"] == 1
+
+
+def test_gpus_fixed_to_one_does_not_fit_and_names_more_gpus(capsys):
+    code, data, err = run_json(capsys, "--model", "llama-3.1-70b", "--gpu", "h100", "--method", "lora", "--gpus", "1")
+    assert code == 1 and data["fits"] is False and data["gpu"]["count"] == 1
+    assert any(s.startswith("More GPUs") and "--strategy fsdp" in s for s in data["suggestions"])
+
+
+def test_gpus_and_strategy_fixed(capsys):
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-8b", "--gpu", "a100-80gb", "--gpus", "4")
+    assert code == 0 and data["gpu"]["count"] == 4 and data["parallel"]["strategy"] == "ddp"
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-8b", "--gpu", "a100-80gb", "--gpus", "4", "--strategy", "fsdp")
+    assert code == 0 and data["parallel"]["strategy"] == "fsdp"
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-70b", "--gpu", "a100-80gb", "--method", "lora", "--gpus",
+                             "16", "--gpus-per-node", "8")
+    assert code == 0 and data["parallel"]["nodes"] == 2
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-70b", "--gpu", "rtx-4090", "--gpus", "2",
+                             "--strategy", "fsdp", "--cpu-offload", "on")
+    assert data["parallel"]["cpu_offload"] is True and data["parallel"]["host_offload_bytes"] > 0
+
+
+@pytest.mark.parametrize("argv, words", [
+    (("--gpus", "0"), ("--gpus",)),
+    (("--gpus", "two"), ("--gpus",)),
+    (("--strategy", "zero3"), ("--strategy", "ddp", "fsdp")),
+    (("--gpus", "2", "--strategy", "ddp", "--cpu-offload", "on"), ("--cpu-offload", "fsdp")),
+    (("--gpus", "1", "--strategy", "ddp"), ("--strategy ddp", "--gpus 2")),
+])
+def test_bad_multi_gpu_flags_exit_2_in_one_line(capsys, argv, words):
+    code, out, err = run(capsys, "--model", "llama-3.1-8b", "--gpu", "h100", *argv)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert all(w in err for w in words), err
+
+
+def test_nvml_with_several_gpus_plans_all_of_them(capsys, nvml):
+    nvml([("NVIDIA A100-SXM4-80GB", 81920, 1000, (8, 0))] * 4)
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-8b")
+    assert code == 0 and data["gpu"]["count"] == 4 and data["gpu"]["detected"] == 4
+    assert data["parallel"]["strategy"] == "ddp"
+    code, _, err = run(capsys, "--model", "llama-3.1-8b", "--gpus", "8")
+    assert code == 2 and "NVML sees 4" in err
