@@ -133,7 +133,7 @@ def predict_memory(config: RunConfig, cfg: dict | None) -> PredictionConfig:
     if cfg is None:
         return config.prediction
     try:
-        from planner.memory import estimate_memory
+        from planner.parallel import estimate_parallel_memory as estimate_memory  # per GPU (several GPUs: DDP/FSDP)
         from planner.spec import spec_from_config
 
         est = estimate_memory(spec_from_config(cfg, config.model.source), config.setup)
