@@ -84,6 +84,7 @@ class DashboardScreen(Screen):
             yield PlotextPlot(id="loss-plot")
             yield PlotextPlot(id="lr-plot")
         yield Static(id="stats")
+        yield Static(id="error")
         with Horizontal(id="bottom"):
             yield Static(id="tail")
             yield Static(id="checkpoints")
@@ -166,7 +167,7 @@ class DashboardScreen(Screen):
         epoch = f"epoch {s.epoch:.2f}" if s.epoch is not None else "epoch -"
         if s.num_epochs:
             epoch += f"/{s.num_epochs:g}"
-        eta = "done" if s.finished else f"ETA {duration(s.eta_seconds)}"
+        eta = s.phase if s.finished else f"ETA {duration(s.eta_seconds)}"
         self.query_one("#progress-text", Static).update(f"{steps}  {epoch}  {eta}")
 
         # Plots are the costly part of a redraw: at most one rebuild per PLOT_SECONDS (the
@@ -264,10 +265,13 @@ class DashboardScreen(Screen):
         tail = self.query_one("#tail", Static)
         height = max(TAIL_LINES, tail.content_size.height)
         t = Text()
+        error = self.query_one("#error", Static)
+        error.display = s.crashed
         if s.crashed:
-            t.append(f"run {s.phase}: {s.error or 'no error recorded'}\n", style="bold red")
-            lines = list(s.log_lines)[-(height - 2):]
+            error.update(Text(f"run {s.phase}: {s.error or 'no error recorded (the process vanished)'}",
+                              style="bold red"))
             t.append("train.log tail:\n", style="bold")
+            lines = list(s.log_lines)[-(height - 1):]
         elif self.show_log:
             t.append("train.log (l: events)\n", style="bold")
             lines = list(s.log_lines)[-(height - 1):]
