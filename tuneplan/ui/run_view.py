@@ -127,6 +127,8 @@ class RunSnapshot:
     version: int
     summary: str = ""
     """One line from the run's config.toml: model, method and the main knobs."""
+    gpu_rows: tuple[GpuRow, ...] = ()
+    """Several GPUs: one row per rank from its latest `memory` event, rank order (multi-GPU)."""
     """Bumped on every change, so a renderer can skip identical snapshots."""
 
     @property
@@ -170,6 +172,21 @@ def _gib(v: Any) -> str:
     return f"{v / 1024**3:.2f} GiB" if isinstance(v, (int, float)) else "-"
 
 
+@dataclass(frozen=True)
+class GpuRow:
+    """One rank's memory in a multi-GPU run (the `memory` events each rank writes), bytes."""
+
+    rank: int
+    device: str
+    """`cuda:N` or `cpu`."""
+    step: int | None
+    allocated_peak_bytes: int | None
+    """torch.cuda.max_memory_allocated on that rank's GPU (None on the CPU)."""
+    reserved_peak_bytes: int | None
+    rss_bytes: int | None
+    """Resident memory of the process (CPU runs)."""
+
+
 @dataclass
 class RunView:
     """Mutable fold of a run's events and status (owned by one `RunFollower`)."""
@@ -196,6 +213,8 @@ class RunView:
     eval_series: _Series = field(default_factory=_Series)
     lr_series: _Series = field(default_factory=_Series)
     event_lines: deque = field(default_factory=lambda: deque(maxlen=EVENT_LINES))
+    gpu_memory: dict = field(default_factory=dict)
+    """rank -> GpuRow (latest `memory` event of that rank)."""
 
     def apply(self, e: dict[str, Any]) -> None:
         """Fold one event into the view (unknown kinds are ignored)."""
@@ -230,6 +249,11 @@ class RunView:
         elif kind == "checkpoint":
             self.checkpoints.append((int(e.get("step") or 0), str(e.get("path", ""))))
             del self.checkpoints[:-50]
+        elif kind == "memory" and isinstance(e.get("rank"), int):
+            self.gpu_memory[e["rank"]] = GpuRow(
+                rank=e["rank"], device=str(e.get("device", "?")), step=e.get("step"),
+                allocated_peak_bytes=e.get("torch_allocated_peak_bytes"),
+                reserved_peak_bytes=e.get("torch_reserved_peak_bytes"), rss_bytes=e.get("rss_bytes"))
         elif kind == "memory_probe":
             if isinstance(e.get("predicted_torch_peak_bytes"), int):
                 self.predicted_peak_bytes = e["predicted_torch_peak_bytes"]
@@ -353,4 +377,5 @@ class RunFollower:
             measured_peak_bytes=v.measured_peak_bytes, checkpoints=tuple(v.checkpoints),
             event_lines=tuple(v.event_lines), log_lines=log_lines, error=v.error,
             pids=v.pids, version=self.version, summary=self.summary,
+            gpu_rows=tuple(v.gpu_memory[r] for r in sorted(v.gpu_memory)),
         )

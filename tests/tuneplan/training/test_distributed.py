@@ -125,3 +125,10 @@ def test_two_process_ddp_lora_run_on_cpu(tiny_model, runs_root, monkeypatch):
     assert not (run_dir / ADAPTER_DIR / "model.safetensors").exists()
     cfg = _yaml_load(run_dir / distributed.ACCELERATE_CONFIG_FILE)
     assert cfg["num_processes"] == 2 and cfg["distributed_type"] == "MULTI_GPU"
+
+    from tuneplan.ui.run_view import RunFollower  # the dashboard's fold: one row per rank
+
+    follower = RunFollower(run_dir)
+    follower.poll()
+    rows = follower.snapshot().gpu_rows
+    assert [r.rank for r in rows] == [0, 1] and all(r.step == 16 and r.rss_bytes for r in rows)
