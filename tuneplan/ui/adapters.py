@@ -265,10 +265,25 @@ class RunsAdapter:
         save_config(replace(config, name=None), path)
         return path
 
-    def launch(self, config: Any) -> Path:
+    def launch(self, config: Any, gpu_index: int | None = None) -> Path:
+        """Start the run detached. `gpu_index` (NVML numbering) pins the run to that GPU: the
+        child inherits CUDA_VISIBLE_DEVICES with CUDA ordering by PCI bus, as NVML orders."""
+        import os
+
         from tuneplan.services import launcher
 
-        return launcher.launch(config, runs_root=self.root())
+        if gpu_index is None or "CUDA_VISIBLE_DEVICES" in os.environ:
+            return launcher.launch(config, runs_root=self.root())
+        saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
+        os.environ.update(CUDA_VISIBLE_DEVICES=str(gpu_index), CUDA_DEVICE_ORDER="PCI_BUS_ID")
+        try:
+            return launcher.launch(config, runs_root=self.root())
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
     def newest(self) -> Path | None:
         from tuneplan.services import runs

@@ -184,7 +184,9 @@ class ReviewScreen(Screen):
     @work(thread=True, exclusive=True, exit_on_error=False)
     def launch(self, config: Any) -> None:
         try:
-            run_dir = self.app.services.runs.launch(config)
+            target = self.plan.target
+            index = None if target.dry_run else target.index
+            run_dir = self.app.services.runs.launch(config, gpu_index=index)
         except UserError as exc:
             self.post_message(RunLaunchFailed(str(exc)))
         except Exception as exc:
