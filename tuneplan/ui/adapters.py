@@ -237,33 +237,12 @@ class RunsAdapter:
         parts += ["--lr", f"{t.learning_rate:g}"]
         return " ".join(shlex.quote(p) for p in parts)
 
-    def presets_dir(self) -> Path:
-        """User presets: `$TUNEPLAN_PRESETS_DIR`, else the user config folder's `presets/`."""
-        import os
+    def save_preset(self, config: Any, name: str, *, gpu: str | None = None) -> Path:
+        """Save the configuration as a user preset through the presets service (never over
+        an existing one). `gpu`: the catalog key the plan was made for."""
+        from tuneplan.services import presets
 
-        env = os.environ.get("TUNEPLAN_PRESETS_DIR")
-        if env:
-            return Path(env).expanduser()
-        import platformdirs
-
-        return platformdirs.user_config_path("tuneplan") / "presets"
-
-    def save_preset(self, config: Any, name: str) -> Path:
-        """Write the configuration as `<name>.toml` (never over an existing preset)."""
-        import re
-        from dataclasses import replace
-
-        from tuneplan.config import save_config
-
-        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}", name):
-            raise UserError(f"preset name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
-        folder = self.presets_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{name}.toml"
-        if path.exists():
-            raise UserError(f"preset {name} already exists ({path}); pick another name")
-        save_config(replace(config, name=None), path)
-        return path
+        return presets.save_config_as_preset(config, name, "saved from the tuneplan wizard", gpu=gpu)
 
     def launch(self, config: Any, gpu_index: int | None = None) -> Path:
         """Start the run detached. `gpu_index` (NVML numbering) pins the run to that GPU: the

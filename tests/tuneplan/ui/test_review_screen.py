@@ -7,7 +7,7 @@ import shutil
 import pytest
 from textual.widgets import Input, Static
 
-from tuneplan.config import load_config
+from tuneplan.services.presets import find_preset
 from tuneplan.data import SAMPLE_CHAT, TINY_MODEL_CONFIG
 from tuneplan.services.dataset_preview import preview_dataset
 from tuneplan.ui.adapters import ModelsAdapter, PlanningAdapter
@@ -51,8 +51,9 @@ async def test_shows_config_and_command_and_saves_a_preset(tmp_path, monkeypatch
         await pilot.press("ctrl+s")
         path = tmp_path / "presets" / "my-tiny.toml"
         assert path.is_file()
-        saved = load_config(path)
-        assert saved.setup.seq_len == plan.setup.seq_len and saved.training.max_steps == 12
+        saved = find_preset("my-tiny")  # the presets service reads back what the wizard wrote
+        assert saved.config.setup.seq_len == plan.setup.seq_len and saved.config.training.max_steps == 12
+        assert saved.config.setup.compute_dtype == plan.setup.compute_dtype  # the plan's, not the CPU's
         before = path.read_text()
         await pilot.press("ctrl+s")  # the same name again: refused, file untouched
         assert path.read_text() == before

@@ -77,9 +77,10 @@ class ReviewScreen(Screen):
         hint = FIELD_HELP.get(event.widget.id or "", "")
         self.query_one("#field-help", Static).update(Text(f"> {hint}" if hint else "", style="italic"))
 
-    def build_config(self) -> Any:
-        """The run configuration this screen would launch (raises UserError on bad input)."""
-        on_cpu = getattr(self.app, "state", None) is not None and self.app.state.local_gpus == 0
+    def build_config(self, *, for_launch: bool = True) -> Any:
+        """The run configuration this screen would launch (raises UserError on bad input).
+        Launched here without a GPU it computes in float32; a preset keeps the plan's dtype."""
+        on_cpu = for_launch and self.app.state.local_gpus == 0
         return self.app.services.runs.build_config(self.plan, self.dataset, on_cpu=on_cpu, **self._hyper())
 
     def _hyper(self) -> dict[str, Any]:
@@ -163,7 +164,9 @@ class ReviewScreen(Screen):
             self.notify("Type a preset name, then Ctrl+S (or Enter).")
             return
         try:
-            path = self.app.services.runs.save_preset(self.build_config(), name)
+            gpu = self.plan.target.gpu
+            key = None if gpu.key.startswith(("custom", "nvml-")) else gpu.key
+            path = self.app.services.runs.save_preset(self.build_config(for_launch=False), name, gpu=key)
         except UserError as exc:
             self.notify(str(exc), severity="error")
             return
