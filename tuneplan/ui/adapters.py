@@ -154,6 +154,10 @@ class PlanView:
     dataset: Any = None
     solver: bool = True
     """True for the solver's own choice, False after knobs were edited."""
+    dataset_tokens: int | None = None
+    """Tokens the time and cost are for (one epoch)."""
+    tokens_assumed: bool = False
+    """True when `dataset_tokens` is the solver's default, not the dataset's."""
     raw: Any = None
     """The planning service's own result (for `--json`-like detail)."""
 
@@ -361,23 +365,29 @@ class PlanningAdapter:
                         usable_bytes=r.budget_bytes, tokens_per_second=c.throughput.tokens_per_second,
                         time_seconds=r.seconds, cost=r.cost, reasons=tuple(r.reasons) + tuple(r.suggestions),
                         alternatives=alternatives, warnings=tuple(warnings), model=model, target=target,
-                        dataset=dataset, solver=True, raw=outcome)
+                        dataset=dataset, solver=True, raw=outcome, dataset_tokens=r.dataset_tokens,
+                        tokens_assumed=r.dataset_tokens_assumed)
 
     def estimate(self, model: ModelChoice, target: Any, dataset: Any, setup: Any) -> PlanView:
-        """One configuration's memory, speed, time and cost (well under a millisecond)."""
+        """One configuration's memory, speed, time and cost (well under a millisecond).
+        Without dataset statistics time and cost assume the solver's default token count,
+        so an edited plan compares with the solver's."""
+        from planner.solver import DEFAULT_DATASET_TOKENS
         from tuneplan.services import planning
 
         hw = self.hardware(target)
         tokens = dataset_tokens(dataset, setup.seq_len)
+        warnings = []
+        assumed = tokens is None
+        if tokens is None:
+            tokens = DEFAULT_DATASET_TOKENS
+            warnings.append(f"time and cost assume {tokens / 1e6:.0f}M tokens (no dataset statistics)")
         e = planning.estimate(model.spec, hw, setup, dataset_tokens=tokens)
         memory = e["memory"]
-        warnings = []
         if setup.seq_len > model.context_length:
             warnings.append(f"sequence length {setup.seq_len} is beyond the model's context {model.context_length}")
-        if tokens is None:
-            warnings.append("no dataset statistics: no time or cost")
         return PlanView(setup=setup, memory=memory, fits=e["fits"], capacity_bytes=e["usable_bytes"],
                         usable_bytes=e["budget_bytes"], tokens_per_second=e["throughput"].tokens_per_second,
                         time_seconds=e["seconds"], cost=e["cost"], reasons=tuple(memory.notes), alternatives=(),
                         warnings=tuple(warnings), model=model, target=target, dataset=dataset, solver=False,
-                        raw=e)
+                        raw=e, dataset_tokens=tokens, tokens_assumed=assumed)

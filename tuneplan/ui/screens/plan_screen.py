@@ -220,7 +220,8 @@ class PlanScreen(Screen):
         summary.append("speed ", style="bold")
         summary.append(rate(plan.tokens_per_second) + "\n")
         summary.append("time  ", style="bold")
-        summary.append(duration(plan.time_seconds) + ("" if plan.dataset is not None else " (no dataset)") + "\n")
+        note = f" ({count(plan.dataset_tokens)} tok assumed)" if plan.tokens_assumed else ""
+        summary.append(duration(plan.time_seconds) + note + "\n")
         summary.append("cost  ", style="bold")
         summary.append(money(plan.cost) + "\n")
         summary.append("batch ", style="bold")
