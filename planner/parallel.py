@@ -104,16 +104,18 @@ def _layer_unit_bytes(spec, setup: TrainSetup, adapter_gather_bytes: int) -> tup
     return best
 
 
-def estimate_parallel_memory(spec, setup: TrainSetup, gpu=None, *, cpu_offload: bool = False,
+def estimate_parallel_memory(spec, setup: TrainSetup, gpu=None, *, cpu_offload: bool | None = None,
                              device: str = "cuda", padded_rows: bool = True) -> MemoryEstimate:
     """Memory of ONE of `setup.num_gpus` GPUs during the second optimizer step, in bytes.
 
     `setup.strategy`: `single`, `ddp` or `fsdp` (see the module docstring). `cpu_offload`
-    applies to FSDP only. The micro-batch is per GPU (the effective batch is
+    applies to FSDP only (None: `setup.cpu_offload`). The micro-batch is per GPU (the effective batch is
     micro_batch x grad_accum x num_gpus). Components and totals mean what they mean for
     `estimate_memory` (`torch_peak_bytes` = that GPU's `max_memory_allocated`,
     `device_bytes` = its nvidia-smi reading)."""
     n = setup.num_gpus
+    if cpu_offload is None:
+        cpu_offload = bool(getattr(setup, "cpu_offload", False))
     if setup.strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {', '.join(STRATEGIES)} (got {setup.strategy!r})")
     if n <= 0:
@@ -122,7 +124,7 @@ def estimate_parallel_memory(spec, setup: TrainSetup, gpu=None, *, cpu_offload: 
         raise ValueError(f"strategy single runs on one GPU (got num_gpus {n}): use ddp or fsdp")
     if cpu_offload and setup.strategy != "fsdp":
         raise ValueError("cpu_offload needs strategy fsdp (DDP keeps a full replica on every GPU)")
-    one = estimate_memory(spec, replace(setup, num_gpus=1, strategy="single"), gpu, device=device,
+    one = estimate_memory(spec, replace(setup, num_gpus=1, strategy="single", cpu_offload=False), gpu, device=device,
                           padded_rows=padded_rows)
     if setup.strategy == "single":
         return one

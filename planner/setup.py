@@ -48,6 +48,9 @@ class TrainSetup:
     num_gpus: int = 1
     strategy: str = "single"
     """`single`, `ddp` or `fsdp` (the multi-GPU issue)."""
+    cpu_offload: bool = False
+    """FSDP only: sharded weights, gradients and optimizer states live in host memory
+    (`fsdp_offload_params`; planner/parallel.py, tuneplan/training/distributed.py)."""
     # -- other training stacks (the memory model's calibration); defaults = our path ------
     weight_dtype: str | None = None
     """dtype the (frozen) base weights are kept in; None = `compute_dtype` (our path).

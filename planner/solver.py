@@ -200,7 +200,7 @@ class _Search:
     def eval(self, setup: TrainSetup) -> Candidate:
         c = self.cache.get(setup)
         if c is None:
-            offload = self.cpu_offload and setup.strategy == "fsdp"
+            offload = (self.cpu_offload or setup.cpu_offload) and setup.strategy == "fsdp"
             mem = estimate_parallel_memory(self.spec, setup, self.gpu, cpu_offload=offload)
             thr = estimate_throughput(self.spec, setup, self.gpu, nodes=self.nodes,
                                       inter_node_gbs=self.inter_node_gbs, cpu_offload=offload)
@@ -326,9 +326,9 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     seq = choose_seq_len(spec, constraints, dataset_stats, warnings, reasons)
     fixed.pop("seq_len", None)
     base = replace(TrainSetup(), compute_dtype=dtype, attn=attn, seq_len=seq, fused_ce=True,
-                   num_gpus=n, strategy=strategy,
+                   num_gpus=n, strategy=strategy, cpu_offload=constraints.cpu_offload and strategy == "fsdp",
                    **{k: v for k, v in fixed.items() if k not in ("micro_batch", "grad_accum", "grad_checkpointing",
-                                                                 "optimizer", "fused_ce", "method")})
+                                                                 "optimizer", "fused_ce", "method", "cpu_offload")})
     usable = hardware.usable_bytes()
     budget = int(usable * (1.0 - constraints.safety_margin))
     search = _Search(spec, gpu, budget, cpu_offload=constraints.cpu_offload and strategy == "fsdp", nodes=nodes,
@@ -429,6 +429,8 @@ def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None =
     n_fixed = constraints.gpus or fixed.pop("num_gpus", None)
     strategy = constraints.strategy if constraints.strategy != "auto" else fixed.pop("strategy", "auto")
     fixed.pop("strategy", None)
+    if fixed.pop("cpu_offload", False):
+        constraints = replace(constraints, cpu_offload=True)
     if strategy not in ("auto", "single", "ddp", "fsdp"):
         raise ValueError(f"strategy must be auto, ddp or fsdp (got {strategy!r})")
     if n_fixed is not None and (not isinstance(n_fixed, int) or n_fixed <= 0):

@@ -267,7 +267,7 @@ def gemm_efficiency(tokens_per_matmul: int) -> float:
 
 
 def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU, *, nodes: int = 1,
-                        inter_node_gbs: float | None = None, cpu_offload: bool = False) -> Throughput:
+                        inter_node_gbs: float | None = None, cpu_offload: bool | None = None) -> Throughput:
     """Tokens per second of `setup` on `setup.num_gpus` x `gpu` (rates from the catalog entry).
 
     Returns `tokens_per_second=None` when the card's TFLOP/s or bandwidth is unknown.
@@ -277,6 +277,8 @@ def estimate_throughput(spec: ModelSpec, setup: TrainSetup, gpu: GPU, *, nodes: 
     (see `communication_seconds`); `nodes` machines share the GPUs, linked at
     `inter_node_gbs` (GB/s per direction; default 100 Gb/s Ethernet).
     """
+    if cpu_offload is None:
+        cpu_offload = bool(getattr(setup, "cpu_offload", False))
     single = _estimate_one(spec, setup, gpu)
     if (setup.num_gpus <= 1 and setup.strategy != "fsdp") or single.tokens_per_second is None:
         return single

@@ -33,7 +33,7 @@ from tuneplan.errors import UserError
 # Knobs of TrainSetup a user may fix.
 FIXABLE = ("quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
            "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing",
-           "optimizer", "attn", "fused_ce", "num_gpus", "strategy")
+           "optimizer", "attn", "fused_ce", "num_gpus", "strategy", "cpu_offload")
 STRATEGY_CHOICES = ("auto", "ddp", "fsdp")
 LORA_KNOBS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 QLORA_KNOBS = ("quant_type", "double_quant")

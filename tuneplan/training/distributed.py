@@ -123,7 +123,7 @@ def cpu_only() -> bool:
 
 def accelerate_config(setup: Any, *, num_machines: int = 1, machine_rank: int = 0,
                       main_process_ip: str | None = None, main_process_port: int = DEFAULT_PORT,
-                      cpu_offload: bool = False, fsdp_version: int | None = None,
+                      cpu_offload: bool | None = None, fsdp_version: int | None = None,
                       cpu: bool = False) -> dict[str, Any]:
     """The `accelerate launch --config_file` dict for a TrainSetup (num_gpus = all processes
     over all machines).
@@ -140,6 +140,8 @@ def accelerate_config(setup: Any, *, num_machines: int = 1, machine_rank: int = 
     (accelerate needs an accelerator device for them; every rank loads the small model)."""
     if fsdp_version is None:
         fsdp_version = int(os.environ.get("TUNEPLAN_FSDP_VERSION", "1"))
+    if cpu_offload is None:
+        cpu_offload = bool(getattr(setup, "cpu_offload", False))
     n = int(setup.num_gpus)
     if n < 1 or num_machines < 1 or n % num_machines:
         raise ValueError(f"num_gpus ({n}) must be a positive multiple of num_machines ({num_machines})")

@@ -37,6 +37,9 @@ def test_fsdp_config_shards_and_keeps_our_checkpointing(tmp_path):
     assert data["distributed_type"] == "FSDP" and data["mixed_precision"] == "fp16"
     assert fc["fsdp_sharding_strategy"] == "FULL_SHARD" and fc["fsdp_auto_wrap_policy"] == "TRANSFORMER_BASED_WRAP"
     assert fc["fsdp_offload_params"] is True
+    from_setup = distributed.accelerate_config(replace(setup, cpu_offload=True))["fsdp_config"]
+    assert from_setup["fsdp_offload_params"] is True  # the run's setup carries the plan's offload
+    assert distributed.accelerate_config(setup)["fsdp_config"]["fsdp_offload_params"] is False
     # the model's own non-reentrant checkpointing (contract step 2), not a second one from FSDP
     assert fc["fsdp_activation_checkpointing"] is False
     # rank 0 loads, the others receive the weights (accelerate requires both together)
