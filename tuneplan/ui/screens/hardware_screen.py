@@ -107,7 +107,8 @@ class HardwareScreen(Screen):
         cards.clear_options()
         for g in catalog_matches(query, limit=30):
             bf16 = "" if g.bf16 else "  no bf16"
-            cards.add_option(Option(f"{g.name:<34} {g.memory_gib():5.1f} GiB{bf16}", id=g.key))
+            price = f"${g.price_per_hour:.2f}/h" if g.price_per_hour is not None else ""
+            cards.add_option(Option(f"{g.name:<32} {g.memory_gib():5.1f} GiB {price:>8}{bf16}", id=g.key))
         if cards.option_count:
             cards.highlighted = 0
 
