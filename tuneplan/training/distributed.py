@@ -228,6 +228,27 @@ def write_accelerate_config(run_dir: Path, setup: Any, **kwargs: Any) -> Path:
     return path
 
 
+def load_device() -> str | None:
+    """Where this rank loads the model (`modeling.load_for_training(device=...)`): None (the
+    default: the GPU, else the CPU) for one process or CPU ranks; several CUDA ranks under
+    DDP: the rank's own GPU `cuda:LOCAL_RANK` (before the trainer exists nothing has set the
+    current device, so "cuda" would put every replica on GPU 0); under FSDP: host memory,
+    from which FSDP moves each rank's shard to its GPU (a 70B model must never be loaded
+    whole onto one GPU). Not yet exercised on GPUs (no CUDA machine here): the FSDP path
+    follows accelerate's and peft's FSDP guides (load on the CPU, then shard)."""
+    if world_size() == 1:
+        return None
+    try:
+        import torch
+    except ImportError:  # pragma: no cover
+        return None
+    if not torch.cuda.is_available():
+        return None
+    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true":
+        return "cpu"
+    return f"cuda:{local_rank()}"
+
+
 def save_final_model(trainer: Any, out: Path) -> None:
     """Save the final adapter (or model) of a run from every rank: one GPU saves directly;
     several go through `Trainer.save_model` (all ranks call it; rank 0 writes), FSDP first

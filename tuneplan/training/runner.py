@@ -164,7 +164,8 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
         from tuneplan.training.sft import build_trainer
 
         model, tokenizer, notes = load_for_training(config.model.source, config.setup,
-                                                    trust_remote_code=config.model.trust_remote_code)
+                                                    trust_remote_code=config.model.trust_remote_code,
+                                                    device=distributed.load_device())
         _event(run_dir, "environment", **environment_facts())  # presets issue: evidence for `presets save`
         if control.stop_requested:
             _finish(run_dir, status, "stopped", message=f"{control.stop_signal} before training started")
