@@ -84,7 +84,12 @@ async def test_alternatives_table_and_replan_keeps_edits(tmp_path):
         screen = await _open(app, pilot, model="qwen2.5-0.5b", card="h100")
         assert screen.plan.setup.method == "lora" and not screen.plan.setup.grad_checkpointing
         table = screen.query_one("#alternatives", DataTable)
-        assert table.row_count == len(screen.plan.alternatives)
+        assert table.row_count == len(screen.plan.alternatives) > 0
+        alt = screen.plan.alternatives[0]
+        table.focus()
+        await pilot.press("enter")  # use the highlighted alternative
+        assert screen.plan.setup == alt.setup and not screen.plan.solver
+        await pilot.press("ctrl+u")
         rank = screen.query_one("#lora_rank", Input)
         rank.focus()
         rank.value = "64"
