@@ -78,7 +78,8 @@ class DashboardScreen(Screen):
     def compose(self) -> ComposeResult:
         yield Static(id="title")
         with Horizontal(id="progress-row"):
-            yield ProgressBar(total=None, show_eta=False, id="progress")
+            # A known total from the start: an indeterminate bar animates (and costs CPU) forever.
+            yield ProgressBar(total=1, show_eta=False, id="progress")
             yield Static(id="progress-text")
         with Horizontal(id="plots"):
             yield PlotextPlot(id="loss-plot")
