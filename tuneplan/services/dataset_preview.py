@@ -58,9 +58,12 @@ class RealHubFiles:
     """`huggingface_hub` behind the HubFiles boundary (honours HF_TOKEN / HF_HUB_OFFLINE)."""
 
     def list_files(self, repo_id: str, repo_type: str) -> list[str]:
+        """The repo's files, smallest first (a preview downloads one: the smallest will do)."""
         from huggingface_hub import HfApi
 
-        return list(HfApi().list_repo_files(repo_id, repo_type=repo_type))
+        items = HfApi().list_repo_tree(repo_id, repo_type=repo_type, recursive=True)
+        files = [(getattr(i, "size", None) or 0, i.path) for i in items if hasattr(i, "size")]
+        return [path for _, path in sorted(files)]
 
     def download(self, repo_id: str, filename: str, repo_type: str) -> Path:
         from huggingface_hub import hf_hub_download
@@ -176,8 +179,8 @@ def _hub_data_file(repo_id: str, hub: HubFiles) -> tuple[Path, str]:
     data = [f for f in files if f.lower().endswith(DATA_SUFFIXES) and not f.startswith(".")]
     if not data:
         raise UserError(f"dataset {repo_id}: no .jsonl/.json/.csv/.parquet data file in the repo")
-    # Prefer a train split, then the smallest-looking name (shard 0).
-    data.sort(key=lambda f: (0 if "train" in f.lower() else 1, f.count("/"), f))
+    # Prefer a train split; otherwise keep the boundary's order (the real Hub lists smallest first).
+    data.sort(key=lambda f: 0 if "train" in f.lower() else 1)
     try:
         return hub.download(repo_id, data[0], "dataset"), data[0]
     except Exception as exc:
