@@ -193,7 +193,7 @@ def _hub_error(repo_id: str, exc: Exception) -> str:
         return f"dataset {repo_id} is gated: accept its terms on huggingface.co and set HF_TOKEN"
     if "RepositoryNotFound" in name or "NotFound" in name:
         return f"dataset {repo_id} not found on the Hub (check the id, or set HF_TOKEN if it is private)"
-    if "Offline" in name or "Connection" in name or "Timeout" in name or "LocalEntryNotFound" in name:
+    if any(k in name for k in ("Offline", "Connect", "Timeout", "LocalEntryNotFound", "NetworkError")):
         return f"dataset {repo_id}: the Hub cannot be reached (offline?); use a local file instead"
     return f"dataset {repo_id}: {name}: {exc}".splitlines()[0]
 
