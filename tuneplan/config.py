@@ -33,6 +33,12 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 CONFIG_VERSION = 1
+RUN_KNOBS = ("method", "quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
+             "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing", "optimizer",
+             "attn", "fused_ce", "num_gpus", "strategy", "cpu_offload")
+"""The `TrainSetup` knobs tuneplan's training path implements. Its other fields describe other
+training stacks for the planner's calibration; a run config leaves them out (their defaults
+are our path) and the trainer refuses non-default values."""
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 OVERLONG = ("truncate", "drop")
 
@@ -263,7 +269,14 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
             out[key] = value
     for section in _SECTIONS:
         obj = getattr(config, section)
-        table = {f.name: _plain(getattr(obj, f.name)) for f in fields(obj) if getattr(obj, f.name) is not None}
+        table = {}
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            if value is None:
+                continue
+            if section == "setup" and f.name not in RUN_KNOBS and value == f.default:
+                continue  # calibration-only field at its default (= our path)
+            table[f.name] = _plain(value)
         out[section] = table
     return out
 

@@ -111,20 +111,19 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
     )
 
 
-# TrainSetup fields that describe OTHER training stacks (the planner's calibration against
-# published measurements); tuneplan's own path is their default value.
-_OTHER_STACK_FIELDS = {"adapter_dtype": None, "autocast": True, "loss_upcast": True, "optimizer_state_dtype": None}
-
-
 def check_supported(setup) -> None:
-    """Refuse setups tuneplan's trainer does not implement (one line naming the field)."""
+    """Refuse setups tuneplan's trainer does not implement: a `TrainSetup` field outside
+    `config.RUN_KNOBS` (the planner's calibration of other stacks) away from its default."""
+    from dataclasses import fields
+
+    from tuneplan.config import RUN_KNOBS
     from tuneplan.errors import UserError
 
-    for name, default in _OTHER_STACK_FIELDS.items():
-        value = getattr(setup, name, default)
-        if value != default:
-            raise UserError(f"setup.{name} = {value!r} describes another training stack (planner calibration); "
-                            f"tuneplan trains with {name} = {default!r}: remove it from the config")
+    for f in fields(setup):
+        value = getattr(setup, f.name)
+        if f.name not in RUN_KNOBS and value != f.default:
+            raise UserError(f"setup.{f.name} = {value!r} describes another training stack (planner calibration); "
+                            f"tuneplan trains with {f.name} = {f.default!r}: remove it from the config")
 
 
 def _cuda_available() -> bool:

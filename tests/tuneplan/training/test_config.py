@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from planner.setup import TrainSetup
+from tuneplan.errors import UserError
 from tuneplan.config import (
     ConfigError, DataConfig, ModelConfig, RunConfig, TrainingConfig, config_from_dict, load_config, save_config,
 )
@@ -46,3 +47,24 @@ def test_malformed_toml_is_one_line(tmp_path):
     path.write_text("[model\n")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_config(path)
+
+
+def test_calibration_only_setup_fields_stay_out_of_run_configs():
+    from dataclasses import fields
+
+    from tuneplan.config import RUN_KNOBS, config_to_dict
+
+    table = config_to_dict(_config())["setup"]
+    assert set(table) <= set(RUN_KNOBS)
+    assert {"method", "micro_batch", "grad_accum", "seq_len"} <= set(table)
+    other = [f for f in fields(TrainSetup) if f.name not in RUN_KNOBS]
+    if other:  # a non-default one is written (so the trainer can refuse it) and refused
+        from dataclasses import replace
+
+        from tuneplan.training.sft import check_supported
+
+        f = next(f for f in other if isinstance(f.default, bool))
+        setup = replace(_config().setup, **{f.name: not f.default})
+        assert f.name in config_to_dict(RunConfig(setup=setup))["setup"]
+        with pytest.raises(UserError, match="another training stack"):
+            check_supported(setup)
