@@ -38,6 +38,9 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--packing", choices=["auto", "on", "off"])
     g.add_argument("--compute-dtype", choices=["auto", "bfloat16", "float16", "float32"])
     g.add_argument("--quant-type", choices=["nf4", "fp4"])
+    g.add_argument("--gpus", metavar="N|auto", help="GPUs to train on through accelerate (default: all GPUs of one "
+                   "model NVML finds here; with --gpu/--vram: 1). See README ## Multi-GPU")
+    g.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="several GPUs: DDP or FSDP (default auto)")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -84,6 +87,16 @@ def _setup_changes(args: argparse.Namespace) -> dict:
         value = getattr(args, arg, None)
         if value is not None and value != AUTO:
             changes[knob] = value
+    gpus = getattr(args, "gpus", None)
+    if gpus is not None and str(gpus).lower() != AUTO:
+        try:
+            changes["num_gpus"] = int(gpus)
+        except ValueError:
+            from tuneplan.errors import UserError
+
+            raise UserError(f"--gpus must be auto or a whole number (got {gpus!r})") from None
+    if getattr(args, "strategy", None) not in (None, AUTO):
+        changes["strategy"] = args.strategy
     for arg, knob in (("grad_checkpointing", "grad_checkpointing"), ("fused_ce", "fused_ce"), ("packing", "packing")):
         value = getattr(args, arg, None)
         if value in ("on", "off"):
@@ -187,6 +200,8 @@ def plan_config(config, args: argparse.Namespace):
         model=config.model.source, gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None,
         method=method, fixed=fixed, epochs=config.training.epochs, dataset_source=config.data.source,
         effective_batch=mb * ga if {"micro_batch", "grad_accum"} <= given else None,
+        # training runs here: a catalog --gpu / --vram target means one such GPU unless --gpus says more
+        gpus=None if ("num_gpus" in fixed or not (args.gpu or args.vram)) else 1,
     )
     outcome = planning.plan(request)
     result = outcome.result
