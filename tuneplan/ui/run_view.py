@@ -21,6 +21,9 @@ from tuneplan import events as ev
 MAX_POINTS = 400
 """Plot series keep at most this many points (every other point dropped when exceeded); a
 plot 80 columns wide has at most 160 braille dots across, so nothing visible is lost."""
+EMA_ALPHA = 0.1
+"""Weight of the newest loss in the smoothed curve (an exponential moving average: about the
+last 10 logged steps; per-step loss of small batches is noisy)."""
 LOG_LINES = 200
 EVENT_LINES = 200
 LIVENESS_SECONDS = 2.0
@@ -113,6 +116,8 @@ class RunSnapshot:
     elapsed_seconds: float | None
     eta_seconds: float | None
     loss_series: tuple[tuple[float, ...], tuple[float, ...]]
+    smooth_series: tuple[tuple[float, ...], tuple[float, ...]]
+    """The train loss's exponential moving average (EMA_ALPHA), per logged step."""
     eval_series: tuple[tuple[float, ...], tuple[float, ...]]
     lr_series: tuple[tuple[float, ...], tuple[float, ...]]
     predicted_peak_bytes: int | None
@@ -210,6 +215,8 @@ class RunView:
     status_log_tail: tuple[str, ...] = ()
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
     loss_series: _Series = field(default_factory=_Series)
+    smooth_series: _Series = field(default_factory=_Series)
+    _ema: float | None = None
     eval_series: _Series = field(default_factory=_Series)
     lr_series: _Series = field(default_factory=_Series)
     event_lines: deque = field(default_factory=lambda: deque(maxlen=EVENT_LINES))
@@ -236,6 +243,9 @@ class RunView:
             if isinstance(e.get("loss"), (int, float)):
                 self.loss = float(e["loss"])
                 self.loss_series.append(x, self.loss)
+                self._ema = self.loss if self._ema is None else (
+                    EMA_ALPHA * self.loss + (1 - EMA_ALPHA) * self._ema)
+                self.smooth_series.append(x, self._ema)
             if isinstance(e.get("learning_rate"), (int, float)):
                 self.learning_rate = float(e["learning_rate"])
                 self.lr_series.append(x, self.learning_rate)
@@ -372,7 +382,7 @@ class RunFollower:
             num_epochs=v.num_epochs, loss=v.loss, eval_loss=v.eval_loss,
             learning_rate=v.learning_rate, tokens_per_second=v.tokens_per_second,
             elapsed_seconds=v.elapsed_seconds, eta_seconds=v.eta_seconds,
-            loss_series=v.loss_series.copy(), eval_series=v.eval_series.copy(),
+            loss_series=v.loss_series.copy(), smooth_series=v.smooth_series.copy(), eval_series=v.eval_series.copy(),
             lr_series=v.lr_series.copy(), predicted_peak_bytes=v.predicted_peak_bytes,
             measured_peak_bytes=v.measured_peak_bytes, checkpoints=tuple(v.checkpoints),
             event_lines=tuple(v.event_lines), log_lines=log_lines, error=v.error,

@@ -92,7 +92,8 @@ class DashboardScreen(Screen):
         yield Footer()
 
     def on_mount(self) -> None:
-        for plot_id, title in (("#loss-plot", "loss"), ("#lr-plot", "learning rate")):
+        for plot_id, title in (("#loss-plot", "loss (raw, smoothed, o eval)"),
+                               ("#lr-plot", "learning rate")):
             plt = self.query_one(plot_id, PlotextPlot).plt
             plt.title(title)
         self.query_one("#title", Static).update(Text(f" {self.run_dir.name}  loading...", style="bold"))
@@ -203,10 +204,13 @@ class DashboardScreen(Screen):
         plt.clear_data()
         xs, ys = s.loss_series
         if xs:
-            plt.plot(list(xs), list(ys), label="train", marker="braille")
+            # No labels: a plotext legend sits inside a small plot and hides the first steps.
+            plt.plot(list(xs), list(ys), marker="braille", color="gray")
+            sx, sy = s.smooth_series
+            plt.plot(list(sx), list(sy), marker="braille", color="cyan")
         exs, eys = s.eval_series
         if exs:
-            plt.scatter(list(exs), list(eys), label="eval", marker="o")
+            plt.scatter(list(exs), list(eys), marker="o", color="orange")
         loss.refresh()
         lr = self.query_one("#lr-plot", PlotextPlot)
         lr.plt.clear_data()
