@@ -23,6 +23,8 @@ def test_follower_reads_incrementally_and_stays_bounded(tmp_path):
     assert s.step == n
     assert len(s.loss_series[0]) <= MAX_POINTS + 1
     assert s.loss_series[0][-1] == n  # the newest point is always shown
+    assert s.smooth_series[0] == s.loss_series[0]
+    assert s.smooth_series[1][-1] > s.loss_series[1][-1]  # a falling loss: the average lags above
     with open(run_dir / ev.EVENTS_FILE, "a") as f:
         f.write(f'{n + 1}, "loss": 0.0}}\n')
     assert follower.poll() is True and follower.snapshot().step == n + 1
