@@ -58,7 +58,7 @@ def new_run_dir(root: Path, name: str | None, *, model: str, method: str) -> Pat
     error; a derived one gets a numeric suffix."""
     root.mkdir(parents=True, exist_ok=True)
     if name:
-        if slug(name) != name.lower() and not re.fullmatch(r"[A-Za-z0-9._-]+", name):
+        if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise UserError(f"run name {name!r} may contain only letters, digits, '.', '_' and '-'")
         path = root / name
         try:

@@ -76,3 +76,9 @@ def test_controls_refuse_a_run_that_is_not_running(tmp_path):
         runs.prepare_resume(run)
     with pytest.raises(UserError, match="no run named 'nope'"):
         runs.find_run("nope", tmp_path)
+
+
+@pytest.mark.parametrize("name", ["../escape", "a/b", ".hidden", "sp ace"])
+def test_run_names_stay_inside_the_runs_root(tmp_path, name):
+    with pytest.raises(UserError, match="may contain only"):
+        paths.new_run_dir(tmp_path, name, model="m", method="lora")
