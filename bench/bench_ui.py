@@ -4,8 +4,9 @@
 
 1. Time from `tuneplan` start to the first screen painted, in a real terminal (tmux, 80x24),
    and whether the UI process imported torch (target: under 1 s, never).
-2. Estimate latency while editing a knob: one planning-service estimate (8B and 70B), and a
-   keypress in the plan screen's sequence-length field to the re-estimated plan (headless).
+2. Estimate latency while editing a knob: one planning-service estimate (8B and 70B), a
+   keypress's handler in the plan screen (headless), and a digit typed into the sequence
+   length in a real terminal until the re-estimated plan is on screen.
 3. The dashboard's CPU use (share of one core) while following a run that logs every step
    at 10 steps/s, with a short history and with 100k steps already in `events.jsonl`
    (target: under 5%, and not growing with run length).
@@ -144,6 +145,38 @@ def estimate_latency() -> None:
           f"(includes the pilot's own settling wait)")
 
 
+def keypress_in_terminal() -> None:
+    """A real terminal: each digit typed into the sequence length until the screen shows
+    the re-estimated plan (tmux polled every 5 ms)."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TERM": "xterm-256color"}
+    sock = f"bench-keys-{os.getpid()}"
+    _tmux(sock, "new-session", "-d", "-s", "b", "-x", "80", "-y", "24", f"{sys.executable} -m tuneplan", env=env)
+    try:
+        _wait_screen(sock, "Dry run", 20)
+        for keys, wait in (("rtx-3060-12gb", "[2 Model]"), ("llama-3.1-8b", "Enter again")):
+            _tmux(sock, "send-keys", "-t", "b", "-l", keys)
+            _tmux(sock, "send-keys", "-t", "b", "Enter")
+            _wait_screen(sock, wait, 20)
+        _tmux(sock, "send-keys", "-t", "b", "Enter")
+        _wait_screen(sock, "[3 Dataset]", 20)
+        _tmux(sock, "send-keys", "-t", "b", "C-s")
+        _wait_screen(sock, "FITS", 20)
+        _tmux(sock, "send-keys", "-t", "b", "Tab")
+        _wait_screen(sock, "> sequence length", 20)
+        _tmux(sock, "send-keys", "-t", "b", "-l", "1")
+        _wait_screen(sock, "batch 16 x 1 =", 20)
+        lat, seq = [], "1"
+        for digit in "024000":
+            seq += digit
+            t0 = time.perf_counter()
+            _tmux(sock, "send-keys", "-t", "b", "-l", digit)
+            lat.append(_wait_screen(sock, f"batch 16 x {seq} =", 20) - t0)
+    finally:
+        _tmux(sock, "kill-server")
+    print(f"keypress to repainted estimate in a real terminal (tmux 80x24): median "
+          f"{statistics.median(lat) * 1e3:.0f} ms, max {max(lat) * 1e3:.0f} ms (includes tmux round trips)")
+
+
 def _cpu_seconds(pid: int) -> float:
     total = 0.0
     pids = [pid]
@@ -220,6 +253,7 @@ def main() -> None:
         sys.exit("bench_ui needs tmux")
     first_paint()
     estimate_latency()
+    keypress_in_terminal()
     for history in (100, 100_000):
         dashboard_cpu(args.seconds, history)
 
