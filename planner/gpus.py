@@ -89,7 +89,7 @@ GPUS: tuple[GPU, ...] = (
     _gpu("rtx-3080-10gb", "NVIDIA GeForce RTX 3080 10GB", 10240, "ampere", (8, 6), 59.5, 760, 0.15,
          seg="consumer", aliases=("3080", "rtx3080")),
     _gpu("rtx-3090", "NVIDIA GeForce RTX 3090", 24576, "ampere", (8, 6), 71.0, 936, 0.22,
-         seg="consumer", link="nvlink", aliases=("3090", "rtx3090-24gb")),
+         seg="consumer", aliases=("3090", "rtx3090-24gb")),
     _gpu("rtx-4060-ti-16gb", "NVIDIA GeForce RTX 4060 Ti 16GB", 16380, "ada", (8, 9), 44.1, 288, 0.12,
          seg="consumer", aliases=("4060ti", "4060ti16", "4060ti16gb", "rtx4060ti")),
     _gpu("rtx-4070-ti", "NVIDIA GeForce RTX 4070 Ti", 12282, "ada", (8, 9), 80.2, 504, 0.15,
@@ -256,16 +256,23 @@ def match_nvml(name: str, memory_bytes: int | None = None) -> GPU | None:
 #   H100 NVL pairs its two cards with 600 GB/s NVLink bridges (300/direction); the 2-card
 #   NVLink bridges of RTX 3090 / RTX A5000 / A6000 / A40 carry 112.5 GB/s (56/direction).
 # - PCIe x16 per direction: Gen3 16 GB/s (T4, V100), Gen4 32 GB/s (Ampere, Ada), Gen5 64 GB/s
-#   (H100 PCIe, RTX 5090, Blackwell). GeForce Ada/Blackwell cards have no peer-to-peer over
-#   PCIe (NVIDIA disabled P2P on the RTX 4090; accelerate sets NCCL_P2P_DISABLE for them), so
-#   NCCL stages through host memory: about half the link.
+#   (H100 PCIe, RTX 5090, Blackwell).
+# - GeForce cards in one box: no peer-to-peer over PCIe (NVIDIA disabled it on GeForce
+#   boards; accelerate sets NCCL_P2P_DISABLE for the RTX 4090), so NCCL stages every transfer
+#   through host memory, and consumer boards split their lanes x8/x8 between two cards.
+#   Measured, not derived: the fsdp_qlora 2 x RTX 3090 (no NVLink) FSDP rows M104-M107
+#   (micro-batch 1, where the weight all-gathers dominate) imply 2.3-3.5 GB/s of NCCL
+#   bandwidth, i.e. about 1/8 of the x16 link (4 GB/s on PCIe Gen4 before NCCL's 80%); see
+#   tests/planner/test_parallel.py. The RTX 3090's optional NVLink bridge is rare in rented
+#   and published multi-GPU boxes, so the catalog plans it over PCIe too.
 # NCCL reaches ~80% of these as bus bandwidth (nccl-tests PERFORMANCE.md "busbw"); the
 # throughput model applies that factor.
 _NVLINK_GBS = {"volta": 150.0, "ampere": 300.0, "hopper": 450.0, "blackwell": 900.0}
 _NVLINK_BRIDGE_GBS = 56.0
 _PCIE_GBS = {"volta": 16.0, "turing": 16.0, "ampere": 32.0, "ada": 32.0, "hopper": 64.0, "blackwell": 64.0}
-_NO_P2P = ("rtx-4060-ti-16gb", "rtx-4070-ti", "rtx-4080", "rtx-4090", "rtx-5090")
-_BRIDGED = ("rtx-3090", "rtx-a5000", "rtx-a6000", "a40")
+NO_P2P_FRACTION = 1 / 8
+"""Share of the x16 PCIe link NCCL gets between GeForce cards (see above; measured)."""
+_BRIDGED = ("rtx-a5000", "rtx-a6000", "a40")
 
 DEFAULT_INTER_NODE_GBS = 12.5
 """Between machines when nothing else is known: 100 Gb/s Ethernet (12.5 GB/s per direction),
@@ -286,7 +293,7 @@ def interconnect_gbs(gpu: GPU) -> float | None:
     bw = _PCIE_GBS.get(gpu.arch)
     if bw is None:
         return None
-    return bw / 2 if gpu.key in _NO_P2P else bw
+    return bw * NO_P2P_FRACTION if gpu.segment == "consumer" else bw
 
 
 def bigger_cards(than_bytes: int, *, bf16: bool | None = None) -> list[GPU]:
