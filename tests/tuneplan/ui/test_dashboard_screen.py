@@ -52,7 +52,7 @@ async def test_replays_a_finished_run(tmp_path, recorded_run):
         assert "util 87%" in stats and "71°C" in stats and "312 W" in stats
         assert f"loss {last['loss']:.4f}" in stats
         checkpoint = [e for e in events if e["kind"] == "checkpoint"][-1]
-        assert f"step {checkpoint['step']}: checkpoint-{checkpoint['step']}" in text_of(screen, "#checkpoints")
+        assert f"checkpoint-{checkpoint['step']}" in text_of(screen, "#checkpoints")
         assert seen and seen[-1].snapshot is s
         # a finished run has nothing to save or stop
         await pilot.press("x")

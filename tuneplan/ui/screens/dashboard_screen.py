@@ -186,7 +186,8 @@ class DashboardScreen(Screen):
         cps = Text("checkpoints\n", style="bold")
         if s.checkpoints:
             for step, path in s.checkpoints[-6:]:
-                cps.append(f"step {step}: {Path(path).name}\n")
+                name = Path(path).name
+                cps.append((name if str(step) in name else f"step {step}: {name}") + "\n")
         else:
             cps.append("none yet", style="dim")
         self.query_one("#checkpoints", Static).update(cps)
