@@ -20,6 +20,11 @@ from tuneplan.events import SAVE_REQUEST_FILE, Status, append_event, make_event,
 from tuneplan.training import distributed
 
 
+STATUS_INTERVAL_SECONDS = 1.0
+"""Least time between two per-step rewrites of status.json (phases, checkpoints and the end
+always rewrite it at once)."""
+
+
 class RunControl:
     """Flags set from signal handlers, read by the callback."""
 
@@ -45,6 +50,7 @@ class RunEventsCallback(TrainerCallback):
         self.last_log_tokens: float | None = None
         self.last_log_step: int | None = None
         self.probed = False
+        self._status_written = float("-inf")
         self.main = distributed.is_main_process()
         """Rank 0 (or one process): writes status.json and every event; other ranks only memory."""
 
@@ -54,9 +60,17 @@ class RunEventsCallback(TrainerCallback):
             return
         append_event(self.run_dir, make_event(kind, **fields))
 
-    def _write_status(self) -> None:
-        if self.main:
-            write_status(self.run_dir, self.status)
+    def _write_status(self, *, throttle: bool = False) -> None:
+        """Rewrite status.json (rank 0). `throttle`: per-step updates at most every
+        STATUS_INTERVAL_SECONDS; the events carry every step, and a status rewrite (JSON, temp
+        file, rename) was most of tuneplan's per-step overhead in bench/bench_training_overhead.py."""
+        if not self.main:
+            return
+        now = time.monotonic()
+        if throttle and now - self._status_written < STATUS_INTERVAL_SECONDS:
+            return
+        self._status_written = now
+        write_status(self.run_dir, self.status)
 
     def phase(self, phase: str, message: str | None = None) -> None:
         self.status.phase = phase
@@ -149,7 +163,7 @@ class RunEventsCallback(TrainerCallback):
             self.event("memory", step=step, **distributed.memory_fields())
         self.last_log_time, self.last_log_step, self.last_log_tokens = now, step, tokens
         self.status.step, self.status.epoch, self.status.loss = step, fields["epoch"], logs["loss"]
-        self._write_status()
+        self._write_status(throttle=True)
 
     def on_save(self, args, state, control, **kwargs):
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
