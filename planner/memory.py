@@ -183,6 +183,18 @@ def _body_targets(setup: TrainSetup):
 
 
 # -- weights ----------------------------------------------------------------------------------
+def _head_params(spec, setup: TrainSetup) -> int:
+    """Elements of a separate lm_head weight (0 when it is tied to the embeddings).
+
+    litgpt `scripts/convert_hf_checkpoint.py` (`copy_weights_hf_llama`, `copy_weights_gemma_2`):
+    `if "lm_head.weight" not in state_dict: state_dict["lm_head.weight"] =
+    state_dict["transformer.wte.weight"]`, and its GPT keeps `lm_head` and `wte` as two
+    parameters while fine-tuning: a tied checkpoint becomes two copies (`untie_embeddings`)."""
+    if spec.tie_word_embeddings and getattr(setup, "untie_embeddings", False):
+        return spec.vocab_size * spec.hidden_size
+    return spec.lm_head_params()
+
+
 def _quantized_tensor_bytes(n: int, setup: TrainSetup, storage_bytes: int) -> tuple[int, int]:
     """(packed weight bytes, quantization-constant bytes) of one 4-bit tensor of n elements.
 
@@ -203,10 +215,11 @@ def _quantized_tensor_bytes(n: int, setup: TrainSetup, storage_bytes: int) -> tu
 def _weights(spec, setup: TrainSetup, p: _Path, details: dict) -> tuple[int, int]:
     """(quantized bytes, unquantized bytes) of the frozen or trainable base weights."""
     embed = spec.embedding_params() * p.w
-    head = spec.lm_head_params() * p.w
+    head_params = _head_params(spec, setup)
+    head = head_params * p.w
     if setup.method == "qlora" and getattr(setup, "quantize_lm_head", False) and head:
         # Lightning `BitsandbytesPrecision` (litgpt) converts every nn.Linear, the head too
-        packed, consts = _quantized_tensor_bytes(spec.lm_head_params(), setup, p.w)
+        packed, consts = _quantized_tensor_bytes(head_params, setup, p.w)
         details["lm_head_4bit"] = packed + consts
         head = 0
     norms = spec.norm_params() * p.w
@@ -274,7 +287,7 @@ def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[tuple[int, 
 
     if setup.method == "full":
         add(spec.embedding_params())
-        add(spec.lm_head_params())
+        add(_head_params(spec, setup))
         memo: dict[int, list] = {}
         for layer in spec.layers:
             k = id(layer)
@@ -460,6 +473,12 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
             # turns the shared bool mask into a float bias in the query dtype for every call;
             # the memory-efficient (CUDA) / CPU flash kernel saves it for its backward
             out.saved_attn += _mask_elems(b, s, setup) * a
+    if getattr(setup, "fused_qkv", False) and nkv == nh:
+        # litgpt model.py `CausalSelfAttention.forward`: `qkv.view(B, T, groups, q_per_kv + 2,
+        # hs).permute(0, 2, 3, 1, 4).split(...)`; with one query per KV group
+        # `v.reshape(B, -1, T, hs)` is a view, not a copy, and the attention kernel saves v, so
+        # the whole fused q/k/v output stays alive (q and k are replaced by their RoPE copies)
+        out.saved_attn += T * (qd + kvd) * a
     # -- MLP -----------------------------------------------------------------------------------
     experts = [m for m in layer if getattr(m, "kind", "linear") == "expert"]
     if experts:
@@ -504,6 +523,14 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     drop_in_dtype = p.adapter if p.lora_cast else p.lora_linear
     mask_bytes = 1 if device != "cpu" else drop_in_dtype
     autocast = p.lora_linear != p.adapter
+    if getattr(setup, "lora_qkv_fused", False):
+        qkv_adapted = [m for m in lora if m.name in ("q_proj", "k_proj", "v_proj")]
+        if 0 < len(qkv_adapted) < 3:
+            # litgpt lora.py `LoRAQKVLinear.zero_pad`: with only some of q/k/v adapted, the
+            # adapter output is scattered into a zero q/k/v-sized tensor by `index_copy`, whose
+            # autograd node saves its `source` (torch derivatives.yaml `index_copy`:
+            # `expand_as(source)`): a copy of the adapted part of the q/k/v output
+            out.saved_attn += T * sum(m.out_features * m.count for m in qkv_adapted) * p.lora_linear
     for m in lora:
         if getattr(m, "kind", "linear") == "expert":
             if autocast:  # the autocast copies of the expert LoRA weights (see below)
@@ -573,7 +600,11 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         # hidden (gate/up, shared), act*up product (down)
         names = {m.name for m in layer if m.quantizable()}
         qd = nh * hd
-        out.saved_attn += T * h * a + (T * qd * a if ("o_proj" in names) else 0)
+        # the o_proj input is a view of the attention output, which the SDPA kernels already
+        # save (its (b, s, heads, dim) layout makes `y.transpose(1, 2).reshape` a view); eager
+        # attention's `reshape` of the transposed product is a copy
+        o_in = T * qd * a if ("o_proj" in names and attn == "eager") else 0
+        out.saved_attn += T * h * a + o_in
         if not experts:
             out.saved_mlp += T * h * a + T * spec.intermediate_size * a
     if setup.method == "qlora":
@@ -603,15 +634,25 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: 
     impl = _loss_impl(setup)
     head_lora = T * V * a if _head_adapted(setup) else 0  # LoRA-on-head output, added to logits
     if impl == "chunked":
-        # litgpt `chunked_cross_entropy` (lm_head_chunk_size=128): the 16-bit logits chunks
-        # stay referenced by the training loop through the backward; each chunk's
-        # cross-entropy saves its log-softmax (in the logits dtype unless upcast); the
-        # backward works chunk by chunk
-        logits = T * V * a
-        lse = T * V * (4 if getattr(setup, "loss_upcast", True) else a)
-        chunk = min(T, 128) * V * 4 * 3
+        # litgpt model.py `GPT.forward(lm_head_chunk_size=128)` returns the logits as a list of
+        # 128-position chunks; utils.py `chunked_cross_entropy` runs one cross-entropy per chunk.
+        # Lightning Fabric wrappers.py `_FabricModule.forward` ends with
+        # `precision.convert_output(output)` (plugins/precision/half.py, bitsandbytes.py:
+        # `_convert_fp_tensor(..., torch.get_default_dtype())`): the chunks are cast to fp32
+        # (`loss_upcast`) and the 16-bit ones released. The training loop keeps the list
+        # (`logits = model(...)`) through the backward; each chunk's log_softmax saves its
+        # output; the backward starts on one chunk (nll and log_softmax gradients).
+        lg = 4 if getattr(setup, "loss_upcast", True) else a
+        logits = T * V * lg
+        lse = T * V * lg
+        rows = b * min(T // max(1, b), 128)
+        chunk = rows * V * lg * 2
+        # the LoRA head's output exists per chunk only (added to that chunk's logits)
+        head_chunk = rows * V * a if head_lora else 0
+        fwd = T * V * a + (logits if lg != a else 0)  # 16-bit chunks + their fp32 copies
         details["logits"] = logits
-        return logits + lse + chunk + head_lora, 0
+        details["loss_log_softmax"] = lse
+        return max(fwd, logits + lse + chunk) + head_chunk, 0
     if impl == "transformers":
         logits = T * V * a
         # transformers loss/loss_utils.py `ForCausalLMLoss`: logits.float(); cross_entropy's
@@ -776,6 +817,8 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         # a 4-bit head (litgpt) dequantizes its whole weight in every forward/backward call
         # (bitsandbytes `MatMul4Bit`), next to the logits
         loss_peak += spec.vocab_size * h * p.w
+        if getattr(setup, "bnb_saves_input", False):
+            head_saved += T * h * a  # older `MatMul4Bit` keeps the head's input (final norm output)
     if setup.method == "full" and not setup.fused_ce:
         head_saved += T * h * a  # lm_head input saved for its weight gradient
     if p.w > a:

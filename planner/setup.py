@@ -62,13 +62,16 @@ class TrainSetup:
     """Mixed precision through autocast (accelerate `bf16`/`fp16`); False = pure 16-bit
     ("bf16-true") or fp32 steps."""
     loss_upcast: bool = True
-    """transformers' loss upcasts the logits to fp32 (`logits.float()`); False = the loss
-    runs on 16-bit logits (e.g. litgpt)."""
+    """The loss runs on fp32 logits: transformers' `logits.float()`, or (litgpt) Lightning
+    Fabric's `convert_output`, which casts every floating-point output of the module (the
+    logits chunks) to the default dtype fp32; False = the loss runs on 16-bit logits."""
     optimizer_state_dtype: str | None = None
     """dtype of torch AdamW states; None = the parameter dtype (`zeros_like(param)`)."""
     lora_qkv_fused: bool = False
     """The stack adapts q/k/v through one fused projection with one shared adapter input
-    (litgpt `LoRAQKVLinear`); peft wraps each projection separately."""
+    (litgpt `LoRAQKVLinear`); peft wraps each projection separately. When only some of q/k/v
+    are adapted, litgpt's `zero_pad` scatters the adapter output with `index_copy`, whose
+    autograd node saves its source (the adapted part of the q/k/v output)."""
     quantize_lm_head: bool = False
     """QLoRA also quantizes the lm_head (Lightning `BitsandbytesPrecision` converts every
     nn.Linear); transformers' bitsandbytes quantizer keeps it 16-bit."""
@@ -78,6 +81,14 @@ class TrainSetup:
     bnb_saves_input: bool = False
     """Older bitsandbytes (`MatMul4Bit` saving `(A, B)`): each 4-bit linear keeps its input
     for the backward; bitsandbytes 0.50 keeps only the weight."""
+    untie_embeddings: bool = False
+    """The stack keeps a separate lm_head even when the config ties it to the embeddings
+    (litgpt: `convert_hf_checkpoint` copies `transformer.wte.weight` into `lm_head.weight`
+    and its GPT never ties them while fine-tuning); our path keeps transformers' tying."""
+    fused_qkv: bool = False
+    """The stack computes q, k, v with one fused projection and slices them out of its output
+    (litgpt `CausalSelfAttention`): with as many KV heads as query heads, `v` stays a view of
+    that output, so the attention kernel saving `v` keeps the whole q/k/v output alive."""
     loss_impl: str | None = None
     """How the loss is computed; None = our path (`fused_ce` -> trl's chunked LM head, else
     transformers' loss). Others: `transformers`, `trl`, `liger`, `chunked` (litgpt: 16-bit
