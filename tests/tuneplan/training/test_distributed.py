@@ -135,3 +135,27 @@ def test_two_process_ddp_lora_run_on_cpu(tiny_model, runs_root, monkeypatch):
     follower.poll()
     rows = follower.snapshot().gpu_rows
     assert [r.rank for r in rows] == [0, 1] and all(r.step == 16 and r.rss_bytes for r in rows)
+
+
+@pytest.mark.slow
+def test_out_of_memory_on_the_ranks_replans_and_resumes(tiny_model, runs_root, monkeypatch):
+    """An OOM raised on the ranks (fault injection) ends `accelerate launch` with exit 1; the
+    supervisor still sees it (the ranks' status error), halves the micro-batch, doubles the
+    accumulation and resumes both ranks from the last checkpoint with the same effective batch."""
+    from tuneplan.services.launcher import prepare_run, start_process
+
+    monkeypatch.setenv(distributed.CPU_ENV, "1")
+    config = tiny_config(tiny_model, setup={"num_gpus": 2, "strategy": "ddp"},
+                         training={"max_steps": 8, "save_steps": 4, "logging_steps": 2},
+                         debug={"oom_at_step": 6, "oom_micro_batch_above": 2})
+    run_dir = prepare_run(config, runs_root)
+    assert start_process(run_dir, detach=False).wait(timeout=300) == 0, (run_dir / "train.log").read_text()[-3000:]
+    status = read_status(run_dir)
+    assert status.phase == "done" and status.step == 8 and status.attempt == 1
+    events = list(read_events(run_dir))
+    replans = [e for e in events if e["kind"] == "replan"]
+    assert len(replans) == 1 and replans[0]["changes"] == {"micro_batch": [4, 2], "grad_accum": [1, 2]}
+    assert replans[0]["effective_batch"] == config.effective_batch() == 8
+    assert replans[0]["resume_from"].endswith("checkpoint-4")
+    assert [e["step"] for e in events if e["kind"] == "log"] == [2, 4, 6, 8]
+    assert (run_dir / ADAPTER_DIR / "adapter_model.safetensors").exists()
