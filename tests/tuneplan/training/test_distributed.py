@@ -159,3 +159,45 @@ def test_out_of_memory_on_the_ranks_replans_and_resumes(tiny_model, runs_root, m
     assert replans[0]["resume_from"].endswith("checkpoint-4")
     assert [e["step"] for e in events if e["kind"] == "log"] == [2, 4, 6, 8]
     assert (run_dir / ADAPTER_DIR / "adapter_model.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_save_and_stop_are_agreed_by_both_ranks(tiny_model, runs_root, monkeypatch):
+    """`tuneplan save` (a file only rank 0 reads) and `tuneplan stop` (SIGTERM) reach both
+    ranks at the same step: one checkpoint with both ranks' RNG states, then `stopped`."""
+    import time
+
+    from tuneplan.services import runs
+    from tuneplan.services.launcher import prepare_run, start_process
+
+    monkeypatch.setenv(distributed.CPU_ENV, "1")
+    config = tiny_config(tiny_model, setup={"num_gpus": 2, "strategy": "ddp"},
+                         training={"max_steps": 60, "save_steps": 1000, "logging_steps": 1},
+                         debug={"step_sleep_seconds": 0.3})
+    run_dir = prepare_run(config, runs_root)
+    proc = start_process(run_dir, detach=False)
+
+    def wait_step(n):
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline:
+            status = read_status(run_dir)
+            if status is not None and status.step >= n:
+                return status.step
+            assert proc.poll() is None, (run_dir / "train.log").read_text()[-3000:]
+            time.sleep(0.2)
+        raise AssertionError("run did not reach step %d" % n)
+
+    wait_step(2)
+    runs.request_save(run_dir)
+    deadline = time.monotonic() + 120
+    while not [e for e in read_events(run_dir) if e["kind"] == "checkpoint"] and time.monotonic() < deadline:
+        time.sleep(0.2)
+    runs.request_stop(run_dir)
+    assert proc.wait(timeout=240) == 0
+    status = read_status(run_dir)
+    assert status.phase == "stopped" and status.step < 60
+    saved = [e["step"] for e in read_events(run_dir) if e["kind"] == "checkpoint"]
+    assert len(saved) == 2 and saved[-1] == status.step  # the requested save, then the one at stop
+    for step in saved:
+        ckpt = run_dir / "checkpoints" / f"checkpoint-{step}"
+        assert (ckpt / "rng_state_0.pth").exists() and (ckpt / "rng_state_1.pth").exists()
