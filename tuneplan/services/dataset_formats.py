@@ -35,6 +35,9 @@ FORMATS = tuple(FORMAT_COLUMNS)
 CHAT_FORMATS = ("messages", "sharegpt", "prompt_completion", "alpaca")
 """Formats whose loss covers completions only (by default)."""
 
+FORMAT_SAMPLE_ROWS = 1000
+"""Rows whose keys decide the format (a dataset's columns are the keys seen in them)."""
+
 ROLES = ("system", "user", "assistant")
 # ShareGPT speaker names -> chat roles (the common spellings found in published ShareGPT dumps).
 SHAREGPT_ROLES = {

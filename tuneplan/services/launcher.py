@@ -27,7 +27,7 @@ from tuneplan.errors import UserError
 from tuneplan.events import CONFIG_FILE, LOG_FILE, Status, append_event, make_event, read_status, write_status
 from tuneplan.services import paths
 from tuneplan.services.dataset_formats import (
-    detect_format, is_local_source, read_local_rows, row_to_training_example,
+    FORMAT_SAMPLE_ROWS, detect_format_of_rows, is_local_source, read_local_rows, row_to_training_example,
 )
 
 PREFLIGHT_ROWS = 10_000
@@ -84,10 +84,7 @@ def check_dataset(config: RunConfig) -> str | None:
     if not rows:
         raise UserError(f"dataset {d.source!r} has no rows; add examples or pick another file")
     if d.format == "auto":
-        seen: dict[str, None] = {}
-        for _, row in rows[:1000]:
-            seen.update(dict.fromkeys(row))
-        fmt = detect_format(seen, source=os.path.basename(d.source))
+        fmt = detect_format_of_rows([row for _, row in rows[:FORMAT_SAMPLE_ROWS]], source=os.path.basename(d.source))
     else:
         fmt = d.format
     for where, row in rows:

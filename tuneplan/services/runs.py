@@ -15,9 +15,9 @@ from pathlib import Path
 from tuneplan.config import load_config, save_config
 from tuneplan.errors import UserError
 from tuneplan.events import (
-    CONFIG_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, Status, append_event, created_at, effective_phase, last_checkpoint, make_event,
+    CONFIG_FILE, EVENTS_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, Status, append_event, created_at, effective_phase, last_checkpoint, make_event,
     pid_alive,
-    read_events, read_status, write_status,
+    read_status, write_status,
 )
 from tuneplan.services import paths
 
@@ -43,14 +43,30 @@ class RunSummary:
         return (now or time.time()) - self.created_at
 
 
+def _first_loss(run_dir: Path) -> float | None:
+    """Loss of the first `log` event, reading only as far as it (events.jsonl can be long)."""
+    import json
+
+    try:
+        with open(Path(run_dir) / EVENTS_FILE, encoding="utf-8") as f:
+            for line in f:
+                if '"log"' not in line:
+                    continue
+                try:
+                    event = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if event.get("kind") == "log" and event.get("loss") is not None:
+                    return event["loss"]
+    except FileNotFoundError:
+        pass
+    return None
+
+
 def summarize(run_dir: Path) -> RunSummary:
     run_dir = Path(run_dir)
     status = read_status(run_dir)
-    first_loss = None
-    for event in read_events(run_dir):
-        if event.get("kind") == "log" and event.get("loss") is not None:
-            first_loss = event["loss"]
-            break
+    first_loss = _first_loss(run_dir)
     st = status or Status(phase="crashed")
     return RunSummary(
         name=run_dir.name, path=run_dir, phase=effective_phase(status), step=st.step, max_steps=st.max_steps,

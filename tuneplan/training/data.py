@@ -13,7 +13,8 @@ from typing import Any
 
 from tuneplan.config import RunConfig
 from tuneplan.services.dataset_formats import (
-    DatasetFormatError, detect_format, is_local_source, read_local_rows, row_to_training_example,
+    FORMAT_SAMPLE_ROWS, DatasetFormatError, detect_format_of_rows, is_local_source, read_local_rows,
+    row_to_training_example,
 )
 
 log = logging.getLogger("tuneplan.training")
@@ -90,10 +91,7 @@ def prepare_data(config: RunConfig, tokenizer, notes: list[str]) -> PreparedData
     if not rows:
         raise DatasetFormatError(f"dataset {source!r} has no rows; add examples or pick another file")
     if config.data.format == "auto":
-        seen: dict[str, None] = {}
-        for _, row in rows[:1000]:
-            seen.update(dict.fromkeys(row))
-        fmt = detect_format(seen, source=source)
+        fmt = detect_format_of_rows([row for _, row in rows[:FORMAT_SAMPLE_ROWS]], source=source)
     else:
         fmt = config.data.format
     examples = [row_to_training_example(row, fmt, where=where) for where, row in rows]
