@@ -15,9 +15,8 @@ from pathlib import Path
 from tuneplan.config import load_config, save_config
 from tuneplan.errors import UserError
 from tuneplan.events import (
-    CONFIG_FILE, EVENTS_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, Status, append_event, created_at, effective_phase, last_checkpoint, make_event,
-    pid_alive,
-    read_status, write_status,
+    CONFIG_FILE, EVENTS_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, Status, append_event, created_at, effective_phase,
+    last_checkpoint, make_event, pid_alive, read_status, write_status,
 )
 from tuneplan.services import paths
 
