@@ -1,0 +1,54 @@
+"""`tuneplan train` flags -> run configuration (no training)."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+
+from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+from tuneplan.commands import train
+from tuneplan.errors import UserError
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    parser = argparse.ArgumentParser()
+    train.add_arguments(parser)
+    return parser.parse_args(list(argv))
+
+
+def test_flags_fix_knobs_and_hyperparameters():
+    args = _args("--model", "/m", "--dataset", "d.jsonl", "--method", "qlora", "--batch", "2", "--grad-accum", "8",
+                 "--seq-len", "1024", "--lora-r", "32", "--lora-targets", "attention", "--grad-checkpointing", "off",
+                 "--fused-ce", "on", "--optimizer", "paged-adamw-8bit", "--lr", "1e-4", "--max-steps", "50",
+                 "--allow-qlora", "--max-retries", "1", "--name", "r1")
+    config = train.build_config(args)
+    s = config.setup
+    assert (s.method, s.micro_batch, s.grad_accum, s.seq_len, s.lora_rank) == ("qlora", 2, 8, 1024, 32)
+    assert s.lora_targets == ATTENTION_TARGETS and s.grad_checkpointing is False and s.fused_ce is True
+    assert s.optimizer == "paged-adamw-8bit"
+    assert (config.training.learning_rate, config.training.max_steps) == (1e-4, 50)
+    assert config.recovery.allow_qlora and config.recovery.max_retries == 1 and config.name == "r1"
+    assert set(train._auto_knobs(args)) == {"attn", "packing", "compute_dtype"}
+
+
+def test_knobs_left_out_go_to_the_planner_and_file_knobs_stay_fixed(tmp_path):
+    assert set(train._auto_knobs(_args("--model", "m", "--dataset", "d"))) == set(train.PLANNED_KNOBS)
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nsource = "/m"\n[data]\nsource = "d.jsonl"\n[setup]\nmethod = "lora"\nmicro_batch = 4\n')
+    args = _args("--config", str(path), "--lora-targets", "q_proj,v_proj", "--attn", "auto")
+    assert "method" not in train._auto_knobs(args) and "micro_batch" not in train._auto_knobs(args)
+    assert "attn" in train._auto_knobs(args)
+    assert train.build_config(args).setup.lora_targets == ("q_proj", "v_proj")
+    assert train.build_config(_args("--config", str(path), "--lora-targets", "all-linear")).setup.lora_targets \
+        == ALL_LINEAR
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--dataset", "d.jsonl"), "no model"),
+    (("--model", "m"), "no dataset"),
+    (("--config", "a.toml", "--preset", "p"), "either --config or --preset"),
+])
+def test_missing_or_contradictory_sources(argv, message):
+    with pytest.raises(UserError, match=message):
+        train.build_config(_args(*argv))
