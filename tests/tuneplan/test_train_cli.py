@@ -147,6 +147,28 @@ def test_save_stop_resume_continue_the_step_count(tiny_model, runs_root, tmp_pat
     assert load_config(run_dir / "config.toml").setup.effective_batch() == 4
 
 
+@pytest.mark.slow
+def test_foreground_ctrl_c_checkpoints_and_stops(tiny_model, runs_root, tmp_path):
+    config = _write(tmp_path, tiny_config(tiny_model, training={"max_steps": 200, "save_steps": 1000},
+                                          debug={"step_sleep_seconds": 0.05}))
+    proc = subprocess.Popen([sys.executable, "-m", "tuneplan", "train", "--config", str(config), "--name", "fg",
+                             "--foreground"], env=_env(runs_root), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    run_dir = runs_root / "fg"
+    try:
+        wait_for(lambda: (run_dir / "status.json").exists() and read_status(run_dir).step >= 2, 120, "step 2")
+        os.killpg(proc.pid, signal.SIGINT)  # Ctrl-C: the terminal signals its whole foreground group
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, out + err
+    status = read_status(run_dir)
+    assert status.phase == "stopped" and 2 <= status.step < 200
+    assert status.last_checkpoint.endswith(f"checkpoint-{status.step}")
+    assert "stopping" in err and "[stopped]" in out
+
+
 # --- OOM recovery -----------------------------------------------------------------------------------
 
 @pytest.mark.slow
