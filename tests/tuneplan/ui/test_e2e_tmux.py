@@ -136,9 +136,8 @@ def test_wizard_launch_follow_detach_attach(tmp_path, tiny_model_dir):
         screen = term.wait(r"--max-steps 12 --lr 0.01")
         assert "--batch 2 --grad-accum 1" in screen.replace("\n", " ")
         term.send("C-l")
-        # the dashboard follows the detached run
-        screen = term.wait(r"\[training\]", timeout=60)
-        screen = term.wait(r"step ([1-9]|1[0-2])/12 .*\n(.*\n)*.*loss \d", timeout=60)
+        # the dashboard follows the detached run (on a fast, idle CPU it may already be done)
+        screen = term.wait(r"step ([1-9]|1[0-2])/12 .*\n(.*\n)*.*loss \d", timeout=75)
         first_step = int(re.search(r"step (\d+)/12", screen).group(1))
         first_loss = _loss_on_screen(screen)
         assert first_loss is not None
