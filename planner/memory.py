@@ -28,7 +28,10 @@ they are in `device_bytes` (component `optimizer_states` holds both; `details` s
 Other training stacks (used to calibrate against published measurements) are described by
 defaults-only `TrainSetup` fields: `weight_dtype`, `adapter_dtype`, `autocast`,
 `loss_upcast`, `loss_impl`, `optimizer_state_dtype`, `lora_qkv_fused`, `quantize_lm_head`,
-`repeat_kv`, `bnb_saves_input`; their defaults are our path.
+`repeat_kv`, `bnb_saves_input`, `untie_embeddings`, `fused_qkv`, `bnb_dequant_fp16`; their
+defaults are our path. The litgpt mechanisms behind them were read in litgpt's code (model.py,
+lora.py, utils.py, scripts/convert_hf_checkpoint.py), Lightning Fabric's precision plugins
+and bitsandbytes' `MatMul4Bit`; each formula names its file.
 
 What the numbers are checked against:
 - the live tensor bytes of real CPU training steps of our own trainer, every supported
@@ -613,17 +616,24 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         for m in layer:
             if not m.quantizable():
                 continue
-            w = m.in_features * m.out_features * p.w + 2 * T * m.in_features * a
+            w = _dequant_bytes(m.in_features * m.out_features, setup, p) + 2 * T * m.in_features * a
             if m.name in _ATTN_MODULES:
                 out.w_attn = max(out.w_attn, w)
             else:
                 out.w_mlp = max(out.w_mlp, w)
         biggest = max((m.in_features * m.out_features for m in layer if m.quantizable()), default=0)
-        out.dequant = biggest * p.w
+        out.dequant = _dequant_bytes(biggest, setup, p)
     # grad of the residual stream flowing through the layer
     out.w_attn += 2 * T * h * a
     out.w_mlp += 2 * T * h * a
     return out
+
+
+def _dequant_bytes(n: int, setup: TrainSetup, p: _Path) -> int:
+    """Live bytes while one 4-bit weight of n elements is dequantized for a matmul
+    (bitsandbytes `MatMul4Bit`: `dequantize_4bit(B, quant_state).to(A.dtype)`): the weight in
+    the compute dtype, plus the quant state's fp16 copy when it was quantized from fp16."""
+    return n * p.w + (2 * n if getattr(setup, "bnb_dequant_fp16", False) else 0)
 
 
 def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: dict, notes: list,
@@ -813,10 +823,18 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         mask_bytes += _mask_elems(b, s, setup) * 4
     head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
     loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
-    if "lm_head_4bit" in details and _loss_impl(setup) != "trl":
+    if "lm_head_4bit" in details and _loss_impl(setup) == "chunked":
         # a 4-bit head (litgpt) dequantizes its whole weight in every forward/backward call
-        # (bitsandbytes `MatMul4Bit`), next to the logits
-        loss_peak += spec.vocab_size * h * p.w
+        # (bitsandbytes `MatMul4Bit`). The autograd engine runs every chunk's cross-entropy
+        # backward first (they were recorded last), then the casts back to 16 bits, then the
+        # head's matmuls: by then the log-softmax outputs are released, the fp32 logits (held
+        # by the training loop) and the 16-bit logit gradients are live next to the weight
+        head_bwd = details["logits"] + T * spec.vocab_size * a + \
+            _dequant_bytes(spec.vocab_size * h, setup, p)
+        loss_peak = max(loss_peak, head_bwd)
+    elif "lm_head_4bit" in details and _loss_impl(setup) != "trl":
+        loss_peak += _dequant_bytes(spec.vocab_size * h, setup, p)  # next to the logits
+    if "lm_head_4bit" in details and _loss_impl(setup) != "trl":
         if getattr(setup, "bnb_saves_input", False):
             head_saved += T * h * a  # older `MatMul4Bit` keeps the head's input (final norm output)
     if setup.method == "full" and not setup.fused_ce:

@@ -89,6 +89,11 @@ class TrainSetup:
     """The stack computes q, k, v with one fused projection and slices them out of its output
     (litgpt `CausalSelfAttention`): with as many KV heads as query heads, `v` stays a view of
     that output, so the attention kernel saving `v` keeps the whole q/k/v output alive."""
+    bnb_dequant_fp16: bool = False
+    """The 4-bit weights were quantized from an fp16 copy (Lightning `_Linear4bit.quantize`:
+    `weight.to(torch.half)`), so their quant state dequantizes to fp16 and `MatMul4Bit` casts
+    that to the compute dtype: two weight-sized transients per dequantization. Our path
+    quantizes from the compute dtype (one transient)."""
     loss_impl: str | None = None
     """How the loss is computed; None = our path (`fused_ce` -> trl's chunked LM head, else
     transformers' loss). Others: `transformers`, `trl`, `liger`, `chunked` (litgpt: 16-bit

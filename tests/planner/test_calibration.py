@@ -5,13 +5,19 @@ names its training stack (TrainSetup fields) and the statistic it measured, so t
 compares like with like (max_memory_allocated vs reserved vs nvidia-smi; GB vs GiB). Rows
 not used are listed there with the reason.
 
-Stated tolerances (issue 3 aims at median <= 5%, none over 12%):
+Stated tolerances (issue 3 aims at median <= 5%, none over 12%), each a little above what
+the model achieves (bench/bench_memory_calibration.py prints the figures):
 - series whose stack is ours (transformers + peft: the PEFT method-comparison runs):
-  median |error| <= 5%, worst <= 12%;
-- litgpt series (litgpt's own GPT/LoRA code, bf16-true): the model underestimates them
-  (median about -12% for the 2023 A100 table, -20% for the 2024 A10G table, worst -34%);
-  the mechanism is not found yet (see the report). The test pins the current accuracy so a
-  regression shows, and checks the direction of the effects the rows show;
+  median |error| <= 5%, worst <= 12% (achieved 0.5% / 8.0%);
+- litgpt-2023 (A100, lit-gpt 8641822, bitsandbytes 0.41.1, LoRA and QLoRA): median <= 3%,
+  worst <= 4% (achieved 2.4% / 2.6%);
+- litgpt-2024 LoRA (A10G config-hub rows): median <= 2%, worst <= 4% (achieved 0.4% / 3.3%);
+- litgpt-2024 QLoRA (A10G config-hub rows): a known, unexplained under-prediction (median
+  -11.6%, worst -17.6%): every row is short by about 12-17 bytes per hidden element per token
+  per layer, q,v-only and all-linear, MHA and GQA, SDPA and eager alike, while the same
+  model's LoRA rows and the 2023 QLoRA rows fit. The mechanism is not in the litgpt, Lightning
+  and bitsandbytes code read so far (see tests/data/calibration/cases.json, `open_questions`).
+  The test pins it (median <= 13%, worst <= 19%, always under) so a regression or a fix shows;
 - out-of-memory rows: the predicted device memory exceeds the card.
 """
 
@@ -52,13 +58,21 @@ def test_our_stack_series_within_stated_tolerance(results):
         assert summary[s]["worst_abs"] <= WORST_TOLERANCE, (s, summary[s])
 
 
-def test_litgpt_series_do_not_regress(results):
+LITGPT_TOLERANCE = {  # series -> (median |error|, worst |error|), see the module docstring
+    "litgpt-2023 (A100, allocated)": (0.03, 0.04),
+    "litgpt-2024 (A10G, allocated)": (0.02, 0.04),
+    "litgpt-2024 QLoRA (A10G, allocated)": (0.13, 0.19),
+}
+
+
+def test_litgpt_series_within_stated_tolerance(results):
     summary = series_summary(results)
-    lit = [s for s in summary if s.startswith("litgpt")]
-    assert len(lit) == 2
-    for s in lit:
-        assert summary[s]["median_abs"] <= 0.22, (s, summary[s])
-        assert summary[s]["worst_abs"] <= 0.36, (s, summary[s])
+    assert {s for s in summary if s.startswith("litgpt") and "OOM" not in s} == set(LITGPT_TOLERANCE)
+    for s, (median, worst) in LITGPT_TOLERANCE.items():
+        assert summary[s]["median_abs"] <= median, (s, summary[s])
+        assert summary[s]["worst_abs"] <= worst, (s, summary[s])
+    # the open question stays visible: the 2024 QLoRA rows are all under-predicted
+    assert all(r.error < 0 for r in results if r.series == "litgpt-2024 QLoRA (A10G, allocated)")
 
 
 def test_out_of_memory_rows_are_predicted_not_to_fit(results):

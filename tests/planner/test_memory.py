@@ -191,3 +191,71 @@ def test_packed_sdpa_block_mask_is_quadratic_and_flash_avoids_it(qwen05):
     flash = estimate_memory(qwen05, replace(packed, attn="flash"))
     assert flash.components["saved_activations"] < est.components["saved_activations"]
     assert not any("block mask" in n for n in flash.notes)
+
+
+# -- other stacks' mechanisms (litgpt; used by the calibration, defaults = our path) ----------
+LITGPT = dict(compute_dtype="bfloat16", autocast=False, adapter_dtype="bfloat16", lora_dropout=0.05,
+              grad_checkpointing=False, attn="flash", packing=False, loss_impl="chunked",
+              lora_qkv_fused=True, micro_batch=2, seq_len=512, lora_rank=8, lora_targets=("q_proj", "v_proj"))
+LLAMA2_7B = dict(model_type="llama", vocab_size=32000, hidden_size=4096, intermediate_size=11008,
+                 num_hidden_layers=4, num_attention_heads=32, num_key_value_heads=32,
+                 max_position_embeddings=4096, tie_word_embeddings=False, torch_dtype="bfloat16")
+
+
+def _peak(spec, **fields):
+    return estimate_memory(spec, TrainSetup(**{**LITGPT, **fields}), padded_rows=False)
+
+
+def test_stack_fields_default_to_our_path(llama8b):
+    base = TrainSetup()
+    explicit = replace(base, untie_embeddings=False, fused_qkv=False, bnb_dequant_fp16=False)
+    assert estimate_memory(llama8b, explicit) == estimate_memory(llama8b, base)
+
+
+def test_untied_embeddings_add_one_head_copy_only_for_tied_models(qwen05, llama8b):
+    for spec in (qwen05, llama8b):
+        tied = _peak(spec)
+        untied = _peak(spec, untie_embeddings=True)
+        extra = untied.components["unquantized_weights"] - tied.components["unquantized_weights"]
+        assert extra == (spec.vocab_size * spec.hidden_size * 2 if spec.tie_word_embeddings else 0)
+    # under QLoRA with a quantized head the copy is 4-bit
+    q = _peak(qwen05, method="qlora", quantize_lm_head=True, untie_embeddings=True)
+    assert 0 < q.details["lm_head_4bit"] < qwen05.vocab_size * qwen05.hidden_size
+
+
+def test_fused_qkv_view_keeps_qkv_alive_only_with_one_query_per_kv_head(llama8b):
+    mha = spec_from_config(LLAMA2_7B, "llama-2-7b-4l")
+    T, L = 2 * 512, mha.num_layers
+    grown = _peak(mha, fused_qkv=True).components["saved_activations"] - _peak(mha).components["saved_activations"]
+    assert grown == L * T * 2 * mha.hidden_size * 2  # the q and k parts of each layer's q/k/v output (bf16)
+    # grouped-query attention copies k/v when it expands them: no view, nothing kept
+    assert _peak(llama8b, fused_qkv=True).torch_peak_bytes == _peak(llama8b).torch_peak_bytes
+
+
+def test_zero_pad_index_copy_saves_its_source_only_for_partial_qkv():
+    mha = spec_from_config(LLAMA2_7B, "llama-2-7b-4l")
+    T, L, h, r = 2 * 512, mha.num_layers, mha.hidden_size, LITGPT["lora_rank"]
+    qv = _peak(mha).components["saved_activations"]
+    qkv = _peak(mha, lora_targets=("q_proj", "k_proj", "v_proj")).components["saved_activations"]
+    # adapting k as well removes the index_copy source (q + v outputs, bf16) and adds r columns
+    # to the shared lora_A output
+    assert qv - qkv == L * T * (2 * (h + h) - 2 * r)
+    # peft's separate projections have no zero_pad
+    sep_qv = _peak(mha, lora_qkv_fused=False).components["saved_activations"]
+    sep_qkv = _peak(mha, lora_qkv_fused=False, lora_targets=("q_proj", "k_proj", "v_proj")).components["saved_activations"]
+    assert sep_qv < sep_qkv
+
+
+def test_fabric_fp32_logits_double_the_chunked_loss(llama8b):
+    bf16 = _peak(llama8b, loss_upcast=False)
+    fp32 = _peak(llama8b, loss_upcast=True)
+    assert fp32.details["logits"] == 2 * bf16.details["logits"]
+    assert fp32.torch_peak_bytes > bf16.torch_peak_bytes
+
+
+def test_fp16_quant_state_doubles_the_dequantization_transient(llama8b):
+    q = dict(method="qlora", quantize_lm_head=True, bnb_saves_input=True, optimizer="paged-adamw-32bit")
+    one = _peak(llama8b, **q)
+    two = _peak(llama8b, **q, bnb_dequant_fp16=True)
+    assert two.details["dequantized_weight"] == 2 * one.details["dequantized_weight"]
+    assert two.torch_peak_bytes >= one.torch_peak_bytes
