@@ -79,8 +79,9 @@ class TrainSetup:
     """The stack expands grouped-query k/v to every query head before attention (litgpt
     `repeat_interleave` in training); transformers' SDPA path uses native GQA when it can."""
     bnb_saves_input: bool = False
-    """Older bitsandbytes (`MatMul4Bit` saving `(A, B)`): each 4-bit linear keeps its input
-    for the backward; bitsandbytes 0.50 keeps only the weight."""
+    """Older bitsandbytes (`MatMul4Bit.forward`: `ctx.tensors = (A, B)`, before the 0.43.3
+    fix): each 4-bit linear keeps its input for the backward although no weight gradient is
+    computed; bitsandbytes 0.50 keeps only the weight."""
     untie_embeddings: bool = False
     """The stack keeps a separate lm_head even when the config ties it to the embeddings
     (litgpt: `convert_hf_checkpoint` copies `transformer.wte.weight` into `lm_head.weight`
