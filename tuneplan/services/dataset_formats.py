@@ -5,14 +5,18 @@ training process on every row. Accepted formats, each named by the columns that 
 
 | format              | columns                            | trained on                     |
 | ---                 | ---                                | ---                            |
-| `messages`          | `messages` (list of role/content)  | the last assistant turn        |
+| `messages`          | `messages` (list of role/content)  | every assistant turn (*)       |
 | `prompt_completion` | `prompt`, `completion`             | the completion                 |
 | `alpaca`            | `instruction`, `output` (+`input`) | the output                     |
-| `sharegpt`          | `conversations` (from/value)       | the last assistant turn        |
+| `sharegpt`          | `conversations` (from/value)       | every assistant turn (*)       |
 | `text`              | `text`                             | every token                    |
 
 Chat-like rows become a conversational prompt/completion pair (the prompt is every message
-before the last assistant turn), so the loss covers completions only by default.
+before the last assistant turn), so the loss covers completions only by default. (*) When a
+dataset has conversations with several assistant turns and the tokenizer's chat template can
+mark assistant spans (trl's `{% generation %}` markers, or a template trl knows how to patch),
+the training process keeps whole conversations (`row_to_conversation`) and trains on every
+assistant turn; otherwise only the last assistant turn is trained, and the run log says so.
 """
 
 from __future__ import annotations
@@ -150,6 +154,21 @@ def row_to_training_example(row: Mapping[str, Any], fmt: str, *, where: str = "r
     if last == 0:
         raise DatasetFormatError(f"{where}: the conversation starts with the assistant turn (no prompt before it)")
     return {"prompt": messages[:last], "completion": [messages[last]]}
+
+
+def row_to_conversation(row: Mapping[str, Any], fmt: str, *, where: str = "row") -> dict[str, Any]:
+    """A chat-like row as a whole conversation, `{"messages": [...]}` (trl's conversational
+    language-modelling shape, for assistant-only loss on every assistant turn)."""
+    example = row_to_training_example(row, fmt, where=where)  # validates: an assistant turn after a prompt
+    messages = row_to_messages(row, fmt, where=where)
+    assert messages is not None and "prompt" in example
+    return {"messages": messages}
+
+
+def assistant_turns(row: Mapping[str, Any], fmt: str) -> int:
+    """Assistant turns in a chat-like row (0 for `text`)."""
+    messages = row_to_messages(row, fmt) if fmt != "text" else None
+    return sum(1 for m in messages or () if m["role"] == "assistant")
 
 
 def preview_rows(rows: Sequence[Mapping[str, Any]], *, source: str = "dataset", limit: int = 3) -> tuple[str, list[list[Message]]]:

@@ -13,8 +13,8 @@ from typing import Any
 
 from tuneplan.config import RunConfig
 from tuneplan.services.dataset_formats import (
-    FORMAT_SAMPLE_ROWS, DatasetFormatError, detect_format_of_rows, is_local_source, read_local_rows,
-    row_to_training_example,
+    FORMAT_SAMPLE_ROWS, DatasetFormatError, assistant_turns, detect_format_of_rows, is_local_source,
+    read_local_rows, row_to_conversation, row_to_training_example,
 )
 
 log = logging.getLogger("tuneplan.training")
@@ -26,7 +26,8 @@ FALLBACK_CHAT_TEMPLATE = (
     "{% for message in messages %}"
     "{% if message['role'] == 'system' %}{{ message['content'] + '\n\n' }}"
     "{% elif message['role'] == 'user' %}{{ '### User:\n' + message['content'] + '\n\n' }}"
-    "{% else %}{{ '### Assistant:\n' + message['content'] + eos_token + '\n\n' }}{% endif %}"
+    "{% else %}{{ '### Assistant:\n' }}{% generation %}{{ message['content'] + eos_token }}{% endgeneration %}"
+    "{{ '\n\n' }}{% endif %}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '### Assistant:\n' }}{% endif %}"
 )
@@ -44,6 +45,10 @@ class PreparedData:
     """Rows used (train + eval) after dropping over-long ones."""
     dropped_too_long: int
     truncated: int
+    multi_turn: int = 0
+    """Rows with more than one assistant turn."""
+    every_turn: bool = False
+    """Whether rows are whole conversations trained on every assistant turn (else prompt/completion)."""
 
 
 def _raw_rows(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
@@ -73,10 +78,24 @@ def ensure_chat_template(tokenizer, notes: list[str]) -> None:
                  f"'{FALLBACK_TEMPLATE_NAME}' (### User / ### Assistant headers)")
 
 
+def can_mask_assistant_turns(tokenizer) -> bool:
+    """Whether trl can train on every assistant turn with this tokenizer's chat template: the
+    template has `{% generation %}` markers or trl ships a patched training version of it
+    (`trl.chat_template_utils.get_training_chat_template`)."""
+    from trl.chat_template_utils import get_training_chat_template
+
+    try:
+        get_training_chat_template(tokenizer)
+    except Exception:  # trl raises for templates it does not know
+        return False
+    return True
+
+
 def _length(tokenizer, example: dict[str, Any]) -> int:
     if "text" in example:
         return len(tokenizer(example["text"]).input_ids) + 1  # + eos appended by trl
-    ids = tokenizer.apply_chat_template(example["prompt"] + example["completion"], tokenize=True)
+    messages = example["messages"] if "messages" in example else example["prompt"] + example["completion"]
+    ids = tokenizer.apply_chat_template(messages, tokenize=True)
     if isinstance(ids, dict) or hasattr(ids, "keys"):
         ids = ids["input_ids"]
     return len(ids)
@@ -95,8 +114,20 @@ def prepare_data(config: RunConfig, tokenizer, notes: list[str]) -> PreparedData
     else:
         fmt = config.data.format
     examples = [row_to_training_example(row, fmt, where=where) for where, row in rows]
+    multi_turn = every_turn = 0
     if fmt != "text":
         ensure_chat_template(tokenizer, notes)
+        multi_turn = sum(1 for _, row in rows if assistant_turns(row, fmt) > 1)
+        if multi_turn and config.data.completion_only_loss:
+            if can_mask_assistant_turns(tokenizer):
+                every_turn = True
+                examples = [row_to_conversation(row, fmt, where=where) for where, row in rows]
+                notes.append(f"{multi_turn} conversation(s) with several assistant turns: training on every "
+                             "assistant turn (assistant-only loss)")
+            else:
+                notes.append(f"{multi_turn} conversation(s) with several assistant turns: the chat template cannot "
+                             "mark assistant turns for trl, so only the LAST assistant turn of each is trained "
+                             "(earlier turns are context)")
 
     limit = config.setup.seq_len
     lengths = [_length(tokenizer, ex) for ex in examples]
@@ -121,4 +152,5 @@ def prepare_data(config: RunConfig, tokenizer, notes: list[str]) -> PreparedData
         split = ds.train_test_split(test_size=n_eval, seed=config.training.seed, shuffle=True)
         ds, eval_ds = split["train"], split["test"]
     return PreparedData(train=ds, eval=eval_ds, format=fmt, examples=len(examples),
-                        dropped_too_long=dropped, truncated=truncated)
+                        dropped_too_long=dropped, truncated=truncated, multi_turn=multi_turn,
+                        every_turn=bool(every_turn))

@@ -28,7 +28,9 @@ trainer. The planner (`planner/memory.py`) predicts exactly this path and
      the path the planner's `logits_fp32` terms model.
    Completion-only loss: chat and prompt/completion data become conversational
    prompt/completion rows (`tuneplan.services.dataset_formats`), so trl masks the prompt
-   (`completion_only_loss`) unless `data.completion_only_loss` is false.
+   (`completion_only_loss`) unless `data.completion_only_loss` is false. Datasets with
+   multi-turn conversations whose template can mark assistant spans stay whole
+   conversations (`messages` rows) trained with `assistant_only_loss` (every assistant turn).
 
 Known library behaviour (not ours, documented in docs/training-path.md by modeling.py's
 owner): trl casts the trainable parameters of a 4-bit model to bf16 in `__init__`.
@@ -54,7 +56,7 @@ OPTIMIZERS = {
 
 
 def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval: bool = False,
-               completion_only: bool | None = None):
+               completion_only: bool | None = None, assistant_only: bool = False):
     """The `trl.SFTConfig` for a run (contract step 4). `output_dir=None` -> no checkpoints
     (a temporary folder is used for trl's bookkeeping)."""
     from trl import SFTConfig
@@ -84,6 +86,7 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         optim=OPTIMIZERS[s.optimizer],
         # loss
         completion_only_loss=completion_only,
+        assistant_only_loss=assistant_only,
         # hyperparameters
         learning_rate=t.learning_rate,
         lr_scheduler_type=t.lr_scheduler,
@@ -171,8 +174,10 @@ def build_trainer(run_config: RunConfig, model, tokenizer, train_ds, eval_ds=Non
     columns = set(train_ds.column_names)
     chat = "prompt" in columns and "completion" in columns
     completion_only = run_config.data.completion_only_loss if chat else None
+    # whole conversations (`messages` rows, see training/data.py): loss on every assistant turn
+    assistant_only = "messages" in columns and run_config.data.completion_only_loss
     args = sft_config(run_config, output_dir=output_dir, has_eval=eval_ds is not None and len(eval_ds) > 0,
-                      completion_only=completion_only)
+                      completion_only=completion_only, assistant_only=assistant_only)
     cls = _trainer_class()
     trainer = cls(
         model=model,

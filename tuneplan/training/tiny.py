@@ -18,9 +18,12 @@ SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<|system|>", "<|user|>", "<|assistant
 # A plain chat template: each turn is `<|role|>\n content </s>\n`; a generation prompt opens
 # the assistant turn. trl's prompt/completion tokenization relies on the prompt rendering
 # being a prefix of the full conversation, which this template keeps.
+# The `{% generation %}` markers let trl train on every assistant turn of a conversation.
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
-    "{{ '<|' + message['role'] + '|>\n' + message['content'] + '</s>\n' }}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['role'] == 'assistant' %}{% generation %}{{ message['content'] + '</s>' }}{% endgeneration %}"
+    "{% else %}{{ message['content'] + '</s>' }}{% endif %}{{ '\n' }}"
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|assistant|>\n' }}{% endif %}"
 )

@@ -98,3 +98,53 @@ def test_base_tokenizer_without_template_gets_the_named_fallback(tiny_model):
     text = tok.apply_chat_template([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"}],
                                    tokenize=False)
     assert text == "### User:\nhi\n\n### Assistant:\nyo</s>\n\n" and FALLBACK_TEMPLATE_NAME in notes[0]
+
+
+def _multi_turn_config(tiny_model, tmp_path):
+    import json
+    from dataclasses import replace
+
+    from tests.tuneplan.training.conftest import tiny_config
+
+    turns = [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5"},
+             {"role": "user", "content": "Double 4."}, {"role": "assistant", "content": "8"}]
+    path = tmp_path / "multi.jsonl"
+    path.write_text("".join(json.dumps({"messages": turns}) + "\n" for _ in range(8)))
+    config = tiny_config(tiny_model)
+    return replace(config, data=replace(config.data, source=str(path), eval_fraction=0.0))
+
+
+def _trained_text(config, tokenizer, data):
+    from tuneplan.training.modeling import load_for_training
+    from tuneplan.training.sft import build_trainer
+
+    model, _, _ = load_for_training(config.model.source, config.setup, device="cpu")
+    example = build_trainer(config, model, tokenizer, data.train, None, []).train_dataset[0]
+    return tokenizer.decode([i for i, label in zip(example["input_ids"], example["labels"]) if label != -100])
+
+
+def test_multi_turn_conversations_train_every_assistant_turn(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tuneplan.training.data import prepare_data
+
+    config = _multi_turn_config(tiny_model, tmp_path)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    notes: list[str] = []
+    data = prepare_data(config, tok, notes)
+    assert data.every_turn and data.multi_turn == 8 and "every assistant turn" in notes[-1]
+    assert _trained_text(config, tok, data) == "5</s>8</s>"
+
+
+def test_multi_turn_without_assistant_markers_trains_the_last_turn_and_says_so(tiny_model, tmp_path):
+    from transformers import AutoTokenizer
+
+    from tuneplan.training.data import prepare_data
+
+    config = _multi_turn_config(tiny_model, tmp_path)
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    tok.chat_template = tok.chat_template.replace("{% generation %}", "").replace("{% endgeneration %}", "")
+    notes: list[str] = []
+    data = prepare_data(config, tok, notes)
+    assert not data.every_turn and "only the LAST assistant turn" in notes[-1]
+    assert _trained_text(config, tok, data) == "8</s>\n"  # the completion: the last turn as rendered
