@@ -23,7 +23,8 @@ Every event has `kind` and `time` (unix seconds). Kinds:
   `rss_bytes` (CPU); written by each rank itself (`tuneplan/training/distributed.py`)
 - `checkpoint`: `step`, `path`
 - `data`: dataset facts: `examples`, `dropped_too_long`, `truncated`, `format`,
-  `train_examples`, `eval_examples`
+  `train_examples`, `eval_examples`, `multi_turn` (conversations with several assistant
+  turns), `every_assistant_turn` (whether all of them are trained, else the last one)
 - `replan`: OOM recovery: `attempt`, `reason`, `changes` (knob -> [old, new]),
   `effective_batch` (unchanged by design), `resume_from` (checkpoint path or null)
 - `message`: free text for the log tail: `level`, `text`

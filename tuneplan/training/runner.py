@@ -175,7 +175,8 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
         for note in notes:
             _event(run_dir, "message", level="info", text=note)
         _event(run_dir, "data", examples=data.examples, dropped_too_long=data.dropped_too_long,
-               truncated=data.truncated, format=data.format, train_examples=len(data.train),
+               truncated=data.truncated, format=data.format, multi_turn=data.multi_turn,
+               every_assistant_turn=data.every_turn, train_examples=len(data.train),
                eval_examples=len(data.eval) if data.eval is not None else 0)
         trainer = build_trainer(config, model, tokenizer, data.train, data.eval, [callback],
                                 output_dir=str(run_dir / CHECKPOINTS_DIR))
