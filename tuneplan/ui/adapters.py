@@ -216,7 +216,8 @@ class RunsAdapter:
         return dump_config(config)
 
     def train_command(self, config: Any) -> str:
-        """The `tuneplan train` command line that launches the same run."""
+        """The `tuneplan train` command line that launches the same run: every knob the
+        planner would choose is given, so it runs as is without planning again."""
         import shlex
 
         from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
@@ -229,9 +230,11 @@ class RunsAdapter:
                  "--method", s.method, "--seq-len", str(s.seq_len), "--batch", str(s.micro_batch),
                  "--grad-accum", str(s.grad_accum)]
         if s.method != "full":
-            parts += ["--lora-r", str(s.lora_rank), "--lora-alpha", str(s.lora_alpha), "--lora-targets", targets]
+            parts += ["--lora-r", str(s.lora_rank), "--lora-alpha", str(s.lora_alpha),
+                      "--lora-dropout", f"{s.lora_dropout:g}", "--lora-targets", targets]
         parts += ["--grad-checkpointing", "on" if s.grad_checkpointing else "off", "--optimizer", s.optimizer,
-                  "--attn", s.attn, "--fused-ce", "on" if s.fused_ce else "off", "--compute-dtype", s.compute_dtype]
+                  "--attn", s.attn, "--fused-ce", "on" if s.fused_ce else "off",
+                  "--packing", "on" if s.packing else "off", "--compute-dtype", s.compute_dtype]
         if s.method == "qlora":
             parts += ["--quant-type", s.quant_type]
         if t.max_steps is not None:

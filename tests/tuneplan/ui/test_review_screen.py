@@ -17,7 +17,6 @@ from tuneplan.ui.target import dry_run_target
 
 from ui_helpers import make_services, wait_for
 
-pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
 def _plan(tmp_path):
@@ -31,6 +30,7 @@ def _plan(tmp_path):
     return PlanningAdapter().plan(model, dry_run_target("4GiB"), dataset, {}), dataset, data
 
 
+@pytest.mark.asyncio
 async def test_shows_config_and_command_and_saves_a_preset(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEPLAN_PRESETS_DIR", str(tmp_path / "presets"))
     plan, dataset, _ = _plan(tmp_path)
@@ -59,6 +59,7 @@ async def test_shows_config_and_command_and_saves_a_preset(tmp_path, monkeypatch
         assert path.read_text() == before
 
 
+@pytest.mark.asyncio
 async def test_launch_error_is_one_red_line_and_no_run_is_left(tmp_path):
     plan, dataset, data = _plan(tmp_path)
     app = create_app(make_services(tmp_path))
@@ -73,3 +74,21 @@ async def test_launch_error_is_one_red_line_and_no_run_is_left(tmp_path):
         assert "data.jsonl" in warning and isinstance(app.screen, ReviewScreen)
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+def test_equivalent_command_fixes_every_knob_the_planner_would_choose(tmp_path):
+    """The review's command line, read by the real `tuneplan train` parser, gives the same
+    setup and leaves nothing to plan (so it runs as is, even without a GPU to plan for)."""
+    import shlex
+
+    from tuneplan.cli import build_parser
+    from tuneplan.commands import train
+    from tuneplan.ui.adapters import RunsAdapter
+
+    plan, dataset, _ = _plan(tmp_path)
+    runs = RunsAdapter(tmp_path / "runs")
+    for config in (runs.build_config(plan, dataset, max_steps=5), runs.build_config(plan, dataset, on_cpu=True)):
+        args = build_parser().parse_args(shlex.split(runs.train_command(config))[1:])
+        assert train._auto_knobs(args) == []
+        for knob, value in train._setup_changes(args).items():
+            assert getattr(config.setup, knob) == value, knob
