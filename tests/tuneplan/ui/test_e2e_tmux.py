@@ -129,11 +129,11 @@ def test_wizard_launch_follow_detach_attach(tmp_path, tiny_model_dir):
         # 5 review: 12 steps at a learning rate that shows the loss falling, then launch
         term.wait(r"> max steps:")
         term.type("12")
-        term.wait(r"--max-steps 12 ")
+        term.wait(r"--max-steps\s+12\s")  # the command wraps at 80 columns
         term.send("Tab")
         term.wait(r"> learning rate:")
         term.type("0.01")
-        screen = term.wait(r"--max-steps 12 --lr 0.01")
+        screen = term.wait(r"--max-steps\s+12\s+--lr\s+0\.01\b")
         assert "--batch 2 --grad-accum 1" in screen.replace("\n", " ")
         term.send("C-l")
         # the dashboard follows the detached run (on a fast, idle CPU it may already be done)
