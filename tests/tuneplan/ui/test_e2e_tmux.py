@@ -142,8 +142,8 @@ def test_wizard_launch_follow_detach_attach(tmp_path, tiny_model_dir):
         first_loss = _loss_on_screen(screen)
         assert first_loss is not None
         term.send("d")
-        screen = term.wait(r"Detached from (\S+)")
-        run_name = re.search(r"Reattach: tuneplan attach (\S+)", screen.replace("\n", "")).group(1)
+        screen = term.wait(r"Detached from [^\s;]+;")
+        run_name = re.search(r"Detached from ([^\s;]+);", screen).group(1)
         run_dir = tmp_path / "runs" / run_name
         assert (run_dir / ev.EVENTS_FILE).is_file()
         # the run goes on without the dashboard; reattach from "another login"
