@@ -30,7 +30,7 @@ class TuneplanApp(App):
 
     TITLE = "tuneplan"
     ENABLE_COMMAND_PALETTE = False
-    BINDINGS = [Binding("ctrl+c", "quit", "Quit", show=False, priority=True)]
+    BINDINGS = [Binding("ctrl+c", "interrupt", "Quit", show=False, priority=True)]
 
     def __init__(self, services: ServiceBundle, *, run_dir: Path | None = None,
                  dry_run: bool = False) -> None:
@@ -49,6 +49,14 @@ class TuneplanApp(App):
             from tuneplan.ui.screens.hardware_screen import HardwareScreen
 
             self.push_screen(HardwareScreen(dry_run=self.dry_run))
+
+    def action_interrupt(self) -> None:
+        """Ctrl+C leaves the app; on a dashboard it detaches (the run goes on, and says so)."""
+        detach = getattr(self.screen, "action_detach", None)
+        if detach is not None:
+            detach()
+        else:
+            self.exit()
 
     # -- routing: each step's message opens the next step --------------------------------
     def on_target_chosen(self, message: TargetChosen) -> None:

@@ -60,7 +60,7 @@ async def test_replays_a_finished_run(tmp_path, recorded_run):
         await pilot.press("question_mark")
         assert isinstance(app.screen, HelpDialog)
         await pilot.press("escape")
-        await pilot.press("d")
+        await pilot.press("ctrl+c")  # the reflex over SSH detaches too
     assert app.return_value == ("detached", run_dir)
 
 
