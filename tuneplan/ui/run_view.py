@@ -132,6 +132,8 @@ class RunSnapshot:
     version: int
     summary: str = ""
     """One line from the run's config.toml: model, method and the main knobs."""
+    replans: tuple[str, ...] = ()
+    """OOM re-plans so far, each as one line (`replan` events)."""
     gpu_rows: tuple[GpuRow, ...] = ()
     """Several GPUs: one row per rank from its latest `memory` event, rank order (multi-GPU)."""
     """Bumped on every change, so a renderer can skip identical snapshots."""
@@ -214,6 +216,7 @@ class RunView:
     pids: tuple[int, ...] = ()
     status_log_tail: tuple[str, ...] = ()
     checkpoints: list[tuple[int, str]] = field(default_factory=list)
+    replans: list[str] = field(default_factory=list)
     loss_series: _Series = field(default_factory=_Series)
     smooth_series: _Series = field(default_factory=_Series)
     _ema: float | None = None
@@ -264,6 +267,11 @@ class RunView:
                 rank=e["rank"], device=str(e.get("device", "?")), step=e.get("step"),
                 allocated_peak_bytes=e.get("torch_allocated_peak_bytes"),
                 reserved_peak_bytes=e.get("torch_reserved_peak_bytes"), rss_bytes=e.get("rss_bytes"))
+        elif kind == "replan":
+            line = _fmt_event(e)
+            if line:
+                self.replans.append(line)
+                del self.replans[:-10]
         elif kind == "memory_probe":
             if isinstance(e.get("predicted_torch_peak_bytes"), int):
                 self.predicted_peak_bytes = e["predicted_torch_peak_bytes"]
@@ -386,6 +394,6 @@ class RunFollower:
             lr_series=v.lr_series.copy(), predicted_peak_bytes=v.predicted_peak_bytes,
             measured_peak_bytes=v.measured_peak_bytes, checkpoints=tuple(v.checkpoints),
             event_lines=tuple(v.event_lines), log_lines=log_lines, error=v.error,
-            pids=v.pids, version=self.version, summary=self.summary,
+            pids=v.pids, version=self.version, summary=self.summary, replans=tuple(v.replans),
             gpu_rows=tuple(v.gpu_memory[r] for r in sorted(v.gpu_memory)),
         )

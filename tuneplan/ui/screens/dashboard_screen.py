@@ -156,6 +156,8 @@ class DashboardScreen(Screen):
                        "stopped": "bold yellow"}.get(s.phase, "bold")
         title = Text(f" {s.name}  ", style="bold")
         title.append(f"[{s.phase}]", style=phase_style)
+        if s.replans:
+            title.append(f" re-planned x{len(s.replans)}", style="bold yellow")
         if s.summary:
             title.append(f"  {s.summary}")
         elif s.phase_message and not s.crashed:
