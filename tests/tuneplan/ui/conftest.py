@@ -7,12 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from ui_helpers import RUNS, make_services
-
-
-@pytest.fixture
-def services(tmp_path):
-    return make_services(tmp_path)
+from ui_helpers import RUNS
 
 
 @pytest.fixture
