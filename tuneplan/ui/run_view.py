@@ -130,13 +130,13 @@ class RunSnapshot:
     error: str | None
     pids: tuple[int, ...]
     version: int
+    """Bumped on every change, so a renderer can skip identical snapshots."""
     summary: str = ""
     """One line from the run's config.toml: model, method and the main knobs."""
     replans: tuple[str, ...] = ()
     """OOM re-plans so far, each as one line (`replan` events)."""
     gpu_rows: tuple[GpuRow, ...] = ()
     """Several GPUs: one row per rank from its latest `memory` event, rank order (multi-GPU)."""
-    """Bumped on every change, so a renderer can skip identical snapshots."""
 
     @property
     def finished(self) -> bool:

@@ -122,3 +122,22 @@ async def test_save_now_and_stop_with_confirmation(tmp_path):
             assert child.wait(timeout=10) is not None  # SIGTERM reached the run's process
     finally:
         child.kill()
+
+
+async def test_multi_gpu_run_shows_a_row_per_rank(tmp_path, recorded_run):
+    """A recorded two-process DDP run (gloo on the CPU): every rank's memory is shown."""
+    run_dir = recorded_run("tiny-ddp")
+    events, _ = _recorded("tiny-ddp")
+    last = {}
+    for e in events:
+        if e["kind"] == "memory":
+            last[e["rank"]] = e
+    assert sorted(last) == [0, 1]
+    app = create_app(make_services(tmp_path), run_dir=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.snapshot is not None)
+        assert [r.rank for r in screen.snapshot.gpu_rows] == [0, 1]
+        stats = text_of(screen, "#stats")
+        for rank, e in last.items():
+            assert f"{rank}:cpu {e['rss_bytes'] / 2**30:.1f} GiB rss" in stats

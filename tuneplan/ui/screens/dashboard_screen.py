@@ -250,8 +250,22 @@ class DashboardScreen(Screen):
             t.append(f"  ({err:+.1%})")
         elif s.measured_peak_bytes is None:
             t.append("  (measured on CUDA runs after step 2)", style="dim")
+        if len(s.gpu_rows) > 1:
+            t.append("\n")
+            t.append_text(self._ranks_text(s))
         t.no_wrap = True
         t.overflow = "ellipsis"
+        return t
+
+    @staticmethod
+    def _ranks_text(s: RunSnapshot) -> Text:
+        """One compact entry per rank of a multi-GPU run: its peak allocated memory on CUDA,
+        or the process's resident memory on the CPU (from each rank's `memory` events)."""
+        t = Text("ranks", style="bold")
+        for row in s.gpu_rows:
+            peak = row.allocated_peak_bytes if row.allocated_peak_bytes is not None else row.rss_bytes
+            what = "" if row.allocated_peak_bytes is not None else " rss"
+            t.append(f"  {row.rank}:{row.device} {gib(peak, 1)}{what}")
         return t
 
     def _gpu_text(self) -> Text:
