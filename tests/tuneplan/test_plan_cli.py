@@ -10,6 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from fake_nvml import FakeNVML, NVMLError, gpu_device
 from tuneplan import cli
 from tuneplan.services import gpu as gpu_service
 
@@ -28,49 +29,12 @@ def run_json(capsys, *argv):
     return code, json.loads(out), err
 
 
-class _NoDriver(Exception):
-    pass
-
-
-class FakeNVML:
-    """pynvml's functions over a list of (name, total MiB, used MiB, compute capability)."""
-
-    def __init__(self, devices, fail=False):
-        self.devices, self.fail = devices, fail
-
-    def nvmlInit(self):
-        if self.fail:
-            raise _NoDriver("NVML Shared Library Not Found")
-
-    def nvmlDeviceGetCount(self):
-        return len(self.devices)
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return self.devices[i]
-
-    def nvmlDeviceGetName(self, h):
-        return h[0]
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        return SimpleNamespace(total=h[1] * MiB, used=h[2] * MiB, free=(h[1] - h[2]) * MiB)
-
-    def nvmlDeviceGetCudaComputeCapability(self, h):
-        return h[3]
-
-    def nvmlSystemGetDriverVersion(self):
-        return "550.54"
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h):
-        return []
-
-    def nvmlDeviceGetUUID(self, h):
-        return "GPU-0"
-
-
 @pytest.fixture
 def nvml(monkeypatch):
     def install(devices, fail=False):
-        monkeypatch.setattr(gpu_service, "_default", gpu_service.GpuProbe(nvml=FakeNVML(devices, fail)))
+        monkeypatch.setattr(gpu_service, "_default", gpu_service.GpuProbe(nvml=FakeNVML(
+            [gpu_device(*d) for d in devices],
+            init_error=NVMLError("NVML Shared Library Not Found") if fail else None)))
     return install
 
 

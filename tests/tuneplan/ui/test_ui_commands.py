@@ -50,7 +50,7 @@ def test_serve_without_textual_serve_says_what_to_install(capsys):
 def test_the_ui_process_never_imports_torch():
     probe = (
         "import asyncio, sys\n"
-        "sys.path.insert(0, 'tests/tuneplan/ui')\n"
+        "sys.path[:0] = ['tests/tuneplan/ui', 'tests']\n"
         "from pathlib import Path\n"
         "from ui_helpers import make_services, wait_for\n"
         "from tuneplan.ui.app import create_app\n"

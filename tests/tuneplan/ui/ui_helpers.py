@@ -6,78 +6,21 @@ import time
 from pathlib import Path
 from types import SimpleNamespace
 
+from fake_nvml import FakeNVML, MiB, NVMLError, gpu_device  # noqa: F401 (re-exported to the UI tests)
 from tuneplan.services.gpu import GpuProbe
 from tuneplan.ui.adapters import ModelsAdapter, PlanningAdapter, RunsAdapter
 from tuneplan.ui.services import ServiceBundle
 
 DATA = Path(__file__).resolve().parents[2] / "data"
 RUNS = DATA / "runs"
-MiB = 1024**2
 
 
-class FakeNVML:
-    """The pynvml functions GpuProbe calls, over fake devices (dicts)."""
-
-    NVML_TEMPERATURE_GPU = 0
-
-    def __init__(self, devices=(), init_error: Exception | None = None):
-        self.devices = list(devices)
-        self.init_error = init_error
-
-    def nvmlInit(self):
-        if self.init_error:
-            raise self.init_error
-
-    def nvmlShutdown(self):
-        pass
-
-    def nvmlDeviceGetCount(self):
-        return len(self.devices)
-
-    def nvmlDeviceGetHandleByIndex(self, i):
-        return self.devices[i]
-
-    def nvmlDeviceGetName(self, h):
-        return h["name"]
-
-    def nvmlDeviceGetMemoryInfo(self, h):
-        return SimpleNamespace(total=h["total"], free=h["total"] - h["used"], used=h["used"])
-
-    def nvmlDeviceGetCudaComputeCapability(self, h):
-        return h.get("cc", (8, 9))
-
-    def nvmlSystemGetDriverVersion(self):
-        return "550.54.15"
-
-    def nvmlSystemGetCudaDriverVersion_v2(self):
-        return 12040
-
-    def nvmlDeviceGetComputeRunningProcesses(self, h):
-        return [SimpleNamespace(pid=pid, usedGpuMemory=b) for pid, b in h.get("procs", [])]
-
-    def nvmlDeviceGetUUID(self, h):
-        return "GPU-fake"
-
-    def nvmlDeviceGetUtilizationRates(self, h):
-        return SimpleNamespace(gpu=87, memory=40)
-
-    def nvmlDeviceGetTemperature(self, h, sensor):
-        return 71
-
-    def nvmlDeviceGetPowerUsage(self, h):
-        return 312_500
-
-    def nvmlDeviceGetEnforcedPowerLimit(self, h):
-        return 450_000
-
-
-class NVMLError_DriverNotLoaded(Exception):
+class NVMLError_DriverNotLoaded(NVMLError):
     pass
 
 
 def rtx_4090(used_mib=600, procs=((4242, 500 * MiB),)):
-    return {"name": "NVIDIA GeForce RTX 4090", "total": 24564 * MiB, "used": used_mib * MiB,
-            "cc": (8, 9), "procs": list(procs)}
+    return gpu_device("NVIDIA GeForce RTX 4090", 24564, used_mib=used_mib, procs=procs)
 
 
 class FakeHub:
