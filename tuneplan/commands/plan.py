@@ -358,18 +358,11 @@ def render(outcome) -> str:
             out.append(f"Cost      {'<$0.01' if 0 < r.cost < 0.005 else f'${r.cost:,.2f}'} at ${r.price_per_hour:.2f}/GPU-hour "
                        f"(typical price as of {PRICES_AS_OF}; --price to override)")
     out.append("")
-    if r.reasons:
-        out.append("Why")
-        out += [f"  - {x}" for x in r.reasons]
-    if r.suggestions:
-        out.append("What would make it fit")
-        out += [f"  - {x}" for x in r.suggestions]
-    if r.warnings:
-        out.append("Warnings")
-        out += [f"  ! {x}" for x in r.warnings]
-    if outcome.notes:
-        out.append("Notes")
-        out += [f"  - {x}" for x in outcome.notes]
+    for title, items, mark in (("Why", r.reasons, "-"), ("What would make it fit", r.suggestions, "-"),
+                               ("Warnings", r.warnings, "!"), ("Notes", outcome.notes, "-")):
+        if items:
+            out.append(title)
+            out += [f"  {mark} {x}" for x in items]
     if r.alternatives:
         out.append("")
         out.append("Alternatives that also fit")
