@@ -30,6 +30,11 @@ from dataclasses import dataclass
 GiB = 1024**3
 MiB = 1024**2
 
+
+def format_gib(n: float | None, digits: int = 1) -> str:
+    """Bytes as `12.3 GiB` (binary gigabytes), `-` for unknown (None)."""
+    return "-" if n is None else f"{n / GiB:.{digits}f} GiB"
+
 PRICES_AS_OF = "2025-06"
 """When the catalog's `price_per_hour` figures were read (year-month)."""
 

@@ -784,10 +784,6 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         notes.append("paged optimizer buffers live in CUDA unified memory: counted on the card (nvidia-smi), "
                      "not in torch's max_memory_allocated; under memory pressure they page to the host.")
     static = quantized + unquantized + adapters + opt_torch
-    if setup.grad_accum > 1:
-        static_grads_fwd = grads  # accumulated grads exist during the next forward
-    else:
-        static_grads_fwd = 0
 
     attn = _attention_kind(spec, setup, notes)
     # a 4-D mask exists for trl's padding-free packing (block-diagonal) and for padded

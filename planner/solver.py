@@ -29,7 +29,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from planner.gpus import GPU, GiB, bigger_cards
+from planner.gpus import GPU, bigger_cards
+from planner.gpus import format_gib as _gib
 from planner.parallel import estimate_parallel_memory
 from planner.setup import MemoryEstimate, TrainSetup
 from planner.spec import ModelSpec
@@ -565,14 +566,9 @@ def _pick(fitting: list[Candidate], methods: list[str], constraints: Constraints
     return best(no_ck or ck)
 
 
-def _gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB"
-
-
 def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, reasons, spec, budget, usable, search):
     s = choice.setup
     m = choice.memory
-    fits_methods = {c.setup.method for c in fitting}
     if constraints.method != "auto":
         reasons.append(f"{_METHOD_NAMES[s.method]} as asked.")
     elif s.method == "full":

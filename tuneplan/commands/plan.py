@@ -238,8 +238,10 @@ _LABELS = {
 }
 
 
-def _gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB"
+def _gib(n: float | None) -> str:
+    from planner.gpus import format_gib  # deferred, like every import here: --help stays light
+
+    return format_gib(n)
 
 
 def _bar(n: float, capacity: float, width: int = BAR) -> str:

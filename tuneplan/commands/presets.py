@@ -41,10 +41,6 @@ def run(args: argparse.Namespace) -> int:
     return {"list": _list, "show": _show, "save": _save, "delete": _delete}[action](args)
 
 
-def _gib(n: int | None) -> str:
-    return "-" if n is None else f"{n / 2**30:.1f} GiB"
-
-
 def _list(args: argparse.Namespace) -> int:
     from tuneplan.services import presets as P
 
@@ -86,6 +82,12 @@ def _list(args: argparse.Namespace) -> int:
     print("\nUse one: tuneplan plan --preset NAME [--gpu CARD | --vram SIZE]   "
           "tuneplan train --preset NAME")
     return 0
+
+
+def _gib(n: float | None) -> str:
+    from planner.gpus import format_gib  # deferred, like every import here: --help stays light
+
+    return format_gib(n)
 
 
 def _show(args: argparse.Namespace) -> int:

@@ -22,6 +22,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Callable
 
+from planner.gpus import format_gib
 from tuneplan.config import PredictionConfig, RunConfig, save_config
 from tuneplan.errors import UserError
 from tuneplan.events import CONFIG_FILE, LOG_FILE, Status, append_event, make_event, read_status, write_status
@@ -139,10 +140,6 @@ def predict_memory(config: RunConfig, cfg: dict | None) -> PredictionConfig:
     return PredictionConfig(torch_peak_bytes=est.torch_peak_bytes, device_bytes=est.device_bytes)
 
 
-def _fmt_gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB"
-
-
 def prepare_run(config: RunConfig, runs_root: Path, *, free_bytes: Callable[[Path], int] = paths.free_bytes) -> Path:
     """Check everything, then create the run folder with its config and a queued status."""
     config = config.validate()
@@ -155,8 +152,8 @@ def prepare_run(config: RunConfig, runs_root: Path, *, free_bytes: Callable[[Pat
     need = required_disk_bytes(config, cfg)
     have = free_bytes(runs_root)
     if have < need:
-        raise UserError(f"not enough disk space in {runs_root}: {_fmt_gib(have)} free, the run needs about "
-                        f"{_fmt_gib(need)} for checkpoints and the final save; free space, lower "
+        raise UserError(f"not enough disk space in {runs_root}: {format_gib(have, 2)} free, the run needs about "
+                        f"{format_gib(need, 2)} for checkpoints and the final save; free space, lower "
                         f"training.save_total_limit or pick another --runs-dir")
     if config.prediction.torch_peak_bytes is None:
         config = replace(config, prediction=predict_memory(config, cfg))

@@ -25,14 +25,15 @@ import difflib
 import os
 import re
 import sys
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
 from planner.gpus import GPU, GiB, UnknownGPU, get_gpu, match_nvml
+from planner.gpus import format_gib as _gib
 from planner.setup import TrainSetup
 from tuneplan.config import (
-    DataConfig, ModelConfig, PredictionConfig, RecoveryConfig, RunConfig, TrainingConfig, read_toml,
+    DataConfig, ModelConfig, PredictionConfig, RecoveryConfig, RunConfig, TrainingConfig,
 )
 from tuneplan.errors import UserError
 
@@ -652,10 +653,6 @@ def local_hardware(preset: Preset | None = None, *, gpu: str | None = None, vram
         raise UserError(f"no GPU here ({status}) and preset {preset.name} names none: give --gpu NAME or --vram SIZE")
     return target, [f"No GPU found ({status}): planned for the preset's own target, {_card(target)}; "
                     "give --gpu NAME or --vram SIZE to re-fit it for another card."]
-
-
-def _gib(n: float) -> str:
-    return f"{n / GiB:.1f} GiB"
 
 
 def _card(hw: Any) -> str:

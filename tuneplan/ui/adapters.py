@@ -205,8 +205,6 @@ class RunsAdapter:
                                         device_bytes=plan.memory.device_bytes),
         )
         if dataset is None:
-            from tuneplan.errors import UserError
-
             raise UserError("no dataset chosen: go back (Esc) to the dataset step to launch a run")
         return config.validate()
 

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-GiB = 1024**3
-
-
-def gib(n: float | None, digits: int = 1) -> str:
-    return "-" if n is None else f"{n / GiB:.{digits}f} GiB"
+from planner.gpus import format_gib as gib  # noqa: F401 (one GiB format for every layer)
 
 
 def duration(seconds: float | None) -> str:

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from planner.gpus import format_gib
 from tuneplan import events as ev
 
 MAX_POINTS = 400
@@ -176,7 +177,8 @@ def _num(v: Any) -> str:
 
 
 def _gib(v: Any) -> str:
-    return f"{v / 1024**3:.2f} GiB" if isinstance(v, (int, float)) else "-"
+    """Event values are untrusted: anything but a number shows as `-`."""
+    return format_gib(v if isinstance(v, (int, float)) else None, 2)
 
 
 @dataclass(frozen=True)
