@@ -203,22 +203,26 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.errors import EXIT_DOES_NOT_FIT, EXIT_OK
     from tuneplan.services.planning import plan
 
+    from tuneplan.commands.terminal import fill, output_width
+
     request = build_request(args)
     outcome = plan(request)
     r = outcome.result
     if args.json:
         print(json.dumps(outcome.to_dict(), indent=2))
     else:
-        print(render(outcome))
+        print(render(outcome, output_width()))
+    err_width = output_width(sys.stderr)
     for w in r.warnings:
-        print(f"tuneplan plan: warning: {w}", file=sys.stderr)
+        print(fill(f"tuneplan plan: warning: {w}", err_width), file=sys.stderr)
     if not r.fits:
-        print(f"tuneplan plan: does not fit: {outcome.model.name} needs {_gib(r.choice.memory.device_bytes)} at least, "
-              f"{_gib(r.budget_bytes)} usable on {outcome.hardware.gpu.name}", file=sys.stderr)
+        print(fill(f"tuneplan plan: does not fit: {outcome.model.name} needs {_gib(r.choice.memory.device_bytes)} "
+                   f"at least, {_gib(r.budget_bytes)} usable on {outcome.hardware.gpu.name}", err_width),
+              file=sys.stderr)
         return EXIT_DOES_NOT_FIT
     per = " per GPU" if r.choice.setup.num_gpus > 1 or r.choice.setup.strategy == "fsdp" else ""
-    print(f"tuneplan plan: fits: {r.choice.describe()} ({_gib(r.choice.memory.device_bytes)}{per} of "
-          f"{_gib(r.usable_bytes)})", file=sys.stderr)
+    print(fill(f"tuneplan plan: fits: {r.choice.describe()} ({_gib(r.choice.memory.device_bytes)}{per} of "
+               f"{_gib(r.usable_bytes)})", err_width), file=sys.stderr)
     return EXIT_OK
 
 
@@ -245,9 +249,15 @@ def _gib(n: float | None) -> str:
 
 
 def _bar(n: float, capacity: float, width: int = BAR) -> str:
+    """`n` as a share of `capacity` in `width` cells; more than the capacity fills the cells
+    and ends with `▶` (the bar never runs past its column)."""
+    if width <= 0:
+        return ""
     cells = 0 if capacity <= 0 else n / capacity * width
+    if cells > width:
+        return "█" * (width - 1) + "▶"
     full = int(cells)
-    return "█" * full + ("▌" if cells - full >= 0.5 else "")
+    return "█" * full + ("▌" if cells - full >= 0.5 and full < width else "")
 
 
 def _duration(seconds: float | None) -> str:
@@ -301,8 +311,20 @@ def _knob_rows(outcome) -> list[tuple[str, str, str]]:
     return rows
 
 
-def render(outcome) -> str:
-    """The human-readable plan."""
+def _top_reason(r) -> str | None:
+    """The one sentence that matters most: why it does not fit, or why this method."""
+    if not r.fits:
+        return r.suggestions[0] if r.suggestions else (r.reasons[-1] if r.reasons else None)
+    skip = ("Sequence length", "Capped at")
+    return next((x for x in r.reasons if not x.startswith(skip)), r.reasons[0] if r.reasons else None)
+
+
+def render(outcome, width: int | None = None) -> str:
+    """The human-readable plan, wrapped to `width` columns (None: not wrapped). The first lines
+    are the essentials (fits or not, the configuration, the memory total against the card, the
+    top reason, speed); the configuration table, the breakdown and the alternatives follow."""
+    from tuneplan.commands.terminal import wrap
+
     r = outcome.result
     c = r.choice
     m = c.memory
@@ -315,60 +337,87 @@ def render(outcome) -> str:
     params = spec.parameter_count()
     trainable = trainable_parameters(spec, c.setup)
     cap = outcome.hardware.usable_bytes()
-    head = (f"{outcome.model.name} ({spec.model_type}, {params / 1e9:.2f}B parameters) on {gpu.name} "
-            f"({_gib(gpu.memory_bytes)}" + (f", {_gib(outcome.hardware.free_bytes)} free" if outcome.hardware.free_bytes is not None else "") + ")")
-    out.append(head)
-    out.append(("FITS: " if r.fits else "DOES NOT FIT. Smallest configuration tried: ") + c.describe())
-    out.append("")
-    out.append(f"Configuration{'':<58}chosen by")
-    for k, v, who in _knob_rows(outcome):
-        out.append(f"  {k:<20} {v:<48} {who}")
-    out.append(f"  {'trainable':<20} {trainable / 1e6:,.1f}M parameters ({trainable / params:.2%})")
-    out.append("")
     multi = c.setup.num_gpus > 1 or c.setup.strategy == "fsdp"
-    if multi:
-        out.append(f"Memory per GPU, each of {c.setup.num_gpus} ({c.setup.strategy.upper()}; predicted; "
-                   f"bar = share of {_gib(cap)} usable)")
-    else:
-        out.append(f"Memory on one GPU (predicted; bar = share of {_gib(cap)} usable)")
-    for name, label in _LABELS.items():
-        v = m.components.get(name, 0)
-        if v <= 0:
-            continue
-        out.append(f"  {label:<42} {v / GiB:7.2f} GiB  {_bar(v, cap)}")
-    out.append(f"  {'torch peak (max_memory_allocated)':<42} {m.torch_peak_bytes / GiB:7.2f} GiB")
-    total_bar = _bar(m.device_bytes, cap)
-    out.append(f"  {'on the card (nvidia-smi)':<42} {m.device_bytes / GiB:7.2f} GiB  [{total_bar:<{BAR}}] "
-               f"{m.device_bytes / cap:.0%}" if cap else "")
-    head_room = r.headroom_bytes()
-    out.append(f"  {'headroom':<42} {head_room / GiB:7.2f} GiB  (safety margin {_gib(r.usable_bytes - r.budget_bytes)})")
-    out.append("")
+    free = f", {_gib(outcome.hardware.free_bytes)} free" if outcome.hardware.free_bytes is not None else ""
+    out += wrap(f"{outcome.model.name} ({spec.model_type}, {format_params(params)} parameters) on {gpu.name} "
+                f"({_gib(gpu.memory_bytes)}{free})", width)
+    out += wrap(("FITS: " if r.fits else "DOES NOT FIT. Smallest configuration tried: ") + c.describe(), width)
+    where = " per GPU" if multi else ""
+    share = f" ({m.device_bytes / cap:.0%})" if cap else ""
+    room = r.headroom_bytes()
+    room_text = f"{_gib(room)} headroom" if room >= 0 else f"{_gib(-room)} over the budget"
+    out += wrap(f"{_gib(m.device_bytes)}{where} of {_gib(cap)} usable{share}, {room_text}", width, "Memory    ")
+    top = _top_reason(r)
+    if top:
+        out += wrap(top, width, "Why       ")
     t = c.throughput
     if t.tokens_per_second:
         over = f" over {c.setup.num_gpus} GPUs" if c.setup.num_gpus > 1 else ""
         comm = t.parts.get("communication")
         comm_text = f", {comm * 1000:.0f} ms communication per micro-batch" if comm else ""
-        out.append(f"Speed     {t.tokens_per_second:,.0f} tokens/s{over} ({t.optimizer_step_seconds:.2f} s per optimizer step, "
-                   f"MFU {t.mfu:.0%}, {t.bound}-bound{comm_text})" + ("" if r.fits else "; if it fitted"))
+        out += wrap(f"{t.tokens_per_second:,.0f} tokens/s{over} ({t.optimizer_step_seconds:.2f} s per optimizer "
+                    f"step, MFU {t.mfu:.0%}, {t.bound}-bound{comm_text})" + ("" if r.fits else "; if it fitted"),
+                    width, "Speed     ")
     else:
-        out.append("Speed     unknown (give --gpu NAME for the card's speed)")
+        out += wrap("unknown (give --gpu NAME for the card's speed)", width, "Speed     ")
     if r.fits:
         assumed = " (assumed; give --dataset or --dataset-tokens)" if r.dataset_tokens_assumed else ""
-        out.append(f"Time      {_duration(r.seconds)} for {r.dataset_tokens / 1e6:,.1f}M tokens x {r.epochs:g} epoch"
-                   f"{'s' if r.epochs != 1 else ''}{assumed}")
+        out += wrap(f"{_duration(r.seconds)} for {r.dataset_tokens / 1e6:,.1f}M tokens x {r.epochs:g} epoch"
+                    f"{'s' if r.epochs != 1 else ''}{assumed}", width, "Time      ")
         if r.cost is not None:
-            out.append(f"Cost      {'<$0.01' if 0 < r.cost < 0.005 else f'${r.cost:,.2f}'} at ${r.price_per_hour:.2f}/GPU-hour "
-                       f"(typical price as of {PRICES_AS_OF}; --price to override)")
+            out += wrap(f"{'<$0.01' if 0 < r.cost < 0.005 else f'${r.cost:,.2f}'} at ${r.price_per_hour:.2f}/GPU-hour "
+                        f"(typical price as of {PRICES_AS_OF}; --price to override)", width, "Cost      ")
+    out.append("")
+    # the configuration table: label, value (wrapped in its column), who chose it
+    value_w = 48 if width is None else max(16, width - 2 - 20 - 1 - 1 - len("chosen by"))
+    out.append(f"{'Configuration':<{2 + 20 + 1 + value_w + 1}}chosen by")
+    for k, v, who in _knob_rows(outcome):
+        lines = wrap(v, value_w) if width is not None else [v]
+        out.append(f"  {k:<20} {lines[0]:<{value_w}} {who}")
+        out += [f"  {'':<20} {more}" for more in lines[1:]]
+    out += wrap(f"{trainable / 1e6:,.1f}M parameters ({trainable / params:.2%})", width, f"  {'trainable':<20} ")
+    out.append("")
+    # the breakdown: one bar scale for every row, as wide as the terminal allows
+    bar_w = BAR if width is None else max(0, min(BAR, width - 66))
+    if multi:
+        out += wrap(f"Memory per GPU, each of {c.setup.num_gpus} ({c.setup.strategy.upper()}; predicted; "
+                    f"bar = share of {_gib(cap)} usable)", width)
+    else:
+        out += wrap(f"Memory on one GPU (predicted; bar = share of {_gib(cap)} usable)", width)
+    for name, label in _LABELS.items():
+        v = m.components.get(name, 0)
+        if v <= 0:
+            continue
+        out.append(f"  {label:<42} {v / GiB:7.2f} GiB  {_bar(v, cap, bar_w)}".rstrip())
+    out.append(f"  {'torch peak (max_memory_allocated)':<42} {m.torch_peak_bytes / GiB:7.2f} GiB")
+    total = f"  {'on the card (nvidia-smi)':<42} {m.device_bytes / GiB:7.2f} GiB"
+    if cap and bar_w:
+        total += f"  [{_bar(m.device_bytes, cap, bar_w):<{bar_w}}] {m.device_bytes / cap:.0%}"
+    elif cap:
+        total += f"  {m.device_bytes / cap:.0%}"
+    out.append(total)
+    out.append(f"  {'headroom':<42} {r.headroom_bytes() / GiB:7.2f} GiB")
+    out += wrap(f"(safety margin {_gib(r.usable_bytes - r.budget_bytes)})", width, f"  {'':<42} ")
     out.append("")
     for title, items, mark in (("Why", r.reasons, "-"), ("What would make it fit", r.suggestions, "-"),
                                ("Warnings", r.warnings, "!"), ("Notes", outcome.notes, "-")):
         if items:
             out.append(title)
-            out += [f"  {mark} {x}" for x in items]
+            for x in items:
+                out += wrap(x, width, f"  {mark} ")
     if r.alternatives:
         out.append("")
         out.append("Alternatives that also fit")
         for a in r.alternatives:
-            tps = f"{a.throughput.tokens_per_second:,.0f} tok/s" if a.throughput.tokens_per_second else "-"
-            out.append(f"  {a.describe():<70} {a.memory.device_bytes / GiB:6.1f} GiB  {tps}")
+            tps = f"{a.throughput.tokens_per_second:,.0f} tok/s" if a.throughput.tokens_per_second else "speed unknown"
+            out += wrap(f"{a.describe()}: {a.memory.device_bytes / GiB:.1f} GiB, {tps}", width, "  - ")
     return "\n".join(out)
+
+
+def format_params(n: int) -> str:
+    """A parameter count a person reads: `8.03B`, `124M`, `4.2M`."""
+    if n >= 1e9:
+        return f"{n / 1e9:.2f}B"
+    if n >= 1e6:
+        return f"{n / 1e6:.3g}M"
+    return f"{n / 1e3:.3g}K"

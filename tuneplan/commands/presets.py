@@ -58,10 +58,13 @@ def _list(args: argparse.Namespace) -> int:
                 "evidence": e.preset.evidence is not None if e.preset else False,
             } for e in entries]}, indent=2))
         return 0
+    from tuneplan.commands.terminal import fill, output_width, wrap
+
+    width = output_width()
     print("Search order (first match wins):")
     for i, (origin, folder) in enumerate(P.search_path(), 1):
-        state = "" if folder.is_dir() else "  (does not exist)"
-        print(f"  {i}. {origin:<8} {folder}{state}")
+        state = "  (does not exist)" if not folder.is_dir() else ""
+        print(fill(f"{origin:<8} {folder}{state}", width, f"  {i}. "))
     print()
     if not entries:
         print("No presets found.")
@@ -77,10 +80,24 @@ def _list(args: argparse.Namespace) -> int:
         measured = " [measured]" if p.evidence is not None else ""
         rows.append((e.name, origin, p.config.model.source, p.config.setup.method, made, p.description + measured))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    for r in rows:
-        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[5])
-    print("\nUse one: tuneplan plan --preset NAME [--gpu CARD | --vram SIZE]   "
-          "tuneplan train --preset NAME")
+    table_w = sum(widths) + 2 * 5
+    if width is None or table_w + 24 <= width:
+        # one row per preset, the description wrapped in the last column
+        for r in rows:
+            head = "  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  "
+            lines = wrap(r[5], None if width is None else width - table_w)
+            print(head + lines[0])
+            for more in lines[1:]:
+                print(" " * table_w + more)
+    else:
+        # too narrow for the table: one block per preset
+        for r in rows[1:]:
+            print(fill(f"{r[0]}  ({r[1]})", width))
+            print(fill(f"{r[2]}, {r[3]}, made for {r[4]}", width, "    "))
+            print(fill(r[5], width, "    "))
+    print()
+    print(fill("tuneplan plan --preset NAME [--gpu CARD | --vram SIZE]", width, "Use one: ", "  "))
+    print(fill("tuneplan train --preset NAME", width, "         ", "  "))
     return 0
 
 
@@ -195,9 +212,12 @@ def plan_with_preset(args: argparse.Namespace) -> int:
         }
         print(json.dumps(out, indent=2))
     else:
-        print("\n".join(fit.summary_lines(skip_notes=fit.outcome.notes)))
+        from tuneplan.commands.terminal import fill, output_width
+
+        width = output_width()
+        print("\n".join(fill(line, width, "", "    ") for line in fit.summary_lines(skip_notes=fit.outcome.notes)))
         print()
-        print(render(fit.outcome))
+        print(render(fit.outcome, width))
     if not fit.fits:
         print(f"tuneplan plan: preset {preset.name} does not fit here", file=sys.stderr)
         return EXIT_DOES_NOT_FIT

@@ -9,16 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+from tmux_session import Tmux
 from tuneplan import events as ev
 
 pytestmark = [pytest.mark.slow,
@@ -48,42 +46,6 @@ def tiny_model_dir(request, tmp_path_factory) -> Path:
         shutil.rmtree(cache, ignore_errors=True)
         shutil.copytree(tmp, cache)
     return cache
-
-
-class Tmux:
-    def __init__(self, tmp: Path):
-        self.socket = f"tuneplan-e2e-{os.getpid()}"
-        self.env = {**os.environ, "TUNEPLAN_RUNS_DIR": str(tmp / "runs"), "OMP_NUM_THREADS": "1",
-                    "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-                    "TERM": "xterm-256color", "PYTHONPATH": str(ROOT)}
-        self.tmux("new-session", "-d", "-s", "e2e", "-x", "80", "-y", "24", "bash --norc --noprofile")
-        self.send(f"cd {tmp} && export PS1='$ '", "Enter")
-
-    def tmux(self, *args: str) -> str:
-        out = subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True, env=self.env)
-        return out.stdout
-
-    def send(self, *keys: str) -> None:
-        self.tmux("send-keys", "-t", "e2e", *keys)
-
-    def type(self, text: str) -> None:
-        self.tmux("send-keys", "-t", "e2e", "-l", text)
-
-    def screen(self) -> str:
-        return self.tmux("capture-pane", "-p", "-t", "e2e")
-
-    def wait(self, pattern: str, timeout: float = 20.0) -> str:
-        deadline = time.monotonic() + timeout
-        while True:
-            text = self.screen()
-            if re.search(pattern, text):
-                return text
-            if time.monotonic() > deadline:
-                raise AssertionError(f"never saw {pattern!r}; the screen:\n{text}")
-            time.sleep(0.1)
-
-    def close(self) -> None:
-        self.tmux("kill-server")
 
 
 def _loss_on_screen(text: str) -> float | None:
