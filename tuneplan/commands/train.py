@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     out.add_argument("--name", help="run folder name (default: <model>-<method>-<time>)")
     out.add_argument("--runs-dir", help="runs root (default: $TUNEPLAN_RUNS_DIR or the per-user data folder)")
     out.add_argument("--foreground", action="store_true", help="stay attached and print progress")
+    out.add_argument("--force", action="store_true",
+                     help="train here even though --gpu/--vram names hardware NVML does not find")
 
 
 def _setup_changes(args: argparse.Namespace) -> dict:
@@ -217,13 +219,40 @@ def plan_config(config, args: argparse.Namespace):
     return config, notes
 
 
+def check_machine(args: argparse.Namespace) -> tuple[list, list[str]]:
+    """The GPUs NVML finds here, checked against --gpu / --vram (one-line refusal unless --force)."""
+    from tuneplan.services import machine, planning
+
+    vram = planning.parse_size(args.vram) if args.vram else None
+    flag = f"--gpu {args.gpu}" if args.gpu else (f"--vram {args.vram}" if args.vram else None)
+    return machine.check_target_here(args.gpu, vram, force=getattr(args, "force", False), flag_text=flag)
+
+
+def check_model_access(config) -> None:
+    """A gated catalog or Hub model needs a Hub token (and access) before anything launches."""
+    from planner import catalog
+    from tuneplan.services import models
+
+    source = config.model.source
+    entry = catalog.find(source)
+    if entry is not None:
+        if entry.gated:
+            models.check_access(models.resolve_model(source))
+    elif models.HUB_ID.match(source) and not Path(source).expanduser().exists():
+        models.check_access(models.resolve_model(source, check_hub_parameters=False))
+
+
 def run(args: argparse.Namespace) -> int:
     from tuneplan.events import FINAL_PHASES
-    from tuneplan.services import launcher, paths
+    from tuneplan.services import launcher, machine, paths
 
     config = build_config(args)
-    config, notes = plan_config(config, args)
-    for note in notes:
+    gpus, notes = check_machine(args)
+    check_model_access(config)
+    config, plan_notes = plan_config(config, args)
+    setup, dtype_note = machine.setup_for_this_machine(config.setup, len(gpus))
+    config = replace(config, setup=setup)
+    for note in notes + plan_notes + ([dtype_note] if dtype_note else []):
         print(f"tuneplan: {note}", file=sys.stderr)
     root = paths.runs_root(args.runs_dir)
     run_dir = launcher.prepare_run(config, root)

@@ -126,6 +126,23 @@ def resolve_model(
     )
 
 
+def check_access(model: ResolvedModel, *, token: str | None = None, hub: Any = None) -> None:
+    """Before a launch: a gated model needs a Hub token, and (online) the token must have
+    access. Raises the same one-line UserErrors as a Hub lookup; offline with a token, the
+    access cannot be checked and the run's own download decides."""
+    if model.gated is not True or not model.hub_id:
+        return
+    url = f"https://huggingface.co/{model.hub_id}"
+    if not (token or _saved_token_exists()):
+        raise UserError(f"{model.hub_id} is a gated model and no Hub token is set: accept its licence at {url}, "
+                        "then log in (`hf auth login`) or set HF_TOKEN")
+    if _offline():
+        return
+    # downloading config.json asks the Hub with the token: a GatedRepoError means no access yet
+    _resolve_hub(model.hub_id, token=token, trust_remote_code=model.trust_remote_code, hub=hub,
+                 check_parameters=False)
+
+
 # -- sources ------------------------------------------------------------------------------
 def _looks_like_path(text: str) -> bool:
     return text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or text in (".", "..") or (
