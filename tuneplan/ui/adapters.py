@@ -183,23 +183,24 @@ class RunsAdapter:
     def build_config(self, plan: PlanView, dataset: Any, *, epochs: float | None = None,
                      max_steps: int | None = None, learning_rate: float | None = None,
                      on_cpu: bool = False) -> Any:
-        """The run configuration for `plan`. `on_cpu`: this machine has no NVIDIA GPU, so
-        the run computes in float32 (CPU training has no bf16/fp16 mixed precision)."""
-        from dataclasses import replace as _replace
+        """The run configuration for `plan`. `on_cpu`: it launches on this machine, which has
+        no NVIDIA GPU, so the launch rule of `tuneplan train` applies (float32 on the CPU:
+        `tuneplan.services.machine`). Without it: the configuration for the plan's target."""
+        from dataclasses import replace
 
         from tuneplan.config import DataConfig, ModelConfig, PredictionConfig, RunConfig, TrainingConfig
+        from tuneplan.services.machine import setup_for_this_machine
 
         training = TrainingConfig()
         changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps),
                                      ("learning_rate", learning_rate)) if v is not None}
         if changes:
-            from dataclasses import replace
-
             training = replace(training, **changes)
+        setup = setup_for_this_machine(plan.setup, 0)[0] if on_cpu else plan.setup
         config = RunConfig(
             model=ModelConfig(source=plan.model.source),
             data=DataConfig(source=dataset.source if dataset is not None else ""),
-            setup=_replace(plan.setup, compute_dtype="float32") if on_cpu else plan.setup,
+            setup=setup,
             training=training,
             prediction=PredictionConfig(torch_peak_bytes=plan.memory.torch_peak_bytes,
                                         device_bytes=plan.memory.device_bytes),
@@ -213,9 +214,10 @@ class RunsAdapter:
 
         return dump_config(config)
 
-    def train_command(self, config: Any) -> str:
+    def train_command(self, config: Any, target: Any = None) -> str:
         """The `tuneplan train` command line that launches the same run: every knob the
-        planner would choose is given, so it runs as is without planning again."""
+        planner would choose is given, so it runs as is without planning again. `target`: a
+        dry-run target adds `--gpu KEY` / `--vram SIZE`, so `train` checks it runs there."""
         import shlex
 
         from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
@@ -240,6 +242,7 @@ class RunsAdapter:
         else:
             parts += ["--epochs", f"{t.epochs:g}"]
         parts += ["--lr", f"{t.learning_rate:g}"]
+        parts += target_flags(target)
         return " ".join(shlex.quote(p) for p in parts)
 
     def save_preset(self, config: Any, name: str, *, gpu: str | None = None) -> Path:
@@ -288,6 +291,19 @@ class RunsAdapter:
         from tuneplan.services import runs
 
         runs.request_stop(run_dir)
+
+
+def target_flags(target: Any) -> list[str]:
+    """`--gpu KEY` (a catalog card) or `--vram SIZE` (a size) for a dry-run target; nothing
+    for a GPU found here (train plans for and checks the GPUs NVML finds)."""
+    if target is None or not getattr(target, "dry_run", False):
+        return []
+    gpu = target.gpu
+    if gpu.key.startswith("custom"):
+        from planner.gpus import GiB
+
+        return ["--vram", f"{gpu.memory_bytes / GiB:g}GiB"]
+    return ["--gpu", gpu.key]
 
 
 # -- planning ------------------------------------------------------------------------------

@@ -42,7 +42,10 @@ async def test_shows_config_and_command_and_saves_a_preset(tmp_path, monkeypatch
         await pilot.press(*"12")  # max steps (focused first)
         command = str(screen.query_one("#command", Static).render())
         assert "tuneplan train --model" in command and f"--method {plan.setup.method}" in command
-        assert "--max-steps 12" in command and "--compute-dtype float32" in command
+        assert "--max-steps 12" in command and "--vram 4GiB" in command
+        # the command is for the target card (its dtype); the line says what differs here
+        assert f"--compute-dtype {plan.setup.compute_dtype}" in command and plan.setup.compute_dtype != "float32"
+        assert "no NVIDIA GPU" in command and "--force" in command and "float32" in command
         config = str(screen.query_one("#config", Static).render())
         assert "[setup]" in config and "max_steps = 12" in config
         warning = str(screen.query_one("#warning", Static).render())
@@ -92,3 +95,45 @@ def test_equivalent_command_fixes_every_knob_the_planner_would_choose(tmp_path):
         assert train._auto_knobs(args) == []
         for knob, value in train._setup_changes(args).items():
             assert getattr(config.setup, knob) == value, knob
+
+
+@pytest.mark.asyncio
+async def test_dry_run_command_reproduces_the_plan_on_the_target_card(tmp_path, monkeypatch):
+    """Planned for an L40 on a machine without a GPU: the command, read by the real `train`
+    parser, gives the plan's configuration for the L40 (bfloat16, not the CPU's float32), needs
+    no planning, passes the machine check on an L40 and is refused here without --force."""
+    import shlex
+
+    from fake_nvml import FakeNVML, NVMLError, gpu_device
+    from tuneplan.cli import build_parser
+    from tuneplan.commands import train
+    from tuneplan.errors import UserError
+    from tuneplan.services import gpu as gpu_service
+
+    plan0, dataset, _ = _plan(tmp_path)
+    plan = PlanningAdapter().plan(plan0.model, dry_run_target("l40"), dataset, {})
+    assert plan.setup.compute_dtype == "bfloat16"
+    app = create_app(make_services(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.state.local_gpus = 0
+        await app.push_screen(ReviewScreen(plan, dataset))
+        screen = app.screen
+        await pilot.press(*"7")
+        command = screen.equivalent_command()
+        shown = str(screen.query_one("#command", Static).render())
+        assert command in shown and "L40" in shown and "no NVIDIA GPU" in shown
+        launch = screen.build_config()  # a launch from this screen, here: the CPU rule
+        assert launch.setup.compute_dtype == "float32"
+    args = build_parser().parse_args(shlex.split(command)[1:])
+    assert train._auto_knobs(args) == []  # nothing left to plan: it runs as shown
+    config = train.build_config(args)
+    assert config.setup == plan.setup  # every knob, the dtype included
+    assert config.training.max_steps == 7 and args.gpu == "l40"
+    monkeypatch.setattr(gpu_service, "_default", gpu_service.GpuProbe(nvml=FakeNVML(
+        [gpu_device("NVIDIA L40", 46068, cc=(8, 9))])))
+    gpus, notes = train.check_machine(args)  # on the rented L40: accepted as is
+    assert len(gpus) == 1 and notes == []
+    monkeypatch.setattr(gpu_service, "_default", gpu_service.GpuProbe(nvml=FakeNVML(
+        init_error=NVMLError("NVML Shared Library Not Found"))))
+    with pytest.raises(UserError, match="--gpu l40: this machine has no NVIDIA GPU"):
+        train.check_machine(args)  # here: refused unless --force

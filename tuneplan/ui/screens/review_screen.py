@@ -79,7 +79,8 @@ class ReviewScreen(Screen):
 
     def build_config(self, *, for_launch: bool = True) -> Any:
         """The run configuration this screen would launch (raises UserError on bad input).
-        Launched here without a GPU it computes in float32; a preset keeps the plan's dtype."""
+        Launched here without a GPU it computes in float32 (the rule of `tuneplan train`); a
+        preset and the equivalent command keep the plan's dtype, for the target card."""
         on_cpu = for_launch and self.app.state.local_gpus == 0
         return self.app.services.runs.build_config(self.plan, self.dataset, on_cpu=on_cpu, **self._hyper())
 
@@ -128,12 +129,34 @@ class ReviewScreen(Screen):
             w.append(f"Dry run for {self.plan.target.gpu.name}: a launch here trains on this machine's "
                      "GPU, which the plan was not made for.\n", style="yellow")
         warning.update(w)
-        cmd = Text("Equivalent command:\n", style="bold")
-        cmd.append(runs.train_command(config))
+        cmd = Text("Equivalent command", style="bold")
+        cmd.append_text(self._command_note())
+        cmd.append(self.equivalent_command())
         self.query_one("#command", Static).update(cmd)
         cfg = Text("Resolved configuration (config.toml):\n", style="bold")
         cfg.append(runs.config_text(config))
         self.query_one("#config", Static).update(cfg)
+
+    def equivalent_command(self) -> str:
+        """`tuneplan train ...` that reproduces this plan on its target card (its dtype included)."""
+        return self.app.services.runs.train_command(self.build_config(for_launch=False), target=self.plan.target)
+
+    def _command_note(self) -> Text:
+        """What the equivalent command is for, and how this machine differs from that."""
+        target = self.plan.target
+        if not target.dry_run:
+            return Text(":\n", style="bold")
+        note = Text(f" (for the {target.gpu.name}; run it there):\n", style="bold")
+        if self.app.state.local_gpus == 0:
+            here = "this machine has no NVIDIA GPU"
+        else:
+            here = "this machine's GPU is not that card"
+        note.append(f"Here {here}: `train` stops unless --force", style="yellow")
+        plan_dtype = self.plan.setup.compute_dtype
+        if self.app.state.local_gpus == 0 and plan_dtype != "float32":
+            note.append(f", then trains on the CPU in float32, not {plan_dtype}", style="yellow")
+        note.append(".\n", style="yellow")
+        return note
 
     def _time_line(self, config: Any) -> Text:
         """Expected time and cost of this run on the planned card, at the plan's speed."""
