@@ -61,6 +61,12 @@ class RealHubFiles:
         """The repo's files, smallest first (a preview downloads one: the smallest will do)."""
         from huggingface_hub import HfApi
 
+        from tuneplan.services.hub import hub_offline_mode, offline_reason
+
+        reason = None if hub_offline_mode() else offline_reason()
+        if reason:  # listing needs the network: fail now, not after the library's retries
+            raise HubConnectionError(reason)
+
         items = HfApi().list_repo_tree(repo_id, repo_type=repo_type, recursive=True)
         files = [(getattr(i, "size", None) or 0, i.path) for i in items if hasattr(i, "size")]
         return [path for _, path in sorted(files)]
@@ -68,7 +74,15 @@ class RealHubFiles:
     def download(self, repo_id: str, filename: str, repo_type: str) -> Path:
         from huggingface_hub import hf_hub_download
 
-        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type))
+        from tuneplan.services.hub import hub_offline_mode, offline_reason
+
+        no_network = not hub_offline_mode() and offline_reason() is not None
+        # no network: the local cache only (a LocalEntryNotFoundError when it is not there)
+        return Path(hf_hub_download(repo_id, filename, repo_type=repo_type, local_files_only=no_network))
+
+
+class HubConnectionError(ConnectionError):
+    """The Hub cannot be reached (no network), found before any request was made."""
 
 
 @dataclass(frozen=True)
@@ -191,10 +205,13 @@ def _hub_error(repo_id: str, exc: Exception) -> str:
     name = type(exc).__name__
     if "Gated" in name:
         return f"dataset {repo_id} is gated: accept its terms on huggingface.co and set HF_TOKEN"
+    if any(k in name for k in ("Offline", "Connect", "Timeout", "LocalEntryNotFound", "NetworkError")):
+        from tuneplan.services.hub import hub_offline_mode, offline_fix
+
+        why = "HF_HUB_OFFLINE is set" if hub_offline_mode() else "the Hugging Face Hub cannot be reached"
+        return f"dataset {repo_id}: offline ({why}) and not in the local Hub cache; {offline_fix('a local file')}"
     if "RepositoryNotFound" in name or "NotFound" in name:
         return f"dataset {repo_id} not found on the Hub (check the id, or set HF_TOKEN if it is private)"
-    if any(k in name for k in ("Offline", "Connect", "Timeout", "LocalEntryNotFound", "NetworkError")):
-        return f"dataset {repo_id}: the Hub cannot be reached (offline?); use a local file instead"
     return f"dataset {repo_id}: {name}: {exc}".splitlines()[0]
 
 
@@ -219,7 +236,8 @@ def load_tokenizer(model_source: str | None, hub: HubFiles | None) -> tuple[Call
         try:
             path = hub.download(model_source, "tokenizer.json", "model")
         except Exception as exc:
-            return None, _hub_error(model_source, exc).replace("dataset ", "tokenizer of ")
+            return None, _hub_error(model_source, exc).replace("dataset ", "tokenizer of ").replace(
+                "a local file", "a local model folder")
     else:
         return None, f"no tokenizer.json for {model_source}"
     try:

@@ -315,9 +315,13 @@ def _resolve_hub(repo_id: str, *, token: str | None, trust_remote_code: bool, hu
     token = token or None  # "" would be sent as an empty credential
     url = f"https://huggingface.co/{repo_id}"
     has_token = bool(token) or _saved_token_exists()
+    no_network = _no_network(hub.hf_hub_download)
     try:
         with _quiet_hub_logs():
-            path = hub.hf_hub_download(repo_id, "config.json", token=token)
+            if no_network:  # the local cache only: no retry loop against a network that is not there
+                path = hub.hf_hub_download(repo_id, "config.json", token=token, local_files_only=True)
+            else:
+                path = hub.hf_hub_download(repo_id, "config.json", token=token)
     except errors.GatedRepoError:
         if has_token:
             raise UserError(
@@ -336,7 +340,7 @@ def _resolve_hub(repo_id: str, *, token: str | None, trust_remote_code: bool, hu
         raise UserError(f"{repo_id}: the requested revision does not exist on the Hub") from None
     except errors.EntryNotFoundError as exc:
         if isinstance(exc, errors.LocalEntryNotFoundError):
-            raise UserError(_offline_message(repo_id)) from None
+            raise UserError(_offline_message(repo_id, no_network or "")) from None
         raise UserError(f"{repo_id} has no config.json on the Hub: it is not a transformers model tuneplan can plan for") from None
     except errors.OfflineModeIsEnabled:
         raise UserError(_offline_message(repo_id)) from None
@@ -365,7 +369,7 @@ def _resolve_hub(repo_id: str, *, token: str | None, trust_remote_code: bool, hu
     notes = _config_notes(spec, config)
 
     hub_parameters = license = gated = None
-    if check_parameters and not _offline():
+    if check_parameters and not _offline() and not no_network:
         hub_parameters, license, gated = _hub_facts(hub, repo_id, token)
         if hub_parameters is not None:
             note = _mismatch_note(hub_parameters, spec, "the Hub's safetensors metadata")
@@ -399,12 +403,26 @@ class _quiet_hub_logs:
         self.logger.setLevel(self.level)
 
 
+def _no_network(download: Any) -> str | None:
+    """Why the Hub cannot be reached right now (None: it can, or HF_HUB_OFFLINE already keeps
+    the library on its cache). Asked only before the real library's download: a fake Hub
+    boundary (tests) has no network to check."""
+    if _offline() or not str(getattr(download, "__module__", "")).startswith("huggingface_hub"):
+        return None
+    from tuneplan.services.hub import offline_reason
+
+    return offline_reason()
+
+
 def _offline_message(repo_id: str, detail: str = "") -> str:
+    from tuneplan.services.hub import offline_fix
+
     why = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face Hub cannot be reached"
-    fix = "unset HF_HUB_OFFLINE" if _offline() else "check the connection"
+    if detail.startswith("no network"):
+        why += f" ({detail})"
     return (
-        f"cannot fetch config.json of {repo_id}: {why} and it is not in the local Hub cache; "
-        f"{fix}, or use a catalog name or a local folder with config.json"
+        f"offline: cannot fetch config.json of {repo_id}: {why} and it is not in the local Hub cache; "
+        + offline_fix("a catalog name or a local folder with config.json")
     )
 
 
