@@ -208,7 +208,8 @@ def _hub_error(repo_id: str, exc: Exception) -> str:
     if any(k in name for k in ("Offline", "Connect", "Timeout", "LocalEntryNotFound", "NetworkError")):
         from tuneplan.services.hub import hub_offline_mode, offline_fix
 
-        why = "HF_HUB_OFFLINE is set" if hub_offline_mode() else "the Hugging Face Hub cannot be reached"
+        set_offline = "Offline" in name or ("LocalEntry" in name and hub_offline_mode())
+        why = "HF_HUB_OFFLINE is set" if set_offline else "the Hugging Face Hub cannot be reached"
         return f"dataset {repo_id}: offline ({why}) and not in the local Hub cache; {offline_fix('a local file')}"
     if "RepositoryNotFound" in name or "NotFound" in name:
         return f"dataset {repo_id} not found on the Hub (check the id, or set HF_TOKEN if it is private)"
