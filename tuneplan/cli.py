@@ -55,13 +55,38 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _join_dash_values(parser: argparse.ArgumentParser, argv: list[str]) -> list[str]:
+    """`--vram -5GiB` -> `--vram=-5GiB`: argparse takes a value that starts with `-` (and is not
+    a plain negative number) for a flag and answers "expected one argument"; joined, the value
+    reaches the command, which says what is wrong with it."""
+    if not argv:
+        return argv
+    sub = next((a for a in parser._actions if isinstance(a, argparse._SubParsersAction)), None)
+    command = sub.choices.get(argv[0]) if sub is not None else None
+    if command is None:
+        return argv
+    takes_value = {o for a in command._actions if a.nargs != 0 for o in a.option_strings}
+    out: list[str] = []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        nxt = argv[i + 1] if i + 1 < len(argv) else ""
+        if token in takes_value and len(nxt) > 1 and nxt[0] == "-" and (nxt[1].isdigit() or nxt[1] == "."):
+            out.append(f"{token}={nxt}")
+            i += 2
+        else:
+            out.append(token)
+            i += 1
+    return out
+
+
 def _command_module(name: str):
     return importlib.import_module(f"tuneplan.commands.{name}")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_join_dash_values(parser, sys.argv[1:] if argv is None else list(argv)))
     name = args.command or "wizard"
     try:
         return _command_module(name).run(args)

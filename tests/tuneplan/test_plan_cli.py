@@ -210,12 +210,24 @@ def test_a_real_plan_run_loads_no_torch():
 
 
 # -- several GPUs (issue 7) -------------------------------------------------------------------------
-def test_70b_lora_on_h100_proposes_fsdp_over_several_gpus(capsys):
-    code, out, err = run(capsys, "--model", "llama-3.1-70b", "--gpu", "h100", "--method", "lora")
-    assert code == 0  # --gpus left to the solver: a multi-GPU plan that fits is a plan
+def test_a_named_card_is_one_card_and_more_cards_are_the_fix(capsys):
+    """--gpu names one card: the plan is for one, never silently for several; more cards come
+    back as a suggestion (exit 1)."""
+    for argv in (("--model", "mixtral-8x7b", "--gpu", "a100-80gb"),
+                 ("--model", "llama-3.1-70b", "--gpu", "h100", "--method", "lora")):
+        code, data, _ = run_json(capsys, *argv)
+        assert code == 1 and data["fits"] is False and data["gpu"]["count"] == 1, argv
+        assert data["config"]["num_gpus"] == 1
+        assert any(s.startswith("More GPUs") and "--gpus" in s for s in data["suggestions"]), data["suggestions"]
+
+
+def test_70b_lora_on_h100_with_fsdp_asked_proposes_several_gpus(capsys):
+    code, out, err = run(capsys, "--model", "llama-3.1-70b", "--gpu", "h100", "--method", "lora", "--strategy", "fsdp")
+    assert code == 0  # a multi-GPU strategy asked for, the count left to the solver
     assert "cannot hold" in out and "FSDP" in out and "Memory per GPU" in out
     assert "QLoRA on one" in out  # the one-card alternative is named
-    code, data, _ = run_json(capsys, "--model", "llama-3.1-70b", "--gpu", "h100", "--method", "lora")
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-70b", "--gpu", "h100", "--method", "lora",
+                             "--strategy", "fsdp")
     n = data["gpu"]["count"]
     assert n > 1 and data["config"]["num_gpus"] == n and data["parallel"]["strategy"] == "fsdp"
     assert data["parallel"]["single_gpu_need_bytes"] > data["memory"]["budget_bytes"] >= data["memory"]["device_bytes"]
@@ -261,3 +273,28 @@ def test_nvml_with_several_gpus_plans_all_of_them(capsys, nvml):
     assert data["parallel"]["strategy"] == "ddp"
     code, _, err = run(capsys, "--model", "llama-3.1-8b", "--gpus", "8")
     assert code == 2 and "NVML sees 4" in err
+
+
+# -- memory sizes -------------------------------------------------------------------------------
+@pytest.mark.parametrize("text, gib", [("24gb", 24), ("24GB", 24), ("24", 24), ("24GiB", 24), ("24576MiB", 24),
+                                       ("24576MB", 24), ("11.5 GiB", 11.5)])
+def test_one_size_parser_for_plan_and_the_wizard(text, gib):
+    """`--vram` and the wizard's dry-run box read a size the same way: GPU makers' GB are GiB."""
+    from tuneplan.services.planning import parse_size
+    from tuneplan.ui.target import dry_run_target, parse_memory
+
+    assert parse_size(text) == parse_memory(text) == int(gib * 1024**3)
+    assert dry_run_target(text).gpu.memory_bytes == parse_size(text)
+
+
+def test_vram_in_gb_is_read_as_gib_and_says_so(capsys):
+    code, data, err = run_json(capsys, "--model", "llama-3.1-8b", "--vram", "24gb")
+    assert code == 0 and data["gpu"]["memory_bytes"] == 24 * 1024**3
+    assert "24gb read as 24 GiB" in err
+
+
+@pytest.mark.parametrize("value", ["-5GiB", "0GiB", "-1"])
+def test_vram_not_above_zero_is_one_clear_line(capsys, value):
+    code, out, err = run(capsys, "--model", "llama-3.1-8b", "--vram", value)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "--vram must be > 0" in err and value in err and "expected one argument" not in err

@@ -27,8 +27,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--gpu", metavar="NAME", help="plan for this card from the catalog (4090, a100-80gb, h100, ...)")
     a("--vram", metavar="SIZE", help="plan for this much GPU memory (24GiB, 80GB, 24576MiB); with --gpu: free memory")
     a("--gpu-index", metavar="N", help="with neither --gpu nor --vram: which NVML GPU (default: the one with most free memory)")
-    a("--gpus", default=AUTO, metavar="auto|N", help="GPUs to train on (default auto: one if the model fits, else "
-      "the fewest that hold it in one machine; with NVML, all GPUs of the box)")
+    a("--gpus", default=AUTO, metavar="auto|N", help="GPUs to train on (default auto: one --gpu/--vram card, more "
+      "cards suggested when it does not fit; with NVML, all GPUs of one model in the box)")
     a("--strategy", default=AUTO, metavar="auto|ddp|fsdp", help="multi-GPU strategy (default auto: DDP when a "
       "replica fits one GPU, else FSDP)")
     a("--cpu-offload", default="off", metavar="on|off", help="FSDP CPU offload of weights, gradients, optimizer")
@@ -213,6 +213,11 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(outcome, output_width()))
     err_width = output_width(sys.stderr)
+    from tuneplan.services.planning import size_note
+
+    note = size_note(args.vram) if args.vram else None
+    if note:
+        print(fill(f"tuneplan plan: note: {note}", err_width), file=sys.stderr)
     for w in r.warnings:
         print(fill(f"tuneplan plan: warning: {w}", err_width), file=sys.stderr)
     if not r.fits:

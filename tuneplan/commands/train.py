@@ -225,7 +225,9 @@ def check_machine(args: argparse.Namespace) -> tuple[list, list[str]]:
 
     vram = planning.parse_size(args.vram) if args.vram else None
     flag = f"--gpu {args.gpu}" if args.gpu else (f"--vram {args.vram}" if args.vram else None)
-    return machine.check_target_here(args.gpu, vram, force=getattr(args, "force", False), flag_text=flag)
+    gpus, notes = machine.check_target_here(args.gpu, vram, force=getattr(args, "force", False), flag_text=flag)
+    note = planning.size_note(args.vram) if args.vram else None
+    return gpus, ([note] if note else []) + notes
 
 
 def check_model_access(config) -> None:

@@ -73,8 +73,9 @@ class PlanRequest:
     token: str | None = None
     """Hub token for gated repos (passed through, never stored)."""
     gpus: int | None = None
-    """GPUs to train on; None (`--gpus auto`): one when the model fits one, else the fewest
-    that hold it in one machine (catalog card), or all the GPUs NVML finds."""
+    """GPUs to train on; None (`--gpus auto`): one catalog card / memory size (more cards are
+    suggested when it does not fit; with a multi-GPU `strategy`, the fewest that hold it in one
+    machine), or all the GPUs of one model NVML finds."""
     strategy: str = "auto"
     """`auto`, `ddp` or `fsdp` (several GPUs)."""
     cpu_offload: bool = False
@@ -103,20 +104,40 @@ class PlanOutcome:
 
 
 # -- parsing helpers shared by the CLI and the UI ---------------------------------------------
-_SIZE = re.compile(r"^\s*([0-9]*\.?[0-9]+)\s*([kmgt]i?b?|b)?\s*$", re.I)
-_UNITS = {"": GiB, "b": 1, "k": 1024, "kb": 1000, "kib": 1024, "m": 1024**2, "mb": 1000**2, "mib": 1024**2,
-          "g": GiB, "gb": 1000**3, "gib": GiB, "t": 1024**4, "tb": 1000**4, "tib": 1024**4}
+_SIZE = re.compile(r"^\s*([+-]?(?:[0-9]+\.?[0-9]*|\.[0-9]+))\s*([kmgt]i?b?|b)?\s*$", re.I)
+_UNITS = {"": GiB, "b": 1, "k": 1024, "kb": 1024, "kib": 1024, "m": 1024**2, "mb": 1024**2, "mib": 1024**2,
+          "g": GiB, "gb": GiB, "gib": GiB, "t": 1024**4, "tb": 1024**4, "tib": 1024**4}
+"""GPU memory is sold in binary units written as decimal ones (a "24GB" RTX 4090 has 24 GiB,
+an "80GB" A100 has 80 GiB: `nvidia-smi` shows 24564 MiB and 81920 MiB), so KB/MB/GB/TB read
+as KiB/MiB/GiB/TiB here, and `size_note` says so."""
+
+
+def looks_like_size(text: str) -> bool:
+    """Whether `text` is shaped like a memory size (`24`, `24GB`, `-5GiB`, `0GiB`), valid or not."""
+    return bool(_SIZE.match(str(text)))
 
 
 def parse_size(text: str, what: str = "--vram") -> int:
-    """`24GiB`, `24GB` (1e9), `24G`, `24` (GiB), `24576MiB` -> bytes. Raises UserError."""
+    """`24GiB`, `24GB`, `24G`, `24` (GiB), `24576MiB` -> bytes (GB read as GiB: see _UNITS).
+    Raises a one-line UserError for anything else, and for sizes that are not > 0."""
     m = _SIZE.match(str(text))
     if not m:
         raise UserError(f"{what} must be a size such as 24GiB, 80GB or 24576MiB (got {text!r})")
     value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
-    if value <= 0:
-        raise UserError(f"{what} must be > 0 (got {text!r})")
+    if not value > 0:
+        raise UserError(f"{what} must be > 0 (got {text!r}): give the GPU's memory, e.g. 24GiB")
     return int(value)
+
+
+def size_note(text: str, what: str = "--vram") -> str | None:
+    """A note when `text` used a decimal-looking unit (GB, MB, ...): how it was read."""
+    m = _SIZE.match(str(text))
+    unit = (m.group(2) or "").lower() if m else ""
+    if unit not in ("kb", "mb", "gb", "tb"):
+        return None
+    binary = unit[0].upper() + "iB"
+    return (f"{what} {text.strip()} read as {float(m.group(1)):g} {binary}: GPU makers' {unit.upper()} are "
+            f"{binary} (a 24GB card has 24 GiB); write the bytes (e.g. 24000000000B) for decimal units")
 
 
 def parse_targets(text: str) -> str | tuple[str, ...]:
@@ -333,13 +354,20 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
         effective = mb * ga if (mb and ga) else DEFAULT_EFFECTIVE_BATCH
         if ga and not mb and effective % ga:
             effective = ga * max(1, effective // ga)
-    # --gpus auto on a catalog card / memory size: as many GPUs as one machine holds, fewest first
-    max_gpus = request.gpus_per_node if (request.gpus is None and hardware.source != "nvml") else None
+    # --gpus auto on a catalog card / memory size: one card (who names a card has one card;
+    # more cards come back as a suggestion), unless a multi-GPU strategy was asked for: then as
+    # many GPUs as one machine holds, fewest first
+    gpus, max_gpus = request.gpus, None
+    if gpus is None and hardware.source != "nvml":
+        if request.strategy == "auto":
+            gpus = 1
+        else:
+            max_gpus = request.gpus_per_node
     constraints = Constraints(
         method=request.method, fixed=fixed, min_seq_len=request.min_seq_len, max_seq_len=request.max_seq_len,
         effective_batch=effective, epochs=request.epochs, prefer_accuracy=request.prefer_accuracy,
         safety_margin=request.safety_margin, price_per_hour=request.price_per_hour,
-        gpus=request.gpus, strategy=request.strategy, cpu_offload=request.cpu_offload, max_gpus=max_gpus,
+        gpus=gpus, strategy=request.strategy, cpu_offload=request.cpu_offload, max_gpus=max_gpus,
         gpus_per_node=request.gpus_per_node,
     )
     try:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from planner.gpus import GPU, GPUS, GiB, UnknownGPU, get_gpu, suggest_gpus
@@ -26,22 +25,18 @@ class Target:
     count: int = 1
 
 
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(gib|gb|g|mib|mb|m)?\s*$", re.I)
-
-
 def parse_memory(text: str) -> int | None:
-    """`12`, `12GB`, `11.5 GiB`, `24576MiB` -> bytes; None when `text` is not a size.
-    GPU makers' "GB" means GiB (a "12 GB" card has 12 GiB), so both read as GiB. A bare
-    number over 512 is a card name (`3060`, `4090`), not a size."""
-    m = _SIZE.match(text)
-    if not m:
+    """`12`, `12GB`, `11.5 GiB`, `24576MiB` -> bytes, with the planner's size rules
+    (`tuneplan.services.planning.parse_size`: GPU makers' GB read as GiB). None when `text` is
+    not shaped like a size: a bare number over 512 is a card name (`3060`, `4090`). A size that
+    is not > 0 (`0GiB`) raises a one-line UserError: it is never taken for a card."""
+    from tuneplan.services.planning import looks_like_size, parse_size
+
+    if not looks_like_size(text):
         return None
-    value = float(m.group(1))
-    if m.group(2) is None and value > 512:
+    if text.strip().replace(".", "", 1).isdigit() and float(text) > 512:
         return None
-    unit = (m.group(2) or "gib").lower()
-    scale = 1024**2 if unit.startswith("m") else GiB
-    return int(value * scale) if value > 0 else None
+    return parse_size(text, "memory size")
 
 
 def catalog_matches(query: str, limit: int = 8) -> list[GPU]:

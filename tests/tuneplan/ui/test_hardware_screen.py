@@ -68,3 +68,17 @@ async def test_detected_gpu_is_listed_and_chosen(tmp_path):
     t = seen[0].target
     assert not t.dry_run and t.index == 0 and t.free_bytes == (24564 - 600) * 1024**2
     assert t.gpu.key == "rtx-4090"
+
+
+async def test_zero_size_is_an_error_not_a_card(tmp_path):
+    """`0GiB` is shaped like a size: it is refused, never matched to a card."""
+    app = create_app(make_services(tmp_path))
+    seen: list[TargetChosen] = []
+    async with app.run_test(size=(80, 24), message_hook=_hook(seen)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.query_one("#dry").display)
+        await pilot.press(*"0GiB", "enter")
+        error = str(screen.query_one("#error", Static).render())
+        assert "> 0" in error and "0GiB" in error
+        await pilot.pause()
+        assert not seen and isinstance(app.screen, HardwareScreen)

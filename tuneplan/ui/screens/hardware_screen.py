@@ -133,9 +133,9 @@ class HardwareScreen(Screen):
         cards = self.query_one("#cards", OptionList)
         from tuneplan.ui.target import parse_memory
 
-        if parse_memory(text) is None and cards.highlighted is not None and cards.option_count:
-            text = cards.get_option_at_index(cards.highlighted).id
         try:
+            if parse_memory(text) is None and cards.highlighted is not None and cards.option_count:
+                text = cards.get_option_at_index(cards.highlighted).id
             target = dry_run_target(text)
         except UserError as exc:
             self.query_one("#error", Static).update(Text(str(exc), style="bold red"))
