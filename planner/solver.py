@@ -557,7 +557,13 @@ def _pick(fitting: list[Candidate], methods: list[str], constraints: Constraints
         exact = [c for c in pool if c.setup.optimizer == "adamw"]
         pool = exact or pool
     # 3. checkpointing only when it is clearly faster
-    best = lambda cs: max(cs, key=lambda c: (c.tokens_per_second(), c.setup.optimizer == "adamw"))
+    # Speed unknown (a memory size, no card): the largest micro-batch that fits, as fewer and
+    # fuller steps keep any GPU busier (the arithmetic intensity of the matmuls grows with the
+    # tokens per step: Williams et al. 2009, "Roofline"); ranking by 0 tok/s would pick batch 1.
+    if any(c.tokens_per_second() for c in pool):
+        best = lambda cs: max(cs, key=lambda c: (c.tokens_per_second(), c.setup.optimizer == "adamw"))
+    else:
+        best = lambda cs: max(cs, key=lambda c: (c.setup.micro_batch, c.setup.optimizer == "adamw"))
     no_ck = [c for c in pool if not c.setup.grad_checkpointing]
     ck = [c for c in pool if c.setup.grad_checkpointing]
     if no_ck and ck:
@@ -596,8 +602,11 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
         reasons.append(f"Micro-batch {s.micro_batch} x {s.grad_accum} accumulation steps (effective batch "
                        f"{s.effective_batch()}) follows the batch you gave.")
     else:
+        why = ("it is the fastest micro-batch that fits" if choice.tokens_per_second() else
+               "the speed of this card is unknown, so it is the largest micro-batch that fits (fuller steps "
+               "use a GPU better)")
         reasons.append(f"Micro-batch {s.micro_batch} x {s.grad_accum} accumulation steps keeps the effective batch at "
-                       f"{s.effective_batch()} sequences; it is the fastest micro-batch that fits.")
+                       f"{s.effective_batch()} sequences; {why}.")
     if "optimizer" in fx:
         reasons.append(f"Optimizer {s.optimizer}, as asked.")
     elif s.optimizer != "adamw":
