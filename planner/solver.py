@@ -313,7 +313,16 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     elif dtype == "bfloat16" and not gpu.bf16:
         warnings.append(f"{gpu.name} does not support bfloat16 (compute capability < 8.0); using float16 instead.")
         dtype = "float16"
-    attn = fixed.pop("attn", None) or "sdpa"
+    asked_attn = fixed.pop("attn", None)
+    attn = asked_attn or "sdpa"
+    if spec.attn_logit_softcapping is not None and attn != "eager":
+        # transformers' SDPA and flash kernels have no attention logit soft-capping, so the model
+        # class (Gemma-2) refuses them and loads eager attention (`_supports_sdpa = False`;
+        # tuneplan/training/modeling.py `resolve_attention`): plan what runs
+        note = (f"{spec.name}'s attention uses logit soft-capping, which only eager attention implements: "
+                "it trains with eager attention (scores grow with the square of the sequence length).")
+        (warnings if asked_attn else reasons).append(note if not asked_attn else f"--attn {asked_attn}: {note}")
+        attn = "eager"
     if attn == "flash" and gpu.arch in ("volta", "turing"):
         warnings.append(f"flash-attention-2 needs an Ampere or newer GPU; {gpu.name} uses sdpa instead.")
         attn = "sdpa"

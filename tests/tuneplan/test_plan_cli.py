@@ -298,3 +298,29 @@ def test_vram_not_above_zero_is_one_clear_line(capsys, value):
     code, out, err = run(capsys, "--model", "llama-3.1-8b", "--vram", value)
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert "--vram must be > 0" in err and value in err and "expected one argument" not in err
+
+
+# -- the explanation agrees with the table ------------------------------------------------------
+def test_gemma2_plans_the_eager_attention_it_runs(capsys):
+    code, data, _ = run_json(capsys, "--model", "gemma-2-9b", "--gpu", "rtx-4090")
+    assert data["config"]["attn"] == "eager"  # transformers has no soft-capping in SDPA/flash
+    assert any("eager attention" in r for r in data["reasons"])
+    code, out, _ = run(capsys, "--model", "gemma-2-9b", "--gpu", "rtx-4090")
+    row = next(line for line in out.splitlines() if line.strip().startswith("attention"))
+    assert "eager" in row and "sdpa" not in row
+    code, data, err = run_json(capsys, "--model", "gemma-2-9b", "--gpu", "rtx-4090", "--attn", "sdpa")
+    assert data["config"]["attn"] == "eager" and any("--attn sdpa" in w for w in data["warnings"])
+
+
+def test_packing_is_in_the_table(capsys):
+    code, out, _ = run(capsys, "--model", "llama-3.1-8b", "--gpu", "rtx-4090")
+    row = next(line for line in out.splitlines() if line.strip().startswith("packing"))
+    assert "on" in row and row.split()[-1] == "default"
+
+
+def test_preset_refit_table_says_who_changed_what(capsys):
+    code, out, err = run(capsys, "--preset", "llama-3.1-8b-lora-24gb", "--gpu", "rtx-3060-12gb")
+    assert code == 0 and "method LoRA -> QLoRA" in out
+    row = next(line for line in out.splitlines() if line.strip().startswith("method "))
+    assert "QLoRA" in row and row.split()[-1] == "re-fit"
+    assert "as asked" not in out and " you\n" not in out

@@ -277,7 +277,26 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-def _knob_rows(outcome) -> list[tuple[str, str, str]]:
+_ROW_KNOBS = {"method": "method", "sequence length": "seq_len", "micro-batch": "micro_batch",
+              "grad accumulation": "grad_accum", "grad checkpointing": "grad_checkpointing", "optimizer": "optimizer",
+              "attention": "attn", "loss": "fused_ce", "precision": "compute_dtype", "packing": "packing"}
+
+
+def _knob_rows(outcome, given_by: str = "you", changed=()) -> list[tuple[str, str, str]]:
+    """(label, value, who chose it). `given_by`: who fixed the fixed knobs (`you`, `preset`);
+    `changed`: knobs a preset re-fit changed (shown as `re-fit`)."""
+    rows = _plain_knob_rows(outcome)
+    out = []
+    for label, value, who in rows:
+        if _ROW_KNOBS.get(label) in changed:
+            who = "re-fit"
+        elif who == "you":
+            who = given_by
+        out.append((label, value, who))
+    return out
+
+
+def _plain_knob_rows(outcome) -> list[tuple[str, str, str]]:
     s = outcome.result.choice.setup
     fixed = set(outcome.request.fixed)
     def src(*keys):
@@ -309,22 +328,26 @@ def _knob_rows(outcome) -> list[tuple[str, str, str]]:
         ("grad accumulation", f"{s.grad_accum} (effective batch {s.effective_batch()})", src("grad_accum")),
         ("grad checkpointing", "on" if s.grad_checkpointing else "off", src("grad_checkpointing")),
         ("optimizer", s.optimizer, src("optimizer")),
-        ("attention", s.attn, "you" if "attn" in fixed else "default"),
+        ("attention", s.attn, "you" if "attn" in fixed else ("default" if s.attn == "sdpa" else "solver")),
         ("loss", "fused linear cross-entropy" if s.fused_ce else "transformers (full fp32 logits)", src("fused_ce")),
+        ("packing", "on (examples packed, padding-free)" if s.packing else "off (one example per row, padded)",
+         "you" if "packing" in fixed else "default"),
         ("precision", s.compute_dtype, "you" if "compute_dtype" in fixed else "solver"),
     ]
     return rows
 
 
-def _top_reason(r) -> str | None:
+def _top_reason(r, reasons) -> str | None:
     """The one sentence that matters most: why it does not fit, or why this method."""
     if not r.fits:
-        return r.suggestions[0] if r.suggestions else (r.reasons[-1] if r.reasons else None)
+        return r.suggestions[0] if r.suggestions else (reasons[-1] if reasons else None)
+    method = ("LoRA", "QLoRA", "Full fine-tuning", "One ")  # the method (or GPU count) sentence
     skip = ("Sequence length", "Capped at")
-    return next((x for x in r.reasons if not x.startswith(skip)), r.reasons[0] if r.reasons else None)
+    return next((x for x in reasons if x.startswith(method)),
+                next((x for x in reasons if not x.startswith(skip)), reasons[0] if reasons else None))
 
 
-def render(outcome, width: int | None = None) -> str:
+def render(outcome, width: int | None = None, given_by: str = "you", changed=()) -> str:
     """The human-readable plan, wrapped to `width` columns (None: not wrapped). The first lines
     are the essentials (fits or not, the configuration, the memory total against the card, the
     top reason, speed); the configuration table, the breakdown and the alternatives follow."""
@@ -352,7 +375,11 @@ def render(outcome, width: int | None = None) -> str:
     room = r.headroom_bytes()
     room_text = f"{_gib(room)} headroom" if room >= 0 else f"{_gib(-room)} over the budget"
     out += wrap(f"{_gib(m.device_bytes)}{where} of {_gib(cap)} usable{share}, {room_text}", width, "Memory    ")
-    top = _top_reason(r)
+    reasons = list(r.reasons)
+    if given_by != "you":  # the solver's "as asked" is the preset's (or its re-fit's) choice
+        whose = f"the {given_by}'s re-fit" if changed else f"the {given_by}"
+        reasons = [x.replace(" as asked.", f" ({whose}: see above).") for x in reasons]
+    top = _top_reason(r, reasons)
     if top:
         out += wrap(top, width, "Why       ")
     t = c.throughput
@@ -376,7 +403,7 @@ def render(outcome, width: int | None = None) -> str:
     # the configuration table: label, value (wrapped in its column), who chose it
     value_w = 48 if width is None else max(16, width - 2 - 20 - 1 - 1 - len("chosen by"))
     out.append(f"{'Configuration':<{2 + 20 + 1 + value_w + 1}}chosen by")
-    for k, v, who in _knob_rows(outcome):
+    for k, v, who in _knob_rows(outcome, given_by, changed):
         lines = wrap(v, value_w) if width is not None else [v]
         out.append(f"  {k:<20} {lines[0]:<{value_w}} {who}")
         out += [f"  {'':<20} {more}" for more in lines[1:]]
@@ -404,7 +431,7 @@ def render(outcome, width: int | None = None) -> str:
     out.append(f"  {'headroom':<42} {r.headroom_bytes() / GiB:7.2f} GiB")
     out += wrap(f"(safety margin {_gib(r.usable_bytes - r.budget_bytes)})", width, f"  {'':<42} ")
     out.append("")
-    for title, items, mark in (("Why", r.reasons, "-"), ("What would make it fit", r.suggestions, "-"),
+    for title, items, mark in (("Why", reasons, "-"), ("What would make it fit", r.suggestions, "-"),
                                ("Warnings", r.warnings, "!"), ("Notes", outcome.notes, "-")):
         if items:
             out.append(title)

@@ -217,7 +217,7 @@ def plan_with_preset(args: argparse.Namespace) -> int:
         width = output_width()
         print("\n".join(fill(line, width, "", "    ") for line in fit.summary_lines(skip_notes=fit.outcome.notes)))
         print()
-        print(render(fit.outcome, width))
+        print(render(fit.outcome, width, given_by="preset", changed={k for k, _, _ in fit.changes}))
     if not fit.fits:
         print(f"tuneplan plan: preset {preset.name} does not fit here", file=sys.stderr)
         return EXIT_DOES_NOT_FIT
