@@ -59,7 +59,8 @@ class GPU:
     arch: str
     """`volta`, `turing`, `ampere`, `ada`, `hopper`, `blackwell`: decides kernels and workspace sizes."""
     bf16_tflops: float | None = None
-    """Dense bf16 (fp16 where no bf16) tensor TFLOP/s with fp32 accumulation, no sparsity."""
+    """Dense bf16 (fp16 where no bf16) tensor TFLOP/s with fp32 accumulation, no sparsity, as
+    the card sustains it (the datasheet rate, derated for 70-75 W boards: LOW_POWER_SUSTAINED)."""
     bandwidth_gbs: float | None = None
     """Memory bandwidth in GB/s (1e9 bytes)."""
     price_per_hour: float | None = None
@@ -85,6 +86,16 @@ def _gpu(key, name, mem_mib, arch, cc, tflops, bw, price, *, seg="datacenter", l
         compute_capability=cc, segment=seg, aliases=tuple(aliases),
     )
 
+
+LOW_POWER_SUSTAINED = 0.4
+"""Share of the datasheet tensor rate a 70-75 W board (T4: 70 W, L4: 72 W) sustains in training.
+The datasheet rates assume the maximum boost clock (T4: 65 TFLOP/s at 1590 MHz, base 585 MHz;
+L4: 121 dense at 2040 MHz, NVIDIA T4 and L4 datasheets); under dense tensor-core work these
+boards reach their power limit and the clock throttles far below boost (Jia et al. 2019,
+"Dissecting the NVidia Turing T4 GPU via Microbenchmarking", arXiv:1903.07486, section on clock
+throttling under power limits). 0.4 is an estimate, not a measurement: it puts a T4 at about
+the rate of an RTX 3060 (170 W, 25.4 dense FP32-accumulate), as practitioners report, instead
+of 2.5x above it. Replace it with a measured rate when one is at hand."""
 
 # key, display name, NVML memory (MiB), arch, compute capability, dense bf16 TFLOP/s, GB/s, USD/h
 GPUS: tuple[GPU, ...] = (
@@ -115,7 +126,7 @@ GPUS: tuple[GPU, ...] = (
     _gpu("rtx-6000-ada", "NVIDIA RTX 6000 Ada Generation", 49140, "ada", (8, 9), 364.2, 960, 0.77,
          seg="workstation", aliases=("6000ada", "rtx6000ada", "rtx6000")),
     # -- datacenter / cloud --------------------------------------------------------------------
-    _gpu("t4", "Tesla T4", 15360, "turing", (7, 5), 65.0, 320, 0.35,
+    _gpu("t4", "Tesla T4", 15360, "turing", (7, 5), 65.0 * LOW_POWER_SUSTAINED, 320, 0.35,
          aliases=("tesla-t4", "t4-16gb")),
     _gpu("v100-16gb", "Tesla V100-SXM2-16GB", 16160, "volta", (7, 0), 125.0, 900, 0.40,
          link="nvlink", aliases=("v100", "v100-sxm2-16gb", "v100-16")),
@@ -125,7 +136,7 @@ GPUS: tuple[GPU, ...] = (
          aliases=("a10g-24gb",)),
     _gpu("a10", "NVIDIA A10", 23028, "ampere", (8, 6), 125.0, 600, 0.75,
          aliases=("a10-24gb",)),
-    _gpu("l4", "NVIDIA L4", 23034, "ada", (8, 9), 121.0, 300, 0.70,
+    _gpu("l4", "NVIDIA L4", 23034, "ada", (8, 9), 121.0 * LOW_POWER_SUSTAINED, 300, 0.70,
          aliases=("l4-24gb",)),
     _gpu("a40", "NVIDIA A40", 46068, "ampere", (8, 6), 149.7, 696, 0.44,
          link="nvlink", aliases=("a40-48gb",)),
