@@ -341,9 +341,9 @@ def _top_reason(r, reasons) -> str | None:
     """The one sentence that matters most: why it does not fit, or why this method."""
     if not r.fits:
         return r.suggestions[0] if r.suggestions else (reasons[-1] if reasons else None)
-    method = ("LoRA", "QLoRA", "Full fine-tuning", "One ")  # the method (or GPU count) sentence
+    method = ("lora", "qlora", "full fine-tuning", "one ")  # the method (or GPU count) sentence
     skip = ("Sequence length", "Capped at")
-    return next((x for x in reasons if x.startswith(method)),
+    return next((x for x in reasons if x.lower().startswith(method)),
                 next((x for x in reasons if not x.startswith(skip)), reasons[0] if reasons else None))
 
 
@@ -352,6 +352,7 @@ def render(outcome, width: int | None = None, given_by: str = "you", changed=())
     are the essentials (fits or not, the configuration, the memory total against the card, the
     top reason, speed); the configuration table, the breakdown and the alternatives follow."""
     from tuneplan.commands.terminal import wrap
+    from tuneplan.ui.formatting import count  # one number format for the CLI and the screens
 
     r = outcome.result
     c = r.choice
@@ -367,7 +368,7 @@ def render(outcome, width: int | None = None, given_by: str = "you", changed=())
     cap = outcome.hardware.usable_bytes()
     multi = c.setup.num_gpus > 1 or c.setup.strategy == "fsdp"
     free = f", {_gib(outcome.hardware.free_bytes)} free" if outcome.hardware.free_bytes is not None else ""
-    out += wrap(f"{outcome.model.name} ({spec.model_type}, {format_params(params)} parameters) on {gpu.name} "
+    out += wrap(f"{outcome.model.name} ({spec.model_type}, {count(params)} parameters) on {gpu.name} "
                 f"({_gib(gpu.memory_bytes)}{free})", width)
     out += wrap(("FITS: " if r.fits else "DOES NOT FIT. Smallest configuration tried: ") + c.describe(), width)
     where = " per GPU" if multi else ""
@@ -445,11 +446,3 @@ def render(outcome, width: int | None = None, given_by: str = "you", changed=())
             out += wrap(f"{a.describe()}: {a.memory.device_bytes / GiB:.1f} GiB, {tps}", width, "  - ")
     return "\n".join(out)
 
-
-def format_params(n: int) -> str:
-    """A parameter count a person reads: `8.03B`, `124M`, `4.2M`."""
-    if n >= 1e9:
-        return f"{n / 1e9:.2f}B"
-    if n >= 1e6:
-        return f"{n / 1e6:.3g}M"
-    return f"{n / 1e3:.3g}K"

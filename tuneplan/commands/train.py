@@ -181,7 +181,9 @@ def build_config(args: argparse.Namespace):
         raise UserError("no model: give --model (catalog name, Hub id or folder), --config or --preset")
     if not config.data.source:
         raise UserError("no dataset: give --dataset (JSONL/JSON/CSV/Parquet file or Hub id), --config or --preset")
-    return config
+    from tuneplan.services.presets import resolve_sources
+
+    return resolve_sources(config)  # tuneplan:tiny / tuneplan:sample-chat -> their folder and file
 
 
 def plan_config(config, args: argparse.Namespace):

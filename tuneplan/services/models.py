@@ -36,6 +36,7 @@ from typing import Any, Mapping
 
 from planner import catalog
 from planner.spec import ModelSpec, UnsupportedArchitecture, spec_from_config
+from tuneplan.data import TINY_MODEL, TINY_MODEL_CONFIG
 from tuneplan.errors import UserError
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
@@ -105,6 +106,9 @@ def resolve_model(
 
     if _looks_like_path(text):
         return _resolve_local(Path(text).expanduser(), trust_remote_code, shown=text)
+
+    if text == TINY_MODEL:
+        return _resolve_bundled_tiny(trust_remote_code)
 
     entry = catalog.find(text)
     if entry is not None:
@@ -192,6 +196,28 @@ def _resolve_catalog(entry: catalog.CatalogEntry, trust_remote_code: bool) -> Re
         trust_remote_code=trust_remote_code,
         notes=tuple(notes),
     )
+
+
+_TINY_SHAPE = ("model_type", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+               "num_key_value_heads", "vocab_size", "max_position_embeddings")
+
+
+def is_bundled_tiny(config: Mapping[str, Any]) -> bool:
+    """Whether `config` (a config.json dict) is the bundled tiny model's: its weights are
+    random, so it trains in full (a LoRA adapter on a random frozen base barely learns)."""
+    tiny = json.loads(TINY_MODEL_CONFIG.read_text(encoding="utf-8"))
+    return all(config.get(k) == tiny[k] for k in _TINY_SHAPE)
+
+
+def _resolve_bundled_tiny(trust_remote_code: bool) -> ResolvedModel:
+    """`tuneplan:tiny`: planned from its config.json alone (the weights are built on first
+    training use, `tuneplan.services.presets.resolve_sources`)."""
+    config = json.loads(TINY_MODEL_CONFIG.read_text(encoding="utf-8"))
+    spec = _spec(config, TINY_MODEL, trust_remote_code)
+    return ResolvedModel(spec=spec, kind="bundled", source=TINY_MODEL, name=TINY_MODEL, config=config,
+                         license="bundled with tuneplan", gated=False, trust_remote_code=trust_remote_code,
+                         notes=("the bundled tiny model: random weights, built on first use; for trying tuneplan "
+                                "on any machine, not for results",))
 
 
 def _resolve_local(path: Path, trust_remote_code: bool, shown: str | None = None) -> ResolvedModel:

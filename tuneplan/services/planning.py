@@ -370,13 +370,28 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
         gpus=gpus, strategy=request.strategy, cpu_offload=request.cpu_offload, max_gpus=max_gpus,
         gpus_per_node=request.gpus_per_node,
     )
+    tiny_full = request.method == "auto" and _is_bundled_tiny(model)
+    if tiny_full:
+        constraints = replace(constraints, method="full")
     try:
         result = solve(spec, hardware, constraints, request.dataset)
     except ValueError as exc:
         raise UserError(str(exc)) from None
+    if tiny_full:  # the solver heard "full" from us, not from the user
+        why = ("Full fine-tuning: the bundled tiny model's weights are random, and LoRA on a random frozen base "
+               "barely learns (--method lora to override).")
+        result = replace(result, reasons=tuple(why if x.lower().startswith("full fine-tuning as asked") else x
+                                               for x in result.reasons))
     all_notes = tuple(notes) + tuple(getattr(model, "notes", ()) or ())
     return PlanOutcome(request=request, model=model, hardware=hardware, result=result, notes=all_notes,
                        detected_gpus=detected)
+
+
+def _is_bundled_tiny(model: Any) -> bool:
+    from tuneplan.services.models import is_bundled_tiny
+
+    config = getattr(model, "config", None)
+    return isinstance(config, Mapping) and is_bundled_tiny(config)
 
 
 def estimate(spec: Any, hardware: Hardware, setup: TrainSetup, *, dataset_tokens: int | None = None,

@@ -42,7 +42,7 @@ PRESETS_DIR_ENV = "TUNEPLAN_PRESETS_DIR"
 """Overrides the user presets folder (the wizard's review screen saves there too)."""
 CACHE_DIR_ENV = "TUNEPLAN_CACHE_DIR"
 """Overrides the cache folder that holds the built tiny model."""
-TINY_MODEL = "tuneplan:tiny"
+from tuneplan.data import TINY_MODEL  # noqa: E402  (the bundled tiny model's name)
 """`model.source` of the bundled tiny Llama-style model (built on first use, then cached)."""
 SAMPLE_DATA = "tuneplan:sample-chat"
 """`data.source` of the bundled sample chat dataset."""

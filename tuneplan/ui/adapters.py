@@ -71,7 +71,14 @@ class ModelsAdapter:
         if q and not found:
             found = [catalog.get(n) for n in catalog.suggestions(query, n=5)]
         hits = []
-        for e in found[:limit]:
+        from tuneplan.data import TINY_MODEL
+
+        if not q or q in catalog.normalize(TINY_MODEL) or "tiny" in q:  # the bundled model, first
+            from tuneplan.services.models import resolve_model
+
+            hits.append(ModelHit(TINY_MODEL, "", resolve_model(TINY_MODEL).spec.parameter_count(), False,
+                                 "bundled, random weights"))
+        for e in found[:limit - len(hits)]:
             try:
                 params = e.official_parameters or e.spec().parameter_count()
             except Exception:
@@ -82,8 +89,9 @@ class ModelsAdapter:
     def is_catalog_name(self, text: str) -> bool:
         """Whether `text` names a catalog entry exactly (name, alias or Hub id)."""
         from planner import catalog
+        from tuneplan.data import TINY_MODEL
 
-        return catalog.find(text) is not None
+        return text.strip() == TINY_MODEL or catalog.find(text) is not None
 
     def resolve(self, text: str) -> ModelChoice:
         """Catalog name, Hub id or local folder -> ModelChoice. Blocking (may fetch
@@ -92,7 +100,14 @@ class ModelsAdapter:
 
         kwargs = {"hub": self.hub} if self.hub is not None else {}
         resolved = models.resolve_model(text, **kwargs)
-        return _choice_from_resolved(resolved)
+        choice = _choice_from_resolved(resolved)
+        if resolved.kind == "bundled":  # its tokenizer lives in the built folder (built once, cached)
+            from dataclasses import replace
+
+            from tuneplan.services.presets import tiny_model_dir
+
+            choice = replace(choice, tokenizer_source=str(tiny_model_dir(build=True)))
+        return choice
 
 
 def _choice_from_resolved(r: Any) -> ModelChoice:
@@ -258,7 +273,9 @@ class RunsAdapter:
         import os
 
         from tuneplan.services import launcher
+        from tuneplan.services.presets import resolve_sources
 
+        config = resolve_sources(config)  # tuneplan:tiny -> its built folder
         if gpu_index is None or "CUDA_VISIBLE_DEVICES" in os.environ:
             return launcher.launch(config, runs_root=self.root())
         saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}

@@ -62,6 +62,7 @@ class PlanScreen(Screen):
     CSS_PATH = "plan_screen.tcss"
     BINDINGS = [
         Binding("ctrl+n", "accept", "Review"),
+        Binding("enter", "accept", "Review", show=False),  # on a choice knob (Inputs submit: same)
         Binding("ctrl+r", "resolve", "Re-plan"),
         Binding("ctrl+u", "reset", "Undo edits"),
         Binding("escape", "app.pop_screen", "Back"),
@@ -172,11 +173,18 @@ class PlanScreen(Screen):
                                                            style="bold red"))
             return
         if getattr(self.plan.setup, knob) != value:
-            self._edit(**{knob: value})
+            changes = {knob: value}
+            if knob == "micro_batch":  # keep the effective batch: the accumulation follows
+                s = self.plan.setup
+                per_gpu = s.micro_batch * s.grad_accum
+                changes["grad_accum"] = max(1, round(per_gpu / value))
+            self._edit(**changes)
+            if "grad_accum" in changes:
+                self._sync_input("grad_accum", self.plan.setup.grad_accum)
 
     @on(Input.Submitted)
     def _int_submitted(self, event: Input.Submitted) -> None:
-        self.focus_next()
+        self.action_accept()  # Enter moves on, as on every screen (Tab moves between knobs)
 
     @on(Choice.Changed)
     def _choice_changed(self, event: Choice.Changed) -> None:
@@ -247,11 +255,14 @@ class PlanScreen(Screen):
         if sync_knobs:
             self._sync_knobs(s)
 
+    def _sync_input(self, knob: str, value: Any) -> None:
+        inp = self.query_one(f"#{knob}", Input)
+        with inp.prevent(Input.Changed):
+            inp.value = str(value)
+
     def _sync_knobs(self, s: Any) -> None:
         for knob in INT_KNOBS:
-            inp = self.query_one(f"#{knob}", Input)
-            with inp.prevent(Input.Changed):
-                inp.value = str(getattr(s, knob))
+            self._sync_input(knob, getattr(s, knob))
         self.query_one("#method", Choice).set_value(s.method)
         self.query_one("#lora_targets", Choice).set_value(
             "attention" if targets_value(s.lora_targets) == "attention" else ALL_LINEAR)
@@ -285,7 +296,7 @@ class PlanScreen(Screen):
         self.app.push_screen(HelpDialog("Plan", [
             ("Tab", "next knob / the alternatives table"),
             ("Left/Right", "change a choice knob"), ("digits", "edit a number: estimate follows"),
-            ("Enter", "on an alternative: use it"),
+            ("Enter", "review and launch (on an alternative: use it)"),
             ("Ctrl+R", "re-plan, keeping the knobs you edited"), ("Ctrl+U", "back to the solver's plan"),
             ("Ctrl+N", "review and launch"), ("Esc", "back"),
         ]))
