@@ -324,3 +324,27 @@ def test_preset_refit_table_says_who_changed_what(capsys):
     row = next(line for line in out.splitlines() if line.strip().startswith("method "))
     assert "QLoRA" in row and row.split()[-1] == "re-fit"
     assert "as asked" not in out and " you\n" not in out
+
+
+@pytest.mark.parametrize("argv, phrase", [
+    (("--method", "full", "--lora-r", "8"), "--lora-r only applies to"),
+    (("--method", "full", "--lora-r", "8", "--lora-alpha", "16"), "--lora-r, --lora-alpha only apply to"),
+])
+def test_contradiction_messages_agree_in_number(capsys, argv, phrase):
+    code, _, err = run(capsys, "--model", "llama-3.1-8b", "--gpu", "4090", *argv)
+    assert code == 2 and phrase in err
+
+
+def test_broken_jsonl_message_is_whole(tmp_path):
+    from tuneplan.errors import UserError
+    from tuneplan.services.dataset_formats import read_local_rows
+    from tuneplan.services.dataset_preview import preview_dataset
+
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"text": "fine"}\n{"text": "a\x01b"}\n')
+    with pytest.raises(UserError) as err:
+        preview_dataset(str(bad))
+    assert "line 2" in str(err.value) and "Invalid control character at column" in str(err.value)
+    with pytest.raises(Exception) as err:
+        read_local_rows(str(bad))
+    assert "line 2" in str(err.value) and "Invalid control character at column" in str(err.value)

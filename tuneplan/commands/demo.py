@@ -75,6 +75,8 @@ def run(args: argparse.Namespace) -> int:
     s = fit.config.setup
     m = fit.outcome.result.choice.memory
     _say(f"               {fit.outcome.result.choice.describe()}; predicted {m.device_bytes / 2**20:.0f} MiB "
+         "on the device (nvidia-smi; torch peak "
+         f"{m.torch_peak_bytes / 2**20:.0f} MiB) "
          f"({'fits' if fit.fits else 'DOES NOT FIT'}); re-fit of preset {preset.name}: {fit.change_text()}")
     if not fit.fits:
         raise UserError(f"the demo's tiny model does not fit on {hw.gpu.name}: " + "; ".join(fit.reasons))

@@ -221,7 +221,7 @@ def read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, d
             try:
                 data = json.load(f)
             except json.JSONDecodeError as exc:
-                raise DatasetFormatError(f"{name} line {exc.lineno}: not valid JSON ({exc.msg})") from None
+                raise DatasetFormatError(f"{name} line {exc.lineno}: not valid JSON ({json_error(exc)})") from None
             if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
                 data = next(iter(data.values()))  # {"data": [...]}
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
@@ -234,10 +234,17 @@ def read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, d
                 row = json.loads(line)
             except json.JSONDecodeError as exc:
                 raise DatasetFormatError(
-                    f"{name} line {lineno}: not valid JSON ({exc.msg}); fix or delete that line") from None
+                    f"{name} line {lineno}: not valid JSON ({json_error(exc)}); fix or delete that line") from None
             if not isinstance(row, dict):
                 raise DatasetFormatError(f"{name} line {lineno}: expected a JSON object (got {type(row).__name__})")
             rows.append((f"{name} line {lineno}", row))
             if limit is not None and len(rows) >= limit:
                 break
     return rows
+
+
+def json_error(exc: json.JSONDecodeError) -> str:
+    """The decoder's complaint with its column: `Invalid control character at column 17`
+    (`exc.msg` alone ends in "at": the json module appends the position to it)."""
+    at = "" if exc.msg.endswith(" at") else " at"
+    return f"{exc.msg}{at} column {exc.colno}"

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from tuneplan.errors import UserError
+from tuneplan.services.dataset_formats import json_error
 
 MAX_ROWS = 5000
 """Rows read for the statistics (the count of a larger local JSONL/CSV is still exact)."""
@@ -143,7 +144,7 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
                     try:
                         obj = json.loads(line)
                     except json.JSONDecodeError as exc:
-                        raise UserError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); fix or remove it") from None
+                        raise UserError(f"{path}: line {lineno} is not valid JSON ({json_error(exc)}); fix or remove it") from None
                     if not isinstance(obj, dict):
                         raise UserError(f"{path}: line {lineno} is not a JSON object")
                     rows.append(obj)
@@ -152,7 +153,7 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise UserError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
+            raise UserError(f"{path}: line {exc.lineno} is not valid JSON ({json_error(exc)})") from None
         if isinstance(data, dict):
             # {"data": [...]} / {"train": [...]} style: take the first list of objects
             lists = [v for v in data.values() if isinstance(v, list)]

@@ -279,11 +279,13 @@ def validate(request: PlanRequest, spec: Any) -> None:
     if request.method == "full":
         given = [_FLAGS[k] for k in LORA_KNOBS + QLORA_KNOBS if k in fixed]
         if given:
-            raise UserError(f"--method full trains every weight: {', '.join(given)} only apply to LoRA/QLoRA")
+            raise UserError(f"--method full trains every weight: {', '.join(given)} only "
+                            f"{'applies' if len(given) == 1 else 'apply'} to LoRA/QLoRA")
     if request.method == "lora":
         given = [_FLAGS[k] for k in QLORA_KNOBS if k in fixed]
         if given:
-            raise UserError(f"--method lora keeps a 16-bit base: {', '.join(given)} only apply to --method qlora")
+            raise UserError(f"--method lora keeps a 16-bit base: {', '.join(given)} only "
+                            f"{'applies' if len(given) == 1 else 'apply'} to --method qlora")
     mb, ga, eff = fixed.get("micro_batch"), fixed.get("grad_accum"), request.effective_batch
     if mb and ga and eff and mb * ga != eff:
         raise UserError(f"--batch {mb} x --grad-accum {ga} = {mb * ga}, not --effective-batch {eff}: drop one of them")

@@ -34,6 +34,9 @@ def _recorded(name):
 async def test_replays_a_finished_run(tmp_path, recorded_run):
     run_dir = recorded_run("tiny-done")
     events, logs = _recorded("tiny-done")
+    saved = [e for e in events if e["kind"] == "checkpoint"]
+    assert len(saved) > 1
+    (run_dir / "checkpoints" / f"checkpoint-{saved[-1]['step']}").mkdir(parents=True)  # older ones: deleted
     app = create_app(make_services(tmp_path, nvml=FakeNVML([rtx_4090()])), run_dir=run_dir)
     seen: list[RunUpdated] = []
     async with app.run_test(size=(80, 24), message_hook=lambda m: seen.append(m) if isinstance(m, RunUpdated) else None) as pilot:
@@ -51,8 +54,10 @@ async def test_replays_a_finished_run(tmp_path, recorded_run):
         stats = text_of(screen, "#stats")
         assert "util 87%" in stats and "71°C" in stats and "312 W" in stats
         assert f"loss {last['loss']:.4f}" in stats
-        checkpoint = [e for e in events if e["kind"] == "checkpoint"][-1]
-        assert f"checkpoint-{checkpoint['step']}" in text_of(screen, "#checkpoints")
+        listed = text_of(screen, "#checkpoints")
+        assert f"checkpoint-{saved[-1]['step']}" in listed  # on disk: listed
+        assert f"checkpoint-{saved[0]['step']}\n" not in listed  # deleted since: not listed, counted
+        assert f"{len(saved) - 1} deleted" in listed
         assert seen and seen[-1].snapshot is s
         # a finished run has nothing to save or stop
         await pilot.press("x")

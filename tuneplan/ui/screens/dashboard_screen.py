@@ -186,11 +186,15 @@ class DashboardScreen(Screen):
         self.query_one("#stats", Static).update(self._stats_text(s))
         self._render_tail(s)
         cps = Text("checkpoints\n", style="bold")
-        if s.checkpoints:
-            for step, path in s.checkpoints[-6:]:
-                name = Path(path).name
-                cps.append((name if str(step) in name else f"step {step}: {name}") + "\n")
-        else:
+        # the events list every checkpoint saved; save_total_limit (or a user) deletes old ones
+        kept = [(step, path) for step, path in s.checkpoints if _on_disk(s.run_dir, path)]
+        for step, path in kept[-6:]:
+            name = Path(path).name
+            cps.append((name if str(step) in name else f"step {step}: {name}") + "\n")
+        gone = len(s.checkpoints) - len(kept)
+        if gone:
+            cps.append(f"{gone} deleted\n", style="dim")  # by save_total_limit or by hand
+        if not s.checkpoints:
             cps.append("none yet", style="dim")
         self.query_one("#checkpoints", Static).update(cps)
 
@@ -243,7 +247,7 @@ class DashboardScreen(Screen):
         t.append("\n")
         t.append_text(self._gpu_text())
         t.append("\n")
-        t.append("peak memory ", style="bold")
+        t.append("torch peak memory ", style="bold")
         t.append(f"predicted {gib(s.predicted_peak_bytes, 2)}  measured {gib(s.measured_peak_bytes, 2)}")
         if s.predicted_peak_bytes and s.measured_peak_bytes:
             err = (s.measured_peak_bytes - s.predicted_peak_bytes) / s.predicted_peak_bytes
@@ -345,3 +349,10 @@ class DashboardScreen(Screen):
 
     def action_help(self) -> None:
         self.app.push_screen(HelpDialog("Dashboard keys", HELP))
+
+
+def _on_disk(run_dir: str, path: str) -> bool:
+    """Whether a checkpoint the events name is still there (its path, or its name under the
+    run's `checkpoints/` folder when the run folder was moved)."""
+    p = Path(path)
+    return p.is_dir() or (Path(run_dir) / "checkpoints" / p.name).is_dir()
