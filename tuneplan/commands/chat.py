@@ -27,6 +27,9 @@ def run(args: argparse.Namespace) -> int:
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
     from tuneplan.training.inference import load_chat_model, reply
 
+    for stream in (sys.stdout, sys.stderr):  # a terminal that is not UTF-8 gets "?", not a traceback
+        if hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="replace")
     model, tokenizer, notes = load_chat_model(run_dir)
     for note in notes:
         print(f"tuneplan: {note}", file=sys.stderr)

@@ -30,7 +30,17 @@ def _adapter_dir(run_dir: Path, config: RunConfig) -> tuple[Path, str | None]:
     raise UserError(f"run {run_dir.name} has no adapter and no checkpoint yet; wait for its first checkpoint")
 
 
+LIBRARIES = r"(transformers|peft|torch|accelerate|bitsandbytes|trl|huggingface_hub)(\.|$)"
+"""Modules whose FutureWarning / DeprecationWarning lines are theirs to fix, not the user's."""
+
+
 def _quiet() -> None:
+    """No progress bars, log chatter or the libraries' own deprecation notices in `chat` and
+    `export` output (our own warnings still show)."""
+    import warnings
+
+    for category in (FutureWarning, DeprecationWarning):
+        warnings.filterwarnings("ignore", category=category, module=LIBRARIES)
     import transformers
 
     transformers.utils.logging.disable_progress_bar()
@@ -87,7 +97,23 @@ def reply(model, tokenizer, messages: list[dict], *, max_new_tokens: int = 128, 
         kwargs.update(do_sample=False)
     with torch.no_grad():
         out = model.generate(**inputs, **kwargs)
-    return tokenizer.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True).strip()
+    return decode_whole_characters(tokenizer, out[0, inputs["input_ids"].shape[1]:].tolist()).strip()
+
+
+def decode_whole_characters(tokenizer, ids: list[int]) -> str:
+    """`ids` as text, invalid bytes shown as U+FFFD (the tokenizer's replacement), but without
+    the replacement characters of a character cut at the last token boundary: a byte-level
+    model stopped by max_new_tokens (or a partly trained one) can end halfway through a
+    multi-byte UTF-8 character; those last bytes are dropped, not printed as `\ufffd`."""
+    text = tokenizer.decode(ids, skip_special_tokens=True)
+    # a UTF-8 character is at most 4 bytes, so at most the last 3 tokens can hold a cut one
+    for cut in range(1, min(3, len(ids)) + 1):
+        if not text.endswith("\ufffd"):
+            break
+        shorter = tokenizer.decode(ids[:-cut], skip_special_tokens=True)
+        if not shorter.endswith("\ufffd"):
+            return shorter
+    return text
 
 
 def available_ram_bytes() -> int | None:
