@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from tmux_session import ROOT, Tmux
+from tmux_session import Tmux
 
 pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="needs tmux")
 
