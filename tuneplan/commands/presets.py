@@ -218,9 +218,12 @@ def plan_with_preset(args: argparse.Namespace) -> int:
         print("\n".join(fill(line, width, "", "    ") for line in fit.summary_lines(skip_notes=fit.outcome.notes)))
         print()
         print(render(fit.outcome, width, given_by="preset", changed={k for k, _, _ in fit.changes}))
+    from tuneplan.commands.terminal import fill, output_width
+
+    err_width = output_width(sys.stderr)
     if not fit.fits:
-        print(f"tuneplan plan: preset {preset.name} does not fit here", file=sys.stderr)
+        print(fill(f"tuneplan plan: preset {preset.name} does not fit here", err_width), file=sys.stderr)
         return EXIT_DOES_NOT_FIT
-    print(f"tuneplan plan: preset {preset.name}: {fit.change_text()}; train it with: "
-          f"tuneplan train --preset {preset.name}", file=sys.stderr)
+    print(fill(f"tuneplan plan: preset {preset.name}: {fit.change_text()}; train it with: "
+               f"tuneplan train --preset {preset.name}", err_width), file=sys.stderr)
     return EXIT_OK
