@@ -46,8 +46,8 @@ def test_output_fits_80_columns_without_breaking_words(term, case):
     term.send("Enter")
     term.wait(r"END-\d")
     lines = term.history()
-    start = next(i for i, line in enumerate(lines) if "-m tuneplan" in line)
-    end = next(i for i, line in enumerate(lines) if re.match(r"END-\d", line))
+    end = max(i for i, line in enumerate(lines) if re.match(r"END-\d", line))
+    start = max(i for i, line in enumerate(lines[:end]) if "-m tuneplan" in line and "echo END-" in line)
     body = [line.rstrip() for line in lines[start + 1:end]]
     assert len(body) > 10, body
     too_long = [line for line in body if len(line) > 80]
