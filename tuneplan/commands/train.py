@@ -234,16 +234,9 @@ def check_machine(args: argparse.Namespace) -> tuple[list, list[str]]:
 
 def check_model_access(config) -> None:
     """A gated catalog or Hub model needs a Hub token (and access) before anything launches."""
-    from planner import catalog
     from tuneplan.services import models
 
-    source = config.model.source
-    entry = catalog.find(source)
-    if entry is not None:
-        if entry.gated:
-            models.check_access(models.resolve_model(source))
-    elif models.HUB_ID.match(source) and not Path(source).expanduser().exists():
-        models.check_access(models.resolve_model(source, check_hub_parameters=False))
+    models.check_source_access(config.model.source)
 
 
 def run(args: argparse.Namespace) -> int:

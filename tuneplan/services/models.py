@@ -147,6 +147,17 @@ def check_access(model: ResolvedModel, *, token: str | None = None, hub: Any = N
                  check_parameters=False)
 
 
+def check_source_access(source: str, *, token: str | None = None, hub: Any = None) -> None:
+    """`check_access` for a run's `model.source` (what `tuneplan train` and the wizard launch):
+    catalog names and Hub ids are checked; local folders and the bundled model need nothing."""
+    entry = catalog.find(source)
+    if entry is not None:
+        if entry.gated:
+            check_access(_resolve_catalog(entry, False), token=token, hub=hub)
+    elif HUB_ID.match(source) and not Path(source).expanduser().exists():
+        check_access(resolve_model(source, token=token, hub=hub, check_hub_parameters=False), token=token, hub=hub)
+
+
 # -- sources ------------------------------------------------------------------------------
 def _looks_like_path(text: str) -> bool:
     return text.startswith(("./", "../", "/", "~", ".\\", "..\\")) or text in (".", "..") or (

@@ -275,6 +275,9 @@ class RunsAdapter:
         from tuneplan.services import launcher
         from tuneplan.services.presets import resolve_sources
 
+        from tuneplan.services.models import check_source_access
+
+        check_source_access(config.model.source)  # a gated model needs a Hub token first, as in `train`
         config = resolve_sources(config)  # tuneplan:tiny -> its built folder
         if gpu_index is None or "CUDA_VISIBLE_DEVICES" in os.environ:
             return launcher.launch(config, runs_root=self.root())

@@ -137,3 +137,27 @@ async def test_dry_run_command_reproduces_the_plan_on_the_target_card(tmp_path, 
         init_error=NVMLError("NVML Shared Library Not Found"))))
     with pytest.raises(UserError, match="--gpu l40: this machine has no NVIDIA GPU"):
         train.check_machine(args)  # here: refused unless --force
+
+
+@pytest.mark.asyncio
+async def test_launching_a_gated_model_without_a_token_is_refused(tmp_path, monkeypatch):
+    """As with `tuneplan train`: no Hub token, no launch (one red line, no run folder)."""
+    import huggingface_hub
+
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    monkeypatch.setattr(huggingface_hub, "get_token", lambda: None)
+    data = tmp_path / "data.jsonl"
+    shutil.copy(SAMPLE_CHAT, data)
+    dataset = preview_dataset(str(data))
+    plan = PlanningAdapter().plan(ModelsAdapter().resolve("llama-3.1-8b"), dry_run_target("3060"), dataset, {})
+    app = create_app(make_services(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.state.local_gpus = 1
+        await app.push_screen(ReviewScreen(plan, dataset))
+        screen = app.screen
+        await pilot.press("ctrl+l")
+        await wait_for(pilot, lambda: not screen.launching)
+        warning = str(screen.query_one("#warning", Static).render())
+        assert "gated" in warning and "HF_TOKEN" in warning and isinstance(app.screen, ReviewScreen)
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not any(runs.iterdir())
