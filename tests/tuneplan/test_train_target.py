@@ -104,3 +104,21 @@ def test_force_trains_here_in_float32(capsys, nvml, runs_root, tiny_model):
     assert "--vram 4GiB" in err and "--force" in err and "float32" in err
     (run_dir,) = [p for p in runs_root.iterdir() if p.is_dir()]
     assert load_config(run_dir / "config.toml").setup.compute_dtype == "float32"
+
+
+def test_no_gpu_and_no_target_refuses_a_real_model(capsys, nvml, runs_root, monkeypatch):
+    nvml(fail=True)
+    monkeypatch.setenv("HF_TOKEN", "hf_tuneplanTestSecretToken123")  # offline: the access is not asked
+    code, _, err = train(capsys, runs_root, "--model", "llama-3.1-8b")
+    line = _one_line_refusal(code, err, runs_root)
+    assert "no NVIDIA GPU here" in line and "--force" in line and "hf_tuneplan" not in line
+
+
+def test_bundled_tiny_model_plans_for_the_cpu_in_full(capsys, nvml, runs_root, monkeypatch, tmp_path):
+    nvml(fail=True)
+    monkeypatch.setenv("TUNEPLAN_CACHE_DIR", str(tmp_path / "cache"))
+    code, out, err = train(capsys, runs_root, "--model", "tuneplan:tiny", "--max-steps", "1", "--foreground")
+    assert code == 0, err
+    (run_dir,) = [p for p in runs_root.iterdir() if p.is_dir()]
+    setup = load_config(run_dir / "config.toml").setup
+    assert setup.method == "full" and setup.compute_dtype == "float32"

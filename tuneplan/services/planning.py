@@ -372,7 +372,7 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
         gpus=gpus, strategy=request.strategy, cpu_offload=request.cpu_offload, max_gpus=max_gpus,
         gpus_per_node=request.gpus_per_node,
     )
-    tiny_full = request.method == "auto" and _is_bundled_tiny(model)
+    tiny_full = request.method == "auto" and is_bundled_tiny(model)
     if tiny_full:
         constraints = replace(constraints, method="full")
     try:
@@ -389,11 +389,12 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
                        detected_gpus=detected)
 
 
-def _is_bundled_tiny(model: Any) -> bool:
-    from tuneplan.services.models import is_bundled_tiny
+def is_bundled_tiny(model: Any) -> bool:
+    """Whether a resolved model is the bundled tiny one (random weights: full fine-tuning, CPU-friendly)."""
+    from tuneplan.services.models import is_bundled_tiny as tiny_config
 
     config = getattr(model, "config", None)
-    return isinstance(config, Mapping) and is_bundled_tiny(config)
+    return isinstance(config, Mapping) and tiny_config(config)
 
 
 def estimate(spec: Any, hardware: Hardware, setup: TrainSetup, *, dataset_tokens: int | None = None,
