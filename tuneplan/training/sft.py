@@ -105,7 +105,10 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         save_strategy="steps" if saving else "no",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        report_to="none",
+        # the trainer's own tracker integration (`training.report_to`; training/tracking.py adds the plan)
+        report_to=t.report_to,
+        run_name=run_config.name,
+        project="tuneplan",  # trackio's project name (transformers `TrainingArguments.project`)
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=_cuda_available(),

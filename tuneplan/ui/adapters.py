@@ -182,7 +182,7 @@ class RunsAdapter:
 
     def build_config(self, plan: PlanView, dataset: Any, *, epochs: float | None = None,
                      max_steps: int | None = None, learning_rate: float | None = None,
-                     on_cpu: bool = False) -> Any:
+                     report_to: str | None = None, on_cpu: bool = False) -> Any:
         """The run configuration for `plan`. `on_cpu`: this machine has no NVIDIA GPU, so
         the run computes in float32 (CPU training has no bf16/fp16 mixed precision)."""
         from dataclasses import replace as _replace
@@ -191,7 +191,7 @@ class RunsAdapter:
 
         training = TrainingConfig()
         changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps),
-                                     ("learning_rate", learning_rate)) if v is not None}
+                                     ("learning_rate", learning_rate), ("report_to", report_to)) if v is not None}
         if changes:
             from dataclasses import replace
 
@@ -206,6 +206,9 @@ class RunsAdapter:
         )
         if dataset is None:
             raise UserError("no dataset chosen: go back (Esc) to the dataset step to launch a run")
+        from tuneplan.services.tracking import check_tracker
+
+        check_tracker(training.report_to)  # said on the screen, before a launch is tried
         return config.validate()
 
     def config_text(self, config: Any) -> str:
@@ -240,6 +243,8 @@ class RunsAdapter:
         else:
             parts += ["--epochs", f"{t.epochs:g}"]
         parts += ["--lr", f"{t.learning_rate:g}"]
+        if t.report_to != "none":
+            parts += ["--report-to", t.report_to]
         return " ".join(shlex.quote(p) for p in parts)
 
     def save_preset(self, config: Any, name: str, *, gpu: str | None = None) -> Path:
