@@ -3,7 +3,7 @@
 The run's supervisor (`tuneplan/training/runner.py`), the process that outlives every training
 worker, runs a `RunWatcher` thread: it tails `events.jsonl` and `status.json` and sends
 
-- `nan`: the first logged loss that is NaN or infinite;
+- `nan`: the first logged loss (or gradient norm) that is NaN or infinite;
 - `exploding`: the first logged loss above `EXPLODING_FACTOR` x the first logged loss;
 - `replan`: every out-of-memory re-plan (the supervisor's `replan` events);
 - `stalled`: no new optimizer step for `notify.stall_minutes` while training (once per stall;
@@ -188,6 +188,7 @@ class RunWatcher:
         self.environment: dict[str, Any] = {}
         self.first_loss: float | None = None
         self.nan_sent = self.exploding_sent = self.stall_sent = False
+        self.nan_step: int | None = None
         self.last_step: int | None = None
         self.last_progress = clock()
         self._stop = threading.Event()
@@ -230,7 +231,7 @@ class RunWatcher:
         kind = e.get("kind")
         if kind == "environment":
             self.environment = e
-        elif kind == "eval" and _finite(e.get("eval_loss")):
+        elif kind == "eval" and isinstance(e.get("eval_loss"), (int, float)):
             self.evals.append((e.get("step", 0), e["eval_loss"]))
         elif kind == "replan":
             changes = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in (e.get("changes") or {}).items())
@@ -244,14 +245,18 @@ class RunWatcher:
             self._progress(step)
             if _finite(e.get("tokens_per_second")):
                 self.tokens_per_second.append(e["tokens_per_second"])
-            if not _finite(loss):
+            grad_norm = e.get("grad_norm")
+            if not _finite(loss) or (grad_norm is not None and not _finite(grad_norm)):
                 if not self.nan_sent:
-                    self.nan_sent = True
-                    self._alert("nan", f"loss is {loss} at step {step}",
-                                f"The training loss became {loss} at step {step}: the run is no longer learning. "
+                    self.nan_sent, self.nan_step = True, step
+                    what = f"loss is {loss}" if not _finite(loss) else f"gradient norm is {grad_norm}"
+                    self._alert("nan", f"{what} at step {step}",
+                                f"The training {what} at step {step}: the run is no longer learning. "
                                 f"Stop it with `tuneplan stop {self.name}` and lower the learning rate.",
-                                step=step, loss=str(loss))
+                                step=step, loss=str(loss), grad_norm=str(grad_norm))
                 return
+            # a re-planned or resumed attempt repeats steps after its checkpoint: keep the newest
+            self.losses = [(s, v) for s, v in self.losses if s < step]
             self.losses.append((step, loss))
             if self.first_loss is None:
                 self.first_loss = loss
@@ -320,6 +325,8 @@ class RunWatcher:
             points = [curve[i] for i in idx]
             lines.append("loss " + " -> ".join(f"{loss:.3f}" for _, loss in points)
                          + f" (steps {', '.join(str(s) for s, _ in points)}; min {min(v for _, v in curve):.3f})")
+        if self.nan_step is not None:
+            lines.append(f"NaN from step {self.nan_step} on: the steps after it did not learn")
         if self.evals:
             lines.append(f"eval loss {self.evals[-1][1]:.4f} at step {self.evals[-1][0]}")
         tps = sorted(self.tokens_per_second)

@@ -1,0 +1,126 @@
+"""Alerts (`tuneplan/services/notify.py`) against a local HTTP server on 127.0.0.1: the two
+payload styles, a dead endpoint, the user config, and the watcher's rules read from a run
+directory's files."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+
+from tests.local_http import Recorder
+from tuneplan.config import ConfigError, NotifyConfig, RunConfig, ModelConfig, DataConfig, save_config
+from tuneplan.events import Status, append_event, make_event, write_status
+from tuneplan.services import notify
+
+
+def _alert(kind="done"):
+    return notify.Alert(kind=kind, run="r1", title="tuneplan: r1 done", text="loss 5.6 -> 2.2\nadapter: /x",
+                        details={"steps": 3})
+
+
+def test_webhook_gets_json_and_ntfy_gets_plain_text():
+    with Recorder() as hook:
+        n = notify.Notifier(hook.url + "/hook")
+        n.send(_alert())
+        n.close()
+        (method, path, headers, body), = hook.requests
+        data = json.loads(body)
+        assert (method, path, headers["Content-Type"]) == ("POST", "/hook", "application/json")
+        assert data["event"] == "done" and data["run"] == "r1" and data["details"] == {"steps": 3}
+        assert data["text"].startswith("tuneplan: r1 done\n") and "adapter: /x" in data["text"]
+        hook.requests.clear()
+        n = notify.Notifier("ntfy+" + hook.url + "/mytopic")
+        n.send(_alert("crashed"))
+        n.close()
+        (method, path, headers, body), = hook.requests
+        assert path == "/mytopic" and body.decode() == "loss 5.6 -> 2.2\nadapter: /x"
+        assert headers["Title"] == "tuneplan: r1 done" and headers["Priority"] == "high"
+        assert "crashed" in headers["Tags"]
+    assert notify.is_ntfy("https://ntfy.sh/abc") and not notify.is_ntfy("https://hooks.slack.com/x")
+
+
+def test_a_dead_endpoint_never_blocks_and_is_logged(tmp_path, capsys):
+    (tmp_path / "events.jsonl").touch()
+    with Recorder(delay=3.0) as slow:  # accepts, answers after the timeout
+        n = notify.Notifier(slow.url, run_dir=tmp_path, timeout=0.5)
+        t0 = time.monotonic()
+        for _ in range(3):
+            n.send(_alert())
+        assert time.monotonic() - t0 < 0.05  # the caller never waits
+        n.close(wait=5)
+    dead = notify.Notifier("http://127.0.0.1:9/nothing", run_dir=tmp_path, timeout=0.5)  # port 9: refused
+    dead.send(_alert("failed"))
+    dead.close(wait=5)
+    out = capsys.readouterr().out
+    assert out.count("alert done to 127.0.0.1 failed") == 3 and "alert failed to 127.0.0.1 failed" in out
+    warnings = [json.loads(line) for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert len(warnings) == 4 and all(w["kind"] == "message" and w["level"] == "warning" for w in warnings)
+    assert "/nothing" not in out  # only the host is named (a webhook URL can hold a secret)
+
+
+def test_user_config_supplies_the_url(tmp_path, monkeypatch):
+    cfg = tmp_path / "config.toml"
+    monkeypatch.setenv(notify.USER_CONFIG_ENV, str(cfg))
+    run = RunConfig(model=ModelConfig(source="m"), data=DataConfig(source="d.jsonl"))
+    assert notify.with_user_default(run).notify.url is None  # no file: no alerts
+    cfg.write_text('[notify]\nurl = "https://ntfy.sh/my-runs"\nstall_minutes = 20\n')
+    assert notify.with_user_default(run).notify == NotifyConfig(url="https://ntfy.sh/my-runs", stall_minutes=20)
+    from dataclasses import replace
+
+    off = replace(run, notify=NotifyConfig(url=""))  # `--notify off`
+    assert notify.with_user_default(off).notify.url == ""
+    cfg.write_text('[notify]\nurl = "ftp://x"\n')
+    with pytest.raises(ConfigError, match="notify.url must be an http"):
+        notify.with_user_default(run)
+    cfg.write_text('[notfy]\nurl = "https://x"\n')
+    with pytest.raises(ConfigError, match="unknown table notfy"):
+        notify.with_user_default(run)
+
+
+def _run_dir(tmp_path):
+    run = RunConfig(model=ModelConfig(source="m"), data=DataConfig(source="d.jsonl"), name="r1")
+    save_config(run, tmp_path / "config.toml")
+    write_status(tmp_path, Status(phase="training", pids=[1], run_name="r1"))
+    append_event(tmp_path, make_event("phase", phase="queued"))
+    return tmp_path
+
+
+def test_watcher_rules_exploding_stall_and_resume(tmp_path):
+    run_dir = _run_dir(tmp_path)
+    now = [0.0]
+
+    class Sink:
+        def __init__(self):
+            self.alerts = []
+
+        def send(self, alert):
+            self.alerts.append(alert)
+
+        def close(self, wait=0):
+            pass
+
+    sink = Sink()
+    w = notify.RunWatcher(run_dir, sink, stall_seconds=60, clock=lambda: now[0])
+    w.quiet = False
+    for step, loss in ((1, 2.0), (2, 1.8), (3, 7.0), (4, 8.0)):
+        append_event(run_dir, make_event("log", step=step, loss=loss))
+    w.poll()
+    assert [a.kind for a in sink.alerts] == ["exploding"]  # once, at step 3
+    now[0] = 59.0
+    w.poll()
+    now[0] = 61.0
+    w.poll()
+    w.poll()
+    assert [a.kind for a in sink.alerts] == ["exploding", "stalled"]
+    append_event(run_dir, make_event("log", step=5, loss=1.5))
+    now[0] = 100.0
+    w.poll()
+    now[0] = 170.0
+    w.poll()  # a new step re-armed it: a second stall is a second alert
+    assert [a.kind for a in sink.alerts] == ["exploding", "stalled", "stalled"]
+    # a resumed run's supervisor takes in the old events without alerting again
+    sink2 = Sink()
+    notify.RunWatcher(run_dir, sink2, stall_seconds=60).start()._stop.set()
+    assert sink2.alerts == []
