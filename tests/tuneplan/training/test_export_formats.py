@@ -60,13 +60,14 @@ def test_vllm_and_safetensors_exports(trained_lora_run, tmp_path, capsys):
     from tuneplan.config import load_config
 
     run_dir, _ = trained_lora_run
+    before = sorted(p.name for p in run_dir.iterdir())
     assert main(["export", str(run_dir), "--format", "vllm"]) == 0
     printed = capsys.readouterr().out
     base = load_config(run_dir / "config.toml").model.source
     name = run_dir.name.lower()
     assert (f"vllm serve {base} --enable-lora --max-lora-rank 8 --lora-modules {name}={run_dir / 'adapter'} "
             "--max-model-len 64") in printed
-    assert not (run_dir / "merged").exists()  # the adapter as is
+    assert sorted(p.name for p in run_dir.iterdir()) == before  # the adapter as is: nothing written
     # --merge keeps working, and is --format safetensors
     assert main(["export", str(run_dir), "--merge", "--dtype", "float32", "--out", str(tmp_path / "m")]) == 0
     assert "merged model written to" in capsys.readouterr().out
