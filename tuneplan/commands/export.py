@@ -112,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"tuneplan: {note}")
     quantize = None if args.quantize in ("none", "") else args.quantize
     print(f"Modelfile: {modelfile} (the run's chat template as an Ollama TEMPLATE)")
-    print("import it into Ollama (safetensors import: Llama, Mistral, Gemma, Phi-3 and other architectures "
-          "Ollama knows):")
+    print("import it into Ollama (its safetensors import takes Llama, Mistral, Gemma and Phi-3 architectures; "
+          "quantized by -q):")
     for line in export_formats.ollama_commands(out, name, quantize=quantize):
         print(f"  {line}")
     return 0
