@@ -10,7 +10,9 @@ worker, runs a `RunWatcher` thread: it tails `events.jsonl` and `status.json` an
   a new step re-arms it);
 - at the end (`RunWatcher.finish`, called by the supervisor once the worker has exited, also
   after a kill -9 of the worker): `done` with a one-screen summary (loss curve, time, cost,
-  where the adapter is), or `failed` / `crashed` with the error and the log's last lines.
+  where the adapter is), `failed` / `crashed` with the error and the log's last lines, or
+  `stopped` (a `tuneplan stop`, or a SIGTERM from outside such as a spot preemption).
+The supervisor itself killed with SIGKILL cannot report anything.
 
 Alerts are sent by one background thread (`Notifier`) with a timeout per request, so a dead or
 slow endpoint never slows the supervisor's loop, let alone training (another process). A
@@ -102,7 +104,7 @@ def is_ntfy(url: str) -> bool:
 @dataclass(frozen=True)
 class Alert:
     kind: str
-    """done, failed, crashed, stalled, nan, exploding, replan"""
+    """done, failed, crashed, stopped, stalled, nan, exploding, replan"""
     run: str
     title: str
     text: str
@@ -304,6 +306,13 @@ class RunWatcher:
         if phase == "done":
             text, details = self.summary(status)
             self._alert("done", "done", text, **details)
+        elif phase == "stopped":  # `tuneplan stop`, or a SIGTERM from outside (a spot instance's preemption)
+            ckpt = Path(status.last_checkpoint).name if status and status.last_checkpoint else None
+            self._alert("stopped", f"stopped at step {status.step if status else 0}",
+                        f"The run stopped on a signal at step {status.step if status else 0}"
+                        + (f"; last checkpoint {ckpt}. Continue with `tuneplan resume {self.name}`." if ckpt else
+                           "; it has no checkpoint yet.") ,
+                        step=status.step if status else None, checkpoint=ckpt)
         elif phase in ("failed", "crashed"):
             tail = (status.log_tail if status else [])[-5:]
             text = f"{(status.error if status else None) or phase} (step {status.step if status else 0})"

@@ -124,3 +124,22 @@ def test_watcher_rules_exploding_stall_and_resume(tmp_path):
     sink2 = Sink()
     notify.RunWatcher(run_dir, sink2, stall_seconds=60).start()._stop.set()
     assert sink2.alerts == []
+
+
+@pytest.mark.parametrize("phase,error,expect", [
+    ("failed", "at step 3: ValueError: bad (see train.log)", "at step 3: ValueError: bad"),
+    ("stopped", None, "last checkpoint checkpoint-2. Continue with `tuneplan resume "),
+])
+def test_final_alerts_for_failed_and_stopped(tmp_path, phase, error, expect):
+    run_dir = _run_dir(tmp_path)
+    write_status(run_dir, Status(phase=phase, pids=[], run_name="r1", step=3, error=error,
+                                 last_checkpoint=str(run_dir / "checkpoints" / "checkpoint-2"),
+                                 log_tail=["Traceback ...", "ValueError: bad"] if error else []))
+    with Recorder() as hook:
+        w = notify.RunWatcher(run_dir, notify.Notifier(hook.url), stall_seconds=60).start()
+        w.finish()
+    (_, _, _, body), = hook.requests
+    data = json.loads(body)
+    assert data["event"] == phase and expect in data["text"]
+    if error:
+        assert "ValueError: bad" in data["text"].splitlines()[-1]  # the log's last line

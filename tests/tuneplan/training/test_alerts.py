@@ -55,7 +55,7 @@ def test_stalled_then_crashed_alerts_each_once(tiny_model, runs_root):
     with Recorder() as hook:
         config = tiny_config(tiny_model, training={"max_steps": 500, "logging_steps": 1, "save_steps": 1000},
                              data={"eval_fraction": 0.0}, debug={"step_sleep_seconds": 0.05},
-                             notify={"url": hook.url, "stall_minutes": 0.05})  # 3 s
+                             notify={"url": hook.url, "stall_minutes": 0.1})  # 6 s
         run_dir = launch(config, runs_root)
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
