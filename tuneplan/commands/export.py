@@ -66,9 +66,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"tuneplan: {note}")
         s = config.setup
         if s.method == "full":
-            cmd = export_formats.vllm_command(str(weights.resolve()), weights, name, 8, max_model_len=s.seq_len,
+            cmd = export_formats.vllm_command(str(weights.resolve()), None, name, None, max_model_len=s.seq_len,
                                               trust_remote_code=config.model.trust_remote_code)
-            cmd = cmd.split(" --enable-lora")[0]
             print(f"a full fine-tune needs no adapter; serve the model folder {weights}:")
         else:
             try:

@@ -180,7 +180,11 @@ def push(run_dir: Path, repo_id: str, *, private: bool = False, merged_dir: Path
                 403: f"the token may not write to {repo_id}: use a write token, or a repo of your own"}.get(status, "")
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"push to {repo_id} failed: {hint or first}") from None
-    except OSError as exc:  # no connection
-        raise UserError(f"push to {repo_id} failed: cannot reach {constants.ENDPOINT} ({type(exc).__name__})") from None
+    except Exception as exc:
+        # no connection: huggingface_hub's HTTP client raises its transport errors (httpx's), not OSError
+        if isinstance(exc, OSError) or type(exc).__module__.split(".")[0].startswith(("httpx", "httpcore")):
+            raise UserError(f"push to {repo_id} failed: cannot reach {constants.ENDPOINT} "
+                            f"({type(exc).__name__})") from None
+        raise
     return PushResult(url=str(url), commit_url=info.commit_url,
                       files=tuple(op.path_in_repo for op in ops))

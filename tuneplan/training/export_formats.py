@@ -24,7 +24,7 @@ from pathlib import Path
 VLLM_MAX_LORA_RANKS = (8, 16, 32, 64, 128, 256, 320, 512)
 """`--max-lora-rank` values vLLM accepts (`vllm/config/lora.py`, `LoRAConfig.max_lora_rank`)."""
 
-_S, _U, _A, _U2, _A2 = "\x01SYS\x01", "\x01USR\x01", "\x01ASST\x01", "\x01USR2\x01", "\x01ASST2\x01"
+_S, _U, _A, _U2 = "\x01SYS\x01", "\x01USR\x01", "\x01ASST\x01", "\x01USR2\x01"
 
 
 @dataclass(frozen=True)
@@ -98,7 +98,7 @@ def chat_pieces(tokenizer) -> ChatPieces:
         return text[len(bos):] if bos and text.startswith(bos) else text  # the runtime adds BOS
 
     u, a = {"role": "user", "content": _U}, {"role": "assistant", "content": _A}
-    u2, a2 = {"role": "user", "content": _U2}, {"role": "assistant", "content": _A2}
+    u2 = {"role": "user", "content": _U2}
     r_u, r_ua, r_uau = render([u]), render([u, a]), render([u, a, u2])
     r_ug = render([u], gen=True)
     if not (r_ua.startswith(r_u) and r_uau.startswith(r_ua) and r_ug.startswith(r_u)):
@@ -172,11 +172,14 @@ def vllm_max_lora_rank(rank: int) -> int:
     raise ValueError(f"LoRA rank {rank} is above vLLM's largest --max-lora-rank ({VLLM_MAX_LORA_RANKS[-1]})")
 
 
-def vllm_command(base: str, adapter: Path, name: str, rank: int, *, dtype: str | None = None,
+def vllm_command(base: str, adapter: Path | None, name: str, rank: int | None, *, dtype: str | None = None,
                  max_model_len: int | None = None, trust_remote_code: bool = False) -> str:
-    """`vllm serve BASE --enable-lora --max-lora-rank R --lora-modules NAME=PATH`."""
-    parts = ["vllm", "serve", base, "--enable-lora", "--max-lora-rank", str(vllm_max_lora_rank(rank)),
-             "--lora-modules", f"{name}={Path(adapter).resolve()}"]
+    """`vllm serve BASE --enable-lora --max-lora-rank R --lora-modules NAME=PATH` (no adapter:
+    `vllm serve MODEL`)."""
+    parts = ["vllm", "serve", base]
+    if adapter is not None and rank is not None:
+        parts += ["--enable-lora", "--max-lora-rank", str(vllm_max_lora_rank(rank)),
+                  "--lora-modules", f"{name}={Path(adapter).resolve()}"]
     if dtype:
         parts += ["--dtype", dtype]
     if max_model_len:

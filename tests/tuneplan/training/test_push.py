@@ -84,6 +84,12 @@ def test_push_merged_and_the_one_line_errors(trained_lora_run, tmp_path):
         assert proc.returncode == 0, proc.stderr[-2000:]
         no_token = _push(run_dir, hub, tmp_path, "--repo", "me/x", token=None)
         bad_repo = _push(run_dir, hub, tmp_path, "--repo", "not a repo")
+
+    class Dead:
+        url = "http://127.0.0.1:9"  # nothing listens there
+
+    dead = _push(run_dir, Dead, tmp_path, "--repo", "me/y")
+    assert dead.returncode == 2 and dead.stderr.count("\n") == 1 and "cannot reach http://127.0.0.1:9" in dead.stderr
     files = hub.repos["me/tiny-merged"]["files"]
     assert "model.safetensors" in files and "adapter_config.json" not in files
     meta = _front_matter(files["README.md"].decode())
