@@ -143,3 +143,33 @@ def test_final_alerts_for_failed_and_stopped(tmp_path, phase, error, expect):
     assert data["event"] == phase and expect in data["text"]
     if error:
         assert "ValueError: bad" in data["text"].splitlines()[-1]  # the log's last line
+
+
+def test_done_summary_prices_the_card_the_run_trained_on(tmp_path):
+    from planner.gpus import match_nvml
+
+    run = RunConfig(model=ModelConfig(source="m"), data=DataConfig(source="d.jsonl"), name="r1")
+    from dataclasses import replace
+
+    run = replace(run, setup=replace(run.setup, num_gpus=2, strategy="ddp"))
+    save_config(run, tmp_path / "config.toml")
+    t0 = 1_800_000_000.0
+    append_event(tmp_path, {"kind": "phase", "time": t0, "phase": "queued"})
+    append_event(tmp_path, make_event("environment", device="cuda", gpu_name="NVIDIA H100 80GB HBM3",
+                                      gpu_memory_bytes=85520809984))
+    for step in range(1, 11):
+        append_event(tmp_path, make_event("log", step=step, loss=3.0 - step / 10, tokens_per_second=1000.0 + step))
+    append_event(tmp_path, make_event("eval", step=10, eval_loss=2.5))
+    status = Status(phase="done", step=10, run_name="r1")
+    write_status(tmp_path, status)
+    status.updated_at = t0 + 5400  # 1.5 h
+    w = notify.RunWatcher(tmp_path, notify.Notifier("http://127.0.0.1:9"), stall_seconds=60)
+    w.quiet = True
+    w.poll()
+    text, details = w.summary(status)
+    price = match_nvml("NVIDIA H100 80GB HBM3", 85520809984).price_per_hour
+    assert details["cost_usd"] == pytest.approx(1.5 * price * 2)
+    assert f"${1.5 * price * 2:,.2f} (2 x " in text and "1h30m" in text
+    assert text.splitlines()[0] == "loss 2.900 -> 2.700 -> 2.500 -> 2.400 -> 2.200 -> 2.000 (steps 1, 3, 5, 6, 8, 10; min 2.000)"
+    assert "eval loss 2.5000 at step 10" in text and "1006 tokens/s (median)" in text
+    assert details["loss_curve"][-1] == [10, 2.0] and details["final_loss"] == 2.0
