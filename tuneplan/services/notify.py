@@ -87,10 +87,10 @@ def with_user_default(config: RunConfig) -> RunConfig:
     user = user_notify()
     if not user.url:
         return config
-    out = replace(config, notify=replace(user, stall_minutes=config.notify.stall_minutes
-                                         if config.notify.stall_minutes != NotifyConfig.stall_minutes
-                                         else user.stall_minutes))
-    return out.validate()
+    # a stall limit the run sets itself wins over the user config's
+    own = config.notify.stall_minutes != NotifyConfig.stall_minutes
+    stall = config.notify.stall_minutes if own else user.stall_minutes
+    return replace(config, notify=NotifyConfig(url=user.url, stall_minutes=stall)).validate()
 
 
 def is_ntfy(url: str) -> bool:
@@ -279,9 +279,11 @@ class RunWatcher:
 
     def _check_stall(self) -> None:
         status = read_status(self.run_dir)
-        if status is None or effective_phase(status) != "training":
-            self.last_progress = self.clock() if status is None or status.phase != "training" else self.last_progress
+        if status is None or status.phase != "training":
+            self.last_progress = self.clock()  # the stall clock runs only while training
             return
+        if effective_phase(status) != "training":
+            return  # its processes are gone: the supervisor reports the crash
         if status.step != self.last_step and status.step:
             self._progress(status.step)
         idle = self.clock() - self.last_progress
