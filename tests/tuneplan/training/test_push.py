@@ -73,6 +73,7 @@ def test_push_uploads_the_adapter_and_a_card(trained_lora_run, tmp_path):
     auth = {h.get("Authorization") or h.get("authorization") for _, _, h, _ in hub.requests}
     assert auth == {f"Bearer {TOKEN}"}  # the token was used for every call ...
     _no_token_anywhere(run_dir, proc.stdout, proc.stderr, *(f.decode("utf-8", "replace") for f in files.values()))
+    _no_token_anywhere(tmp_path)  # nor in huggingface_hub's home (no login file, no cache of it)
     assert "me/tiny-adapter" in proc.stdout and "(private)" in proc.stdout
 
 
