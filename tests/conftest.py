@@ -4,3 +4,5 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+# Nor a developer's own alert URL (tuneplan/services/notify.py): no user config in tests.
+os.environ["TUNEPLAN_CONFIG"] = os.devnull

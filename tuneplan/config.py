@@ -10,7 +10,8 @@ resolved one into the run directory as `config.toml` and the child reads it back
 [training]   hyperparameters: learning_rate, epochs or max_steps, warmup, save_steps, seed, ...
 [recovery]   OOM recovery: max_retries, allow_qlora
 [prediction] the planner's memory prediction (bytes), compared with the measured peak
-[debug]      fault injection for tests (oom_at_step)
+[notify]     alerts for unattended runs: url (webhook or ntfy topic), stall_minutes
+[debug]      fault injection for tests (oom_at_step, nan_at_step)
 ```
 
 Pure standard library plus `tomli_w` for writing. Validation names the field and the value:
@@ -40,6 +41,9 @@ RUN_KNOBS = ("method", "quant_type", "double_quant", "compute_dtype", "lora_rank
 training stacks for the planner's calibration; a run config leaves them out (their defaults
 are our path) and the trainer refuses non-default values."""
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
+TRACKERS = {"none": None, "tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
+"""`training.report_to` values -> the pip package the trainer's integration needs (the names are
+transformers' `report_to` names, `transformers/integrations/integration_utils.py`)."""
 OVERLONG = ("truncate", "drop")
 
 
@@ -99,6 +103,8 @@ class TrainingConfig:
     """Optimizer steps between checkpoints."""
     save_total_limit: int = 2
     """Checkpoints kept (the oldest are deleted)."""
+    report_to: str = "none"
+    """Experiment tracker the trainer logs to (its own `report_to`): one of `TRACKERS`."""
 
 
 @dataclass(frozen=True)
@@ -118,6 +124,15 @@ class PredictionConfig:
 
 
 @dataclass(frozen=True)
+class NotifyConfig:
+    url: str | None = None
+    """Where alerts go: a webhook (JSON POST) or an ntfy-style topic URL (plain text);
+    `None` or empty: no alerts. `tuneplan/services/notify.py` sends them."""
+    stall_minutes: float = 10.0
+    """Alert when a training run makes no optimizer step for this long."""
+
+
+@dataclass(frozen=True)
 class DebugConfig:
     oom_at_step: int | None = None
     """Fault injection: raise an out-of-memory error at this optimizer step (tests)."""
@@ -126,6 +141,9 @@ class DebugConfig:
     (so a re-planned run with a smaller micro-batch gets past it)."""
     step_sleep_seconds: float = 0.0
     """Slow every optimizer step down by this much (tests of stop/save/resume)."""
+    nan_at_step: int | None = None
+    """Fault injection: make the trainable weights NaN before this optimizer step, so the loss
+    really becomes NaN (tests of the NaN alert)."""
 
 
 @dataclass(frozen=True)
@@ -142,6 +160,8 @@ class RunConfig:
     """Out-of-memory recovery."""
     prediction: PredictionConfig = field(default_factory=PredictionConfig)
     """The planner's prediction, kept to compare with the measured memory."""
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    """Alerts for unattended runs."""
     debug: DebugConfig = field(default_factory=DebugConfig)
     """Fault injection for tests."""
     name: str | None = None
@@ -174,7 +194,12 @@ class RunConfig:
         _check(t.eval_steps is None or t.eval_steps > 0, "training.eval_steps", t.eval_steps, "must be > 0")
         _check(t.save_steps > 0, "training.save_steps", t.save_steps, "must be > 0")
         _check(t.save_total_limit > 0, "training.save_total_limit", t.save_total_limit, "must be > 0")
+        _check(t.report_to in TRACKERS, "training.report_to", t.report_to, f"must be one of {', '.join(TRACKERS)}")
         _check(r.max_retries >= 0, "recovery.max_retries", r.max_retries, "must be >= 0")
+        n = self.notify
+        _check(not n.url or n.url.startswith(("http://", "https://", "ntfy+http://", "ntfy+https://")), "notify.url",
+               n.url, "must be an http:// or https:// URL")
+        _check(n.stall_minutes > 0, "notify.stall_minutes", n.stall_minutes, "must be > 0")
         return self
 
     def effective_batch(self) -> int:
@@ -209,7 +234,7 @@ def _check(ok: bool, name: str, value: Any, rule: str) -> None:
 
 _SECTIONS = {
     "model": ModelConfig, "data": DataConfig, "setup": TrainSetup, "training": TrainingConfig,
-    "recovery": RecoveryConfig, "prediction": PredictionConfig, "debug": DebugConfig,
+    "recovery": RecoveryConfig, "prediction": PredictionConfig, "notify": NotifyConfig, "debug": DebugConfig,
 }
 _TOP_LEVEL = ("name", "resume_from", "version")
 
@@ -322,6 +347,6 @@ def with_setup(config: RunConfig, **changes: Any) -> RunConfig:
 
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "TrainingConfig", "RecoveryConfig", "PredictionConfig",
-    "DebugConfig", "RunConfig", "config_from_dict", "config_to_dict", "load_config", "save_config",
+    "NotifyConfig", "DebugConfig", "TRACKERS", "RunConfig", "config_from_dict", "config_to_dict", "load_config", "save_config",
     "dump_config", "read_toml", "validate_setup", "with_setup",
 ]

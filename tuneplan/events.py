@@ -8,6 +8,7 @@ read with it. A run directory holds:
 - `status.json`  the current state, rewritten atomically (see `Status`)
 - `train.log`    the child's stdout/stderr (plain lines, no carriage returns)
 - `checkpoints/` trainer checkpoints; `adapter/` the final adapter
+- `tensorboard/` TensorBoard event files (`training.report_to = "tensorboard"`)
 
 Every event has `kind` and `time` (unix seconds). Kinds:
 - `phase`: `phase` (one of PHASES), optional `message`
@@ -64,6 +65,8 @@ CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
 """Final save of a `full` run (whole model); LoRA/QLoRA runs save `adapter/`."""
+TENSORBOARD_DIR = "tensorboard"
+"""TensorBoard event files of a run that reports to TensorBoard."""
 
 
 def make_event(kind: str, **fields: Any) -> dict[str, Any]:

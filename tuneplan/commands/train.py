@@ -67,6 +67,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hp.add_argument("--max-retries", type=int, help="out-of-memory re-plans allowed (default 3)")
     hp.add_argument("--allow-qlora", action="store_true", default=None,
                     help="let OOM recovery switch a LoRA run to QLoRA")
+    from tuneplan.config import TRACKERS
+
+    hp.add_argument("--report-to", choices=list(TRACKERS),
+                    help="experiment tracker the trainer logs to (default none; README ## Experiment tracking)")
+    alerts = parser.add_argument_group("alerts (README ## Alerts)")
+    alerts.add_argument("--notify", metavar="URL", help="webhook (JSON POST) or ntfy topic URL for done, failed, "
+                        "crashed, stalled, NaN and re-plan alerts (default: the user config's; `off` for none)")
+    alerts.add_argument("--stall-minutes", type=float, metavar="M", help="alert when no step for this long (default 10)")
     target = parser.add_argument_group("target (for planning)")
     target.add_argument("--gpu", help="plan for this GPU (default: the GPUs NVML finds)")
     target.add_argument("--vram", help="plan for this much GPU memory, e.g. 24GiB")
@@ -170,11 +178,15 @@ def build_config(args: argparse.Namespace):
     training = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps),
                                   ("learning_rate", args.lr), ("warmup_ratio", args.warmup_ratio),
                                   ("save_steps", args.save_steps), ("save_total_limit", args.save_total_limit),
-                                  ("logging_steps", args.logging_steps), ("seed", args.seed)) if v is not None}
+                                  ("logging_steps", args.logging_steps), ("seed", args.seed),
+                                  ("report_to", args.report_to)) if v is not None}
+    notify = {k: v for k, v in (("url", "" if args.notify == "off" else args.notify),
+                                ("stall_minutes", args.stall_minutes)) if v is not None}
     recovery = {k: v for k, v in (("max_retries", args.max_retries), ("allow_qlora", args.allow_qlora))
                 if v is not None}
     config = replace(config, data=replace(config.data, **data), training=replace(config.training, **training),
-                     recovery=replace(config.recovery, **recovery), setup=replace(config.setup, **_setup_changes(args)))
+                     recovery=replace(config.recovery, **recovery), setup=replace(config.setup, **_setup_changes(args)),
+                     notify=replace(config.notify, **notify))
     if args.name:
         config = replace(config, name=args.name)
     if not config.model.source:

@@ -146,6 +146,10 @@ def prepare_run(config: RunConfig, runs_root: Path, *, free_bytes: Callable[[Pat
     source = resolve_model_source(config.model.source)
     config = replace(config, model=replace(config.model, source=source))
     check_dataset(config)
+    from tuneplan.services import notify, tracking
+
+    tracking.check_tracker(config.training.report_to)
+    config = notify.with_user_default(config)
     if is_local_source(config.data.source):  # the training process runs in the run folder
         config = replace(config, data=replace(config.data, source=str(Path(config.data.source).expanduser().resolve())))
     cfg = model_config_dict(source)

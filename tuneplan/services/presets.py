@@ -157,6 +157,7 @@ _REQUIRED = (("format_version", None), ("name", None), ("model", "source"), ("se
 _NOT_IN_PRESETS = {
     "prediction": "the planner's prediction is made again for the hardware at hand",
     "debug": "fault injection belongs to tests, not to presets",
+    "notify": "alerts are set per run (--notify) or in the user config (README `## Alerts`)",
     "resume_from": "a preset starts a new run",
     "version": "presets use format_version (a run configuration file has version and no format_version)",
 }

@@ -4,7 +4,8 @@ Every log step -> one `log` event (see `tuneplan/events.py`); eval -> `eval`; ch
 `checkpoint`; on CUDA, after the second optimizer step of the process -> `memory_probe`
 (measured peak next to the planner's prediction). Control, checked once per step: the stop
 flag (SIGTERM/SIGINT) -> checkpoint and stop; `save.request` -> checkpoint now, keep going.
-Fault injection (`debug.oom_at_step`) raises an out-of-memory error, for the recovery tests.
+Fault injection (`debug.oom_at_step`) raises an out-of-memory error, for the recovery tests;
+`debug.nan_at_step` turns the trainable weights into NaN, for the NaN alert's test.
 """
 
 from __future__ import annotations
@@ -98,6 +99,11 @@ class RunEventsCallback(TrainerCallback):
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (injected by debug.oom_at_step={d.oom_at_step}, "
                 f"micro_batch={self.config.setup.micro_batch})")
+        if d.nan_at_step is not None and state.global_step + 1 == d.nan_at_step:
+            model = kwargs.get("model")
+            with torch.no_grad():  # a real NaN through the forward pass, not a faked log value
+                for p in (q for q in model.parameters() if q.requires_grad):
+                    p.fill_(float("nan"))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.status.step = state.global_step

@@ -150,6 +150,12 @@ def merged_size_bytes(config: RunConfig, dtype_bytes: int) -> int | None:
         return None
 
 
+def merged_dtype(config: RunConfig, dtype: str = "auto") -> str:
+    """The dtype name a merge writes: the one asked for, else the run's 16-bit compute dtype
+    (float16 runs stay float16), else bfloat16."""
+    return dtype if dtype != "auto" else ("float16" if config.setup.compute_dtype == "float16" else "bfloat16")
+
+
 def export_merged(run_dir: Path, out: Path | None = None, *, dtype: str = "auto", free_bytes=None,
                   ram_bytes=None) -> Path:
     """Merge the run's adapter into a freshly loaded 16-bit base and write it to `out`
@@ -170,7 +176,7 @@ def export_merged(run_dir: Path, out: Path | None = None, *, dtype: str = "auto"
     out = Path(out) if out else run_dir / "merged"
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already exists and is not empty; pass another --out")
-    name = dtype if dtype != "auto" else ("float16" if config.setup.compute_dtype == "float16" else "bfloat16")
+    name = merged_dtype(config, dtype)
     torch_dt = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
     size = merged_size_bytes(config, torch.finfo(torch_dt).bits // 8)
     if size is not None:

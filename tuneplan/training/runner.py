@@ -178,8 +178,13 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
                truncated=data.truncated, format=data.format, multi_turn=data.multi_turn,
                every_assistant_turn=data.every_turn, train_examples=len(data.train),
                eval_examples=len(data.eval) if data.eval is not None else 0)
+        from tuneplan.training import tracking
+
+        tracking.prepare_environment(run_dir, config)
         trainer = build_trainer(config, model, tokenizer, data.train, data.eval, [callback],
                                 output_dir=str(run_dir / CHECKPOINTS_DIR))
+        if config.training.report_to != "none":
+            trainer.add_callback(tracking.PlanToTrackerCallback(trainer, config))
         if control.stop_requested:
             _finish(run_dir, status, "stopped", message=f"{control.stop_signal} before training started")
             return WorkerResult(EXIT_OK, trainer, tokenizer)
@@ -302,6 +307,19 @@ def replan(run_dir: Path, status: Status) -> bool:
 
 
 def supervise(run_dir: Path) -> int:
+    """Run the attempts of a run; alerts (`notify.url`) come from a watcher thread here, the
+    process that outlives every worker, so it also reports a worker killed with SIGKILL."""
+    from tuneplan.services.notify import start_watcher
+
+    watcher = start_watcher(Path(run_dir))
+    try:
+        return _supervise(run_dir)
+    finally:
+        if watcher is not None:
+            watcher.finish()
+
+
+def _supervise(run_dir: Path) -> int:
     run_dir = Path(run_dir)
     worker: subprocess.Popen | None = None
     stopping = False

@@ -100,12 +100,18 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         # logging, eval, checkpoints
         logging_strategy="steps",
         logging_steps=t.logging_steps,
+        # the Trainer's default filter logs a NaN/inf step as the window's mean of the finite ones
+        # (0.0 when all are NaN: `Trainer._inner_training_loop`); the NaN alert must see the real value
+        logging_nan_inf_filter=False,
         eval_strategy=eval_strategy,
         eval_steps=t.eval_steps,
         save_strategy="steps" if saving else "no",
         save_steps=t.save_steps,
         save_total_limit=t.save_total_limit,
-        report_to="none",
+        # the trainer's own tracker integration (`training.report_to`; training/tracking.py adds the plan)
+        report_to=t.report_to,
+        run_name=run_config.name,
+        project="tuneplan",  # trackio's project name (transformers `TrainingArguments.project`)
         disable_tqdm=True,
         dataloader_num_workers=0,
         dataloader_pin_memory=_cuda_available(),

@@ -197,7 +197,7 @@ class RunsAdapter:
 
     def build_config(self, plan: PlanView, dataset: Any, *, epochs: float | None = None,
                      max_steps: int | None = None, learning_rate: float | None = None,
-                     on_cpu: bool = False) -> Any:
+                     report_to: str | None = None, on_cpu: bool = False) -> Any:
         """The run configuration for `plan`. `on_cpu`: it launches on this machine, which has
         no NVIDIA GPU, so the launch rule of `tuneplan train` applies (float32 on the CPU:
         `tuneplan.services.machine`). Without it: the configuration for the plan's target."""
@@ -208,7 +208,7 @@ class RunsAdapter:
 
         training = TrainingConfig()
         changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps),
-                                     ("learning_rate", learning_rate)) if v is not None}
+                                     ("learning_rate", learning_rate), ("report_to", report_to)) if v is not None}
         if changes:
             training = replace(training, **changes)
         setup = setup_for_this_machine(plan.setup, 0)[0] if on_cpu else plan.setup
@@ -222,6 +222,9 @@ class RunsAdapter:
         )
         if dataset is None:
             raise UserError("no dataset chosen: go back (Esc) to the dataset step to launch a run")
+        from tuneplan.services.tracking import check_tracker
+
+        check_tracker(training.report_to)  # said on the screen, before a launch is tried
         return config.validate()
 
     def config_text(self, config: Any) -> str:
@@ -257,6 +260,8 @@ class RunsAdapter:
         else:
             parts += ["--epochs", f"{t.epochs:g}"]
         parts += ["--lr", f"{t.learning_rate:g}"]
+        if t.report_to != "none":
+            parts += ["--report-to", t.report_to]
         parts += target_flags(target)
         return " ".join(shlex.quote(p) for p in parts)
 

@@ -161,3 +161,27 @@ async def test_launching_a_gated_model_without_a_token_is_refused(tmp_path, monk
         assert "gated" in warning and "HF_TOKEN" in warning and isinstance(app.screen, ReviewScreen)
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())
+
+
+@pytest.mark.asyncio
+async def test_tracking_choice_goes_into_the_config_and_the_command(tmp_path, monkeypatch):
+    import tuneplan.services.tracking as tracking
+
+    real = tracking.importlib.util.find_spec
+    monkeypatch.setattr(tracking.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else object() if name == "tensorboard"
+                        else real(name, *a))
+    plan, dataset, _ = _plan(tmp_path)
+    app = create_app(make_services(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.state.local_gpus = 0
+        await app.push_screen(ReviewScreen(plan, dataset))
+        screen = app.screen
+        screen.query_one("#report_to").focus()
+        await pilot.press("right")  # none -> tensorboard
+        assert screen.build_config().training.report_to == "tensorboard"
+        assert "--report-to tensorboard" in str(screen.query_one("#command", Static).render())
+        assert 'report_to = "tensorboard"' in str(screen.query_one("#config", Static).render())
+        await pilot.press("right", "right")  # trackio -> wandb (not installed here)
+        warning = str(screen.query_one("#warning", Static).render())
+        assert "needs the wandb package" in warning and "pip install wandb" in warning

@@ -14,8 +14,10 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
+from tuneplan.config import TRACKERS
 from tuneplan.errors import UserError
 from tuneplan.ui.messages import RunLaunched
+from tuneplan.ui.widgets.choice import Choice
 from tuneplan.ui.widgets.dialogs import HelpDialog
 from tuneplan.ui.widgets.step_bar import StepBar
 
@@ -25,6 +27,7 @@ FIELD_HELP = {
     "max_steps": "max steps: optimizer steps to run (empty: run the epochs)",
     "learning_rate": "learning rate: peak, after warmup (cosine schedule)",
     "preset_name": "preset name: then Ctrl+S (or Enter) saves this configuration",
+    "report_to": "tracking: Left/Right picks the tracker the trainer logs to (its package must be installed)",
 }
 
 
@@ -63,6 +66,8 @@ class ReviewScreen(Screen):
                 yield Input("0.0002", type="number", id="learning_rate", compact=True)
                 yield Label("preset name")
                 yield Input("", placeholder="name, then Ctrl+S", id="preset_name", compact=True)
+                yield Label("tracking")
+                yield Choice([(name, name) for name in TRACKERS], "none", id="report_to")
             yield Static(id="field-help")
             yield Static(id="warning")
             yield Static(id="command")
@@ -95,12 +100,17 @@ class ReviewScreen(Screen):
                 raise UserError(f"{name.replace('_', ' ')}: not a number (got {text!r})") from None
 
         return {"epochs": val("epochs", float), "max_steps": val("max_steps", int),
-                "learning_rate": val("learning_rate", float)}
+                "learning_rate": val("learning_rate", float),
+                "report_to": self.query_one("#report_to", Choice).value}
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
         if event.input.id != "preset_name":
             self._refresh()
+
+    @on(Choice.Changed)
+    def _choice_changed(self, event: Choice.Changed) -> None:
+        self._refresh()
 
     @on(Input.Submitted)
     def _submitted(self, event: Input.Submitted) -> None:
@@ -229,5 +239,6 @@ class ReviewScreen(Screen):
         self.app.push_screen(HelpDialog("Review", [
             ("Ctrl+L", "launch the run (detached) and open its dashboard"),
             ("Ctrl+S", "save this configuration as a preset (type a name first)"),
+            ("Left/Right", "tracking: the experiment tracker (none, tensorboard, trackio, wandb, mlflow)"),
             ("Tab", "next field"), ("Esc", "back to the plan"),
         ]))

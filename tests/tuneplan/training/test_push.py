@@ -1,0 +1,102 @@
+"""`tuneplan push` against a local fake of the Hub's HTTP API (tests/fake_hub.py): the adapter
+and a model card with the metadata the Hub reads arrive, and the token is written nowhere."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.fake_hub import FakeHub
+
+TOKEN = "hf_tuneplanFakeToken0123456789abcdefXYZ"
+
+
+def _push(run_dir, hub, tmp_path, *argv, token=TOKEN):
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HOME": str(tmp_path / "hf-home"),
+           "HF_HUB_DISABLE_TELEMETRY": "1", "NO_PROXY": "127.0.0.1", "no_proxy": "127.0.0.1"}
+    env.pop("HF_TOKEN", None)
+    env.pop("HUGGING_FACE_HUB_TOKEN", None)
+    if token:
+        env["HF_TOKEN"] = token
+    return subprocess.run([sys.executable, "-m", "tuneplan", "push", str(run_dir), *argv], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def _front_matter(card: str) -> dict:
+    import yaml
+
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def _no_token_anywhere(run_dir, *texts):
+    for path in run_dir.rglob("*"):
+        if path.is_file():
+            assert TOKEN.encode() not in path.read_bytes(), path
+    for text in texts:
+        assert TOKEN not in text
+
+
+@pytest.mark.slow
+def test_push_uploads_the_adapter_and_a_card(trained_lora_run, tmp_path):
+    run_dir, _ = trained_lora_run
+    with FakeHub() as hub:
+        proc = _push(run_dir, hub, tmp_path, "--repo", "me/tiny-adapter", "--private",
+                     "--base-model", "tuneplan-test/tiny-llama")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+    repo = hub.repos["me/tiny-adapter"]
+    assert repo["private"] is True
+    files = repo["files"]
+    adapter = run_dir / "adapter"
+    assert files["adapter_model.safetensors"] == (adapter / "adapter_model.safetensors").read_bytes()
+    assert files["adapter_config.json"] == (adapter / "adapter_config.json").read_bytes()
+    assert "tokenizer.json" in files and "README.md" in files
+    card = files["README.md"].decode()
+    meta = _front_matter(card)
+    assert meta["base_model"] == "tuneplan-test/tiny-llama" and meta["library_name"] == "peft"
+    assert "base_model:adapter:tuneplan-test/tiny-llama" in meta["tags"] and "lora" in meta["tags"]
+    assert meta["pipeline_tag"] == "text-generation"
+    assert "`sample_chat.jsonl` (local file)" in card  # a local dataset: named, not in the metadata
+    from tuneplan.events import read_events, read_status
+
+    events = list(read_events(run_dir))
+    final = read_status(run_dir).loss
+    eval_loss = [e for e in events if e["kind"] == "eval"][-1]["eval_loss"]
+    assert f"| final training loss | {final:.4f} |" in card and f"| eval loss | {eval_loss:.4f} |" in card
+    assert "| tokens/s (median of the log) |" in card and "| peak memory, `max_memory_allocated` |" in card
+    assert "micro_batch = 4" in card and "lora_rank = 8" in card and "[training]" in card
+    assert 'AutoPeftModelForCausalLM.from_pretrained("me/tiny-adapter")' in card
+    assert str(run_dir.parent) not in card  # local paths by name only
+    auth = {h.get("Authorization") or h.get("authorization") for _, _, h, _ in hub.requests}
+    assert auth == {f"Bearer {TOKEN}"}  # the token was used for every call ...
+    _no_token_anywhere(run_dir, proc.stdout, proc.stderr, *(f.decode("utf-8", "replace") for f in files.values()))
+    _no_token_anywhere(tmp_path)  # nor in huggingface_hub's home (no login file, no cache of it)
+    assert "me/tiny-adapter" in proc.stdout and "(private)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_push_merged_and_the_one_line_errors(trained_lora_run, tmp_path):
+    run_dir, _ = trained_lora_run
+    with FakeHub() as hub:
+        proc = _push(run_dir, hub, tmp_path, "--repo", "me/tiny-merged", "--merged")
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        no_token = _push(run_dir, hub, tmp_path, "--repo", "me/x", token=None)
+        bad_repo = _push(run_dir, hub, tmp_path, "--repo", "not a repo")
+
+    class Dead:
+        url = "http://127.0.0.1:9"  # nothing listens there
+
+    dead = _push(run_dir, Dead, tmp_path, "--repo", "me/y")
+    assert dead.returncode == 2 and dead.stderr.count("\n") == 1 and "cannot reach http://127.0.0.1:9" in dead.stderr
+    files = hub.repos["me/tiny-merged"]["files"]
+    assert "model.safetensors" in files and "adapter_config.json" not in files
+    meta = _front_matter(files["README.md"].decode())
+    assert meta["library_name"] == "transformers" and "base_model" not in meta  # a local base: no Hub id
+    assert hub.repos["me/tiny-merged"]["private"] is False
+    assert no_token.returncode == 2 and no_token.stderr.count("\n") == 1 and "HF_TOKEN" in no_token.stderr
+    assert bad_repo.returncode == 2 and "--repo must be a Hub id" in bad_repo.stderr
+    assert "me/x" not in hub.repos
+    _no_token_anywhere(run_dir, proc.stdout, proc.stderr)

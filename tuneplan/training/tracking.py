@@ -1,0 +1,92 @@
+"""The run's plan in the experiment tracker's config (`training.report_to`).
+
+The trainer's own integration (`transformers/integrations/integration_utils.py`) logs the
+metrics and its `TrainingArguments`; this adds what only tuneplan knows: the run name, the
+resolved run configuration and the planner's predicted memory. `PlanToTrackerCallback` is
+added after the integration callbacks, so their `on_train_begin` (which opens the tracker's
+run) has already happened when it writes. TensorBoard's event files go to `RUN/tensorboard`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+from tuneplan.config import RunConfig, config_to_dict
+from tuneplan.events import TENSORBOARD_DIR
+
+log = logging.getLogger("tuneplan.training")
+PLAN_TAG = "tuneplan/plan"
+"""The TensorBoard text tag (and the key prefix elsewhere) the plan is written under."""
+
+
+def plan_dict(config: RunConfig) -> dict[str, Any]:
+    """The run name, its resolved configuration and the predicted memory (bytes)."""
+    data = {k: v for k, v in config_to_dict(config).items() if k not in ("debug", "notify", "prediction")}
+    p = config.prediction
+    return {"run_name": config.name, "config": data,
+            "predicted_memory": {"torch_peak_bytes": p.torch_peak_bytes, "device_bytes": p.device_bytes}}
+
+
+def flat(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"a": {"b": 1}}` -> `{"a.b": 1}` (mlflow params are flat)."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(flat(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def prepare_environment(run_dir: Path, config: RunConfig) -> None:
+    """Before the trainer is built: TensorBoard writes into the run directory
+    (`TensorBoardCallback` reads `TENSORBOARD_LOGGING_DIR`)."""
+    if config.training.report_to == "tensorboard":
+        os.environ["TENSORBOARD_LOGGING_DIR"] = str(Path(run_dir) / TENSORBOARD_DIR)
+
+
+class PlanToTrackerCallback(TrainerCallback):
+    def __init__(self, trainer, config: RunConfig):
+        self.trainer = trainer
+        self.report_to = config.training.report_to
+        self.plan = plan_dict(config)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if not state.is_world_process_zero:
+            return
+        try:
+            self._write()
+        except Exception as exc:  # the tracker is a convenience: never fail the run for it
+            log.warning("could not write the plan to %s: %s", self.report_to, exc)
+
+    def _write(self) -> None:
+        text = json.dumps(self.plan, indent=1, default=str)
+        if self.report_to == "tensorboard":
+            from transformers.integrations import TensorBoardCallback
+
+            for cb in self.trainer.callback_handler.callbacks:
+                if isinstance(cb, TensorBoardCallback) and cb.tb_writer is not None:
+                    cb.tb_writer.add_text(PLAN_TAG, f"```json\n{text}\n```")
+                    cb.tb_writer.flush()
+        elif self.report_to == "trackio":
+            import trackio
+
+            trackio.config.update({"tuneplan": self.plan}, allow_val_change=True)
+        elif self.report_to == "wandb":
+            import wandb
+
+            if wandb.run is not None:
+                wandb.run.config.update({"tuneplan": self.plan}, allow_val_change=True)
+        elif self.report_to == "mlflow":
+            import mlflow
+
+            # mlflow params hold at most 500 characters each (`mlflow.utils.validation`)
+            mlflow.log_params({f"tuneplan.{k}": str(v)[:500] for k, v in flat(self.plan).items()})
+            mlflow.log_dict(self.plan, "tuneplan_plan.json")
