@@ -19,6 +19,7 @@ Pure standard library plus `tomli_w` for writing. Validation names the field and
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -41,6 +42,14 @@ training stacks for the planner's calibration; a run config leaves them out (the
 are our path) and the trainer refuses non-default values."""
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 OVERLONG = ("truncate", "drop")
+MAX_COUNT = 2**31 - 1
+"""Largest whole number a count takes (steps, ranks, batch sizes, limits): torch and the
+tokenizers index with 32-bit ints in places, and beyond it Python ints overflow C ints."""
+MAX_SEED = 2**32 - 1
+"""Seeds are in [0, 2**32 - 1]: `transformers.set_seed` also seeds numpy, whose
+`np.random.seed` accepts exactly that range (numpy/random/_mt19937.pyx)."""
+MAX_EPOCHS = 1e6
+"""More passes than this is a typo; the step count it implies would overflow the scheduler."""
 
 
 class ConfigError(UserError):
@@ -126,6 +135,9 @@ class DebugConfig:
     (so a re-planned run with a smaller micro-batch gets past it)."""
     step_sleep_seconds: float = 0.0
     """Slow every optimizer step down by this much (tests of stop/save/resume)."""
+    poison_at_step: int | None = None
+    """Fault injection: fill the trainable weights with NaN after this optimizer step, so the
+    next loss is not finite (tests of the non-finite stop)."""
 
 
 @dataclass(frozen=True)
@@ -159,22 +171,28 @@ class RunConfig:
         from tuneplan.services.dataset_formats import FORMATS
         _check(d.format == "auto" or d.format in FORMATS, "data.format", d.format,
                f"must be auto or one of {', '.join(FORMATS)}")
-        _check(0 <= d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "must be in [0, 1)")
-        _check(d.max_samples is None or d.max_samples > 0, "data.max_samples", d.max_samples, "must be > 0")
+        _range(d.eval_fraction, "data.eval_fraction", 0, 1, hi_open=True)
+        _count(d.max_samples, "data.max_samples")
         _check(d.overlong in OVERLONG, "data.overlong", d.overlong, f"must be one of {', '.join(OVERLONG)}")
-        _check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0")
+        _range(t.learning_rate, "training.learning_rate", 0, None, lo_open=True)
         _check(t.lr_scheduler in SCHEDULERS, "training.lr_scheduler", t.lr_scheduler,
                f"must be one of {', '.join(SCHEDULERS)}")
-        _check(0 <= t.warmup_ratio < 1, "training.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
-        _check(t.epochs > 0, "training.epochs", t.epochs, "must be > 0")
-        _check(t.max_steps is None or t.max_steps > 0, "training.max_steps", t.max_steps, "must be > 0")
-        _check(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "must be >= 0")
-        _check(t.max_grad_norm >= 0, "training.max_grad_norm", t.max_grad_norm, "must be >= 0")
-        _check(t.logging_steps > 0, "training.logging_steps", t.logging_steps, "must be > 0")
-        _check(t.eval_steps is None or t.eval_steps > 0, "training.eval_steps", t.eval_steps, "must be > 0")
-        _check(t.save_steps > 0, "training.save_steps", t.save_steps, "must be > 0")
-        _check(t.save_total_limit > 0, "training.save_total_limit", t.save_total_limit, "must be > 0")
-        _check(r.max_retries >= 0, "recovery.max_retries", r.max_retries, "must be >= 0")
+        _range(t.warmup_ratio, "training.warmup_ratio", 0, 1, hi_open=True)
+        _range(t.epochs, "training.epochs", 0, MAX_EPOCHS, lo_open=True)
+        _count(t.max_steps, "training.max_steps")
+        _range(t.weight_decay, "training.weight_decay", 0, None)
+        _range(t.max_grad_norm, "training.max_grad_norm", 0, None)
+        _count(t.seed, "training.seed", lo=0, hi=MAX_SEED)
+        _count(t.logging_steps, "training.logging_steps")
+        _count(t.eval_steps, "training.eval_steps")
+        _count(t.save_steps, "training.save_steps")
+        _count(t.save_total_limit, "training.save_total_limit")
+        _count(r.max_retries, "recovery.max_retries", lo=0)
+        g = self.debug
+        _range(g.step_sleep_seconds, "debug.step_sleep_seconds", 0, 3600)
+        _count(g.oom_at_step, "debug.oom_at_step")
+        _count(g.oom_micro_batch_above, "debug.oom_micro_batch_above", lo=0)
+        _count(g.poison_at_step, "debug.poison_at_step")
         return self
 
     def effective_batch(self) -> int:
@@ -189,20 +207,46 @@ def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:
     _check(s.optimizer in OPTIMIZERS, f"{prefix}.optimizer", s.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
     _check(s.attn in ATTENTIONS, f"{prefix}.attn", s.attn, f"must be one of {', '.join(ATTENTIONS)}")
     _check(s.strategy in STRATEGIES, f"{prefix}.strategy", s.strategy, f"must be one of {', '.join(STRATEGIES)}")
-    _check(s.lora_rank > 0, f"{prefix}.lora_rank", s.lora_rank, "must be > 0")
-    _check(s.lora_alpha > 0, f"{prefix}.lora_alpha", s.lora_alpha, "must be > 0")
-    _check(0 <= s.lora_dropout < 1, f"{prefix}.lora_dropout", s.lora_dropout, "must be in [0, 1)")
+    _count(s.lora_rank, f"{prefix}.lora_rank")
+    _count(s.lora_alpha, f"{prefix}.lora_alpha")
+    _range(s.lora_dropout, f"{prefix}.lora_dropout", 0, 1, hi_open=True)
     _check(isinstance(s.lora_targets, str) or len(s.lora_targets) > 0, f"{prefix}.lora_targets", s.lora_targets,
            "must be all-linear or a non-empty list of module names")
-    _check(s.micro_batch > 0, f"{prefix}.micro_batch", s.micro_batch, "must be > 0")
-    _check(s.grad_accum > 0, f"{prefix}.grad_accum", s.grad_accum, "must be > 0")
-    _check(s.seq_len > 0, f"{prefix}.seq_len", s.seq_len, "must be > 0")
-    _check(s.num_gpus > 0, f"{prefix}.num_gpus", s.num_gpus, "must be > 0")
+    _count(s.micro_batch, f"{prefix}.micro_batch")
+    _count(s.grad_accum, f"{prefix}.grad_accum")
+    _count(s.seq_len, f"{prefix}.seq_len")
+    _count(s.num_gpus, f"{prefix}.num_gpus")
 
 
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:
     if not ok:
-        raise ConfigError(f"{name} {rule} (got {value!r})")
+        raise ConfigError(f"{name} {rule} (got {_shown(value)})")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _count(value: Any, name: str, *, lo: int = 1, hi: int = MAX_COUNT) -> None:
+    """A whole number in [lo, hi], or None (not set)."""
+    if value is None:
+        return
+    _check(isinstance(value, int) and not isinstance(value, bool), name, value, "must be a whole number")
+    _check(value >= lo, name, value, "must be > 0" if lo == 1 else f"must be >= {lo}")
+    _check(value <= hi, name, value, f"must be at most {hi}")
+
+
+def _range(value: Any, name: str, lo: float, hi: float | None, *, lo_open: bool = False,
+           hi_open: bool = False) -> None:
+    """A finite number with lo < or <= value < or <= hi (hi None: no upper bound)."""
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name, value,
+           "must be a finite number")
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    rule = (f"must be {'>' if lo_open else '>='} {lo:g}" if hi is None
+            else f"must be in {left}{lo:g}, {hi:g}{right}")
+    ok = (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
+    _check(ok, name, value, rule)
 
 
 # --- TOML -------------------------------------------------------------------------------------

@@ -24,6 +24,13 @@ def run(args: argparse.Namespace) -> int:
     if not args.merge:
         raise UserError("export needs --merge (the adapter alone is already in RUN/adapter)")
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
+    from tuneplan.errors import NON_FINITE_PREFIX
+    from tuneplan.events import read_status
+
+    status = read_status(run_dir)
+    if status is not None and status.phase == "failed" and (status.error or "").startswith(NON_FINITE_PREFIX):
+        raise UserError(f"run {run_dir.name} failed with {status.error.split(':')[0]}: its weights are not "
+                        "numbers, there is nothing to export")
     from tuneplan.training.inference import export_merged
 
     out = export_merged(run_dir, args.out, dtype=args.dtype)

@@ -161,8 +161,6 @@ def build_config(args: argparse.Namespace):
         config = RunConfig()
     if args.model:
         config = replace(config, model=replace(config.model, source=args.model))
-    if args.trust_remote_code:
-        config = replace(config, model=replace(config.model, trust_remote_code=True))
     data = {k: v for k, v in (("source", args.dataset), ("eval_fraction", args.eval_fraction),
                               ("max_samples", args.max_samples), ("overlong", args.overlong)) if v is not None}
     training = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps),
@@ -179,7 +177,13 @@ def build_config(args: argparse.Namespace):
         raise UserError("no model: give --model (catalog name, Hub id or folder), --config or --preset")
     if not config.data.source:
         raise UserError("no dataset: give --dataset (JSONL/JSON/CSV/Parquet file or Hub id), --config or --preset")
-    return config
+    config = config.validate()  # every number finite and in range before anything is planned or started
+    # a file may ask for the model's own code; only --trust-remote-code grants it
+    from tuneplan.services.models import remote_code_request
+
+    trust = remote_code_request(config.model.source, requested=config.model.trust_remote_code,
+                                granted=bool(args.trust_remote_code))
+    return replace(config, model=replace(config.model, trust_remote_code=trust))
 
 
 def plan_config(config, args: argparse.Namespace):
@@ -278,14 +282,18 @@ def format_event(e: dict) -> str | None:
         msg = f": {e['message']}" if e.get("message") else ""
         return f"[{e.get('phase')}]{msg}"
     if kind == "log":
-        parts = [f"step {e.get('step')}/{e.get('max_steps')}", f"loss {e.get('loss'):.4f}"]
+        loss = e.get("loss")  # null: not a finite number (the run stops on it)
+        parts = [f"step {e.get('step')}/{e.get('max_steps')}",
+                 f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss not finite"]
         if e.get("tokens_per_second"):
             parts.append(f"{e['tokens_per_second']:.0f} tok/s")
         if e.get("eta_seconds") is not None:
             parts.append(f"eta {e['eta_seconds']:.0f}s")
         return "  " + ", ".join(parts)
     if kind == "eval":
-        return f"  eval loss {e.get('eval_loss'):.4f} at step {e.get('step')}"
+        loss = e.get("eval_loss")
+        shown = f"{loss:.4f}" if isinstance(loss, (int, float)) else "not finite"
+        return f"  eval loss {shown} at step {e.get('step')}"
     if kind == "checkpoint":
         return f"  checkpoint {Path(e.get('path', '')).name}"
     if kind == "replan":

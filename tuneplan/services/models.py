@@ -413,3 +413,38 @@ def _hub_facts(hub: Any, repo_id: str, token: str | None) -> tuple[int | None, s
     gated_raw = getattr(info, "gated", None)
     gated = None if gated_raw is None else bool(gated_raw)
     return total, (str(license) if license else None), gated
+
+
+# -- remote code -----------------------------------------------------------------------------
+def remote_code_files(config: Mapping[str, Any]) -> list[str]:
+    """The Python files a `config.json`'s `auto_map` points at: what `trust_remote_code=True`
+    would import. Entries are `module.Class` or `repo--module.Class`, alone or in a list (the
+    tokenizer's slow/fast pair, `None` for a missing one), as transformers'
+    `dynamic_module_utils.get_class_from_dynamic_module` reads them."""
+    auto_map = config.get("auto_map") if isinstance(config, Mapping) else None
+    if not isinstance(auto_map, Mapping):
+        return []
+    files: list[str] = []
+    for value in auto_map.values():
+        for ref in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(ref, str) and "." in ref:
+                name = ref.split("--")[-1].rsplit(".", 1)[0] + ".py"
+                if name not in files:
+                    files.append(name)
+    return files
+
+
+def remote_code_request(source: str, *, requested: bool, granted: bool) -> bool:
+    """Whether to run the model's own code: only when the user granted it on the command line
+    (or in the wizard's confirmation). A preset or run config that asks for it (`requested`)
+    without the grant is refused with one line naming the code files; a model that ships no
+    code gets `False` whatever was requested (there is nothing to trust)."""
+    if granted or not requested:
+        return granted
+    files = remote_code_files(resolve_model(source, check_hub_parameters=False).config)
+    if files:
+        raise UserError(
+            f"the configuration asks for trust_remote_code, which would run {source}'s own Python code "
+            f"({', '.join(files)}); it is off unless you pass --trust-remote-code on the command line "
+            "(read those files first)")
+    return False

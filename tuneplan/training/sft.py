@@ -100,6 +100,7 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         # logging, eval, checkpoints
         logging_strategy="steps",
         logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # log a NaN/inf loss as it is (the default hides it): the run stops on it
         eval_strategy=eval_strategy,
         eval_steps=t.eval_steps,
         save_strategy="steps" if saving else "no",
