@@ -156,6 +156,12 @@ def build_config(args: argparse.Namespace):
     if args.config:
         config = load_config(Path(args.config))
     elif args.preset:
+        if not args.trust_remote_code:  # refuse before the re-fit prints its notes
+            from tuneplan.services.models import remote_code_request
+            from tuneplan.services.presets import find_preset
+
+            asked = find_preset(args.preset).config.model
+            remote_code_request(args.model or asked.source, requested=asked.trust_remote_code, granted=False)
         config = load_preset(args.preset, args)
     else:
         config = RunConfig()

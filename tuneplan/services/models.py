@@ -448,3 +448,15 @@ def remote_code_request(source: str, *, requested: bool, granted: bool) -> bool:
             f"({', '.join(files)}); it is off unless you pass --trust-remote-code on the command line "
             "(read those files first)")
     return False
+
+
+def remote_code_warning(source: str, what: str) -> str:
+    """The warning shown where a file asks for trust_remote_code (`presets show`,
+    `plan --preset`): what would run, and that only the command line grants it."""
+    try:
+        files = remote_code_files(resolve_model(source, check_hub_parameters=False).config)
+    except UserError:
+        files = []
+    code = f"{source}'s own Python code ({', '.join(files)})" if files else f"{source}'s own Python code, if it ships any"
+    return (f"{what} asks for trust_remote_code, which would run {code}; tuneplan train runs it only with "
+            "--trust-remote-code on the command line")
