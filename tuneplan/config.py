@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from planner.setup import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, STRATEGIES, TrainSetup
-from tuneplan.errors import UserError
+from tuneplan.errors import UserError, check_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -168,6 +168,9 @@ class RunConfig:
         m, d, t, r = self.model, self.data, self.training, self.recovery
         _check(bool(m.source), "model.source", m.source, "must name a model (Hub id or local folder)")
         _check(bool(d.source), "data.source", d.source, "must name a dataset (file or Hub id)")
+        for what, text in (("model.source", m.source), ("data.source", d.source), ("name (the run folder)", self.name)):
+            if text is not None:
+                check_path(text, what)
         from tuneplan.services.dataset_formats import FORMATS
         _check(d.format == "auto" or d.format in FORMATS, "data.format", d.format,
                f"must be auto or one of {', '.join(FORMATS)}")

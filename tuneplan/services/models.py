@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from planner import catalog
-from planner.spec import ModelSpec, UnsupportedArchitecture, spec_from_config
-from tuneplan.errors import UserError
+from planner.spec import SUPPORTED_MODEL_TYPES, ModelSpec, UnsupportedArchitecture, spec_from_config
+from tuneplan.errors import UserError, check_path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 """`owner/name` as the Hub accepts it (huggingface_hub `validate_repo_id` checks the rest)."""
@@ -102,6 +102,7 @@ def resolve_model(
     text = (ref or "").strip()
     if not text:
         raise UserError("no model given: name a catalog model (e.g. llama-3.1-8b), a Hub id (owner/name) or a local folder")
+    check_path(text, "the model name")
 
     if _looks_like_path(text):
         return _resolve_local(Path(text).expanduser(), trust_remote_code, shown=text)
@@ -133,7 +134,38 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
+REQUIRED_KEYS = ("hidden_size", "num_hidden_layers")
+"""Keys a `config.json` must state: without them the planner would take the transformers
+class defaults (a ~7B model) and plan for a model that is not the one in the folder."""
+MAX_LAYERS = 1000
+"""The deepest published LLMs have ~126 layers (Llama 3.1 405B); the spec builds one entry per layer."""
+MAX_DIMENSION = 2**24
+"""Widths, head counts, vocabularies and expert counts above this are typos (the widest
+published: hidden 16384, vocabulary 262k)."""
+_DIMENSION_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                   "vocab_size", "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size")
+
+
+def _check_sizes(config: Mapping[str, Any], name: str) -> None:
+    """One-line refusals for a config.json the planner cannot take at its word: a missing
+    size (see REQUIRED_KEYS) or one so large that planning it would exhaust memory."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else None
+    inner = text if text is not None and config.get("model_type") == "gemma3" else config
+    missing = [k for k in REQUIRED_KEYS if inner.get(k) is None]
+    if missing:
+        raise UserError(f"{name}: config.json has no {' or '.join(missing)}; tuneplan plans from the model's "
+                        "real sizes: is this the config.json of a complete checkpoint?")
+    for key in ("num_hidden_layers", *_DIMENSION_KEYS):
+        value = inner.get(key)
+        limit = MAX_LAYERS if key == "num_hidden_layers" else MAX_DIMENSION
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise UserError(f"{name}: config.json field {key} = {value:g} is beyond any real model "
+                            f"(at most {limit:,}); fix config.json")
+
+
 def _spec(config: Mapping[str, Any], name: str, trust_remote_code: bool) -> ModelSpec:
+    if config.get("model_type") in SUPPORTED_MODEL_TYPES:  # an unsupported one is refused below, by name
+        _check_sizes(config, name)
     try:
         return spec_from_config(config, name)
     except UnsupportedArchitecture as exc:
