@@ -90,12 +90,24 @@ def make_event(kind: str, **fields: Any) -> dict[str, Any]:
     return {"kind": kind, "time": round(time.time(), 3), **fields}
 
 
-def compact(fields: dict[str, Any], digits: int = 7) -> dict[str, Any]:
-    """Per-step fields as few bytes as they need: None left out (readers treat a missing key
-    as unknown) and floats to `digits` significant digits (float32 precision: the loss and
-    gradient norm are float32 tensors; more digits in the text are noise)."""
-    return {k: (float(f"{v:.{digits}g}") if isinstance(v, float) and math.isfinite(v) else v)
-            for k, v in fields.items() if v is not None}
+MEASURED_FIELDS = ("tokens_per_second", "samples_per_second", "elapsed_seconds", "eta_seconds")
+"""Timings: wall-clock measurements that vary by more than a percent from step to step."""
+
+
+def compact(fields: dict[str, Any], digits: int = 7, measured_digits: int = 4) -> dict[str, Any]:
+    """Per-step fields in as few bytes as they need (a `log` event per step adds up over a long
+    run): None left out (readers treat a missing key as unknown), floats to `digits`
+    significant digits (float32 precision: the loss and gradient norm are float32 tensors, more
+    digits are noise) and timings (MEASURED_FIELDS) to `measured_digits`."""
+    out = {}
+    for k, v in fields.items():
+        if v is None:
+            continue
+        if isinstance(v, float) and math.isfinite(v):
+            v = float(f"{v:.{measured_digits if k in MEASURED_FIELDS else digits}g}")
+            v = int(v) if v.is_integer() and abs(v) < 2**53 else v
+        out[k] = v
+    return out
 
 
 def append_event(run_dir: Path, event: dict[str, Any]) -> None:

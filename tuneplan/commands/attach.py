@@ -30,6 +30,9 @@ def resolve_run_dir(run: str | None, runs_dir: str | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     run_dir = resolve_run_dir(args.run, args.runs_dir)
+    from tuneplan.commands.wizard import require_terminal
+
+    require_terminal("the dashboard")
     from tuneplan.ui.app import create_app
     from tuneplan.ui.services import default_services
 
