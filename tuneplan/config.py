@@ -330,7 +330,7 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file as a dict; one-line errors for a missing or malformed file."""
-    path = Path(path)
+    path = Path(check_path(path, "the configuration file name"))
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -338,6 +338,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (is it a TOML file?)") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def load_config(path: Path) -> RunConfig:

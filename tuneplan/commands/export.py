@@ -23,6 +23,13 @@ def run(args: argparse.Namespace) -> int:
 
     if not args.merge:
         raise UserError("export needs --merge (the adapter alone is already in RUN/adapter)")
+    if args.out is not None:
+        from pathlib import Path
+
+        from tuneplan.errors import check_path
+
+        if Path(check_path(args.out, "--out")).expanduser().is_file():
+            raise UserError(f"--out {args.out} is a file, not a folder: pass a new folder")
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
     from tuneplan.errors import NON_FINITE_PREFIX
     from tuneplan.events import read_status

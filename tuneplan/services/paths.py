@@ -26,13 +26,19 @@ FREE_BYTES_ENV = "TUNEPLAN_FAKE_FREE_BYTES"
 def runs_root(override: str | os.PathLike | None = None) -> Path:
     """The folder that holds run directories (not created here)."""
     if override:
-        return Path(check_path(override, "--runs-dir")).expanduser()
+        return _folder(Path(check_path(override, "--runs-dir")).expanduser(), "--runs-dir")
     env = os.environ.get(RUNS_DIR_ENV)
     if env:
-        return Path(check_path(env, RUNS_DIR_ENV)).expanduser()
+        return _folder(Path(check_path(env, RUNS_DIR_ENV)).expanduser(), RUNS_DIR_ENV)
     import platformdirs
 
     return platformdirs.user_data_path("tuneplan") / "runs"
+
+
+def _folder(path: Path, what: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder: pick another {what}")
+    return path
 
 
 def free_bytes(path: str | os.PathLike) -> int:

@@ -146,7 +146,8 @@ def resolve_gpu(name: str, *, vram_given: bool = False) -> GPU:
         hint = f"did you mean {', '.join(exc.suggestions)}?" if exc.suggestions else "e.g. rtx-4090, a100-80gb, h100"
         other = ("drop --gpu to plan for --vram alone (no speed figures)" if vram_given
                  else "or give its memory with --vram 24GiB")
-        raise UserError(f"unknown GPU {name!r}: {hint} ({other})") from None
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name):,} characters)"
+        raise UserError(f"unknown GPU {shown}: {hint} ({other})") from None
 
 
 def _generic_gpu(vram: int, bf16: bool = True) -> GPU:

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from tuneplan.config import RunConfig, load_config
-from tuneplan.errors import UserError, check_path
+from tuneplan.errors import UserError
 from tuneplan.events import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, last_checkpoint
 
 
@@ -141,9 +141,7 @@ def export_merged(run_dir: Path, out: Path | None = None, *, dtype: str = "auto"
     adapter, note = _adapter_dir(run_dir, config)
     if note:
         print(f"tuneplan: {note}")
-    out = Path(check_path(out, "--out")) if out else run_dir / "merged"
-    if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder; pass a new folder")
+    out = Path(out) if out else run_dir / "merged"
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already exists and is not empty; pass another --out")
     name = dtype if dtype != "auto" else ("float16" if config.setup.compute_dtype == "float16" else "bfloat16")
