@@ -181,3 +181,30 @@ def test_files_where_folders_belong(tmp_path, model_dir, capsys):
 
 def test_bare_tuneplan_without_a_terminal(capsys):
     assert "terminal" in _probe([], capsys)  # pytest's stdin and stdout are not terminals
+
+
+CONFIG_VALUES = [  # (section, key, TOML value): a run configuration file's numbers take the same checks
+    ("training", "learning_rate", "inf"), ("training", "learning_rate", "nan"), ("training", "learning_rate", "-1e-4"),
+    ("training", "epochs", "inf"), ("training", "epochs", "1e300"), ("training", "warmup_ratio", "nan"),
+    ("training", "max_grad_norm", "inf"), ("training", "weight_decay", "-inf"), ("training", "seed", "-1"),
+    ("training", "seed", "4294967296"), ("training", "max_steps", "1099511627776"),
+    ("training", "save_steps", "0"), ("data", "eval_fraction", "nan"), ("data", "max_samples", "-5"),
+    ("setup", "lora_rank", "1099511627776"), ("setup", "micro_batch", "9223372036854775807"),
+    ("setup", "lora_dropout", "nan"), ("debug", "step_sleep_seconds", "-1"), ("debug", "step_sleep_seconds", "inf"),
+    ("recovery", "max_retries", "-1"),
+]
+
+
+@pytest.mark.parametrize("section, key, value", CONFIG_VALUES, ids=[f"{s}.{k}={v}" for s, k, v in CONFIG_VALUES])
+def test_config_file_numbers(section, key, value, tmp_path, model_dir, capsys):
+    tables = {"model": {"source": f'"{model_dir}"'}, "data": {"source": f'"{SAMPLE_CHAT}"'},
+              "setup": {"method": '"lora"', "micro_batch": "1", "grad_accum": "1", "seq_len": "64",
+                        "compute_dtype": '"float32"', "packing": "false", "grad_checkpointing": "false",
+                        "optimizer": '"adamw"', "attn": '"sdpa"', "fused_ce": "true"},
+              "training": {"max_steps": "2"}}
+    tables.setdefault(section, {})[key] = value
+    path = tmp_path / "run.toml"
+    path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {v}\n" for k, v in table.items())
+                            for name, table in tables.items()))
+    line = _probe(["train", "--config", str(path), "--runs-dir", str(tmp_path / "runs")], capsys)
+    assert f"{section}.{key}" in line, line
