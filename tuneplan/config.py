@@ -48,6 +48,9 @@ tokenizers index with 32-bit ints in places, and beyond it Python ints overflow 
 MAX_SEED = 2**32 - 1
 """Seeds are in [0, 2**32 - 1]: `transformers.set_seed` also seeds numpy, whose
 `np.random.seed` accepts exactly that range (numpy/random/_mt19937.pyx)."""
+MAX_LEARNING_RATE = 10.0
+"""Adam moves every weight by about the learning rate per step (Kingma & Ba 2015, section 2.1),
+so fine-tuning rates are ~1e-5..1e-3 and anything above 1 diverges; above 10 is a typo."""
 MAX_EPOCHS = 1e6
 """More passes than this is a typo; the step count it implies would overflow the scheduler."""
 
@@ -177,7 +180,7 @@ class RunConfig:
         _range(d.eval_fraction, "data.eval_fraction", 0, 1, hi_open=True)
         _count(d.max_samples, "data.max_samples")
         _check(d.overlong in OVERLONG, "data.overlong", d.overlong, f"must be one of {', '.join(OVERLONG)}")
-        _range(t.learning_rate, "training.learning_rate", 0, None, lo_open=True)
+        _range(t.learning_rate, "training.learning_rate", 0, MAX_LEARNING_RATE, lo_open=True)
         _check(t.lr_scheduler in SCHEDULERS, "training.lr_scheduler", t.lr_scheduler,
                f"must be one of {', '.join(SCHEDULERS)}")
         _range(t.warmup_ratio, "training.warmup_ratio", 0, 1, hi_open=True)

@@ -184,6 +184,10 @@ def build_config(args: argparse.Namespace):
     if not config.data.source:
         raise UserError("no dataset: give --dataset (JSONL/JSON/CSV/Parquet file or Hub id), --config or --preset")
     config = config.validate()  # every number finite and in range before anything is planned or started
+    if args.vram is not None:  # read here even when every knob is fixed and nothing is planned
+        from tuneplan.services.planning import parse_size
+
+        parse_size(args.vram)
     # a file may ask for the model's own code; only --trust-remote-code grants it
     from tuneplan.services.models import remote_code_request
 

@@ -40,6 +40,8 @@ STRATEGY_CHOICES = ("auto", "ddp", "fsdp")
 MAX_GPUS = 100_000
 """More GPUs than the largest published training clusters (~100k H100s) is a typo; the
 planner's per-GPU arithmetic stays exact below it."""
+MAX_MEMORY_BYTES = 2**50
+"""1 PiB: a thousand times the largest accelerator memory (B200: 192 GB); more is a typo."""
 MAX_TOKENS = 10**15
 """Dataset tokens: a thousand times the largest published pre-training corpora (~1e13)."""
 LORA_KNOBS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
@@ -123,6 +125,8 @@ def parse_size(text: str, what: str = "--vram") -> int:
     value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
     if value <= 0:
         raise UserError(f"{what} must be > 0 (got {text!r})")
+    if value > MAX_MEMORY_BYTES:
+        raise UserError(f"{what} must be at most 1 PiB (got {text[:40]!r})")
     return int(value)
 
 

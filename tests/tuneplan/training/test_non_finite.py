@@ -1,6 +1,6 @@
 """A run whose loss or gradient norm stops being finite ends `failed` with the reason (never
 `done`), its files stay strict JSON, and `export --merge` / `presets save` refuse it. Real
-training of the tiny model; the NaN comes from `debug.poison_at_step` or a huge learning rate."""
+training of the tiny model; the NaN comes from `debug.poison_at_step`."""
 
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ def _run(tiny_model, runs_root, **changes):
     return run_dir, result
 
 
-@pytest.mark.parametrize("changes", [{"debug": {"poison_at_step": 3}}, {"training": {"learning_rate": 1e30}}],
-                         ids=["poisoned-weights", "huge-lr"])
-def test_non_finite_loss_fails_the_run_with_the_reason(tiny_model, runs_root, changes, capsys, monkeypatch, tmp_path):
+def test_non_finite_loss_fails_the_run_with_the_reason(tiny_model, runs_root, capsys, monkeypatch, tmp_path):
+    # (a learning rate large enough to overflow the tiny model is refused by validation now:
+    # training.learning_rate must be in (0, 10]; the NaN is injected instead)
+    changes = {"debug": {"poison_at_step": 3}}
     monkeypatch.setenv("TUNEPLAN_PRESETS_DIR", str(tmp_path / "presets"))
     run_dir, result = _run(tiny_model, runs_root, **changes)
     status = read_status(run_dir)
