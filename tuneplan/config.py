@@ -180,11 +180,14 @@ class RunConfig:
         _range(d.eval_fraction, "data.eval_fraction", 0, 1, hi_open=True)
         _count(d.max_samples, "data.max_samples")
         _check(d.overlong in OVERLONG, "data.overlong", d.overlong, f"must be one of {', '.join(OVERLONG)}")
-        _range(t.learning_rate, "training.learning_rate", 0, MAX_LEARNING_RATE, lo_open=True)
+        _range(t.learning_rate, "training.learning_rate", 0, None, lo_open=True)
+        _check(t.learning_rate <= MAX_LEARNING_RATE, "training.learning_rate", t.learning_rate,
+               f"must be at most {MAX_LEARNING_RATE:g}")
         _check(t.lr_scheduler in SCHEDULERS, "training.lr_scheduler", t.lr_scheduler,
                f"must be one of {', '.join(SCHEDULERS)}")
         _range(t.warmup_ratio, "training.warmup_ratio", 0, 1, hi_open=True)
-        _range(t.epochs, "training.epochs", 0, MAX_EPOCHS, lo_open=True)
+        _range(t.epochs, "training.epochs", 0, None, lo_open=True)
+        _check(t.epochs <= MAX_EPOCHS, "training.epochs", t.epochs, f"must be at most {MAX_EPOCHS:g}")
         _count(t.max_steps, "training.max_steps")
         _range(t.weight_decay, "training.weight_decay", 0, None)
         _range(t.max_grad_norm, "training.max_grad_norm", 0, None)
@@ -195,7 +198,8 @@ class RunConfig:
         _count(t.save_total_limit, "training.save_total_limit")
         _count(r.max_retries, "recovery.max_retries", lo=0)
         g = self.debug
-        _range(g.step_sleep_seconds, "debug.step_sleep_seconds", 0, 3600)
+        _range(g.step_sleep_seconds, "debug.step_sleep_seconds", 0, None)
+        _check(g.step_sleep_seconds <= 3600, "debug.step_sleep_seconds", g.step_sleep_seconds, "must be at most 3600")
         _count(g.oom_at_step, "debug.oom_at_step")
         _count(g.oom_micro_batch_above, "debug.oom_micro_batch_above", lo=0)
         _count(g.poison_at_step, "debug.poison_at_step")
