@@ -167,7 +167,8 @@ class RunEventsCallback(TrainerCallback):
         if torch.cuda.is_available():
             fields.update(torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(),
                           torch_reserved_peak_bytes=torch.cuda.max_memory_reserved(), rank=args.process_index)
-        self.event("log", **compact(fields))
+        logged = compact(fields)  # status.json repeats the logged numbers, digit for digit
+        self.event("log", **logged)
         bad = [f"{k} {fields[k]}" for k in ("loss", "grad_norm")
                if isinstance(fields[k], (int, float)) and not math.isfinite(fields[k])]
         if bad:  # NaN/inf weights never recover: stop before a checkpoint or the final save keeps them
@@ -176,9 +177,9 @@ class RunEventsCallback(TrainerCallback):
         if distributed.world_size() > 1:  # every rank: its own memory, one dashboard row per GPU
             self.event("memory", step=step, **distributed.memory_fields())
         self.last_log_time, self.last_log_step, self.last_log_tokens = now, step, tokens
-        self.status.step, self.status.epoch = step, fields["epoch"]
-        if isinstance(logs["loss"], (int, float)) and math.isfinite(logs["loss"]):
-            self.status.loss = logs["loss"]
+        self.status.step, self.status.epoch = step, logged.get("epoch")
+        if isinstance(logged.get("loss"), (int, float)) and math.isfinite(logged["loss"]):
+            self.status.loss = logged["loss"]
         self._write_status(throttle=True)
 
     def on_save(self, args, state, control, **kwargs):
