@@ -11,7 +11,7 @@ resolved one into the run directory as `config.toml` and the child reads it back
 [recovery]   OOM recovery: max_retries, allow_qlora
 [prediction] the planner's memory prediction (bytes), compared with the measured peak
 [notify]     alerts for unattended runs: url (webhook or ntfy topic), stall_minutes
-[debug]      fault injection for tests (oom_at_step, nan_at_step)
+[debug]      fault injection for tests (oom_at_step, poison_at_step)
 ```
 
 Pure standard library plus `tomli_w` for writing. Validation names the field and the value:
@@ -20,13 +20,14 @@ Pure standard library plus `tomli_w` for writing. Validation names the field and
 
 from __future__ import annotations
 
+import math
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from planner.setup import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, STRATEGIES, TrainSetup
-from tuneplan.errors import UserError
+from tuneplan.errors import UserError, check_path
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -45,6 +46,17 @@ TRACKERS = {"none": None, "tensorboard": "tensorboard", "trackio": "trackio", "w
 """`training.report_to` values -> the pip package the trainer's integration needs (the names are
 transformers' `report_to` names, `transformers/integrations/integration_utils.py`)."""
 OVERLONG = ("truncate", "drop")
+MAX_COUNT = 2**31 - 1
+"""Largest whole number a count takes (steps, ranks, batch sizes, limits): torch and the
+tokenizers index with 32-bit ints in places, and beyond it Python ints overflow C ints."""
+MAX_SEED = 2**32 - 1
+"""Seeds are in [0, 2**32 - 1]: `transformers.set_seed` also seeds numpy, whose
+`np.random.seed` accepts exactly that range (numpy/random/_mt19937.pyx)."""
+MAX_LEARNING_RATE = 10.0
+"""Adam moves every weight by about the learning rate per step (Kingma & Ba 2015, section 2.1),
+so fine-tuning rates are ~1e-5..1e-3 and anything above 1 diverges; above 10 is a typo."""
+MAX_EPOCHS = 1e6
+"""More passes than this is a typo; the step count it implies would overflow the scheduler."""
 
 
 class ConfigError(UserError):
@@ -141,9 +153,9 @@ class DebugConfig:
     (so a re-planned run with a smaller micro-batch gets past it)."""
     step_sleep_seconds: float = 0.0
     """Slow every optimizer step down by this much (tests of stop/save/resume)."""
-    nan_at_step: int | None = None
-    """Fault injection: make the trainable weights NaN before this optimizer step, so the loss
-    really becomes NaN (tests of the NaN alert)."""
+    poison_at_step: int | None = None
+    """Fault injection: fill the trainable weights with NaN after this optimizer step, so the
+    next loss is not finite (tests of the non-finite stop)."""
 
 
 @dataclass(frozen=True)
@@ -176,30 +188,43 @@ class RunConfig:
         m, d, t, r = self.model, self.data, self.training, self.recovery
         _check(bool(m.source), "model.source", m.source, "must name a model (Hub id or local folder)")
         _check(bool(d.source), "data.source", d.source, "must name a dataset (file or Hub id)")
+        for what, text in (("model.source", m.source), ("data.source", d.source), ("name (the run folder)", self.name)):
+            if text is not None:
+                check_path(text, what)
         from tuneplan.services.dataset_formats import FORMATS
         _check(d.format == "auto" or d.format in FORMATS, "data.format", d.format,
                f"must be auto or one of {', '.join(FORMATS)}")
-        _check(0 <= d.eval_fraction < 1, "data.eval_fraction", d.eval_fraction, "must be in [0, 1)")
-        _check(d.max_samples is None or d.max_samples > 0, "data.max_samples", d.max_samples, "must be > 0")
+        _range(d.eval_fraction, "data.eval_fraction", 0, 1, hi_open=True)
+        _count(d.max_samples, "data.max_samples")
         _check(d.overlong in OVERLONG, "data.overlong", d.overlong, f"must be one of {', '.join(OVERLONG)}")
-        _check(t.learning_rate > 0, "training.learning_rate", t.learning_rate, "must be > 0")
+        _range(t.learning_rate, "training.learning_rate", 0, None, lo_open=True)
+        _check(t.learning_rate <= MAX_LEARNING_RATE, "training.learning_rate", t.learning_rate,
+               f"must be at most {MAX_LEARNING_RATE:g}")
         _check(t.lr_scheduler in SCHEDULERS, "training.lr_scheduler", t.lr_scheduler,
                f"must be one of {', '.join(SCHEDULERS)}")
-        _check(0 <= t.warmup_ratio < 1, "training.warmup_ratio", t.warmup_ratio, "must be in [0, 1)")
-        _check(t.epochs > 0, "training.epochs", t.epochs, "must be > 0")
-        _check(t.max_steps is None or t.max_steps > 0, "training.max_steps", t.max_steps, "must be > 0")
-        _check(t.weight_decay >= 0, "training.weight_decay", t.weight_decay, "must be >= 0")
-        _check(t.max_grad_norm >= 0, "training.max_grad_norm", t.max_grad_norm, "must be >= 0")
-        _check(t.logging_steps > 0, "training.logging_steps", t.logging_steps, "must be > 0")
-        _check(t.eval_steps is None or t.eval_steps > 0, "training.eval_steps", t.eval_steps, "must be > 0")
-        _check(t.save_steps > 0, "training.save_steps", t.save_steps, "must be > 0")
-        _check(t.save_total_limit > 0, "training.save_total_limit", t.save_total_limit, "must be > 0")
+        _range(t.warmup_ratio, "training.warmup_ratio", 0, 1, hi_open=True)
+        _range(t.epochs, "training.epochs", 0, None, lo_open=True)
+        _check(t.epochs <= MAX_EPOCHS, "training.epochs", t.epochs, f"must be at most {MAX_EPOCHS:g}")
+        _count(t.max_steps, "training.max_steps")
+        _range(t.weight_decay, "training.weight_decay", 0, None)
+        _range(t.max_grad_norm, "training.max_grad_norm", 0, None)
+        _count(t.seed, "training.seed", lo=0, hi=MAX_SEED)
+        _count(t.logging_steps, "training.logging_steps")
+        _count(t.eval_steps, "training.eval_steps")
+        _count(t.save_steps, "training.save_steps")
+        _count(t.save_total_limit, "training.save_total_limit")
         _check(t.report_to in TRACKERS, "training.report_to", t.report_to, f"must be one of {', '.join(TRACKERS)}")
-        _check(r.max_retries >= 0, "recovery.max_retries", r.max_retries, "must be >= 0")
+        _count(r.max_retries, "recovery.max_retries", lo=0)
         n = self.notify
         _check(not n.url or n.url.startswith(("http://", "https://", "ntfy+http://", "ntfy+https://")), "notify.url",
                n.url, "must be an http:// or https:// URL")
-        _check(n.stall_minutes > 0, "notify.stall_minutes", n.stall_minutes, "must be > 0")
+        _range(n.stall_minutes, "notify.stall_minutes", 0, None, lo_open=True)
+        g = self.debug
+        _range(g.step_sleep_seconds, "debug.step_sleep_seconds", 0, None)
+        _check(g.step_sleep_seconds <= 3600, "debug.step_sleep_seconds", g.step_sleep_seconds, "must be at most 3600")
+        _count(g.oom_at_step, "debug.oom_at_step")
+        _count(g.oom_micro_batch_above, "debug.oom_micro_batch_above", lo=0)
+        _count(g.poison_at_step, "debug.poison_at_step")
         return self
 
     def effective_batch(self) -> int:
@@ -214,20 +239,46 @@ def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:
     _check(s.optimizer in OPTIMIZERS, f"{prefix}.optimizer", s.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
     _check(s.attn in ATTENTIONS, f"{prefix}.attn", s.attn, f"must be one of {', '.join(ATTENTIONS)}")
     _check(s.strategy in STRATEGIES, f"{prefix}.strategy", s.strategy, f"must be one of {', '.join(STRATEGIES)}")
-    _check(s.lora_rank > 0, f"{prefix}.lora_rank", s.lora_rank, "must be > 0")
-    _check(s.lora_alpha > 0, f"{prefix}.lora_alpha", s.lora_alpha, "must be > 0")
-    _check(0 <= s.lora_dropout < 1, f"{prefix}.lora_dropout", s.lora_dropout, "must be in [0, 1)")
+    _count(s.lora_rank, f"{prefix}.lora_rank")
+    _count(s.lora_alpha, f"{prefix}.lora_alpha")
+    _range(s.lora_dropout, f"{prefix}.lora_dropout", 0, 1, hi_open=True)
     _check(isinstance(s.lora_targets, str) or len(s.lora_targets) > 0, f"{prefix}.lora_targets", s.lora_targets,
            "must be all-linear or a non-empty list of module names")
-    _check(s.micro_batch > 0, f"{prefix}.micro_batch", s.micro_batch, "must be > 0")
-    _check(s.grad_accum > 0, f"{prefix}.grad_accum", s.grad_accum, "must be > 0")
-    _check(s.seq_len > 0, f"{prefix}.seq_len", s.seq_len, "must be > 0")
-    _check(s.num_gpus > 0, f"{prefix}.num_gpus", s.num_gpus, "must be > 0")
+    _count(s.micro_batch, f"{prefix}.micro_batch")
+    _count(s.grad_accum, f"{prefix}.grad_accum")
+    _count(s.seq_len, f"{prefix}.seq_len")
+    _count(s.num_gpus, f"{prefix}.num_gpus")
 
 
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:
     if not ok:
-        raise ConfigError(f"{name} {rule} (got {value!r})")
+        raise ConfigError(f"{name} {rule} (got {_shown(value)})")
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _count(value: Any, name: str, *, lo: int = 1, hi: int = MAX_COUNT) -> None:
+    """A whole number in [lo, hi], or None (not set)."""
+    if value is None:
+        return
+    _check(isinstance(value, int) and not isinstance(value, bool), name, value, "must be a whole number")
+    _check(value >= lo, name, value, "must be > 0" if lo == 1 else f"must be >= {lo}")
+    _check(value <= hi, name, value, f"must be at most {hi}")
+
+
+def _range(value: Any, name: str, lo: float, hi: float | None, *, lo_open: bool = False,
+           hi_open: bool = False) -> None:
+    """A finite number with lo < or <= value < or <= hi (hi None: no upper bound)."""
+    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name, value,
+           "must be a finite number")
+    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
+    rule = (f"must be {'>' if lo_open else '>='} {lo:g}" if hi is None
+            else f"must be in {left}{lo:g}, {hi:g}{right}")
+    ok = (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
+    _check(ok, name, value, rule)
 
 
 # --- TOML -------------------------------------------------------------------------------------
@@ -308,7 +359,7 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file as a dict; one-line errors for a missing or malformed file."""
-    path = Path(path)
+    path = Path(check_path(path, "the configuration file name"))
     try:
         with open(path, "rb") as f:
             return tomllib.load(f)
@@ -316,6 +367,12 @@ def read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not UTF-8 text (is it a TOML file?)") from None
+    except RecursionError:
+        raise ConfigError(f"{path}: nested too deeply to read") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read it ({exc.strerror or exc})") from None
 
 
 def load_config(path: Path) -> RunConfig:

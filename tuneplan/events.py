@@ -31,7 +31,8 @@ Every event has `kind` and `time` (unix seconds). Kinds:
 - `message`: free text for the log tail: `level`, `text`
 - `environment`: where an attempt trains (presets' evidence): `device`, `gpu_name`,
   `gpu_memory_bytes`, `driver_version`, `cuda_version`, `<library>_version`
-Unknown keys are kept; readers ignore kinds they do not know.
+Unknown keys are kept; readers ignore kinds they do not know. Files are strict JSON: a number
+that is not finite (a NaN loss) is written as null (`strict_json`).
 
 Control files a user command drops into the run directory (the training process polls them
 once per optimizer step): `save.request` (checkpoint at the next step, then delete the file).
@@ -44,6 +45,7 @@ so: `effective_phase` reports it as `crashed`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import time
@@ -69,15 +71,52 @@ TENSORBOARD_DIR = "tensorboard"
 """TensorBoard event files of a run that reports to TensorBoard."""
 
 
+def strict_json(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, +-inf) replaced by None, so `json.dumps(...,
+    allow_nan=False)` writes strict JSON (RFC 8259 has no NaN or Infinity)."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    return value
+
+
+def dumps(value: Any, **kwargs: Any) -> str:
+    """Strict JSON text of `value` (see `strict_json`)."""
+    return json.dumps(strict_json(value), allow_nan=False, **kwargs)
+
+
 def make_event(kind: str, **fields: Any) -> dict[str, Any]:
-    """A new event dict with `kind` and `time` set."""
-    return {"kind": kind, "time": time.time(), **fields}
+    """A new event dict with `kind` and `time` (unix seconds, to the millisecond) set."""
+    return {"kind": kind, "time": round(time.time(), 3), **fields}
+
+
+MEASURED_FIELDS = ("tokens_per_second", "samples_per_second", "elapsed_seconds", "eta_seconds")
+"""Timings: wall-clock measurements that vary by more than a percent from step to step."""
+
+
+def compact(fields: dict[str, Any], digits: int = 7, measured_digits: int = 4) -> dict[str, Any]:
+    """Per-step fields in as few bytes as they need (a `log` event per step adds up over a long
+    run): None left out (readers treat a missing key as unknown), floats to `digits`
+    significant digits (float32 precision: the loss and gradient norm are float32 tensors, more
+    digits are noise) and timings (MEASURED_FIELDS) to `measured_digits`."""
+    out = {}
+    for k, v in fields.items():
+        if v is None:
+            continue
+        if isinstance(v, float) and math.isfinite(v):
+            v = float(f"{v:.{measured_digits if k in MEASURED_FIELDS else digits}g}")
+            v = int(v) if v.is_integer() and abs(v) < 2**53 else v
+        out[k] = v
+    return out
 
 
 def append_event(run_dir: Path, event: dict[str, Any]) -> None:
     """Append one event as a single line (one write call, so readers never see half a line
     from a single writer)."""
-    line = json.dumps(event, separators=(",", ":")) + "\n"
+    line = dumps(event, separators=(",", ":")) + "\n"
     with open(Path(run_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
         f.write(line)
 
@@ -92,30 +131,37 @@ class EventTail:
         self._partial = b""
 
     def read_new(self) -> list[dict[str, Any]]:
+        return list(self.iter_new())
+
+    def iter_new(self, chunk_bytes: int = 1 << 20) -> Iterator[dict[str, Any]]:
+        """The new events one at a time, reading `chunk_bytes` at a time: memory stays bounded
+        by the chunk, not by the file (a long run's events.jsonl holds hundreds of MB)."""
         try:
-            with open(self.path, "rb") as f:
-                f.seek(self._offset)
-                chunk = f.read()
+            f = open(self.path, "rb")
         except FileNotFoundError:
-            return []
-        self._offset += len(chunk)
-        data = self._partial + chunk
-        lines = data.split(b"\n")
-        self._partial = lines.pop()  # incomplete last line (or b"")
-        events = []
-        for raw in lines:
-            if not raw.strip():
-                continue
-            try:
-                events.append(json.loads(raw))
-            except json.JSONDecodeError:
-                continue
-        return events
+            return
+        with f:
+            f.seek(self._offset)
+            while True:
+                chunk = f.read(chunk_bytes)
+                if not chunk:
+                    return
+                self._offset += len(chunk)
+                data = self._partial + chunk
+                lines = data.split(b"\n")
+                self._partial = lines.pop()  # incomplete last line (or b"")
+                for raw in lines:
+                    if not raw.strip():
+                        continue
+                    try:
+                        yield json.loads(raw)
+                    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                        continue
 
 
 def read_events(run_dir: Path) -> Iterator[dict[str, Any]]:
     """All complete events of a run, in order."""
-    yield from EventTail(run_dir).read_new()
+    yield from EventTail(run_dir).iter_new()
 
 
 @dataclass
@@ -154,7 +200,7 @@ def write_status(run_dir: Path, status: Status) -> None:
     status.updated_at = time.time()
     path = Path(run_dir) / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(status.to_dict(), indent=1), encoding="utf-8")
+    tmp.write_text(dumps(status.to_dict(), indent=1), encoding="utf-8")
     os.replace(tmp, path)
 
 

@@ -14,10 +14,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def resolve_run_dir(run: str | None, runs_dir: str | None) -> Path:
     """The run directory `run` names (a path, or a name under the runs root)."""
-    from tuneplan.errors import UserError
+    from tuneplan.errors import UserError, check_path
     from tuneplan.ui.adapters import RunsAdapter
 
-    if run and Path(run).expanduser().is_dir():
+    if run and Path(check_path(run, "the run name")).expanduser().is_dir():
         return Path(run).expanduser().resolve()
     runs = RunsAdapter(Path(runs_dir) if runs_dir else None)
     if run:
@@ -30,6 +30,9 @@ def resolve_run_dir(run: str | None, runs_dir: str | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     run_dir = resolve_run_dir(args.run, args.runs_dir)
+    from tuneplan.commands.wizard import require_terminal
+
+    require_terminal("the dashboard")
     from tuneplan.ui.app import create_app
     from tuneplan.ui.services import default_services
 

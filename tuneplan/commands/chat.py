@@ -8,22 +8,22 @@ from __future__ import annotations
 import argparse
 import sys
 
+from tuneplan.commands.arguments import finite_number, whole_number
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", nargs="?", help="run name or folder (default: the newest run)")
     parser.add_argument("--runs-dir", help="runs root (default: $TUNEPLAN_RUNS_DIR or the per-user data folder)")
     parser.add_argument("--prompt", help="answer this one prompt and exit")
     parser.add_argument("--system", help="a system message for the conversation")
-    parser.add_argument("--max-new-tokens", type=int, default=128)
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 for greedy decoding (default)")
+    parser.add_argument("--max-new-tokens", type=whole_number("--max-new-tokens", 1, 1_000_000), default=128)
+    parser.add_argument("--temperature", type=finite_number("--temperature", 0, 100), default=0.0,
+                        help="0 for greedy decoding (default), up to 100")
 
 
 def run(args: argparse.Namespace) -> int:
-    from tuneplan.errors import UserError
     from tuneplan.services import paths, runs
 
-    if args.max_new_tokens <= 0:
-        raise UserError(f"--max-new-tokens must be > 0 (got {args.max_new_tokens})")
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
     from tuneplan.training.inference import load_chat_model, reply
 

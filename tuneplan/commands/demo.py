@@ -15,6 +15,9 @@ import os
 import sys
 import time
 
+from tuneplan.commands.arguments import whole_number
+from tuneplan.config import MAX_COUNT
+
 PRESET = "tiny-cpu"
 
 
@@ -22,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-dashboard", action="store_true",
                         help="print progress lines instead of opening the dashboard (the default without a terminal)")
     parser.add_argument("--runs-dir", help="runs root (default: $TUNEPLAN_RUNS_DIR or the user data folder)")
-    parser.add_argument("--max-steps", type=int, metavar="N", help="optimizer steps (default: the preset's, 80)")
+    parser.add_argument("--max-steps", type=whole_number("--max-steps", 1, MAX_COUNT), metavar="N",
+                        help="optimizer steps (default: the preset's, 80)")
     parser.add_argument("--cpu", action="store_true", help="train on the CPU even when a GPU is present")
 
 
@@ -40,8 +44,6 @@ def run(args: argparse.Namespace) -> int:
     # offline, whatever the environment says: the demo needs nothing from the network
     for key in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_DATASETS_OFFLINE", "TQDM_DISABLE"):
         os.environ[key] = "1"
-    if args.max_steps is not None and args.max_steps <= 0:
-        raise UserError(f"--max-steps must be > 0 (got {args.max_steps})")
     started = time.monotonic()
     _say("tuneplan demo: a real fine-tuning run of a tiny model on this machine, offline.")
     # always the shipped preset: a project or user copy of the same name must not change the demo

@@ -54,7 +54,19 @@ def run(args: argparse.Namespace) -> int:
         raise UserError("export needs --format ollama|vllm|safetensors (or --merge, the same as --format safetensors)")
     if args.merge and fmt != "safetensors":
         raise UserError(f"--merge is --format safetensors; give one of --merge or --format {fmt}")
+    if args.out is not None:
+        from tuneplan.errors import check_path
+
+        if Path(check_path(args.out, "--out")).expanduser().is_file():
+            raise UserError(f"--out {args.out} is a file, not a folder: pass a new folder")
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
+    from tuneplan.errors import NON_FINITE_PREFIX
+    from tuneplan.events import read_status
+
+    status = read_status(run_dir)
+    if status is not None and status.phase == "failed" and (status.error or "").startswith(NON_FINITE_PREFIX):
+        raise UserError(f"run {run_dir.name} failed with {status.error.split(':')[0]}: its weights are not "
+                        "numbers, there is nothing to export")
     config = load_config(run_dir / CONFIG_FILE)
     name = args.name or run_dir.name.lower()
     from tuneplan.training import export_formats

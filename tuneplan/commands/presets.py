@@ -124,7 +124,16 @@ def _show(args: argparse.Namespace) -> int:
         print("# measured: " + ", ".join(b for b in bits if b))
     print()
     print(preset.path.read_text(encoding="utf-8").rstrip() if preset.path else "")
+    _warn_remote_code(preset)
     return 0
+
+
+def _warn_remote_code(preset) -> None:
+    if preset.config.model.trust_remote_code:
+        from tuneplan.services.models import remote_code_warning
+
+        print(f"tuneplan: warning: {remote_code_warning(preset.config.model.source, f'preset {preset.name}')}",
+              file=sys.stderr)
 
 
 def _save(args: argparse.Namespace) -> int:
@@ -188,6 +197,7 @@ def plan_with_preset(args: argparse.Namespace) -> int:
         raise UserError(f"{flags} cannot be combined with --preset: the preset sets them (copy and edit it, "
                         "or plan without --preset)")
     preset = P.find_preset(args.preset)
+    _warn_remote_code(preset)
     gpu_index = None
     if getattr(args, "gpu_index", None) is not None:
         try:

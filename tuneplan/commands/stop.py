@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from tuneplan.commands.arguments import finite_number
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", nargs="?", help="run name or folder (default: the newest run)")
     parser.add_argument("--runs-dir", help="runs root (default: $TUNEPLAN_RUNS_DIR or the per-user data folder)")
     parser.add_argument("--wait", action="store_true", help="wait until the run has stopped")
-    parser.add_argument("--timeout", type=float, default=600, help="seconds --wait waits (default 600)")
+    parser.add_argument("--timeout", type=finite_number("--timeout", 0, 7 * 86400), default=600,
+                        help="seconds --wait waits (default 600)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -166,13 +166,17 @@ def build_config(args: argparse.Namespace):
     if args.config:
         config = load_config(Path(args.config))
     elif args.preset:
+        if not args.trust_remote_code:  # refuse before the re-fit prints its notes
+            from tuneplan.services.models import remote_code_request
+            from tuneplan.services.presets import find_preset
+
+            asked = find_preset(args.preset).config.model
+            remote_code_request(args.model or asked.source, requested=asked.trust_remote_code, granted=False)
         config = load_preset(args.preset, args)
     else:
         config = RunConfig()
     if args.model:
         config = replace(config, model=replace(config.model, source=args.model))
-    if args.trust_remote_code:
-        config = replace(config, model=replace(config.model, trust_remote_code=True))
     data = {k: v for k, v in (("source", args.dataset), ("eval_fraction", args.eval_fraction),
                               ("max_samples", args.max_samples), ("overlong", args.overlong)) if v is not None}
     training = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps),
@@ -193,9 +197,19 @@ def build_config(args: argparse.Namespace):
         raise UserError("no model: give --model (catalog name, Hub id or folder), --config or --preset")
     if not config.data.source:
         raise UserError("no dataset: give --dataset (JSONL/JSON/CSV/Parquet file or Hub id), --config or --preset")
+    config = config.validate()  # every number finite and in range before anything is planned or started
+    if args.vram is not None:  # read here even when every knob is fixed and nothing is planned
+        from tuneplan.services.planning import parse_size
+
+        parse_size(args.vram)
+    # a file may ask for the model's own code; only --trust-remote-code grants it
+    from tuneplan.services.models import remote_code_request
     from tuneplan.services.presets import resolve_sources
 
-    return resolve_sources(config)  # tuneplan:tiny / tuneplan:sample-chat -> their folder and file
+    config = resolve_sources(config)  # tuneplan:tiny / tuneplan:sample-chat -> their folder and file
+    trust = remote_code_request(config.model.source, requested=config.model.trust_remote_code,
+                                granted=bool(args.trust_remote_code))
+    return replace(config, model=replace(config.model, trust_remote_code=trust))
 
 
 def plan_config(config, args: argparse.Namespace):
@@ -331,14 +345,18 @@ def format_event(e: dict) -> str | None:
         msg = f": {e['message']}" if e.get("message") else ""
         return f"[{e.get('phase')}]{msg}"
     if kind == "log":
-        parts = [f"step {e.get('step')}/{e.get('max_steps')}", f"loss {e.get('loss'):.4f}"]
+        loss = e.get("loss")  # null: not a finite number (the run stops on it)
+        parts = [f"step {e.get('step')}/{e.get('max_steps')}",
+                 f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss not finite"]
         if e.get("tokens_per_second"):
             parts.append(f"{e['tokens_per_second']:.0f} tok/s")
         if e.get("eta_seconds") is not None:
             parts.append(f"eta {e['eta_seconds']:.0f}s")
         return "  " + ", ".join(parts)
     if kind == "eval":
-        return f"  eval loss {e.get('eval_loss'):.4f} at step {e.get('step')}"
+        loss = e.get("eval_loss")
+        shown = f"{loss:.4f}" if isinstance(loss, (int, float)) else "not finite"
+        return f"  eval loss {shown} at step {e.get('step')}"
     if kind == "checkpoint":
         return f"  checkpoint {Path(e.get('path', '')).name}"
     if kind == "replan":

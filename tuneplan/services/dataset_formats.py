@@ -193,7 +193,61 @@ def is_local_source(source: str) -> bool:
     return source.lower().endswith(LOCAL_SUFFIXES) or os.path.exists(os.path.expanduser(source))
 
 
+class reading_errors:
+    """Turn what a corrupt data file raises while it is read into one-line
+    `DatasetFormatError`s: bytes that are not UTF-8 (a binary file), JSON nested deeper than
+    the parser's recursion limit, a Parquet file without Parquet's magic bytes (pyarrow's
+    `ArrowInvalid` is a `ValueError`), an unreadable file."""
+
+    def __init__(self, path: Any):
+        self.name = str(path)
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+        if exc is None or isinstance(exc, UserError):
+            return False
+        if isinstance(exc, UnicodeDecodeError):
+            why = f"not UTF-8 text (byte {exc.start}): is it a binary file?"
+        elif isinstance(exc, RecursionError):
+            why = "JSON nested too deeply to read"
+        elif isinstance(exc, OSError):
+            why = f"cannot read it ({exc.strerror or exc})"
+        elif isinstance(exc, ValueError):
+            why = f"not a readable data file ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        else:
+            return False
+        raise DatasetFormatError(f"{self.name[-200:]}: {why}") from None
+
+
+def check_text(row: Any, where: str) -> None:
+    """Refuse strings that cannot be UTF-8 encoded (a lone surrogate such as "\\ud800" from a
+    JSON escape): tokenizers take str only as valid Unicode and fail later without a location."""
+    if isinstance(row, str):
+        try:
+            row.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise DatasetFormatError(f"{where}: text with an invalid character ({exc.reason}, "
+                                     f"{row[exc.start]!r}); fix or delete it") from None
+    elif isinstance(row, Mapping):
+        for value in row.values():
+            check_text(value, where)
+    elif isinstance(row, (list, tuple)):
+        for value in row:
+            check_text(value, where)
+
+
 def read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, dict[str, Any]]]:
+    """`_read_local_rows`, with corrupt files and invalid text as one-line errors."""
+    with reading_errors(path):
+        rows = _read_local_rows(path, limit=limit)
+    for where, row in rows:
+        check_text(row, where)
+    return rows
+
+
+def _read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """Rows of a local JSONL/JSON/CSV file as `(location, row)` pairs, where location reads
     `data.jsonl line 12` (for error messages). Parquet needs pyarrow: returns `[]` (the
     training process reads it through `datasets`). Raises `DatasetFormatError` for a missing
@@ -208,7 +262,12 @@ def read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, d
         raise DatasetFormatError(f"dataset file {path!r} does not exist")
     suffix = os.path.splitext(path)[1].lower()
     rows: list[tuple[str, dict[str, Any]]] = []
-    if suffix == ".parquet":
+    if suffix == ".parquet":  # the file format puts "PAR1" at both ends (parquet-format README, "File format")
+        with open(path, "rb") as f:
+            head = f.read(4)
+            f.seek(max(0, os.path.getsize(path) - 4))
+            if head != b"PAR1" or f.read(4) != b"PAR1":
+                raise DatasetFormatError(f"{name}: not a Parquet file (no PAR1 magic bytes at its start and end)")
         return rows
     with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as f:
         if suffix == ".csv":

@@ -21,8 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
-from tuneplan.errors import UserError
-from tuneplan.services.dataset_formats import json_error
+from tuneplan.errors import UserError, check_path
+from tuneplan.services.dataset_formats import check_text, json_error, reading_errors
 
 MAX_ROWS = 5000
 """Rows read for the statistics (the count of a larger local JSONL/CSV is still exact)."""
@@ -314,7 +314,7 @@ def preview_dataset(source: str, *, model_source: str | None = None, hub: HubFil
     source = source.strip()
     if not source:
         raise UserError("dataset: give a local .jsonl/.json/.csv/.parquet file or a Hub dataset id")
-    path = Path(source).expanduser()
+    path = Path(check_path(source, "the dataset name")).expanduser()
     notes: list[str] = []
     if path.exists():
         if path.is_dir():
@@ -328,7 +328,10 @@ def preview_dataset(source: str, *, model_source: str | None = None, hub: HubFil
         notes.append(f"previewing {name} from the Hub")
     else:
         raise UserError(f"dataset {source}: no such file; give a local file or a Hub id like org/name")
-    rows, total, exact_count = _read_rows(path, limit)
+    with reading_errors(path):
+        rows, total, exact_count = _read_rows(path, limit)
+    for i, row in enumerate(rows, 1):
+        check_text(row, f"{path} row {i}")
     if not rows:
         raise UserError(f"{path}: the dataset is empty")
     fmt, conversations = _render(rows, source)

@@ -35,9 +35,9 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from planner import catalog
-from planner.spec import ModelSpec, UnsupportedArchitecture, spec_from_config
+from planner.spec import SUPPORTED_MODEL_TYPES, ModelSpec, UnsupportedArchitecture, spec_from_config
 from tuneplan.data import TINY_MODEL, TINY_MODEL_CONFIG
-from tuneplan.errors import UserError
+from tuneplan.errors import UserError, check_path
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 """`owner/name` as the Hub accepts it (huggingface_hub `validate_repo_id` checks the rest)."""
@@ -103,6 +103,7 @@ def resolve_model(
     text = (ref or "").strip()
     if not text:
         raise UserError("no model given: name a catalog model (e.g. llama-3.1-8b), a Hub id (owner/name) or a local folder")
+    check_path(text, "the model name")
 
     if _looks_like_path(text):
         return _resolve_local(Path(text).expanduser(), trust_remote_code, shown=text)
@@ -165,7 +166,38 @@ def _looks_like_path(text: str) -> bool:
     )
 
 
+REQUIRED_KEYS = ("hidden_size", "num_hidden_layers")
+"""Keys a `config.json` must state: without them the planner would take the transformers
+class defaults (a ~7B model) and plan for a model that is not the one in the folder."""
+MAX_LAYERS = 1000
+"""The deepest published LLMs have ~126 layers (Llama 3.1 405B); the spec builds one entry per layer."""
+MAX_DIMENSION = 2**24
+"""Widths, head counts, vocabularies and expert counts above this are typos (the widest
+published: hidden 16384, vocabulary 262k)."""
+_DIMENSION_KEYS = ("hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads", "head_dim",
+                   "vocab_size", "num_local_experts", "num_experts", "num_experts_per_tok", "moe_intermediate_size")
+
+
+def _check_sizes(config: Mapping[str, Any], name: str) -> None:
+    """One-line refusals for a config.json the planner cannot take at its word: a missing
+    size (see REQUIRED_KEYS) or one so large that planning it would exhaust memory."""
+    text = config.get("text_config") if isinstance(config.get("text_config"), Mapping) else None
+    inner = text if text is not None and config.get("model_type") == "gemma3" else config
+    missing = [k for k in REQUIRED_KEYS if inner.get(k) is None]
+    if missing:
+        raise UserError(f"{name}: config.json has no {' or '.join(missing)}; tuneplan plans from the model's "
+                        "real sizes: is this the config.json of a complete checkpoint?")
+    for key in ("num_hidden_layers", *_DIMENSION_KEYS):
+        value = inner.get(key)
+        limit = MAX_LAYERS if key == "num_hidden_layers" else MAX_DIMENSION
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value > limit:
+            raise UserError(f"{name}: config.json field {key} = {value:g} is beyond any real model "
+                            f"(at most {limit:,}); fix config.json")
+
+
 def _spec(config: Mapping[str, Any], name: str, trust_remote_code: bool) -> ModelSpec:
+    if config.get("model_type") in SUPPORTED_MODEL_TYPES:  # an unsupported one is refused below, by name
+        _check_sizes(config, name)
     try:
         return spec_from_config(config, name)
     except UnsupportedArchitecture as exc:
@@ -485,3 +517,50 @@ def _hub_facts(hub: Any, repo_id: str, token: str | None) -> tuple[int | None, s
     gated_raw = getattr(info, "gated", None)
     gated = None if gated_raw is None else bool(gated_raw)
     return total, (str(license) if license else None), gated
+
+
+# -- remote code -----------------------------------------------------------------------------
+def remote_code_files(config: Mapping[str, Any]) -> list[str]:
+    """The Python files a `config.json`'s `auto_map` points at: what `trust_remote_code=True`
+    would import. Entries are `module.Class` or `repo--module.Class`, alone or in a list (the
+    tokenizer's slow/fast pair, `None` for a missing one), as transformers'
+    `dynamic_module_utils.get_class_from_dynamic_module` reads them."""
+    auto_map = config.get("auto_map") if isinstance(config, Mapping) else None
+    if not isinstance(auto_map, Mapping):
+        return []
+    files: list[str] = []
+    for value in auto_map.values():
+        for ref in value if isinstance(value, (list, tuple)) else [value]:
+            if isinstance(ref, str) and "." in ref:
+                name = ref.split("--")[-1].rsplit(".", 1)[0] + ".py"
+                if name not in files:
+                    files.append(name)
+    return files
+
+
+def remote_code_request(source: str, *, requested: bool, granted: bool) -> bool:
+    """Whether to run the model's own code: only when the user granted it on the command line
+    (or in the wizard's confirmation). A preset or run config that asks for it (`requested`)
+    without the grant is refused with one line naming the code files; a model that ships no
+    code gets `False` whatever was requested (there is nothing to trust)."""
+    if granted or not requested:
+        return granted
+    files = remote_code_files(resolve_model(source, check_hub_parameters=False).config)
+    if files:
+        raise UserError(
+            f"the configuration asks for trust_remote_code, which would run {source}'s own Python code "
+            f"({', '.join(files)}); it is off unless you pass --trust-remote-code on the command line "
+            "(read those files first)")
+    return False
+
+
+def remote_code_warning(source: str, what: str) -> str:
+    """The warning shown where a file asks for trust_remote_code (`presets show`,
+    `plan --preset`): what would run, and that only the command line grants it."""
+    try:
+        files = remote_code_files(resolve_model(source, check_hub_parameters=False).config)
+    except UserError:
+        files = []
+    code = f"{source}'s own Python code ({', '.join(files)})" if files else f"{source}'s own Python code, if it ships any"
+    return (f"{what} asks for trust_remote_code, which would run {code}; tuneplan train runs it only with "
+            "--trust-remote-code on the command line")

@@ -251,7 +251,9 @@ class RunWatcher:
             if not _finite(loss) or (grad_norm is not None and not _finite(grad_norm)):
                 if not self.nan_sent:
                     self.nan_sent, self.nan_step = True, step
-                    what = f"loss is {loss}" if not _finite(loss) else f"gradient norm is {grad_norm}"
+                    # events are strict JSON: a NaN/inf is written as null
+                    what = (f"loss is {'not finite' if loss is None else loss}" if not _finite(loss)
+                            else f"gradient norm is {'not finite' if grad_norm is None else grad_norm}")
                     self._alert("nan", f"{what} at step {step}",
                                 f"The training {what} at step {step}: the run is no longer learning. "
                                 f"Stop it with `tuneplan stop {self.name}` and lower the learning rate.",

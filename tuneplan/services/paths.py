@@ -15,7 +15,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tuneplan.errors import UserError
+from tuneplan.errors import UserError, check_path
 from tuneplan.events import CONFIG_FILE, created_at
 
 RUNS_DIR_ENV = "TUNEPLAN_RUNS_DIR"
@@ -26,13 +26,19 @@ FREE_BYTES_ENV = "TUNEPLAN_FAKE_FREE_BYTES"
 def runs_root(override: str | os.PathLike | None = None) -> Path:
     """The folder that holds run directories (not created here)."""
     if override:
-        return Path(override).expanduser()
+        return _folder(Path(check_path(override, "--runs-dir")).expanduser(), "--runs-dir")
     env = os.environ.get(RUNS_DIR_ENV)
     if env:
-        return Path(env).expanduser()
+        return _folder(Path(check_path(env, RUNS_DIR_ENV)).expanduser(), RUNS_DIR_ENV)
     import platformdirs
 
     return platformdirs.user_data_path("tuneplan") / "runs"
+
+
+def _folder(path: Path, what: str) -> Path:
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{what} {path} is a file, not a folder: pick another {what}")
+    return path
 
 
 def free_bytes(path: str | os.PathLike) -> int:
@@ -56,8 +62,14 @@ def slug(text: str) -> str:
 def new_run_dir(root: Path, name: str | None, *, model: str, method: str) -> Path:
     """Create and return a fresh run folder under `root`. A given `name` that exists is an
     error; a derived one gets a numeric suffix."""
-    root.mkdir(parents=True, exist_ok=True)
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"runs folder {root} is a file, not a folder: pick another --runs-dir") from None
+    except OSError as exc:
+        raise UserError(f"cannot create the runs folder {root}: {exc.strerror or exc}; pick another --runs-dir") from None
     if name:
+        check_path(name, "run name")
         if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
             raise UserError(f"run name {name!r} may contain only letters, digits, '.', '_' and '-'")
         path = root / name
@@ -88,6 +100,7 @@ def list_run_dirs(root: Path) -> list[Path]:
 def resolve_run(name: str | None, root: Path) -> Path:
     """A run folder from a name, a path, or `None`/`latest` for the newest run."""
     if name and name != "latest":
+        check_path(name, "the run name")
         p = Path(name).expanduser()
         if p.is_dir() and (p / CONFIG_FILE).exists():
             return p

@@ -11,6 +11,7 @@ no textual, no torch; the model resolution may touch the network for Hub ids onl
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
@@ -28,6 +29,7 @@ from planner.solver import (
     solve,
 )
 from planner.throughput import estimate_throughput, trainable_parameters, training_cost, training_seconds
+from tuneplan.config import MAX_COUNT, MAX_EPOCHS
 from tuneplan.errors import UserError
 
 # Knobs of TrainSetup a user may fix.
@@ -35,6 +37,13 @@ FIXABLE = ("quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alp
            "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing",
            "optimizer", "attn", "fused_ce", "num_gpus", "strategy", "cpu_offload")
 STRATEGY_CHOICES = ("auto", "ddp", "fsdp")
+MAX_GPUS = 100_000
+"""More GPUs than the largest published training clusters (~100k H100s) is a typo; the
+planner's per-GPU arithmetic stays exact below it."""
+MAX_MEMORY_BYTES = 2**50
+"""1 PiB: a thousand times the largest accelerator memory (B200: 192 GB); more is a typo."""
+MAX_TOKENS = 10**15
+"""Dataset tokens: a thousand times the largest published pre-training corpora (~1e13)."""
 LORA_KNOBS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
 QLORA_KNOBS = ("quant_type", "double_quant")
 
@@ -126,6 +135,8 @@ def parse_size(text: str, what: str = "--vram") -> int:
     value = float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]
     if not value > 0:
         raise UserError(f"{what} must be > 0 (got {text!r}): give the GPU's memory, e.g. 24GiB")
+    if value > MAX_MEMORY_BYTES:
+        raise UserError(f"{what} must be at most 1 PiB (got {text[:40]!r})")
     return int(value)
 
 
@@ -160,7 +171,8 @@ def resolve_gpu(name: str, *, vram_given: bool = False) -> GPU:
         hint = f"did you mean {', '.join(exc.suggestions)}?" if exc.suggestions else "e.g. rtx-4090, a100-80gb, h100"
         other = ("drop --gpu to plan for --vram alone (no speed figures)" if vram_given
                  else "or give its memory with --vram 24GiB")
-        raise UserError(f"unknown GPU {name!r}: {hint} ({other})") from None
+        shown = repr(name) if len(name) <= 60 else f"{name[:40]!r}... ({len(name):,} characters)"
+        raise UserError(f"unknown GPU {shown}: {hint} ({other})") from None
 
 
 def _generic_gpu(vram: int, bf16: bool = True) -> GPU:
@@ -223,9 +235,17 @@ def resolve_hardware(request: PlanRequest, probe: Any = None) -> tuple[Hardware,
 
 
 # -- validation ----------------------------------------------------------------------------
-def _check_positive(name: str, value: Any, flag: str) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and value > 0):
-        raise UserError(f"{flag} must be > 0 (got {value})")
+def _check_positive(name: str, value: Any, flag: str, hi: float = MAX_COUNT) -> None:
+    if value is None:
+        return
+    if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
+        raise UserError(f"{flag} must be a finite number > 0 (got {value})")
+    if value > hi:
+        raise UserError(f"{flag} must be at most {_number(hi)} (got {_number(value)})")
+
+
+def _number(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
 _FLAGS = {"lora_rank": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
@@ -243,28 +263,31 @@ def validate(request: PlanRequest, spec: Any) -> None:
         raise UserError(f"cannot fix {', '.join(sorted(unknown))}: fixable knobs are {', '.join(FIXABLE)}")
     if request.method not in ("auto", *METHODS):
         raise UserError(f"--method must be auto, lora, qlora or full (got {request.method!r})")
-    for key in ("lora_rank", "lora_alpha", "micro_batch", "grad_accum", "seq_len"):
+    for key in ("lora_rank", "lora_alpha", "micro_batch", "grad_accum", "seq_len", "num_gpus"):
         v = fixed.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or v <= 0):
-            raise UserError(f"{_FLAGS[key]} must be a whole number > 0 (got {v})")
+        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= MAX_COUNT):
+            raise UserError(f"{_FLAGS.get(key, '--gpus')} must be a whole number in [1, {MAX_COUNT}] (got {v})")
     d = fixed.get("lora_dropout")
-    if d is not None and not (0 <= d < 1):
+    if d is not None and not (isinstance(d, (int, float)) and 0 <= d < 1):
         raise UserError(f"--lora-dropout must be in [0, 1) (got {d})")
     for name, value in (("--effective-batch", request.effective_batch), ("--epochs", request.epochs),
                         ("--price", request.price_per_hour), ("--min-seq-len", request.min_seq_len),
                         ("--max-seq-len", request.max_seq_len)):
         if value is not None and name == "--price" and value == 0:
             continue  # a free card (your own) is fine
-        _check_positive(name, value, name)
+        _check_positive(name, value, name, hi=MAX_EPOCHS if name == "--epochs" else MAX_COUNT)
     if not 0 <= request.safety_margin < 0.9:
         raise UserError(f"--safety-margin must be between 0 and 0.9 (got {request.safety_margin})")
     if request.gpus is not None and (not isinstance(request.gpus, int) or isinstance(request.gpus, bool)
-                                     or request.gpus <= 0):
-        raise UserError(f"--gpus must be auto or a whole number > 0 (got {request.gpus})")
+                                     or not 0 < request.gpus <= MAX_GPUS):
+        raise UserError(f"--gpus must be auto or a whole number in [1, {MAX_GPUS}] (got {request.gpus})")
     if request.strategy not in STRATEGY_CHOICES:
         raise UserError(f"--strategy must be one of {', '.join(STRATEGY_CHOICES)} (got {request.strategy!r})")
-    if request.gpus_per_node <= 0:
-        raise UserError(f"--gpus-per-node must be > 0 (got {request.gpus_per_node})")
+    if not 0 < request.gpus_per_node <= MAX_GPUS:
+        raise UserError(f"--gpus-per-node must be in [1, {MAX_GPUS}] (got {request.gpus_per_node})")
+    for name, stats in (("--dataset-tokens", request.dataset and request.dataset.total_tokens),
+                        ("--p99-len", request.dataset and request.dataset.p99_tokens)):
+        _check_positive(name, stats, name, hi=MAX_TOKENS)
     if request.cpu_offload and request.strategy == "ddp":
         raise UserError("--cpu-offload needs --strategy fsdp (DDP keeps a full replica on every GPU)")
     if request.gpus == 1 and request.strategy == "ddp":

@@ -35,7 +35,7 @@ from planner.setup import TrainSetup
 from tuneplan.config import (
     DataConfig, ModelConfig, PredictionConfig, RecoveryConfig, RunConfig, TrainingConfig,
 )
-from tuneplan.errors import UserError
+from tuneplan.errors import UserError, check_path
 
 FORMAT_VERSION = 1
 PRESETS_DIR_ENV = "TUNEPLAN_PRESETS_DIR"
@@ -481,6 +481,7 @@ def find_preset(name: str) -> Preset:
     name = (name or "").strip()
     if not name:
         raise UserError("no preset name given (see `tuneplan presets list`)")
+    check_path(name, "the preset name")
     if _is_path(name):
         return load_preset_file(Path(name).expanduser(), "file")
     if not NAME_RE.fullmatch(name):

@@ -4,12 +4,14 @@ Every log step -> one `log` event (see `tuneplan/events.py`); eval -> `eval`; ch
 `checkpoint`; on CUDA, after the second optimizer step of the process -> `memory_probe`
 (measured peak next to the planner's prediction). Control, checked once per step: the stop
 flag (SIGTERM/SIGINT) -> checkpoint and stop; `save.request` -> checkpoint now, keep going.
-Fault injection (`debug.oom_at_step`) raises an out-of-memory error, for the recovery tests;
-`debug.nan_at_step` turns the trainable weights into NaN, for the NaN alert's test.
+Fault injection (`debug.oom_at_step`) raises an out-of-memory error, for the recovery tests.
+A loss or gradient norm that is not finite ends the run as `failed` (`NonFiniteTraining`);
+`debug.poison_at_step` fills the trainable weights with NaN to test that (and the NaN alert).
 """
 
 from __future__ import annotations
 
+import math
 import time
 from pathlib import Path
 
@@ -17,7 +19,8 @@ import torch
 from transformers import TrainerCallback
 
 from tuneplan.config import RunConfig
-from tuneplan.events import SAVE_REQUEST_FILE, Status, append_event, make_event, write_status
+from tuneplan.errors import NON_FINITE_PREFIX, NonFiniteTraining
+from tuneplan.events import SAVE_REQUEST_FILE, Status, append_event, compact, make_event, write_status
 from tuneplan.training import distributed
 
 
@@ -99,14 +102,14 @@ class RunEventsCallback(TrainerCallback):
             raise torch.OutOfMemoryError(
                 f"CUDA out of memory (injected by debug.oom_at_step={d.oom_at_step}, "
                 f"micro_batch={self.config.setup.micro_batch})")
-        if d.nan_at_step is not None and state.global_step + 1 == d.nan_at_step:
-            model = kwargs.get("model")
-            with torch.no_grad():  # a real NaN through the forward pass, not a faked log value
-                for p in (q for q in model.parameters() if q.requires_grad):
-                    p.fill_(float("nan"))
 
     def on_step_end(self, args, state, control, **kwargs):
         self.status.step = state.global_step
+        if self.config.debug.poison_at_step == state.global_step and kwargs.get("model") is not None:
+            with torch.no_grad():
+                for p in kwargs["model"].parameters():
+                    if p.requires_grad:
+                        p.fill_(float("nan"))
         if self.config.debug.step_sleep_seconds:
             time.sleep(self.config.debug.step_sleep_seconds)
         request = self.run_dir / SAVE_REQUEST_FILE
@@ -164,11 +167,19 @@ class RunEventsCallback(TrainerCallback):
         if torch.cuda.is_available():
             fields.update(torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(),
                           torch_reserved_peak_bytes=torch.cuda.max_memory_reserved(), rank=args.process_index)
-        self.event("log", **fields)
+        logged = compact(fields)  # status.json repeats the logged numbers, digit for digit
+        self.event("log", **logged)
+        bad = [f"{k} {fields[k]}" for k in ("loss", "grad_norm")
+               if isinstance(fields[k], (int, float)) and not math.isfinite(fields[k])]
+        if bad:  # NaN/inf weights never recover: stop before a checkpoint or the final save keeps them
+            raise NonFiniteTraining(f"{NON_FINITE_PREFIX} {' and '.join(bad)} at step {step}: the weights are "
+                                    "lost; lower the learning rate or resume from a checkpoint before it")
         if distributed.world_size() > 1:  # every rank: its own memory, one dashboard row per GPU
             self.event("memory", step=step, **distributed.memory_fields())
         self.last_log_time, self.last_log_step, self.last_log_tokens = now, step, tokens
-        self.status.step, self.status.epoch, self.status.loss = step, fields["epoch"], logs["loss"]
+        self.status.step, self.status.epoch = step, logged.get("epoch")
+        if isinstance(logged.get("loss"), (int, float)) and math.isfinite(logged["loss"]):
+            self.status.loss = logged["loss"]
         self._write_status(throttle=True)
 
     def on_save(self, args, state, control, **kwargs):

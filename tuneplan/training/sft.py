@@ -101,7 +101,8 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         logging_strategy="steps",
         logging_steps=t.logging_steps,
         # the Trainer's default filter logs a NaN/inf step as the window's mean of the finite ones
-        # (0.0 when all are NaN: `Trainer._inner_training_loop`); the NaN alert must see the real value
+        # (0.0 when all are NaN: `Trainer._inner_training_loop`); the run must see the real value
+        # (it stops on it, and the NaN alert reports it)
         logging_nan_inf_filter=False,
         eval_strategy=eval_strategy,
         eval_steps=t.eval_steps,

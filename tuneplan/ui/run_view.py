@@ -351,7 +351,7 @@ class RunFollower:
             if self.view.num_epochs is None:
                 self.view.num_epochs = epochs
             changed = True
-        for e in self._events.read_new():
+        for e in self._events.iter_new():  # streamed: a long history never sits in memory whole
             if not isinstance(e, dict):
                 continue
             try:

@@ -1,5 +1,5 @@
 """Alerts from real detached runs to a local webhook on 127.0.0.1: done (with its summary),
-an out-of-memory re-plan and a NaN loss (injected) in one run; stalled (SIGSTOP of the
+an out-of-memory re-plan in one run; a NaN loss (injected), which fails the run, in another; stalled (SIGSTOP of the
 trainer) and crashed (kill -9 of the trainer) in another. Each alert arrives exactly once."""
 
 from __future__ import annotations
@@ -22,11 +22,11 @@ def _kinds(requests):
 
 
 @pytest.mark.slow
-def test_done_replan_and_nan_alerts_each_once(tiny_model, runs_root):
+def test_done_and_replan_alerts_each_once(tiny_model, runs_root):
     with Recorder() as hook:
         config = tiny_config(tiny_model, training={"max_steps": 10, "logging_steps": 1, "save_steps": 100},
                              data={"eval_fraction": 0.05},
-                             debug={"oom_at_step": 2, "oom_micro_batch_above": 2, "nan_at_step": 7},
+                             debug={"oom_at_step": 2, "oom_micro_batch_above": 2},
                              notify={"url": hook.url + "/hook"})
         run_dir = launch(config, runs_root)
         status = wait_for_phase(run_dir, ("done", "failed", "crashed"), 240)
@@ -34,20 +34,35 @@ def test_done_replan_and_nan_alerts_each_once(tiny_model, runs_root):
         # the supervisor flushes its alerts before it exits (wait_for_phase waited for its pid)
         assert hook.wait_for(lambda r: "done" in _kinds(r), 10)
     kinds = _kinds(hook.requests)
-    assert sorted(kinds) == ["done", "nan", "replan"], kinds
+    assert sorted(kinds) == ["done", "replan"], kinds
     by_kind = {json.loads(b)["event"]: json.loads(b) for _, _, _, b in hook.requests}
     assert by_kind["replan"]["details"]["changes"]["micro_batch"] == [4, 2]
-    assert by_kind["nan"]["title"].endswith("loss is nan at step 7"), by_kind["nan"]["title"]
     done = by_kind["done"]
     assert done["details"]["output"] == str(run_dir / "adapter") and (run_dir / "adapter").is_dir()
     logged = [(e["step"], e["loss"]) for e in read_events(run_dir) if e["kind"] == "log"]
     restart = max(i for i, (step, _) in enumerate(logged) if step == 1)  # the re-planned attempt's curve
     assert done["details"]["loss_curve"][:6] == [list(x) for x in logged[restart:restart + 6]]
     text = done["text"]
-    assert "NaN from step 7" in text
     assert "loss " in text and "steps in" in text and "cost: none (trained on the CPU)" in text
     assert f"adapter: {run_dir / 'adapter'}" in text and "eval loss" in text
     assert len(text.splitlines()) <= 24  # one screen
+
+
+@pytest.mark.slow
+def test_nan_then_failed_alerts_each_once(tiny_model, runs_root):
+    with Recorder() as hook:
+        config = tiny_config(tiny_model, training={"max_steps": 8, "logging_steps": 1, "save_steps": 100},
+                             data={"eval_fraction": 0.0}, debug={"poison_at_step": 3},
+                             notify={"url": hook.url + "/hook"})
+        run_dir = launch(config, runs_root)
+        status = wait_for_phase(run_dir, ("done", "failed", "crashed"), 240)
+        assert status.phase == "failed", (run_dir / "train.log").read_text()[-3000:]
+        assert hook.wait_for(lambda r: "failed" in _kinds(r), 10)
+    kinds = _kinds(hook.requests)
+    assert sorted(kinds) == ["failed", "nan"], kinds
+    by_kind = {json.loads(b)["event"]: json.loads(b) for _, _, _, b in hook.requests}
+    assert by_kind["nan"]["title"].endswith("loss is not finite at step 4"), by_kind["nan"]["title"]
+    assert "non-finite loss nan" in by_kind["failed"]["text"], by_kind["failed"]["text"]
 
 
 @pytest.mark.slow
