@@ -69,7 +69,7 @@ class Measurement:
         return asdict(self)
 
 
-def _peak_rss_bytes() -> int:
+def peak_rss_bytes() -> int:
     """The process's peak resident memory (getrusage: KiB on Linux, bytes on macOS)."""
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return int(peak if sys.platform == "darwin" else peak * 1024)
@@ -118,7 +118,7 @@ class ProbeCallback(TrainerCallback):
 
     def _read_process(self) -> None:
         if not self.cuda:
-            self.m.process_bytes, self.m.process_source = _peak_rss_bytes(), "cpu-rss"
+            self.m.process_bytes, self.m.process_source = peak_rss_bytes(), "cpu-rss"
             return
         if self.nvml is None:
             return

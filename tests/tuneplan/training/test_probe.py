@@ -1,0 +1,53 @@
+"""The probe's measurement on the CPU: random weights measure what real weights measure, and
+real runs keep their `memory_probe` event."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from planner.setup import TrainSetup
+from tuneplan.events import read_events
+from tuneplan.training.probe import measure
+
+SETUP = dict(compute_dtype="float32", micro_batch=4, grad_accum=1, seq_len=64, packing=False, grad_checkpointing=False,
+             optimizer="adamw", attn="sdpa", fused_ce=True, lora_rank=8, lora_alpha=16, lora_dropout=0.0)
+
+
+@pytest.mark.parametrize("method,ckpt", [("lora", False), ("qlora", True)])
+def test_random_weights_peak_equals_real_weights_peak(tiny_model, method, ckpt):
+    setup = TrainSetup(method=method, **{**SETUP, "grad_checkpointing": ckpt})
+    config = json.loads((tiny_model / "config.json").read_text())
+    real = measure(str(tiny_model), setup, steps=1, warmup_steps=1)
+    rand = measure(None, setup, config_dict=config, random_weights=True, steps=1, warmup_steps=1)
+    assert real.device == rand.device == "cpu"
+    assert real.torch_peak_bytes > 0 and real.peak_step == 2
+    assert rand.torch_peak_bytes == real.torch_peak_bytes  # the step's memory does not depend on the values
+    assert rand.tokens_per_step == real.tokens_per_step == 4 * 64
+    assert any("random weights" in n for n in rand.notes) and not any("random weights" in n for n in real.notes)
+
+
+def test_random_weights_quantize_on_load_like_real_weights(tiny_model):
+    """QLoRA on random weights goes through from_pretrained's bitsandbytes quantizer: the same
+    parameter classes, shapes and dtypes as loading the real checkpoint."""
+    from tuneplan.training.modeling import load_for_training
+    from tuneplan.training.random_weights import load_random_for_training
+
+    setup = TrainSetup(method="qlora", **SETUP)
+    real, _, _ = load_for_training(str(tiny_model), setup)
+    rand, _ = load_random_for_training(json.loads((tiny_model / "config.json").read_text()), setup)
+    shape = lambda m: [(n, type(p).__name__, tuple(p.shape), p.dtype, p.requires_grad)  # noqa: E731
+                       for n, p in m.named_parameters()]
+    assert shape(rand) == shape(real)
+    assert any(t == "Params4bit" for _, t, *_ in shape(rand))
+
+
+def test_every_real_run_keeps_its_memory_probe_event(trained_lora_run):
+    run_dir, result = trained_lora_run
+    assert result.exit_code == 0
+    probes = [e for e in read_events(run_dir) if e.get("kind") == "memory_probe"]
+    assert len(probes) == 1
+    e = probes[0]
+    assert e["step"] == 2 and e["device"] == "cpu" and e["rss_peak_bytes"] > 0
+    assert "predicted_torch_peak_bytes" in e and "predicted_device_bytes" in e
