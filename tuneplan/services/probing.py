@@ -177,6 +177,22 @@ class ProbeReport:
         return "\n".join(lines)
 
 
+def report_from_dict(data: dict[str, Any]) -> ProbeReport:
+    """A `probe.json` dict back into a report (to render it)."""
+    config = {k: v for k, v in data["config"].items() if k != "effective_batch"}
+    if isinstance(config.get("lora_targets"), list):
+        config["lora_targets"] = tuple(config["lora_targets"])
+    p = data["predicted"]
+    return ProbeReport(
+        model=data["model"], random_weights=data["random_weights"], setup=TrainSetup(**config),
+        hardware_name=data["hardware"]["name"], usable_bytes=data["hardware"]["usable_bytes"],
+        safety_margin=data["hardware"]["safety_margin"],
+        prediction=Prediction(p["torch_peak_bytes"], p["torch_reserved_bytes"], p["device_bytes"],
+                              p["tokens_per_second"], p["step_seconds"]),
+        measured=data["measured"], advice=list(data.get("advice", [])), notes=list(data.get("notes", [])),
+        source=data.get("source", ""))
+
+
 def _key(name: str) -> str:
     return {"torch peak allocated": "torch_peak", "torch peak (live tensors)": "torch_peak",
             "torch peak reserved": "torch_reserved", "nvidia-smi (process)": "device",
