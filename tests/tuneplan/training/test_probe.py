@@ -51,3 +51,32 @@ def test_every_real_run_keeps_its_memory_probe_event(trained_lora_run):
     e = probes[0]
     assert e["step"] == 2 and e["device"] == "cpu" and e["rss_peak_bytes"] > 0
     assert "predicted_torch_peak_bytes" in e and "predicted_device_bytes" in e
+
+
+# Tiny configs of a fused-expert MoE (transformers 5 `gate_up_proj`) and of tied embeddings:
+# the random state dict must follow the model's own keys and leave the tied lm_head out.
+_TINY = dict(vocab_size=512, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=512)
+OTHER = {
+    "qwen3_moe": dict(model_type="qwen3_moe", **_TINY, head_dim=32, num_experts=4, num_experts_per_tok=2,
+                      moe_intermediate_size=256, decoder_sparse_step=1, mlp_only_layers=[]),
+    "qwen2_tied": dict(model_type="qwen2", **_TINY, tie_word_embeddings=True),
+}
+
+
+@pytest.mark.parametrize("family,method", [("qwen3_moe", "lora"), ("qwen2_tied", "qlora")])
+def test_random_weights_equal_a_saved_checkpoint_on_moe_and_tied_models(tmp_path, family, method):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from tuneplan.training import modeling
+    from tuneplan.training.trace import simple_tokenizer
+
+    config = OTHER[family]
+    setup = TrainSetup(method=method, **{**SETUP, "micro_batch": 2})
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(modeling.config_from_dict(config), dtype=torch.float32).save_pretrained(tmp_path)
+    simple_tokenizer(config["vocab_size"]).save_pretrained(tmp_path)
+    real = measure(str(tmp_path), setup, steps=1)
+    rand = measure(None, setup, config_dict=config, random_weights=True, steps=1)
+    assert rand.torch_peak_bytes == real.torch_peak_bytes > 0
