@@ -96,3 +96,13 @@ def test_shipped_preset_refuses_evidence(env):
     report = _report({"measured": {"device": "cpu", "steps": 3}})
     with pytest.raises(probing.UserError, match="shipped"):
         probing.save_evidence("tiny-cpu", report)
+
+
+def test_help_loads_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys\nfrom tuneplan.cli import main\ntry:\n    main(['probe', '--help'])\nexcept SystemExit:\n"
+            "    pass\nprint('torch' in sys.modules, 'transformers' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False False"

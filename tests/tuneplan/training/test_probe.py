@@ -80,3 +80,23 @@ def test_random_weights_equal_a_saved_checkpoint_on_moe_and_tied_models(tmp_path
     real = measure(str(tmp_path), setup, steps=1)
     rand = measure(None, setup, config_dict=config, random_weights=True, steps=1)
     assert rand.torch_peak_bytes == real.torch_peak_bytes > 0
+
+
+def test_random_state_dict_of_70b_is_lazy_and_holds_every_weight_once():
+    """A 70B probe needs only config.json: the state dict is built on the meta device, holds each
+    weight once (as a checkpoint does) and materializes nothing until transformers reads it."""
+    import math
+
+    import torch
+
+    from planner import catalog
+    from tuneplan.training import modeling
+    from tuneplan.training.random_weights import RandomTensor, random_state_dict
+
+    entry = catalog.get("llama-3.1-70b")
+    cfg = modeling.config_from_dict(dict(entry.config))
+    state = random_state_dict(cfg, torch.bfloat16, torch.device("cpu"))
+    assert all(isinstance(v, RandomTensor) for v in state.values())
+    assert sum(math.prod(v.shape) for v in state.values()) == entry.spec().parameter_count()
+    norm = next(v for k, v in state.items() if k.endswith("input_layernorm.weight"))
+    assert norm.kind == "ones" and torch.equal(norm[...], torch.ones(norm.shape, dtype=torch.bfloat16))
