@@ -225,8 +225,12 @@ def main(argv: list[str] | None = None) -> int:
     folder = results / f"gpu_check-{'dry-run' if args.dry_run else hw.gpu.key}-{stamp}"
     folder.mkdir(parents=True, exist_ok=True)
     if args.dry_run:
-        md, _ = table(cases, note, measured=False)
-        print(md)
+        for c in cases:
+            if c.status == "pending":
+                c.status = "predicted"
+        matrix_md, _ = table(cases, note, measured=False)
+        planned = list(cases)
+        print(matrix_md)
         print(f"(matrix predicted in {time.perf_counter() - t0:.2f} s)")
         from tuneplan.services.presets import tiny_model_dir
 
@@ -239,8 +243,12 @@ def main(argv: list[str] | None = None) -> int:
         cpu: Hardware = cpu_hardware()
         predict(tiny, cpu)
         run_case(tiny, folder, args.steps, args.warmup_steps, ["--cpu"])
+        md, _ = table([tiny], "one tiny case on this machine's CPU (random weights; memory is host memory, "
+                      "not GPU memory)", measured=True)
+        print(md)
+        _, rows = table(planned + [tiny], note, measured=True)
+        md = matrix_md + "\n" + md
         cases = [tiny]
-        note = "one tiny case on this machine's CPU (random weights; memory is host memory, not GPU memory)"
     else:
         deadline = t0 + args.budget
         for c in cases:
@@ -255,12 +263,12 @@ def main(argv: list[str] | None = None) -> int:
                 run_case(c, folder, args.steps, args.warmup_steps)
             print(f"{c.name}: {c.status}" + (f": {c.reason}" if c.reason else "")
                   + (f" ({c.seconds:.0f} s)" if c.seconds else ""), flush=True)
-    md, rows = table(cases, note, measured=True)
+        md, rows = table(cases, note, measured=True)
+        print(md)
     name = folder.name
     (results / f"{name}.md").write_text(md, encoding="utf-8")
     with open(results / f"{name}.csv", "w", newline="", encoding="utf-8") as f:
         csv.writer(f).writerows(rows)
-    print(md)
     print(f"results: {results / name}.md, {results / name}.csv (probe reports in {folder}); "
           f"{time.perf_counter() - t0:.0f} s in all")
     return 0 if all(c.status != "failed" for c in cases) else 1

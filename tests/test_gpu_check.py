@@ -55,7 +55,10 @@ def test_dry_run_prints_the_matrix_and_runs_one_tiny_case(tmp_path):
     csvs = list((tmp_path / "results").glob("gpu_check-dry-run-*.csv"))
     mds = list((tmp_path / "results").glob("gpu_check-dry-run-*.md"))
     assert len(csvs) == len(mds) == 1
-    rows = list(csv.DictReader(csvs[0].open()))
-    assert len(rows) == 1 and rows[0]["case"] == "tiny-cpu-random" and rows[0]["status"] == "measured"
-    assert int(rows[0]["torch_peak_bytes_measured"]) > 0
-    assert abs(float(rows[0]["torch_peak_bytes_error"])) < 0.05  # the planner's CPU step, measured
+    rows = {r["case"]: r for r in csv.DictReader(csvs[0].open())}
+    assert len(rows) == 12 and rows["70b-qlora-ckpt-mb1"]["status"] == "predicted"
+    assert int(rows["70b-qlora-ckpt-mb1"]["device_bytes_predicted"]) > 40 * 1024**3  # 70B in 4-bit and more
+    tiny = rows["tiny-cpu-random"]
+    assert tiny["status"] == "measured" and int(tiny["torch_peak_bytes_measured"]) > 0
+    assert abs(float(tiny["torch_peak_bytes_error"])) < 0.05  # the planner's CPU step, measured
+    assert "70b-qlora-ckpt-mb1" in mds[0].read_text() and "tiny-cpu-random" in mds[0].read_text()
