@@ -151,14 +151,15 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from tuneplan.errors import UserError
-    from tuneplan.training.runner import QUIET_ENV
 
     steps = _count(args.steps, "--steps", 1)
     warmup = _count(args.warmup_steps, "--warmup-steps", 0)
     if warmup + steps < 2:
         raise UserError("the peaks are read after the second optimizer step: --warmup-steps + --steps must be >= 2")
     if args.cpu:
-        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before torch initialises CUDA
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything imports torch
+    from tuneplan.training.runner import QUIET_ENV
+
     for k, v in QUIET_ENV.items():
         os.environ.setdefault(k, v)
     import torch

@@ -2,8 +2,9 @@
 
 Every log step -> one `log` event (see `tuneplan/events.py`); eval -> `eval`; checkpoint ->
 `checkpoint`; after the second optimizer step of the process -> `memory_probe` (measured peak
-next to the planner's prediction; on the CPU the process's peak RSS). Control, checked once per step: the stop
-flag (SIGTERM/SIGINT) -> checkpoint and stop; `save.request` -> checkpoint now, keep going.
+next to the planner's prediction; on the CPU the process's peak RSS). Control, checked once
+per step: the stop flag (SIGTERM/SIGINT) -> checkpoint and stop; `save.request` -> checkpoint
+now, keep going.
 Fault injection (`debug.oom_at_step`) raises an out-of-memory error, for the recovery tests.
 """
 
