@@ -128,8 +128,7 @@ def run_case(case: Case, folder: Path, steps: int, warmup: int, extra_args: list
                           setup=case.setup), toml, overwrite=True)
     out = folder / f"{case.name}.json"
     env = {"PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p),
-           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
-           "PYTORCH_CUDA_ALLOC_CONF": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}
+           "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}  # nothing downloads
     t = time.perf_counter()
     data, line = probing.run_probe_process(["--config", str(toml), "--random-weights", "--steps", str(steps),
                                             "--warmup-steps", str(warmup), *extra_args],
@@ -216,8 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         cases = [c for c in cases if c.name in wanted]
     try:
         hw, note = hardware(args.dry_run)
-    except Exception as exc:  # no NVML / no GPU: one line, and the dry run is still there
-        print(f"gpu_check: error: {exc}; on a machine without a GPU run --dry-run", file=sys.stderr)
+    except Exception:  # no NVML / no GPU: one line, and the dry run is still there
+        from tuneplan.services.gpu import default_probe
+
+        print(f"gpu_check: error: no NVIDIA GPU here ({default_probe().status()}); on a machine without one run "
+              "--dry-run", file=sys.stderr)
         return 2
     prepare(cases, hw)
     stamp = time.strftime("%Y%m%d-%H%M%S", time.gmtime())
