@@ -251,6 +251,36 @@ class GpuProbe:
         )
 
 
+    # -- one process's memory (what `nvidia-smi` lists for it) ---------------------------------
+    def process_memory(self, pid: int | None = None) -> int | None:
+        """GPU memory NVML lists for process `pid` (default: this one), summed over the GPUs, in
+        bytes; None when NVML is unavailable or does not list the process (inside a container
+        NVML reports the host's process ids)."""
+        if not self._init():
+            return None
+        nv = self._nvml
+        pid = os.getpid() if pid is None else pid
+        try:
+            count = nv.nvmlDeviceGetCount()
+        except Exception:
+            return None
+        total, found = 0, False
+        for i in range(count):
+            handle = self._optional(nv.nvmlDeviceGetHandleByIndex, i)
+            procs = self._optional(nv.nvmlDeviceGetComputeRunningProcesses, handle) if handle is not None else None
+            for p in procs or ():
+                used = getattr(p, "usedGpuMemory", None)
+                if int(p.pid) == pid and used is not None:
+                    total, found = total + int(used), True
+        return total if found else None
+
+    def used_memory(self) -> int | None:
+        """Memory in use on all GPUs together (every process and the driver), in bytes; None
+        without NVML."""
+        gpus = self.probe()
+        return sum(g.used_bytes for g in gpus) if gpus else None
+
+
 _default: GpuProbe | None = None
 
 

@@ -93,7 +93,8 @@ class PresetConstraints:
 
 @dataclass(frozen=True)
 class PresetEvidence:
-    """What a finished run measured (table `[evidence]`, written by `presets save --from`)."""
+    """What a finished run measured (table `[evidence]`, written by `presets save --from` or
+    `tuneplan probe --save-evidence`)."""
 
     run: str | None = None
     """The run's name."""
@@ -123,7 +124,9 @@ class PresetEvidence:
     tokens_per_second: float | None = None
     """Median of the run's logged training throughput."""
     environment_source: str | None = None
-    """`run` (recorded by the training process) or `saved` (probed when the preset was saved)."""
+    """`run` (recorded by the training process), `saved` (probed when the preset was saved) or
+    `probe` (measured by `tuneplan probe --save-evidence`; then `peak_memory_bytes` on the CPU is
+    the live tensor bytes of the step)."""
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,10 @@
 """The `TrainerCallback` that writes a run's events and status, and obeys run control.
 
 Every log step -> one `log` event (see `tuneplan/events.py`); eval -> `eval`; checkpoint ->
-`checkpoint`; on CUDA, after the second optimizer step of the process -> `memory_probe`
-(measured peak next to the planner's prediction). Control, checked once per step: the stop
-flag (SIGTERM/SIGINT) -> checkpoint and stop; `save.request` -> checkpoint now, keep going.
+`checkpoint`; after the second optimizer step of the process -> `memory_probe` (measured peak
+next to the planner's prediction; on the CPU the process's peak RSS). Control, checked once
+per step: the stop flag (SIGTERM/SIGINT) -> checkpoint and stop; `save.request` -> checkpoint
+now, keep going.
 Fault injection (`debug.oom_at_step`) raises an out-of-memory error, for the recovery tests.
 A loss or gradient norm that is not finite ends the run as `failed` (`NonFiniteTraining`);
 `debug.poison_at_step` fills the trainable weights with NaN to test that (and the NaN alert).
@@ -27,6 +28,26 @@ from tuneplan.training import distributed
 STATUS_INTERVAL_SECONDS = 1.0
 """Least time between two per-step rewrites of status.json (phases, checkpoints and the end
 always rewrite it at once)."""
+
+
+def memory_probe_fields(config: RunConfig, step: int, rank: int) -> dict:
+    """The `memory_probe` event after the second optimizer step: the planner's prediction beside
+    what this process measured. CUDA: torch's peaks and the process's nvidia-smi memory (NVML;
+    None where NVML does not list it). CPU: the process's peak RSS (host memory, no GPU)."""
+    from tuneplan.training.probe import peak_rss_bytes
+
+    p = config.prediction
+    fields: dict = dict(step=step, predicted_torch_peak_bytes=p.torch_peak_bytes,
+                        predicted_device_bytes=p.device_bytes, rank=rank)
+    if torch.cuda.is_available():
+        from tuneplan.services.gpu import default_probe
+
+        fields.update(device="cuda", torch_peak_bytes=torch.cuda.max_memory_allocated(),
+                      torch_reserved_bytes=torch.cuda.max_memory_reserved(),
+                      process_bytes=default_probe().process_memory())
+    else:
+        fields.update(device="cpu", rss_peak_bytes=peak_rss_bytes())
+    return fields
 
 
 class RunControl:
@@ -126,15 +147,9 @@ class RunEventsCallback(TrainerCallback):
         if save_now:
             control.should_save = True
             self.event("message", level="info", text=f"checkpoint requested: saving at step {state.global_step}")
-        if (not self.probed and self.first_step is not None and state.global_step - self.first_step >= 2
-                and torch.cuda.is_available()):
+        if not self.probed and self.first_step is not None and state.global_step - self.first_step >= 2:
             self.probed = True
-            p = self.config.prediction
-            self.event("memory_probe", step=state.global_step,
-                       torch_peak_bytes=torch.cuda.max_memory_allocated(),
-                       torch_reserved_bytes=torch.cuda.max_memory_reserved(),
-                       predicted_torch_peak_bytes=p.torch_peak_bytes,
-                       predicted_device_bytes=p.device_bytes, rank=args.process_index)
+            self.event("memory_probe", **memory_probe_fields(self.config, state.global_step, args.process_index))
 
     def on_prediction_step(self, args, state, control, **kwargs):
         if not self.evaluating:

@@ -125,9 +125,12 @@ def _default_device(device: str | torch.device | None) -> torch.device:
     return torch.device(device)
 
 
-def _load_model(source: str, config, setup: TrainSetup, device: torch.device,
-                trust_remote_code: bool, notes: list[str], revision: str | None = None):
-    """Step 1: `from_pretrained` in the compute dtype (or 4-bit for QLoRA)."""
+def _load_model(source: str | None, config, setup: TrainSetup, device: torch.device,
+                trust_remote_code: bool, notes: list[str], revision: str | None = None, state_dict=None):
+    """Step 1: `from_pretrained` in the compute dtype (or 4-bit for QLoRA).
+
+    `state_dict` (with `source=None`): load these tensors instead of a checkpoint, through the
+    same `from_pretrained` (dtype, device map, quantize on load); see `random_weights`."""
     from transformers import AutoModelForCausalLM
 
     if setup.method not in ("full", "lora", "qlora"):
@@ -143,6 +146,13 @@ def _load_model(source: str, config, setup: TrainSetup, device: torch.device,
     if setup.method == "qlora":
         kwargs["quantization_config"] = bnb_config(setup)
     try:
+        if state_dict is not None:
+            # transformers' `from_pretrained(None, state_dict=...)`; the Auto class would look
+            # for remote code under the name None, so ask the model class itself
+            cls = _model_class(config)
+            if cls is None:
+                raise UserError(f"random weights need a model class transformers knows ({config.model_type})")
+            return cls.from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
         return AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
     except (OSError, ValueError) as e:  # missing weights, gated repo, unsupported option
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__

@@ -272,6 +272,26 @@ class RunsAdapter:
 
         return presets.save_config_as_preset(config, name, "saved from the tuneplan wizard", gpu=gpu)
 
+    def probe(self, config: Any, gpu_index: int | None = None, *, timeout: float = 900.0) -> tuple[str, bool]:
+        """`tuneplan probe --config ... --random-weights` in its own process (blocking: call it
+        from a worker): a few optimizer steps of `config` on this machine, measured beside the
+        prediction. Returns (the report as text, whether it measured). Random weights: nothing
+        is downloaded, and the memory of a step does not depend on the weights' values."""
+        import tempfile
+
+        from tuneplan.config import save_config
+        from tuneplan.services import probing
+
+        with tempfile.TemporaryDirectory(prefix="tuneplan-probe-") as tmp:
+            path = Path(tmp) / "config.toml"
+            save_config(config, path)
+            args = ["--config", str(path), "--random-weights"]
+            env = {} if gpu_index is None else {"CUDA_VISIBLE_DEVICES": str(gpu_index), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
+            data, line = probing.run_probe_process(args, Path(tmp) / probing.PROBE_FILE, timeout=timeout, env=env)
+        if data is None:
+            return f"Probe failed: {line}", False
+        return probing.report_from_dict(data).render(), True
+
     def launch(self, config: Any, gpu_index: int | None = None) -> Path:
         """Start the run detached. `gpu_index` (NVML numbering) pins the run to that GPU: the
         child inherits CUDA_VISIBLE_DEVICES with CUDA ordering by PCI bus, as NVML orders."""

@@ -164,6 +164,8 @@ def _fmt_event(e: dict[str, Any]) -> str | None:
         changes = e.get("changes") or {}
         text = ", ".join(f"{k} {v[0]}->{v[1]}" for k, v in changes.items() if isinstance(v, (list, tuple)) and len(v) == 2)
         return f"replan #{e.get('attempt')}: {e.get('reason')}" + (f" ({text})" if text else "")
+    if kind == "memory_probe" and e.get("device") == "cpu":
+        return f"memory: CPU RSS peak {_gib(e.get('rss_peak_bytes'))} (host memory; no GPU)"
     if kind == "memory_probe":
         return (f"memory: measured peak {_gib(e.get('torch_peak_bytes'))}, "
                 f"predicted {_gib(e.get('predicted_torch_peak_bytes'))}")

@@ -1,4 +1,4 @@
-"""Step 5: the resolved configuration, the equivalent command line, save as preset, launch."""
+"""Step 5: the resolved configuration, the equivalent command line, save as preset, probe, launch."""
 
 from __future__ import annotations
 
@@ -37,11 +37,22 @@ class RunLaunchFailed(Message):
         self.error = error
 
 
+class ProbeFinished(Message):
+    """The probe worker is done: its report (or one line why it failed)."""
+
+    def __init__(self, text: str, ok: bool) -> None:
+        super().__init__()
+        self.text = text
+        self.ok = ok
+
+
 class ReviewScreen(Screen):
-    """Ctrl+L launches (then the dashboard opens), Ctrl+S saves a preset."""
+    """Ctrl+P probes first (a few steps on this machine, measured beside the prediction),
+    Ctrl+L launches (then the dashboard opens), Ctrl+S saves a preset."""
 
     CSS_PATH = "review_screen.tcss"
     BINDINGS = [
+        Binding("ctrl+p", "probe", "Probe first"),
         Binding("ctrl+l", "launch", "Launch"),
         Binding("ctrl+s", "save_preset", "Save preset"),
         Binding("escape", "app.pop_screen", "Back"),
@@ -53,6 +64,7 @@ class ReviewScreen(Screen):
         self.plan = plan
         self.dataset = dataset
         self.launching = False
+        self.probing = False
 
     def compose(self) -> ComposeResult:
         yield StepBar(5)
@@ -70,6 +82,7 @@ class ReviewScreen(Screen):
                 yield Choice([(name, name) for name in TRACKERS], "none", id="report_to")
             yield Static(id="field-help")
             yield Static(id="warning")
+            yield Static(id="probe")
             yield Static(id="command")
             yield Static(id="config")
         yield Footer()
@@ -230,6 +243,38 @@ class ReviewScreen(Screen):
         else:
             self.post_message(RunLaunched(Path(run_dir)))
 
+    def action_probe(self) -> None:
+        if self.probing or self.launching:
+            return
+        try:
+            config = self.build_config()
+        except UserError as exc:
+            self.notify(str(exc), severity="error")
+            return
+        self.probing = True
+        self.query_one("#probe", Static).update(Text(
+            "Probing: a few optimizer steps of this configuration on this machine (random weights, nothing "
+            "downloaded); a minute or two...", style="bold"))
+        self.probe(config)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="probe")
+    def probe(self, config: Any) -> None:
+        try:
+            target = self.plan.target
+            index = None if target.dry_run else target.index
+            text, ok = self.app.services.runs.probe(config, gpu_index=index)
+        except UserError as exc:
+            text, ok = f"Probe failed: {exc}", False
+        except Exception as exc:
+            text, ok = f"Probe failed: {type(exc).__name__}: {exc}".splitlines()[0], False
+        self.post_message(ProbeFinished(text, ok))
+
+    @on(ProbeFinished)
+    def _probed(self, message: ProbeFinished) -> None:
+        self.probing = False
+        style = "" if message.ok else "bold red"
+        self.query_one("#probe", Static).update(Text(message.text + "\n", style=style))
+
     @on(RunLaunchFailed)
     def _failed(self, message: RunLaunchFailed) -> None:
         self.launching = False
@@ -237,6 +282,7 @@ class ReviewScreen(Screen):
 
     def action_help(self) -> None:
         self.app.push_screen(HelpDialog("Review", [
+            ("Ctrl+P", "probe first: a few steps here, measured beside the prediction"),
             ("Ctrl+L", "launch the run (detached) and open its dashboard"),
             ("Ctrl+S", "save this configuration as a preset (type a name first)"),
             ("Left/Right", "tracking: the experiment tracker (none, tensorboard, trackio, wandb, mlflow)"),

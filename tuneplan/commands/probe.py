@@ -1,0 +1,214 @@
+"""`tuneplan probe`: measure the plan on this machine for a few optimizer steps, before the long run.
+
+    tuneplan probe --model llama-3.1-8b --method qlora [plan flags]   # plan, then measure the choice
+    tuneplan probe --preset NAME                                     # a preset, re-fitted here
+    tuneplan probe --config RUN.toml                                 # a run configuration as it is
+    tuneplan probe ... --random-weights                              # config.json only, no download
+
+It plans like `tuneplan plan` (the same flags and parser) for the GPU NVML finds here (or the
+CPU when there is none), trains `--warmup-steps` + `--steps` optimizer steps of the chosen
+configuration through the real training path (`tuneplan.training.probe`), prints the
+measured torch peak, reserved memory, nvidia-smi memory, tokens/s and seconds per step beside
+the prediction with each error, then advice (`tuneplan.services.probing`). It writes
+`probe.json` (`--out`) and, with `--save-evidence PRESET`, the measurement into that preset's
+`[evidence]`. Foreground: it takes a minute or two. Exit codes: 0 measured, 1 the plan does not
+fit here, 2 bad input, 3 the probe failed (out of memory: the plan is wrong for this card).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+EXIT_PROBE_FAILED = 3
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from tuneplan.commands import plan
+
+    plan.add_arguments(parser)  # the plan flags, --preset and --json, as `tuneplan plan` has them
+
+    def one_line_error(message: str) -> None:
+        print(f"tuneplan: error: probe: {message}", file=sys.stderr)
+        sys.exit(2)
+
+    parser.error = one_line_error  # type: ignore[method-assign]
+    g = parser.add_argument_group("probe")
+    g.add_argument("--config", metavar="RUN.toml", help="probe this run configuration as it is (no planning)")
+    g.add_argument("--random-weights", action="store_true",
+                   help="build the model from config.json with random weights: nothing is downloaded")
+    g.add_argument("--steps", default="3", metavar="N", help="measured optimizer steps (default 3)")
+    g.add_argument("--warmup-steps", default="1", metavar="N", help="optimizer steps before measuring (default 1)")
+    g.add_argument("--out", default="probe.json", metavar="PATH", help="where to write the report (default probe.json)")
+    g.add_argument("--save-evidence", metavar="PRESET", help="record the measurement in this preset's [evidence]")
+    g.add_argument("--force", action="store_true", help="with --save-evidence: replace evidence already there")
+    g.add_argument("--cpu", action="store_true", help="probe on the CPU even when there is a GPU")
+    g.add_argument("--trust-remote-code", action="store_true",
+                   help="run Python code shipped with the model (real weights only; off unless given)")
+
+
+def _count(value: str, flag: str, minimum: int) -> int:
+    from tuneplan.errors import UserError
+
+    try:
+        n = int(str(value))
+    except ValueError:
+        raise UserError(f"{flag} must be a whole number (got {value!r})") from None
+    if n < minimum:
+        raise UserError(f"{flag} must be >= {minimum} (got {n})")
+    return n
+
+
+def _refuse_knobs(args: argparse.Namespace, what: str) -> None:
+    from tuneplan.commands.presets import KNOB_FLAGS
+    from tuneplan.errors import UserError
+
+    given = [k for k in KNOB_FLAGS if k != "model" and getattr(args, k, None) not in (None, False, "auto")]
+    if given:
+        flags = ", ".join("--" + k.replace("_", "-") for k in given)
+        raise UserError(f"{flags} cannot be combined with {what}: it sets them (edit it, or probe with plan flags)")
+
+
+def _hardware(args: argparse.Namespace, cuda: bool):
+    """The hardware the prediction is made for: --gpu/--vram as given, else this machine."""
+    from tuneplan.commands.plan import _int
+    from tuneplan.services import planning, presets
+
+    if args.gpu or args.vram:
+        request = planning.PlanRequest(gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None)
+        hw, notes, _ = planning.resolve_hardware(request)
+        return hw, notes + [f"predicted for {hw.gpu.name} (--gpu/--vram) and measured on this machine"]
+    if not cuda:
+        hw = presets.cpu_hardware()
+        return hw, [f"no CUDA GPU here: probing on the CPU ({size(hw.usable_bytes())} of RAM available)"]
+    index = None if args.gpu_index is None else _int(args.gpu_index, "--gpu-index")
+    hw, notes, _ = planning.resolve_hardware(planning.PlanRequest(gpu_index=index, gpus=1))
+    return hw, notes
+
+
+def size(n):
+    from tuneplan.services.probing import size as _size
+
+    return _size(n)
+
+
+def _planned(args: argparse.Namespace, hardware, random_weights: bool):
+    """(model label, setup, resolved model, load source, safety margin, source label, notes)."""
+    from tuneplan.errors import EXIT_DOES_NOT_FIT, UserError
+    from tuneplan.services import planning
+    from tuneplan.services import presets as P
+
+    def does_not_fit(text: str) -> UserError:
+        exc = UserError(text)
+        exc.exit_code = EXIT_DOES_NOT_FIT
+        return exc
+
+    if args.config and args.preset:
+        raise UserError("give either --config or --preset, not both")
+    margin = planning.DEFAULT_SAFETY_MARGIN
+    if args.safety_margin is not None:
+        from tuneplan.commands.plan import _float
+
+        margin = _float(args.safety_margin, "--safety-margin", allow_zero=True)
+    if args.config:
+        from tuneplan.config import load_config
+
+        _refuse_knobs(args, "--config")
+        config = load_config(Path(args.config))
+        if args.model:
+            config = replace(config, model=replace(config.model, source=args.model))
+        config = P.resolve_sources(config, build=not random_weights)
+        resolved = planning.resolve(planning.PlanRequest(model=config.model.source))
+        return (resolved.name, config.setup, resolved, config.model.source, margin, f"config {args.config}", [],
+                config.model.trust_remote_code)
+    if args.preset:
+        _refuse_knobs(args, "--preset")
+        preset = P.find_preset(args.preset)
+        fit = P.refit(preset, hardware=hardware, safety_margin=margin, build_sources=not random_weights)
+        notes = fit.summary_lines()
+        if not fit.fits:
+            raise does_not_fit(f"preset {preset.name} does not fit {hardware.gpu.name}: "
+                               f"{fit.reasons[0] if fit.reasons else 'see tuneplan plan --preset ' + preset.name}")
+        return (preset.name, fit.config.setup, fit.outcome.model, fit.config.model.source, margin,
+                f"preset {preset.name}", notes, fit.config.model.trust_remote_code)
+    from tuneplan.commands.plan import build_request
+
+    request = build_request(args)
+    request = replace(request, hardware=hardware, gpus=1, gpu=None, vram_bytes=None)
+    outcome = planning.plan(request)
+    result = outcome.result
+    if not result.fits:
+        hint = f"; {result.suggestions[0]}" if result.suggestions else ""
+        raise does_not_fit(f"no configuration of {outcome.model.name} fits {hardware.gpu.name}{hint}")
+    return (outcome.model.name, result.choice.setup, outcome.model, outcome.model.source, margin, "flags",
+            list(outcome.notes) + [f"planned: {result.choice.describe()}"], False)
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from tuneplan.errors import UserError
+
+    steps = _count(args.steps, "--steps", 1)
+    warmup = _count(args.warmup_steps, "--warmup-steps", 0)
+    if warmup + steps < 2:
+        raise UserError("the peaks are read after the second optimizer step: --warmup-steps + --steps must be >= 2")
+    if args.cpu:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""  # before anything imports torch
+    from tuneplan.training.runner import QUIET_ENV
+
+    for k, v in QUIET_ENV.items():
+        os.environ.setdefault(k, v)
+    import torch
+
+    from tuneplan.services import probing
+
+    cuda = torch.cuda.is_available()
+    hardware, notes = _hardware(args, cuda)
+    model, setup, resolved, source, margin, how, plan_notes, remote = _planned(args, hardware, args.random_weights)
+    if setup.num_gpus > 1 or setup.strategy == "fsdp":
+        raise UserError(f"the probe measures one GPU; this plan uses {setup.num_gpus} ({setup.strategy}): "
+                        "plan it with --gpus 1, or probe one GPU's share with tuneplan train")
+    if not cuda and setup.compute_dtype != "float32":
+        setup = replace(setup, compute_dtype="float32")  # CPU training has no fast 16-bit autocast
+        notes.append("CPU: trained in float32 (the CPU has no fast 16-bit mixed precision)")
+    for line in notes + plan_notes:
+        print(f"tuneplan probe: {line}", file=sys.stderr)
+    prediction = probing.predict(resolved.spec, hardware, setup, on_cpu=not cuda)
+
+    from tuneplan.training.probe import measure
+    from tuneplan.training.runner import environment_facts
+
+    def log(line: str) -> None:
+        print(f"tuneplan probe: {line}", file=sys.stderr, flush=True)
+
+    try:
+        m = measure(source, setup, config_dict=dict(resolved.config), random_weights=args.random_weights,
+                    steps=steps, warmup_steps=warmup, trust_remote_code=args.trust_remote_code or remote, log=log)
+    except torch.OutOfMemoryError as exc:
+        first = (str(exc).strip().splitlines() or ["out of memory"])[0]
+        print(f"tuneplan: error: probe ran out of memory ({first[:160]}): this configuration does not fit "
+              f"here; predicted {size(prediction.device_bytes or prediction.torch_peak_bytes)}", file=sys.stderr)
+        return EXIT_PROBE_FAILED
+    measured = m.to_dict()
+    measured["environment"] = environment_facts()
+    report = probing.ProbeReport(model=model, random_weights=args.random_weights, setup=setup,
+                                 hardware_name=hardware.gpu.name, usable_bytes=hardware.usable_bytes(),
+                                 safety_margin=margin, prediction=prediction, measured=measured,
+                                 notes=notes + plan_notes + m.notes, source=how)
+    report.advice = probing.advise(resolved.spec, hardware, setup, prediction, measured, safety_margin=margin,
+                                   on_cpu=not cuda)
+    path, replaced = probing.write_report(report, Path(args.out))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        print(report.render(), flush=True)
+    print(f"tuneplan probe: wrote {path}" + (" (replaced the previous report)" if replaced else ""), file=sys.stderr)
+    if args.save_evidence:
+        saved = probing.save_evidence(args.save_evidence, report, force=args.force)
+        print(f"tuneplan probe: saved the measurement in preset {args.save_evidence}'s [evidence]: {saved}",
+              file=sys.stderr)
+    return 0
