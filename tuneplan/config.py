@@ -19,6 +19,8 @@ Pure standard library plus `tomli_w` for writing. Validation names the field and
 
 from __future__ import annotations
 
+import math
+
 import sys
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -97,6 +99,12 @@ class TrainingConfig:
     """Optimizer steps between eval losses (`None`: at the end of each epoch)."""
     save_steps: int = 100
     """Optimizer steps between checkpoints."""
+    save_every: str | None = None
+    """Wall-clock time between checkpoints as well (`"30m"`, `"1h"`, `"90s"`; `tuneplan.durations`),
+    for machines that can vanish (spot instances); `None`: steps only."""
+    eval_batch: int | None = None
+    """Micro-batch of the eval loss (`None`: the training micro-batch); OOM recovery lowers
+    this, never the training micro-batch, when evaluation runs out of memory."""
     save_total_limit: int = 2
     """Checkpoints kept (the oldest are deleted)."""
 
@@ -126,6 +134,12 @@ class DebugConfig:
     (so a re-planned run with a smaller micro-batch gets past it)."""
     step_sleep_seconds: float = 0.0
     """Slow every optimizer step down by this much (tests of stop/save/resume)."""
+    save_sleep_seconds: float = 0.0
+    """Pause every save between writing its files and publishing them (tests of a kill during
+    a save)."""
+    oom_eval_batch_above: int | None = None
+    """Fault injection: raise an out-of-memory error during evaluation while the eval
+    micro-batch exceeds this."""
 
 
 @dataclass(frozen=True)
@@ -174,11 +188,40 @@ class RunConfig:
         _check(t.eval_steps is None or t.eval_steps > 0, "training.eval_steps", t.eval_steps, "must be > 0")
         _check(t.save_steps > 0, "training.save_steps", t.save_steps, "must be > 0")
         _check(t.save_total_limit > 0, "training.save_total_limit", t.save_total_limit, "must be > 0")
+        _check(t.eval_batch is None or (isinstance(t.eval_batch, int) and t.eval_batch > 0), "training.eval_batch",
+               t.eval_batch, "must be a whole number > 0")
+        if t.save_every is not None:
+            from tuneplan.durations import parse_duration
+
+            try:
+                parse_duration(t.save_every)
+            except ValueError as exc:
+                raise ConfigError(f"training.save_every {exc}") from None
+        g = self.debug
+        for name in ("step_sleep_seconds", "save_sleep_seconds"):
+            value = getattr(g, name)
+            _check(math.isfinite(value) and value >= 0, f"debug.{name}", value, "must be a finite number >= 0")
         _check(r.max_retries >= 0, "recovery.max_retries", r.max_retries, "must be >= 0")
         return self
 
     def effective_batch(self) -> int:
         return self.setup.effective_batch()
+
+    def save_every_seconds(self) -> float | None:
+        """`training.save_every` in seconds (None: checkpoints by steps only)."""
+        from tuneplan.durations import parse_duration
+
+        return parse_duration(self.training.save_every) if self.training.save_every is not None else None
+
+    def checkpoint_warning(self, max_steps: int | None) -> str | None:
+        """A warning when the step schedule leaves no checkpoint before the end of a run of
+        `max_steps` optimizer steps and no time-based one is asked for: a crash or a preempted
+        machine would lose the whole run."""
+        t = self.training
+        if max_steps is None or t.save_every is not None or t.save_steps < max_steps:
+            return None
+        return (f"no checkpoint before the end: training.save_steps ({t.save_steps}) >= the run's {max_steps} steps, "
+                f"so a crash or a preempted machine loses the whole run; lower --save-steps or add --save-every 30m")
 
 
 def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:

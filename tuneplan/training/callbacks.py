@@ -3,8 +3,10 @@
 Every log step -> one `log` event (see `tuneplan/events.py`); eval -> `eval`; checkpoint ->
 `checkpoint`; on CUDA, after the second optimizer step of the process -> `memory_probe`
 (measured peak next to the planner's prediction). Control, checked once per step: the stop
-flag (SIGTERM/SIGINT) -> checkpoint and stop; `save.request` -> checkpoint now, keep going.
-Fault injection (`debug.oom_at_step`) raises an out-of-memory error, for the recovery tests.
+flag (SIGTERM/SIGINT, or `stop.request`) -> checkpoint and stop; `save.request` -> checkpoint
+now, keep going; `training.save_every` -> a checkpoint whenever that much time has passed
+since the last one (on top of the step schedule). Fault injection (`debug.oom_at_step`,
+`debug.oom_eval_batch_above`) raises an out-of-memory error, for the recovery tests.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 from transformers import TrainerCallback
 
 from tuneplan.config import RunConfig
-from tuneplan.events import SAVE_REQUEST_FILE, Status, append_event, make_event, write_status
+from tuneplan.events import SAVE_REQUEST_FILE, STOP_REQUEST_FILE, Status, append_event, make_event, write_status
 from tuneplan.training import distributed
 
 
@@ -51,6 +53,9 @@ class RunEventsCallback(TrainerCallback):
         self.last_log_step: int | None = None
         self.probed = False
         self._status_written = float("-inf")
+        self.save_every = config.save_every_seconds()
+        """Seconds between time-based checkpoints (None: steps only)."""
+        self.last_save_time = time.monotonic()
         self.main = distributed.is_main_process()
         """Rank 0 (or one process): writes status.json and every event; other ranks only memory."""
 
@@ -87,6 +92,10 @@ class RunEventsCallback(TrainerCallback):
         resumed = f" (resumed at step {state.global_step})" if state.global_step else ""
         self.phase("training", f"{state.max_steps} optimizer steps, effective batch "
                                f"{self.config.effective_batch()}{resumed}")
+        self.last_save_time = time.monotonic()
+        warning = self.config.checkpoint_warning(state.max_steps)
+        if warning and not state.global_step:
+            self.event("message", level="warning", text=warning)
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.evaluating:
@@ -107,8 +116,16 @@ class RunEventsCallback(TrainerCallback):
         save_now = self.main and request.exists()
         if save_now:
             request.unlink(missing_ok=True)
+        if self.main and not self.control_flags.stop_requested and (self.run_dir / STOP_REQUEST_FILE).exists():
+            self.control_flags.request_stop("tuneplan stop")
+        timed = (self.main and self.save_every is not None and not control.should_save
+                 and time.monotonic() - self.last_save_time >= self.save_every)
         # several ranks: all must stop / checkpoint at the same step (collectives)
-        stop, save_now = distributed.sync_flags(self.control_flags.stop_requested, save_now)
+        stop, save_now, timed = distributed.sync_flags(self.control_flags.stop_requested, save_now, timed)
+        if timed:
+            control.should_save = True
+            self.event("message", level="info", text=f"time-based checkpoint (every {self.config.training.save_every}) "
+                                                     f"at step {state.global_step}")
         if stop and not self.control_flags.stop_requested:
             self.control_flags.request_stop("SIGTERM")
         if stop:
@@ -131,6 +148,11 @@ class RunEventsCallback(TrainerCallback):
         if not self.evaluating:
             self.evaluating = True
             self.phase("evaluating")
+        above = self.config.debug.oom_eval_batch_above
+        if above is not None and args.per_device_eval_batch_size > above:
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (injected by debug.oom_eval_batch_above={above}, "
+                f"eval batch {args.per_device_eval_batch_size})")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -166,6 +188,7 @@ class RunEventsCallback(TrainerCallback):
         self._write_status(throttle=True)
 
     def on_save(self, args, state, control, **kwargs):
+        self.last_save_time = time.monotonic()
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.status.last_checkpoint = str(path)
         self.event("checkpoint", step=state.global_step, path=str(path))
