@@ -80,10 +80,25 @@ def make_event(kind: str, **fields: Any) -> dict[str, Any]:
 
 def append_event(run_dir: Path, event: dict[str, Any]) -> None:
     """Append one event as a single line (one write call, so readers never see half a line
-    from a single writer)."""
+    from a single writer). A write the disk cuts short (ENOSPC, EFBIG) is taken back before
+    the error is raised: a half line would swallow the next event appended after it."""
     line = json.dumps(event, separators=(",", ":")) + "\n"
-    with open(Path(run_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
-        f.write(line)
+    _append_whole(Path(run_dir) / EVENTS_FILE, line.encode("utf-8"))
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        written = os.write(fd, data)  # raises when nothing at all could be written
+        if written < len(data):
+            try:
+                os.write(fd, data[written:])  # the rest: the disk says why it stopped
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+    finally:
+        os.close(fd)
 
 
 class EventTail:

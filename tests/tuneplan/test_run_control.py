@@ -296,6 +296,8 @@ def test_full_disk_mid_run_fails_with_enospc_and_keeps_the_last_checkpoint(tiny_
     assert "ENOSPC" in listing
     filler.unlink()
     _resume_to_done(root, run, 12)
+    for line in (run / "events.jsonl").read_bytes().splitlines():  # no half line glued to the next event
+        json.loads(line)
 
 
 @pytest.mark.slow
