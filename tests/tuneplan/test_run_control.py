@@ -349,3 +349,14 @@ def test_file_size_limit_is_refused_at_launch_and_recorded_by_the_supervisor_mid
     assert last_checkpoint(run).name in status.error
     assert not (run / "checkpoints" / ".partial").exists() and not list(run.glob(".status.json.*.tmp"))
     _resume_to_done(runs_root, run, 12)
+
+
+@pytest.mark.slow
+def test_demo_with_two_steps_trains_to_done_and_exits_0(tmp_path):
+    env = {**os.environ, "TUNEPLAN_CACHE_DIR": str(tmp_path / "cache"), "TUNEPLAN_PRESETS_DIR": str(tmp_path / "p"),
+           "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    out = subprocess.run([sys.executable, "-m", "tuneplan", "demo", "--no-dashboard", "--runs-dir",
+                          str(tmp_path / "runs"), "--max-steps", "2"], capture_output=True, text=True, env=env,
+                         cwd=tmp_path, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "done in" in out.stdout and "over 2 steps" in out.stdout

@@ -190,3 +190,40 @@ def test_durations_have_one_parser():
     for bad in ("30", "", "m", "-5m", "0s", "1e400h", "30 minutes", "1h 30x"):
         with pytest.raises(ValueError, match="duration"):
             parse_duration(bad)
+
+
+def _cli(*argv: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuneplan", *argv], capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT), **(env or {})})
+
+
+def test_negative_debug_sleep_is_refused_at_load(tmp_path):
+    from tuneplan.config import ConfigError, RunConfig, config_to_dict, load_config
+
+    data = config_to_dict(RunConfig())
+    data["model"]["source"], data["data"]["source"] = str(tmp_path), str(tmp_path / "d.jsonl")
+    import tomli_w
+
+    for key in ("step_sleep_seconds", "save_sleep_seconds"):
+        bad = tmp_path / f"{key}.toml"
+        bad.write_text(tomli_w.dumps({**data, "debug": {key: -1}}))
+        with pytest.raises(ConfigError, match=f"debug.{key} must be a finite number >= 0"):
+            load_config(bad)
+        out = _cli("train", "--config", str(bad), "--runs-dir", str(tmp_path / "runs"))
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and f"debug.{key}" in lines[0], out.stderr
+        assert not (tmp_path / "runs").exists()
+
+
+def test_export_of_a_failed_full_run_says_there_is_no_model(tmp_path):
+    from dataclasses import replace
+
+    from tuneplan.config import DataConfig, ModelConfig, RunConfig, save_config
+
+    config = RunConfig(model=ModelConfig(source=str(tmp_path)), data=DataConfig(source=str(tmp_path / "d.jsonl")))
+    run = _run_folder(tmp_path / "runs", "fullrun", Status(phase="failed", error="at step 3: boom"))
+    save_config(replace(config, setup=replace(config.setup, method="full")), run / "config.toml", overwrite=True)
+    out = _cli("export", "fullrun", "--merge", env={"TUNEPLAN_RUNS_DIR": str(tmp_path / "runs")})
+    lines = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and len(lines) == 1, out.stderr
+    assert "saved no model/ folder (failed)" in lines[0] and "already a merged model" not in lines[0]
