@@ -107,18 +107,20 @@ def _unreadable(run_dir: Path, reason: str) -> RunSummary:
 
 def folder_fault(run_dir: Path) -> str | None:
     """Why nothing can be written to a run folder (read-only file system, no permission, full
-    disk), named with the kernel's error name; None when a probe write succeeds."""
-    import errno
-
-    probe = Path(run_dir) / f".write-probe.{os.getpid()}"
+    disk), named with the kernel's error name; None when it looks writable. Only looks
+    (`statvfs`, `access`): listing runs never writes into them."""
     try:
-        with open(probe, "wb") as f:
-            f.write(b"x")
-        probe.unlink()
+        st = os.statvfs(run_dir)
+    except OSError:
         return None
-    except OSError as exc:
-        name = DISK_ERRNOS.get(exc.errno or 0) or errno.errorcode.get(exc.errno or 0, "error")
-        return f"run folder {run_dir} is not writable ({name}: {exc.strerror})"
+    if st.f_flag & os.ST_RDONLY:
+        return f"run folder {run_dir} is not writable (EROFS: Read-only file system)"
+    if not os.access(run_dir, os.W_OK):
+        return f"run folder {run_dir} is not writable (EACCES: Permission denied)"
+    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize  # root may use the reserved blocks
+    if free == 0:
+        return f"run folder {run_dir} is not writable (ENOSPC: No space left on device)"
+    return None
 
 
 def list_runs(root: Path) -> list[RunSummary]:
