@@ -240,6 +240,13 @@ def test_killed_during_the_final_save_resumes_without_an_extra_step(tiny_model, 
     assert status.phase == "done" and status.step == 4 and status.max_steps == 4, status  # not 5/4
     assert _log_steps_since_last_resume(run) == []  # nothing trained again
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and not (run / ".adapter.partial").exists()
+    # the adapter saved after the resume holds the end checkpoint's weights, not the untrained ones
+    from safetensors.torch import load_file
+
+    saved = load_file(run / "adapter" / "adapter_model.safetensors")
+    trained = load_file(last_checkpoint(run) / "adapter_model.safetensors")
+    assert saved.keys() == trained.keys() and all((saved[k] == trained[k]).all() for k in saved)
+    assert any((trained[k] != 0).any() for k in trained if "lora_B" in k)
 
 
 @pytest.mark.slow

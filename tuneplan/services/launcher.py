@@ -127,8 +127,14 @@ def required_disk_bytes(config: RunConfig, cfg: dict | None) -> int:
     n = _trainable_params(config, cfg)
     if n is None:
         return DISK_MARGIN_BYTES
-    final = n * (2 if config.setup.method == "full" else 4)
+    final = final_save_bytes(n, config.setup.method)
     return checkpoint_bytes(n) * (config.training.save_total_limit + 1) + final + DISK_MARGIN_BYTES
+
+
+def final_save_bytes(trainable_params: int, method: str) -> int:
+    """Bytes of the final save: the adapter in fp32 (4 B per parameter), or for `full` the
+    whole model in the 16-bit compute dtype (2 B)."""
+    return trainable_params * (2 if method == "full" else 4)
 
 
 def checkpoint_bytes(trainable_params: int) -> int:

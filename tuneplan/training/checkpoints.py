@@ -106,6 +106,21 @@ def partial_dir(final: Path) -> Path:
     return final.with_name(f".{final.name}.partial")
 
 
+def check_final_space(run_dir: Path, trainable_params: int, method: str) -> None:
+    """Raise `DiskSpaceError` unless the disk of `run_dir` can hold the final save."""
+    from planner.gpus import format_gib
+    from tuneplan.services import launcher, paths
+
+    need = launcher.final_save_bytes(trainable_params, method) + SAVE_MARGIN_BYTES
+    free = paths.free_bytes(run_dir)
+    if free < need:
+        ckpt = last_checkpoint(run_dir)
+        kept = f"the last complete checkpoint ({ckpt.name}) is kept" if ckpt else "there is no checkpoint"
+        raise DiskSpaceError(
+            f"disk full (ENOSPC) before the final save: {format_gib(free, 3)} free in {run_dir}, it needs about "
+            f"{format_gib(need, 3)}; {kept}: free space, then `tuneplan resume {Path(run_dir).name}`")
+
+
 def check_space(run_dir: Path, step: int, trainable_params: int | None) -> None:
     """Raise `DiskSpaceError` unless the disk of `run_dir` can hold one more checkpoint."""
     from planner.gpus import format_gib

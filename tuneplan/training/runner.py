@@ -315,10 +315,13 @@ def save_final(trainer, tokenizer, out: Path, config: RunConfig, status: Status,
     published in one rename: a kill during the final save never leaves a half `adapter/`."""
     import shutil
 
-    from tuneplan.training.checkpoints import partial_dir, publish
+    from tuneplan.training.checkpoints import check_final_space, partial_dir, publish
 
     partial = partial_dir(out)
     if distributed.is_main_process():
+        params = trainer.model.parameters()
+        n = sum(p.numel() for p in params if p.requires_grad or config.setup.method == "full")
+        check_final_space(out.parent, n, config.setup.method)
         shutil.rmtree(partial, ignore_errors=True)
     distributed.save_final_model(trainer, partial)
     if distributed.is_main_process():
