@@ -96,20 +96,20 @@ def _finish(run_dir: Path, status: Status, phase: str, *, error: str | None = No
     write_status(run_dir, status)
 
 
-def _tell_supervisor(error: str) -> None:
-    """The worker's error, sent down the supervisor's pipe (needs no disk)."""
+def _tell_supervisor(error: str, step: int) -> None:
+    """The worker's error and last completed step, sent down the supervisor's pipe (needs no disk)."""
     raw = os.environ.get(ERROR_FD_ENV)
     if not raw or not distributed.is_main_process():
         return
     try:
-        os.write(int(raw), (json.dumps({"error": error}) + "\n").encode("utf-8"))
+        os.write(int(raw), (json.dumps({"error": error, "step": step}) + "\n").encode("utf-8"))
     except (OSError, ValueError):
         pass
 
 
 def _finish_failed(run_dir: Path, status: Status, error: str) -> None:
     """Record a failure, first through the pipe (in case the disk refuses the status write)."""
-    _tell_supervisor(error)
+    _tell_supervisor(error, status.step)
     try:
         _finish(run_dir, status, "failed", error=error)
     except OSError:
@@ -434,8 +434,8 @@ def _hold_lock(run_dir: Path) -> int | None:
     return fd
 
 
-def _worker_error(read_fd: int) -> str | None:
-    """The last error the worker sent down the pipe (None if it sent nothing)."""
+def _worker_error(read_fd: int) -> dict | None:
+    """The last word the worker sent down the pipe, `{"error", "step"}` (None if it sent nothing)."""
     chunks = []
     while True:
         try:
@@ -447,19 +447,20 @@ def _worker_error(read_fd: int) -> str | None:
         chunks.append(chunk)
     for line in reversed(b"".join(chunks).decode("utf-8", "replace").splitlines()):
         try:
-            return str(json.loads(line)["error"])
+            said = json.loads(line)
+            return {"error": str(said["error"]), "step": said.get("step")}
         except (ValueError, KeyError, TypeError):
             continue
     return None
 
 
-def _why_it_died(run_dir: Path, rc: int, sent: str | None) -> str:
+def _why_it_died(run_dir: Path, rc: int, sent: dict | None) -> str:
     """The error of a worker that ended without a final status: what it sent down the pipe,
     else a disk fault the supervisor can see (read-only or full disk), else how it ended."""
     from tuneplan.services.runs import folder_fault
 
     if sent:
-        return sent
+        return sent["error"]
     fault = folder_fault(run_dir)
     how = f"killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
     if fault:
@@ -531,6 +532,8 @@ def supervise(run_dir: Path) -> int:
             # a stop that reached the worker before its handler: nothing lost, it stopped
             stopped = stopping and rc in (0, -signal.SIGTERM)
             error = None if stopped else _why_it_died(run_dir, rc, sent)
+            if sent and isinstance(sent.get("step"), int) and sent["step"] > status.step:
+                status.step = sent["step"]  # the worker got further than its last status write
             if error is not None:
                 _say(f"tuneplan: {error}")
             try:
