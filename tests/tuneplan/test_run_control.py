@@ -215,7 +215,8 @@ def test_kill_9_during_a_checkpoint_save_then_resume_continues_exactly(tiny_mode
     _sid_kill(run)
     wait_for(lambda: effective_phase(read_status(run)) == "crashed", 30, "crashed")
     assert not (ckpts / "checkpoint-8").exists() and last_checkpoint(run).name == "checkpoint-4"
-    assert any(line.startswith("spot") and "crashed" in line for line in tuneplan(runs_root, "runs").stdout.splitlines())
+    listing = tuneplan(runs_root, "runs").stdout.splitlines()
+    assert any(line.startswith("spot") and "crashed" in line for line in listing)
     _set_debug(run, save_sleep_seconds=0.0)
     _resume_to_done(runs_root, run, 12)
     assert not (ckpts / ".partial").exists()  # the half save was cleaned up
@@ -251,8 +252,8 @@ def test_killed_during_the_final_save_resumes_without_an_extra_step(tiny_model, 
 
 @pytest.mark.slow
 def test_save_every_adds_time_based_checkpoints(tiny_model, runs_root, tmp_path):
-    config = _write(tmp_path, tiny_config(tiny_model, training={"max_steps": 10, "save_steps": 1000, "logging_steps": 1},
-                                          debug={"step_sleep_seconds": 0.4}))
+    config = _write(tmp_path, tiny_config(tiny_model, debug={"step_sleep_seconds": 0.4},
+                                          training={"max_steps": 10, "save_steps": 1000, "logging_steps": 1}))
     out = tuneplan(runs_root, "train", "--config", str(config), "--name", "timed", "--save-every", "1s", "--foreground")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "warning: no checkpoint" not in out.stderr  # a time-based schedule is a mid-run checkpoint
@@ -261,7 +262,8 @@ def test_save_every_adds_time_based_checkpoints(tiny_model, runs_root, tmp_path)
     timed = [e for e in events if e["kind"] == "message" and "time-based checkpoint" in e["text"]]
     assert len(timed) >= 2 and any(s < 10 for s in saved), saved
     assert load_config(runs_root / "timed" / "config.toml").training.save_every == "1s"
-    assert "--save-every" in _one_line_error(tuneplan(runs_root, "train", "--config", str(config), "--save-every", "30"))
+    bad = tuneplan(runs_root, "train", "--config", str(config), "--save-every", "30")  # no unit
+    assert "--save-every" in _one_line_error(bad)
 
 
 @pytest.mark.slow
@@ -290,7 +292,8 @@ def _spot_config(tiny_model, tmp_path) -> Path:
 @pytest.mark.slow
 def test_full_disk_mid_run_fails_with_enospc_and_keeps_the_last_checkpoint(tiny_model, tmpfs, tmp_path):
     root = tmpfs / "runs"
-    assert tuneplan(root, "train", "--config", str(_spot_config(tiny_model, tmp_path)), "--name", "full").returncode == 0
+    config = _spot_config(tiny_model, tmp_path)
+    assert tuneplan(root, "train", "--config", str(config), "--name", "full").returncode == 0
     run = root / "full"
     wait_for(lambda: (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists(), 120, "checkpoint-4")
     filler = _fill(tmpfs)

@@ -36,7 +36,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         load_status(run_dir)
     except StatusUnreadable as exc:
-        raise UserError(f"run {run_dir.name} is unreadable: {exc}; see `tuneplan runs`, fix or remove {run_dir}") from None
+        raise UserError(f"run {run_dir.name} is unreadable: {exc}; see `tuneplan runs`, "
+                        f"fix or remove {run_dir}") from None
     from tuneplan.ui.app import create_app
     from tuneplan.ui.services import default_services
 

@@ -137,8 +137,8 @@ def check_space(run_dir: Path, step: int, trainable_params: int | None) -> None:
     if free < need + SAVE_MARGIN_BYTES:
         kept = f"the last complete checkpoint ({newest.name}) is kept" if newest else "there is no earlier checkpoint"
         raise DiskSpaceError(
-            f"disk full (ENOSPC) before saving checkpoint-{step}: {format_gib(free, 3)} free in {run_dir}, a checkpoint "
-            f"needs about {format_gib(need + SAVE_MARGIN_BYTES, 3)}; {kept}: free space, then "
+            f"disk full (ENOSPC) before saving checkpoint-{step}: {format_gib(free, 3)} free in {run_dir}, "
+            f"a checkpoint needs about {format_gib(need + SAVE_MARGIN_BYTES, 3)}; {kept}: free space, then "
             f"`tuneplan resume {Path(run_dir).name}`")
 
 

@@ -194,7 +194,8 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
     sup = os.environ.get(SUPERVISOR_PID_ENV)
     status.pids = ([int(sup)] if sup else []) + [os.getpid()]
     mine = run_process.process_record(os.getpid(), armed=install_signals)
-    status.processes = [r for r in status.processes if isinstance(r, dict) and r.get("pid") == (int(sup) if sup else None)]
+    # keep the supervisor's record (it wrote it), add this worker's own
+    status.processes = [r for r in status.processes if isinstance(r, dict) and sup and r.get("pid") == int(sup)]
     status.processes += [mine] if mine else []
     status.started_at = status.started_at or time.time()
     status.error = None
