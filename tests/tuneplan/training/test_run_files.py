@@ -227,3 +227,18 @@ def test_export_of_a_failed_full_run_says_there_is_no_model(tmp_path):
     lines = out.stderr.strip().splitlines()
     assert out.returncode == 2 and len(lines) == 1, out.stderr
     assert "saved no model/ folder (failed)" in lines[0] and "already a merged model" not in lines[0]
+
+
+def test_a_second_supervisor_on_a_locked_run_leaves_it_alone(tmp_path):
+    """A supervisor started by hand while the run's trainer holds the lock exits at once and
+    changes nothing in the run folder."""
+    run = _run_folder(tmp_path, "r", Status(phase="training", step=7))
+    before = (run / "status.json").read_bytes()
+    fd = acquire_lock(run)  # the live trainer
+    try:
+        out = subprocess.run([sys.executable, "-m", "tuneplan.training.runner", str(run)], capture_output=True,
+                             text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    finally:
+        os.close(fd)
+    assert out.returncode == 3 and "already being trained by another process" in out.stdout, out.stdout + out.stderr
+    assert (run / "status.json").read_bytes() == before and not (run / "events.jsonl").exists()
