@@ -218,7 +218,9 @@ def prepare_resume(run_dir: Path) -> Path:
                         "try again in a moment")
     if phase == "done":
         raise UserError(f"run {run_dir.name} already finished; start a new one with `tuneplan train`")
-    if phase not in FINAL_PHASES:
+    # queued with no process: a start that never happened (the caller holds the lock, so
+    # nobody else is starting it now): resumable, never stuck
+    if phase not in FINAL_PHASES and not (phase == "queued" and not _live_pids(status)):
         raise UserError(f"run {run_dir.name} is still {phase}; stop it first with `tuneplan stop {run_dir.name}`")
     ckpt = last_checkpoint(run_dir)
     if ckpt is None:

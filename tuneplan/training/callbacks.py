@@ -134,6 +134,7 @@ class RunEventsCallback(TrainerCallback):
         if save_now:
             control.should_save = True
             self.event("message", level="info", text=f"checkpoint requested: saving at step {state.global_step}")
+        self._evaluation_ahead(control)
         if (not self.probed and self.first_step is not None and state.global_step - self.first_step >= 2
                 and torch.cuda.is_available()):
             self.probed = True
@@ -143,6 +144,17 @@ class RunEventsCallback(TrainerCallback):
                        torch_reserved_bytes=torch.cuda.max_memory_reserved(),
                        predicted_torch_peak_bytes=p.torch_peak_bytes,
                        predicted_device_bytes=p.device_bytes, rank=args.process_index)
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._evaluation_ahead(control)
+
+    def _evaluation_ahead(self, control) -> None:
+        """The trainer evaluates right after this hook (transformers' `DefaultFlowCallback`, which
+        runs before ours, has set `should_evaluate`): say so now, so that an out-of-memory error
+        in the first eval batch is known to be evaluation's, not training's."""
+        if control.should_evaluate and not self.evaluating:
+            self.evaluating = True
+            self.phase("evaluating")
 
     def on_prediction_step(self, args, state, control, **kwargs):
         if not self.evaluating:

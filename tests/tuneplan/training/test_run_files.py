@@ -242,3 +242,14 @@ def test_a_second_supervisor_on_a_locked_run_leaves_it_alone(tmp_path):
         os.close(fd)
     assert out.returncode == 3 and "already being trained by another process" in out.stdout, out.stdout + out.stderr
     assert (run / "status.json").read_bytes() == before and not (run / "events.jsonl").exists()
+
+
+def test_a_run_left_queued_with_no_process_can_be_resumed(tmp_path):
+    """Queued with nobody behind it (its starter was killed between the two steps): resume
+    takes it (no 'still queued' dead end); here it has no checkpoint, which resume says."""
+    from tuneplan.services import launcher
+
+    run = _run_folder(tmp_path, "q", Status(phase="queued"))
+    with pytest.raises(UserError, match="no checkpoint to resume from"):
+        launcher.resume(run)
+    assert lock_is_held(run) is False  # the refused resume let go of the lock
