@@ -7,7 +7,9 @@ read with it. A run directory holds:
 - `events.jsonl` append-only, one JSON object per line (see `Event` kinds below)
 - `status.json`  the current state, rewritten atomically (see `Status`)
 - `train.log`    the child's stdout/stderr (plain lines, no carriage returns)
-- `checkpoints/` trainer checkpoints; `adapter/` the final adapter
+- `checkpoints/` trainer checkpoints (published whole by a rename from `checkpoints/.partial/`);
+  `adapter/` the final adapter (published the same way from `.adapter.partial/`)
+- `run.lock`     flock'ed by the run's live trainer (`tuneplan/run_process.py`)
 
 Every event has `kind` and `time` (unix seconds). Kinds:
 - `phase`: `phase` (one of PHASES), optional `message`
