@@ -356,6 +356,8 @@ def test_file_size_limit_is_refused_at_launch_and_recorded_by_the_supervisor_mid
     resource.prlimit(worker, resource.RLIMIT_FSIZE, (1024, 1024))
     status = _final(run)
     assert status.phase == "failed" and "EFBIG" in status.error and "ulimit -f" in status.error, status
+    assert status.pids == [read_status(run).pids[0]] and worker not in status.pids  # written by the supervisor
+    assert status.step > 4  # the step the worker reached, sent with its error
     assert last_checkpoint(run).name in status.error
     assert not (run / "checkpoints" / ".partial").exists() and not list(run.glob(".status.json.*.tmp"))
     _resume_to_done(runs_root, run, 12)
