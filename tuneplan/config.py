@@ -113,6 +113,12 @@ class TrainingConfig:
     """Optimizer steps between eval losses (`None`: at the end of each epoch)."""
     save_steps: int = 100
     """Optimizer steps between checkpoints."""
+    save_every: str | None = None
+    """Wall-clock time between checkpoints as well (`"30m"`, `"1h"`, `"90s"`; `tuneplan.durations`),
+    for machines that can vanish (spot instances); `None`: steps only."""
+    eval_batch: int | None = None
+    """Micro-batch of the eval loss (`None`: the training micro-batch); OOM recovery lowers
+    this, never the training micro-batch, when evaluation runs out of memory."""
     save_total_limit: int = 2
     """Checkpoints kept (the oldest are deleted)."""
     report_to: str = "none"
@@ -156,6 +162,12 @@ class DebugConfig:
     poison_at_step: int | None = None
     """Fault injection: fill the trainable weights with NaN after this optimizer step, so the
     next loss is not finite (tests of the non-finite stop)."""
+    save_sleep_seconds: float = 0.0
+    """Pause every save between writing its files and publishing them (tests of a kill during
+    a save)."""
+    oom_eval_batch_above: int | None = None
+    """Fault injection: raise an out-of-memory error during evaluation while the eval
+    micro-batch exceeds this."""
 
 
 @dataclass(frozen=True)
@@ -213,6 +225,14 @@ class RunConfig:
         _count(t.eval_steps, "training.eval_steps")
         _count(t.save_steps, "training.save_steps")
         _count(t.save_total_limit, "training.save_total_limit")
+        _count(t.eval_batch, "training.eval_batch")
+        if t.save_every is not None:
+            from tuneplan.durations import parse_duration
+
+            try:
+                parse_duration(t.save_every)
+            except ValueError as exc:
+                raise ConfigError(f"training.save_every {exc}") from None
         _check(t.report_to in TRACKERS, "training.report_to", t.report_to, f"must be one of {', '.join(TRACKERS)}")
         _count(r.max_retries, "recovery.max_retries", lo=0)
         n = self.notify
@@ -220,15 +240,34 @@ class RunConfig:
                n.url, "must be an http:// or https:// URL")
         _range(n.stall_minutes, "notify.stall_minutes", 0, None, lo_open=True)
         g = self.debug
-        _range(g.step_sleep_seconds, "debug.step_sleep_seconds", 0, None)
-        _check(g.step_sleep_seconds <= 3600, "debug.step_sleep_seconds", g.step_sleep_seconds, "must be at most 3600")
+        for name in ("step_sleep_seconds", "save_sleep_seconds"):
+            value = getattr(g, name)
+            _range(value, f"debug.{name}", 0, None)
+            _check(value <= 3600, f"debug.{name}", value, "must be at most 3600")
         _count(g.oom_at_step, "debug.oom_at_step")
         _count(g.oom_micro_batch_above, "debug.oom_micro_batch_above", lo=0)
+        _count(g.oom_eval_batch_above, "debug.oom_eval_batch_above", lo=0)
         _count(g.poison_at_step, "debug.poison_at_step")
         return self
 
     def effective_batch(self) -> int:
         return self.setup.effective_batch()
+
+    def save_every_seconds(self) -> float | None:
+        """`training.save_every` in seconds (None: checkpoints by steps only)."""
+        from tuneplan.durations import parse_duration
+
+        return parse_duration(self.training.save_every) if self.training.save_every is not None else None
+
+    def checkpoint_warning(self, max_steps: int | None) -> str | None:
+        """A warning when the step schedule leaves no checkpoint before the end of a run of
+        `max_steps` optimizer steps and no time-based one is asked for: a crash or a preempted
+        machine would lose the whole run."""
+        t = self.training
+        if max_steps is None or t.save_every is not None or t.save_steps < max_steps:
+            return None
+        return (f"no checkpoint before the end: training.save_steps ({t.save_steps}) >= the run's {max_steps} steps, "
+                f"so a crash or a preempted machine loses the whole run; lower --save-steps or add --save-every 30m")
 
 
 def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:

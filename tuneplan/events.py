@@ -7,7 +7,9 @@ read with it. A run directory holds:
 - `events.jsonl` append-only, one JSON object per line (see `Event` kinds below)
 - `status.json`  the current state, rewritten atomically (see `Status`)
 - `train.log`    the child's stdout/stderr (plain lines, no carriage returns)
-- `checkpoints/` trainer checkpoints; `adapter/` the final adapter
+- `checkpoints/` trainer checkpoints (published whole by a rename from `checkpoints/.partial/`);
+  `adapter/` the final adapter (published the same way from `.adapter.partial/`)
+- `run.lock`     flock'ed by the run's live trainer (`tuneplan/run_process.py`)
 - `tensorboard/` TensorBoard event files (`training.report_to = "tensorboard"`)
 
 Every event has `kind` and `time` (unix seconds). Kinds:
@@ -35,15 +37,21 @@ Unknown keys are kept; readers ignore kinds they do not know. Files are strict J
 that is not finite (a NaN loss) is written as null (`strict_json`).
 
 Control files a user command drops into the run directory (the training process polls them
-once per optimizer step): `save.request` (checkpoint at the next step, then delete the file).
-Stopping is SIGTERM to the pids in `status.json` (checkpoint, then phase `stopped`).
+once per optimizer step): `save.request` (checkpoint at the next step, then delete the file),
+`stop.request` (checkpoint and stop; written by `tuneplan stop` next to its SIGTERM, so a
+process that has not yet installed its signal handler still stops cleanly). Stopping is
+SIGTERM to the run's processes in `status.json` that are still the ones recorded
+(`tuneplan/run_process.py`: pid, start time and command line), then phase `stopped`.
 
-A run whose `status.json` is not final while none of its pids is alive died without saying
-so: `effective_phase` reports it as `crashed`.
+A run whose `status.json` is not final while none of its recorded processes is alive died
+without saying so: `effective_phase` reports it as `crashed`. A `status.json` that cannot be
+read (not UTF-8, not a JSON object, wrong field types) raises `StatusUnreadable` from
+`load_status`; `read_status` returns None for it.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -63,6 +71,7 @@ STATUS_FILE = "status.json"
 CONFIG_FILE = "config.toml"
 LOG_FILE = "train.log"
 SAVE_REQUEST_FILE = "save.request"
+STOP_REQUEST_FILE = "stop.request"
 CHECKPOINTS_DIR = "checkpoints"
 ADAPTER_DIR = "adapter"
 MODEL_DIR = "model"
@@ -115,10 +124,25 @@ def compact(fields: dict[str, Any], digits: int = 7, measured_digits: int = 4) -
 
 def append_event(run_dir: Path, event: dict[str, Any]) -> None:
     """Append one event as a single line (one write call, so readers never see half a line
-    from a single writer)."""
+    from a single writer). A write the disk cuts short (ENOSPC, EFBIG) is taken back before
+    the error is raised: a half line would swallow the next event appended after it."""
     line = dumps(event, separators=(",", ":")) + "\n"
-    with open(Path(run_dir) / EVENTS_FILE, "a", encoding="utf-8") as f:
-        f.write(line)
+    _append_whole(Path(run_dir) / EVENTS_FILE, line.encode("utf-8"))
+
+
+def _append_whole(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    try:
+        start = os.fstat(fd).st_size
+        written = os.write(fd, data)  # raises when nothing at all could be written
+        if written < len(data):
+            try:
+                os.write(fd, data[written:])  # the rest: the disk says why it stopped
+            except OSError:
+                os.ftruncate(fd, start)
+                raise
+    finally:
+        os.close(fd)
 
 
 class EventTail:
@@ -155,7 +179,7 @@ class EventTail:
                         continue
                     try:
                         yield json.loads(raw)
-                    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+                    except (ValueError, RecursionError):  # not JSON, not UTF-8, or absurdly nested
                         continue
 
 
@@ -185,29 +209,121 @@ class Status:
     effective_batch: int | None = None
     """Sequences per optimizer step (micro-batch x accumulation x GPUs), kept across re-plans."""
     run_name: str | None = None
+    processes: list[dict[str, Any]] = field(default_factory=list)
+    """One `tuneplan.run_process.process_record` per pid: start time and command line, so a
+    reused pid is never taken for the run's process."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Status":
+        """A Status from a parsed `status.json`; `StatusUnreadable` names the first field of
+        the wrong type."""
+        if not isinstance(data, dict):
+            raise StatusUnreadable(f"{STATUS_FILE} holds a JSON {type(data).__name__}, not an object")
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        for key, value in known.items():
+            check = _FIELD_TYPES.get(key)
+            if check is not None and not check(value):
+                raise StatusUnreadable(f"{STATUS_FILE} field {key} has the wrong type (got {value!r:.40})")
+        if "phase" in known and known["phase"] not in PHASES:
+            raise StatusUnreadable(f"{STATUS_FILE} phase {known['phase']!r:.40} is not one of {', '.join(PHASES)}")
         return cls(**known)
 
 
+class StatusUnreadable(ValueError):
+    """`status.json` exists but cannot be understood; the message says why (one line)."""
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+def _opt(check):
+    return lambda v: v is None or check(v)
+
+
+_FIELD_TYPES = {
+    "phase": lambda v: isinstance(v, str), "pids": lambda v: isinstance(v, list) and all(_int(p) for p in v),
+    "step": _int, "max_steps": _opt(_int), "epoch": _opt(_num), "loss": _opt(_num),
+    "last_checkpoint": _opt(lambda v: isinstance(v, str)), "error": _opt(lambda v: isinstance(v, str)),
+    "log_tail": lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+    "started_at": _opt(_num), "updated_at": _opt(_num), "schema_version": _int, "attempt": _int,
+    "effective_batch": _opt(_int), "run_name": _opt(lambda v: isinstance(v, str)),
+    "processes": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+}
+"""What each `status.json` field must hold (a reader never formats a string as a number)."""
+
+DISK_ERRNOS = {errno.ENOSPC: "ENOSPC", errno.EROFS: "EROFS", errno.EFBIG: "EFBIG", errno.EDQUOT: "EDQUOT"}
+"""Write errors that mean "the disk refused", named as the kernel names them."""
+
+
 def write_status(run_dir: Path, status: Status) -> None:
-    """Atomically replace `status.json` (write a temp file, then rename)."""
+    """Atomically replace `status.json` (write a temp file, then rename). On a full disk
+    (ENOSPC/EDQUOT), where even the small temp file cannot be written, it overwrites the file
+    in place instead: the blocks it already owns take the new text, so the run's last word is
+    still recorded. The temp file never outlives a failed write."""
     status.updated_at = time.time()
     path = Path(run_dir) / STATUS_FILE
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
-    tmp.write_text(dumps(status.to_dict(), indent=1), encoding="utf-8")
-    os.replace(tmp, path)
+    text = dumps(status.to_dict(), indent=1)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT) or not path.exists():
+            raise
+        _overwrite_in_place(path, dumps(status.to_dict(), separators=(",", ":")).encode("utf-8"))
+
+
+def _overwrite_in_place(path: Path, data: bytes) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
+        if len(data) > os.fstat(fd).st_size:  # growing needs new blocks: keep the essentials
+            slim = json.loads(data)
+            slim["log_tail"] = []
+            data = dumps(slim, separators=(",", ":")).encode("utf-8")
+        os.write(fd, data)  # a full disk may refuse even this: the caller hears of it
+        os.ftruncate(fd, len(data))
+    finally:
+        os.close(fd)
+
+
+def load_status(run_dir: Path) -> Status | None:
+    """The run's status; None when there is no `status.json`. Raises `StatusUnreadable` (one
+    line: what is wrong) when the file cannot be read or understood."""
+    path = Path(run_dir) / STATUS_FILE
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except OSError as exc:
+        raise StatusUnreadable(f"cannot read {STATUS_FILE}: {exc.strerror or exc}") from None
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except UnicodeDecodeError as exc:
+        raise StatusUnreadable(f"{STATUS_FILE} is not UTF-8 text (byte {exc.start})") from None
+    except json.JSONDecodeError as exc:
+        raise StatusUnreadable(f"{STATUS_FILE} is not valid JSON ({exc.msg} at line {exc.lineno})") from None
+    except RecursionError:
+        raise StatusUnreadable(f"{STATUS_FILE} is nested too deeply to be a status") from None
+    return Status.from_dict(data)
 
 
 def read_status(run_dir: Path) -> Status | None:
+    """The run's status, or None when it is missing or unreadable (`load_status` says why)."""
     try:
-        return Status.from_dict(json.loads((Path(run_dir) / STATUS_FILE).read_text(encoding="utf-8")))
-    except (FileNotFoundError, json.JSONDecodeError):
+        return load_status(run_dir)
+    except StatusUnreadable:
         return None
 
 
@@ -228,13 +344,24 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def live_pids(status: Status | None) -> list[int]:
+    """The run's pids whose process is still the one recorded (pid, start time, command
+    line): after pid reuse or a reboot the number alone says nothing."""
+    if status is None:
+        return []
+    from tuneplan.run_process import live_records
+
+    return [r["pid"] for r in live_records(status.pids, status.processes)]
+
+
 def effective_phase(status: Status | None) -> str:
-    """The phase to show: `crashed` when the status is not final and no pid is alive."""
+    """The phase to show: `crashed` when the status is not final and none of its recorded
+    processes is alive."""
     if status is None:
         return "crashed"
     if status.phase in FINAL_PHASES:
         return status.phase
-    if status.pids and not any(pid_alive(p) for p in status.pids):
+    if status.pids and not live_pids(status):
         return "crashed"
     return status.phase
 

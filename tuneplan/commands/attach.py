@@ -31,7 +31,14 @@ def resolve_run_dir(run: str | None, runs_dir: str | None) -> Path:
 def run(args: argparse.Namespace) -> int:
     run_dir = resolve_run_dir(args.run, args.runs_dir)
     from tuneplan.commands.wizard import require_terminal
+    from tuneplan.errors import UserError
+    from tuneplan.events import StatusUnreadable, load_status
 
+    try:
+        load_status(run_dir)
+    except StatusUnreadable as exc:
+        raise UserError(f"run {run_dir.name} is unreadable: {exc}; see `tuneplan runs`, "
+                        f"fix or remove {run_dir}") from None
     require_terminal("the dashboard")
     from tuneplan.ui.app import create_app
     from tuneplan.ui.services import default_services

@@ -21,9 +21,8 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.services import launcher, paths, runs
 
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
-    ckpt = runs.prepare_resume(run_dir)
+    ckpt, proc = launcher.resume(run_dir, detach=not args.foreground)
     s = load_config(run_dir / CONFIG_FILE).setup
-    proc = launcher.start_process(run_dir, detach=not args.foreground)
     print(f"resumed {run_dir.name} from {ckpt.name} (pid {proc.pid}): micro-batch {s.micro_batch} x "
           f"accumulation {s.grad_accum} = effective batch {s.effective_batch()}")
     if args.foreground:

@@ -42,6 +42,8 @@ def run(args: argparse.Namespace) -> int:
         progress = f"{s.step}/{s.max_steps}" if s.max_steps else str(s.step)
         if s.max_steps:
             progress += f" ({100 * s.step / s.max_steps:.0f}%)"
+        if s.phase == runs.UNREADABLE:
+            progress = "?"
         loss = "-" if s.loss is None else f"{s.loss:.4f}"
         if s.loss is not None and s.first_loss is not None and s.first_loss != s.loss:
             loss = f"{s.first_loss:.3f} -> {s.loss:.3f}"
@@ -51,6 +53,6 @@ def run(args: argparse.Namespace) -> int:
     for r in rows:
         print("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip())
     for s in summaries:
-        if s.phase in ("failed", "crashed") and s.error:
+        if s.phase in ("failed", "crashed", runs.UNREADABLE) and s.error:
             print(f"{s.name}: {s.error}")
     return 0

@@ -59,6 +59,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     hp.add_argument("--warmup-ratio", type=float)
     hp.add_argument("--eval-fraction", type=float, help="share of rows held out for the eval loss")
     hp.add_argument("--save-steps", type=int, help="optimizer steps between checkpoints")
+    hp.add_argument("--save-every", metavar="DURATION",
+                    help="also checkpoint whenever this much time has passed, e.g. 30m, 1h (spot instances)")
     hp.add_argument("--save-total-limit", type=int, help="checkpoints kept")
     hp.add_argument("--logging-steps", type=int)
     hp.add_argument("--seed", type=int)
@@ -182,6 +184,7 @@ def build_config(args: argparse.Namespace):
     training = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps),
                                   ("learning_rate", args.lr), ("warmup_ratio", args.warmup_ratio),
                                   ("save_steps", args.save_steps), ("save_total_limit", args.save_total_limit),
+                                  ("save_every", getattr(args, "save_every", None)),
                                   ("logging_steps", args.logging_steps), ("seed", args.seed),
                                   ("report_to", args.report_to)) if v is not None}
     notify = {k: v for k, v in (("url", "" if args.notify == "off" else args.notify),
@@ -191,6 +194,13 @@ def build_config(args: argparse.Namespace):
     config = replace(config, data=replace(config.data, **data), training=replace(config.training, **training),
                      recovery=replace(config.recovery, **recovery), setup=replace(config.setup, **_setup_changes(args)),
                      notify=replace(config.notify, **notify))
+    if getattr(args, "save_every", None) is not None:
+        from tuneplan.durations import parse_duration
+
+        try:
+            parse_duration(args.save_every)
+        except ValueError as exc:
+            raise UserError(f"--save-every {exc}") from None
     if args.name:
         config = replace(config, name=args.name)
     if not config.model.source:
@@ -294,6 +304,9 @@ def run(args: argparse.Namespace) -> int:
         print(f"tuneplan: {note}", file=sys.stderr)
     root = paths.runs_root(args.runs_dir)
     run_dir = launcher.prepare_run(config, root)
+    warning = config.checkpoint_warning(config.training.max_steps)
+    if warning:
+        print(f"tuneplan: warning: {warning}", file=sys.stderr)
     proc = launcher.start_process(run_dir, detach=not args.foreground)
     s = config.setup
     print(f"started run {run_dir.name} (pid {proc.pid}): {s.method}, micro-batch {s.micro_batch} x "

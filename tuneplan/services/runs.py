@@ -1,7 +1,10 @@
 """Runs on disk: list them with their state, and control one (stop, save, resume).
 
 Reads only the run-directory files (`tuneplan/events.py`); no torch. A run whose process
-died without a final status shows as `crashed`.
+died without a final status shows as `crashed`; a run whose files cannot be read shows as
+`unreadable` with the reason, and never hides the other runs. Control only ever signals
+processes that are still the ones the run recorded (`tuneplan/run_process.py`) and whose run
+lock is held.
 """
 
 from __future__ import annotations
@@ -15,10 +18,15 @@ from pathlib import Path
 from tuneplan.config import load_config, save_config
 from tuneplan.errors import UserError
 from tuneplan.events import (
-    CONFIG_FILE, EVENTS_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, Status, append_event, created_at, effective_phase,
-    last_checkpoint, make_event, pid_alive, read_status, write_status,
+    CONFIG_FILE, DISK_ERRNOS, EVENTS_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, STOP_REQUEST_FILE, Status,
+    StatusUnreadable, append_event, created_at, effective_phase, last_checkpoint, live_pids, load_status, make_event,
+    read_status, write_status,
 )
+from tuneplan.run_process import lock_is_held
 from tuneplan.services import paths
+
+UNREADABLE = "unreadable"
+"""The phase `tuneplan runs` shows for a run whose files cannot be read."""
 
 
 @dataclass(frozen=True)
@@ -43,35 +51,76 @@ class RunSummary:
 
 
 def _first_loss(run_dir: Path) -> float | None:
-    """Loss of the first `log` event, reading only as far as it (events.jsonl can be long)."""
+    """Loss of the first `log` event, reading only as far as it (events.jsonl can be long).
+    Lines that are not UTF-8 JSON objects are skipped."""
     import json
 
     try:
-        with open(Path(run_dir) / EVENTS_FILE, encoding="utf-8") as f:
+        with open(Path(run_dir) / EVENTS_FILE, "rb") as f:
             for line in f:
-                if '"log"' not in line:
+                if b'"log"' not in line:
                     continue
                 try:
                     event = json.loads(line)
-                except json.JSONDecodeError:
+                except ValueError:
                     continue
-                if event.get("kind") == "log" and event.get("loss") is not None:
-                    return event["loss"]
-    except FileNotFoundError:
+                loss = event.get("loss") if isinstance(event, dict) and event.get("kind") == "log" else None
+                if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+                    return float(loss)
+    except OSError:
         pass
     return None
 
 
 def summarize(run_dir: Path) -> RunSummary:
+    """One run's line for `tuneplan runs`. Never raises for a corrupt run: it comes back with
+    phase `unreadable` and the reason in `error`."""
     run_dir = Path(run_dir)
-    status = read_status(run_dir)
-    first_loss = _first_loss(run_dir)
-    st = status or Status(phase="crashed")
-    return RunSummary(
-        name=run_dir.name, path=run_dir, phase=effective_phase(status), step=st.step, max_steps=st.max_steps,
-        loss=st.loss, first_loss=first_loss, created_at=created_at(run_dir),
-        updated_at=st.updated_at, attempt=st.attempt, error=st.error,
-    )
+    try:
+        status = load_status(run_dir)
+    except StatusUnreadable as exc:
+        return _unreadable(run_dir, str(exc))
+    try:
+        first_loss = _first_loss(run_dir)
+        st = status or Status(phase="crashed")
+        phase = effective_phase(status)
+        error = st.error
+        if phase == "crashed" and not error:
+            error = folder_fault(run_dir)
+        return RunSummary(
+            name=run_dir.name, path=run_dir, phase=phase, step=st.step, max_steps=st.max_steps,
+            loss=st.loss, first_loss=first_loss, created_at=created_at(run_dir),
+            updated_at=st.updated_at, attempt=st.attempt, error=error,
+        )
+    except Exception as exc:  # whatever else is wrong with this folder must not hide the others
+        return _unreadable(run_dir, f"{type(exc).__name__}: {exc}")
+
+
+def _unreadable(run_dir: Path, reason: str) -> RunSummary:
+    try:
+        created = created_at(run_dir)
+    except OSError:
+        created = 0.0
+    return RunSummary(name=run_dir.name, path=run_dir, phase=UNREADABLE, step=0, max_steps=None, loss=None,
+                      first_loss=None, created_at=created, updated_at=None, attempt=0, error=reason)
+
+
+def folder_fault(run_dir: Path) -> str | None:
+    """Why nothing can be written to a run folder (read-only file system, no permission, full
+    disk), named with the kernel's error name; None when it looks writable. Only looks
+    (`statvfs`, `access`): listing runs never writes into them."""
+    try:
+        st = os.statvfs(run_dir)
+    except OSError:
+        return None
+    if st.f_flag & os.ST_RDONLY:
+        return f"run folder {run_dir} is not writable (EROFS: Read-only file system)"
+    if not os.access(run_dir, os.W_OK):
+        return f"run folder {run_dir} is not writable (EACCES: Permission denied)"
+    free = (st.f_bfree if os.geteuid() == 0 else st.f_bavail) * st.f_frsize  # root may use the reserved blocks
+    if free == 0:
+        return f"run folder {run_dir} is not writable (ENOSPC: No space left on device)"
+    return None
 
 
 def list_runs(root: Path) -> list[RunSummary]:
@@ -90,7 +139,7 @@ def find_run(name: str | None, root: Path) -> Path:
 
 
 def _live_pids(status: Status | None) -> list[int]:
-    return [p for p in (status.pids if status else []) if pid_alive(p)]
+    return live_pids(status)
 
 
 def wait_until_exited(status: Status | None, timeout: float) -> bool:
@@ -109,19 +158,43 @@ def is_running(run_dir: Path) -> bool:
 
 
 def request_stop(run_dir: Path) -> list[int]:
-    """SIGTERM the run's processes: it checkpoints at the end of the current step and stops.
-    Returns the pids signalled."""
-    status = read_status(run_dir)
-    pids = _live_pids(status) if status is not None and status.phase not in FINAL_PHASES else []
-    if not pids:
-        raise UserError(f"run {Path(run_dir).name} is not running ({effective_phase(status)})")
-    for pid in pids:
+    """Stop a run: it checkpoints at the end of the current step and stops. Only processes
+    that are still the ones the run recorded (pid, start time, command line) while its lock is
+    held are signalled (SIGTERM, once they have installed their handler); `stop.request` tells
+    the others. Returns the pids signalled."""
+    run_dir = Path(run_dir)
+    status = _status_or_error(run_dir)
+    from tuneplan.run_process import live_records
+
+    records = live_records(status.pids, status.processes) if status is not None and \
+        status.phase not in FINAL_PHASES else []
+    if not records or lock_is_held(run_dir) is False:
+        raise UserError(f"run {run_dir.name} is not running ({effective_phase(status)})")
+    try:
+        (run_dir / STOP_REQUEST_FILE).touch()
+    except OSError:
+        pass  # a read-only folder: the signal alone
+    signalled = []
+    for record in records:
+        if not record.get("armed"):
+            continue
         try:
-            os.kill(pid, signal.SIGTERM)
+            os.kill(record["pid"], signal.SIGTERM)
+            signalled.append(record["pid"])
         except ProcessLookupError:
             pass
-    append_event(run_dir, make_event("message", level="info", text="stop requested (tuneplan stop)"))
-    return pids
+    try:
+        append_event(run_dir, make_event("message", level="info", text="stop requested (tuneplan stop)"))
+    except OSError:
+        pass
+    return signalled
+
+
+def _status_or_error(run_dir: Path) -> Status | None:
+    try:
+        return load_status(run_dir)
+    except StatusUnreadable as exc:
+        raise UserError(f"run {run_dir.name} is unreadable: {exc}; fix or remove {run_dir}") from None
 
 
 def request_save(run_dir: Path) -> None:
@@ -132,28 +205,40 @@ def request_save(run_dir: Path) -> None:
 
 
 def prepare_resume(run_dir: Path) -> Path:
-    """Point the run's config at its last checkpoint, ready for the launcher to restart it.
+    """Point the run's config at its last checkpoint, ready for the launcher to restart it
+    (the caller holds the run lock: `launcher.resume`).
 
     The config is the run's current one (after any OOM re-plan), so the micro-batch, the
     accumulation and the effective batch are the ones the checkpoint was trained with."""
     run_dir = Path(run_dir)
-    status = read_status(run_dir)
+    status = _status_or_error(run_dir)
     phase = effective_phase(status)
     if phase in FINAL_PHASES and not wait_until_exited(status, 15.0):
         raise UserError(f"run {run_dir.name} is still shutting down (pids {', '.join(map(str, _live_pids(status)))}); "
                         "try again in a moment")
     if phase == "done":
         raise UserError(f"run {run_dir.name} already finished; start a new one with `tuneplan train`")
-    if phase not in FINAL_PHASES:
+    # queued with no process: a start that never happened (the caller holds the lock, so
+    # nobody else is starting it now): resumable, never stuck
+    if phase not in FINAL_PHASES and not (phase == "queued" and not _live_pids(status)):
         raise UserError(f"run {run_dir.name} is still {phase}; stop it first with `tuneplan stop {run_dir.name}`")
     ckpt = last_checkpoint(run_dir)
     if ckpt is None:
         raise UserError(f"run {run_dir.name} has no checkpoint to resume from; start it again with `tuneplan train`")
+    fault = folder_fault(run_dir)
+    if fault:
+        raise UserError(f"cannot resume {run_dir.name}: {fault}; make it writable (or free space), then resume")
     config = load_config(run_dir / CONFIG_FILE)
-    save_config(replace(config, resume_from=str(ckpt)), run_dir / CONFIG_FILE, overwrite=True)
-    st = status or Status(run_name=run_dir.name)
-    st.phase, st.error, st.log_tail, st.pids = "queued", None, [], []
-    st.step = int(ckpt.name.rsplit("-", 1)[1])  # steps after the checkpoint are redone
-    write_status(run_dir, st)
-    append_event(run_dir, make_event("phase", phase="queued", message=f"resuming from {ckpt.name}"))
+    try:
+        save_config(replace(config, resume_from=str(ckpt)), run_dir / CONFIG_FILE, overwrite=True)
+        (run_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)  # a stop of the previous attempt is done
+        (run_dir / SAVE_REQUEST_FILE).unlink(missing_ok=True)
+        st = status or Status(run_name=run_dir.name)
+        st.phase, st.error, st.log_tail, st.pids, st.processes = "queued", None, [], [], []
+        st.step = int(ckpt.name.rsplit("-", 1)[1])  # steps after the checkpoint are redone
+        write_status(run_dir, st)
+        append_event(run_dir, make_event("phase", phase="queued", message=f"resuming from {ckpt.name}"))
+    except OSError as exc:
+        raise UserError(f"cannot resume {run_dir.name}: writing {exc.filename or run_dir} failed "
+                        f"({DISK_ERRNOS.get(exc.errno or 0, exc.strerror)}); fix the folder, then resume") from None
     return ckpt

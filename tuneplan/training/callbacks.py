@@ -3,11 +3,13 @@
 Every log step -> one `log` event (see `tuneplan/events.py`); eval -> `eval`; checkpoint ->
 `checkpoint`; after the second optimizer step of the process -> `memory_probe` (measured peak
 next to the planner's prediction; on the CPU the process's peak RSS). Control, checked once
-per step: the stop flag (SIGTERM/SIGINT) -> checkpoint and stop; `save.request` -> checkpoint
-now, keep going.
-Fault injection (`debug.oom_at_step`) raises an out-of-memory error, for the recovery tests.
-A loss or gradient norm that is not finite ends the run as `failed` (`NonFiniteTraining`);
-`debug.poison_at_step` fills the trainable weights with NaN to test that (and the NaN alert).
+per step: the stop flag (SIGTERM/SIGINT, or `stop.request`) -> checkpoint and stop;
+`save.request` -> checkpoint now, keep going; `training.save_every` -> a checkpoint whenever
+that much time has passed since the last one (on top of the step schedule). Fault injection
+(`debug.oom_at_step`, `debug.oom_eval_batch_above`) raises an out-of-memory error, for the
+recovery tests. A loss or gradient norm that is not finite ends the run as `failed`
+(`NonFiniteTraining`); `debug.poison_at_step` fills the trainable weights with NaN to test
+that (and the NaN alert).
 """
 
 from __future__ import annotations
@@ -21,7 +23,8 @@ from transformers import TrainerCallback
 
 from tuneplan.config import RunConfig
 from tuneplan.errors import NON_FINITE_PREFIX, NonFiniteTraining
-from tuneplan.events import SAVE_REQUEST_FILE, Status, append_event, compact, make_event, write_status
+from tuneplan.events import (SAVE_REQUEST_FILE, STOP_REQUEST_FILE, Status, append_event, compact, make_event,
+                             write_status)
 from tuneplan.training import distributed
 
 
@@ -76,6 +79,9 @@ class RunEventsCallback(TrainerCallback):
         self.last_log_step: int | None = None
         self.probed = False
         self._status_written = float("-inf")
+        self.save_every = config.save_every_seconds()
+        """Seconds between time-based checkpoints (None: steps only)."""
+        self.last_save_time = time.monotonic()
         self.main = distributed.is_main_process()
         """Rank 0 (or one process): writes status.json and every event; other ranks only memory."""
 
@@ -112,6 +118,10 @@ class RunEventsCallback(TrainerCallback):
         resumed = f" (resumed at step {state.global_step})" if state.global_step else ""
         self.phase("training", f"{state.max_steps} optimizer steps, effective batch "
                                f"{self.config.effective_batch()}{resumed}")
+        self.last_save_time = time.monotonic()
+        warning = self.config.checkpoint_warning(state.max_steps)
+        if warning and not state.global_step:
+            self.event("message", level="warning", text=warning)
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.evaluating:
@@ -137,8 +147,16 @@ class RunEventsCallback(TrainerCallback):
         save_now = self.main and request.exists()
         if save_now:
             request.unlink(missing_ok=True)
+        if self.main and not self.control_flags.stop_requested and (self.run_dir / STOP_REQUEST_FILE).exists():
+            self.control_flags.request_stop("tuneplan stop")
+        timed = (self.main and self.save_every is not None and not control.should_save
+                 and time.monotonic() - self.last_save_time >= self.save_every)
         # several ranks: all must stop / checkpoint at the same step (collectives)
-        stop, save_now = distributed.sync_flags(self.control_flags.stop_requested, save_now)
+        stop, save_now, timed = distributed.sync_flags(self.control_flags.stop_requested, save_now, timed)
+        if timed:
+            control.should_save = True
+            self.event("message", level="info", text=f"time-based checkpoint (every {self.config.training.save_every}) "
+                                                     f"at step {state.global_step}")
         if stop and not self.control_flags.stop_requested:
             self.control_flags.request_stop("SIGTERM")
         if stop:
@@ -147,14 +165,31 @@ class RunEventsCallback(TrainerCallback):
         if save_now:
             control.should_save = True
             self.event("message", level="info", text=f"checkpoint requested: saving at step {state.global_step}")
+        self._evaluation_ahead(control)
         if not self.probed and self.first_step is not None and state.global_step - self.first_step >= 2:
             self.probed = True
             self.event("memory_probe", **memory_probe_fields(self.config, state.global_step, args.process_index))
+
+    def on_epoch_end(self, args, state, control, **kwargs):
+        self._evaluation_ahead(control)
+
+    def _evaluation_ahead(self, control) -> None:
+        """The trainer evaluates right after this hook (transformers' `DefaultFlowCallback`, which
+        runs before ours, has set `should_evaluate`): say so now, so that an out-of-memory error
+        in the first eval batch is known to be evaluation's, not training's."""
+        if control.should_evaluate and not self.evaluating:
+            self.evaluating = True
+            self.phase("evaluating")
 
     def on_prediction_step(self, args, state, control, **kwargs):
         if not self.evaluating:
             self.evaluating = True
             self.phase("evaluating")
+        above = self.config.debug.oom_eval_batch_above
+        if above is not None and args.per_device_eval_batch_size > above:
+            raise torch.OutOfMemoryError(
+                f"CUDA out of memory (injected by debug.oom_eval_batch_above={above}, "
+                f"eval batch {args.per_device_eval_batch_size})")
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         logs = logs or {}
@@ -198,6 +233,7 @@ class RunEventsCallback(TrainerCallback):
         self._write_status(throttle=True)
 
     def on_save(self, args, state, control, **kwargs):
+        self.last_save_time = time.monotonic()
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.status.last_checkpoint = str(path)
         self.event("checkpoint", step=state.global_step, path=str(path))

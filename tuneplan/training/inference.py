@@ -169,7 +169,13 @@ def export_merged(run_dir: Path, out: Path | None = None, *, dtype: str = "auto"
     run_dir = Path(run_dir)
     config = load_config(run_dir / CONFIG_FILE)
     if config.setup.method == "full":
-        raise UserError(f"run {run_dir.name} is a full fine-tune: its model/ folder is already a merged model")
+        from tuneplan.events import MODEL_DIR, effective_phase, read_status
+
+        if (run_dir / MODEL_DIR / "config.json").is_file():
+            raise UserError(f"run {run_dir.name} is a full fine-tune: its model/ folder is already a merged model")
+        raise UserError(f"run {run_dir.name} is a full fine-tune that saved no model/ folder "
+                        f"({effective_phase(read_status(run_dir))}): nothing to export; resume it with "
+                        f"`tuneplan resume {run_dir.name}` or train again")
     adapter, note = _adapter_dir(run_dir, config)
     if note:
         print(f"tuneplan: {note}")

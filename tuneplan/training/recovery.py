@@ -5,6 +5,9 @@ Pure (no torch). Order, one change per attempt, effective batch always kept:
    by the same factor;
 2. turn on activation checkpointing;
 3. switch LoRA to QLoRA, only when the user allowed it (`recovery.allow_qlora`).
+
+An out-of-memory error during evaluation changes only the eval micro-batch
+(`replan_eval_after_oom`): the training batch geometry, and so the optimisation, stays as is.
 """
 
 from __future__ import annotations
@@ -33,3 +36,9 @@ def replan_after_oom(setup: TrainSetup, *, allow_qlora: bool) -> tuple[TrainSetu
     if setup.method == "lora" and allow_qlora:
         return replace(setup, method="qlora"), {"method": ["lora", "qlora"]}
     return None
+
+
+def replan_eval_after_oom(eval_batch: int) -> int | None:
+    """The next eval micro-batch after an out-of-memory error in evaluation (its largest
+    proper divisor), or `None` at 1."""
+    return _largest_proper_divisor(eval_batch) if eval_batch > 1 else None

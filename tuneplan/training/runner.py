@@ -14,11 +14,19 @@ Two processes, both started detached in the run's own session by the launcher:
 Signals: SIGTERM/SIGINT -> checkpoint at the end of the current step, phase `stopped`;
 SIGHUP is ignored (the run must outlive the terminal). stdout/stderr are `train.log`.
 Nothing here writes the Hub token or the environment anywhere.
+
+One run, one trainer: the supervisor holds the run lock (`tuneplan/run_process.py`), handed
+down by the launcher, and passes it to its worker; each process records itself in
+`status.json` (pid, start time, command line) once it can take a SIGTERM. Disk faults: the
+worker names the error it hit (ENOSPC, EROFS, EFBIG) in `status.json`; when it cannot (its
+writes fail, it dies), it says so through a pipe to the supervisor, which records it (on a
+full disk by overwriting `status.json` in place, `events.write_status`).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -28,12 +36,13 @@ import time
 import traceback
 from pathlib import Path
 
+from tuneplan import run_process
 from tuneplan.config import RunConfig, load_config, save_config
 from tuneplan.training import distributed
 from tuneplan.errors import UserError
 from tuneplan.events import (
-    ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, FINAL_PHASES, LOG_FILE, MODEL_DIR, Status, append_event,
-    last_checkpoint, make_event, read_status, write_status,
+    ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, FINAL_PHASES, LOG_FILE, MODEL_DIR, STOP_REQUEST_FILE, Status,
+    append_event, last_checkpoint, make_event, read_status, write_status,
 )
 
 EXIT_OK = 0
@@ -41,6 +50,8 @@ EXIT_FAILED = 3
 EXIT_OOM = 75
 """Worker exit code: out of memory (the supervisor re-plans)."""
 SUPERVISOR_PID_ENV = "TUNEPLAN_SUPERVISOR_PID"
+ERROR_FD_ENV = "TUNEPLAN_ERROR_FD"
+"""The write end of a pipe from the supervisor: the worker's last word when it cannot write files."""
 LOG_TAIL_LINES = 20
 # Progress bars off in the child: the log is plain lines (no carriage returns).
 QUIET_ENV = {"TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1", "TOKENIZERS_PARALLELISM": "false",
@@ -70,13 +81,46 @@ def _finish(run_dir: Path, status: Status, phase: str, *, error: str | None = No
     status.phase = phase
     if error is not None:
         status.error = error
-        sys.stdout.flush()
-        sys.stderr.flush()
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        except OSError:  # train.log on a full or read-only disk
+            pass
         status.log_tail = log_tail(run_dir)
     if not distributed.is_main_process():  # several ranks: rank 0 owns status.json
         return
-    _event(run_dir, "phase", phase=phase, **({"message": message or error} if (message or error) else {}))
+    try:
+        _event(run_dir, "phase", phase=phase, **({"message": message or error} if (message or error) else {}))
+    except OSError:
+        pass  # the status is what matters; the supervisor hears the error through its pipe
     write_status(run_dir, status)
+
+
+def _tell_supervisor(error: str, step: int) -> None:
+    """The worker's error and last completed step, sent down the supervisor's pipe (needs no disk)."""
+    raw = os.environ.get(ERROR_FD_ENV)
+    if not raw or not distributed.is_main_process():
+        return
+    try:
+        os.write(int(raw), (json.dumps({"error": error, "step": step}) + "\n").encode("utf-8"))
+    except (OSError, ValueError):
+        pass
+
+
+def _finish_failed(run_dir: Path, status: Status, error: str) -> None:
+    """Record a failure, first through the pipe (in case the disk refuses the status write)."""
+    _tell_supervisor(error, status.step)
+    try:
+        _finish(run_dir, status, "failed", error=error)
+    except OSError:
+        pass
+
+
+def _say(text: str) -> None:
+    try:
+        print(text, flush=True)
+    except OSError:  # train.log cannot take it (full or read-only disk)
+        pass
 
 
 # --- worker --------------------------------------------------------------------------------------
@@ -142,16 +186,20 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
     run_dir = Path(run_dir)
     status = read_status(run_dir) or Status()
     status.run_name = status.run_name or run_dir.name
-    sup = os.environ.get(SUPERVISOR_PID_ENV)
-    status.pids = ([int(sup)] if sup else []) + [os.getpid()]
-    status.started_at = status.started_at or time.time()
-    status.error = None
-    status.log_tail = []
     control = RunControl()
     if install_signals:
         signal.signal(signal.SIGTERM, lambda *_: control.request_stop("SIGTERM"))
         signal.signal(signal.SIGINT, lambda *_: control.request_stop("SIGINT"))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    sup = os.environ.get(SUPERVISOR_PID_ENV)
+    status.pids = ([int(sup)] if sup else []) + [os.getpid()]
+    mine = run_process.process_record(os.getpid(), armed=install_signals)
+    # keep the supervisor's record (it wrote it), add this worker's own
+    status.processes = [r for r in status.processes if isinstance(r, dict) and sup and r.get("pid") == int(sup)]
+    status.processes += [mine] if mine else []
+    status.started_at = status.started_at or time.time()
+    status.error = None
+    status.log_tail = []
     trainer = tokenizer = None
     try:
         config = load_config(run_dir / CONFIG_FILE)
@@ -167,6 +215,8 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
                                                     trust_remote_code=config.model.trust_remote_code,
                                                     device=distributed.load_device())
         _event(run_dir, "environment", **environment_facts())  # presets issue: evidence for `presets save`
+        if (run_dir / STOP_REQUEST_FILE).exists():
+            control.request_stop("tuneplan stop")
         if control.stop_requested:
             _finish(run_dir, status, "stopped", message=f"{control.stop_signal} before training started")
             return WorkerResult(EXIT_OK)
@@ -191,46 +241,101 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
         resume = config.resume_from if config.resume_from and Path(config.resume_from).is_dir() else None
         if resume:
             _event(run_dir, "message", level="info", text=f"resuming from {resume}")
-        try:
-            trainer.train(resume_from_checkpoint=resume)
-        except RuntimeError as exc:  # some CUDA paths (bitsandbytes, cuBLAS) raise a plain RuntimeError
-            if "out of memory" in str(exc).lower() and not isinstance(exc, torch.OutOfMemoryError):
-                raise torch.OutOfMemoryError(str(exc)) from exc
-            raise
+        finished = _finished_checkpoint(resume, trainer)
+        if finished is not None:  # killed during its final save: save again, train nothing
+            trainer._load_from_checkpoint(resume)
+            status.step, status.max_steps = finished, finished
+            _event(run_dir, "message", level="info",
+                   text=f"{Path(resume).name} is the end of training ({finished} steps): only the final save is redone")
+        else:
+            try:
+                trainer.train(resume_from_checkpoint=resume)
+            except RuntimeError as exc:  # some CUDA paths (bitsandbytes, cuBLAS) raise a plain RuntimeError
+                if "out of memory" in str(exc).lower() and not isinstance(exc, torch.OutOfMemoryError):
+                    raise torch.OutOfMemoryError(str(exc)) from exc
+                raise
         if control.stop_requested and trainer.state.global_step < trainer.state.max_steps:
             _finish(run_dir, status, "stopped",
                     message=f"{control.stop_signal}: checkpoint saved at step {status.step}")
             return WorkerResult(EXIT_OK, trainer, tokenizer)
         callback.phase("saving")
         out = run_dir / (MODEL_DIR if config.setup.method == "full" else ADAPTER_DIR)
-        distributed.save_final_model(trainer, out)
-        if distributed.is_main_process():
-            tokenizer.save_pretrained(out)
-            write_model_card(out, config, status, notes)
+        save_final(trainer, tokenizer, out, config, status, notes)
         _event(run_dir, "message", level="info", text=f"saved {out.name}/ ({config.setup.method})")
         loss = f"final loss {status.loss:.4f}" if status.loss is not None else "finished"
         _finish(run_dir, status, "done", message=f"{loss} after {status.step} steps")
         return WorkerResult(EXIT_OK, trainer, tokenizer)
     except torch.OutOfMemoryError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+        # evaluation has its own micro-batch: running out of memory there says so, and the
+        # supervisor lowers that one, never the training micro-batch
+        where = (f"while evaluating at step {status.step}" if status.phase == "evaluating"
+                 else f"at step {status.step + 1}")
         # any rank may run out of memory: it says so itself (the supervisor re-plans on it)
-        append_event(run_dir, make_event("message", level="error", text=f"out of memory at step {status.step + 1}: "
+        append_event(run_dir, make_event("message", level="error", text=f"out of memory {where}: "
                                          f"{first}", **({"rank": distributed.rank()} if distributed.world_size() > 1 else {})))
-        status.error = f"out of memory at step {status.step + 1}"
+        status.error = f"out of memory {where}"
         write_status(run_dir, status)
         return WorkerResult(EXIT_OOM, trainer, tokenizer)
     except UserError as exc:
-        print(f"tuneplan: error: {exc}", flush=True)
-        _finish(run_dir, status, "failed", error=str(exc))
+        _say(f"tuneplan: error: {exc}")
+        _finish_failed(run_dir, status, str(exc))
         return WorkerResult(EXIT_FAILED, trainer, tokenizer)
     except Exception as exc:  # a bug or a library failure: full traceback in train.log
-        traceback.print_exc()
+        from tuneplan.training.checkpoints import CheckpointWriteError, disk_fault, disk_fault_message
+
+        try:
+            traceback.print_exc()
+        except OSError:
+            pass
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         where = {"loading": "while loading the model", "tokenizing": "while preparing the data",
                  "training": f"at step {status.step + 1}", "evaluating": "while evaluating",
                  "saving": "while saving"}.get(status.phase, f"in phase {status.phase}")
-        _finish(run_dir, status, "failed", error=f"{where}: {type(exc).__name__}: {first} (see train.log)")
+        if isinstance(exc, CheckpointWriteError):
+            where = str(exc).split(":", 1)[0]
+        fault = disk_fault(exc)
+        if fault is not None:
+            error = disk_fault_message(*fault, where, run_dir)
+        else:
+            error = f"{where}: {type(exc).__name__}: {first} (see train.log)"
+        _finish_failed(run_dir, status, error)
         return WorkerResult(EXIT_FAILED, trainer, tokenizer)
+
+
+def _finished_checkpoint(resume: str | None, trainer) -> int | None:
+    """The step count when `resume` is the checkpoint of a finished training (its step reached
+    the run's total: only the final save was left), else None."""
+    if not resume:
+        return None
+    try:
+        state = json.loads((Path(resume) / "trainer_state.json").read_text(encoding="utf-8"))
+        step, total = int(state["global_step"]), int(state["max_steps"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return step if total > 0 and step >= total else None
+
+
+def save_final(trainer, tokenizer, out: Path, config: RunConfig, status: Status, notes: list[str]) -> None:
+    """The final adapter (or model), its tokenizer and card, written into a partial folder and
+    published in one rename: a kill during the final save never leaves a half `adapter/`."""
+    import shutil
+
+    from tuneplan.training.checkpoints import check_final_space, partial_dir, publish
+
+    partial = partial_dir(out)
+    if distributed.is_main_process():
+        params = trainer.model.parameters()
+        n = sum(p.numel() for p in params if p.requires_grad or config.setup.method == "full")
+        check_final_space(out.parent, n, config.setup.method)
+        shutil.rmtree(partial, ignore_errors=True)
+    distributed.save_final_model(trainer, partial)
+    if distributed.is_main_process():
+        tokenizer.save_pretrained(partial)
+        write_model_card(partial, config, status, notes)
+        if config.debug.save_sleep_seconds:
+            time.sleep(config.debug.save_sleep_seconds)
+        publish(partial, out)
 
 
 def environment_facts() -> dict:
@@ -273,7 +378,7 @@ def replan(run_dir: Path, status: Status) -> bool:
     retry is left (the status is then final: failed)."""
     from dataclasses import replace
 
-    from tuneplan.training.recovery import replan_after_oom
+    from tuneplan.training.recovery import replan_eval_after_oom, replan_after_oom
 
     config = load_config(run_dir / CONFIG_FILE)
     attempt = status.attempt + 1
@@ -282,17 +387,28 @@ def replan(run_dir: Path, status: Status) -> bool:
         _finish(run_dir, status, "failed",
                 error=f"{reason}; gave up after {config.recovery.max_retries} re-plan(s) (recovery.max_retries)")
         return False
-    nxt = replan_after_oom(config.setup, allow_qlora=config.recovery.allow_qlora)
-    if nxt is None:
-        hint = "" if config.recovery.allow_qlora or config.setup.method != "lora" else \
-            " (set recovery.allow_qlora = true to let it switch to QLoRA)"
-        _finish(run_dir, status, "failed",
-                error=f"{reason}; nothing smaller to try: micro-batch 1 with checkpointing{hint}")
-        return False
-    setup, changes = nxt
+    if "while evaluating" in reason:  # the eval micro-batch only: training keeps its batch geometry
+        eval_batch = config.training.eval_batch or config.setup.micro_batch
+        nxt_eval = replan_eval_after_oom(eval_batch)
+        if nxt_eval is None:
+            _finish(run_dir, status, "failed", error=f"{reason}; nothing smaller to try: eval batch 1 "
+                                                     f"(set data.eval_fraction = 0 to train without an eval loss)")
+            return False
+        setup, changes = config.setup, {"eval_batch": [eval_batch, nxt_eval]}
+        training = replace(config.training, eval_batch=nxt_eval)
+    else:
+        nxt = replan_after_oom(config.setup, allow_qlora=config.recovery.allow_qlora)
+        if nxt is None:
+            hint = "" if config.recovery.allow_qlora or config.setup.method != "lora" else \
+                " (set recovery.allow_qlora = true to let it switch to QLoRA)"
+            _finish(run_dir, status, "failed",
+                    error=f"{reason}; nothing smaller to try: micro-batch 1 with checkpointing{hint}")
+            return False
+        setup, changes = nxt
+        training = config.training
     ckpt = last_checkpoint(run_dir)
     save_config(config, _attempt_config_path(run_dir, status.attempt))
-    new_config = replace(config, setup=setup, resume_from=str(ckpt) if ckpt else None)
+    new_config = replace(config, setup=setup, training=training, resume_from=str(ckpt) if ckpt else None)
     save_config(new_config, run_dir / CONFIG_FILE, overwrite=True)
     _event(run_dir, "replan", attempt=attempt, reason=reason, changes=changes,
            effective_batch=setup.effective_batch(), resume_from=str(ckpt) if ckpt else None)
@@ -304,6 +420,58 @@ def replan(run_dir: Path, status: Status) -> bool:
     status.phase = "queued"
     write_status(run_dir, status)
     return True
+
+
+def _hold_lock(run_dir: Path) -> int | None:
+    """The run lock for this supervisor: the one the launcher handed down, or taken here (a
+    supervisor started by hand); None when another trainer holds it."""
+    fd = run_process.inherited_lock_fd(run_dir)
+    if fd is None:
+        try:
+            return run_process.acquire_lock(run_dir)
+        except run_process.RunLocked:
+            return None
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours already: this only confirms it
+    except BlockingIOError:
+        return None
+    return fd
+
+
+def _worker_error(read_fd: int) -> dict | None:
+    """The last word the worker sent down the pipe, `{"error", "step"}` (None if it sent nothing)."""
+    chunks = []
+    while True:
+        try:
+            chunk = os.read(read_fd, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        chunks.append(chunk)
+    for line in reversed(b"".join(chunks).decode("utf-8", "replace").splitlines()):
+        try:
+            said = json.loads(line)
+            return {"error": str(said["error"]), "step": said.get("step")}
+        except (ValueError, KeyError, TypeError):
+            continue
+    return None
+
+
+def _why_it_died(run_dir: Path, rc: int, sent: dict | None) -> str:
+    """The error of a worker that ended without a final status: what it sent down the pipe,
+    else a disk fault the supervisor can see (read-only or full disk), else how it ended."""
+    from tuneplan.services.runs import folder_fault
+
+    if sent:
+        return sent["error"]
+    fault = folder_fault(run_dir)
+    how = f"killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
+    if fault:
+        return f"training process {how}: {fault}"
+    return f"training process {how} without a final status"
 
 
 def supervise(run_dir: Path) -> int:
@@ -321,6 +489,11 @@ def supervise(run_dir: Path) -> int:
 
 def _supervise(run_dir: Path) -> int:
     run_dir = Path(run_dir)
+    lock_fd = _hold_lock(run_dir)
+    if lock_fd is None:
+        _say(f"tuneplan: run {run_dir.name} is already being trained by another process "
+             f"(it holds {run_dir / run_process.LOCK_FILE}); this one exits")
+        return EXIT_FAILED
     worker: subprocess.Popen | None = None
     stopping = False
 
@@ -333,24 +506,40 @@ def _supervise(run_dir: Path) -> int:
     signal.signal(signal.SIGTERM, on_stop)
     signal.signal(signal.SIGINT, on_stop)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    from tuneplan.training.checkpoints import clean_partials
+
+    for leftover in clean_partials(run_dir):
+        _say(f"tuneplan: removed {leftover.name}, left by a save that did not finish")
+    me = run_process.process_record(os.getpid(), armed=True)
     env = {**os.environ, **QUIET_ENV, SUPERVISOR_PID_ENV: str(os.getpid()), "PYTHONUNBUFFERED": "1"}
+    env.pop(run_process.LOCK_FD_ENV, None)
     while True:
         status = read_status(run_dir) or Status(run_name=run_dir.name)
-        status.pids = [os.getpid()]
+        status.pids, status.processes = [os.getpid()], [me] if me else []
         write_status(run_dir, status)
-        if stopping:
+        if stopping or (run_dir / STOP_REQUEST_FILE).exists():
             _finish(run_dir, status, "stopped", message="stopped before training started")
             return EXIT_OK
         try:  # several GPUs: `accelerate launch` starts one worker per GPU (training/distributed.py)
             cmd, extra = distributed.worker_command(run_dir, load_config(run_dir / CONFIG_FILE).setup)
         except Exception:  # a bad config: the plain worker reports it
             cmd, extra = [sys.executable, "-m", "tuneplan.training.runner", str(run_dir), "--worker"], {}
-        worker = subprocess.Popen(cmd, env={**env, **extra}, stdin=subprocess.DEVNULL)
+        read_fd, write_fd = os.pipe()
+        worker = subprocess.Popen(cmd, env={**env, **extra, ERROR_FD_ENV: str(write_fd)}, stdin=subprocess.DEVNULL,
+                                  pass_fds=(lock_fd, write_fd))
+        os.close(write_fd)
+        record = run_process.process_record(worker.pid)
         status.pids = [os.getpid(), worker.pid]
-        write_status(run_dir, status)
+        status.processes = [r for r in (me, record) if r]
+        try:
+            write_status(run_dir, status)
+        except OSError:
+            pass
         rc = worker.wait()
+        sent = _worker_error(read_fd)
+        os.close(read_fd)
         status = read_status(run_dir) or Status(run_name=run_dir.name)
-        status.pids = [os.getpid()]
+        status.pids, status.processes = [os.getpid()], [me] if me else []
         # under accelerate launch a rank's OOM exit becomes the launcher's exit 1: the rank's
         # status error says it
         oom = rc == EXIT_OOM or (rc != 0 and (status.error or "").startswith("out of memory"))
@@ -359,9 +548,18 @@ def _supervise(run_dir: Path) -> int:
                 continue
             return EXIT_FAILED
         if status.phase not in FINAL_PHASES:
-            how = f"killed by signal {-rc}" if rc < 0 else f"exited with code {rc}"
-            _finish(run_dir, status, "stopped" if stopping and rc == 0 else "crashed",
-                    error=None if stopping and rc == 0 else f"training process {how} without a final status")
+            # a stop that reached the worker before its handler: nothing lost, it stopped
+            stopped = stopping and rc in (0, -signal.SIGTERM)
+            error = None if stopped else _why_it_died(run_dir, rc, sent)
+            if sent and isinstance(sent.get("step"), int) and sent["step"] > status.step:
+                status.step = sent["step"]  # the worker got further than its last status write
+            if error is not None:
+                _say(f"tuneplan: {error}")
+            try:
+                _finish(run_dir, status, "stopped" if stopped else ("failed" if sent else "crashed"), error=error,
+                        message="stopped before training started" if stopped and rc else None)
+            except OSError:
+                pass  # a read-only run folder: `tuneplan runs` finds the reason itself (runs.folder_fault)
         return EXIT_OK if status.phase in ("done", "stopped") else EXIT_FAILED
 
 

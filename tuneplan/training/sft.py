@@ -73,7 +73,7 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         output_dir=output_dir,
         # batch geometry (the planner's knobs)
         per_device_train_batch_size=s.micro_batch,
-        per_device_eval_batch_size=s.micro_batch,
+        per_device_eval_batch_size=t.eval_batch or s.micro_batch,
         gradient_accumulation_steps=s.grad_accum,
         max_length=s.seq_len,
         packing=s.packing,
@@ -146,8 +146,11 @@ def _trainer_class():
     from transformers import Trainer
     from trl import SFTTrainer
 
-    class TuneplanSFTTrainer(SFTTrainer):
-        """`SFTTrainer` with contract step 5's `fused_ce=False` path (transformers' loss)."""
+    from tuneplan.training.checkpoints import AtomicCheckpoints
+
+    class TuneplanSFTTrainer(AtomicCheckpoints, SFTTrainer):
+        """`SFTTrainer` with contract step 5's `fused_ce=False` path (transformers' loss) and
+        checkpoints that are published whole or not at all (`checkpoints.AtomicCheckpoints`)."""
 
         fused_ce: bool = True
 
@@ -195,6 +198,11 @@ def build_trainer(run_config: RunConfig, model, tokenizer, train_ds, eval_ds=Non
         callbacks=list(callbacks or []),
     )
     trainer.fused_ce = run_config.setup.fused_ce
+    if output_dir is not None:
+        from pathlib import Path
+
+        trainer.run_dir = Path(output_dir).parent
+        trainer.save_sleep_seconds = run_config.debug.save_sleep_seconds
     log.info("loss: %s", "trl chunked fused LM head (no full logits)" if trainer.fused_ce
              else "transformers loss (full fp32 logits)")
     return trainer

@@ -42,8 +42,13 @@ def test_dead_pid_without_final_status_is_crashed(tmp_path):
     assert effective_phase(read_status(tmp_path)) == "stopped"
     import os
 
-    write_status(tmp_path, Status(phase="training", pids=[os.getpid()]))
+    from tuneplan.run_process import process_record
+
+    write_status(tmp_path, Status(phase="training", pids=[os.getpid()], processes=[process_record(os.getpid())]))
     assert effective_phase(read_status(tmp_path)) == "training"
+    # the same live pid without the record of its start: not known to be ours
+    write_status(tmp_path, Status(phase="training", pids=[os.getpid()]))
+    assert effective_phase(read_status(tmp_path)) == "crashed"
 
 
 def test_runs_root_precedence(monkeypatch, tmp_path):

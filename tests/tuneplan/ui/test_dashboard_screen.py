@@ -86,7 +86,9 @@ async def test_crashed_run_shows_error_and_log_tail(tmp_path, recorded_run):
 async def test_follows_a_growing_run_and_sees_a_silent_death(tmp_path):
     run_dir = tmp_path / "runs" / "live"
     run_dir.mkdir(parents=True)
-    status = ev.Status(phase="training", pids=[os.getpid()], max_steps=50)
+    from tuneplan.run_process import process_record
+
+    status = ev.Status(phase="training", pids=[os.getpid()], max_steps=50, processes=[process_record(os.getpid())])
     ev.write_status(run_dir, status)
     app = create_app(make_services(tmp_path), run_dir=run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -112,7 +114,10 @@ async def test_save_now_and_stop_with_confirmation(tmp_path):
     try:
         run_dir = tmp_path / "runs" / "live"
         run_dir.mkdir(parents=True)
-        ev.write_status(run_dir, ev.Status(phase="training", pids=[child.pid], max_steps=5))
+        from tuneplan.run_process import process_record  # the child stands in for a trainer that records itself
+
+        ev.write_status(run_dir, ev.Status(phase="training", pids=[child.pid], max_steps=5,
+                                           processes=[process_record(child.pid, armed=True)]))
         app = create_app(make_services(tmp_path), run_dir=run_dir)
         async with app.run_test(size=(80, 24)) as pilot:
             screen = app.screen

@@ -115,6 +115,8 @@ class DashboardScreen(Screen):
                     first = False
             except OSError as exc:  # e.g. the run folder was removed: say so, keep trying
                 self.post_message(RunFollowFailed(f"cannot read {self.run_dir}: {exc}"))
+            except Exception as exc:  # corrupt files: say so instead of "loading..." forever
+                self.post_message(RunFollowFailed(f"cannot read {self.run_dir}: {type(exc).__name__}: {exc}"))
             self._stop_event.wait(self.poll_seconds)
 
     @work(thread=True, exclusive=True, exit_on_error=False, group="sample-gpu")
