@@ -84,6 +84,8 @@ def summarize(run_dir: Path) -> RunSummary:
         first_loss = _first_loss(run_dir)
         st = status or Status(phase="crashed")
         phase = effective_phase(status)
+        if phase not in FINAL_PHASES and st.pids and lock_is_held(run_dir) is False:
+            phase = "crashed"  # its processes look alive, but no trainer holds the run's lock
         error = st.error
         if phase == "crashed" and not error:
             error = folder_fault(run_dir)

@@ -253,3 +253,22 @@ def test_a_run_left_queued_with_no_process_can_be_resumed(tmp_path):
     with pytest.raises(UserError, match="no checkpoint to resume from"):
         launcher.resume(run)
     assert lock_is_held(run) is False  # the refused resume let go of the lock
+
+
+def test_a_run_whose_lock_nobody_holds_is_listed_as_crashed(tmp_path):
+    """Processes that match their records are not enough for `tuneplan runs`: the run's lock
+    must be held too (the trainer holds it for its whole life)."""
+    sleeper = subprocess.Popen(["sleep", "600"])
+    try:
+        run = _run_folder(tmp_path, "r", Status(phase="training", pids=[sleeper.pid],
+                                                processes=[process_record(sleeper.pid, armed=True)]))
+        fd = acquire_lock(run)
+        assert runs.summarize(run).phase == "training"
+        os.close(fd)  # the lock is free now
+        assert runs.summarize(run).phase == "crashed"
+        with pytest.raises(UserError, match="not running"):
+            runs.request_stop(run)
+        assert sleeper.poll() is None
+    finally:
+        sleeper.kill()
+        sleeper.wait()
