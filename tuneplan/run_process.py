@@ -43,7 +43,15 @@ def process_record(pid: int, *, armed: bool = False) -> dict[str, Any] | None:
 
     try:
         p = psutil.Process(pid)
-        return {"pid": pid, "start_time": p.create_time(), "cmdline": p.cmdline(), "armed": armed}
+        cmdline = p.cmdline()
+        # a child that `Popen` just started may still be inside exec(): the kernel closes the
+        # close-on-exec pipe Popen waits on before it lays out the new argv (fs/exec.c:
+        # begin_new_exec, then create_elf_tables), so /proc/PID/cmdline can read empty for a moment
+        deadline = time.monotonic() + 2.0
+        while not cmdline and time.monotonic() < deadline and p.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.005)
+            cmdline = p.cmdline()
+        return {"pid": pid, "start_time": p.create_time(), "cmdline": cmdline, "armed": armed}
     except (psutil.Error, OSError):
         return None
 

@@ -8,6 +8,7 @@ import errno
 import json
 import os
 import resource
+import re
 import shutil
 import signal
 import subprocess
@@ -31,7 +32,7 @@ pytest_plugins = ["tests.tuneplan.training.conftest"]
 def _one_line_error(out: subprocess.CompletedProcess, code: int = 2) -> str:
     assert out.returncode == code, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("tuneplan: error: ") and "Traceback" not in out.stderr, out.stderr
+    assert len(lines) == 1 and re.match(r"tuneplan( [a-z]+)?: error: ", lines[0]) and "Traceback" not in out.stderr, out.stderr
     return lines[0]
 
 

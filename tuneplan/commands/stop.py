@@ -19,12 +19,6 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.events import FINAL_PHASES
     from tuneplan.services import launcher, paths, runs
 
-    import math
-
-    from tuneplan.errors import UserError
-
-    if not math.isfinite(args.timeout) or args.timeout < 0:
-        raise UserError(f"--timeout must be a number of seconds >= 0 (got {args.timeout:g})")
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
     runs.request_stop(run_dir)
     print(f"stopping {run_dir.name}: it saves a checkpoint at the end of the current step; "

@@ -5,6 +5,7 @@ directory's files."""
 from __future__ import annotations
 
 import json
+import os
 import time
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 from tests.local_http import Recorder
 from tuneplan.config import ConfigError, NotifyConfig, RunConfig, ModelConfig, DataConfig, save_config
 from tuneplan.events import Status, append_event, make_event, write_status
+from tuneplan.run_process import process_record
 from tuneplan.services import notify
 
 
@@ -82,7 +84,8 @@ def test_user_config_supplies_the_url(tmp_path, monkeypatch):
 def _run_dir(tmp_path):
     run = RunConfig(model=ModelConfig(source="m"), data=DataConfig(source="d.jsonl"), name="r1")
     save_config(run, tmp_path / "config.toml")
-    write_status(tmp_path, Status(phase="training", pids=[1], run_name="r1"))
+    me = os.getpid()  # a live process recorded as the run's (pid, start time, command line)
+    write_status(tmp_path, Status(phase="training", pids=[me], processes=[process_record(me)], run_name="r1"))
     append_event(tmp_path, make_event("phase", phase="queued"))
     return tmp_path
 

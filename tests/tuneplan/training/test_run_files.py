@@ -207,7 +207,7 @@ def test_negative_debug_sleep_is_refused_at_load(tmp_path):
     for key in ("step_sleep_seconds", "save_sleep_seconds"):
         bad = tmp_path / f"{key}.toml"
         bad.write_text(tomli_w.dumps({**data, "debug": {key: -1}}))
-        with pytest.raises(ConfigError, match=f"debug.{key} must be a finite number >= 0"):
+        with pytest.raises(ConfigError, match=f"debug.{key} must be >= 0"):
             load_config(bad)
         out = _cli("train", "--config", str(bad), "--runs-dir", str(tmp_path / "runs"))
         lines = out.stderr.strip().splitlines()
