@@ -205,7 +205,17 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
     else:
-        print(report.render(), flush=True)
+        from tuneplan.commands.terminal import output_width, wrap
+
+        width = output_width(sys.stdout)
+        for line in report.render().splitlines():
+            body = line.lstrip()
+            indent = line[:len(line) - len(body)]
+            if width is None or len(line) <= width or not body:
+                print(line)
+            else:  # long sentences of the advice: wrapped at spaces, bullets hang
+                print("\n".join(wrap(body, width, indent, indent + "  ")))
+        sys.stdout.flush()
     print(f"tuneplan probe: wrote {path}" + (" (replaced the previous report)" if replaced else ""), file=sys.stderr)
     if args.save_evidence:
         saved = probing.save_evidence(args.save_evidence, report, force=args.force)
