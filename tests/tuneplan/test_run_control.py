@@ -4,7 +4,6 @@ read-only or size-limited disk (tmpfs, remount, RLIMIT_FSIZE)."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import resource
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.disk_faults import fill, mounted_tmpfs
 from tests.tuneplan.test_train_cli import ROOT, _env, _final, _write, tuneplan, wait_for
 from tests.tuneplan.training.conftest import tiny_config
 from tuneplan.config import load_config, save_config
@@ -68,25 +68,8 @@ def _sid_kill(run_dir: Path) -> None:
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    """A real 80 MiB file system (tmpfs; root only) for full and read-only disk faults."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=80m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root (the RLIMIT_FSIZE test covers disk faults without it)")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(path: Path) -> Path:
-    filler = path / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 20, 1 << 12, 1 << 8, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    return filler
+    with mounted_tmpfs(tmp_path, "80m") as mnt:
+        yield mnt
 
 
 def _resume_to_done(runs_root: Path, run_dir: Path, max_steps: int, *, env: dict | None = None) -> list[int]:
@@ -297,7 +280,7 @@ def test_full_disk_mid_run_fails_with_enospc_and_keeps_the_last_checkpoint(tiny_
     assert tuneplan(root, "train", "--config", str(config), "--name", "full").returncode == 0
     run = root / "full"
     wait_for(lambda: (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists(), 120, "checkpoint-4")
-    filler = _fill(tmpfs)
+    filler = fill(tmpfs)
     status = _final(run)
     assert status.phase == "failed" and "ENOSPC" in status.error, status
     kept = last_checkpoint(run)

@@ -3,7 +3,6 @@ while writing status.json, durations. Real processes and files, no training (fas
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import subprocess
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.disk_faults import fill, mounted_tmpfs
 from tuneplan.durations import format_duration, parse_duration
 from tuneplan.errors import UserError
 from tuneplan.events import (
@@ -150,31 +150,13 @@ def test_load_status_names_the_problem(tmp_path):
 
 @pytest.fixture
 def tmpfs(tmp_path):
-    """A real, small file system (tmpfs) that the test can fill or make read-only; needs root."""
-    mnt = tmp_path / "mnt"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs needs root")
-    yield mnt
-    subprocess.run(["umount", "-l", str(mnt)], capture_output=True)
-
-
-def _fill(path: Path) -> Path:
-    """Fill the file system of `path` until it refuses (ENOSPC); returns the filler file."""
-    filler = path / "filler"
-    with open(filler, "wb", buffering=0) as f:
-        for size in (1 << 16, 1 << 12, 1 << 8, 1):
-            try:
-                while True:
-                    f.write(b"\0" * size)
-            except OSError as exc:
-                assert exc.errno == errno.ENOSPC
-    return filler
+    with mounted_tmpfs(tmp_path, "1m") as mnt:
+        yield mnt
 
 
 def test_status_write_on_a_full_disk_records_the_error_and_leaves_no_temp_file(tmpfs):
     run = _run_folder(tmpfs, "r", Status(phase="training", step=3, log_tail=["x" * 200] * 5))
-    _fill(tmpfs)
+    fill(tmpfs)
     status = read_status(run)
     status.phase, status.error = "failed", "ENOSPC (No space left on device) at step 4"
     write_status(run, status)  # the temp file cannot be written: the status is overwritten in place
