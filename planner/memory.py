@@ -414,12 +414,14 @@ def _lora_dropout(spec, setup: TrainSetup, lora_layers=None) -> float:
     return 0.0 if _experts_adapted(spec, setup, lora_layers) else setup.lora_dropout
 
 
-def _mask_elems(b: int, s: int, setup: TrainSetup) -> int:
+def _mask_elems(b: int, s: int, setup: TrainSetup, attn: str = "sdpa") -> int:
     """Elements of the 4-D attention mask: trl's padding-free packing flattens a micro-batch
     into one row of b*s tokens whose block-diagonal mask is (1, 1, b*s, b*s)
     (transformers masking_utils.py `find_packed_sequence_indices`); padded rows give
-    (b, 1, s, s)."""
-    return (b * s) ** 2 if setup.packing else b * s * s
+    (b, 1, s, s). Eager attention never gets a flattened micro-batch: its packed runs use
+    trl's `wrapped` rows of s tokens (tuneplan/training/sft.py `packing_strategy`), so its
+    mask and scores are b x s x s, linear in the micro-batch."""
+    return (b * s) ** 2 if setup.packing and attn != "eager" else b * s * s
 
 
 def _norm_saved(tokens: int, width: int, trainable: bool, a: int) -> int:
@@ -457,7 +459,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     if attn == "eager":
         # repeat_kv copies k and v to all heads; matmul(q, k^T) saves q and k; the softmax
         # runs in fp32 (saves its output) and is cast back (saved by matmul with v).
-        scores = nh * _mask_elems(b, s, setup)  # packed rows attend over the flattened b*s
+        scores = nh * _mask_elems(b, s, setup, attn)  # b rows of s x s scores per head
         probs = scores * (4 + a)
         if spec.attn_logit_softcapping:
             probs += scores * a  # gemma2: tanh soft-capping saves its output
@@ -816,7 +818,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     if attn == "eager":
         # transformers masking_utils.py `eager_mask`: eager attention always takes an additive
         # float mask (b, 1, s, s) (fp32 as traced), live through the step
-        mask_bytes += _mask_elems(b, s, setup) * 4
+        mask_bytes += _mask_elems(b, s, setup, attn) * 4
     head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
     loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
     if "lm_head_4bit" in details and _loss_impl(setup) == "chunked":

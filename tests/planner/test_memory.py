@@ -259,3 +259,20 @@ def test_fp16_quant_state_doubles_the_dequantization_transient(llama8b):
     two = _peak(llama8b, **q, bnb_dequant_fp16=True)
     assert two.details["dequantized_weight"] == 2 * one.details["dequantized_weight"]
     assert two.torch_peak_bytes >= one.torch_peak_bytes
+
+
+def test_gemma2_eager_activations_are_linear_in_the_micro_batch():
+    # eager scores are b x heads x s x s: packed runs with eager attention use trl's wrapped
+    # rows, never one flattened (b*s)^2 row (tuneplan/training/sft.py `packing_strategy`)
+    from tuneplan.training.sft import packing_strategy
+
+    spec = spec_from_config(GEMMA2_2B, "gemma-2-2b")
+    act = {}
+    for b in (1, 2, 3, 4, 8):
+        setup = TrainSetup(seq_len=2048, micro_batch=b, grad_checkpointing=False, packing=True)
+        act[b] = estimate_memory(spec, setup).components["saved_activations"]
+        assert packing_strategy(setup, "eager") == ("wrapped" if b > 1 else "bfd")
+        assert packing_strategy(setup, "sdpa") == "bfd"
+    per_row = act[2] - act[1]
+    for b in (3, 4, 8):
+        assert act[b] - act[1] == pytest.approx((b - 1) * per_row, rel=1e-6)
