@@ -90,9 +90,17 @@ CUDA_CONTEXT_BYTES = {
     "blackwell": 600 * MiB,
     None: 500 * MiB,
 }
-# torch aten/src/ATen/cuda/CublasHandlePool.cpp `getChosenWorkspaceSize`: default
-# CUBLAS_WORKSPACE_CONFIG ":4096:2:16:8" (8 MiB + 128 KiB) or ":4096:8" (32 MiB) on sm90+.
-CUBLAS_WORKSPACE_BYTES = {"hopper": 32 * MiB, "blackwell": 32 * MiB, None: 8 * MiB + 128 * 1024}
+# torch aten/src/ATen/cuda/CublasHandlePool.cpp `parseChosenWorkspaceSize`: default
+# CUBLAS_WORKSPACE_CONFIG ":4096:2:16:8" (8 MiB + 128 KiB), ":4096:8" (32 MiB) on sm90 only
+# (`major == 9 && minor == 0`). The workspace comes from the caching allocator
+# (`getNewWorkspace`), so `max_memory_allocated` counts it: one per thread that runs GEMMs
+# (`setWorkspaceForHandle` keys it by handle and stream; handles are per thread), i.e. the
+# Python thread (forward) and the autograd engine's CUDA device thread (backward).
+CUBLAS_WORKSPACE_BYTES = {"hopper": 32 * MiB, None: 8 * MiB + 128 * 1024}
+# `parseCUDABlasLtWorkspaceSize`: 1024 KiB; `getCUDABlasLtWorkspace` allocates it (per handle
+# and stream) for GEMMs with a bias epilogue (`addmm`), i.e. linear layers with a bias.
+CUBLASLT_WORKSPACE_BYTES = 1 * MiB
+CUBLAS_THREADS = 2
 
 # Caching allocator (c10/cuda/CUDACachingAllocator.cpp): requests round up to 512 bytes;
 # requests over 10 MiB get their own segment rounded up to 2 MiB; freed blocks stay reserved.
@@ -888,17 +896,22 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     worst = max(totals, key=totals.get)
     grads_at_peak, saved_at_peak, transient = phases[worst]
     details.update({f"phase_{k}": v + static for k, v in totals.items()})
-    torch_peak = static + totals[worst]
-
     arch = getattr(gpu, "arch", None) if gpu is not None else None
     context = CUDA_CONTEXT_BYTES.get(arch, CUDA_CONTEXT_BYTES[None])
-    cublas = CUBLAS_WORKSPACE_BYTES.get(arch, CUBLAS_WORKSPACE_BYTES[None])
+    cublas = CUBLAS_THREADS * CUBLAS_WORKSPACE_BYTES.get(arch, CUBLAS_WORKSPACE_BYTES[None])
+    if any(m.bias for layer in spec.layers[:1] for m in layer):
+        # the forward's addmm takes a cuBLASLt workspace; the backward thread's only when it
+        # re-runs the forward (checkpointing)
+        cublas += CUBLASLT_WORKSPACE_BYTES * (2 if setup.grad_checkpointing else 1)
     details["cuda_context"] = context
     details["cublas_workspace"] = cublas
+    # the workspaces are allocated by the first GEMMs of step 1 and kept: max_memory_allocated
+    # of step 2 counts them
+    torch_peak = static + totals[worst] + (cublas if device != "cpu" else 0)
     churn = saved_at_peak + transient
     allocator = int(ALLOC_FRAGMENTATION * churn)
     runtime = context + cublas
-    device = torch_peak + allocator + runtime + opt_paged
+    on_card = torch_peak + allocator + context + opt_paged + (cublas if device == "cpu" else 0)
 
     comps = {
         "runtime_overhead": runtime,
@@ -920,7 +933,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     return MemoryEstimate(
         components=comps,
         torch_peak_bytes=int(torch_peak),
-        device_bytes=int(device),
+        device_bytes=int(on_card),
         details=details,
         notes=tuple(notes),
     )

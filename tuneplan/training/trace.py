@@ -78,6 +78,7 @@ class LiveTensorTracker(TorchDispatchMode):
         self.marks: dict[str, dict[str, int]] = {}
         self.mark_ops: dict[str, dict[str, dict[str, int]]] = {}
         self._op = ""
+        self.emulation = None  # a `cuda_semantics.CudaEmulation` for the CUDA-semantics trace
 
     # -- storage bookkeeping -----------------------------------------------------------
     def _freed(self, key: int, _ref=None) -> None:
@@ -116,6 +117,20 @@ class LiveTensorTracker(TorchDispatchMode):
         self.by_cat[cat] = self.by_cat.get(cat, 0) + nbytes
         self._check_peak()
 
+    def allocate_static(self, nbytes: int, category: str) -> None:
+        """Count `nbytes` that a CUDA run holds to the end (e.g. a cuBLAS workspace)."""
+        self.current += nbytes
+        self.by_cat[category] = self.by_cat.get(category, 0) + nbytes
+        self._check_peak()
+
+    def transient(self, nbytes: int) -> None:
+        """Count `nbytes` that a kernel holds while it runs (its workspace), next to its outputs."""
+        self.current += nbytes
+        self.by_cat["workspace"] = self.by_cat.get("workspace", 0) + nbytes
+        self._check_peak()
+        self.current -= nbytes
+        self.by_cat["workspace"] -= nbytes
+
     def _check_peak(self) -> None:
         key = (self.step, self.phase)
         pp = self.phase_peaks.get(key)
@@ -148,6 +163,8 @@ class LiveTensorTracker(TorchDispatchMode):
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.track(t)
+        if self.emulation is not None:
+            self.emulation.after(self, func, args, kwargs or {})
         return out
 
 
@@ -428,7 +445,7 @@ def _fake_params4bit(w: torch.Tensor, template, module) -> torch.nn.Parameter:
     return p
 
 
-def build_fake_model(config, setup: TrainSetup):
+def build_fake_model(config, setup: TrainSetup, device_type: str = "cpu"):
     """`modeling.build_from_config` on fake tensors: steps 1-3 with bitsandbytes' own 4-bit.
 
     Must be called inside the fake mode. QLoRA follows `from_pretrained`'s quantizer: the
@@ -442,7 +459,7 @@ def build_fake_model(config, setup: TrainSetup):
 
     cfg = modeling.config_from_dict(config)
     notes: list[str] = []
-    attn = modeling.resolve_attention(cfg, setup.attn, "cpu", notes)
+    attn = modeling.resolve_attention(cfg, setup.attn, device_type, notes)
     dtype = modeling.torch_dtype(setup.compute_dtype)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
     if setup.method == "qlora":
@@ -514,9 +531,18 @@ def _fake_scalars():
         iu.is_fake_tensor = orig_is_fake
 
 
-def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None = None) -> TraceResult:
-    """`trace_training` of a model built from `config` on fake tensors (any size, no memory)."""
+def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None = None, semantics: str = "cpu",
+               arch: str = "hopper", mechanisms=None) -> TraceResult:
+    """`trace_training` of a model built from `config` on fake tensors (any size, no memory).
+
+    `semantics="cpu"`: the step a CPU runs. `semantics="cuda"`: the step a CUDA card of
+    architecture `arch` runs, emulated on the fake CPU tensors by the mechanisms of
+    `tuneplan.training.cuda_semantics` (all of them, or those named in `mechanisms`)."""
     from tuneplan.training import modeling
+    from tuneplan.training.cuda_semantics import MECHANISMS, cuda_semantics
+
+    if semantics not in ("cpu", "cuda"):
+        raise ValueError(f"semantics must be 'cpu' or 'cuda' (got {semantics!r})")
 
     if setup.packing:
         # trl's padding-free packing makes transformers look for sequence starts in
@@ -528,13 +554,19 @@ def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None =
     ds = token_dataset(cfg.vocab_size, setup, steps)
     from tuneplan.training.sft import build_trainer
 
-    with fake_mode():
-        model, notes = build_fake_model(cfg, setup)
+    emulate = cuda_semantics(arch, MECHANISMS if mechanisms is None else mechanisms) if semantics == "cuda" \
+        else contextlib.nullcontext()
+    with fake_mode(), emulate as emu:
+        model, notes = build_fake_model(cfg, setup, device_type="cuda" if semantics == "cuda" else "cpu")
         trainer = build_trainer(run_config_for(setup, steps), model, tokenizer, ds)
         tr = LiveTensorTracker()
         classify_model(tr, trainer.model)
+        tr.emulation = emu
         with _phase_hooks(tr, trainer, trainer.model), _fake_scalars(), tr:
             trainer.train()
-    info = {"setup": dataclasses.asdict(setup), "device": "fake-cpu", "driver": "tuneplan.training.sft.build_trainer",
-            "notes": notes, **_versions(), **(meta or {})}
+    info = {"setup": dataclasses.asdict(setup), "device": "fake-cpu" if emu is None else f"fake-cuda-{arch}",
+            "driver": "tuneplan.training.sft.build_trainer", "notes": notes, **_versions(), **(meta or {})}
+    if emu is not None:
+        info["cuda_mechanisms"] = sorted(emu.on)
+        info["sdpa_backends"] = sorted(set(emu.backends))
     return _result(tr, info)
