@@ -477,15 +477,26 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         out.w_attn = max(out.w_attn, scores * (4 + 4 - a))
     else:
         # flash / memory-efficient SDPA save q, k, v, out and the fp32 logsumexp; with a
-        # mask, GQA on CUDA uses repeat_kv copies (`use_gqa_in_sdpa` needs mask None)
-        kv_saved = qd if ((masked and attn == "sdpa") or getattr(setup, "repeat_kv", False)) else kvd
+        # mask, GQA on CUDA uses repeat_kv copies (`use_gqa_in_sdpa` needs mask None); with a
+        # single KV head `repeat_kv`'s expand + reshape is a view (a size-1 dim merges with the
+        # stride-0 one), so the kernel saves the unrepeated k and v
+        kv_saved = qd if ((masked and attn == "sdpa" and nkv > 1) or getattr(setup, "repeat_kv", False)) else kvd
         out.saved_attn += T * (qd + 2 * kv_saved + qd) * a + T * nh * 4
-        out.w_attn = max(out.w_attn, T * (qd + 2 * kv_saved) * a + T * nh * 4)
+        out.w_attn = max(out.w_attn, T * (qd + 2 * kv_saved) * a + T * nh * 4 +
+                         (_sdpa_backward_workspace(b, s, nh, nkv, hd, a, masked) if attn == "sdpa" and device != "cpu"
+                          else 0))
         if masked and attn == "sdpa":
             # aten attention.cpp `scaled_dot_product_attention`: `convert_boolean_attn_mask`
             # turns the shared bool mask into a float bias in the query dtype for every call;
             # the memory-efficient (CUDA) / CPU flash kernel saves it for its backward
             out.saved_attn += _mask_elems(b, s, setup) * a
+    if not getattr(setup, "fused_qkv", False) and any(m.name == "qkv_proj" for m in layer) and \
+            (nkv == nh or (attn == "sdpa" and not masked)):
+        # transformers phi3 `Phi3Attention.forward`: q, k, v are slices of the fused qkv_proj
+        # output; q and k are replaced by their RoPE results, but v stays a view, and the
+        # attention saves v (no repeat_kv copy with one query per KV head, or with SDPA's
+        # native grouped-query attention): the whole q/k/v output stays alive
+        out.saved_attn += T * (qd + kvd) * a
     if getattr(setup, "fused_qkv", False) and nkv == nh:
         # litgpt model.py `CausalSelfAttention.forward`: `qkv.view(B, T, groups, q_per_kv + 2,
         # hs).permute(0, 2, 3, 1, 4).split(...)`; with one query per KV group
@@ -637,6 +648,24 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     out.w_attn += 2 * T * h * a
     out.w_mlp += 2 * T * h * a
     return out
+
+
+def _sdpa_backward_workspace(b: int, s: int, nh: int, nkv: int, hd: int, a: int, masked: bool) -> int:
+    """Scratch the CUDA SDPA backward kernel allocates inside the op, next to dq/dk/dv.
+
+    Without a mask and in 16 bits the CUDA dispatcher picks flash (sdp_utils.cpp), whose
+    `mha_bwd` (aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp) allocates
+    `softmax_d` fp32 (b, h, round128(s)), `dq_accum` fp32 (b, round128(s), h, round32(d)) and,
+    under grouped-query attention, `dk_expanded`/`dv_expanded` (b, s, h, d). With a mask, the
+    memory-efficient kernel (mem_eff_attention/kernel_backward.h `workspace_size`) accumulates
+    the query gradient in fp32 (64 x 64 tiles) and keeps fp32 `delta` (b, h, s)."""
+    r = lambda x, m: (x + m - 1) // m * m  # noqa: E731
+    if not masked and a < 4 and hd <= 256:
+        ws = 4 * b * nh * r(s, 128) + 4 * b * r(s, 128) * nh * r(hd, 32)
+        if nkv != nh:
+            ws += 2 * b * s * nh * hd * a
+        return ws
+    return 4 * b * nh * s + (4 * b * nh * r(s, 64) * r(hd, 64) if a < 4 else 0)
 
 
 def _dequant_bytes(n: int, setup: TrainSetup, p: _Path) -> int:
@@ -805,11 +834,18 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     # identity of the module records keys the cache (value hashing would cost more than it saves)
     memo: dict = {}
     per_layer = []
+    layer_types = getattr(spec, "layer_types", ()) or ()
+    window = getattr(spec, "sliding_window", None)
     for i, (layer, lora) in enumerate(zip(spec.layers, lora_layers)):
-        key = (id(layer), tuple(map(id, lora)), i > 0 or input_grad0)
+        # a sliding-window layer needs a 4-D mask once the keys reach the window
+        # (transformers masking_utils.py `_ignore_causal_mask_sdpa`: `kv_length >=
+        # local_attention_size`), so SDPA takes the masked path there
+        sliding = (attn == "sdpa" and window is not None and s >= window and i < len(layer_types)
+                   and layer_types[i] == "sliding_attention")
+        key = (id(layer), tuple(map(id, lora)), i > 0 or input_grad0, masked or sliding)
         hit = memo.get(key)
         if hit is None:
-            hit = memo[key] = _layer_activations(spec, layer, lora, setup, p, b, s, attn, masked,
+            hit = memo[key] = _layer_activations(spec, layer, lora, setup, p, b, s, attn, key[3],
                                                  input_grad=key[2], device=device, dropout=dropout)
         per_layer.append(hit)
     per_layer = per_layer or [_Layer()]
