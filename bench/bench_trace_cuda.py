@@ -10,11 +10,14 @@ tuneplan/training/cuda_semantics.py) and compares the peak of live bytes (what
     python bench/bench_trace_cuda.py --out /tmp/grid.jsonl            # run the grid (resumable)
     python bench/bench_trace_cuda.py --out /tmp/grid.jsonl --report   # only print the table
     python bench/bench_trace_cuda.py --cases llama-3.1-8b:lora:off:1:all --out /tmp/one.jsonl
+    python bench/bench_trace_cuda.py --plans llama-3.1-8b@a100-80gb --out /tmp/plans.jsonl   # a plan's exact setup
 
 Traces are slow (about a minute per 8B case, several for 70B, on one core): results are
 appended to `--out` as they come, cases already there are skipped, and `--report` recomputes
 the predictions from the stored traces with the current planner. Case syntax:
-`model:method:ckpt(on|off):micro_batch:targets(all|attn)[:seq_len[:arch]]`.
+`model:method:ckpt(on|off):micro_batch:targets(all|attn)[:seq_len[:arch]]`; a plan case
+`plan:model@gpu` traces the setup `tuneplan plan --model model --gpu gpu` chooses (packing and
+the fused loss included) on that card's architecture.
 """
 
 from __future__ import annotations
@@ -67,6 +70,23 @@ def parse_case(case: str):
     return model, setup, arch
 
 
+def plan_setup(model: str, gpu: str):
+    """(catalog model, TrainSetup, arch) of what `tuneplan plan --model --gpu` chooses."""
+    import subprocess
+
+    from planner.gpus import get_gpu
+    from planner.setup import TrainSetup
+
+    out = subprocess.run([sys.executable, "-m", "tuneplan", "plan", "--model", model, "--gpu", gpu, "--json"],
+                         capture_output=True, text=True, check=False).stdout
+    data = json.loads(out)
+    from dataclasses import fields
+
+    known = {f.name for f in fields(TrainSetup)}
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items() if k in known}
+    return data["model"]["name"], TrainSetup(**cfg), get_gpu(gpu).arch
+
+
 def gpu_for(arch: str):
     from planner.gpus import GPU
 
@@ -93,7 +113,10 @@ def run(cases: list[str], out: Path) -> None:
     for case in cases:
         if case in done:
             continue
-        model, setup, arch = parse_case(case)
+        if case.startswith("plan:"):
+            model, setup, arch = plan_setup(*case[len("plan:"):].split("@"))
+        else:
+            model, setup, arch = parse_case(case)
         t = time.perf_counter()
         try:
             r = trace_fake(dict(catalog.get(model).config), setup, semantics="cuda", arch=arch)
@@ -117,7 +140,15 @@ def report(out: Path) -> tuple[float, float]:
     print(f"{'case':<40} {'trace GiB':>10} {'plan GiB':>10} {'error':>7}  {'trace peak at':<20} {'plan peak at'}")
     for rec in rows:
         setup = TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in rec["setup"].items()})
-        est = predict(rec["model"], setup, rec["arch"])
+        if rec["case"].startswith("plan:"):
+            from planner import catalog
+            from planner.gpus import get_gpu
+            from planner.memory import estimate_memory
+
+            gpu = get_gpu(rec["case"].split("@")[1])
+            est = estimate_memory(catalog.load_spec(rec["model"]), setup, gpu)
+        else:
+            est = predict(rec["model"], setup, rec["arch"])
         err = est.torch_peak_bytes / rec["peak_bytes"] - 1
         errs.append(err)
         where = next((k[len("peak_phase_"):] for k in est.details if k.startswith("peak_phase_")), "?")
@@ -131,17 +162,36 @@ def report(out: Path) -> tuple[float, float]:
     return med, worst
 
 
+def write_csv(out: Path, path: Path) -> None:
+    """case, model, arch, setup (JSON), traced peak bytes, peak phase: what the tests need."""
+    import csv
+
+    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_where"])
+        for r in rows:
+            w.writerow([r["case"], r["model"], r["arch"], json.dumps(r["setup"], sort_keys=True), r["peak_bytes"],
+                        r["peak_where"]])
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON-lines file of traced cases (appended, resumable)")
     ap.add_argument("--cases", help="comma-separated cases (default: the whole grid)")
+    ap.add_argument("--plans", help="comma-separated model@gpu: trace the setup `tuneplan plan` chooses")
     ap.add_argument("--report", action="store_true", help="only print the table from --out")
+    ap.add_argument("--csv", help="also write the traced peaks as CSV (tests/data/traces/cuda_grid.csv)")
     args = ap.parse_args()
     out = Path(args.out)
     if not args.report:
-        run(args.cases.split(",") if args.cases else grid(), out)
+        cases = [f"plan:{p}" for p in args.plans.split(",")] if args.plans else \
+            (args.cases.split(",") if args.cases else grid())
+        run(cases, out)
     if out.exists():
         report(out)
+        if args.csv:
+            write_csv(out, Path(args.csv))
     return 0
 
 

@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 from planner.gpus import GPU, bigger_cards
 from planner.gpus import format_gib as _gib
+from planner.margins import DEFAULT_SAFETY_MARGIN, margin_sentence  # derived from the model's measured error
 from planner.parallel import estimate_parallel_memory
 from planner.setup import MemoryEstimate, TrainSetup
 from planner.spec import ModelSpec
@@ -38,7 +39,6 @@ from planner.throughput import Throughput, estimate_throughput, trainable_parame
 
 DEFAULT_SEQ_LEN = 2048
 DEFAULT_EFFECTIVE_BATCH = 16
-DEFAULT_SAFETY_MARGIN = 0.08
 DEFAULT_DATASET_TOKENS = 10_000_000
 """Tokens per epoch assumed for time and cost when no dataset is given (a ~10k-example
 instruction set of ~1k tokens each); the plan says it assumed this."""
@@ -607,7 +607,8 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
                        "materialising the full fp32 logits.")
     where = "on the card" if s.num_gpus == 1 and s.strategy != "fsdp" else "on each GPU"
     reasons.append(f"Predicted {_gib(m.device_bytes)} {where} (nvidia-smi) of {_gib(usable)} usable; "
-                   f"the plan keeps {_gib(usable - budget)} as safety margin.")
+                   f"the plan keeps {_gib(usable - budget)} free: "
+                   f"{margin_sentence(constraints.safety_margin, s.num_gpus)}.")
     for note in m.notes:
         reasons.append(note[0].upper() + note[1:])
 
@@ -652,8 +653,8 @@ def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, b
     s = smallest.setup
     gpu = hardware.gpu
     sug = [f"The smallest configuration ({smallest.describe()}) needs {_gib(need)}, but only "
-           f"{_gib(budget)} of {_gib(hardware.usable_bytes())} may be used (safety margin "
-           f"{constraints.safety_margin:.0%})."]
+           f"{_gib(budget)} of {_gib(hardware.usable_bytes())} may be used "
+           f"({margin_sentence(constraints.safety_margin, s.num_gpus)})."]
     if hardware.free_bytes is not None and hardware.free_bytes < gpu.memory_bytes * 0.9:
         sug.append(f"Other processes hold {_gib(gpu.memory_bytes - hardware.free_bytes)} of the card: "
                    "freeing it would help.")

@@ -23,8 +23,9 @@ Two ways to run it:
   `_fake_params4bit`); the forward/backward are bitsandbytes' real `Linear4bit` /
   `MatMul4Bit` / `dequantize_4bit` code. Data-dependent scalar reads (`.item()`,
   `bool(tensor)`) are answered with the value they have in a real step of unpadded rows
-  (`_fake_scalars`); they only steer logging and mask shortcuts. `packing=True` is refused
-  (data-dependent shapes). On small models the fake trace equals the CPU trace byte for byte
+  (`_fake_scalars`); they only steer logging and mask shortcuts. `packing=True` packs
+  documents of half a row, two per row, and collates them on real tensors (`_fake_packing`:
+  the collator's sequence-start search has a data-dependent shape). On small models the fake trace equals the CPU trace byte for byte
   (tests/planner/test_trace_cpu.py), MoE and trl's chunked head included.
 
 Categories of live bytes: `quantized_weights` (4-bit storages and their quant state),
@@ -326,13 +327,14 @@ def run_config_for(setup: TrainSetup, steps: int = 2):
                                                          save_steps=10_000, lr_scheduler="constant"))
 
 
-def token_dataset(vocab_size: int, setup: TrainSetup, steps: int = 2, seed: int = 0):
-    """Pre-tokenized rows of exactly `seq_len` tokens, enough for `steps` micro-batches."""
+def token_dataset(vocab_size: int, setup: TrainSetup, steps: int = 2, seed: int = 0, docs_per_row: int = 1):
+    """Pre-tokenized rows of exactly `seq_len` tokens, enough for `steps` micro-batches; with
+    `docs_per_row` > 1, documents of `seq_len / docs_per_row` tokens that packing fills rows with."""
     from datasets import Dataset
 
     g = torch.Generator().manual_seed(seed)
-    n = setup.micro_batch * setup.grad_accum * steps
-    ids = torch.randint(3, vocab_size, (n, setup.seq_len), generator=g).tolist()
+    n = setup.micro_batch * setup.grad_accum * steps * docs_per_row
+    ids = torch.randint(3, vocab_size, (n, setup.seq_len // docs_per_row), generator=g).tolist()
     return Dataset.from_dict({"input_ids": ids})
 
 
@@ -531,6 +533,50 @@ def _fake_scalars():
         iu.is_fake_tensor = orig_is_fake
 
 
+@contextlib.contextmanager
+def _fake_packing(trainer, setup: TrainSetup, tracker: LiveTensorTracker):
+    """Let packed micro-batches through the fake step.
+
+    trl's padding-free collator finds the sequence starts with `nonzero` (an output size fake
+    tensors cannot know): it runs on real tensors here, outside the fake mode, and the model
+    receives real (constant) batch tensors. transformers' `find_packed_sequence_indices` then
+    asks whether any row holds several sequences (`.all()` on a fake tensor); every packed
+    row of the trace holds two documents, so the answer is yes: it returns the packed mask."""
+    if not setup.packing:
+        yield
+        return
+    import transformers.masking_utils as mu
+    import transformers.utils.import_utils as iu
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    collate = trainer.data_collator
+
+    def real_collate(examples):
+        with _disable_current_modes():
+            batch = collate(examples)
+        for t in batch.values():  # the batch a real step allocates (input ids, labels, positions)
+            tracker.track(t)
+        return batch
+
+    orig_find = mu.find_packed_sequence_indices
+
+    def find(position_ids):
+        fake = iu.is_fake_tensor
+        iu.is_fake_tensor = lambda t: True  # "tracing": skip the one-sequence shortcut
+        try:
+            return orig_find(position_ids)
+        finally:
+            iu.is_fake_tensor = fake
+
+    trainer.data_collator = real_collate
+    mu.find_packed_sequence_indices = find
+    try:
+        yield
+    finally:
+        trainer.data_collator = collate
+        mu.find_packed_sequence_indices = orig_find
+
+
 def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None = None, semantics: str = "cpu",
                arch: str = "hopper", mechanisms=None) -> TraceResult:
     """`trace_training` of a model built from `config` on fake tensors (any size, no memory).
@@ -544,14 +590,10 @@ def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None =
     if semantics not in ("cpu", "cuda"):
         raise ValueError(f"semantics must be 'cpu' or 'cuda' (got {semantics!r})")
 
-    if setup.packing:
-        # trl's padding-free packing makes transformers look for sequence starts in
-        # position_ids (`nonzero`), whose output size fake tensors cannot know
-        raise ValueError("trace_fake needs packing=False (packed batches have data-dependent shapes); "
-                         "rows of exactly seq_len tokens hold the same tensors")
     cfg = modeling.config_from_dict(config)
     tokenizer = simple_tokenizer(cfg.vocab_size)
-    ds = token_dataset(cfg.vocab_size, setup, steps)
+    # packed runs: two documents per row, as real packed rows hold several
+    ds = token_dataset(cfg.vocab_size, setup, steps, docs_per_row=2 if setup.packing else 1)
     from tuneplan.training.sft import build_trainer
 
     emulate = cuda_semantics(arch, MECHANISMS if mechanisms is None else mechanisms) if semantics == "cuda" \
@@ -562,7 +604,7 @@ def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None =
         tr = LiveTensorTracker()
         classify_model(tr, trainer.model)
         tr.emulation = emu
-        with _phase_hooks(tr, trainer, trainer.model), _fake_scalars(), tr:
+        with _phase_hooks(tr, trainer, trainer.model), _fake_scalars(), _fake_packing(trainer, setup, tr), tr:
             trainer.train()
     info = {"setup": dataclasses.asdict(setup), "device": "fake-cpu" if emu is None else f"fake-cuda-{arch}",
             "driver": "tuneplan.training.sft.build_trainer", "notes": notes, **_versions(), **(meta or {})}
