@@ -53,12 +53,12 @@ _ONE_GPU_TRACE = 0.005  # bench/bench_trace_cuda.py grid: worst +0.5% (MoE QLoRA
 REGIMES = {
     "single": MarginRegime(
         key="single", margin=0.09, published_worst=_ONE_GPU_PUBLISHED, trace_worst=_ONE_GPU_TRACE,
-        sentence="one GPU: the memory model's largest error on published runs of this training stack "
-                 "(8.1%) plus its largest error against the CUDA-semantics trace (0.5%)"),
+        sentence="for one GPU: the memory model's largest error on published runs of this training stack, "
+                 "8.1%, plus its largest error against the CUDA-semantics trace, 0.5%"),
     "multi": MarginRegime(
         key="multi", margin=0.09, published_worst=_ONE_GPU_PUBLISHED, trace_worst=_ONE_GPU_TRACE,
-        sentence="several GPUs: no published runs of this training stack on several GPUs, so the one-GPU "
-                 "margin applies (8.1% published + 0.5% trace)"),
+        sentence="for several GPUs: this training stack has no published runs on several GPUs, so the one-GPU "
+                 "figure applies, 8.1% published error plus 0.5% trace error"),
 }
 
 DEFAULT_SAFETY_MARGIN = REGIMES["single"].margin
@@ -73,5 +73,5 @@ def margin_sentence(margin: float, num_gpus: int) -> str:
     """How the plan explains the margin it kept: the regime's evidence, or 'set by you'."""
     regime = regime_for(num_gpus)
     if abs(margin - regime.margin) < 1e-9:
-        return f"safety margin {margin:.0%} ({regime.sentence})"
+        return f"safety margin {margin:.0%}, {regime.sentence}"
     return f"safety margin {margin:.0%} (set by you; the evidence-based default is {regime.margin:.0%})"

@@ -386,6 +386,8 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     tokens = tokens or DEFAULT_DATASET_TOKENS
 
     def finish(fits: bool, choice: Candidate, alts, suggestions) -> PlanResult:
+        if choice.setup.method == "qlora" and spec.is_moe():
+            warnings.append(_moe_qlora_sentence(spec, fits))
         secs = training_seconds(choice.throughput.tokens_per_second, tokens, constraints.epochs) if fits else None
         return PlanResult(
             fits=fits, choice=choice, alternatives=tuple(alts), reasons=tuple(reasons), warnings=tuple(warnings),
@@ -403,6 +405,21 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     _explain_choice(choice, fitting, groups, methods, constraints, reasons, spec, budget, usable, search)
     alts = _alternatives(choice, groups)
     return finish(True, choice, alts, [])
+
+
+def _moe_qlora_sentence(spec: ModelSpec, fits: bool) -> str:
+    """What QLoRA does to a transformers-5 MoE model, and what to do instead."""
+    experts = sum(m.weight_params() for layer in spec.layers for m in layer if m.kind == "expert")
+    # transformers 5 stores MoE experts as fused 3-D parameters (models/mixtral/modeling_mixtral.py
+    # `MixtralExperts`); its bitsandbytes integration (`replace_with_bnb_linear`) swaps only
+    # nn.Linear modules for Linear4bit, so the experts keep the compute dtype
+    text = (f"QLoRA keeps the experts of {spec.name} in 16 bits ({_gib(experts * 2)}): transformers 5 stores "
+            "them as fused 3-D tensors and bitsandbytes quantizes only nn.Linear layers, so 4 bits shrink the "
+            "attention and router weights only (the classic one-card 4-bit MoE needs per-expert nn.Linear "
+            "layers, as in transformers 4).")
+    if not fits:
+        text += " What fits instead is under 'What would make it fit': more GPUs with FSDP or a bigger card."
+    return text
 
 
 def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None = None,
