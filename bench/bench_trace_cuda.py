@@ -16,8 +16,8 @@ Traces are slow (about a minute per 8B case, several for 70B, on one core): resu
 appended to `--out` as they come, cases already there are skipped, and `--report` recomputes
 the predictions from the stored traces with the current planner. Case syntax:
 `model:method:ckpt(on|off):micro_batch:targets(all|attn)[:seq_len[:arch]]`; a plan case
-`plan:model@gpu` traces the setup `tuneplan plan --model model --gpu gpu` chooses (packing and
-the fused loss included) on that card's architecture.
+`plan:model@gpu[@more plan arguments]` traces the setup `tuneplan plan --model model --gpu gpu
+...` chooses (packing and the fused loss included) on that card's architecture.
 """
 
 from __future__ import annotations
@@ -70,14 +70,16 @@ def parse_case(case: str):
     return model, setup, arch
 
 
-def plan_setup(model: str, gpu: str):
-    """(catalog model, TrainSetup, arch) of what `tuneplan plan --model --gpu` chooses."""
+def plan_setup(model: str, gpu: str, extra: str = ""):
+    """(catalog model, TrainSetup, arch) of what `tuneplan plan --model --gpu [extra]` chooses."""
+    import shlex
     import subprocess
 
     from planner.gpus import get_gpu
     from planner.setup import TrainSetup
 
-    out = subprocess.run([sys.executable, "-m", "tuneplan", "plan", "--model", model, "--gpu", gpu, "--json"],
+    out = subprocess.run([sys.executable, "-m", "tuneplan", "plan", "--model", model, "--gpu", gpu, "--json",
+                          *shlex.split(extra)],
                          capture_output=True, text=True, check=False).stdout
     data = json.loads(out)
     from dataclasses import fields

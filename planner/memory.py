@@ -848,6 +848,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
             hit = memo[key] = _layer_activations(spec, layer, lora, setup, p, b, s, attn, key[3],
                                                  input_grad=key[2], device=device, dropout=dropout)
         per_layer.append(hit)
+    any_sliding = any(k[3] for k in memo) and not masked
     per_layer = per_layer or [_Layer()]
     L = len(per_layer)
     if masked and attn == "sdpa" and setup.packing:
@@ -863,6 +864,11 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         # transformers masking_utils.py `eager_mask`: eager attention always takes an additive
         # float mask (b, 1, s, s) (fp32 as traced), live through the step
         mask_bytes += _mask_elems(b, s, setup, attn) * 4
+    elif attn == "sdpa" and setup.grad_checkpointing and (masked or any_sliding):
+        # the shared bool mask (masking_utils.py `sdpa_mask`) is an argument of every
+        # checkpointed layer, and non-reentrant checkpointing keeps a layer's inputs for its
+        # recomputation (torch/utils/checkpoint.py): it lives through the backward
+        mask_bytes += _mask_elems(b, s, setup, attn)
     head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
     loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
     if "lm_head_4bit" in details and _loss_impl(setup) == "chunked":

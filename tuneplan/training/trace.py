@@ -265,6 +265,8 @@ def _phase_hooks(tr: LiveTensorTracker, trainer, model):
             tr.step += 1
             tr.mark(f"step{tr.step}.start")
             tr.set_phase("forward")
+        elif torch.is_grad_enabled() and tr.phase == "clip":
+            tr.set_phase("forward")  # the next micro-batch of a gradient-accumulation step
 
     def backbone_post(mod, args, out):
         if tr.phase == "forward":
