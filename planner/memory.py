@@ -590,7 +590,11 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
             # no copy: the A-linear saves the module's own input, shared by modules that
             # read the same tensor (q/k/v, gate/up)
             key = (fin, m.path.split(".")[0] if getattr(m, "path", "") else m.name[:1])
-            if key not in shared_inputs and not full:
+            # o_proj reads the attention output: with SDPA (flash / memory-efficient write it
+            # in (b, s, heads, dim) layout) `transpose(1, 2).contiguous()` is a view of the
+            # output the kernel already saves; eager attention's is a copy
+            attn_out_view = m.name == "o_proj" and attn != "eager"
+            if key not in shared_inputs and not full and not attn_out_view:
                 shared_inputs.add(key)
                 saved += n_tok * fin * p.lora_linear
         saved += n_tok * r * p.lora_linear  # lora_A output, saved by lora_B
