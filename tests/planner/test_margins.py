@@ -52,9 +52,10 @@ def test_margins_follow_from_the_measured_error():
     assert len(published) >= 3
     for regime in REGIMES.values():
         assert regime.margin == derive_margin(published, trace)
-        # the figures the plan quotes are the measured ones (to a tenth of a percent)
+        # the figures the plan quotes are the measured ones: the published one to a tenth of a
+        # percent, the trace one as a bound ("at most") that the grid stays under
         assert regime.published_worst == pytest.approx(max(abs(e) for e in published), abs=0.0005)
-        assert regime.trace_worst == pytest.approx(max(abs(e) for e in trace), abs=0.0005)
+        assert max(abs(e) for e in trace) <= regime.trace_worst
     assert DEFAULT_SAFETY_MARGIN == REGIMES["single"].margin
 
 
