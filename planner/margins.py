@@ -48,7 +48,7 @@ def derive_margin(published_errors, trace_errors) -> float:
 
 
 _ONE_GPU_PUBLISHED = 0.081  # PEFT method-comparison (L40S, reserved - init): P028 +8.1%
-_ONE_GPU_TRACE = 0.005  # bench/bench_trace_cuda.py grid: every case within 0.5% (worst: MoE, +0.4%)
+_ONE_GPU_TRACE = 0.005  # bench/bench_trace_cuda.py grid: every case within 0.5% (worst: MoE, -0.1%)
 
 REGIMES = {
     "single": MarginRegime(

@@ -525,10 +525,18 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
             # forward in the compute dtype, saved by the expert matmuls for the input gradient
             merged = sum(m.in_features * m.out_features * m.count for m in experts) * a
             out.saved_mlp += merged
-            biggest = max(m.in_features * m.out_features * m.count for m in experts)
-            # the einsum runs under autocast (bf16 bmm): one delta-sized transient
-            out.fwd_mlp = max(out.fwd_mlp, biggest * p.lora_linear)
-            out.w_mlp = max(out.w_mlp, biggest * a)  # the merged weight's gradient
+            # the einsum runs under autocast (bf16 bmm): one delta-sized transient next to its
+            # merged weight, before the later expert tensors of the layer (down after gate_up)
+            # have merged weights; in the backward each merged weight's gradient comes after the
+            # later ones' merged weights were released. Either way: a tensor's size less the
+            # merged weights after it, at its worst
+            sizes = [m.in_features * m.out_features * m.count for m in experts]
+            worst = later = 0
+            for n in reversed(sizes):
+                worst = max(worst, n - later)
+                later += n
+            out.fwd_mlp = max(out.fwd_mlp, worst * p.lora_linear)
+            out.w_mlp = max(out.w_mlp, worst * a)  # the merged weight's gradient
         out.w_mlp = max(out.w_mlp, T * k * inter * 3 * a)
     else:
         inter = spec.intermediate_size
