@@ -27,7 +27,7 @@ import json
 import statistics
 import sys
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 GiB = 1024**3
@@ -134,10 +134,20 @@ def run(cases: list[str], out: Path) -> None:
         print(f"{case}: {r.peak_bytes / GiB:.3f} GiB at {r.peak_where} ({rec['seconds']} s)", flush=True)
 
 
+def _records(out: Path) -> list[dict]:
+    """The traced cases of `out`, the last record of each case."""
+    recs = {}
+    for line in out.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            recs[rec["case"]] = rec
+    return list(recs.values())
+
+
 def report(out: Path) -> tuple[float, float]:
     from planner.setup import TrainSetup
 
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    rows = _records(out)
     errs = []
     print(f"{'case':<40} {'trace GiB':>10} {'plan GiB':>10} {'error':>7}  {'trace peak at':<20} {'plan peak at'}")
     for rec in rows:
@@ -168,7 +178,7 @@ def write_csv(out: Path, path: Path) -> None:
     """case, model, arch, setup (JSON), traced peak bytes, peak phase: what the tests need."""
     import csv
 
-    rows = [json.loads(line) for line in out.read_text().splitlines() if line.strip()]
+    rows = _records(out)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
         w.writerow(["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_where"])

@@ -31,7 +31,8 @@ def _grid_errors() -> list[float]:
     errs = []
     with GRID.open() as fh:
         for row in csv.DictReader(fh):
-            setup = TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(row["setup"]).items()})
+            fields = json.loads(row["setup"]).items()
+            setup = TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields})
             gpu = GPU(key=row["arch"], name=row["arch"], memory_bytes=80 * 2**30, bf16=True, arch=row["arch"])
             packed = setup.packing
             est = estimate_memory(catalog.load_spec(row["model"]), setup, gpu, padded_rows=packed)

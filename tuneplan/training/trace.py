@@ -25,8 +25,10 @@ Two ways to run it:
   `bool(tensor)`) are answered with the value they have in a real step of unpadded rows
   (`_fake_scalars`); they only steer logging and mask shortcuts. `packing=True` packs
   documents of half a row, two per row, and collates them on real tensors (`_fake_packing`:
-  the collator's sequence-start search has a data-dependent shape). On small models the fake trace equals the CPU trace byte for byte
-  (tests/planner/test_trace_cpu.py), MoE and trl's chunked head included.
+  the collator's sequence-start search has a data-dependent shape). On small models the fake
+  trace equals the CPU trace byte for byte (tests/planner/test_trace_cpu.py), MoE and trl's
+  chunked head included. `semantics="cuda"` emulates a CUDA card's step on the same fake
+  tensors (tuneplan/training/cuda_semantics.py).
 
 Categories of live bytes: `quantized_weights` (4-bit storages and their quant state),
 `unquantized_weights` (frozen 16/32-bit parameters and buffers), `adapter_weights`
