@@ -19,7 +19,11 @@ from planner.memory import estimate_memory  # noqa: E402
 from planner.setup import TrainSetup  # noqa: E402
 from planner.spec import spec_from_config  # noqa: E402
 
-from test_trace_cpu import FAMILIES  # noqa: E402
+from test_trace_cpu import FAMILIES as _FAMILIES  # noqa: E402
+
+# a sliding-window model whose window the sequence reaches: SDPA's masked (memory-efficient) path
+FAMILIES = {**_FAMILIES, "gemma3_sliding": {**_FAMILIES["gemma3_text"], "sliding_window": 64,
+                                            "layer_types": ["sliding_attention", "full_attention"]}}
 
 pytestmark = pytest.mark.slow
 
@@ -115,16 +119,20 @@ CASES = [
     ("mixtral", replace(_S, method="qlora")),
     ("gemma2", replace(_S, method="lora")),
     ("phi3", replace(_S, method="qlora", grad_checkpointing=True)),
+    ("gemma3_sliding", replace(_S, method="lora")),
+    ("gemma3_sliding", replace(_S, method="lora", grad_checkpointing=True)),
+    ("llama", replace(_S, method="lora", packing=True)),
 ]
 
 
 @pytest.mark.parametrize("family,setup", CASES, ids=[f"{f}-{s.method}-b{s.micro_batch}-"
                                                       f"{'ckpt' if s.grad_checkpointing else 'nockpt'}-"
                                                       f"{'all' if isinstance(s.lora_targets, str) else 'attn'}"
+                                                      f"{'-packed' if s.packing else ''}"
                                                       for f, s in CASES])
 def test_planner_predicts_the_cuda_trace(family, setup):
     result = _trace(family, setup, semantics="cuda", arch="ampere")
-    pred = estimate_memory(spec_from_config(FAMILIES[family], family), setup, AMPERE, padded_rows=False)
+    pred = estimate_memory(spec_from_config(FAMILIES[family], family), setup, AMPERE, padded_rows=setup.packing)
     err = pred.torch_peak_bytes / result.peak_bytes - 1
     assert abs(err) <= 0.02, (f"predicted {pred.torch_peak_bytes:,} B, traced {result.peak_bytes:,} B ({err:+.2%}) "
                               f"at {result.peak_where}; traced {result.peak_breakdown}; predicted {pred.components}")
