@@ -64,8 +64,14 @@ def parse_case(case: str):
     model, method, ckpt, mb, targets = parts[:5]
     seq = int(parts[5]) if len(parts) > 5 else 2048
     arch = parts[6] if len(parts) > 6 else "hopper"
+    if targets == "all":
+        lora_targets = "all-linear"
+    else:  # the model's own attention projections (phi3: qkv_proj, o_proj)
+        from planner import catalog
+
+        lora_targets = tuple(catalog.load_spec(catalog.get(model).name).attention_module_names()) or ATTENTION_TARGETS
     setup = TrainSetup(method=method, grad_checkpointing=ckpt == "on", micro_batch=int(mb), seq_len=seq,
-                       lora_targets="all-linear" if targets == "all" else ATTENTION_TARGETS,
+                       lora_targets=lora_targets,
                        packing=False, optimizer="adamw")
     return model, setup, arch
 
