@@ -11,7 +11,7 @@ to `planner.memory.estimate_memory(...).torch_peak_bytes`.
 
 Caveat: the fake step runs the CPU variant of trl's chunked LM head (no Triton), which keeps
 fp32 copies of each [4096 x 32768] tile; on CUDA the Triton kernel does not (see
-docs/training-path.md). Takes about a minute per 70B case on one core.
+docs/training-path.md). bench/bench_trace_cuda.py traces the step with CUDA semantics. Takes about a minute per 70B case on one core.
 """
 
 from __future__ import annotations

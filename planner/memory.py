@@ -37,6 +37,10 @@ What the numbers are checked against:
 - the live tensor bytes of real CPU training steps of our own trainer, every supported
   family (tests/planner/test_trace_cpu.py, tests/data/traces/; `device="cpu"` switches the two
   CPU-only kernels), and the same step on fake tensors at 8B/70B (bench/bench_trace_meta.py);
+- the CUDA-semantics trace of the same step (tuneplan/training/cuda_semantics.py: CUDA SDPA
+  kernels, autocast, dropout, foreach AdamW, bitsandbytes' gemm_4bit, cuBLAS workspaces) on
+  a grid of full-size models (bench/bench_trace_cuda.py, tests/data/traces/cuda_grid.csv,
+  tests/planner/test_margins.py, tests/planner/test_trace_cuda.py);
 - published GPU measurements (tests/planner/test_calibration.py,
   tests/data/calibration/cases.json, bench/bench_memory_calibration.py), which also calibrate
   what a CPU cannot show: CUDA context, cuBLAS workspace, allocator fragmentation.
@@ -90,9 +94,17 @@ CUDA_CONTEXT_BYTES = {
     "blackwell": 600 * MiB,
     None: 500 * MiB,
 }
-# torch aten/src/ATen/cuda/CublasHandlePool.cpp `getChosenWorkspaceSize`: default
-# CUBLAS_WORKSPACE_CONFIG ":4096:2:16:8" (8 MiB + 128 KiB) or ":4096:8" (32 MiB) on sm90+.
-CUBLAS_WORKSPACE_BYTES = {"hopper": 32 * MiB, "blackwell": 32 * MiB, None: 8 * MiB + 128 * 1024}
+# torch aten/src/ATen/cuda/CublasHandlePool.cpp `parseChosenWorkspaceSize`: default
+# CUBLAS_WORKSPACE_CONFIG ":4096:2:16:8" (8 MiB + 128 KiB), ":4096:8" (32 MiB) on sm90 only
+# (`major == 9 && minor == 0`). The workspace comes from the caching allocator
+# (`getNewWorkspace`), so `max_memory_allocated` counts it: one per thread that runs GEMMs
+# (`setWorkspaceForHandle` keys it by handle and stream; handles are per thread), i.e. the
+# Python thread (forward) and the autograd engine's CUDA device thread (backward).
+CUBLAS_WORKSPACE_BYTES = {"hopper": 32 * MiB, None: 8 * MiB + 128 * 1024}
+# `parseCUDABlasLtWorkspaceSize`: 1024 KiB; `getCUDABlasLtWorkspace` allocates it (per handle
+# and stream) for GEMMs with a bias epilogue (`addmm`), i.e. linear layers with a bias.
+CUBLASLT_WORKSPACE_BYTES = 1 * MiB
+CUBLAS_THREADS = 2
 
 # Caching allocator (c10/cuda/CUDACachingAllocator.cpp): requests round up to 512 bytes;
 # requests over 10 MiB get their own segment rounded up to 2 MiB; freed blocks stay reserved.
@@ -414,12 +426,14 @@ def _lora_dropout(spec, setup: TrainSetup, lora_layers=None) -> float:
     return 0.0 if _experts_adapted(spec, setup, lora_layers) else setup.lora_dropout
 
 
-def _mask_elems(b: int, s: int, setup: TrainSetup) -> int:
+def _mask_elems(b: int, s: int, setup: TrainSetup, attn: str = "sdpa") -> int:
     """Elements of the 4-D attention mask: trl's padding-free packing flattens a micro-batch
     into one row of b*s tokens whose block-diagonal mask is (1, 1, b*s, b*s)
     (transformers masking_utils.py `find_packed_sequence_indices`); padded rows give
-    (b, 1, s, s)."""
-    return (b * s) ** 2 if setup.packing else b * s * s
+    (b, 1, s, s). Eager attention never gets a flattened micro-batch: its packed runs use
+    trl's `wrapped` rows of s tokens (tuneplan/training/sft.py `packing_strategy`), so its
+    mask and scores are b x s x s, linear in the micro-batch."""
+    return (b * s) ** 2 if setup.packing and attn != "eager" else b * s * s
 
 
 def _norm_saved(tokens: int, width: int, trainable: bool, a: int) -> int:
@@ -457,7 +471,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     if attn == "eager":
         # repeat_kv copies k and v to all heads; matmul(q, k^T) saves q and k; the softmax
         # runs in fp32 (saves its output) and is cast back (saved by matmul with v).
-        scores = nh * _mask_elems(b, s, setup)  # packed rows attend over the flattened b*s
+        scores = nh * _mask_elems(b, s, setup, attn)  # b rows of s x s scores per head
         probs = scores * (4 + a)
         if spec.attn_logit_softcapping:
             probs += scores * a  # gemma2: tanh soft-capping saves its output
@@ -467,15 +481,26 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         out.w_attn = max(out.w_attn, scores * (4 + 4 - a))
     else:
         # flash / memory-efficient SDPA save q, k, v, out and the fp32 logsumexp; with a
-        # mask, GQA on CUDA uses repeat_kv copies (`use_gqa_in_sdpa` needs mask None)
-        kv_saved = qd if ((masked and attn == "sdpa") or getattr(setup, "repeat_kv", False)) else kvd
+        # mask, GQA on CUDA uses repeat_kv copies (`use_gqa_in_sdpa` needs mask None); with a
+        # single KV head `repeat_kv`'s expand + reshape is a view (a size-1 dim merges with the
+        # stride-0 one), so the kernel saves the unrepeated k and v
+        kv_saved = qd if ((masked and attn == "sdpa" and nkv > 1) or getattr(setup, "repeat_kv", False)) else kvd
         out.saved_attn += T * (qd + 2 * kv_saved + qd) * a + T * nh * 4
-        out.w_attn = max(out.w_attn, T * (qd + 2 * kv_saved) * a + T * nh * 4)
+        out.w_attn = max(out.w_attn, T * (qd + 2 * kv_saved) * a + T * nh * 4 +
+                         (_sdpa_backward_workspace(b, s, nh, nkv, hd, a, masked) if attn == "sdpa" and device != "cpu"
+                          else 0))
         if masked and attn == "sdpa":
             # aten attention.cpp `scaled_dot_product_attention`: `convert_boolean_attn_mask`
             # turns the shared bool mask into a float bias in the query dtype for every call;
             # the memory-efficient (CUDA) / CPU flash kernel saves it for its backward
             out.saved_attn += _mask_elems(b, s, setup) * a
+    if not getattr(setup, "fused_qkv", False) and any(m.name == "qkv_proj" for m in layer) and \
+            (nkv == nh or (attn == "sdpa" and not masked)):
+        # transformers phi3 `Phi3Attention.forward`: q, k, v are slices of the fused qkv_proj
+        # output; q and k are replaced by their RoPE results, but v stays a view, and the
+        # attention saves v (no repeat_kv copy with one query per KV head, or with SDPA's
+        # native grouped-query attention): the whole q/k/v output stays alive
+        out.saved_attn += T * (qd + kvd) * a
     if getattr(setup, "fused_qkv", False) and nkv == nh:
         # litgpt model.py `CausalSelfAttention.forward`: `qkv.view(B, T, groups, q_per_kv + 2,
         # hs).permute(0, 2, 3, 1, 4).split(...)`; with one query per KV group
@@ -504,10 +529,18 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
             # forward in the compute dtype, saved by the expert matmuls for the input gradient
             merged = sum(m.in_features * m.out_features * m.count for m in experts) * a
             out.saved_mlp += merged
-            biggest = max(m.in_features * m.out_features * m.count for m in experts)
-            # the einsum runs under autocast (bf16 bmm): one delta-sized transient
-            out.fwd_mlp = max(out.fwd_mlp, biggest * p.lora_linear)
-            out.w_mlp = max(out.w_mlp, biggest * a)  # the merged weight's gradient
+            # the einsum runs under autocast (bf16 bmm): one delta-sized transient next to its
+            # merged weight, before the later expert tensors of the layer (down after gate_up)
+            # have merged weights; in the backward each merged weight's gradient comes after the
+            # later ones' merged weights were released. Either way: a tensor's size less the
+            # merged weights after it, at its worst
+            sizes = [m.in_features * m.out_features * m.count for m in experts]
+            worst = later = 0
+            for n in reversed(sizes):
+                worst = max(worst, n - later)
+                later += n
+            out.fwd_mlp = max(out.fwd_mlp, worst * p.lora_linear)
+            out.w_mlp = max(out.w_mlp, worst * a)  # the merged weight's gradient
         out.w_mlp = max(out.w_mlp, T * k * inter * 3 * a)
     else:
         inter = spec.intermediate_size
@@ -569,7 +602,11 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
             # no copy: the A-linear saves the module's own input, shared by modules that
             # read the same tensor (q/k/v, gate/up)
             key = (fin, m.path.split(".")[0] if getattr(m, "path", "") else m.name[:1])
-            if key not in shared_inputs and not full:
+            # o_proj reads the attention output: with SDPA (flash / memory-efficient write it
+            # in (b, s, heads, dim) layout) `transpose(1, 2).contiguous()` is a view of the
+            # output the kernel already saves; eager attention's is a copy
+            attn_out_view = m.name == "o_proj" and attn != "eager"
+            if key not in shared_inputs and not full and not attn_out_view:
                 shared_inputs.add(key)
                 saved += n_tok * fin * p.lora_linear
         saved += n_tok * r * p.lora_linear  # lora_A output, saved by lora_B
@@ -627,6 +664,24 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     out.w_attn += 2 * T * h * a
     out.w_mlp += 2 * T * h * a
     return out
+
+
+def _sdpa_backward_workspace(b: int, s: int, nh: int, nkv: int, hd: int, a: int, masked: bool) -> int:
+    """Scratch the CUDA SDPA backward kernel allocates inside the op, next to dq/dk/dv.
+
+    Without a mask and in 16 bits the CUDA dispatcher picks flash (sdp_utils.cpp), whose
+    `mha_bwd` (aten/src/ATen/native/transformers/cuda/flash_attn/flash_api.cpp) allocates
+    `softmax_d` fp32 (b, h, round128(s)), `dq_accum` fp32 (b, round128(s), h, round32(d)) and,
+    under grouped-query attention, `dk_expanded`/`dv_expanded` (b, s, h, d). With a mask, the
+    memory-efficient kernel (mem_eff_attention/kernel_backward.h `workspace_size`) accumulates
+    the query gradient in fp32 (64 x 64 tiles) and keeps fp32 `delta` (b, h, s)."""
+    r = lambda x, m: (x + m - 1) // m * m  # noqa: E731
+    if not masked and a < 4 and hd <= 256:
+        ws = 4 * b * nh * r(s, 128) + 4 * b * r(s, 128) * nh * r(hd, 32)
+        if nkv != nh:
+            ws += 2 * b * s * nh * hd * a
+        return ws
+    return 4 * b * nh * s + (4 * b * nh * r(s, 64) * r(hd, 64) if a < 4 else 0)
 
 
 def _dequant_bytes(n: int, setup: TrainSetup, p: _Path) -> int:
@@ -795,13 +850,21 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     # identity of the module records keys the cache (value hashing would cost more than it saves)
     memo: dict = {}
     per_layer = []
+    layer_types = getattr(spec, "layer_types", ()) or ()
+    window = getattr(spec, "sliding_window", None)
     for i, (layer, lora) in enumerate(zip(spec.layers, lora_layers)):
-        key = (id(layer), tuple(map(id, lora)), i > 0 or input_grad0)
+        # a sliding-window layer needs a 4-D mask once the keys reach the window
+        # (transformers masking_utils.py `_ignore_causal_mask_sdpa`: `kv_length >=
+        # local_attention_size`), so SDPA takes the masked path there
+        sliding = (attn == "sdpa" and window is not None and s >= window and i < len(layer_types)
+                   and layer_types[i] == "sliding_attention")
+        key = (id(layer), tuple(map(id, lora)), i > 0 or input_grad0, masked or sliding)
         hit = memo.get(key)
         if hit is None:
-            hit = memo[key] = _layer_activations(spec, layer, lora, setup, p, b, s, attn, masked,
+            hit = memo[key] = _layer_activations(spec, layer, lora, setup, p, b, s, attn, key[3],
                                                  input_grad=key[2], device=device, dropout=dropout)
         per_layer.append(hit)
+    any_sliding = any(k[3] for k in memo) and not masked
     per_layer = per_layer or [_Layer()]
     L = len(per_layer)
     if masked and attn == "sdpa" and setup.packing:
@@ -816,7 +879,12 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     if attn == "eager":
         # transformers masking_utils.py `eager_mask`: eager attention always takes an additive
         # float mask (b, 1, s, s) (fp32 as traced), live through the step
-        mask_bytes += _mask_elems(b, s, setup) * 4
+        mask_bytes += _mask_elems(b, s, setup, attn) * 4
+    elif attn == "sdpa" and setup.grad_checkpointing and (masked or any_sliding):
+        # the shared bool mask (masking_utils.py `sdpa_mask`) is an argument of every
+        # checkpointed layer, and non-reentrant checkpointing keeps a layer's inputs for its
+        # recomputation (torch/utils/checkpoint.py): it lives through the backward
+        mask_bytes += _mask_elems(b, s, setup, attn)
     head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
     loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
     if "lm_head_4bit" in details and _loss_impl(setup) == "chunked":
@@ -886,17 +954,22 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     worst = max(totals, key=totals.get)
     grads_at_peak, saved_at_peak, transient = phases[worst]
     details.update({f"phase_{k}": v + static for k, v in totals.items()})
-    torch_peak = static + totals[worst]
-
     arch = getattr(gpu, "arch", None) if gpu is not None else None
     context = CUDA_CONTEXT_BYTES.get(arch, CUDA_CONTEXT_BYTES[None])
-    cublas = CUBLAS_WORKSPACE_BYTES.get(arch, CUBLAS_WORKSPACE_BYTES[None])
+    cublas = CUBLAS_THREADS * CUBLAS_WORKSPACE_BYTES.get(arch, CUBLAS_WORKSPACE_BYTES[None])
+    if any(m.bias for layer in spec.layers[:1] for m in layer):
+        # the forward's addmm takes a cuBLASLt workspace; the backward thread's only when it
+        # re-runs the forward (checkpointing)
+        cublas += CUBLASLT_WORKSPACE_BYTES * (2 if setup.grad_checkpointing else 1)
     details["cuda_context"] = context
     details["cublas_workspace"] = cublas
+    # the workspaces are allocated by the first GEMMs of step 1 and kept: max_memory_allocated
+    # of step 2 counts them
+    torch_peak = static + totals[worst] + (cublas if device != "cpu" else 0)
     churn = saved_at_peak + transient
     allocator = int(ALLOC_FRAGMENTATION * churn)
     runtime = context + cublas
-    device = torch_peak + allocator + runtime + opt_paged
+    on_card = torch_peak + allocator + context + opt_paged + (cublas if device == "cpu" else 0)
 
     comps = {
         "runtime_overhead": runtime,
@@ -918,7 +991,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     return MemoryEstimate(
         components=comps,
         torch_peak_bytes=int(torch_peak),
-        device_bytes=int(device),
+        device_bytes=int(on_card),
         details=details,
         notes=tuple(notes),
     )

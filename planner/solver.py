@@ -31,6 +31,7 @@ from typing import Any, Mapping
 
 from planner.gpus import GPU, bigger_cards
 from planner.gpus import format_gib as _gib
+from planner.margins import DEFAULT_SAFETY_MARGIN, margin_sentence  # derived from the model's measured error
 from planner.parallel import estimate_parallel_memory
 from planner.setup import MemoryEstimate, TrainSetup
 from planner.spec import ModelSpec
@@ -38,7 +39,6 @@ from planner.throughput import Throughput, estimate_throughput, trainable_parame
 
 DEFAULT_SEQ_LEN = 2048
 DEFAULT_EFFECTIVE_BATCH = 16
-DEFAULT_SAFETY_MARGIN = 0.08
 DEFAULT_DATASET_TOKENS = 10_000_000
 """Tokens per epoch assumed for time and cost when no dataset is given (a ~10k-example
 instruction set of ~1k tokens each); the plan says it assumed this."""
@@ -395,6 +395,8 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     tokens = tokens or DEFAULT_DATASET_TOKENS
 
     def finish(fits: bool, choice: Candidate, alts, suggestions) -> PlanResult:
+        if choice.setup.method == "qlora" and spec.is_moe():
+            warnings.append(_moe_qlora_sentence(spec, fits))
         secs = training_seconds(choice.throughput.tokens_per_second, tokens, constraints.epochs) if fits else None
         return PlanResult(
             fits=fits, choice=choice, alternatives=tuple(alts), reasons=tuple(reasons), warnings=tuple(warnings),
@@ -412,6 +414,21 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     _explain_choice(choice, fitting, groups, methods, constraints, reasons, spec, budget, usable, search)
     alts = _alternatives(choice, groups)
     return finish(True, choice, alts, [])
+
+
+def _moe_qlora_sentence(spec: ModelSpec, fits: bool) -> str:
+    """What QLoRA does to a transformers-5 MoE model, and what to do instead."""
+    experts = sum(m.weight_params() for layer in spec.layers for m in layer if m.kind == "expert")
+    # transformers 5 stores MoE experts as fused 3-D parameters (models/mixtral/modeling_mixtral.py
+    # `MixtralExperts`); its bitsandbytes integration (`replace_with_bnb_linear`) swaps only
+    # nn.Linear modules for Linear4bit, so the experts keep the compute dtype
+    text = (f"QLoRA keeps the experts of {spec.name} in 16 bits ({_gib(experts * 2)}): transformers 5 stores "
+            "them as fused 3-D tensors and bitsandbytes quantizes only nn.Linear layers, so 4 bits shrink the "
+            "attention and router weights only (the classic one-card 4-bit MoE needs per-expert nn.Linear "
+            "layers, as in transformers 4).")
+    if not fits:
+        text += " What fits instead is under 'What would make it fit': more GPUs with FSDP or a bigger card."
+    return text
 
 
 def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None = None,
@@ -625,7 +642,8 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
                        "materialising the full fp32 logits.")
     where = "on the card" if s.num_gpus == 1 and s.strategy != "fsdp" else "on each GPU"
     reasons.append(f"Predicted {_gib(m.device_bytes)} {where} (nvidia-smi) of {_gib(usable)} usable; "
-                   f"the plan keeps {_gib(usable - budget)} as safety margin.")
+                   f"the plan keeps {_gib(usable - budget)} free: "
+                   f"{margin_sentence(constraints.safety_margin, s.num_gpus)}.")
     for note in m.notes:
         reasons.append(note[0].upper() + note[1:])
 
@@ -670,8 +688,8 @@ def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, b
     s = smallest.setup
     gpu = hardware.gpu
     sug = [f"The smallest configuration ({smallest.describe()}) needs {_gib(need)}, but only "
-           f"{_gib(budget)} of {_gib(hardware.usable_bytes())} may be used (safety margin "
-           f"{constraints.safety_margin:.0%})."]
+           f"{_gib(budget)} of {_gib(hardware.usable_bytes())} may be used "
+           f"({margin_sentence(constraints.safety_margin, s.num_gpus)})."]
     if hardware.free_bytes is not None and hardware.free_bytes < gpu.memory_bytes * 0.9:
         sug.append(f"Other processes hold {_gib(gpu.memory_bytes - hardware.free_bytes)} of the card: "
                    "freeing it would help.")

@@ -231,3 +231,15 @@ def test_fixed_sequence_shorter_than_the_data_warns_about_truncation(specs):
     r = plan(specs, "qwen2.5-0.5b", "h100", fixed={"seq_len": 512}, dataset=DatasetStats(p99_tokens=1500))
     assert r.choice.setup.seq_len == 512
     assert any("truncated" in w and "1500" in w for w in r.warnings)
+
+
+def test_moe_qlora_says_its_fused_experts_stay_16_bit():
+    # transformers 5 keeps fused expert tensors; bitsandbytes quantizes nn.Linear only
+    spec = load_spec("mixtral-8x7b")
+    r = solve(spec, Hardware(gpu=get_gpu("h100")), Constraints(method="qlora", gpus=1))
+    experts = sum(m.weight_params() for layer in spec.layers for m in layer if m.kind == "expert")
+    text = [w for w in r.warnings if "16 bits" in w]
+    assert len(text) == 1 and f"{experts * 2 / GiB:.1f} GiB" in text[0]
+    assert not r.fits and "What would make it fit" in text[0] and r.suggestions
+    dense = solve(load_spec("llama-3.1-8b"), Hardware(gpu=get_gpu("h100")), Constraints(method="qlora"))
+    assert not any("16 bits" in w for w in dense.warnings)

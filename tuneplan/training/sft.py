@@ -10,7 +10,11 @@ trainer. The planner (`planner/memory.py`) predicts exactly this path and
    `paged_adamw_8bit`, `paged-adamw-32bit`->`paged_adamw_32bit`, micro-batch, gradient
    accumulation and sequence length (`max_length`) from the setup. `packing=True` -> trl's
    best-fit-decreasing packing, which is padding-free (one flattened row per micro-batch,
-   documents kept apart by `position_ids`); `packing=False` -> rows padded to the longest in
+   documents kept apart by `position_ids`), except with eager attention and micro-batches of
+   several rows: eager attention computes scores over the whole flattened row, (batch x
+   seq)^2 per head, so those runs pack with trl's `wrapped` strategy instead (rows of exactly
+   `seq_len` tokens, scores batch x seq^2; documents in a row attend to each other, as in
+   trl's classic packing); `packing=False` -> rows padded to the longest in
    the micro-batch, truncated at `seq_len`. Checkpointing is already enabled by step 2
    (non-reentrant); the trainer is told the same so that it re-applies the same kwargs.
    Checkpoints every `training.save_steps` keeping `training.save_total_limit` (with
@@ -55,8 +59,20 @@ OPTIMIZERS = {
 }
 
 
+def packing_strategy(setup, attn_implementation: str | None) -> str:
+    """trl's packing strategy for `setup`: `bfd` (padding-free), or `wrapped` when eager
+    attention would score a flattened micro-batch of several rows as one long sequence
+    (trl sft_trainer.py: `bfd` implies `padding_free`, which concatenates the micro-batch;
+    transformers masking_utils.py `find_packed_sequence_indices` then masks one row of
+    batch x seq tokens, and eager attention materialises all of its scores)."""
+    if attn_implementation == "eager" and setup.micro_batch > 1:
+        return "wrapped"
+    return "bfd"
+
+
 def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval: bool = False,
-               completion_only: bool | None = None, assistant_only: bool = False):
+               completion_only: bool | None = None, assistant_only: bool = False,
+               attn_implementation: str | None = None):
     """The `trl.SFTConfig` for a run (contract step 4). `output_dir=None` -> no checkpoints
     (a temporary folder is used for trl's bookkeeping)."""
     from trl import SFTConfig
@@ -77,7 +93,7 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         gradient_accumulation_steps=s.grad_accum,
         max_length=s.seq_len,
         packing=s.packing,
-        packing_strategy="bfd",
+        packing_strategy=packing_strategy(s, attn_implementation),
         padding_free=False,  # implied by bfd packing; off without packing (needs flash-attention)
         gradient_checkpointing=s.grad_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False} if s.grad_checkpointing else None,
@@ -187,7 +203,12 @@ def build_trainer(run_config: RunConfig, model, tokenizer, train_ds, eval_ds=Non
     # whole conversations (`messages` rows, see training/data.py): loss on every assistant turn
     assistant_only = "messages" in columns and run_config.data.completion_only_loss
     args = sft_config(run_config, output_dir=output_dir, has_eval=eval_ds is not None and len(eval_ds) > 0,
-                      completion_only=completion_only, assistant_only=assistant_only)
+                      completion_only=completion_only, assistant_only=assistant_only,
+                      attn_implementation=getattr(model.config, "_attn_implementation", None))
+    if run_config.setup.packing and args.packing_strategy == "wrapped":
+        log.info("packing: eager attention with %d rows per micro-batch packs rows of %d tokens (trl 'wrapped'); "
+                 "padding-free packing would score the flattened micro-batch as one sequence",
+                 run_config.setup.micro_batch, run_config.setup.seq_len)
     cls = _trainer_class()
     trainer = cls(
         model=model,

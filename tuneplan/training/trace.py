@@ -23,9 +23,12 @@ Two ways to run it:
   `_fake_params4bit`); the forward/backward are bitsandbytes' real `Linear4bit` /
   `MatMul4Bit` / `dequantize_4bit` code. Data-dependent scalar reads (`.item()`,
   `bool(tensor)`) are answered with the value they have in a real step of unpadded rows
-  (`_fake_scalars`); they only steer logging and mask shortcuts. `packing=True` is refused
-  (data-dependent shapes). On small models the fake trace equals the CPU trace byte for byte
-  (tests/planner/test_trace_cpu.py), MoE and trl's chunked head included.
+  (`_fake_scalars`); they only steer logging and mask shortcuts. `packing=True` packs
+  documents of half a row, two per row, and collates them on real tensors (`_fake_packing`:
+  the collator's sequence-start search has a data-dependent shape). On small models the fake
+  trace equals the CPU trace byte for byte (tests/planner/test_trace_cpu.py), MoE and trl's
+  chunked head included. `semantics="cuda"` emulates a CUDA card's step on the same fake
+  tensors (tuneplan/training/cuda_semantics.py).
 
 Categories of live bytes: `quantized_weights` (4-bit storages and their quant state),
 `unquantized_weights` (frozen 16/32-bit parameters and buffers), `adapter_weights`
@@ -78,6 +81,7 @@ class LiveTensorTracker(TorchDispatchMode):
         self.marks: dict[str, dict[str, int]] = {}
         self.mark_ops: dict[str, dict[str, dict[str, int]]] = {}
         self._op = ""
+        self.emulation = None  # a `cuda_semantics.CudaEmulation` for the CUDA-semantics trace
 
     # -- storage bookkeeping -----------------------------------------------------------
     def _freed(self, key: int, _ref=None) -> None:
@@ -116,6 +120,20 @@ class LiveTensorTracker(TorchDispatchMode):
         self.by_cat[cat] = self.by_cat.get(cat, 0) + nbytes
         self._check_peak()
 
+    def allocate_static(self, nbytes: int, category: str) -> None:
+        """Count `nbytes` that a CUDA run holds to the end (e.g. a cuBLAS workspace)."""
+        self.current += nbytes
+        self.by_cat[category] = self.by_cat.get(category, 0) + nbytes
+        self._check_peak()
+
+    def transient(self, nbytes: int) -> None:
+        """Count `nbytes` that a kernel holds while it runs (its workspace), next to its outputs."""
+        self.current += nbytes
+        self.by_cat["workspace"] = self.by_cat.get("workspace", 0) + nbytes
+        self._check_peak()
+        self.current -= nbytes
+        self.by_cat["workspace"] -= nbytes
+
     def _check_peak(self) -> None:
         key = (self.step, self.phase)
         pp = self.phase_peaks.get(key)
@@ -148,6 +166,8 @@ class LiveTensorTracker(TorchDispatchMode):
         for t in tree_flatten(out)[0]:
             if isinstance(t, torch.Tensor):
                 self.track(t)
+        if self.emulation is not None:
+            self.emulation.after(self, func, args, kwargs or {})
         return out
 
 
@@ -247,6 +267,8 @@ def _phase_hooks(tr: LiveTensorTracker, trainer, model):
             tr.step += 1
             tr.mark(f"step{tr.step}.start")
             tr.set_phase("forward")
+        elif torch.is_grad_enabled() and tr.phase == "clip":
+            tr.set_phase("forward")  # the next micro-batch of a gradient-accumulation step
 
     def backbone_post(mod, args, out):
         if tr.phase == "forward":
@@ -309,13 +331,14 @@ def run_config_for(setup: TrainSetup, steps: int = 2):
                                                          save_steps=10_000, lr_scheduler="constant"))
 
 
-def token_dataset(vocab_size: int, setup: TrainSetup, steps: int = 2, seed: int = 0):
-    """Pre-tokenized rows of exactly `seq_len` tokens, enough for `steps` micro-batches."""
+def token_dataset(vocab_size: int, setup: TrainSetup, steps: int = 2, seed: int = 0, docs_per_row: int = 1):
+    """Pre-tokenized rows of exactly `seq_len` tokens, enough for `steps` micro-batches; with
+    `docs_per_row` > 1, documents of `seq_len / docs_per_row` tokens that packing fills rows with."""
     from datasets import Dataset
 
     g = torch.Generator().manual_seed(seed)
-    n = setup.micro_batch * setup.grad_accum * steps
-    ids = torch.randint(3, vocab_size, (n, setup.seq_len), generator=g).tolist()
+    n = setup.micro_batch * setup.grad_accum * steps * docs_per_row
+    ids = torch.randint(3, vocab_size, (n, setup.seq_len // docs_per_row), generator=g).tolist()
     return Dataset.from_dict({"input_ids": ids})
 
 
@@ -428,7 +451,7 @@ def _fake_params4bit(w: torch.Tensor, template, module) -> torch.nn.Parameter:
     return p
 
 
-def build_fake_model(config, setup: TrainSetup):
+def build_fake_model(config, setup: TrainSetup, device_type: str = "cpu"):
     """`modeling.build_from_config` on fake tensors: steps 1-3 with bitsandbytes' own 4-bit.
 
     Must be called inside the fake mode. QLoRA follows `from_pretrained`'s quantizer: the
@@ -442,7 +465,7 @@ def build_fake_model(config, setup: TrainSetup):
 
     cfg = modeling.config_from_dict(config)
     notes: list[str] = []
-    attn = modeling.resolve_attention(cfg, setup.attn, "cpu", notes)
+    attn = modeling.resolve_attention(cfg, setup.attn, device_type, notes)
     dtype = modeling.torch_dtype(setup.compute_dtype)
     model = AutoModelForCausalLM.from_config(cfg, dtype=dtype, attn_implementation=attn)
     if setup.method == "qlora":
@@ -514,27 +537,82 @@ def _fake_scalars():
         iu.is_fake_tensor = orig_is_fake
 
 
-def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None = None) -> TraceResult:
-    """`trace_training` of a model built from `config` on fake tensors (any size, no memory)."""
-    from tuneplan.training import modeling
+@contextlib.contextmanager
+def _fake_packing(trainer, setup: TrainSetup, tracker: LiveTensorTracker):
+    """Let packed micro-batches through the fake step.
 
-    if setup.packing:
-        # trl's padding-free packing makes transformers look for sequence starts in
-        # position_ids (`nonzero`), whose output size fake tensors cannot know
-        raise ValueError("trace_fake needs packing=False (packed batches have data-dependent shapes); "
-                         "rows of exactly seq_len tokens hold the same tensors")
+    trl's padding-free collator finds the sequence starts with `nonzero` (an output size fake
+    tensors cannot know): it runs on real tensors here, outside the fake mode, and the model
+    receives real (constant) batch tensors. transformers' `find_packed_sequence_indices` then
+    asks whether any row holds several sequences (`.all()` on a fake tensor); every packed
+    row of the trace holds two documents, so the answer is yes: it returns the packed mask."""
+    if not setup.packing:
+        yield
+        return
+    import transformers.masking_utils as mu
+    import transformers.utils.import_utils as iu
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    collate = trainer.data_collator
+
+    def real_collate(examples):
+        with _disable_current_modes():
+            batch = collate(examples)
+        for t in batch.values():  # the batch a real step allocates (input ids, labels, positions)
+            tracker.track(t)
+        return batch
+
+    orig_find = mu.find_packed_sequence_indices
+
+    def find(position_ids):
+        fake = iu.is_fake_tensor
+        iu.is_fake_tensor = lambda t: True  # "tracing": skip the one-sequence shortcut
+        try:
+            return orig_find(position_ids)
+        finally:
+            iu.is_fake_tensor = fake
+
+    trainer.data_collator = real_collate
+    mu.find_packed_sequence_indices = find
+    try:
+        yield
+    finally:
+        trainer.data_collator = collate
+        mu.find_packed_sequence_indices = orig_find
+
+
+def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None = None, semantics: str = "cpu",
+               arch: str = "hopper", mechanisms=None) -> TraceResult:
+    """`trace_training` of a model built from `config` on fake tensors (any size, no memory).
+
+    `semantics="cpu"`: the step a CPU runs. `semantics="cuda"`: the step a CUDA card of
+    architecture `arch` runs, emulated on the fake CPU tensors by the mechanisms of
+    `tuneplan.training.cuda_semantics` (all of them, or those named in `mechanisms`)."""
+    from tuneplan.training import modeling
+    from tuneplan.training.cuda_semantics import MECHANISMS, cuda_semantics
+
+    if semantics not in ("cpu", "cuda"):
+        raise ValueError(f"semantics must be 'cpu' or 'cuda' (got {semantics!r})")
+
     cfg = modeling.config_from_dict(config)
     tokenizer = simple_tokenizer(cfg.vocab_size)
-    ds = token_dataset(cfg.vocab_size, setup, steps)
+    # packed runs: two documents per row, as real packed rows hold several
+    ds = token_dataset(cfg.vocab_size, setup, steps, docs_per_row=2 if setup.packing else 1)
     from tuneplan.training.sft import build_trainer
 
-    with fake_mode():
-        model, notes = build_fake_model(cfg, setup)
+    emulate = cuda_semantics(arch, MECHANISMS if mechanisms is None else mechanisms) if semantics == "cuda" \
+        else contextlib.nullcontext()
+    with fake_mode(), emulate as emu:
+        model, notes = build_fake_model(cfg, setup, device_type="cuda" if semantics == "cuda" else "cpu")
         trainer = build_trainer(run_config_for(setup, steps), model, tokenizer, ds)
         tr = LiveTensorTracker()
         classify_model(tr, trainer.model)
-        with _phase_hooks(tr, trainer, trainer.model), _fake_scalars(), tr:
+        tr.emulation = emu
+        with _phase_hooks(tr, trainer, trainer.model), _fake_scalars(), _fake_packing(trainer, setup, tr), tr:
             trainer.train()
-    info = {"setup": dataclasses.asdict(setup), "device": "fake-cpu", "driver": "tuneplan.training.sft.build_trainer",
-            "notes": notes, **_versions(), **(meta or {})}
+    info = {"setup": dataclasses.asdict(setup), "device": "fake-cpu" if emu is None else f"fake-cuda-{arch}",
+            "driver": "tuneplan.training.sft.build_trainer", "notes": notes, **_versions(), **(meta or {})}
+    if emu is not None:
+        info["cuda_mechanisms"] = sorted(emu.on)
+        info["sdpa_backends"] = sorted(set(emu.backends))
     return _result(tr, info)

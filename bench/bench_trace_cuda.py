@@ -1,0 +1,217 @@
+"""The planner against the CUDA-semantics trace of our training step, on a grid of full-size models.
+
+Each case runs two optimizer steps of our real training path (tuneplan.training.modeling +
+tuneplan.training.sft.build_trainer) on fake tensors with CUDA semantics
+(`tuneplan.training.trace.trace_fake(..., semantics="cuda")`, see
+tuneplan/training/cuda_semantics.py) and compares the peak of live bytes (what
+`torch.cuda.max_memory_allocated()` reads) with `planner.memory.estimate_memory(...)
+.torch_peak_bytes` for the same setup (rows of exactly `seq_len` tokens, no padding).
+
+    python bench/bench_trace_cuda.py --out /tmp/grid.jsonl            # run the grid (resumable)
+    python bench/bench_trace_cuda.py --out /tmp/grid.jsonl --report   # only print the table
+    python bench/bench_trace_cuda.py --cases llama-3.1-8b:lora:off:1:all --out /tmp/one.jsonl
+    python bench/bench_trace_cuda.py --plans llama-3.1-8b@a100-80gb --out /tmp/plans.jsonl   # a plan's exact setup
+
+Traces are slow (about a minute per 8B case, several for 70B, on one core): results are
+appended to `--out` as they come, cases already there are skipped, and `--report` recomputes
+the predictions from the stored traces with the current planner. Case syntax:
+`model:method:ckpt(on|off):micro_batch:targets(all|attn)[:seq_len[:arch]]`; a plan case
+`plan:model@gpu[@more plan arguments]` traces the setup `tuneplan plan --model model --gpu gpu
+...` chooses (packing and the fused loss included) on that card's architecture.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+GiB = 1024**3
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+FAMILIES = ("llama-3.1-8b", "mistral-7b-v0.3", "qwen2.5-7b", "qwen3-8b", "gemma-2-9b", "gemma-3-1b",
+            "phi-3-mini", "mixtral-8x7b", "qwen3-30b-a3b", "llama-3.1-70b")
+
+
+def grid() -> list[str]:
+    """The deliverable grid: every family (a 70B and two MoE included), LoRA and QLoRA,
+    checkpointing on and off, micro-batch 1 and 4, all-linear and attention targets at seq
+    2048; a 512 / 8192 sweep on one 8B model."""
+    out = []
+    # ordered so that a partial run already covers every family: checkpointing off first
+    for ckpt, mb, targets in (("off", 1, "all"), ("off", 4, "all"), ("on", 1, "all"), ("off", 1, "attn"),
+                              ("on", 4, "all"), ("on", 1, "attn")):
+        for model in FAMILIES:
+            for method in ("lora", "qlora"):
+                out.append(f"{model}:{method}:{ckpt}:{mb}:{targets}")
+    for seq in (512, 8192):
+        for method in ("lora", "qlora"):
+            for ckpt in ("off", "on"):
+                out.append(f"llama-3.1-8b:{method}:{ckpt}:1:all:{seq}")
+    return out
+
+
+def parse_case(case: str):
+    from planner.setup import ATTENTION_TARGETS, TrainSetup
+
+    parts = case.split(":")
+    model, method, ckpt, mb, targets = parts[:5]
+    seq = int(parts[5]) if len(parts) > 5 else 2048
+    arch = parts[6] if len(parts) > 6 else "hopper"
+    if targets == "all":
+        lora_targets = "all-linear"
+    else:  # the model's own attention projections (phi3: qkv_proj, o_proj)
+        from planner import catalog
+
+        lora_targets = tuple(catalog.load_spec(catalog.get(model).name).attention_module_names()) or ATTENTION_TARGETS
+    setup = TrainSetup(method=method, grad_checkpointing=ckpt == "on", micro_batch=int(mb), seq_len=seq,
+                       lora_targets=lora_targets,
+                       packing=False, optimizer="adamw")
+    return model, setup, arch
+
+
+def plan_setup(model: str, gpu: str, extra: str = ""):
+    """(catalog model, TrainSetup, arch) of what `tuneplan plan --model --gpu [extra]` chooses."""
+    import shlex
+    import subprocess
+
+    from planner.gpus import get_gpu
+    from planner.setup import TrainSetup
+
+    out = subprocess.run([sys.executable, "-m", "tuneplan", "plan", "--model", model, "--gpu", gpu, "--json",
+                          *shlex.split(extra)],
+                         capture_output=True, text=True, check=False).stdout
+    data = json.loads(out)
+    from dataclasses import fields
+
+    known = {f.name for f in fields(TrainSetup)}
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in data["config"].items() if k in known}
+    return data["model"]["name"], TrainSetup(**cfg), get_gpu(gpu).arch
+
+
+def gpu_for(arch: str):
+    from planner.gpus import GPU
+
+    return GPU(key=arch, name=arch, memory_bytes=80 * GiB, bf16=True, arch=arch)
+
+
+def predict(model: str, setup, arch: str):
+    from planner import catalog
+    from planner.memory import estimate_memory
+
+    return estimate_memory(catalog.load_spec(catalog.get(model).name), setup, gpu_for(arch), padded_rows=False)
+
+
+def run(cases: list[str], out: Path) -> None:
+    import torch
+
+    from planner import catalog
+    from tuneplan.training.trace import trace_fake
+
+    torch.set_num_threads(1)
+    done = set()
+    if out.exists():
+        done = {json.loads(line)["case"] for line in out.read_text().splitlines() if line.strip()}
+    for case in cases:
+        if case in done:
+            continue
+        if case.startswith("plan:"):
+            model, setup, arch = plan_setup(*case[len("plan:"):].split("@"))
+        else:
+            model, setup, arch = parse_case(case)
+        t = time.perf_counter()
+        try:
+            r = trace_fake(dict(catalog.get(model).config), setup, semantics="cuda", arch=arch)
+        except Exception as e:  # keep going: one family's failure must not stop the grid
+            print(f"{case}: trace failed: {type(e).__name__}: {e}", flush=True)
+            continue
+        rec = {"case": case, "model": model, "arch": arch, "setup": asdict(setup), "peak_bytes": r.peak_bytes,
+               "peak_where": r.peak_where, "peak_breakdown": r.peak_breakdown, "static": r.static,
+               "phases": r.phases, "marks": r.marks, "mark_ops": r.mark_ops,
+               "backends": r.meta.get("sdpa_backends"), "seconds": round(time.perf_counter() - t, 1)}
+        with out.open("a") as fh:
+            fh.write(json.dumps(rec) + "\n")
+        print(f"{case}: {r.peak_bytes / GiB:.3f} GiB at {r.peak_where} ({rec['seconds']} s)", flush=True)
+
+
+def _records(out: Path) -> list[dict]:
+    """The traced cases of `out`, the last record of each case."""
+    recs = {}
+    for line in out.read_text().splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            recs[rec["case"]] = rec
+    return list(recs.values())
+
+
+def report(out: Path) -> tuple[float, float]:
+    from planner.setup import TrainSetup
+
+    rows = _records(out)
+    errs = []
+    print(f"{'case':<40} {'trace GiB':>10} {'plan GiB':>10} {'error':>7}  {'trace peak at':<20} {'plan peak at'}")
+    for rec in rows:
+        setup = TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in rec["setup"].items()})
+        if rec["case"].startswith("plan:"):
+            from planner import catalog
+            from planner.gpus import get_gpu
+            from planner.memory import estimate_memory
+
+            gpu = get_gpu(rec["case"].split("@")[1])
+            est = estimate_memory(catalog.load_spec(rec["model"]), setup, gpu)
+        else:
+            est = predict(rec["model"], setup, rec["arch"])
+        err = est.torch_peak_bytes / rec["peak_bytes"] - 1
+        errs.append(err)
+        where = next((k[len("peak_phase_"):] for k in est.details if k.startswith("peak_phase_")), "?")
+        print(f"{rec['case']:<40} {rec['peak_bytes'] / GiB:>10.3f} {est.torch_peak_bytes / GiB:>10.3f} "
+              f"{err:>+7.2%}  {rec['peak_where']:<20} {where}")
+    if not errs:
+        return 0.0, 0.0
+    med = statistics.median(abs(e) for e in errs)
+    worst = max(errs, key=abs)
+    print(f"{len(errs)} cases: median |error| {med:.2%}, worst {worst:+.2%}")
+    return med, worst
+
+
+def write_csv(out: Path, path: Path) -> None:
+    """case, model, arch, setup (JSON), traced peak bytes, peak phase: what the tests need."""
+    import csv
+
+    rows = _records(out)
+    with path.open("w", newline="") as fh:
+        w = csv.writer(fh)
+        w.writerow(["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_where"])
+        for r in rows:
+            w.writerow([r["case"], r["model"], r["arch"], json.dumps(r["setup"], sort_keys=True), r["peak_bytes"],
+                        r["peak_where"]])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", required=True, help="JSON-lines file of traced cases (appended, resumable)")
+    ap.add_argument("--cases", help="comma-separated cases (default: the whole grid)")
+    ap.add_argument("--plans", help="comma-separated model@gpu: trace the setup `tuneplan plan` chooses")
+    ap.add_argument("--report", action="store_true", help="only print the table from --out")
+    ap.add_argument("--csv", help="also write the traced peaks as CSV (tests/data/traces/cuda_grid.csv)")
+    args = ap.parse_args()
+    out = Path(args.out)
+    if not args.report:
+        cases = [f"plan:{p}" for p in args.plans.split(",")] if args.plans else \
+            (args.cases.split(",") if args.cases else grid())
+        run(cases, out)
+    if out.exists():
+        report(out)
+        if args.csv:
+            write_csv(out, Path(args.csv))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
