@@ -89,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _setup_changes(args: argparse.Namespace) -> dict:
-    from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+    from tuneplan.services.planning import parse_targets
 
     changes: dict = {}
     simple = {"method": "method", "seq_len": "seq_len", "batch": "micro_batch", "grad_accum": "grad_accum",
@@ -114,10 +114,8 @@ def _setup_changes(args: argparse.Namespace) -> dict:
         if value in ("on", "off"):
             changes[knob] = value == "on"
     if args.lora_targets:
-        t = args.lora_targets.strip()
-        changes["lora_targets"] = (ALL_LINEAR if t in ("all-linear", "all_linear") else
-                                   ATTENTION_TARGETS if t == "attention" else
-                                   tuple(x.strip() for x in t.split(",") if x.strip()))
+        # the planner's reading: `attention` stays a group the model resolves (phi-3's qkv_proj)
+        changes["lora_targets"] = parse_targets(args.lora_targets)
     return changes
 
 
