@@ -63,7 +63,7 @@ _METHOD = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 SEQ_STEP = 128
 SETUP_KEYS = ("method", "quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
               "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing", "optimizer",
-              "attn", "fused_ce", "num_gpus", "strategy")
+              "attn", "fused_ce", "num_gpus", "strategy", "cpu_offload")
 """`[setup]` keys a preset may hold: the knobs tuneplan's training path implements. The other
 `TrainSetup` fields describe other training stacks (the planner's calibration) and are refused."""
 
@@ -752,6 +752,8 @@ def _base_fixed(preset: Preset) -> dict[str, Any]:
     if s.method == "qlora":
         fixed.update(quant_type=s.quant_type, double_quant=s.double_quant)
     fixed["packing"] = s.packing
+    if s.cpu_offload:
+        fixed["cpu_offload"] = True  # FSDP offload to host memory: the solver plans FSDP with it
     if s.compute_dtype == "float32" and "compute_dtype" in preset.setup_keys:
         fixed["compute_dtype"] = "float32"  # asked for on purpose (CPU presets)
     for knob in keep:
