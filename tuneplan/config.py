@@ -26,8 +26,10 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-from planner.setup import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, STRATEGIES, TrainSetup
+from planner.setup import TrainSetup
 from tuneplan.errors import UserError, check_path
+from tuneplan.knobs import MAX_COUNT, RUN_KNOBS
+from tuneplan.knobs import validate_setup as _validate_knobs
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,20 +37,11 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 CONFIG_VERSION = 1
-RUN_KNOBS = ("method", "quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
-             "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing", "optimizer",
-             "attn", "fused_ce", "num_gpus", "strategy", "cpu_offload")
-"""The `TrainSetup` knobs tuneplan's training path implements. Its other fields describe other
-training stacks for the planner's calibration; a run config leaves them out (their defaults
-are our path) and the trainer refuses non-default values."""
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 TRACKERS = {"none": None, "tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
 """`training.report_to` values -> the pip package the trainer's integration needs (the names are
 transformers' `report_to` names, `transformers/integrations/integration_utils.py`)."""
 OVERLONG = ("truncate", "drop")
-MAX_COUNT = 2**31 - 1
-"""Largest whole number a count takes (steps, ranks, batch sizes, limits): torch and the
-tokenizers index with 32-bit ints in places, and beyond it Python ints overflow C ints."""
 MAX_SEED = 2**32 - 1
 """Seeds are in [0, 2**32 - 1]: `transformers.set_seed` also seeds numpy, whose
 `np.random.seed` accepts exactly that range (numpy/random/_mt19937.pyx)."""
@@ -271,22 +264,9 @@ class RunConfig:
 
 
 def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:
-    """Raise `ConfigError` naming the first invalid knob of a `TrainSetup`."""
-    _check(s.method in METHODS, f"{prefix}.method", s.method, f"must be one of {', '.join(METHODS)}")
-    _check(s.quant_type in ("nf4", "fp4"), f"{prefix}.quant_type", s.quant_type, "must be nf4 or fp4")
-    _check(s.compute_dtype in DTYPES, f"{prefix}.compute_dtype", s.compute_dtype, f"must be one of {', '.join(DTYPES)}")
-    _check(s.optimizer in OPTIMIZERS, f"{prefix}.optimizer", s.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
-    _check(s.attn in ATTENTIONS, f"{prefix}.attn", s.attn, f"must be one of {', '.join(ATTENTIONS)}")
-    _check(s.strategy in STRATEGIES, f"{prefix}.strategy", s.strategy, f"must be one of {', '.join(STRATEGIES)}")
-    _count(s.lora_rank, f"{prefix}.lora_rank")
-    _count(s.lora_alpha, f"{prefix}.lora_alpha")
-    _range(s.lora_dropout, f"{prefix}.lora_dropout", 0, 1, hi_open=True)
-    _check(isinstance(s.lora_targets, str) or len(s.lora_targets) > 0, f"{prefix}.lora_targets", s.lora_targets,
-           "must be all-linear or a non-empty list of module names")
-    _count(s.micro_batch, f"{prefix}.micro_batch")
-    _count(s.grad_accum, f"{prefix}.grad_accum")
-    _count(s.seq_len, f"{prefix}.seq_len")
-    _count(s.num_gpus, f"{prefix}.num_gpus")
+    """Raise `ConfigError` naming the first invalid knob of a `TrainSetup` (each knob's rule
+    is in `tuneplan.knobs`)."""
+    _validate_knobs(s, prefix, error=ConfigError)
 
 
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:

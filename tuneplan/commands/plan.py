@@ -27,28 +27,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--gpu", metavar="NAME", help="plan for this card from the catalog (4090, a100-80gb, h100, ...)")
     a("--vram", metavar="SIZE", help="plan for this much GPU memory (24GiB, 80GB, 24576MiB); with --gpu: free memory")
     a("--gpu-index", metavar="N", help="with neither --gpu nor --vram: which NVML GPU (default: the one with most free memory)")
-    a("--gpus", default=AUTO, metavar="auto|N", help="GPUs to train on (default auto: one --gpu/--vram card, more "
-      "cards suggested when it does not fit; with NVML, all GPUs of one model in the box)")
-    a("--strategy", default=AUTO, metavar="auto|ddp|fsdp", help="multi-GPU strategy (default auto: DDP when a "
-      "replica fits one GPU, else FSDP)")
-    a("--cpu-offload", default="off", metavar="on|off", help="FSDP CPU offload of weights, gradients, optimizer")
+    from tuneplan.knobs import add_flags
+
+    add_flags(parser, help_overrides={"num_gpus": "GPUs to train on (default auto: one --gpu/--vram card, more "
+                                      "cards suggested when it does not fit; with NVML, all GPUs of one model in "
+                                      "the box)", "cpu_offload": "FSDP CPU offload of weights, gradients, optimizer "
+                                      "(default off)"})
     a("--gpus-per-node", metavar="N", help="GPUs per machine (default 8); more --gpus span several machines")
-    a("--method", default=AUTO, metavar="auto|lora|qlora|full", help="training method (default: auto, LoRA or QLoRA)")
-    a("--seq-len", metavar="N", help="tokens per sequence (default: dataset p99 or 2048)")
-    a("--batch", metavar="N", help="micro-batch: sequences per forward/backward")
-    a("--grad-accum", metavar="N", help="micro-batches per optimizer step")
     a("--effective-batch", metavar="N", help="sequences per optimizer step, kept constant (default 16)")
-    a("--lora-r", metavar="N", help="LoRA rank (default 16)")
-    a("--lora-alpha", metavar="N", help="LoRA alpha (default 32)")
-    a("--lora-dropout", metavar="X", help="LoRA dropout (default 0.05)")
-    a("--lora-targets", metavar="T", help="attention | all-linear | q_proj,v_proj,... (default all-linear)")
-    a("--grad-checkpointing", default=AUTO, metavar="auto|on|off", help="activation checkpointing (default: auto)")
-    a("--optimizer", default=AUTO, metavar="auto|adamw|adamw-8bit|paged-adamw-8bit|paged-adamw-32bit")
-    a("--attn", default=AUTO, metavar="auto|sdpa|flash|eager", help="attention implementation (default: sdpa)")
-    a("--fused-ce", default=AUTO, metavar="auto|on|off", help="fused linear cross-entropy (default: on)")
-    a("--dtype", default=AUTO, metavar="auto|bf16|fp16", help="compute dtype (default: bf16 where supported)")
-    a("--quant-type", metavar="nf4|fp4", help="QLoRA 4-bit format (default nf4)")
-    a("--double-quant", metavar="on|off", help="QLoRA double quantization (default on)")
     a("--dataset", metavar="PATH|ID", help="a .jsonl/.json/.csv/.parquet file or Hub dataset id: measures example "
       "lengths (sequence length = p99) and tokens per epoch (time, cost)")
     a("--dataset-tokens", metavar="N", help="tokens in one epoch of your dataset, for time and cost (default 10M)")
@@ -65,17 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 # -- argument conversion (one-line UserErrors) -------------------------------------------------
 def _int(value: str | None, flag: str) -> int | None:
-    from tuneplan.errors import UserError
+    """A whole number > 0, or None when not given (one-line UserError naming `flag`)."""
+    from tuneplan.knobs import parse_count
 
-    if value is None:
-        return None
-    try:
-        n = int(str(value).replace("_", ""))
-    except ValueError:
-        raise UserError(f"{flag} must be a whole number (got {value!r})") from None
-    if n <= 0:
-        raise UserError(f"{flag} must be > 0 (got {n})")
-    return n
+    return None if value is None else parse_count(value, flag)
 
 
 def _float(value: str | None, flag: str, *, allow_zero: bool = False) -> float | None:
@@ -92,74 +71,21 @@ def _float(value: str | None, flag: str, *, allow_zero: bool = False) -> float |
     return x
 
 
-def _tri(value: str, flag: str) -> bool | None:
-    from tuneplan.errors import UserError
-
-    v = value.lower()
-    if v == AUTO:
-        return None
-    if v in ("on", "true", "yes", "1"):
-        return True
-    if v in ("off", "false", "no", "0"):
-        return False
-    raise UserError(f"{flag} must be auto, on or off (got {value!r})")
-
-
-def _choice(value: str, flag: str, allowed: tuple[str, ...]) -> str | None:
-    from tuneplan.errors import UserError
-
-    v = value.lower()
-    if v == AUTO:
-        return None
-    if v not in allowed:
-        raise UserError(f"{flag} must be one of auto, {', '.join(allowed)} (got {value!r})")
-    return v
-
-
 def build_request(args: argparse.Namespace):
     """argparse namespace -> PlanRequest (raises UserError on bad values)."""
-    from planner.setup import OPTIMIZERS
     from planner.solver import DEFAULT_SAFETY_MARGIN, DatasetStats
     from tuneplan.errors import UserError
-    from tuneplan.services.planning import PlanRequest, parse_size, parse_targets
+    from tuneplan.knobs import PartialSetup
+    from tuneplan.services.planning import PlanRequest, parse_size
 
     if not args.model:
         raise UserError("no model given: --model NAME (a catalog name such as llama-3.1-8b, a Hub id or a folder)")
-    method = args.method.lower()
-    if method not in (AUTO, "lora", "qlora", "full"):
-        raise UserError(f"--method must be auto, lora, qlora or full (got {args.method!r})")
-    fixed: dict[str, Any] = {}
-
-    def put(key, value):
-        if value is not None:
-            fixed[key] = value
-
-    put("seq_len", _int(args.seq_len, "--seq-len"))
-    put("micro_batch", _int(args.batch, "--batch"))
-    put("grad_accum", _int(args.grad_accum, "--grad-accum"))
-    put("lora_rank", _int(args.lora_r, "--lora-r"))
-    put("lora_alpha", _int(args.lora_alpha, "--lora-alpha"))
-    if args.lora_dropout is not None:
-        d = _float(args.lora_dropout, "--lora-dropout", allow_zero=True)
-        if d >= 1:
-            raise UserError(f"--lora-dropout must be in [0, 1) (got {args.lora_dropout})")
-        fixed["lora_dropout"] = d
-    if args.lora_targets is not None:
-        fixed["lora_targets"] = parse_targets(args.lora_targets)
-    put("grad_checkpointing", _tri(args.grad_checkpointing, "--grad-checkpointing"))
-    put("fused_ce", _tri(args.fused_ce, "--fused-ce"))
-    put("optimizer", _choice(args.optimizer, "--optimizer", OPTIMIZERS))
-    put("attn", _choice(args.attn, "--attn", ("sdpa", "flash", "eager")))
-    dtype = _choice(args.dtype, "--dtype", ("bf16", "fp16", "bfloat16", "float16"))
-    if dtype:
-        fixed["compute_dtype"] = {"bf16": "bfloat16", "fp16": "float16"}.get(dtype, dtype)
-    if args.quant_type is not None:
-        put("quant_type", _choice(args.quant_type, "--quant-type", ("nf4", "fp4")))
-    if args.double_quant is not None:
-        dq = _tri(args.double_quant, "--double-quant")
-        if dq is None:
-            raise UserError("--double-quant must be on or off")
-        fixed["double_quant"] = dq
+    # every knob flag read once (`tuneplan.knobs`); the method and the GPU knobs are request fields
+    fixed: dict[str, Any] = PartialSetup.from_args(args).fixed()
+    method = fixed.pop("method", AUTO)
+    gpus = fixed.pop("num_gpus", None)
+    strategy = fixed.pop("strategy", AUTO)
+    offload = fixed.pop("cpu_offload", False)
 
     tokens = _int(args.dataset_tokens, "--dataset-tokens")
     p99 = _int(args.p99_len, "--p99-len")
@@ -177,11 +103,6 @@ def build_request(args: argparse.Namespace):
             raise UserError("--gpu-index picks an NVML GPU: drop --gpu/--vram, or drop --gpu-index")
     if args.gpu is not None and not args.gpu.strip():
         raise UserError("--gpu is empty: name a card such as rtx-4090 or a100-80gb")
-    gpus = None if str(args.gpus).lower() == AUTO else _int(args.gpus, "--gpus")
-    strategy = str(args.strategy).lower()
-    if strategy not in (AUTO, "ddp", "fsdp"):
-        raise UserError(f"--strategy must be one of auto, ddp, fsdp (got {args.strategy!r})")
-    offload = _tri(args.cpu_offload, "--cpu-offload")
     return PlanRequest(
         model=args.model, gpu=args.gpu, vram_bytes=parse_size(args.vram) if args.vram is not None else None,
         gpu_index=gpu_index, method=method, fixed=fixed, dataset_source=args.dataset,
@@ -196,7 +117,7 @@ def build_request(args: argparse.Namespace):
 
 
 def run(args: argparse.Namespace) -> int:
-    if getattr(args, "preset", None):  # presets issue: the re-fit lives in tuneplan.commands.presets
+    if getattr(args, "preset", None):  # a preset is re-fitted first: tuneplan.commands.presets
         from tuneplan.commands.presets import plan_with_preset
 
         return plan_with_preset(args)
@@ -277,18 +198,16 @@ def _duration(seconds: float | None) -> str:
     return f"{seconds / 86400:.1f} days"
 
 
-_ROW_KNOBS = {"method": "method", "sequence length": "seq_len", "micro-batch": "micro_batch",
-              "grad accumulation": "grad_accum", "grad checkpointing": "grad_checkpointing", "optimizer": "optimizer",
-              "attention": "attn", "loss": "fused_ce", "precision": "compute_dtype", "packing": "packing"}
-
-
 def _knob_rows(outcome, given_by: str = "you", changed=()) -> list[tuple[str, str, str]]:
     """(label, value, who chose it). `given_by`: who fixed the fixed knobs (`you`, `preset`);
     `changed`: knobs a preset re-fit changed (shown as `re-fit`)."""
+    from tuneplan.knobs import KNOBS
+
+    row_knobs = {k.label: k.name for k in KNOBS if k.group is None}  # one row per knob
     rows = _plain_knob_rows(outcome)
     out = []
     for label, value, who in rows:
-        if _ROW_KNOBS.get(label) in changed:
+        if row_knobs.get(label) in changed:
             who = "re-fit"
         elif who == "you":
             who = given_by
@@ -297,6 +216,11 @@ def _knob_rows(outcome, given_by: str = "you", changed=()) -> list[tuple[str, st
 
 
 def _plain_knob_rows(outcome) -> list[tuple[str, str, str]]:
+    from tuneplan.knobs import BY_NAME, LORA_KNOBS, QLORA_KNOBS, targets_text
+
+    def label(name: str) -> str:
+        return BY_NAME[name].label
+
     s = outcome.result.choice.setup
     fixed = set(outcome.request.fixed)
     def src(*keys):
@@ -311,28 +235,28 @@ def _plain_knob_rows(outcome) -> list[tuple[str, str, str]]:
             gpu_text += f", {outcome.result.nodes} machines"
         if outcome.result.cpu_offload:
             gpu_text += ", CPU offload"
-    rows = [("GPUs", gpu_text, gpus_src),
-            ("method", {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}[s.method], method_src)]
+    rows = [(label("num_gpus"), gpu_text, gpus_src),
+            (label("method"), {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}[s.method], method_src)]
     if s.method == "qlora":
-        rows.append(("4-bit format", f"{s.quant_type}{', double quant' if s.double_quant else ''}",
-                     src("quant_type", "double_quant") if fixed & {"quant_type", "double_quant"} else "default"))
+        rows.append((label("quant_type"), f"{s.quant_type}{', double quant' if s.double_quant else ''}",
+                     "you" if fixed & set(QLORA_KNOBS) else "default"))
     if s.method != "full":
-        targets = s.lora_targets if isinstance(s.lora_targets, str) else ",".join(s.lora_targets)
-        rows.append(("LoRA", f"r {s.lora_rank}, alpha {s.lora_alpha}, dropout {s.lora_dropout}, {targets}",
-                     "you" if fixed & set(("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")) else "default"))
+        rows.append((label("lora_rank"), f"r {s.lora_rank}, alpha {s.lora_alpha}, dropout {s.lora_dropout}, "
+                     f"{targets_text(s.lora_targets)}", "you" if fixed & set(LORA_KNOBS) else "default"))
     rows += [
-        ("sequence length", str(s.seq_len), "you" if "seq_len" in fixed else
+        (label("seq_len"), str(s.seq_len), "you" if "seq_len" in fixed else
          ("dataset" if (outcome.request.dataset and outcome.request.dataset.p99_tokens)
           or outcome.request.dataset_source else "default")),
-        ("micro-batch", str(s.micro_batch), src("micro_batch")),
-        ("grad accumulation", f"{s.grad_accum} (effective batch {s.effective_batch()})", src("grad_accum")),
-        ("grad checkpointing", "on" if s.grad_checkpointing else "off", src("grad_checkpointing")),
-        ("optimizer", s.optimizer, src("optimizer")),
-        ("attention", s.attn, "you" if "attn" in fixed else ("default" if s.attn == "sdpa" else "solver")),
-        ("loss", "fused linear cross-entropy" if s.fused_ce else "transformers (full fp32 logits)", src("fused_ce")),
-        ("packing", "on (examples packed, padding-free)" if s.packing else "off (one example per row, padded)",
+        (label("micro_batch"), str(s.micro_batch), src("micro_batch")),
+        (label("grad_accum"), f"{s.grad_accum} (effective batch {s.effective_batch()})", src("grad_accum")),
+        (label("grad_checkpointing"), "on" if s.grad_checkpointing else "off", src("grad_checkpointing")),
+        (label("optimizer"), s.optimizer, src("optimizer")),
+        (label("attn"), s.attn, "you" if "attn" in fixed else ("default" if s.attn == "sdpa" else "solver")),
+        (label("fused_ce"), "fused linear cross-entropy" if s.fused_ce else "transformers (full fp32 logits)",
+         src("fused_ce")),
+        (label("packing"), "on (examples packed, padding-free)" if s.packing else "off (one example per row, padded)",
          "you" if "packing" in fixed else "default"),
-        ("precision", s.compute_dtype, "you" if "compute_dtype" in fixed else "solver"),
+        (label("compute_dtype"), s.compute_dtype, "you" if "compute_dtype" in fixed else "solver"),
     ]
     return rows
 

@@ -179,9 +179,17 @@ def _delete(args: argparse.Namespace) -> int:
 
 
 # -- `tuneplan plan --preset NAME` -------------------------------------------------------------
-KNOB_FLAGS = ("method", "seq_len", "batch", "grad_accum", "effective_batch", "lora_r", "lora_alpha", "lora_dropout",
-              "lora_targets", "grad_checkpointing", "optimizer", "attn", "fused_ce", "dtype", "quant_type",
-              "double_quant", "min_seq_len", "max_seq_len", "model", "prefer_accuracy")
+def _knob_flags() -> tuple[str, ...]:
+    from tuneplan.knobs import KNOBS, PARALLEL
+
+    # the preset sets every knob but where it runs (`--gpus`, `--strategy`: the re-fit's target),
+    # and the plan flags that shape the search
+    return (*(k.dest for k in KNOBS if k.group != PARALLEL), "effective_batch", "min_seq_len", "max_seq_len",
+            "model", "prefer_accuracy")
+
+
+KNOB_FLAGS = _knob_flags()
+"""argparse attributes of the `tuneplan plan` flags a preset (or a run config) already sets."""
 
 
 def plan_with_preset(args: argparse.Namespace) -> int:

@@ -32,10 +32,9 @@ from planner.throughput import estimate_throughput, trainable_parameters, traini
 from tuneplan.config import MAX_COUNT, MAX_EPOCHS
 from tuneplan.errors import UserError
 
-# Knobs of TrainSetup a user may fix.
-FIXABLE = ("quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
-           "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing",
-           "optimizer", "attn", "fused_ce", "num_gpus", "strategy", "cpu_offload")
+from tuneplan.knobs import FIXABLE, LORA_KNOBS, QLORA_KNOBS  # noqa: F401  (re-exported)
+from tuneplan.knobs import FLAGS as _FLAGS
+from tuneplan.knobs import parse_targets  # noqa: F401  (re-exported: one reading of --lora-targets)
 STRATEGY_CHOICES = ("auto", "ddp", "fsdp")
 MAX_GPUS = 100_000
 """More GPUs than the largest published training clusters (~100k H100s) is a typo; the
@@ -44,8 +43,6 @@ MAX_MEMORY_BYTES = 2**50
 """1 PiB: a thousand times the largest accelerator memory (B200: 192 GB); more is a typo."""
 MAX_TOKENS = 10**15
 """Dataset tokens: a thousand times the largest published pre-training corpora (~1e13)."""
-LORA_KNOBS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
-QLORA_KNOBS = ("quant_type", "double_quant")
 
 
 @dataclass(frozen=True)
@@ -151,17 +148,6 @@ def size_note(text: str, what: str = "--vram") -> str | None:
             f"{binary} (a 24GB card has 24 GiB); write the bytes (e.g. 24000000000B) for decimal units")
 
 
-def parse_targets(text: str) -> str | tuple[str, ...]:
-    """`all-linear`, `attention` or `q_proj,v_proj` -> the TrainSetup value."""
-    t = text.strip()
-    if t.lower() in ("all-linear", "all_linear", "attention"):
-        return t.lower().replace("_", "-")
-    names = tuple(x.strip() for x in t.split(",") if x.strip())
-    if not names:
-        raise UserError(f"--lora-targets must be all-linear, attention or module names like q_proj,v_proj (got {text!r})")
-    return names
-
-
 # -- hardware ------------------------------------------------------------------------------
 def resolve_gpu(name: str, *, vram_given: bool = False) -> GPU:
     """Catalog lookup that fails as a one-line UserError with suggestions."""
@@ -246,13 +232,6 @@ def _check_positive(name: str, value: Any, flag: str, hi: float = MAX_COUNT) -> 
 
 def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
-
-
-_FLAGS = {"lora_rank": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
-          "lora_targets": "--lora-targets", "micro_batch": "--batch", "grad_accum": "--grad-accum",
-          "seq_len": "--seq-len", "grad_checkpointing": "--grad-checkpointing", "optimizer": "--optimizer",
-          "attn": "--attn", "fused_ce": "--fused-ce", "compute_dtype": "--dtype", "quant_type": "--quant-type",
-          "double_quant": "--double-quant"}
 
 
 def validate(request: PlanRequest, spec: Any) -> None:

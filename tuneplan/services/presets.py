@@ -36,6 +36,7 @@ from tuneplan.config import (
     DataConfig, ModelConfig, PredictionConfig, RecoveryConfig, RunConfig, TrainingConfig,
 )
 from tuneplan.errors import UserError, check_path
+from tuneplan.knobs import REFITTED, RUN_KNOBS, SHOWN
 
 FORMAT_VERSION = 1
 PRESETS_DIR_ENV = "TUNEPLAN_PRESETS_DIR"
@@ -53,19 +54,12 @@ TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "HF_API_
 TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
 """What a Hugging Face access token looks like (`hf_` + 34 letters and digits today)."""
 
-# Knobs the re-fit chooses again for the new hardware; every other knob of the preset is kept.
-REFITTED = ("micro_batch", "grad_accum", "grad_checkpointing", "optimizer", "attn", "fused_ce", "compute_dtype")
-# Knobs compared before/after a re-fit, with their display names.
-SHOWN = {"method": "method", "seq_len": "sequence length", "micro_batch": "micro-batch",
-         "grad_accum": "accumulation", "grad_checkpointing": "checkpointing", "optimizer": "optimizer",
-         "compute_dtype": "precision", "attn": "attention", "fused_ce": "fused loss"}
 _METHOD = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 SEQ_STEP = 128
-SETUP_KEYS = ("method", "quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
-              "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing", "optimizer",
-              "attn", "fused_ce", "num_gpus", "strategy", "cpu_offload")
-"""`[setup]` keys a preset may hold: the knobs tuneplan's training path implements. The other
-`TrainSetup` fields describe other training stacks (the planner's calibration) and are refused."""
+SETUP_KEYS = RUN_KNOBS
+"""`[setup]` keys a preset may hold: the knobs tuneplan's training path implements
+(`tuneplan.knobs`). The other `TrainSetup` fields describe other training stacks (the planner's
+calibration) and are refused."""
 
 
 class PresetError(UserError):
@@ -919,14 +913,14 @@ def _shorter(attempt, method: str, seq: int, floor: int | None):
     return best
 
 
-def load_preset_config(name: str, *, gpu: str | None = None, vram: str | None = None,
+def load_preset_config(name: "str | Preset", *, gpu: str | None = None, vram: str | None = None,
                        echo: bool = True, build_sources: bool = True) -> RunConfig:
     """What `tuneplan train --preset NAME` calls: the preset re-fitted for the hardware at
     hand (or `gpu` / `vram`), as a run configuration with bundled sources resolved. Prints the
     re-fit summary to stderr (`echo`). Raises UserError when it cannot fit."""
     from tuneplan.services.planning import parse_size
 
-    preset = find_preset(name)
+    preset = find_preset(name) if isinstance(name, str) else name
     fit = refit(preset, gpu=gpu, vram_bytes=parse_size(vram) if vram else None, build_sources=build_sources)
     if echo:
         for line in fit.summary_lines():

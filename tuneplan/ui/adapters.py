@@ -238,23 +238,11 @@ class RunsAdapter:
         dry-run target adds `--gpu KEY` / `--vram SIZE`, so `train` checks it runs there."""
         import shlex
 
-        from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+        from tuneplan.knobs import equivalent_flags
 
-        s, t = config.setup, config.training
-        targets = s.lora_targets
-        targets = (ALL_LINEAR if targets == ALL_LINEAR else
-                   "attention" if tuple(targets) == ATTENTION_TARGETS else ",".join(targets))
+        t = config.training
         parts = ["tuneplan", "train", "--model", config.model.source, "--dataset", config.data.source,
-                 "--method", s.method, "--seq-len", str(s.seq_len), "--batch", str(s.micro_batch),
-                 "--grad-accum", str(s.grad_accum)]
-        if s.method != "full":
-            parts += ["--lora-r", str(s.lora_rank), "--lora-alpha", str(s.lora_alpha),
-                      "--lora-dropout", f"{s.lora_dropout:g}", "--lora-targets", targets]
-        parts += ["--grad-checkpointing", "on" if s.grad_checkpointing else "off", "--optimizer", s.optimizer,
-                  "--attn", s.attn, "--fused-ce", "on" if s.fused_ce else "off",
-                  "--packing", "on" if s.packing else "off", "--compute-dtype", s.compute_dtype]
-        if s.method == "qlora":
-            parts += ["--quant-type", s.quant_type]
+                 *equivalent_flags(config.setup)]
         if t.max_steps is not None:
             parts += ["--max-steps", str(t.max_steps)]
         else:

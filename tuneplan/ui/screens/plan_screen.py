@@ -49,8 +49,8 @@ class PlanComputed(Message):
 
 
 def targets_value(targets: Any) -> str:
-    if targets == ALL_LINEAR:
-        return ALL_LINEAR
+    if isinstance(targets, str):
+        return targets
     if tuple(targets) == ATTENTION_TARGETS:
         return "attention"
     return ",".join(targets)
@@ -189,8 +189,7 @@ class PlanScreen(Screen):
     @on(Choice.Changed)
     def _choice_changed(self, event: Choice.Changed) -> None:
         knob, value = event.choice.id, event.value
-        if knob == "lora_targets":
-            value = ATTENTION_TARGETS if value == "attention" else ALL_LINEAR
+        # `attention` stays the group the planner resolves per model (phi-3: qkv_proj, o_proj)
         # Only this knob changes (the optimizer the solver would pair with it comes from Ctrl+R).
         self._edit(**{knob: value})
 
