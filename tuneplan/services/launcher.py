@@ -100,22 +100,24 @@ def check_dataset(config: RunConfig) -> str | None:
 
 
 def _trainable_params(config: RunConfig, cfg: dict | None) -> int | None:
+    """The planner's trainable-parameter count (`planner.throughput.trainable_parameters`: a
+    fused MoE expert tensor's adapter has `lora_rank_factor` x the rank, as peft gives it);
+    None for an architecture the planner does not model."""
     if cfg is None:
         return None
     from planner.spec import resolve_lora_targets, spec_from_config
+    from planner.throughput import trainable_parameters
 
     try:
         spec = spec_from_config(cfg, config.model.source)
     except Exception:
         return None
-    if config.setup.method == "full":
-        return spec.parameter_count()
-    try:
-        layers = resolve_lora_targets(spec, config.setup.lora_targets)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    r = config.setup.lora_rank
-    return sum(m.count * r * (m.in_features + m.out_features) for layer in layers for m in layer)
+    if config.setup.method != "full":
+        try:
+            resolve_lora_targets(spec, config.setup.lora_targets)  # an unknown name: one line naming the real ones
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return trainable_parameters(spec, config.setup)
 
 
 def required_disk_bytes(config: RunConfig, cfg: dict | None) -> int:
