@@ -49,7 +49,10 @@ class Knob:
     """Row label in the plan's configuration table."""
     help: str
     choices: tuple[str, ...] = ()
-    """`choice` knobs: the values a config holds."""
+    """`choice` knobs: the values a flag takes."""
+    file_choices: tuple[str, ...] = ()
+    """Values a config holds besides `choices` but no flag takes (`single`: the one-GPU strategy
+    the planner writes)."""
     value_aliases: Mapping[str, str] = field(default_factory=dict)
     """Other flag spellings of a value (`bf16` -> `bfloat16`)."""
     old_flags: tuple[str, ...] = ()
@@ -144,11 +147,12 @@ class Knob:
         if self.kind == TARGETS:
             ok = isinstance(value, str) or (isinstance(value, tuple) and len(value) > 0)
             return None if ok else "must be all-linear or a non-empty list of module names"
-        if value in self.choices:
+        allowed = self.file_choices + self.choices
+        if value in allowed:
             return None
-        if len(self.choices) == 2:
-            return f"must be {self.choices[0]} or {self.choices[1]}"
-        return f"must be one of {', '.join(self.choices)}"
+        if len(allowed) == 2:
+            return f"must be {allowed[0]} or {allowed[1]}"
+        return f"must be one of {', '.join(allowed)}"
 
 
 MAX_COUNT = 2**31 - 1
@@ -192,7 +196,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("num_gpus", "--gpus", COUNT, "GPUs", "GPUs to train on (default auto; README ## Multi-GPU)",
          group=PARALLEL),
     Knob("strategy", "--strategy", CHOICE, "GPUs", "multi-GPU strategy (default auto: DDP when a replica fits "
-         "one GPU, else FSDP)", choices=("ddp", "fsdp"), group=PARALLEL),
+         "one GPU, else FSDP)", choices=("ddp", "fsdp"), file_choices=("single",), group=PARALLEL),
     Knob("cpu_offload", "--cpu-offload", SWITCH, "GPUs", "FSDP CPU offload of weights, gradients, optimizer",
          group=PARALLEL),
 )
@@ -330,11 +334,7 @@ def validate_setup(s: TrainSetup, prefix: str = "setup", error: Callable[[str], 
     `setup.lora_rank must be > 0 (got 0)`."""
     for k in KNOBS:
         value = getattr(s, k.name)
-        if k.name == "strategy":
-            ok = value in ("single", *k.choices)
-            why = None if ok else f"must be one of {', '.join(('single', *k.choices))}"
-        else:
-            why = k.problem(value)
+        why = k.problem(value)
         if why:
             text = repr(value)
             shown = text if len(text) <= 60 else text[:57] + "..."

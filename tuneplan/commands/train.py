@@ -16,6 +16,10 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tuneplan.knobs import PartialSetup
 
 
 def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
