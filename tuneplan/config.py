@@ -196,7 +196,7 @@ class RunConfig:
         for what, text in (("model.source", m.source), ("data.source", d.source), ("name (the run folder)", self.name)):
             if text is not None:
                 check_path(text, what)
-        from tuneplan.services.dataset_formats import FORMATS
+        from tuneplan.dataset_formats import FORMATS
         _check(d.format == "auto" or d.format in FORMATS, "data.format", d.format,
                f"must be auto or one of {', '.join(FORMATS)}")
         _range(d.eval_fraction, "data.eval_fraction", 0, 1, hi_open=True)

@@ -33,7 +33,7 @@ from tuneplan.events import (
 )
 from tuneplan import run_process
 from tuneplan.services import paths
-from tuneplan.services.dataset_formats import (
+from tuneplan.dataset_formats import (
     FORMAT_SAMPLE_ROWS, detect_format_of_rows, is_local_source, read_local_rows, row_to_training_example,
 )
 

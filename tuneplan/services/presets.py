@@ -514,7 +514,8 @@ def _tiny_key() -> str:
 
 
 def tiny_model_dir(*, build: bool = True) -> Path:
-    """The tiny model's folder (built with `tuneplan.training.tiny` on first use, then reused).
+    """The tiny model's folder (built on first use by `python -m tuneplan.training.tiny` in a
+    child process, so this layer never imports torch; then reused).
     With `build=False` and nothing built yet: a folder holding only its `config.json`, which is
     all the planner reads."""
     root = cache_dir() / f"tiny-model-{_tiny_key()}"
@@ -530,17 +531,17 @@ def tiny_model_dir(*, build: bool = True) -> Path:
             (plan_only / "config.json").write_text(TINY_MODEL_CONFIG.read_text(encoding="utf-8"), encoding="utf-8")
         return plan_only
     import shutil
+    import subprocess
     import tempfile
 
-    from transformers.utils import logging as hf_logging
-
-    from tuneplan.training.tiny import build_tiny_model
-
-    hf_logging.disable_progress_bar()  # no "Writing model shards" bar in the CLI's output
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
     try:
-        build_tiny_model(tmp)
+        out = subprocess.run([sys.executable, "-m", "tuneplan.training.tiny", str(tmp)], capture_output=True,
+                             text=True, env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"could not build the bundled tiny model in {root}: {last}")
         try:
             tmp.rename(folder)
         except OSError:  # another process built it first
