@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 from fake_nvml import FakeNVML, NVMLError
 from fake_nvml import gpu_device as _dev
