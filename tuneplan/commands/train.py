@@ -99,7 +99,7 @@ def build_config(args: argparse.Namespace):
 def build(args: argparse.Namespace):
     """(the run configuration from --config / --preset and the flags, not yet planned; the
     `PartialSetup` of the knobs they fix: the planner chooses the others)."""
-    from tuneplan.config import RunConfig, config_from_dict, read_toml
+    from tuneplan.config import RunConfig, config_from_dict, read_toml_text
     from tuneplan.errors import UserError
     from tuneplan.knobs import PLANNED, PartialSetup
 
@@ -107,8 +107,8 @@ def build(args: argparse.Namespace):
         raise UserError("give either --config or --preset, not both")
     file = PartialSetup()
     if args.config:
-        data = read_toml(Path(args.config))
-        config = config_from_dict(data, where=str(args.config))
+        data, text = read_toml_text(Path(args.config))
+        config = config_from_dict(data, where=str(args.config), text=text)
         file = PartialSetup.from_setup(config.setup, data.get("setup") or {})
     elif args.preset:
         from tuneplan.services.presets import find_preset

@@ -33,7 +33,8 @@ from planner.gpus import GPU, GiB, UnknownGPU, get_gpu, match_nvml
 from planner.gpus import format_gib as _gib
 from planner.setup import TrainSetup
 from tuneplan.config import (
-    DataConfig, ModelConfig, PredictionConfig, RecoveryConfig, RunConfig, TrainingConfig,
+    ConfigError, DataConfig, ModelConfig, PredictionConfig, RecoveryConfig, RunConfig, TrainingConfig,
+    section_from_table, where_in,
 )
 from tuneplan.errors import UserError, check_path
 from tuneplan.knobs import REFITTED, RUN_KNOBS, SHOWN
@@ -160,91 +161,27 @@ _NOT_IN_PRESETS = {
 }
 
 
-def _locate(text: str, section: str | None, key: str | None) -> int | None:
-    """Line (1-based) of `key` in table `[section]` (or of the table header), by a line scan:
-    enough for the flat files presets are (tables and `key = value` lines)."""
-    current: str | None = None
-    header_line = None
-    for n, raw in enumerate(text.splitlines(), 1):
-        line = raw.strip()
-        m = re.match(r"^\[\s*([A-Za-z0-9_.\-\"']+)\s*\]", line)
-        if m:
-            current = m.group(1).strip("\"'")
-            if current == section and header_line is None:
-                header_line = n
-            continue
-        m = re.match(r"^([A-Za-z0-9_\-\"'.]+)\s*=", line)
-        if not m:
-            continue
-        name = m.group(1).replace('"', "").replace("'", "")
-        parts = name.split(".")
-        sec, k = (current, name) if len(parts) == 1 else (parts[0] if current is None else current, parts[-1])
-        if key is None and sec == section:
-            return header_line or n
-        if k == key and sec == section:
-            return n
-    return header_line
-
-
 def _where(path: str, text: str, section: str | None, key: str | None) -> str:
-    line = _locate(text, section, key)
-    return f"{path}:{line}" if line else path
-
-
-def _allowed_types(annotation: str) -> tuple[tuple[type, ...], bool, str]:
-    """Python types a TOML value may have for a dataclass field annotated `annotation`."""
-    types: list[type] = []
-    nullable = False
-    words = []
-    for part in (p.strip() for p in annotation.split("|")):
-        if part == "None":
-            nullable = True
-        elif part == "str":
-            types.append(str)
-            words.append("a string")
-        elif part == "bool":
-            types.append(bool)
-            words.append("true or false")
-        elif part == "int":
-            types.append(int)
-            words.append("a whole number")
-        elif part == "float":
-            types += [float, int]
-            words.append("a number")
-        elif part.startswith(("tuple", "list")):
-            types.append(list)
-            words.append("a list of strings")
-    return tuple(types), nullable, " or ".join(words) or "a value"
+    return where_in(path, text, section, key)
 
 
 def _section(cls: type, table: Any, section: str, path: str, text: str) -> tuple[Any, set[str]]:
-    if not isinstance(table, dict):
-        raise PresetError(f"{_where(path, text, section, None)}: [{section}] must be a table (got {table!r})")
-    known = {f.name: f for f in fields(cls)}
+    """One `[section]` table through the typed loader (`tuneplan.config.section_from_table`);
+    `[setup]` holds only the knobs of tuneplan's training path."""
+    known = None
     if cls is TrainSetup:
-        for key in table:
-            if key in known and key not in SETUP_KEYS:
-                raise PresetError(f"{_where(path, text, section, key)}: setup.{key} describes another training "
-                                  "stack (the planner's calibration), not tuneplan's: remove it from the preset")
-        known = {k: f for k, f in known.items() if k in SETUP_KEYS}
-    kwargs: dict[str, Any] = {}
-    for key, value in table.items():
-        if key not in known:
-            close = difflib.get_close_matches(key, list(known), n=1, cutoff=0.6)
-            hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(known)}"
-            raise PresetError(f"{_where(path, text, section, key)}: unknown key {section}.{key}; {hint}")
-        types, _, words = _allowed_types(str(known[key].type))
-        bad = (not isinstance(value, types)) or (isinstance(value, bool) and bool not in types)
-        if isinstance(value, list) and not all(isinstance(x, str) for x in value):
-            bad = True
-        if bad:
-            raise PresetError(f"{_where(path, text, section, key)}: {section}.{key} must be {words} (got {value!r})")
-        if isinstance(value, list):
-            value = tuple(value)
-        if float in types and int in types and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        kwargs[key] = value
-    return cls(**kwargs), set(kwargs)
+        if isinstance(table, dict):
+            names = set(fields_of(TrainSetup))
+            for key in table:
+                if key in names and key not in SETUP_KEYS:
+                    raise PresetError(f"{_where(path, text, section, key)}: setup.{key} describes another training "
+                                      "stack (the planner's calibration), not tuneplan's: remove it from the preset")
+        known = SETUP_KEYS
+    try:
+        obj = section_from_table(cls, table, section, lambda key: _where(path, text, section, key), known=known)
+    except ConfigError as exc:
+        raise PresetError(str(exc)) from None
+    return obj, set(table)
 
 
 def preset_from_toml(text: str, path: str = "<preset>", *, origin: str = "file") -> Preset:
