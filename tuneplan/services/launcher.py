@@ -43,31 +43,6 @@ DISK_MARGIN_BYTES = 64 * 2**20
 """Slack for logs, events, tokenizer files and the model card."""
 
 
-def _looks_local(source: str) -> bool:
-    return os.path.isabs(source) or source.startswith((".", "~")) or os.path.exists(os.path.expanduser(source))
-
-
-def resolve_model_source(source: str) -> str:
-    """A local folder (checked), a catalog name (-> its Hub id) or a Hub id."""
-    if _looks_local(source):
-        folder = Path(source).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"model folder {source!r} does not exist: give an existing folder, a catalog name or a Hub id")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"model folder {source!r} has no config.json: is it a Hugging Face model folder?")
-        return str(folder.resolve())
-    from planner import catalog
-
-    entry = catalog.find(source)
-    if entry is not None:
-        return entry.hub_id
-    if "/" not in source:
-        hint = catalog.suggestions(source)
-        more = f"; did you mean {', '.join(hint)}?" if hint else ""
-        raise UserError(f"unknown model {source!r}: not a folder, a catalog name or a Hub id (org/name){more}")
-    return source
-
-
 def model_config_dict(source: str) -> dict | None:
     """config.json of a local folder or catalog model (None for an uncached Hub id)."""
     path = Path(source) / "config.json"
@@ -184,7 +159,9 @@ def predict_memory(config: RunConfig, cfg: dict | None) -> PredictionConfig:
 def prepare_run(config: RunConfig, runs_root: Path, *, free_bytes: Callable[[Path], int] = paths.free_bytes) -> Path:
     """Check everything, then create the run folder with its config and a queued status."""
     config = config.validate()
-    source = resolve_model_source(config.model.source)
+    from tuneplan.services.models import resolve_source
+
+    source = resolve_source(config.model.source)  # the planner's resolver, without its spec
     config = replace(config, model=replace(config.model, source=source))
     check_dataset(config)
     from tuneplan.services import notify, tracking
