@@ -29,7 +29,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Iterable
 
-from planner.gpus import GPU, GiB, UnknownGPU, get_gpu, match_nvml
+from planner.gpus import UnknownGPU, get_gpu, match_nvml
 from planner.gpus import format_gib as _gib
 from planner.setup import TrainSetup
 from tuneplan.config import (
@@ -38,6 +38,8 @@ from tuneplan.config import (
 )
 from tuneplan.errors import UserError, check_path
 from tuneplan.knobs import REFITTED, RUN_KNOBS, SHOWN
+from tuneplan.services.gpu import CPU_KEY as CPU  # `constraints.gpu` of a preset made for the CPU
+from tuneplan.services.gpu import cpu_hardware  # noqa: F401  (re-exported: callers use presets.cpu_hardware)
 
 FORMAT_VERSION = 1
 PRESETS_DIR_ENV = "TUNEPLAN_PRESETS_DIR"
@@ -48,8 +50,6 @@ from tuneplan.data import TINY_MODEL  # noqa: E402  (the bundled tiny model's na
 """`model.source` of the bundled tiny Llama-style model (built on first use, then cached)."""
 SAMPLE_DATA = "tuneplan:sample-chat"
 """`data.source` of the bundled sample chat dataset."""
-CPU = "cpu"
-"""`constraints.gpu` of a preset made to train on the CPU."""
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "HF_API_TOKEN")
 TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
@@ -521,29 +521,6 @@ def portable_sources(config: RunConfig) -> RunConfig:
 
 
 # -- hardware ------------------------------------------------------------------------------------
-def cpu_hardware() -> Any:
-    """The machine's CPU as the planner's `Hardware`: memory = RAM available now."""
-    from planner.solver import Hardware
-
-    total = _meminfo("MemTotal") or (os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-                                     if hasattr(os, "sysconf") else 8 * GiB)
-    free = _meminfo("MemAvailable") or total
-    gpu = GPU(key=CPU, name=f"this machine's CPU ({os.cpu_count() or 1} cores, no GPU)", memory_bytes=int(total),
-              bf16=False, arch="cpu", segment="cpu")
-    return Hardware(gpu=gpu, free_bytes=int(min(free, total)), source="cpu")
-
-
-def _meminfo(key: str) -> int | None:
-    try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith(key + ":"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
 def target_hardware(preset: Preset) -> Any:
     """The hardware the preset was made for."""
     from planner.solver import Hardware
