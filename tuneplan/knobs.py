@@ -68,6 +68,10 @@ class Knob:
     count, strategy), not what is trained."""
     short: str | None = None
     """Label in a re-fit's list of changes (`micro-batch 2 -> 1`); None: not listed."""
+    screen: str | None = None
+    """Label of its row on the wizard's plan screen; None: not on it."""
+    screen_help: str | None = None
+    """The plan screen's one-line help while the row has focus."""
 
     @property
     def dest(self) -> str:
@@ -164,17 +168,23 @@ the tokenizers index with 32-bit ints in places."""
 # calibration) and are neither flags nor config keys.
 KNOBS: tuple[Knob, ...] = (
     Knob("method", "--method", CHOICE, "method", "training method (default: auto, LoRA or QLoRA)",
-         choices=METHODS, planned=True, short="method"),
+         choices=METHODS, planned=True, short="method", screen="method",
+         screen_help="method: LoRA (16-bit base), QLoRA (4-bit base) or full; Left/Right"),
     Knob("seq_len", "--seq-len", COUNT, "sequence length", "tokens per sequence (default: dataset p99 or 2048)",
-         planned=True, short="sequence length"),
+         planned=True, short="sequence length", screen="sequence length",
+         screen_help="sequence length: tokens per packed row; type a number"),
     Knob("micro_batch", "--batch", COUNT, "micro-batch", "micro-batch: sequences per forward/backward on one GPU",
-         planned=True, refitted=True, short="micro-batch"),
+         planned=True, refitted=True, short="micro-batch", screen="micro-batch",
+         screen_help="micro-batch: sequences per forward/backward; type a number"),
     Knob("grad_accum", "--grad-accum", COUNT, "grad accumulation", "micro-batches per optimizer step",
-         planned=True, refitted=True, short="accumulation"),
+         planned=True, refitted=True, short="accumulation", screen="grad accum",
+         screen_help="grad accum: micro-batches per optimizer step; type a number"),
     Knob("grad_checkpointing", "--grad-checkpointing", SWITCH, "grad checkpointing",
-         "activation checkpointing (default: auto)", planned=True, refitted=True, short="checkpointing"),
+         "activation checkpointing (default: auto)", planned=True, refitted=True, short="checkpointing",
+         screen="checkpointing", screen_help="checkpointing: recompute activations to save memory; Left/Right"),
     Knob("optimizer", "--optimizer", CHOICE, "optimizer", "AdamW with 32-bit or 8-bit states, paged or not",
-         choices=OPTIMIZERS, planned=True, refitted=True, short="optimizer"),
+         choices=OPTIMIZERS, planned=True, refitted=True, short="optimizer", screen="optimizer",
+         screen_help="optimizer: AdamW 32-bit or 8-bit states, paged or not; Left/Right"),
     Knob("compute_dtype", "--compute-dtype", CHOICE, "precision", "compute dtype (default: bf16 where supported)",
          choices=DTYPES, value_aliases={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"},
          old_flags=("--dtype",), planned=True, refitted=True, short="precision"),
@@ -188,11 +198,13 @@ KNOBS: tuple[Knob, ...] = (
          choices=("nf4", "fp4"), group=QLORA),
     Knob("double_quant", "--double-quant", SWITCH, "4-bit format", "QLoRA double quantization (default on)",
          group=QLORA),
-    Knob("lora_rank", "--lora-r", COUNT, "LoRA", "LoRA rank (default 16)", group=LORA),
+    Knob("lora_rank", "--lora-r", COUNT, "LoRA", "LoRA rank (default 16)", group=LORA, screen="LoRA rank",
+         screen_help="LoRA rank: adapter size (alpha follows the setup); type a number"),
     Knob("lora_alpha", "--lora-alpha", COUNT, "LoRA", "LoRA alpha (default 32)", group=LORA),
     Knob("lora_dropout", "--lora-dropout", FRACTION, "LoRA", "LoRA dropout (default 0.05)", group=LORA),
     Knob("lora_targets", "--lora-targets", TARGETS, "LoRA",
-         "attention | all-linear | q_proj,v_proj,... (default all-linear)", group=LORA),
+         "attention | all-linear | q_proj,v_proj,... (default all-linear)", group=LORA, screen="LoRA targets",
+         screen_help="LoRA targets: all linear layers or attention only; Left/Right"),
     Knob("num_gpus", "--gpus", COUNT, "GPUs", "GPUs to train on (default auto; README ## Multi-GPU)",
          group=PARALLEL),
     Knob("strategy", "--strategy", CHOICE, "GPUs", "multi-GPU strategy (default auto: DDP when a replica fits "

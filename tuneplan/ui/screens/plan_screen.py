@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from planner.setup import ALL_LINEAR, ATTENTION_TARGETS, OPTIMIZERS
+from tuneplan.knobs import BY_NAME, COUNT, KNOBS
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count, duration, gib, money, rate
 from tuneplan.ui.messages import PlanAccepted
@@ -24,19 +25,11 @@ from tuneplan.ui.widgets.dialogs import HelpDialog
 from tuneplan.ui.widgets.memory_bar import MemoryBar
 from tuneplan.ui.widgets.step_bar import StepBar
 
-KNOB_HELP = {
-    "method": "method: LoRA (16-bit base), QLoRA (4-bit base) or full; Left/Right",
-    "seq_len": "sequence length: tokens per packed row; type a number",
-    "micro_batch": "micro-batch: sequences per forward/backward; type a number",
-    "grad_accum": "grad accum: micro-batches per optimizer step; type a number",
-    "lora_rank": "LoRA rank: adapter size (alpha follows the setup); type a number",
-    "lora_targets": "LoRA targets: all linear layers or attention only; Left/Right",
-    "grad_checkpointing": "checkpointing: recompute activations to save memory; Left/Right",
-    "optimizer": "optimizer: AdamW 32-bit or 8-bit states, paged or not; Left/Right",
-    "alternatives": "alternatives: Enter uses the highlighted configuration",
-}
-INT_KNOBS = {"seq_len": "sequence length", "micro_batch": "micro-batch", "grad_accum": "grad accum",
-             "lora_rank": "LoRA rank"}
+# the knob rows: labels and help from the registry (`tuneplan.knobs`); whole numbers are typed,
+# the other knobs are chosen with Left/Right
+KNOB_HELP = {**{k.name: k.screen_help for k in KNOBS if k.screen_help},
+             "alternatives": "alternatives: Enter uses the highlighted configuration"}
+INT_KNOBS = {k.name: k.screen for k in KNOBS if k.screen and k.kind == COUNT}
 
 
 class PlanComputed(Message):
@@ -90,16 +83,16 @@ class PlanScreen(Screen):
             yield MemoryBar(id="memory")
             with Horizontal(id="middle"):
                 with Grid(id="knobs"):
-                    yield Label("method")
+                    yield Label(BY_NAME["method"].screen or "method")
                     yield Choice([("LoRA", "lora"), ("QLoRA 4-bit", "qlora"), ("full", "full")], id="method")
                     for knob, label in INT_KNOBS.items():
                         yield Label(label)
                         yield Input(type="integer", id=knob, compact=True)
-                    yield Label("LoRA targets")
+                    yield Label(BY_NAME["lora_targets"].screen or "LoRA targets")
                     yield Choice([("all-linear", ALL_LINEAR), ("attention", "attention")], id="lora_targets")
-                    yield Label("checkpointing")
+                    yield Label(BY_NAME["grad_checkpointing"].screen or "checkpointing")
                     yield Choice([("on", True), ("off", False)], id="grad_checkpointing")
-                    yield Label("optimizer")
+                    yield Label(BY_NAME["optimizer"].screen or "optimizer")
                     yield Choice([(o, o) for o in OPTIMIZERS], id="optimizer")
                 yield Static(id="summary")
             yield Static(id="knob-help")
