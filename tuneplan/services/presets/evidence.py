@@ -62,6 +62,7 @@ def evidence_from_run(run_dir: Path) -> tuple[PresetEvidence, str | None]:
         gpu_key = card.key if card else None
     return evidence, gpu_key
 
+
 def _environment_now(*, cuda_used: bool) -> dict[str, Any]:
     from importlib import metadata
 
@@ -82,6 +83,7 @@ def _environment_now(*, cuda_used: bool) -> dict[str, Any]:
     else:
         out["gpu_name"] = CPU
     return out
+
 
 def save_from_run(name: str, run_dir: Path, *, description: str | None = None, force: bool = False,
                   folder: Path | None = None) -> Path:

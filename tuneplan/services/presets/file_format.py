@@ -20,7 +20,6 @@ from tuneplan.errors import UserError
 from tuneplan.knobs import REFITTED, RUN_KNOBS
 from tuneplan.services.gpu import CPU_KEY as CPU
 
-
 FORMAT_VERSION = 1
 
 NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
@@ -28,19 +27,19 @@ NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HUGGINGFACE_TOKEN", "HF_API_TOKEN")
 
 TOKEN_RE = re.compile(r"\bhf_[A-Za-z0-9]{20,}\b")
-
 """What a Hugging Face access token looks like (`hf_` + 34 letters and digits today)."""
 
 _METHOD = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 
 SETUP_KEYS = RUN_KNOBS
-
 """`[setup]` keys a preset may hold: the knobs tuneplan's training path implements
 (`tuneplan.knobs`). The other `TrainSetup` fields describe other training stacks (the planner's
 calibration) and are refused."""
 
+
 class PresetError(UserError):
     """A preset file the user must fix; the message names the file, the line and the key."""
+
 
 # -- the format ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -59,6 +58,7 @@ class PresetConstraints:
     """Whether a LoRA preset may become QLoRA on a card where LoRA cannot fit (it is said)."""
     keep: tuple[str, ...] = ()
     """Re-fitted knobs to keep as saved anyway (e.g. ["optimizer"])."""
+
 
 @dataclass(frozen=True)
 class PresetEvidence:
@@ -97,6 +97,7 @@ class PresetEvidence:
     `probe` (measured by `tuneplan probe --save-evidence`; then `peak_memory_bytes` on the CPU is
     the live tensor bytes of the step)."""
 
+
 @dataclass(frozen=True)
 class Preset:
     """One preset file, read and validated."""
@@ -118,6 +119,7 @@ class Preset:
     def effective_batch(self) -> int:
         return self.constraints.effective_batch or self.config.setup.effective_batch()
 
+
 _SECTIONS: dict[str, type] = {
     "model": ModelConfig, "data": DataConfig, "setup": TrainSetup, "training": TrainingConfig,
     "recovery": RecoveryConfig, "constraints": PresetConstraints, "evidence": PresetEvidence,
@@ -135,8 +137,10 @@ _NOT_IN_PRESETS = {
     "version": "presets use format_version (a run configuration file has version and no format_version)",
 }
 
+
 def _where(path: str, text: str, section: str | None, key: str | None) -> str:
     return where_in(path, text, section, key)
+
 
 def _section(cls: type, table: Any, section: str, path: str, text: str) -> tuple[Any, set[str]]:
     """One `[section]` table through the typed loader (`tuneplan.config.section_from_table`);
@@ -155,6 +159,7 @@ def _section(cls: type, table: Any, section: str, path: str, text: str) -> tuple
     except ConfigError as exc:
         raise PresetError(str(exc)) from None
     return obj, set(table)
+
 
 def preset_from_toml(text: str, path: str = "<preset>", *, origin: str = "file") -> Preset:
     """Parse and validate a preset's TOML text. Raises `PresetError` (one line: file:line)."""
@@ -226,6 +231,7 @@ def preset_from_toml(text: str, path: str = "<preset>", *, origin: str = "file")
                   evidence=parts.get("evidence"), setup_keys=frozenset(setup_keys), path=Path(path) if path else None,
                   origin=origin, header=header)
 
+
 def _preset_from_run_config_dict(data: dict[str, Any], text: str, path: str, origin: str) -> Preset:
     """A run configuration file (`version = 1`, as `tuneplan train` writes `config.toml` and
     the wizard's review screen saves presets) read as a preset: its knobs are the preset's,
@@ -244,6 +250,7 @@ def _preset_from_run_config_dict(data: dict[str, Any], text: str, path: str, ori
                   f"{Path(config.model.source).name})", config=clean, constraints=constraints,
                   setup_keys=frozenset(data.get("setup") or {}), path=Path(path) if path else None, origin=origin,
                   header="\n".join(_header_lines(text)))
+
 
 def _check_constraints(c: PresetConstraints, config: RunConfig) -> None:
     from tuneplan.config import ConfigError
@@ -272,11 +279,13 @@ def _check_constraints(c: PresetConstraints, config: RunConfig) -> None:
     if bad:
         raise ConfigError(f"constraints.keep may list only {', '.join(REFITTED)} (got {bad[0]!r})")
 
+
 def _header_lines(text: str) -> Iterable[str]:
     for line in text.splitlines():
         if not line.startswith("#"):
             break
         yield line
+
 
 def load_preset_file(path: Path, origin: str = "file") -> Preset:
     """Read and validate one preset file."""
@@ -289,17 +298,21 @@ def load_preset_file(path: Path, origin: str = "file") -> Preset:
         raise PresetError(f"{path}: cannot read it ({exc})") from None
     return preset_from_toml(text, str(path), origin=origin)
 
+
 def fields_of(cls: type) -> list[str]:
     return [f.name for f in fields(cls)]
+
 
 # -- saving --------------------------------------------------------------------------------------
 def _tokens() -> list[str]:
     return [v for v in (os.environ.get(k) for k in TOKEN_ENV) if v and len(v) >= 8]
 
+
 def check_no_secret(text: str, what: str) -> None:
     """Refuse text holding the Hub token of the environment or anything shaped like one."""
     if any(t in text for t in _tokens()) or TOKEN_RE.search(text):
         raise UserError(f"{what} would contain a Hugging Face token; presets never hold tokens: remove it and retry")
+
 
 def _toml_dict(preset_name: str, description: str, config: RunConfig, constraints: PresetConstraints,
                evidence: PresetEvidence | None) -> dict[str, Any]:
@@ -322,6 +335,7 @@ def _toml_dict(preset_name: str, description: str, config: RunConfig, constraint
     if evidence is not None:
         data["evidence"] = table(evidence)
     return data
+
 
 def dump_preset(name: str, description: str, config: RunConfig, constraints: PresetConstraints,
                 evidence: PresetEvidence | None = None, *, header: str | None = None) -> str:

@@ -23,6 +23,7 @@ from tuneplan.services.presets.store import find_preset, resolve_sources
 
 SEQ_STEP = 128
 
+
 # -- hardware ------------------------------------------------------------------------------------
 def target_hardware(preset: Preset) -> Any:
     """The hardware the preset was made for."""
@@ -41,6 +42,7 @@ def target_hardware(preset: Preset) -> Any:
     if vram is not None:
         return resolve_hardware(PlanRequest(vram_bytes=vram))[0]
     return None
+
 
 def local_hardware(preset: Preset | None = None, *, gpu: str | None = None, vram_bytes: int | None = None,
                    gpu_index: int | None = None, probe: Any = None) -> tuple[Any, list[str]]:
@@ -70,6 +72,7 @@ def local_hardware(preset: Preset | None = None, *, gpu: str | None = None, vram
     return target, [f"No GPU found ({status}): planned for the preset's own target, {_card(target)}; "
                     "give --gpu NAME or --vram SIZE to re-fit it for another card."]
 
+
 def _card(hw: Any) -> str:
     if hw is None:
         return "an unknown GPU"
@@ -81,6 +84,7 @@ def _card(hw: Any) -> str:
     if usable < hw.gpu.memory_bytes:
         return f"{hw.gpu.name} with {_gib(usable)} free"
     return f"{hw.gpu.name} ({_gib(hw.gpu.memory_bytes)})"
+
 
 # -- re-fitting ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -124,12 +128,14 @@ class Refit:
         lines += [f"  note: {n}" for n in self.notes if n not in skip]
         return lines
 
+
 def _show(knob: str, value: Any) -> str:
     if knob == "method":
         return _METHOD.get(value, str(value))
     if isinstance(value, bool):
         return "on" if value else "off"
     return str(value)
+
 
 def _hardware_reason(target: Any, here: Any) -> str:
     if target is None:
@@ -146,6 +152,7 @@ def _hardware_reason(target: Any, here: Any) -> str:
         return f"same memory as {_card(target)}; the planner's choice for it"
     kind = "GPU" if here.gpu.key == "custom" else "card"
     return f"{_gib(a)} {kind} instead of {_gib(b)}" + (f" ({target.gpu.name})" if target.gpu.key != "custom" else "")
+
 
 def _base_fixed(preset: Preset) -> dict[str, Any]:
     """Knobs the re-fit keeps: everything but REFITTED (unless listed in constraints.keep)."""
@@ -165,6 +172,7 @@ def _base_fixed(preset: Preset) -> dict[str, Any]:
     for knob in keep:
         fixed[knob] = getattr(s, knob)
     return fixed
+
 
 def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = None, gpu_index: int | None = None,
           hardware: Any = None, probe: Any = None, safety_margin: float | None = None,
@@ -289,6 +297,7 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
     return Refit(preset=preset, config=out, outcome=outcome, fits=outcome.result.fits, changes=changes,
                  reasons=tuple(reasons), notes=tuple(notes) + tuple(outcome.notes))
 
+
 def _gpu_count(s: TrainSetup) -> dict[str, Any]:
     """PlanRequest fields that keep a preset's GPU count and strategy (if the planning service
     knows about several GPUs)."""
@@ -301,6 +310,7 @@ def _gpu_count(s: TrainSetup) -> dict[str, Any]:
     if "strategy" in known and s.num_gpus > 1 and s.strategy in ("ddp", "fsdp"):
         out["strategy"] = s.strategy
     return out
+
 
 def _shorter(attempt, method: str, seq: int, floor: int | None):
     """The plan with the longest sequence in [floor, seq) that fits (binary search, SEQ_STEP)."""
@@ -316,6 +326,7 @@ def _shorter(attempt, method: str, seq: int, floor: int | None):
         else:
             hi = mid - 1
     return best
+
 
 def load_preset_config(name: "str | Preset", *, gpu: str | None = None, vram: str | None = None,
                        echo: bool = True, build_sources: bool = True) -> RunConfig:

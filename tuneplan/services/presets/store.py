@@ -20,21 +20,20 @@ from tuneplan.services.presets.file_format import (
 
 
 PRESETS_DIR_ENV = "TUNEPLAN_PRESETS_DIR"
-
 """Overrides the user presets folder (the wizard's review screen saves there too)."""
 
 CACHE_DIR_ENV = "TUNEPLAN_CACHE_DIR"
-
 """Overrides the cache folder that holds the built tiny model."""
 
 SAMPLE_DATA = "tuneplan:sample-chat"
-
 """`data.source` of the bundled sample chat dataset."""
+
 
 # -- where presets live --------------------------------------------------------------------------
 def project_dir() -> Path:
     """Project-local presets: `./presets/` under the current directory."""
     return Path.cwd() / "presets"
+
 
 def user_dir() -> Path:
     """User presets: `$TUNEPLAN_PRESETS_DIR`, else platformdirs' user config folder + `presets`."""
@@ -44,6 +43,7 @@ def user_dir() -> Path:
     import platformdirs
 
     return platformdirs.user_config_path("tuneplan") / "presets"
+
 
 def shipped_dir() -> Path:
     """The presets shipped with tuneplan: the `presets` data folder installed beside the
@@ -60,6 +60,7 @@ def shipped_dir() -> Path:
             return Path(location)
     return beside
 
+
 def search_path() -> list[tuple[str, Path]]:
     """(origin, folder) in search order; a folder that is the shipped one counts once, as shipped."""
     shipped = shipped_dir()
@@ -72,11 +73,13 @@ def search_path() -> list[tuple[str, Path]]:
         out.append((origin, folder))
     return out
 
+
 def _same(a: Path, b: Path) -> bool:
     try:
         return a.resolve() == b.resolve()
     except OSError:
         return False
+
 
 @dataclass(frozen=True)
 class PresetEntry:
@@ -89,6 +92,7 @@ class PresetEntry:
     error: str | None = None
     shadowed_by: str | None = None
     """Origin of the preset with the same name that wins (None: this one wins)."""
+
 
 def list_presets() -> list[PresetEntry]:
     """Every preset file on the search path, winners first within a name, sorted by name."""
@@ -108,8 +112,10 @@ def list_presets() -> list[PresetEntry]:
     order = {o: i for i, (o, _) in enumerate(search_path())}
     return sorted(out, key=lambda e: (e.name, order.get(e.origin, 9)))
 
+
 def _is_path(name: str) -> bool:
     return name.endswith(".toml") or "/" in name or os.sep in name
+
 
 def find_preset(name: str) -> Preset:
     """The preset called `name` (first match on the search path) or at the path `name`."""
@@ -131,6 +137,7 @@ def find_preset(name: str) -> Preset:
     hint = f"did you mean {', '.join(close)}? " if close else ""
     raise UserError(f"no preset named {name!r}: {hint}see `tuneplan presets list`")
 
+
 # -- bundled sources (tiny model, sample dataset) ------------------------------------------------
 def cache_dir() -> Path:
     env = os.environ.get(CACHE_DIR_ENV)
@@ -140,6 +147,7 @@ def cache_dir() -> Path:
 
     return platformdirs.user_cache_path("tuneplan")
 
+
 def _tiny_key() -> str:
     import hashlib
 
@@ -147,6 +155,7 @@ def _tiny_key() -> str:
 
     h = hashlib.sha256(TINY_MODEL_CONFIG.read_bytes() + SAMPLE_CHAT.read_bytes()).hexdigest()
     return h[:12]
+
 
 def tiny_model_dir(*, build: bool = True) -> Path:
     """The tiny model's folder (built on first use by `python -m tuneplan.training.tiny` in a
@@ -186,6 +195,7 @@ def tiny_model_dir(*, build: bool = True) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
 
+
 def resolve_sources(config: RunConfig, *, build: bool = True) -> RunConfig:
     """Replace the bundled-source names (`tuneplan:tiny`, `tuneplan:sample-chat`) by paths."""
     from tuneplan.data import SAMPLE_CHAT
@@ -199,6 +209,7 @@ def resolve_sources(config: RunConfig, *, build: bool = True) -> RunConfig:
     elif config.data.source.startswith("tuneplan:"):
         raise UserError(f"data.source {config.data.source!r}: the bundled dataset is {SAMPLE_DATA}")
     return config
+
 
 def portable_sources(config: RunConfig) -> RunConfig:
     """The inverse of `resolve_sources`: the bundled tiny model's and sample dataset's paths on
@@ -215,6 +226,7 @@ def portable_sources(config: RunConfig) -> RunConfig:
         pass
     return config
 
+
 def write_preset_text(text: str, path: Path, *, force: bool = False) -> Path:
     """Write a preset file: never over an existing one unless `force`; never with a token."""
     path = Path(path)
@@ -226,6 +238,7 @@ def write_preset_text(text: str, path: Path, *, force: bool = False) -> Path:
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(path)
     return path
+
 
 def preset_from_run_config(config: RunConfig, name: str, description: str = "", *,
                            evidence: PresetEvidence | None = None, gpu: str | None = None) -> str:
@@ -242,11 +255,13 @@ def preset_from_run_config(config: RunConfig, name: str, description: str = "", 
                                     gpu=gpu)
     return dump_preset(name, description, clean, constraints, evidence)
 
+
 def save_config_as_preset(config: RunConfig, name: str, description: str = "", *, force: bool = False,
                           folder: Path | None = None, gpu: str | None = None) -> Path:
     """Save a run configuration as a user preset (`folder`: default the user presets folder)."""
     text = preset_from_run_config(config, name, description, gpu=gpu)
     return write_preset_text(text, (folder or user_dir()) / f"{name}.toml", force=force)
+
 
 def delete_preset(name: str) -> Path:
     """Delete the preset file `name` resolves to (project or user presets only)."""
