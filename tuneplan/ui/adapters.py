@@ -154,8 +154,9 @@ class PlanView:
     fits: bool
     capacity_bytes: int
     """The card's memory (or the free memory of a detected card), in bytes."""
-    usable_bytes: int
-    """Capacity less the safety margin, in bytes: a plan fits when device_bytes <= this."""
+    budget_bytes: int
+    """Capacity less the safety margin, in bytes (the planner's `budget_bytes`): a plan fits when
+    device_bytes <= this."""
     tokens_per_second: float | None
     time_seconds: float | None
     """Training time for the dataset's tokens x epochs (None without a dataset or speed)."""
@@ -412,7 +413,7 @@ class PlanningAdapter:
                         why=_difference(a.setup, c.setup))
             for a in r.alternatives)
         return PlanView(setup=c.setup, memory=c.memory, fits=r.fits, capacity_bytes=r.usable_bytes,
-                        usable_bytes=r.budget_bytes, tokens_per_second=c.throughput.tokens_per_second,
+                        budget_bytes=r.budget_bytes, tokens_per_second=c.throughput.tokens_per_second,
                         time_seconds=r.seconds, cost=r.cost, reasons=tuple(r.reasons) + tuple(r.suggestions),
                         alternatives=alternatives, warnings=tuple(warnings), model=model, target=target,
                         dataset=dataset, solver=True, raw=outcome, dataset_tokens=r.dataset_tokens,
@@ -437,7 +438,7 @@ class PlanningAdapter:
         if setup.seq_len > model.context_length:
             warnings.append(f"sequence length {setup.seq_len} is beyond the model's context {model.context_length}")
         return PlanView(setup=setup, memory=memory, fits=e["fits"], capacity_bytes=e["usable_bytes"],
-                        usable_bytes=e["budget_bytes"], tokens_per_second=e["throughput"].tokens_per_second,
+                        budget_bytes=e["budget_bytes"], tokens_per_second=e["throughput"].tokens_per_second,
                         time_seconds=e["seconds"], cost=e["cost"], reasons=tuple(memory.notes), alternatives=(),
                         warnings=tuple(warnings), model=model, target=target, dataset=dataset, solver=False,
                         raw=e, dataset_tokens=tokens, tokens_assumed=assumed)

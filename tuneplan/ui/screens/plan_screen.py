@@ -205,7 +205,7 @@ class PlanScreen(Screen):
             over = plan.memory.device_bytes - plan.capacity_bytes
             title.append(f" DOES NOT FIT: over by {gib(over)} ", style="bold reverse red")
         else:
-            over = plan.memory.device_bytes - plan.usable_bytes
+            over = plan.memory.device_bytes - plan.budget_bytes
             title.append(f" TOO TIGHT: {gib(over)} into the safety margin ", style="bold reverse red")
         if not plan.solver:
             title.append(" edited", style="bold yellow")
@@ -215,7 +215,7 @@ class PlanScreen(Screen):
         title.overflow = "ellipsis"
         self.query_one("#title", Static).update(title)
         self.query_one("#memory", MemoryBar).set_memory(plan.memory.components, plan.memory.device_bytes,
-                                                        plan.capacity_bytes, plan.usable_bytes)
+                                                        plan.capacity_bytes, plan.budget_bytes)
         summary = Text()
         summary.append("speed ", style="bold")
         summary.append(rate(plan.tokens_per_second) + "\n")
