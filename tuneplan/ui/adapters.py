@@ -392,11 +392,15 @@ class PlanningAdapter:
         return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes,
                         source="catalog" if target.dry_run else "nvml")
 
-    def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: dict[str, Any]) -> PlanView:
-        """The solver's choice with `fixed` knobs kept (blocking for tens of ms: a worker)."""
+    def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: Any) -> PlanView:
+        """The solver's choice with the knobs the user edited kept (`fixed`: a
+        `tuneplan.knobs.PartialSetup`, or its knob -> value mapping), blocking for tens of ms:
+        call it from a worker."""
+        from tuneplan.knobs import PartialSetup
         from tuneplan.services import planning
 
-        fixed = dict(fixed)
+        given = fixed if isinstance(fixed, PartialSetup) else PartialSetup(dict(fixed))
+        fixed = given.fixed()
         method = fixed.pop("method", "auto")
         # The wizard plans for the one card chosen (more GPUs appear as suggestions only).
         request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,

@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from planner.setup import ALL_LINEAR, ATTENTION_TARGETS, OPTIMIZERS
-from tuneplan.knobs import BY_NAME, COUNT, KNOBS
+from tuneplan.knobs import BY_NAME, COUNT, KNOBS, PartialSetup
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count, duration, gib, money, rate
 from tuneplan.ui.messages import PlanAccepted
@@ -112,7 +112,7 @@ class PlanScreen(Screen):
 
     # -- the solver runs in a worker (tens of ms for 70B; keeps the first paint instant) --
     @work(thread=True, exclusive=True, exit_on_error=False, group="solve")
-    def solve(self, fixed: dict[str, Any]) -> None:
+    def solve(self, fixed: Any) -> None:
         try:
             plan = self.app.services.planning.plan(self.model, self.target, self.dataset, fixed)
         except UserError as exc:
@@ -273,7 +273,7 @@ class PlanScreen(Screen):
 
     def action_resolve(self) -> None:
         self.query_one("#title", Static).update(Text("Re-planning with your edits fixed...", style="dim"))
-        self.solve(dict(self.fixed))
+        self.solve(PartialSetup(dict(self.fixed)))  # the edited knobs fixed, the rest the solver's
 
     def action_reset(self) -> None:
         self.fixed.clear()
