@@ -47,7 +47,7 @@ class TrainSetup:
     """Fused linear cross-entropy (Liger): the full logits are never materialised."""
     num_gpus: int = 1
     strategy: str = "single"
-    """`single`, `ddp` or `fsdp` (the multi-GPU issue)."""
+    """`single`, `ddp` or `fsdp` (planner/parallel.py, tuneplan/training/distributed.py)."""
     cpu_offload: bool = False
     """FSDP only: sharded weights, gradients and optimizer states live in host memory
     (`fsdp_offload_params`; planner/parallel.py, tuneplan/training/distributed.py)."""

@@ -61,6 +61,18 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands
 
 
+def test_ci_runs_the_static_checks_and_the_layers_hold():
+    """CI runs scripts/lint.sh; the import-linter contracts of pyproject.toml hold (the layers
+    go one way: planner < core < services < training | ui < commands)."""
+    assert re.search(r"^bash scripts/lint\.sh$", (ROOT / ".ci" / "run").read_text(), re.M)
+    pytest.importorskip("importlinter")
+    lint = Path(sys.executable).with_name("lint-imports")
+    out = subprocess.run([str(lint)], capture_output=True, text=True, cwd=ROOT,
+                         env={"PATH": str(lint.parent), "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stdout[-2000:]
+    assert "broken" not in out.stdout.lower().replace("0 broken", "")
+
+
 def test_test_script_fails_when_no_test_ran():
     script = (ROOT / "scripts" / "test.sh").read_text()
     assert '"$rc" -eq 5' in script and "exit 1" in script

@@ -21,13 +21,18 @@ Pure standard library plus `tomli_w` for writing. Validation names the field and
 from __future__ import annotations
 
 import math
+import re
 import sys
+import types
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-from planner.setup import ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, STRATEGIES, TrainSetup
+from planner.setup import TrainSetup
 from tuneplan.errors import UserError, check_path
+from tuneplan.knobs import MAX_COUNT, RUN_KNOBS
+from tuneplan.knobs import validate_setup as _validate_knobs
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -35,20 +40,12 @@ else:  # pragma: no cover - Python 3.10
     import tomli as tomllib
 
 CONFIG_VERSION = 1
-RUN_KNOBS = ("method", "quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
-             "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing", "optimizer",
-             "attn", "fused_ce", "num_gpus", "strategy", "cpu_offload")
-"""The `TrainSetup` knobs tuneplan's training path implements. Its other fields describe other
-training stacks for the planner's calibration; a run config leaves them out (their defaults
-are our path) and the trainer refuses non-default values."""
+_T = TypeVar("_T")
 SCHEDULERS = ("cosine", "linear", "constant", "constant_with_warmup")
 TRACKERS = {"none": None, "tensorboard": "tensorboard", "trackio": "trackio", "wandb": "wandb", "mlflow": "mlflow"}
 """`training.report_to` values -> the pip package the trainer's integration needs (the names are
 transformers' `report_to` names, `transformers/integrations/integration_utils.py`)."""
 OVERLONG = ("truncate", "drop")
-MAX_COUNT = 2**31 - 1
-"""Largest whole number a count takes (steps, ranks, batch sizes, limits): torch and the
-tokenizers index with 32-bit ints in places, and beyond it Python ints overflow C ints."""
 MAX_SEED = 2**32 - 1
 """Seeds are in [0, 2**32 - 1]: `transformers.set_seed` also seeds numpy, whose
 `np.random.seed` accepts exactly that range (numpy/random/_mt19937.pyx)."""
@@ -203,7 +200,7 @@ class RunConfig:
         for what, text in (("model.source", m.source), ("data.source", d.source), ("name (the run folder)", self.name)):
             if text is not None:
                 check_path(text, what)
-        from tuneplan.services.dataset_formats import FORMATS
+        from tuneplan.dataset_formats import FORMATS
         _check(d.format == "auto" or d.format in FORMATS, "data.format", d.format,
                f"must be auto or one of {', '.join(FORMATS)}")
         _range(d.eval_fraction, "data.eval_fraction", 0, 1, hi_open=True)
@@ -271,22 +268,9 @@ class RunConfig:
 
 
 def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:
-    """Raise `ConfigError` naming the first invalid knob of a `TrainSetup`."""
-    _check(s.method in METHODS, f"{prefix}.method", s.method, f"must be one of {', '.join(METHODS)}")
-    _check(s.quant_type in ("nf4", "fp4"), f"{prefix}.quant_type", s.quant_type, "must be nf4 or fp4")
-    _check(s.compute_dtype in DTYPES, f"{prefix}.compute_dtype", s.compute_dtype, f"must be one of {', '.join(DTYPES)}")
-    _check(s.optimizer in OPTIMIZERS, f"{prefix}.optimizer", s.optimizer, f"must be one of {', '.join(OPTIMIZERS)}")
-    _check(s.attn in ATTENTIONS, f"{prefix}.attn", s.attn, f"must be one of {', '.join(ATTENTIONS)}")
-    _check(s.strategy in STRATEGIES, f"{prefix}.strategy", s.strategy, f"must be one of {', '.join(STRATEGIES)}")
-    _count(s.lora_rank, f"{prefix}.lora_rank")
-    _count(s.lora_alpha, f"{prefix}.lora_alpha")
-    _range(s.lora_dropout, f"{prefix}.lora_dropout", 0, 1, hi_open=True)
-    _check(isinstance(s.lora_targets, str) or len(s.lora_targets) > 0, f"{prefix}.lora_targets", s.lora_targets,
-           "must be all-linear or a non-empty list of module names")
-    _count(s.micro_batch, f"{prefix}.micro_batch")
-    _count(s.grad_accum, f"{prefix}.grad_accum")
-    _count(s.seq_len, f"{prefix}.seq_len")
-    _count(s.num_gpus, f"{prefix}.num_gpus")
+    """Raise `ConfigError` naming the first invalid knob of a `TrainSetup` (each knob's rule
+    is in `tuneplan.knobs`)."""
+    _validate_knobs(s, prefix, error=ConfigError)
 
 
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:
@@ -329,40 +313,103 @@ _SECTIONS = {
 _TOP_LEVEL = ("name", "resume_from", "version")
 
 
-def _section_from_dict(cls: type, data: Any, section: str, where: str) -> Any:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: [{section}] must be a table (got {data!r})")
-    known = {f.name: f for f in fields(cls)}
-    kwargs = {}
-    for key, value in data.items():
-        if key not in known:
-            raise ConfigError(f"{where}: unknown key {section}.{key}; known: {', '.join(known)}")
-        default = known[key].default
-        if isinstance(value, list):
-            value = tuple(value)
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{section}.{key} must be true or false (got {value!r})")
-        if isinstance(default, (int, float)) and not isinstance(default, bool) and default is not None:
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise ConfigError(f"{section}.{key} must be a number (got {value!r})")
-            if isinstance(default, float):
-                value = float(value)
-            elif isinstance(value, float):
-                raise ConfigError(f"{section}.{key} must be a whole number (got {value!r})")
-        kwargs[key] = value
-    return cls(**kwargs)
+def locate(text: str, section: str | None, key: str | None) -> int | None:
+    """Line (1-based) of `key` in table `[section]` (or of the table header), by a line scan:
+    enough for the flat files presets are (tables and `key = value` lines)."""
+    current: str | None = None
+    header_line = None
+    for n, raw in enumerate(text.splitlines(), 1):
+        line = raw.strip()
+        m = re.match(r"^\[\s*([A-Za-z0-9_.\-\"']+)\s*\]", line)
+        if m:
+            current = m.group(1).strip("\"'")
+            if current == section and header_line is None:
+                header_line = n
+            continue
+        m = re.match(r"^([A-Za-z0-9_\-\"'.]+)\s*=", line)
+        if not m:
+            continue
+        name = m.group(1).replace('"', "").replace("'", "")
+        parts = name.split(".")
+        sec, k = (current, name) if len(parts) == 1 else (parts[0] if current is None else current, parts[-1])
+        if key is None and sec == section:
+            return header_line or n
+        if k == key and sec == section:
+            return n
+    return header_line
 
 
-def config_from_dict(data: dict[str, Any], *, where: str = "config") -> RunConfig:
-    """A validated `RunConfig` from a TOML-shaped dict (missing keys take their defaults)."""
+def where_in(path: str, text: str | None, section: str | None, key: str | None) -> str:
+    """`path:line` of `key` in `[section]` of the file's `text` (just `path` when not found)."""
+    line = locate(text, section, key) if text is not None else None
+    return f"{path}:{line}" if line else path
+
+
+_WORDS = {int: "a whole number", float: "a number", bool: "true or false", str: "a string",
+          tuple: "a list of strings", list: "a list of strings"}
+
+
+def _expected(cls: type, key: str) -> str:
+    """What a TOML value of field `key` of `cls` must be, in words (`a whole number or ...`)."""
+    import typing
+
+    hint = typing.get_type_hints(cls).get(key)
+    words = [_WORDS.get(typing.get_origin(t) or t) for t in (typing.get_args(hint) if typing.get_origin(hint) in
+                                                          (typing.Union, types.UnionType) else (hint,))]
+    return " or ".join(w for w in words if w) or "a value"
+
+
+def section_from_table(cls: type[_T], table: Any, section: str, where: Callable[[str | None], str], *,
+                       known: Iterable[str] | None = None) -> _T:
+    """One TOML table -> the frozen dataclass `cls`, typed by its annotations through msgspec
+    (`msgspec.convert(strict=True)`: no string-to-number coercion, ints widen to floats, lists
+    become tuples; missing keys take their defaults). One-line `ConfigError`s prefixed with
+    `where(key)` (the file, and the line when the caller has the text): an unknown key with the
+    closest known one, or the key, the type it must have and the value. `known`: the keys
+    accepted (default: every field)."""
+    import difflib
+
+    import msgspec
+
+    if not isinstance(table, dict):
+        raise ConfigError(f"{where(None)}: [{section}] must be a table (got {table!r})")
+    names = list(known) if known is not None else [f.name for f in fields(cls)]  # type: ignore[arg-type]  # a dataclass
+    for key in table:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"known keys: {', '.join(names)}"
+            raise ConfigError(f"{where(key)}: unknown key {section}.{key}; {hint}")
+    try:
+        return msgspec.convert(table, type=cls, strict=True)
+    except msgspec.ValidationError as exc:
+        m = re.search(r"at `\$\.(\w+)", str(exc))
+        key = m.group(1) if m else None
+        if key is None:
+            raise ConfigError(f"{where(None)}: [{section}] {exc}") from None
+        raise ConfigError(f"{where(key)}: {section}.{key} must be {_expected(cls, key)} "
+                          f"(got {_shown(table.get(key))})") from None
+
+
+def config_from_dict(data: dict[str, Any], *, where: str = "config", text: str | None = None) -> RunConfig:
+    """A validated `RunConfig` from a TOML-shaped dict (missing keys take their defaults).
+    `text`: the file's text, so errors name the line too."""
+    import difflib
+
+    def located(section: str) -> Callable[[str | None], str]:
+        return lambda key: where_in(where, text, section, key)
+
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
         if key in _SECTIONS:
-            kwargs[key] = _section_from_dict(_SECTIONS[key], value, key, where)
+            kwargs[key] = section_from_table(_SECTIONS[key], value, key, located(key))
         elif key in _TOP_LEVEL:
             kwargs[key] = value
         else:
-            raise ConfigError(f"{where}: unknown key {key}; known: {', '.join([*_SECTIONS, *_TOP_LEVEL])}")
+            known = [*_SECTIONS, *_TOP_LEVEL]
+            close = difflib.get_close_matches(key, known, n=1, cutoff=0.6)
+            hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(known)}"
+            raise ConfigError(f"{where_in(where, text, key, None) if isinstance(value, dict) else where}: "
+                              f"unknown key {key}; {hint}")
     version = kwargs.get("version", CONFIG_VERSION)
     if version != CONFIG_VERSION:
         raise ConfigError(f"version must be {CONFIG_VERSION} (got {version!r}); this tuneplan reads version {CONFIG_VERSION}")
@@ -398,10 +445,16 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
 
 def read_toml(path: Path) -> dict[str, Any]:
     """A TOML file as a dict; one-line errors for a missing or malformed file."""
+    return read_toml_text(path)[0]
+
+
+def read_toml_text(path: Path) -> tuple[dict[str, Any], str]:
+    """A TOML file as a dict, and its text (for error lines); one-line errors for a missing or
+    malformed file."""
     path = Path(check_path(path, "the configuration file name"))
     try:
-        with open(path, "rb") as f:
-            return tomllib.load(f)
+        text = path.read_text(encoding="utf-8")
+        return tomllib.loads(text), text
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
     except tomllib.TOMLDecodeError as exc:
@@ -416,7 +469,8 @@ def read_toml(path: Path) -> dict[str, Any]:
 
 def load_config(path: Path) -> RunConfig:
     """Read and validate a run configuration TOML file."""
-    return config_from_dict(read_toml(path), where=str(path))
+    data, text = read_toml_text(path)
+    return config_from_dict(data, where=str(path), text=text)
 
 
 def dump_config(config: RunConfig) -> str:

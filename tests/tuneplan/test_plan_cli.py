@@ -6,7 +6,6 @@ import json
 import subprocess
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 
@@ -337,7 +336,7 @@ def test_contradiction_messages_agree_in_number(capsys, argv, phrase):
 
 def test_broken_jsonl_message_is_whole(tmp_path):
     from tuneplan.errors import UserError
-    from tuneplan.services.dataset_formats import read_local_rows
+    from tuneplan.dataset_formats import read_local_rows
     from tuneplan.services.dataset_preview import preview_dataset
 
     bad = tmp_path / "bad.jsonl"

@@ -53,6 +53,18 @@ def test_the_shipped_folder_has_the_presets_the_issue_asks_for():
     assert any(p.config.setup.seq_len >= 8192 for p in presets), "a long-context preset"
 
 
+def test_a_preset_may_ask_for_fsdp_cpu_offload_and_the_refit_keeps_it(tmp_path):
+    """`cpu_offload` is a knob of tuneplan's FSDP path (accelerate `fsdp_offload_params`), not
+    another training stack's: a preset with it loads, and its re-fit plans with offload."""
+    text = SHIPPED[0].read_text().replace("[setup]\n", "[setup]\ncpu_offload = true\n", 1)
+    path = tmp_path / "offload.toml"
+    path.write_text(text.replace(f'name = "{SHIPPED[0].stem}"', 'name = "offload"'))
+    preset = P.load_preset_file(path, "file")
+    assert preset.config.setup.cpu_offload is True and "cpu_offload" in preset.setup_keys
+    fit = P.refit(preset, hardware=P.target_hardware(preset))
+    assert fit.fits and fit.config.setup.cpu_offload and fit.config.setup.strategy == "fsdp"
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_preset_plans_and_fits_on_the_gpu_it_names(path):
     preset = P.load_preset_file(path, "shipped")

@@ -101,13 +101,8 @@ def _list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _gib(n: float | None) -> str:
-    from planner.gpus import format_gib  # deferred, like every import here: --help stays light
-
-    return format_gib(n)
-
-
 def _show(args: argparse.Namespace) -> int:
+    from tuneplan.commands._output import _gib, warn_remote_code
     from tuneplan.services import presets as P
 
     preset = P.find_preset(args.name)
@@ -124,16 +119,8 @@ def _show(args: argparse.Namespace) -> int:
         print("# measured: " + ", ".join(b for b in bits if b))
     print()
     print(preset.path.read_text(encoding="utf-8").rstrip() if preset.path else "")
-    _warn_remote_code(preset)
+    warn_remote_code(preset)
     return 0
-
-
-def _warn_remote_code(preset) -> None:
-    if preset.config.model.trust_remote_code:
-        from tuneplan.services.models import remote_code_warning
-
-        print(f"tuneplan: warning: {remote_code_warning(preset.config.model.source, f'preset {preset.name}')}",
-              file=sys.stderr)
 
 
 def _save(args: argparse.Namespace) -> int:
@@ -176,64 +163,3 @@ def _delete(args: argparse.Namespace) -> int:
     path = P.delete_preset(args.name)
     print(f"deleted preset {preset.name}: {path}")
     return 0
-
-
-# -- `tuneplan plan --preset NAME` -------------------------------------------------------------
-KNOB_FLAGS = ("method", "seq_len", "batch", "grad_accum", "effective_batch", "lora_r", "lora_alpha", "lora_dropout",
-              "lora_targets", "grad_checkpointing", "optimizer", "attn", "fused_ce", "dtype", "quant_type",
-              "double_quant", "min_seq_len", "max_seq_len", "model", "prefer_accuracy")
-
-
-def plan_with_preset(args: argparse.Namespace) -> int:
-    """`tuneplan plan --preset NAME [--gpu CARD | --vram SIZE] [--json]`: the re-fit, then the plan."""
-    from tuneplan.commands.plan import render
-    from tuneplan.errors import EXIT_DOES_NOT_FIT, EXIT_OK, UserError
-    from tuneplan.services import presets as P
-    from tuneplan.services.planning import parse_size
-
-    given = [k for k in KNOB_FLAGS if getattr(args, k, None) not in (None, False, "auto")]
-    if given:
-        flags = ", ".join("--" + k.replace("_", "-") for k in given)
-        raise UserError(f"{flags} cannot be combined with --preset: the preset sets them (copy and edit it, "
-                        "or plan without --preset)")
-    preset = P.find_preset(args.preset)
-    _warn_remote_code(preset)
-    gpu_index = None
-    if getattr(args, "gpu_index", None) is not None:
-        try:
-            gpu_index = int(args.gpu_index)
-        except ValueError:
-            raise UserError(f"--gpu-index must be a whole number (got {args.gpu_index!r})") from None
-    margin = None
-    if getattr(args, "safety_margin", None) is not None:
-        try:
-            margin = float(args.safety_margin)
-        except ValueError:
-            raise UserError(f"--safety-margin must be a number (got {args.safety_margin!r})") from None
-    fit = P.refit(preset, gpu=args.gpu, vram_bytes=parse_size(args.vram) if args.vram else None,
-                  gpu_index=gpu_index, safety_margin=margin)
-    if args.json:
-        out = fit.outcome.to_dict()
-        out["preset"] = {
-            "name": preset.name, "origin": preset.origin, "path": str(preset.path) if preset.path else None,
-            "fits": fit.fits, "changes": {k: [a if not isinstance(a, tuple) else list(a),
-                                              b if not isinstance(b, tuple) else list(b)] for k, a, b in fit.changes},
-            "reasons": list(fit.reasons), "notes": list(fit.notes),
-        }
-        print(json.dumps(out, indent=2))
-    else:
-        from tuneplan.commands.terminal import fill, output_width
-
-        width = output_width()
-        print("\n".join(fill(line, width, "", "    ") for line in fit.summary_lines(skip_notes=fit.outcome.notes)))
-        print()
-        print(render(fit.outcome, width, given_by="preset", changed={k for k, _, _ in fit.changes}))
-    from tuneplan.commands.terminal import fill, output_width
-
-    err_width = output_width(sys.stderr)
-    if not fit.fits:
-        print(fill(f"tuneplan plan: preset {preset.name} does not fit here", err_width), file=sys.stderr)
-        return EXIT_DOES_NOT_FIT
-    print(fill(f"tuneplan plan: preset {preset.name}: {fit.change_text()}; train it with: "
-               f"tuneplan train --preset {preset.name}", err_width), file=sys.stderr)
-    return EXIT_OK

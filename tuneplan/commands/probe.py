@@ -63,7 +63,7 @@ def _count(value: str, flag: str, minimum: int) -> int:
 
 
 def _refuse_knobs(args: argparse.Namespace, what: str) -> None:
-    from tuneplan.commands.presets import KNOB_FLAGS
+    from tuneplan.commands.plan import KNOB_FLAGS
     from tuneplan.errors import UserError
 
     given = [k for k in KNOB_FLAGS if k != "model" and getattr(args, k, None) not in (None, False, "auto")]

@@ -16,31 +16,19 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-AUTO = "auto"
+if TYPE_CHECKING:
+    from tuneplan.knobs import PartialSetup
 
 
 def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
-    """The planner's knobs, spelled as in `tuneplan plan` (a knob given is fixed)."""
-    g = parser.add_argument_group("knobs (left out or `auto`: chosen by the planner)")
-    g.add_argument("--method", choices=["auto", "full", "lora", "qlora"])
-    g.add_argument("--seq-len", type=int, metavar="N")
-    g.add_argument("--batch", type=int, metavar="N", help="micro-batch per GPU")
-    g.add_argument("--grad-accum", type=int, metavar="N")
-    g.add_argument("--lora-r", type=int, metavar="N")
-    g.add_argument("--lora-alpha", type=int, metavar="N")
-    g.add_argument("--lora-dropout", type=float, metavar="X")
-    g.add_argument("--lora-targets", metavar="T", help="attention | all-linear | q_proj,v_proj,...")
-    g.add_argument("--grad-checkpointing", choices=["auto", "on", "off"])
-    g.add_argument("--optimizer", choices=["auto", "adamw", "adamw-8bit", "paged-adamw-8bit", "paged-adamw-32bit"])
-    g.add_argument("--attn", choices=["auto", "sdpa", "flash", "eager"])
-    g.add_argument("--fused-ce", choices=["auto", "on", "off"])
-    g.add_argument("--packing", choices=["auto", "on", "off"])
-    g.add_argument("--compute-dtype", choices=["auto", "bfloat16", "float16", "float32"])
-    g.add_argument("--quant-type", choices=["nf4", "fp4"])
-    g.add_argument("--gpus", metavar="N|auto", help="GPUs to train on through accelerate (default: all GPUs of one "
-                   "model NVML finds here; with --gpu/--vram: 1). See README ## Multi-GPU")
-    g.add_argument("--strategy", choices=["auto", "ddp", "fsdp"], help="several GPUs: DDP or FSDP (default auto)")
+    """The planner's knobs, spelled as in `tuneplan plan` (`tuneplan.knobs`; a knob given is fixed)."""
+    from tuneplan.knobs import add_flags
+
+    add_flags(parser, title="knobs (left out or `auto`: chosen by the planner)",
+              help_overrides={"num_gpus": "GPUs to train on through accelerate (default: all GPUs of one model "
+                                          "NVML finds here; with --gpu/--vram: 1). See README ## Multi-GPU"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -88,95 +76,56 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="train here even though --gpu/--vram names hardware NVML does not find")
 
 
-def _setup_changes(args: argparse.Namespace) -> dict:
-    from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+def given_setup(args: argparse.Namespace, file: "PartialSetup | None" = None) -> "PartialSetup":
+    """The knobs fixed by the --config / --preset file (`file`) and by the flags over it (a flag
+    given as `auto` hands its knob back to the planner)."""
+    from tuneplan.knobs import PartialSetup
 
-    changes: dict = {}
-    simple = {"method": "method", "seq_len": "seq_len", "batch": "micro_batch", "grad_accum": "grad_accum",
-              "lora_r": "lora_rank", "lora_alpha": "lora_alpha", "lora_dropout": "lora_dropout",
-              "optimizer": "optimizer", "attn": "attn", "compute_dtype": "compute_dtype", "quant_type": "quant_type"}
-    for arg, knob in simple.items():
-        value = getattr(args, arg, None)
-        if value is not None and value != AUTO:
-            changes[knob] = value
-    gpus = getattr(args, "gpus", None)
-    if gpus is not None and str(gpus).lower() != AUTO:
-        try:
-            changes["num_gpus"] = int(gpus)
-        except ValueError:
-            from tuneplan.errors import UserError
-
-            raise UserError(f"--gpus must be auto or a whole number (got {gpus!r})") from None
-    if getattr(args, "strategy", None) not in (None, AUTO):
-        changes["strategy"] = args.strategy
-    for arg, knob in (("grad_checkpointing", "grad_checkpointing"), ("fused_ce", "fused_ce"), ("packing", "packing")):
-        value = getattr(args, arg, None)
-        if value in ("on", "off"):
-            changes[knob] = value == "on"
-    if args.lora_targets:
-        t = args.lora_targets.strip()
-        changes["lora_targets"] = (ALL_LINEAR if t in ("all-linear", "all_linear") else
-                                   ATTENTION_TARGETS if t == "attention" else
-                                   tuple(x.strip() for x in t.split(",") if x.strip()))
-    return changes
+    return PartialSetup.from_args(args).over(file or PartialSetup())
 
 
-PLANNED_KNOBS = ("method", "seq_len", "micro_batch", "grad_accum", "grad_checkpointing", "optimizer", "attn",
-                 "fused_ce", "packing", "compute_dtype")
-"""The knobs the planner chooses when the user leaves them out (or says `auto`)."""
-
-
-def _fixed_in_file(args: argparse.Namespace) -> set[str]:
-    """Knobs a --config / --preset file fixes (its [setup] table)."""
-    from tuneplan.config import read_toml
-
-    path = args.config or (args.preset if args.preset and Path(args.preset).suffix else None)
-    if path:
-        return set((read_toml(Path(path)).get("setup") or {}))
-    if args.preset:
-        return set(PLANNED_KNOBS)  # a named preset is a complete, already re-fitted configuration
-    return set()
-
-
-def _given_knobs(args: argparse.Namespace) -> set[str]:
-    """Knobs the user fixed: in the --config / --preset file or by a flag (not `auto`)."""
-    return _fixed_in_file(args) | set(_setup_changes(args))
-
-
-def _auto_knobs(args: argparse.Namespace) -> list[str]:
-    """Knobs left to the planner: neither fixed by the file nor by a flag (or flagged `auto`)."""
-    given = _given_knobs(args)
-    explicit_auto = {k for k in ("grad_checkpointing", "optimizer", "attn", "fused_ce", "packing",
-                                 "compute_dtype", "method") if getattr(args, k, None) == AUTO}
-    return [k for k in PLANNED_KNOBS if k not in given or k in explicit_auto]
-
-
-def load_preset(name: str, args: argparse.Namespace):
-    """A preset re-fitted to this machine (`tuneplan.services.presets`)."""
+def load_preset(preset, args: argparse.Namespace):
+    """A preset (name or loaded `Preset`) re-fitted to this machine (`tuneplan.services.presets`)."""
     from tuneplan.services import presets
 
-    return presets.load_preset_config(name, gpu=args.gpu, vram=args.vram)
+    return presets.load_preset_config(preset, gpu=args.gpu, vram=args.vram)
 
 
 def build_config(args: argparse.Namespace):
     """The run configuration from --config / --preset and the flags (not yet planned)."""
-    from tuneplan.config import RunConfig, load_config
+    return build(args)[0]
+
+
+def build(args: argparse.Namespace):
+    """(the run configuration from --config / --preset and the flags, not yet planned; the
+    `PartialSetup` of the knobs they fix: the planner chooses the others)."""
+    from tuneplan.config import RunConfig, config_from_dict, read_toml_text
     from tuneplan.errors import UserError
+    from tuneplan.knobs import PLANNED, PartialSetup
 
     if args.config and args.preset:
         raise UserError("give either --config or --preset, not both")
+    file = PartialSetup()
     if args.config:
-        config = load_config(Path(args.config))
+        data, text = read_toml_text(Path(args.config))
+        config = config_from_dict(data, where=str(args.config), text=text)
+        file = PartialSetup.from_setup(config.setup, data.get("setup") or {})
     elif args.preset:
+        from tuneplan.services.presets import find_preset
+
+        preset = find_preset(args.preset)
         if not args.trust_remote_code:  # refuse before the re-fit prints its notes
             from tuneplan.services.models import remote_code_request
-            from tuneplan.services.presets import find_preset
 
-            asked = find_preset(args.preset).config.model
+            asked = preset.config.model
             remote_code_request(args.model or asked.source, requested=asked.trust_remote_code, granted=False)
-        config = load_preset(args.preset, args)
+        config = load_preset(preset, args)
+        # a named preset is a complete, already re-fitted configuration; a preset file fixes its [setup] keys
+        keys = preset.setup_keys if Path(args.preset).suffix else PLANNED
+        file = PartialSetup.from_setup(config.setup, keys)
     else:
         config = RunConfig()
+    given = given_setup(args, file)
     if args.model:
         config = replace(config, model=replace(config.model, source=args.model))
     data = {k: v for k, v in (("source", args.dataset), ("eval_fraction", args.eval_fraction),
@@ -192,7 +141,7 @@ def build_config(args: argparse.Namespace):
     recovery = {k: v for k, v in (("max_retries", args.max_retries), ("allow_qlora", args.allow_qlora))
                 if v is not None}
     config = replace(config, data=replace(config.data, **data), training=replace(config.training, **training),
-                     recovery=replace(config.recovery, **recovery), setup=replace(config.setup, **_setup_changes(args)),
+                     recovery=replace(config.recovery, **recovery), setup=given.apply(config.setup),
                      notify=replace(config.notify, **notify))
     if getattr(args, "save_every", None) is not None:
         from tuneplan.durations import parse_duration
@@ -219,21 +168,22 @@ def build_config(args: argparse.Namespace):
     config = resolve_sources(config)  # tuneplan:tiny / tuneplan:sample-chat -> their folder and file
     trust = remote_code_request(config.model.source, requested=config.model.trust_remote_code,
                                 granted=bool(args.trust_remote_code))
-    return replace(config, model=replace(config.model, trust_remote_code=trust))
+    return replace(config, model=replace(config.model, trust_remote_code=trust)), given
 
 
-def plan_config(config, args: argparse.Namespace):
-    """Let the planner choose the knobs left to it (`tuneplan.services.planning`, the same
-    solver as `tuneplan plan`). Returns (config, notes); raises UserError when nothing fits."""
-    auto = _auto_knobs(args)
+def plan_config(config, given, args: argparse.Namespace):
+    """Let the planner choose the knobs `given` (a `PartialSetup`) leaves to it
+    (`tuneplan.services.planning`, the same solver as `tuneplan plan`). Returns (config, notes);
+    raises UserError when nothing fits."""
+    auto = given.auto()
     if not auto:
         return config, []
     from tuneplan.config import PredictionConfig
     from tuneplan.errors import UserError
+    from tuneplan.knobs import FIXABLE
     from tuneplan.services import planning
 
-    given = _given_knobs(args) - set(auto)
-    fixed = {k: getattr(config.setup, k) for k in planning.FIXABLE if k in given}
+    fixed = {k: getattr(config.setup, k) for k in FIXABLE if given.is_fixed(k)}
     method = "auto" if "method" in auto else config.setup.method
     mb, ga = config.setup.micro_batch, config.setup.grad_accum
     hardware = None
@@ -254,7 +204,7 @@ def plan_config(config, args: argparse.Namespace):
         hardware=hardware,
         model=config.model.source, gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None,
         method=method, fixed=fixed, epochs=config.training.epochs, dataset_source=config.data.source,
-        effective_batch=mb * ga if {"micro_batch", "grad_accum"} <= given else None,
+        effective_batch=mb * ga if given.is_fixed("micro_batch") and given.is_fixed("grad_accum") else None,
         # training runs here: a catalog --gpu / --vram target means one such GPU unless --gpus says more
         gpus=None if ("num_gpus" in fixed or not (args.gpu or args.vram)) else 1,
     )
@@ -294,10 +244,10 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.events import FINAL_PHASES
     from tuneplan.services import launcher, machine, paths
 
-    config = build_config(args)
+    config, given = build(args)
     gpus, notes = check_machine(args)
     check_model_access(config)
-    config, plan_notes = plan_config(config, args)
+    config, plan_notes = plan_config(config, given, args)
     setup, dtype_note = machine.setup_for_this_machine(config.setup, len(gpus))
     config = replace(config, setup=setup)
     for note in notes + plan_notes + ([dtype_note] if dtype_note else []):

@@ -4,7 +4,7 @@ Runs in the UI process, so it never imports torch, transformers or datasets: loc
 JSONL/JSON/CSV are read with the standard library, Parquet with `pyarrow` when installed,
 and a Hub dataset by downloading one of its data files through `huggingface_hub` (the Hub
 boundary is the injectable `HubFiles`). Format detection and rendering to chat messages are
-the training code's own (`tuneplan.services.dataset_formats`), so the preview shows exactly
+the training code's own (`tuneplan.dataset_formats`), so the preview shows exactly
 what training will see.
 
 Token counts use the model's own tokenizer (`tokenizer.json` through the `tokenizers`
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from tuneplan.errors import UserError, check_path
-from tuneplan.services.dataset_formats import check_text, json_error, reading_errors
+from tuneplan.dataset_formats import check_text, json_error, reading_errors
 
 MAX_ROWS = 5000
 """Rows read for the statistics (the count of a larger local JSONL/CSV is still exact)."""
@@ -293,7 +293,7 @@ def token_stats(lengths: Iterable[int], *, exact: bool, method: str, bins: int =
 
 def _render(rows: list[dict[str, Any]], source: str) -> tuple[str, list[list[tuple[str, str]]]]:
     """(format name, rows as (role, content) lists) through the training code's formats."""
-    from tuneplan.services import dataset_formats as formats
+    from tuneplan import dataset_formats as formats
 
     fmt, chats = formats.preview_rows(rows, limit=len(rows))
     return fmt, [[(str(m.get("role", "")), _content(m.get("content"))) for m in chat] for chat in chats]

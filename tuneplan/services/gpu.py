@@ -295,3 +295,27 @@ def default_probe() -> GpuProbe:
 def detect_gpus() -> list[DetectedGPU]:
     """Shortcut: `default_probe().probe()`."""
     return default_probe().probe()
+
+
+# -- the host: RAM and the CPU as planner hardware ---------------------------------------------
+def ram_bytes() -> tuple[int, int]:
+    """(total, available now) RAM in bytes, from psutil (`virtual_memory()`: Linux
+    MemTotal/MemAvailable, macOS and Windows equivalents)."""
+    import psutil
+
+    vm = psutil.virtual_memory()
+    return int(vm.total), int(vm.available)
+
+
+CPU_KEY = "cpu"
+"""`GPU.key` (and a preset's `constraints.gpu`) of the CPU as a training device."""
+
+
+def cpu_hardware() -> Any:
+    """This machine's CPU as the planner's `Hardware`: memory = the RAM available now."""
+    from planner.solver import Hardware
+
+    total, available = ram_bytes()
+    gpu = GPU(key=CPU_KEY, name=f"this machine's CPU ({os.cpu_count() or 1} cores, no GPU)", memory_bytes=total,
+              bf16=False, arch="cpu", segment="cpu")
+    return Hardware(gpu=gpu, free_bytes=min(available, total), source="cpu")

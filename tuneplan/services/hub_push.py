@@ -68,7 +68,7 @@ def model_card(run_dir: Path, config: RunConfig, *, base_model: str | None, merg
     from huggingface_hub import ModelCard, ModelCardData
 
     from tuneplan import __version__
-    from tuneplan.services.dataset_formats import is_local_source
+    from tuneplan.dataset_formats import is_local_source
     from tuneplan.services.presets import evidence_from_run
 
     s = config.setup

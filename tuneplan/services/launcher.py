@@ -33,7 +33,7 @@ from tuneplan.events import (
 )
 from tuneplan import run_process
 from tuneplan.services import paths
-from tuneplan.services.dataset_formats import (
+from tuneplan.dataset_formats import (
     FORMAT_SAMPLE_ROWS, detect_format_of_rows, is_local_source, read_local_rows, row_to_training_example,
 )
 
@@ -41,31 +41,6 @@ PREFLIGHT_ROWS = 10_000
 """Rows of a local dataset the launcher reads to check it (the worker reads them all)."""
 DISK_MARGIN_BYTES = 64 * 2**20
 """Slack for logs, events, tokenizer files and the model card."""
-
-
-def _looks_local(source: str) -> bool:
-    return os.path.isabs(source) or source.startswith((".", "~")) or os.path.exists(os.path.expanduser(source))
-
-
-def resolve_model_source(source: str) -> str:
-    """A local folder (checked), a catalog name (-> its Hub id) or a Hub id."""
-    if _looks_local(source):
-        folder = Path(source).expanduser()
-        if not folder.is_dir():
-            raise UserError(f"model folder {source!r} does not exist: give an existing folder, a catalog name or a Hub id")
-        if not (folder / "config.json").is_file():
-            raise UserError(f"model folder {source!r} has no config.json: is it a Hugging Face model folder?")
-        return str(folder.resolve())
-    from planner import catalog
-
-    entry = catalog.find(source)
-    if entry is not None:
-        return entry.hub_id
-    if "/" not in source:
-        hint = catalog.suggestions(source)
-        more = f"; did you mean {', '.join(hint)}?" if hint else ""
-        raise UserError(f"unknown model {source!r}: not a folder, a catalog name or a Hub id (org/name){more}")
-    return source
 
 
 def model_config_dict(source: str) -> dict | None:
@@ -100,22 +75,24 @@ def check_dataset(config: RunConfig) -> str | None:
 
 
 def _trainable_params(config: RunConfig, cfg: dict | None) -> int | None:
+    """The planner's trainable-parameter count (`planner.throughput.trainable_parameters`: a
+    fused MoE expert tensor's adapter has `lora_rank_factor` x the rank, as peft gives it);
+    None for an architecture the planner does not model."""
     if cfg is None:
         return None
     from planner.spec import resolve_lora_targets, spec_from_config
+    from planner.throughput import trainable_parameters
 
     try:
         spec = spec_from_config(cfg, config.model.source)
     except Exception:
         return None
-    if config.setup.method == "full":
-        return spec.parameter_count()
-    try:
-        layers = resolve_lora_targets(spec, config.setup.lora_targets)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    r = config.setup.lora_rank
-    return sum(m.count * r * (m.in_features + m.out_features) for layer in layers for m in layer)
+    if config.setup.method != "full":
+        try:
+            resolve_lora_targets(spec, config.setup.lora_targets)  # an unknown name: one line naming the real ones
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    return trainable_parameters(spec, config.setup)
 
 
 def required_disk_bytes(config: RunConfig, cfg: dict | None) -> int:
@@ -182,7 +159,9 @@ def predict_memory(config: RunConfig, cfg: dict | None) -> PredictionConfig:
 def prepare_run(config: RunConfig, runs_root: Path, *, free_bytes: Callable[[Path], int] = paths.free_bytes) -> Path:
     """Check everything, then create the run folder with its config and a queued status."""
     config = config.validate()
-    source = resolve_model_source(config.model.source)
+    from tuneplan.services.models import resolve_source
+
+    source = resolve_source(config.model.source)  # the planner's resolver, without its spec
     config = replace(config, model=replace(config.model, source=source))
     check_dataset(config)
     from tuneplan.services import notify, tracking

@@ -100,29 +100,54 @@ def resolve_model(
     skipped offline). Blocking (may use the network): call it from a worker in the UI.
     Raises `UserError` with a one-line message.
     """
+    kind, text, found = _locate_model(ref)
+    if kind == "local":
+        return _resolve_local(found, trust_remote_code, shown=text)
+    if kind == "tiny":
+        return _resolve_bundled_tiny(trust_remote_code)
+    if kind == "catalog":
+        return _resolve_catalog(found, trust_remote_code)
+    return _resolve_hub(text, token=token, trust_remote_code=trust_remote_code, hub=hub,
+                        check_parameters=check_hub_parameters)
+
+
+def resolve_source(ref: str) -> str:
+    """What training passes to `from_pretrained` for `ref`, found as `resolve_model` finds it
+    but without building the planner's spec (so an architecture the planner does not model
+    still trains): a local folder holding config.json (absolute path), a catalog name's Hub id,
+    a Hub id, or the bundled tiny model's folder. One-line `UserError` otherwise."""
+    kind, text, found = _locate_model(ref)
+    if kind == "local":
+        folder, _ = _local_folder(found, text)
+        return str(folder.resolve())
+    if kind == "tiny":
+        from tuneplan.services.presets import tiny_model_dir
+
+        return str(tiny_model_dir())
+    if kind == "catalog":
+        return found.hub_id
+    return text
+
+
+def _locate_model(ref: str) -> tuple[str, str, Any]:
+    """(kind, the reference stripped, what was found): `local` (a Path), `tiny`, `catalog` (its
+    entry) or `hub`; a one-line `UserError` for anything else."""
     text = (ref or "").strip()
     if not text:
         raise UserError("no model given: name a catalog model (e.g. llama-3.1-8b), a Hub id (owner/name) or a local folder")
     check_path(text, "the model name")
-
     if _looks_like_path(text):
-        return _resolve_local(Path(text).expanduser(), trust_remote_code, shown=text)
-
+        return "local", text, Path(text).expanduser()
     if text == TINY_MODEL:
-        return _resolve_bundled_tiny(trust_remote_code)
-
+        return "tiny", text, None
     entry = catalog.find(text)
     if entry is not None:
-        return _resolve_catalog(entry, trust_remote_code)
-
+        return "catalog", text, entry
     path = Path(text).expanduser()
     if path.is_dir() or (path.is_file() and path.name == "config.json"):
-        return _resolve_local(path, trust_remote_code, shown=text)
-
+        return "local", text, path
     if HUB_ID.match(text):
-        return _resolve_hub(text, token=token, trust_remote_code=trust_remote_code, hub=hub,
-                            check_parameters=check_hub_parameters)
-
+        return "hub", text, None
     suggestions = catalog.suggestions(text)
     hint = f"did you mean {', '.join(suggestions)}? " if suggestions else ""
     raise UserError(
@@ -263,7 +288,9 @@ def _resolve_bundled_tiny(trust_remote_code: bool) -> ResolvedModel:
                                 "on any machine, not for results",))
 
 
-def _resolve_local(path: Path, trust_remote_code: bool, shown: str | None = None) -> ResolvedModel:
+def _local_folder(path: Path, shown: str | None = None) -> tuple[Path, Path]:
+    """(the model folder, its config.json) for a folder or a config.json path; one-line
+    `UserError`s for a missing folder, a file, an adapter folder or a folder without config.json."""
     if path.is_file() and path.name == "config.json":
         config_path, folder = path, path.parent
     else:
@@ -288,6 +315,11 @@ def _resolve_local(path: Path, trust_remote_code: bool, shown: str | None = None
             f"model folder {str(folder)!r} has no config.json: point --model at the folder of a Hugging Face "
             "checkpoint (the one with config.json and *.safetensors)"
         )
+    return folder, config_path
+
+
+def _resolve_local(path: Path, trust_remote_code: bool, shown: str | None = None) -> ResolvedModel:
+    folder, config_path = _local_folder(path, shown)
     try:
         config = json.loads(config_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from tuneplan.config import NotifyConfig, RunConfig, load_config, read_toml
+from tuneplan.config import NotifyConfig, RunConfig, load_config
 from tuneplan.events import (
     ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, EventTail, append_event, created_at, effective_phase, make_event, read_status,
 )
@@ -67,16 +67,17 @@ def user_config_path() -> Path:
 
 def user_notify() -> NotifyConfig:
     """The `[notify]` table of the user config file (defaults when there is none)."""
-    from tuneplan.config import ConfigError, _section_from_dict
+    from tuneplan.config import ConfigError, read_toml_text, section_from_table, where_in
 
     path = user_config_path()
     if not path.is_file():
         return NotifyConfig()
-    data = read_toml(path)
+    data, text = read_toml_text(path)
     unknown = set(data) - {"notify"}
     if unknown:
         raise ConfigError(f"{path}: unknown table {sorted(unknown)[0]}; known: notify")
-    return _section_from_dict(NotifyConfig, data.get("notify", {}), "notify", str(path))
+    return section_from_table(NotifyConfig, data.get("notify", {}), "notify",
+                              lambda key: where_in(str(path), text, "notify", key))
 
 
 def with_user_default(config: RunConfig) -> RunConfig:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Mapping
 
 from planner.gpus import GPU, PRICES_AS_OF, GiB, UnknownGPU, get_gpu
-from planner.setup import COMPONENTS, METHODS, OPTIMIZERS, TrainSetup
+from planner.setup import COMPONENTS, METHODS, TrainSetup
 from planner.solver import (
     DEFAULT_EFFECTIVE_BATCH,
     DEFAULT_SAFETY_MARGIN,
@@ -32,10 +32,10 @@ from planner.throughput import estimate_throughput, trainable_parameters, traini
 from tuneplan.config import MAX_COUNT, MAX_EPOCHS
 from tuneplan.errors import UserError
 
-# Knobs of TrainSetup a user may fix.
-FIXABLE = ("quant_type", "double_quant", "compute_dtype", "lora_rank", "lora_alpha", "lora_dropout",
-           "lora_targets", "micro_batch", "grad_accum", "seq_len", "packing", "grad_checkpointing",
-           "optimizer", "attn", "fused_ce", "num_gpus", "strategy", "cpu_offload")
+from tuneplan.knobs import FIXABLE, LORA_KNOBS, QLORA_KNOBS  # noqa: F401  (re-exported)
+from tuneplan.knobs import BY_NAME
+from tuneplan.knobs import FLAGS as _FLAGS
+from tuneplan.knobs import parse_targets  # noqa: F401  (re-exported: one reading of --lora-targets)
 STRATEGY_CHOICES = ("auto", "ddp", "fsdp")
 MAX_GPUS = 100_000
 """More GPUs than the largest published training clusters (~100k H100s) is a typo; the
@@ -44,8 +44,6 @@ MAX_MEMORY_BYTES = 2**50
 """1 PiB: a thousand times the largest accelerator memory (B200: 192 GB); more is a typo."""
 MAX_TOKENS = 10**15
 """Dataset tokens: a thousand times the largest published pre-training corpora (~1e13)."""
-LORA_KNOBS = ("lora_rank", "lora_alpha", "lora_dropout", "lora_targets")
-QLORA_KNOBS = ("quant_type", "double_quant")
 
 
 @dataclass(frozen=True)
@@ -151,17 +149,6 @@ def size_note(text: str, what: str = "--vram") -> str | None:
             f"{binary} (a 24GB card has 24 GiB); write the bytes (e.g. 24000000000B) for decimal units")
 
 
-def parse_targets(text: str) -> str | tuple[str, ...]:
-    """`all-linear`, `attention` or `q_proj,v_proj` -> the TrainSetup value."""
-    t = text.strip()
-    if t.lower() in ("all-linear", "all_linear", "attention"):
-        return t.lower().replace("_", "-")
-    names = tuple(x.strip() for x in t.split(",") if x.strip())
-    if not names:
-        raise UserError(f"--lora-targets must be all-linear, attention or module names like q_proj,v_proj (got {text!r})")
-    return names
-
-
 # -- hardware ------------------------------------------------------------------------------
 def resolve_gpu(name: str, *, vram_given: bool = False) -> GPU:
     """Catalog lookup that fails as a one-line UserError with suggestions."""
@@ -248,13 +235,6 @@ def _number(x: float) -> str:
     return str(int(x)) if float(x).is_integer() and abs(x) < 1e16 else f"{x:g}"
 
 
-_FLAGS = {"lora_rank": "--lora-r", "lora_alpha": "--lora-alpha", "lora_dropout": "--lora-dropout",
-          "lora_targets": "--lora-targets", "micro_batch": "--batch", "grad_accum": "--grad-accum",
-          "seq_len": "--seq-len", "grad_checkpointing": "--grad-checkpointing", "optimizer": "--optimizer",
-          "attn": "--attn", "fused_ce": "--fused-ce", "compute_dtype": "--dtype", "quant_type": "--quant-type",
-          "double_quant": "--double-quant"}
-
-
 def validate(request: PlanRequest, spec: Any) -> None:
     """Raise a one-line UserError for bad or contradictory input."""
     fixed = dict(request.fixed)
@@ -263,13 +243,10 @@ def validate(request: PlanRequest, spec: Any) -> None:
         raise UserError(f"cannot fix {', '.join(sorted(unknown))}: fixable knobs are {', '.join(FIXABLE)}")
     if request.method not in ("auto", *METHODS):
         raise UserError(f"--method must be auto, lora, qlora or full (got {request.method!r})")
-    for key in ("lora_rank", "lora_alpha", "micro_batch", "grad_accum", "seq_len", "num_gpus"):
-        v = fixed.get(key)
-        if v is not None and (not isinstance(v, int) or isinstance(v, bool) or not 0 < v <= MAX_COUNT):
-            raise UserError(f"{_FLAGS.get(key, '--gpus')} must be a whole number in [1, {MAX_COUNT}] (got {v})")
-    d = fixed.get("lora_dropout")
-    if d is not None and not (isinstance(d, (int, float)) and 0 <= d < 1):
-        raise UserError(f"--lora-dropout must be in [0, 1) (got {d})")
+    for key, value in fixed.items():  # each knob's rule, as the config files have it (`tuneplan.knobs`)
+        why = BY_NAME[key].problem(value)
+        if why:
+            raise UserError(f"{_FLAGS[key]} {why} (got {value!r})")
     for name, value in (("--effective-batch", request.effective_batch), ("--epochs", request.epochs),
                         ("--price", request.price_per_hour), ("--min-seq-len", request.min_seq_len),
                         ("--max-seq-len", request.max_seq_len)):
@@ -292,12 +269,6 @@ def validate(request: PlanRequest, spec: Any) -> None:
         raise UserError("--cpu-offload needs --strategy fsdp (DDP keeps a full replica on every GPU)")
     if request.gpus == 1 and request.strategy == "ddp":
         raise UserError("--strategy ddp needs --gpus 2 or more (one GPU has nothing to replicate to)")
-    if fixed.get("optimizer") is not None and fixed["optimizer"] not in OPTIMIZERS:
-        raise UserError(f"--optimizer must be one of auto, {', '.join(OPTIMIZERS)} (got {fixed['optimizer']!r})")
-    if fixed.get("attn") is not None and fixed["attn"] not in ("sdpa", "flash", "eager"):
-        raise UserError(f"--attn must be auto, sdpa, flash or eager (got {fixed['attn']!r})")
-    if fixed.get("quant_type") is not None and fixed["quant_type"] not in ("nf4", "fp4"):
-        raise UserError(f"--quant-type must be nf4 or fp4 (got {fixed['quant_type']!r})")
     # contradictions
     if request.method == "full":
         given = [_FLAGS[k] for k in LORA_KNOBS + QLORA_KNOBS if k in fixed]

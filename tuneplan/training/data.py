@@ -1,6 +1,6 @@
 """Dataset loading for a run: file or Hub id -> trl-shaped `datasets.Dataset`s.
 
-Rows are converted by `tuneplan.services.dataset_formats` (chat-like rows -> conversational
+Rows are converted by `tuneplan.dataset_formats` (chat-like rows -> conversational
 prompt/completion, `text` rows -> language modelling). Samples longer than the sequence
 length are counted and, per `data.overlong`, dropped or left for trl to truncate.
 """
@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tuneplan.config import RunConfig
-from tuneplan.services.dataset_formats import (
+from tuneplan.dataset_formats import (
     FORMAT_SAMPLE_ROWS, DatasetFormatError, assistant_turns, detect_format_of_rows, is_local_source,
     read_local_rows, row_to_conversation, row_to_training_example,
 )

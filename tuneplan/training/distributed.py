@@ -105,10 +105,11 @@ def memory_fields() -> dict[str, Any]:
     except ImportError:  # pragma: no cover
         pass
     fields["device"] = "cpu"
+    import psutil
+
     try:
-        with open("/proc/self/statm", encoding="ascii") as f:
-            fields["rss_bytes"] = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, ValueError):
+        fields["rss_bytes"] = int(psutil.Process().memory_info().rss)
+    except (OSError, psutil.Error):
         fields["rss_bytes"] = None
     return fields
 

@@ -117,15 +117,13 @@ def decode_whole_characters(tokenizer, ids: list[int]) -> str:
 
 
 def available_ram_bytes() -> int | None:
-    """MemAvailable from /proc/meminfo (Linux), else None."""
+    """RAM available now (`tuneplan.services.gpu.ram_bytes`, psutil), or None when unknown."""
+    from tuneplan.services.gpu import ram_bytes
+
     try:
-        with open("/proc/meminfo", encoding="ascii") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
+        return ram_bytes()[1]
+    except (OSError, RuntimeError):
+        return None
 
 
 def merged_size_bytes(config: RunConfig, dtype_bytes: int) -> int | None:

@@ -33,7 +33,6 @@ for tests and for the memory trace (`tuneplan/training/trace.py`).
 from __future__ import annotations
 
 import logging
-import os
 import tempfile
 from typing import Any
 
@@ -300,19 +299,14 @@ def load_for_training(source: str, setup: TrainSetup, *, trust_remote_code: bool
     """
     from transformers import AutoConfig, AutoTokenizer
 
-    source = str(source)
-    notes: list[str] = []
-    looks_local = os.path.isabs(source) or source.startswith((".", "~")) or os.path.exists(source)
-    if looks_local and not os.path.isdir(os.path.expanduser(source)):
-        raise UserError(f"model folder {source!r} does not exist: give an existing folder or a Hub id")
-    if not looks_local and "/" not in source:
-        from planner import catalog  # a catalog name (e.g. `llama-3.1-8b`) -> its Hub repo
+    from tuneplan.services.models import resolve_source
 
-        entry = catalog.find(source)
-        if entry is not None:
-            _note(notes, f"model {source!r}: catalog entry, loading {entry.hub_id}")
-            source = entry.hub_id
-    source = os.path.expanduser(source)
+    notes: list[str] = []
+    given, source = str(source), resolve_source(str(source))  # the planner's resolver, without its spec
+    from planner import catalog
+
+    if catalog.find(given) is not None and source != given:
+        _note(notes, f"model {given!r}: catalog entry, loading {source}")
     try:
         config = AutoConfig.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)
         tokenizer = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code, revision=revision)

@@ -214,7 +214,7 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
         model, tokenizer, notes = load_for_training(config.model.source, config.setup,
                                                     trust_remote_code=config.model.trust_remote_code,
                                                     device=distributed.load_device())
-        _event(run_dir, "environment", **environment_facts())  # presets issue: evidence for `presets save`
+        _event(run_dir, "environment", **environment_facts())  # the evidence `presets save` records
         if (run_dir / STOP_REQUEST_FILE).exists():
             control.request_stop("tuneplan stop")
         if control.stop_requested:

@@ -31,7 +31,7 @@ trainer. The planner (`planner/memory.py`) predicts exactly this path and
      (`logits.float()` + cross-entropy), exactly as `Trainer.compute_loss` does. This is
      the path the planner's `logits_fp32` terms model.
    Completion-only loss: chat and prompt/completion data become conversational
-   prompt/completion rows (`tuneplan.services.dataset_formats`), so trl masks the prompt
+   prompt/completion rows (`tuneplan.dataset_formats`), so trl masks the prompt
    (`completion_only_loss`) unless `data.completion_only_loss` is false. Datasets with
    multi-turn conversations whose template can mark assistant spans stay whole
    conversations (`messages` rows) trained with `assistant_only_loss` (every assistant turn).

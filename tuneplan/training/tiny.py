@@ -74,3 +74,12 @@ def build_tiny_model(directory: str | Path, *, seed: int = 0) -> Path:
     model.save_pretrained(out)
     tokenizer.save_pretrained(out)
     return out
+
+
+if __name__ == "__main__":  # `python -m tuneplan.training.tiny DIR`: how the services layer builds it
+    import sys
+
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    build_tiny_model(sys.argv[1])

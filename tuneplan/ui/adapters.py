@@ -154,8 +154,9 @@ class PlanView:
     fits: bool
     capacity_bytes: int
     """The card's memory (or the free memory of a detected card), in bytes."""
-    usable_bytes: int
-    """Capacity less the safety margin, in bytes: a plan fits when device_bytes <= this."""
+    budget_bytes: int
+    """Capacity less the safety margin, in bytes (the planner's `budget_bytes`): a plan fits when
+    device_bytes <= this."""
     tokens_per_second: float | None
     time_seconds: float | None
     """Training time for the dataset's tokens x epochs (None without a dataset or speed)."""
@@ -238,23 +239,11 @@ class RunsAdapter:
         dry-run target adds `--gpu KEY` / `--vram SIZE`, so `train` checks it runs there."""
         import shlex
 
-        from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+        from tuneplan.knobs import equivalent_flags
 
-        s, t = config.setup, config.training
-        targets = s.lora_targets
-        targets = (ALL_LINEAR if targets == ALL_LINEAR else
-                   "attention" if tuple(targets) == ATTENTION_TARGETS else ",".join(targets))
+        t = config.training
         parts = ["tuneplan", "train", "--model", config.model.source, "--dataset", config.data.source,
-                 "--method", s.method, "--seq-len", str(s.seq_len), "--batch", str(s.micro_batch),
-                 "--grad-accum", str(s.grad_accum)]
-        if s.method != "full":
-            parts += ["--lora-r", str(s.lora_rank), "--lora-alpha", str(s.lora_alpha),
-                      "--lora-dropout", f"{s.lora_dropout:g}", "--lora-targets", targets]
-        parts += ["--grad-checkpointing", "on" if s.grad_checkpointing else "off", "--optimizer", s.optimizer,
-                  "--attn", s.attn, "--fused-ce", "on" if s.fused_ce else "off",
-                  "--packing", "on" if s.packing else "off", "--compute-dtype", s.compute_dtype]
-        if s.method == "qlora":
-            parts += ["--quant-type", s.quant_type]
+                 *equivalent_flags(config.setup)]
         if t.max_steps is not None:
             parts += ["--max-steps", str(t.max_steps)]
         else:
@@ -403,11 +392,15 @@ class PlanningAdapter:
         return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes,
                         source="catalog" if target.dry_run else "nvml")
 
-    def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: dict[str, Any]) -> PlanView:
-        """The solver's choice with `fixed` knobs kept (blocking for tens of ms: a worker)."""
+    def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: Any) -> PlanView:
+        """The solver's choice with the knobs the user edited kept (`fixed`: a
+        `tuneplan.knobs.PartialSetup`, or its knob -> value mapping), blocking for tens of ms:
+        call it from a worker."""
+        from tuneplan.knobs import PartialSetup
         from tuneplan.services import planning
 
-        fixed = dict(fixed)
+        given = fixed if isinstance(fixed, PartialSetup) else PartialSetup(dict(fixed))
+        fixed = given.fixed()
         method = fixed.pop("method", "auto")
         # The wizard plans for the one card chosen (more GPUs appear as suggestions only).
         request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,
@@ -424,7 +417,7 @@ class PlanningAdapter:
                         why=_difference(a.setup, c.setup))
             for a in r.alternatives)
         return PlanView(setup=c.setup, memory=c.memory, fits=r.fits, capacity_bytes=r.usable_bytes,
-                        usable_bytes=r.budget_bytes, tokens_per_second=c.throughput.tokens_per_second,
+                        budget_bytes=r.budget_bytes, tokens_per_second=c.throughput.tokens_per_second,
                         time_seconds=r.seconds, cost=r.cost, reasons=tuple(r.reasons) + tuple(r.suggestions),
                         alternatives=alternatives, warnings=tuple(warnings), model=model, target=target,
                         dataset=dataset, solver=True, raw=outcome, dataset_tokens=r.dataset_tokens,
@@ -449,7 +442,7 @@ class PlanningAdapter:
         if setup.seq_len > model.context_length:
             warnings.append(f"sequence length {setup.seq_len} is beyond the model's context {model.context_length}")
         return PlanView(setup=setup, memory=memory, fits=e["fits"], capacity_bytes=e["usable_bytes"],
-                        usable_bytes=e["budget_bytes"], tokens_per_second=e["throughput"].tokens_per_second,
+                        budget_bytes=e["budget_bytes"], tokens_per_second=e["throughput"].tokens_per_second,
                         time_seconds=e["seconds"], cost=e["cost"], reasons=tuple(memory.notes), alternatives=(),
                         warnings=tuple(warnings), model=model, target=target, dataset=dataset, solver=False,
                         raw=e, dataset_tokens=tokens, tokens_assumed=assumed)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from types import SimpleNamespace
 
 from fake_nvml import FakeNVML, NVMLError
 from fake_nvml import gpu_device as _dev
@@ -83,3 +82,18 @@ def test_sample_for_the_dashboard():
     assert s.power_w == 312.5 and s.power_limit_w == 450.0
     assert s.memory_used_bytes == 10000 * MiB and s.memory_total_bytes == 24564 * MiB
     assert GpuProbe(nvml=nv).sample(5) is None
+
+
+def test_cpu_hardware_is_this_machines_ram_through_psutil():
+    """The CPU as planner hardware: RAM total and available from psutil (no /proc parsing, so
+    it works on macOS too); presets and the train command use this one."""
+    import psutil
+
+    from tuneplan.services import gpu, presets
+
+    total, available = gpu.ram_bytes()
+    assert total == psutil.virtual_memory().total and 0 < available <= total
+    hw = gpu.cpu_hardware()
+    assert hw.gpu.key == gpu.CPU_KEY == presets.CPU and hw.gpu.memory_bytes == total
+    assert 0 < hw.free_bytes <= total and not hw.gpu.bf16
+    assert presets.cpu_hardware is gpu.cpu_hardware

@@ -280,3 +280,25 @@ def test_real_library_offline_and_uncached(tmp_path, monkeypatch):
 def test_every_catalog_entry_resolves():
     for name in catalog.names():
         assert resolve_model(name).spec.parameter_count() > 0
+
+
+def test_source_mode_finds_what_resolve_model_finds_without_modelling_it(tmp_path):
+    """One resolver: the launcher and the trainer take `resolve_source`, which finds a model as
+    `resolve_model` does but builds no spec, so an architecture the planner does not model
+    still trains."""
+    from tuneplan.services.models import resolve_source
+
+    assert resolve_source("llama-3.1-8b") == resolve_model("llama-3.1-8b").source == catalog.find("llama-3.1-8b").hub_id
+    assert resolve_source("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"
+    folder = tmp_path / "unmodelled"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "some-new-arch", "hidden_size": 64,
+                                                     "num_hidden_layers": 2}))
+    with pytest.raises(UserError):
+        resolve_model(str(folder))  # the planner cannot model it ...
+    assert resolve_source(str(folder)) == str(folder.resolve())  # ... but training can load it
+    for bad, words in ((str(tmp_path / "missing"), "does not exist"), (str(tmp_path), "has no config.json"),
+                       ("lama-3.1-8b", "did you mean")):
+        with pytest.raises(UserError, match=words) as exc:
+            resolve_source(bad)
+        assert "\n" not in str(exc.value)

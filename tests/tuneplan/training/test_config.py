@@ -42,6 +42,23 @@ def test_validation_names_field_and_value(data, message):
         config_from_dict(base)
 
 
+def test_run_config_errors_name_file_line_key_and_the_closest_key(tmp_path):
+    """Run configs go through the presets' typed loader: file:line, the key, the closest match."""
+    path = tmp_path / "run.toml"
+    text = '[model]\nsource = "/m"\n[data]\nsource = "d.jsonl"\n[setup]\nmethod = "lora"\nmicro_bach = 2\n'
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=rf"^{path}:7: unknown key setup.micro_bach; did you mean micro_batch\?$"):
+        load_config(path)
+    path.write_text(text.replace("micro_bach = 2", 'lora_targets = ["q_proj", 3]'))
+    with pytest.raises(ConfigError, match=rf"^{path}:7: setup.lora_targets must be a list of strings or a string"):
+        load_config(path)
+    path.write_text(text.replace("micro_bach = 2", "lora_dropout = 0").replace("[data]", "[dta]"))
+    with pytest.raises(ConfigError, match=rf"^{path}:3: unknown key dta; did you mean data\?$"):
+        load_config(path)
+    path.write_text(text.replace("micro_bach = 2", "lora_dropout = 0"))
+    assert load_config(path).setup.lora_dropout == 0.0 and isinstance(load_config(path).setup.lora_dropout, float)
+
+
 def test_malformed_toml_is_one_line(tmp_path):
     path = tmp_path / "bad.toml"
     path.write_text("[model\n")

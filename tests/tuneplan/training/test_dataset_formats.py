@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tuneplan.errors import UserError
-from tuneplan.services.dataset_formats import (
+from tuneplan.dataset_formats import (
     FORMATS, detect_format, detect_format_of_rows, preview_rows, row_to_training_example,
 )
 
@@ -62,7 +62,7 @@ def test_preview_gives_chats():
 def test_module_imports_no_datasets():
     import subprocess
     import sys
-    out = subprocess.run([sys.executable, "-c", "import tuneplan.services.dataset_formats, sys;"
+    out = subprocess.run([sys.executable, "-c", "import tuneplan.dataset_formats, sys;"
                           "print('datasets' in sys.modules, 'torch' in sys.modules)"],
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]

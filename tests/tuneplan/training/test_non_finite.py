@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import math
 
-import pytest
 
 from tests.tuneplan.training.conftest import tiny_config
 from tuneplan.errors import EXIT_BAD_INPUT, NON_FINITE_PREFIX

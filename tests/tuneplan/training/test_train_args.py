@@ -6,7 +6,7 @@ import argparse
 
 import pytest
 
-from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+from planner.setup import ALL_LINEAR
 from tuneplan.commands import train
 from tuneplan.errors import UserError
 
@@ -22,26 +22,44 @@ def test_flags_fix_knobs_and_hyperparameters():
                  "--seq-len", "1024", "--lora-r", "32", "--lora-targets", "attention", "--grad-checkpointing", "off",
                  "--fused-ce", "on", "--optimizer", "paged-adamw-8bit", "--lr", "1e-4", "--max-steps", "50",
                  "--allow-qlora", "--max-retries", "1", "--name", "r1")
-    config = train.build_config(args)
+    config, given = train.build(args)
     s = config.setup
     assert (s.method, s.micro_batch, s.grad_accum, s.seq_len, s.lora_rank) == ("qlora", 2, 8, 1024, 32)
-    assert s.lora_targets == ATTENTION_TARGETS and s.grad_checkpointing is False and s.fused_ce is True
+    assert s.lora_targets == "attention" and s.grad_checkpointing is False and s.fused_ce is True
     assert s.optimizer == "paged-adamw-8bit"
     assert (config.training.learning_rate, config.training.max_steps) == (1e-4, 50)
     assert config.recovery.allow_qlora and config.recovery.max_retries == 1 and config.name == "r1"
-    assert set(train._auto_knobs(args)) == {"attn", "packing", "compute_dtype"}
+    assert set(given.auto()) == {"attn", "packing", "compute_dtype"}
 
 
 def test_knobs_left_out_go_to_the_planner_and_file_knobs_stay_fixed(tmp_path):
-    assert set(train._auto_knobs(_args("--model", "m", "--dataset", "d"))) == set(train.PLANNED_KNOBS)
+    from tuneplan.knobs import PLANNED
+
+    assert set(train.given_setup(_args("--model", "m", "--dataset", "d")).auto()) == set(PLANNED)
     path = tmp_path / "run.toml"
     path.write_text('[model]\nsource = "/m"\n[data]\nsource = "d.jsonl"\n[setup]\nmethod = "lora"\nmicro_batch = 4\n')
     args = _args("--config", str(path), "--lora-targets", "q_proj,v_proj", "--attn", "auto")
-    assert "method" not in train._auto_knobs(args) and "micro_batch" not in train._auto_knobs(args)
-    assert "attn" in train._auto_knobs(args)
-    assert train.build_config(args).setup.lora_targets == ("q_proj", "v_proj")
+    config, given = train.build(args)  # the file is read once: its [setup] keys are the fixed knobs
+    assert "method" not in given.auto() and "micro_batch" not in given.auto()
+    assert "attn" in given.auto()
+    assert config.setup.lora_targets == ("q_proj", "v_proj")
     assert train.build_config(_args("--config", str(path), "--lora-targets", "all-linear")).setup.lora_targets \
         == ALL_LINEAR
+
+
+def test_attention_targets_resolve_to_the_models_own_projections():
+    """`attention` stays the group the planner resolves per model: phi-3 has one fused qkv_proj,
+    so spelling it out as q/k/v/o names (which phi-3 lacks) must not happen on the train path."""
+    args = _args("--model", "phi-3-mini", "--dataset", "tuneplan:sample-chat", "--lora-targets", "attention",
+                 "--gpu", "rtx-4090", "--method", "lora")
+    config, notes = train.plan_config(*train.build(args), args)
+    assert config.setup.lora_targets == "attention"
+    from planner.spec import resolve_lora_targets
+    from tuneplan.services.planning import PlanRequest, resolve
+
+    spec = resolve(PlanRequest(model="phi-3-mini")).spec
+    adapted = {m.name for layer in resolve_lora_targets(spec, config.setup.lora_targets) for m in layer}
+    assert adapted == {"qkv_proj", "o_proj"}
 
 
 @pytest.mark.parametrize("argv, message", [

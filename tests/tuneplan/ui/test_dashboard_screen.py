@@ -14,9 +14,9 @@ from tuneplan.ui.messages import RunUpdated
 from tuneplan.ui.screens.dashboard_screen import DashboardScreen
 from tuneplan.ui.widgets.dialogs import ConfirmDialog, HelpDialog
 
-pytestmark = pytest.mark.asyncio(loop_scope="function")
-
 from ui_helpers import FakeNVML, make_services, rtx_4090, wait_for
+
+pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
 def text_of(screen, selector) -> str:

@@ -98,3 +98,13 @@ async def test_alternatives_table_and_replan_keeps_edits(tmp_path):
         await pilot.press("ctrl+r")
         await wait_for(pilot, lambda: screen.plan.solver)
         assert screen.plan.setup.lora_rank == 64
+
+
+def test_lora_targets_stay_the_group_the_planner_resolves():
+    """Choosing `attention` keeps the group (phi-3 adapts its fused qkv_proj), and the row shows
+    a group or a stored q/k/v/o tuple as `attention`, never the letters of a string."""
+    from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+    from tuneplan.ui.screens.plan_screen import targets_value
+
+    assert targets_value("attention") == "attention" and targets_value(ALL_LINEAR) == ALL_LINEAR
+    assert targets_value(ATTENTION_TARGETS) == "attention" and targets_value(("q_proj", "v_proj")) == "q_proj,v_proj"

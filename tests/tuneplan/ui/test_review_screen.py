@@ -92,8 +92,8 @@ def test_equivalent_command_fixes_every_knob_the_planner_would_choose(tmp_path):
     runs = RunsAdapter(tmp_path / "runs")
     for config in (runs.build_config(plan, dataset, max_steps=5), runs.build_config(plan, dataset, on_cpu=True)):
         args = build_parser().parse_args(shlex.split(runs.train_command(config))[1:])
-        assert train._auto_knobs(args) == []
-        for knob, value in train._setup_changes(args).items():
+        assert train.given_setup(args).auto() == []
+        for knob, value in train.given_setup(args).fixed().items():
             assert getattr(config.setup, knob) == value, knob
 
 
@@ -125,7 +125,7 @@ async def test_dry_run_command_reproduces_the_plan_on_the_target_card(tmp_path, 
         launch = screen.build_config()  # a launch from this screen, here: the CPU rule
         assert launch.setup.compute_dtype == "float32"
     args = build_parser().parse_args(shlex.split(command)[1:])
-    assert train._auto_knobs(args) == []  # nothing left to plan: it runs as shown
+    assert train.given_setup(args).auto() == []  # nothing left to plan: it runs as shown
     config = train.build_config(args)
     assert config.setup == plan.setup  # every knob, the dtype included
     assert config.training.max_steps == 7 and args.gpu == "l40"

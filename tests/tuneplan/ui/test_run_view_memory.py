@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 from tuneplan import events as ev
-from tuneplan.ui.run_view import MAX_POINTS, RunFollower
+from tuneplan.ui.run_view import MAX_POINTS
 
 EVENTS = 300_000
 

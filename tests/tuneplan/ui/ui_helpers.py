@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 from fake_nvml import FakeNVML, MiB, NVMLError, gpu_device  # noqa: F401 (re-exported to the UI tests)
 from tuneplan.services.gpu import GpuProbe

@@ -16,6 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from planner.setup import ALL_LINEAR, ATTENTION_TARGETS, OPTIMIZERS
+from tuneplan.knobs import BY_NAME, COUNT, KNOBS, PartialSetup
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count, duration, gib, money, rate
 from tuneplan.ui.messages import PlanAccepted
@@ -24,19 +25,11 @@ from tuneplan.ui.widgets.dialogs import HelpDialog
 from tuneplan.ui.widgets.memory_bar import MemoryBar
 from tuneplan.ui.widgets.step_bar import StepBar
 
-KNOB_HELP = {
-    "method": "method: LoRA (16-bit base), QLoRA (4-bit base) or full; Left/Right",
-    "seq_len": "sequence length: tokens per packed row; type a number",
-    "micro_batch": "micro-batch: sequences per forward/backward; type a number",
-    "grad_accum": "grad accum: micro-batches per optimizer step; type a number",
-    "lora_rank": "LoRA rank: adapter size (alpha follows the setup); type a number",
-    "lora_targets": "LoRA targets: all linear layers or attention only; Left/Right",
-    "grad_checkpointing": "checkpointing: recompute activations to save memory; Left/Right",
-    "optimizer": "optimizer: AdamW 32-bit or 8-bit states, paged or not; Left/Right",
-    "alternatives": "alternatives: Enter uses the highlighted configuration",
-}
-INT_KNOBS = {"seq_len": "sequence length", "micro_batch": "micro-batch", "grad_accum": "grad accum",
-             "lora_rank": "LoRA rank"}
+# the knob rows: labels and help from the registry (`tuneplan.knobs`); whole numbers are typed,
+# the other knobs are chosen with Left/Right
+KNOB_HELP = {**{k.name: k.screen_help for k in KNOBS if k.screen_help},
+             "alternatives": "alternatives: Enter uses the highlighted configuration"}
+INT_KNOBS = {k.name: k.screen for k in KNOBS if k.screen and k.kind == COUNT}
 
 
 class PlanComputed(Message):
@@ -49,8 +42,8 @@ class PlanComputed(Message):
 
 
 def targets_value(targets: Any) -> str:
-    if targets == ALL_LINEAR:
-        return ALL_LINEAR
+    if isinstance(targets, str):
+        return targets
     if tuple(targets) == ATTENTION_TARGETS:
         return "attention"
     return ",".join(targets)
@@ -90,16 +83,16 @@ class PlanScreen(Screen):
             yield MemoryBar(id="memory")
             with Horizontal(id="middle"):
                 with Grid(id="knobs"):
-                    yield Label("method")
+                    yield Label(BY_NAME["method"].screen or "method")
                     yield Choice([("LoRA", "lora"), ("QLoRA 4-bit", "qlora"), ("full", "full")], id="method")
                     for knob, label in INT_KNOBS.items():
                         yield Label(label)
                         yield Input(type="integer", id=knob, compact=True)
-                    yield Label("LoRA targets")
+                    yield Label(BY_NAME["lora_targets"].screen or "LoRA targets")
                     yield Choice([("all-linear", ALL_LINEAR), ("attention", "attention")], id="lora_targets")
-                    yield Label("checkpointing")
+                    yield Label(BY_NAME["grad_checkpointing"].screen or "checkpointing")
                     yield Choice([("on", True), ("off", False)], id="grad_checkpointing")
-                    yield Label("optimizer")
+                    yield Label(BY_NAME["optimizer"].screen or "optimizer")
                     yield Choice([(o, o) for o in OPTIMIZERS], id="optimizer")
                 yield Static(id="summary")
             yield Static(id="knob-help")
@@ -119,7 +112,7 @@ class PlanScreen(Screen):
 
     # -- the solver runs in a worker (tens of ms for 70B; keeps the first paint instant) --
     @work(thread=True, exclusive=True, exit_on_error=False, group="solve")
-    def solve(self, fixed: dict[str, Any]) -> None:
+    def solve(self, fixed: Any) -> None:
         try:
             plan = self.app.services.planning.plan(self.model, self.target, self.dataset, fixed)
         except UserError as exc:
@@ -189,8 +182,7 @@ class PlanScreen(Screen):
     @on(Choice.Changed)
     def _choice_changed(self, event: Choice.Changed) -> None:
         knob, value = event.choice.id, event.value
-        if knob == "lora_targets":
-            value = ATTENTION_TARGETS if value == "attention" else ALL_LINEAR
+        # `attention` stays the group the planner resolves per model (phi-3: qkv_proj, o_proj)
         # Only this knob changes (the optimizer the solver would pair with it comes from Ctrl+R).
         self._edit(**{knob: value})
 
@@ -213,7 +205,7 @@ class PlanScreen(Screen):
             over = plan.memory.device_bytes - plan.capacity_bytes
             title.append(f" DOES NOT FIT: over by {gib(over)} ", style="bold reverse red")
         else:
-            over = plan.memory.device_bytes - plan.usable_bytes
+            over = plan.memory.device_bytes - plan.budget_bytes
             title.append(f" TOO TIGHT: {gib(over)} into the safety margin ", style="bold reverse red")
         if not plan.solver:
             title.append(" edited", style="bold yellow")
@@ -223,7 +215,7 @@ class PlanScreen(Screen):
         title.overflow = "ellipsis"
         self.query_one("#title", Static).update(title)
         self.query_one("#memory", MemoryBar).set_memory(plan.memory.components, plan.memory.device_bytes,
-                                                        plan.capacity_bytes, plan.usable_bytes)
+                                                        plan.capacity_bytes, plan.budget_bytes)
         summary = Text()
         summary.append("speed ", style="bold")
         summary.append(rate(plan.tokens_per_second) + "\n")
@@ -281,7 +273,7 @@ class PlanScreen(Screen):
 
     def action_resolve(self) -> None:
         self.query_one("#title", Static).update(Text("Re-planning with your edits fixed...", style="dim"))
-        self.solve(dict(self.fixed))
+        self.solve(PartialSetup(dict(self.fixed)))  # the edited knobs fixed, the rest the solver's
 
     def action_reset(self) -> None:
         self.fixed.clear()

@@ -21,8 +21,9 @@ assistant turn; otherwise only the last assistant turn is trained, and the run l
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 from tuneplan.errors import UserError
 
@@ -205,7 +206,7 @@ class reading_errors:
     def __enter__(self) -> None:
         return None
 
-    def __exit__(self, kind: Any, exc: Any, tb: Any) -> bool:
+    def __exit__(self, kind: Any, exc: Any, tb: Any) -> Literal[False]:
         if exc is None or isinstance(exc, UserError):
             return False
         if isinstance(exc, UnicodeDecodeError):
@@ -253,7 +254,6 @@ def _read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, 
     training process reads it through `datasets`). Raises `DatasetFormatError` for a missing
     file, a corrupt JSONL line (with its line number) or JSON that is not a list of objects."""
     import csv
-    import json
     import os
 
     path = os.path.expanduser(path)

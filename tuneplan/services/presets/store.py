@@ -1,0 +1,274 @@
+"""Where presets live (project folder, user folder, the shipped ones), finding, listing, saving
+and deleting them, and the bundled sources (`tuneplan:tiny`, `tuneplan:sample-chat`)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import sys
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from tuneplan.config import (
+    RunConfig,
+)
+from tuneplan.data import TINY_MODEL
+from tuneplan.errors import UserError, check_path
+from tuneplan.services.presets.file_format import (
+    NAME_RE, Preset, PresetConstraints, PresetEvidence, check_no_secret, dump_preset, load_preset_file,
+)
+
+
+PRESETS_DIR_ENV = "TUNEPLAN_PRESETS_DIR"
+"""Overrides the user presets folder (the wizard's review screen saves there too)."""
+
+CACHE_DIR_ENV = "TUNEPLAN_CACHE_DIR"
+"""Overrides the cache folder that holds the built tiny model."""
+
+SAMPLE_DATA = "tuneplan:sample-chat"
+"""`data.source` of the bundled sample chat dataset."""
+
+
+# -- where presets live --------------------------------------------------------------------------
+def project_dir() -> Path:
+    """Project-local presets: `./presets/` under the current directory."""
+    return Path.cwd() / "presets"
+
+
+def user_dir() -> Path:
+    """User presets: `$TUNEPLAN_PRESETS_DIR`, else platformdirs' user config folder + `presets`."""
+    env = os.environ.get(PRESETS_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return platformdirs.user_config_path("tuneplan") / "presets"
+
+
+def shipped_dir() -> Path:
+    """The presets shipped with tuneplan: the `presets` data folder installed beside the
+    `tuneplan` package (wheel or editable checkout), else wherever the `presets` namespace
+    package is found."""
+    beside = Path(__file__).resolve().parents[2] / "presets"
+    if beside.is_dir():
+        return beside
+    import importlib.util
+
+    spec = importlib.util.find_spec("presets")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        if any(Path(location).glob("*.toml")):
+            return Path(location)
+    return beside
+
+
+def search_path() -> list[tuple[str, Path]]:
+    """(origin, folder) in search order; a folder that is the shipped one counts once, as shipped."""
+    shipped = shipped_dir()
+    out: list[tuple[str, Path]] = []
+    for origin, folder in (("project", project_dir()), ("user", user_dir()), ("shipped", shipped)):
+        if origin != "shipped" and _same(folder, shipped):
+            continue
+        if any(_same(folder, f) for _, f in out):
+            continue
+        out.append((origin, folder))
+    return out
+
+
+def _same(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve()
+    except OSError:
+        return False
+
+
+@dataclass(frozen=True)
+class PresetEntry:
+    """One file found on the search path (valid or not)."""
+
+    name: str
+    origin: str
+    path: Path
+    preset: Preset | None
+    error: str | None = None
+    shadowed_by: str | None = None
+    """Origin of the preset with the same name that wins (None: this one wins)."""
+
+
+def list_presets() -> list[PresetEntry]:
+    """Every preset file on the search path, winners first within a name, sorted by name."""
+    seen: dict[str, str] = {}
+    out: list[PresetEntry] = []
+    for origin, folder in search_path():
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.toml")):
+            name = path.stem
+            try:
+                preset, error = load_preset_file(path, origin), None
+            except UserError as exc:
+                preset, error = None, str(exc)
+            out.append(PresetEntry(name, origin, path, preset, error, seen.get(name)))
+            seen.setdefault(name, origin)
+    order = {o: i for i, (o, _) in enumerate(search_path())}
+    return sorted(out, key=lambda e: (e.name, order.get(e.origin, 9)))
+
+
+def _is_path(name: str) -> bool:
+    return name.endswith(".toml") or "/" in name or os.sep in name
+
+
+def find_preset(name: str) -> Preset:
+    """The preset called `name` (first match on the search path) or at the path `name`."""
+    name = (name or "").strip()
+    if not name:
+        raise UserError("no preset name given (see `tuneplan presets list`)")
+    check_path(name, "the preset name")
+    if _is_path(name):
+        return load_preset_file(Path(name).expanduser(), "file")
+    if not NAME_RE.fullmatch(name):
+        raise UserError(f"preset name {name!r} may use only letters, digits, '.', '_' and '-'")
+    for origin, folder in search_path():
+        path = folder / f"{name}.toml"
+        if path.is_file():
+            preset = load_preset_file(path, origin)
+            return preset
+    names = sorted({e.name for e in list_presets()})
+    close = difflib.get_close_matches(name, names, n=3, cutoff=0.5)
+    hint = f"did you mean {', '.join(close)}? " if close else ""
+    raise UserError(f"no preset named {name!r}: {hint}see `tuneplan presets list`")
+
+
+# -- bundled sources (tiny model, sample dataset) ------------------------------------------------
+def cache_dir() -> Path:
+    env = os.environ.get(CACHE_DIR_ENV)
+    if env:
+        return Path(env).expanduser()
+    import platformdirs
+
+    return platformdirs.user_cache_path("tuneplan")
+
+
+def _tiny_key() -> str:
+    import hashlib
+
+    from tuneplan.data import SAMPLE_CHAT, TINY_MODEL_CONFIG
+
+    h = hashlib.sha256(TINY_MODEL_CONFIG.read_bytes() + SAMPLE_CHAT.read_bytes()).hexdigest()
+    return h[:12]
+
+
+def tiny_model_dir(*, build: bool = True) -> Path:
+    """The tiny model's folder (built on first use by `python -m tuneplan.training.tiny` in a
+    child process, so this layer never imports torch; then reused).
+    With `build=False` and nothing built yet: a folder holding only its `config.json`, which is
+    all the planner reads."""
+    root = cache_dir() / f"tiny-model-{_tiny_key()}"
+    folder = root / "tiny-llama"  # the folder's name becomes the runs' names
+    if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file():
+        return folder
+    if not build:
+        from tuneplan.data import TINY_MODEL_CONFIG
+
+        plan_only = root / "plan-only" / "tiny-llama"
+        plan_only.mkdir(parents=True, exist_ok=True)
+        if not (plan_only / "config.json").is_file():
+            (plan_only / "config.json").write_text(TINY_MODEL_CONFIG.read_text(encoding="utf-8"), encoding="utf-8")
+        return plan_only
+    import shutil
+    import subprocess
+    import tempfile
+
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tiny-build-", dir=root))
+    try:
+        out = subprocess.run([sys.executable, "-m", "tuneplan.training.tiny", str(tmp)], capture_output=True,
+                             text=True, env={**os.environ, "HF_HUB_DISABLE_PROGRESS_BARS": "1"})
+        if out.returncode != 0:
+            last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+            raise UserError(f"could not build the bundled tiny model in {root}: {last}")
+        try:
+            tmp.rename(folder)
+        except OSError:  # another process built it first
+            if not (folder / "model.safetensors").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return folder
+
+
+def resolve_sources(config: RunConfig, *, build: bool = True) -> RunConfig:
+    """Replace the bundled-source names (`tuneplan:tiny`, `tuneplan:sample-chat`) by paths."""
+    from tuneplan.data import SAMPLE_CHAT
+
+    if config.model.source == TINY_MODEL:
+        config = replace(config, model=replace(config.model, source=str(tiny_model_dir(build=build))))
+    elif config.model.source.startswith("tuneplan:"):
+        raise UserError(f"model.source {config.model.source!r}: the bundled model is {TINY_MODEL}")
+    if config.data.source == SAMPLE_DATA:
+        config = replace(config, data=replace(config.data, source=str(SAMPLE_CHAT)))
+    elif config.data.source.startswith("tuneplan:"):
+        raise UserError(f"data.source {config.data.source!r}: the bundled dataset is {SAMPLE_DATA}")
+    return config
+
+
+def portable_sources(config: RunConfig) -> RunConfig:
+    """The inverse of `resolve_sources`: the bundled tiny model's and sample dataset's paths on
+    this machine become `tuneplan:tiny` / `tuneplan:sample-chat` again (a preset travels)."""
+    from tuneplan.data import SAMPLE_CHAT
+
+    model = Path(config.model.source)
+    if model.name == "tiny-llama" and model.parent.name.startswith("tiny-model-"):
+        config = replace(config, model=replace(config.model, source=TINY_MODEL))
+    try:
+        if config.data.source and Path(config.data.source).resolve() == SAMPLE_CHAT.resolve():
+            config = replace(config, data=replace(config.data, source=SAMPLE_DATA))
+    except OSError:
+        pass
+    return config
+
+
+def write_preset_text(text: str, path: Path, *, force: bool = False) -> Path:
+    """Write a preset file: never over an existing one unless `force`; never with a token."""
+    path = Path(path)
+    check_no_secret(text, f"preset {path.name}")
+    if path.exists() and not force:
+        raise UserError(f"preset {path.stem} already exists ({path}); pick another name or add --force to replace it")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+    return path
+
+
+def preset_from_run_config(config: RunConfig, name: str, description: str = "", *,
+                           evidence: PresetEvidence | None = None, gpu: str | None = None) -> str:
+    """Preset TOML text for a run configuration (what the wizard's review screen and
+    `presets save --from RUN` write). The prediction, debug settings, run name and resume
+    point are left out; the constraints keep the effective batch and the sequence length."""
+    if not NAME_RE.fullmatch(name or ""):
+        raise UserError(f"preset name {name!r}: use letters, digits, '.', '_' or '-' (up to 64)")
+    description = " ".join((description or "").split())  # one line: it is also the header comment
+    config = portable_sources(config)
+    clean = RunConfig(model=config.model, data=config.data, setup=config.setup, training=config.training,
+                      recovery=config.recovery)
+    constraints = PresetConstraints(effective_batch=config.setup.effective_batch(), min_seq_len=config.setup.seq_len,
+                                    gpu=gpu)
+    return dump_preset(name, description, clean, constraints, evidence)
+
+
+def save_config_as_preset(config: RunConfig, name: str, description: str = "", *, force: bool = False,
+                          folder: Path | None = None, gpu: str | None = None) -> Path:
+    """Save a run configuration as a user preset (`folder`: default the user presets folder)."""
+    text = preset_from_run_config(config, name, description, gpu=gpu)
+    return write_preset_text(text, (folder or user_dir()) / f"{name}.toml", force=force)
+
+
+def delete_preset(name: str) -> Path:
+    """Delete the preset file `name` resolves to (project or user presets only)."""
+    preset = find_preset(name)
+    if preset.origin == "shipped":
+        raise UserError(f"preset {preset.name} is shipped with tuneplan and cannot be deleted; save your own "
+                        "under the same name to shadow it")
+    assert preset.path is not None
+    preset.path.unlink()
+    return preset.path
