@@ -29,7 +29,7 @@ CASES_PATH = Path(__file__).resolve().parent.parent / "tests" / "data" / "calibr
 _UNITS = {"GB": 10**9, "GiB": 2**30, "MB": 10**6, "MiB": 2**20}
 _SETUP_FIELDS = {f.name for f in fields(TrainSetup)}
 
-# Stated tolerance of the calibration test (issue 3: median within 5%, none over 12%).
+# Stated tolerance of the calibration test: median within 5%, none over 12%.
 MEDIAN_TOLERANCE = 0.05
 WORST_TOLERANCE = 0.12
 

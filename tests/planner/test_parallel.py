@@ -324,7 +324,7 @@ def test_multi_gpu_throughput_matches_published_times():
     dominates at micro-batch 1 over PCIe without peer-to-peer, compute at larger ones."""
     rows = _rows()
     errors = {}
-    for rid, (series, model, gpu, knobs, n, strategy, offload) in CALIBRATION.items():
+    for rid, (_series, model, gpu, knobs, n, strategy, offload) in CALIBRATION.items():
         m = re.match(r"([\d,]+) s for (\d+) samples", rows[rid]["throughput_time"])
         if not m:
             continue

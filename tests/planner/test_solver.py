@@ -3,7 +3,6 @@ memory model and its own tests)."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 
@@ -168,7 +167,6 @@ def test_busy_card_plans_for_its_free_memory(specs):
 
 
 def test_more_memory_never_gives_a_slower_plan(specs):
-    card = get_gpu("a100-80gb")
     speeds = []
     for gib in (16, 24, 40, 80):
         r = plan(specs, "qwen2.5-7b", "a100-80gb", free=gib * GiB)

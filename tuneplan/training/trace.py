@@ -1,6 +1,6 @@
 """Measure the live tensor bytes of real training steps of our path (CPU or fake/meta).
 
-This is how the planner's memory model earns its accuracy (issue 3, section 2): a
+This is how the planner's memory model earns its accuracy: a
 `TorchDispatchMode` sees every tensor an op creates during the step, tracks each distinct
 storage (views share it, so they are counted once) until Python frees it (a weakref
 callback on the storage object), on top of a baseline of what existed before (weights,
