@@ -21,7 +21,7 @@ from tests.disk_faults import fill, mounted_tmpfs
 from tests.tuneplan.test_train_cli import ROOT, _env, _final, _write, tuneplan, wait_for
 from tests.tuneplan.training.conftest import tiny_config
 from tuneplan.config import load_config, save_config
-from tuneplan.events import effective_phase, last_checkpoint, read_events, read_status, write_status
+from tuneplan.events import Status, effective_phase, last_checkpoint, read_events, read_status, write_status
 from tuneplan.run_process import process_record
 
 pytest_plugins = ["tests.tuneplan.training.conftest"]
@@ -336,6 +336,8 @@ def test_file_size_limit_is_refused_at_launch_and_recorded_by_the_supervisor_mid
     assert tuneplan(runs_root, "train", "--config", str(path), "--name", "fsize").returncode == 0
     run = runs_root / "fsize"
     wait_for(lambda: (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists(), 120, "checkpoint-4")
+    # past the checkpoint's own writes, so the step the worker reports is a later one
+    wait_for(lambda: (read_status(run) or Status()).step >= 5, 120, "step 5")
     worker = read_status(run).pids[-1]
     resource.prlimit(worker, resource.RLIMIT_FSIZE, (1024, 1024))
     status = _final(run)
