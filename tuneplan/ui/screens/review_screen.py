@@ -218,13 +218,19 @@ class ReviewScreen(Screen):
             return
         self.notify(f"Preset saved: {path}")
 
+    def _config_or_notify(self) -> Any:
+        """The run configuration to launch or probe; None (said in a notification) when it is invalid."""
+        try:
+            return self.build_config()
+        except UserError as exc:
+            self.notify(str(exc), severity="error")
+            return None
+
     def action_launch(self) -> None:
         if self.launching:
             return
-        try:
-            config = self.build_config()
-        except UserError as exc:
-            self.notify(str(exc), severity="error")
+        config = self._config_or_notify()
+        if config is None:
             return
         self.launching = True
         self.query_one("#warning", Static).update(Text("Launching...", style="bold"))
@@ -246,10 +252,8 @@ class ReviewScreen(Screen):
     def action_probe(self) -> None:
         if self.probing or self.launching:
             return
-        try:
-            config = self.build_config()
-        except UserError as exc:
-            self.notify(str(exc), severity="error")
+        config = self._config_or_notify()
+        if config is None:
             return
         self.probing = True
         self.query_one("#probe", Static).update(Text(
