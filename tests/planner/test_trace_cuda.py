@@ -20,6 +20,7 @@ from planner.setup import TrainSetup  # noqa: E402
 from planner.spec import spec_from_config  # noqa: E402
 
 from test_trace_cpu import FAMILIES as _FAMILIES  # noqa: E402
+from test_trace_cpu import _few_threads  # noqa: E402, F401  (the same one-thread autouse fixture)
 
 # a sliding-window model whose window the sequence reaches: SDPA's masked (memory-efficient) path
 FAMILIES = {**_FAMILIES, "gemma3_sliding": {**_FAMILIES["gemma3_text"], "sliding_window": 64,
@@ -30,14 +31,6 @@ pytestmark = pytest.mark.slow
 _S = TrainSetup(seq_len=128, micro_batch=2, lora_rank=16, packing=False, optimizer="adamw",
                 grad_checkpointing=False)
 AMPERE = GPU(key="a100", name="A100", memory_bytes=80 * 2**30, bf16=True, arch="ampere")
-
-
-@pytest.fixture(autouse=True)
-def _few_threads():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def _trace(family, setup, **kw):
