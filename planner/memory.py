@@ -54,6 +54,7 @@ import math
 from dataclasses import dataclass
 
 from planner.setup import COMPONENTS, TENSOR_COMPONENTS, MemoryEstimate, TrainSetup
+from planner.spec import resolve_lora_targets
 
 MiB = 1024**2
 GiB = 1024**3
@@ -171,17 +172,7 @@ def _lora_modules(spec, setup: TrainSetup):
     """Per layer, the LinearShapes peft wraps (spec.resolve_lora_targets when available)."""
     if setup.method == "full":
         return tuple(() for _ in spec.layers)
-    try:
-        from planner.spec import resolve_lora_targets
-    except ImportError:  # older spec without the helper
-        resolve_lora_targets = None
-    targets = _body_targets(setup)
-    if resolve_lora_targets is not None:
-        return resolve_lora_targets(spec, targets)
-    names = None if targets in ("all-linear", "all_linear") else set(
-        [targets] if isinstance(targets, str) else targets)
-    return tuple(tuple(m for m in layer if m.lora_targetable and (names is None or m.name in names))
-                 for layer in spec.layers)
+    return resolve_lora_targets(spec, _body_targets(setup))
 
 
 def _head_adapted(setup: TrainSetup) -> bool:
@@ -321,9 +312,9 @@ def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[tuple[int, 
     memo2: dict[tuple, list] = {}
     times: dict[tuple, int] = {}
     for layer in lora_layers:
-        k = tuple(map(id, layer))
-        times[k] = times.get(k, 0) + 1
-        if k not in memo2:
+        key = tuple(map(id, layer))
+        times[key] = times.get(key, 0) + 1
+        if key not in memo2:
             items = []
             for m in layer:
                 # peft `_convert_peft_config_moe` doubles the rank of fused gate_up experts
@@ -334,10 +325,10 @@ def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[tuple[int, 
                     items += [(m.count * rr * m.in_features, 1), (m.out_features * rr * m.count, 1)]
                 else:
                     items += [(rr * m.in_features, m.count), (m.out_features * rr, m.count)]
-            memo2[k] = items
-    for k, items in memo2.items():
+            memo2[key] = items
+    for key, items in memo2.items():
         for n, c in items:
-            add(n, c * times[k])
+            add(n, c * times[key])
     if _head_adapted(setup):
         add(r * spec.hidden_size)
         add(spec.vocab_size * r)
@@ -553,7 +544,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     # -- LoRA adapters (peft/tuners/lora/layer.py `Linear.forward`) ----------------------------
     r = setup.lora_rank
     drop = dropout > 0
-    shared_inputs = set()
+    shared_inputs: set[object] = set()
     # torch aten Dropout.cpp `dropout`: on CUDA the fused `native_dropout` saves a bool mask;
     # on the CPU `_dropout_impl` multiplies by a noise tensor of the input dtype and saves it
     drop_in_dtype = p.adapter if p.lora_cast else p.lora_linear
@@ -951,7 +942,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         "optimizer_step": (grads, 0, opt_temp),
     }
     totals = {k: sum(v) for k, v in phases.items()}
-    worst = max(totals, key=totals.get)
+    worst = max(totals, key=lambda k: totals[k])
     grads_at_peak, saved_at_peak, transient = phases[worst]
     details.update({f"phase_{k}": v + static for k, v in totals.items()})
     arch = getattr(gpu, "arch", None) if gpu is not None else None

@@ -213,7 +213,10 @@ class _Search:
                         grad_accum: int | None) -> list[Candidate]:
         """Binary search the biggest fitting micro-batch; returns the fitting candidates seen."""
         def mk(mb: int) -> TrainSetup:
-            ga = grad_accum if grad_accum is not None else max(1, effective // mb)
+            if grad_accum is not None:
+                return replace(base, micro_batch=mb, grad_accum=grad_accum)
+            assert effective is not None, "callers give an effective batch or a fixed accumulation"
+            ga = max(1, effective // mb)
             return replace(base, micro_batch=mb, grad_accum=ga)
 
         lo, hi = 0, len(micro_batches) - 1
@@ -261,6 +264,7 @@ def choose_seq_len(spec: ModelSpec, constraints: Constraints, stats: DatasetStat
         return int(fixed)
     if stats is not None and (stats.p99_tokens or stats.max_tokens):
         basis = stats.max_tokens if (constraints.prefer_accuracy and stats.max_tokens) else (stats.p99_tokens or stats.max_tokens)
+        assert basis is not None  # one of the two is set (the test above)
         seq = _round_up(int(basis), SEQ_ROUND)
         what = "longest example" if basis == stats.max_tokens and constraints.prefer_accuracy else "99th-percentile example"
         reasons.append(f"Sequence length {seq}: the dataset's {what} is {basis} tokens (rounded up to a multiple of {SEQ_ROUND}).")
@@ -484,6 +488,7 @@ def solve(spec: ModelSpec, hardware: Hardware, constraints: Constraints | None =
                     r = _note_strategy(r, first)
                 return r
             first = first or r
+        assert first is not None, "strategies() names at least one strategy"
         return first
 
     if n_fixed is not None:

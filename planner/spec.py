@@ -53,7 +53,7 @@ tokens. peft's `all-linear` also adapts its linears (`resolve_vision_lora_target
 from __future__ import annotations
 
 from dataclasses import dataclass, field, replace
-from typing import Iterable, Mapping
+from typing import Any, Iterable, Mapping
 
 
 class UnsupportedArchitecture(ValueError):
@@ -427,8 +427,9 @@ class _Cfg:
     def has(self, key: str) -> bool:
         return self.raw.get(key) is not None
 
-    def get(self, key: str, default: object = None) -> object:
-        """The config's value (an explicit `null` stays None), else the class default."""
+    def get(self, key: str, default: object = None) -> Any:
+        """The config's value (an explicit `null` stays None), else the class default: parsed
+        JSON, so any type; the callers convert or check it."""
         if key in self.raw:
             return self.raw[key]
         return self.defaults.get(key, default)
@@ -630,24 +631,25 @@ def spec_from_config(config: Mapping[str, object], name: str) -> ModelSpec:
     # Sliding window and which layers use it.
     sliding: int | None = None
     layer_types: list[str] = []
-    if isinstance(cfg.get("layer_types"), list) and len(cfg.get("layer_types")) == n_layers:  # type: ignore[arg-type]
-        layer_types = [str(t) for t in cfg.get("layer_types")]  # type: ignore[union-attr]
-        sliding = cfg.get("sliding_window")  # type: ignore[assignment]
+    if isinstance(cfg.get("layer_types"), list) and len(cfg.get("layer_types")) == n_layers:
+        layer_types = [str(t) for t in cfg.get("layer_types")]
+        sliding = cfg.get("sliding_window")
     elif family in ("qwen2", "qwen3", "qwen3_moe"):
         # Qwen2Config: sliding only with use_sliding_window, on layers >= max_window_layers.
         if cfg.get("use_sliding_window"):
-            sliding = cfg.get("sliding_window")  # type: ignore[assignment]
+            sliding = cfg.get("sliding_window")
             mwl = int(cfg.get("max_window_layers") or 28)
             layer_types = ["sliding_attention" if sliding and i >= mwl else "full_attention" for i in range(n_layers)]
     elif family == "gemma2":
-        sliding = cfg.get("sliding_window")  # type: ignore[assignment]
+        sliding = cfg.get("sliding_window")
         layer_types = ["sliding_attention" if (i + 1) % 2 else "full_attention" for i in range(n_layers)]
     elif family == "gemma3_text":
-        sliding = cfg.get("sliding_window")  # type: ignore[assignment]
-        pattern = int(config.get("sliding_window_pattern") or 6)
+        sliding = cfg.get("sliding_window")
+        raw_pattern: Any = config.get("sliding_window_pattern")  # parsed JSON
+        pattern = int(raw_pattern or 6)
         layer_types = ["sliding_attention" if (i + 1) % pattern else "full_attention" for i in range(n_layers)]
     else:  # llama has none; mistral/mixtral/phi3 apply `sliding_window` to every layer when set
-        sliding = cfg.get("sliding_window") if family != "llama" else None  # type: ignore[assignment]
+        sliding = cfg.get("sliding_window") if family != "llama" else None
     if not layer_types:
         layer_types = ["sliding_attention" if sliding else "full_attention"] * n_layers
     if not any(t == "sliding_attention" for t in layer_types):
@@ -657,7 +659,8 @@ def spec_from_config(config: Mapping[str, object], name: str) -> ModelSpec:
     extra.extend(_rope_facts(config, family))
     if family == "phi3" and config.get("original_max_position_embeddings") is not None:
         extra.append(("original_max_position_embeddings", config.get("original_max_position_embeddings")))
-    vision_params, vision_linears = 0, ()
+    vision_params = 0
+    vision_linears: tuple[LinearShape, ...] = ()
     if multimodal:
         vision_cfg = outer.get("vision_config") or {}
         if not isinstance(vision_cfg, Mapping):

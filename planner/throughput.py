@@ -47,12 +47,8 @@ from dataclasses import dataclass, field
 
 from planner.gpus import DEFAULT_INTER_NODE_GBS, GPU, interconnect_gbs
 from planner.setup import TrainSetup
-from planner.spec import ModelSpec
+from planner.spec import ModelSpec, resolve_lora_targets
 
-try:  # `resolve_lora_targets` lands with the model-spec work; fall back to all LoRA-targetable modules.
-    from planner.spec import resolve_lora_targets
-except ImportError:  # pragma: no cover
-    resolve_lora_targets = None
 
 # -- efficiency constants (calibrated: see CALIBRATION and the test) ----------------------
 E_MM_MAX = 0.62
@@ -130,10 +126,7 @@ class Throughput:
 def _targets(spec: ModelSpec, setup: TrainSetup):
     if setup.method == "full":
         return ()
-    targets = setup.lora_targets
-    if resolve_lora_targets is not None:
-        return resolve_lora_targets(spec, targets)
-    return tuple(tuple(m for m in layer if m.lora_targetable) for layer in spec.layers)
+    return resolve_lora_targets(spec, setup.lora_targets)
 
 
 @dataclass(frozen=True)
@@ -227,7 +220,7 @@ def _attended(spec: ModelSpec, layer_index: int, seq: int, eager: bool) -> float
     )
     if eager:
         return float(seq)  # the full s x s square is computed, then masked
-    if sliding and seq > window:
+    if sliding and window is not None and seq > window:
         # tokens past the window attend to `window` keys, the first `window` to i/2 on average
         return window - window * window / (2.0 * seq)
     return (seq + 1) / 2.0
@@ -343,9 +336,11 @@ def communication_seconds(spec: ModelSpec, setup: TrainSetup, gpu: GPU, *, nodes
 
 def _with_communication(spec, setup, gpu, single: Throughput, nodes, inter_node_gbs, cpu_offload) -> Throughput:
     n = setup.num_gpus
+    t_micro, t_step, tflops = single.micro_batch_seconds, single.optimizer_step_seconds, gpu.bf16_tflops
+    if t_micro is None or t_step is None or tflops is None:
+        return single  # the card's rates are unknown: there is no time to add communication to
     comm = communication_seconds(spec, setup, gpu, nodes=nodes, inter_node_gbs=inter_node_gbs)
-    t_micro = single.micro_batch_seconds
-    t_opt = single.optimizer_step_seconds - t_micro * setup.grad_accum
+    t_opt = t_step - t_micro * setup.grad_accum
     fl = single.flops
     exposed_micro = exposed_step = 0.0
     if comm is not None:
@@ -366,7 +361,7 @@ def _with_communication(spec, setup, gpu, single: Throughput, nodes, inter_node_
     step = t_micro_total * setup.grad_accum + t_opt + exposed_step
     tokens = setup.micro_batch * setup.seq_len
     per_gpu = tokens * setup.grad_accum / step
-    peak = gpu.bf16_tflops * 1e12
+    peak = tflops * 1e12
     parts = dict(single.parts)
     parts["communication"] = exposed_micro + exposed_step / max(1, setup.grad_accum)
     bound = "communication" if parts["communication"] > 0.5 * t_micro else single.bound
