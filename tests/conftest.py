@@ -6,3 +6,6 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 # Nor a developer's own alert URL (tuneplan/services/notify.py): no user config in tests.
 os.environ["TUNEPLAN_CONFIG"] = os.devnull
+# Output is wrapped to COLUMNS when it is set (tuneplan/commands/terminal.py), and pytest-xdist's
+# workers start with COLUMNS=80: the tests that check wrapping set the width themselves.
+os.environ.pop("COLUMNS", None)
