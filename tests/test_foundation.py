@@ -99,3 +99,14 @@ def test_bad_flag_is_one_line_and_exit_2():
     assert out.returncode == 2
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and "--no-such-flag" in lines[0]
+
+
+def test_test_folders_mirror_the_source_folders():
+    """tests/ mirrors the packages: every folder of test files names a source folder
+    (tests/tuneplan/commands holds the tests of tuneplan/commands, tests/bench of bench/)."""
+    skip = {"data", "__snapshots__", "__pycache__"}
+    folders = {p.parent for p in (ROOT / "tests").rglob("test_*.py") if not skip & set(p.parts)}
+    assert len(folders) > 5
+    for folder in folders:
+        source = ROOT / folder.relative_to(ROOT / "tests")
+        assert source.is_dir(), f"{folder.relative_to(ROOT)} has no source folder {source.relative_to(ROOT)}"

@@ -12,7 +12,6 @@ import pytest
 from tuneplan.cli import main
 from tuneplan.data import SAMPLE_CHAT
 
-pytest_plugins = ["tests.tuneplan.training.conftest"]
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ def test_module_imports_no_datasets():
 def test_overlong_samples_are_counted_and_dropped(tiny_model):
     from dataclasses import replace
 
-    from tests.tuneplan.training.conftest import tiny_config
+    from tiny_runs import tiny_config
     from transformers import AutoTokenizer
 
     from tuneplan.training.data import prepare_data
@@ -104,7 +104,7 @@ def _multi_turn_config(tiny_model, tmp_path):
     import json
     from dataclasses import replace
 
-    from tests.tuneplan.training.conftest import tiny_config
+    from tiny_runs import tiny_config
 
     turns = [{"role": "user", "content": "What is 2 plus 3?"}, {"role": "assistant", "content": "5"},
              {"role": "user", "content": "Double 4."}, {"role": "assistant", "content": "8"}]

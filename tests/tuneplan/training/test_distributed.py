@@ -9,7 +9,7 @@ from dataclasses import replace
 import pytest
 
 from planner.setup import TrainSetup
-from tests.tuneplan.training.conftest import tiny_config
+from tiny_runs import tiny_config
 from tuneplan.events import ADAPTER_DIR, read_events, read_status
 from tuneplan.training import distributed
 

@@ -8,7 +8,7 @@ import json
 import math
 
 
-from tests.tuneplan.training.conftest import tiny_config
+from tiny_runs import tiny_config
 from tuneplan.errors import EXIT_BAD_INPUT, NON_FINITE_PREFIX
 from tuneplan.events import EVENTS_FILE, STATUS_FILE, read_status
 

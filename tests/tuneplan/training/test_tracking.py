@@ -9,7 +9,7 @@ import json
 
 import pytest
 
-from tests.tuneplan.training.conftest import tiny_config
+from tiny_runs import tiny_config
 from tuneplan.errors import UserError
 from tuneplan.events import TENSORBOARD_DIR, read_events
 from tuneplan.services.launcher import prepare_run

@@ -18,13 +18,11 @@ from pathlib import Path
 import pytest
 
 from tests.disk_faults import fill, mounted_tmpfs
-from tests.tuneplan.test_train_cli import ROOT, _env, _final, _write, tuneplan, wait_for
-from tests.tuneplan.training.conftest import tiny_config
+from tiny_runs import ROOT, cli_env, tiny_config, tuneplan, wait_final, wait_for, write_config
 from tuneplan.config import load_config, save_config
 from tuneplan.events import Status, effective_phase, last_checkpoint, read_events, read_status, write_status
 from tuneplan.run_process import process_record
 
-pytest_plugins = ["tests.tuneplan.training.conftest"]
 
 
 # --- helpers ------------------------------------------------------------------------------------
@@ -77,7 +75,7 @@ def _resume_to_done(runs_root: Path, run_dir: Path, max_steps: int, *, env: dict
     ckpt = last_checkpoint(run_dir)
     out = tuneplan(runs_root, "resume", run_dir.name, **(env or {}))
     assert out.returncode == 0, out.stdout + out.stderr
-    status = _final(run_dir)
+    status = wait_final(run_dir)
     assert status.phase == "done" and status.step == max_steps and status.max_steps == max_steps, status
     steps = _log_steps_since_last_resume(run_dir)
     first = int(ckpt.name.rsplit("-", 1)[1]) + 1
@@ -123,7 +121,7 @@ def test_two_concurrent_resumes_start_one_trainer(trained_lora_run, runs_root):
     dead.wait()
     run = _crashed_copy(trained_lora_run, runs_root, "twin", pid=dead.pid, record=record)
     _set_debug(run, step_sleep_seconds=0.2)
-    procs = [subprocess.Popen([sys.executable, "-m", "tuneplan", "resume", "twin"], env=_env(runs_root), cwd=ROOT,
+    procs = [subprocess.Popen([sys.executable, "-m", "tuneplan", "resume", "twin"], env=cli_env(runs_root), cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
     outs = [(p.wait(120), *p.communicate()) for p in procs]
     started = [o for o in outs if o[0] == 0]
@@ -133,7 +131,7 @@ def test_two_concurrent_resumes_start_one_trainer(trained_lora_run, runs_root):
     rc, _, err = refused[0]
     lines = err.strip().splitlines()
     assert rc == 2 and len(lines) == 1 and "already being trained" in lines[0], err
-    status = _final(run)
+    status = wait_final(run)
     assert status.phase == "done" and status.step == 24
     steps = _log_steps_since_last_resume(run)
     assert steps == list(range(14, 25, 2)), steps  # one trainer: no step twice, none backwards
@@ -176,7 +174,7 @@ def test_stop_right_after_train_is_stopped_not_crashed(tiny_model, runs_root, tm
     assert status.phase == "stopped" and not status.error, status
 
     # the CLI: a warning at launch (no checkpoint before the end), then stop at once
-    cfg = _write(tmp_path, replace(config, name=None))
+    cfg = write_config(tmp_path, replace(config, name=None))
     out = tuneplan(runs_root, "train", "--config", str(cfg), "--name", "quick")
     assert out.returncode == 0 and "warning: no checkpoint before the end" in out.stderr, out.stderr
     stopped = tuneplan(runs_root, "stop", "quick", "--wait", "--timeout", "120")
@@ -188,7 +186,7 @@ def test_stop_right_after_train_is_stopped_not_crashed(tiny_model, runs_root, tm
 
 @pytest.mark.slow
 def test_kill_9_during_a_checkpoint_save_then_resume_continues_exactly(tiny_model, runs_root, tmp_path):
-    config = _write(tmp_path, tiny_config(tiny_model, training={"max_steps": 12, "save_steps": 4, "logging_steps": 1},
+    config = write_config(tmp_path, tiny_config(tiny_model, training={"max_steps": 12, "save_steps": 4, "logging_steps": 1},
                                           debug={"save_sleep_seconds": 2.0}))
     assert tuneplan(runs_root, "train", "--config", str(config), "--name", "spot").returncode == 0
     run = runs_root / "spot"
@@ -210,7 +208,7 @@ def test_kill_9_during_a_checkpoint_save_then_resume_continues_exactly(tiny_mode
 
 @pytest.mark.slow
 def test_killed_during_the_final_save_resumes_without_an_extra_step(tiny_model, runs_root, tmp_path):
-    config = _write(tmp_path, tiny_config(tiny_model, training={"max_steps": 4, "save_steps": 2, "logging_steps": 1},
+    config = write_config(tmp_path, tiny_config(tiny_model, training={"max_steps": 4, "save_steps": 2, "logging_steps": 1},
                                           debug={"save_sleep_seconds": 1.5}))
     assert tuneplan(runs_root, "train", "--config", str(config), "--name", "last").returncode == 0
     run = runs_root / "last"
@@ -221,7 +219,7 @@ def test_killed_during_the_final_save_resumes_without_an_extra_step(tiny_model, 
     _set_debug(run, save_sleep_seconds=0.0)
     out = tuneplan(runs_root, "resume", "last")
     assert out.returncode == 0, out.stderr
-    status = _final(run)
+    status = wait_final(run)
     assert status.phase == "done" and status.step == 4 and status.max_steps == 4, status  # not 5/4
     assert _log_steps_since_last_resume(run) == []  # nothing trained again
     assert (run / "adapter" / "adapter_model.safetensors").is_file() and not (run / ".adapter.partial").exists()
@@ -236,7 +234,7 @@ def test_killed_during_the_final_save_resumes_without_an_extra_step(tiny_model, 
 
 @pytest.mark.slow
 def test_save_every_adds_time_based_checkpoints(tiny_model, runs_root, tmp_path):
-    config = _write(tmp_path, tiny_config(tiny_model, debug={"step_sleep_seconds": 0.4},
+    config = write_config(tmp_path, tiny_config(tiny_model, debug={"step_sleep_seconds": 0.4},
                                           training={"max_steps": 10, "save_steps": 1000, "logging_steps": 1}))
     out = tuneplan(runs_root, "train", "--config", str(config), "--name", "timed", "--save-every", "1s", "--foreground")
     assert out.returncode == 0, out.stdout + out.stderr
@@ -252,7 +250,7 @@ def test_save_every_adds_time_based_checkpoints(tiny_model, runs_root, tmp_path)
 
 @pytest.mark.slow
 def test_oom_during_evaluation_lowers_the_eval_batch_not_the_training_batch(tiny_model, runs_root, tmp_path):
-    config = _write(tmp_path, tiny_config(tiny_model, setup={"micro_batch": 4, "grad_accum": 1},
+    config = write_config(tmp_path, tiny_config(tiny_model, setup={"micro_batch": 4, "grad_accum": 1},
                                           training={"max_steps": 4, "save_steps": 2, "eval_steps": 2},
                                           debug={"oom_eval_batch_above": 2}))
     out = tuneplan(runs_root, "train", "--config", str(config), "--name", "evaloom", "--foreground")
@@ -269,7 +267,7 @@ def test_oom_during_evaluation_lowers_the_eval_batch_not_the_training_batch(tiny
 # --- disk faults -----------------------------------------------------------------------------------
 
 def _spot_config(tiny_model, tmp_path) -> Path:
-    return _write(tmp_path, tiny_config(tiny_model, training={"max_steps": 12, "save_steps": 4, "logging_steps": 1},
+    return write_config(tmp_path, tiny_config(tiny_model, training={"max_steps": 12, "save_steps": 4, "logging_steps": 1},
                                         debug={"step_sleep_seconds": 0.2}))
 
 
@@ -281,7 +279,7 @@ def test_full_disk_mid_run_fails_with_enospc_and_keeps_the_last_checkpoint(tiny_
     run = root / "full"
     wait_for(lambda: (run / "checkpoints" / "checkpoint-4" / "trainer_state.json").exists(), 120, "checkpoint-4")
     filler = fill(tmpfs)
-    status = _final(run)
+    status = wait_final(run)
     assert status.phase == "failed" and "ENOSPC" in status.error, status
     kept = last_checkpoint(run)
     assert kept is not None and kept.name in status.error
@@ -321,13 +319,13 @@ def test_file_size_limit_is_refused_at_launch_and_recorded_by_the_supervisor_mid
 
     config = tiny_config(tiny_model, training={"max_steps": 12, "save_steps": 4, "logging_steps": 1},
                          debug={"step_sleep_seconds": 0.2})
-    path = _write(tmp_path, config)
+    path = write_config(tmp_path, config)
     n = launcher._trainable_params(config, launcher.model_config_dict(str(tiny_model)))
     limit = launcher.largest_checkpoint_file_bytes(n) // 2
     # `ulimit -f` below a checkpoint file: refused before anything is written
     wrapper = (f"import os, resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit})); "
                f"os.execv(sys.executable, [sys.executable, '-m', 'tuneplan', 'train', '--config', {str(path)!r}])")
-    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, env=_env(runs_root),
+    out = subprocess.run([sys.executable, "-c", wrapper], capture_output=True, text=True, env=cli_env(runs_root),
                          cwd=ROOT, timeout=120)
     assert "ulimit -f" in _one_line_error(out) and not list(runs_root.iterdir())
 
@@ -340,7 +338,7 @@ def test_file_size_limit_is_refused_at_launch_and_recorded_by_the_supervisor_mid
     wait_for(lambda: (read_status(run) or Status()).step >= 5, 120, "step 5")
     worker = read_status(run).pids[-1]
     resource.prlimit(worker, resource.RLIMIT_FSIZE, (1024, 1024))
-    status = _final(run)
+    status = wait_final(run)
     assert status.phase == "failed" and "EFBIG" in status.error and "ulimit -f" in status.error, status
     assert status.pids == [read_status(run).pids[0]] and worker not in status.pids  # written by the supervisor
     assert status.step > 4  # the step the worker reached, sent with its error

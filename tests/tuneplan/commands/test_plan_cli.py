@@ -13,7 +13,7 @@ from fake_nvml import FakeNVML, NVMLError, gpu_device
 from tuneplan import cli
 from tuneplan.services import gpu as gpu_service
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 MiB = 1024**2
 
 

@@ -15,7 +15,6 @@ from tuneplan.config import load_config
 from tuneplan.data import SAMPLE_CHAT
 from tuneplan.services import gpu as gpu_service
 
-pytest_plugins = ["tests.tuneplan.training.conftest"]
 
 
 @pytest.fixture

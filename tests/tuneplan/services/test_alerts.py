@@ -12,7 +12,7 @@ import time
 import pytest
 
 from tests.local_http import Recorder
-from tests.tuneplan.training.conftest import tiny_config
+from tiny_runs import tiny_config
 from tuneplan.events import read_events, read_status
 from tuneplan.services.launcher import launch, wait_for_phase
 

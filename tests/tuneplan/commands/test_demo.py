@@ -11,7 +11,7 @@ import pytest
 
 from tuneplan.events import read_events, read_status
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.mark.slow

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.tuneplan.training.conftest import tiny_config
+from tiny_runs import tiny_config
 from tuneplan.events import ADAPTER_DIR, PHASES, read_events, read_status
 from tuneplan.services.launcher import prepare_run
 from tuneplan.training.runner import run_worker

@@ -21,7 +21,7 @@ from tuneplan.events import (
 from tuneplan.run_process import RunLocked, acquire_lock, lock_is_held, process_record
 from tuneplan.services import runs
 
-ROOT = Path(__file__).resolve().parents[3]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _run_folder(root: Path, name: str, status: Status | None = None) -> Path:

@@ -17,7 +17,7 @@ from tuneplan.services import presets as P
 from tuneplan.services.planning import estimate, resolve, PlanRequest
 
 SHIPPED = sorted(P.shipped_dir().glob("*.toml"))
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(autouse=True)

@@ -8,34 +8,15 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
-from tests.tuneplan.training.conftest import tiny_config
-from tuneplan.config import load_config, save_config
+from tiny_runs import ROOT, cli_env, tiny_config, tuneplan, wait_final, wait_for, write_config
+from tuneplan.config import load_config
 from tuneplan.events import read_events, read_status
 
-ROOT = Path(__file__).resolve().parents[2]
 SECRET = "hf_tuneplanTestSecretToken123"
-pytest_plugins = ["tests.tuneplan.training.conftest"]
-
-
-def _env(runs_root: Path, **extra) -> dict:
-    return {**os.environ, "TUNEPLAN_RUNS_DIR": str(runs_root), "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1",
-            "PYTHONPATH": str(ROOT), **extra}
-
-
-def tuneplan(runs_root: Path, *argv: str, **env) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuneplan", *argv], capture_output=True, text=True,
-                          env=_env(runs_root, **env), cwd=ROOT, timeout=300)
-
-
-def _write(tmp_path, config, name="run.toml") -> Path:
-    path = tmp_path / name
-    save_config(config, path)
-    return path
 
 
 def _only_run(runs_root: Path) -> Path:
@@ -44,26 +25,9 @@ def _only_run(runs_root: Path) -> Path:
     return runs[0]
 
 
-def wait_for(predicate, timeout=120.0, what="condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def _phase(run_dir):
     status = read_status(run_dir)
     return status.phase if status else None
-
-
-def _final(run_dir, timeout=180.0):
-    from tuneplan.events import FINAL_PHASES, effective_phase
-
-    return wait_for(lambda: effective_phase(read_status(run_dir)) in FINAL_PHASES and read_status(run_dir),
-                    timeout, f"{run_dir.name} to finish")
 
 
 def _logs(run_dir):
@@ -74,12 +38,12 @@ def _logs(run_dir):
 
 @pytest.mark.slow
 def test_detached_run_survives_launcher_kill_and_sighup(tiny_model, runs_root, tmp_path):
-    config = _write(tmp_path, tiny_config(tiny_model, training={"max_steps": 16, "save_steps": 8},
+    config = write_config(tmp_path, tiny_config(tiny_model, training={"max_steps": 16, "save_steps": 8},
                                           debug={"step_sleep_seconds": 0.05}))
     # A "terminal": a shell in its own session runs the launcher and then lingers, like a login shell.
     terminal = subprocess.Popen(
         ["bash", "-c", f'"{sys.executable}" -m tuneplan train --config "{config}"; sleep 60'],
-        env=_env(runs_root, HF_TOKEN=SECRET), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env=cli_env(runs_root, HF_TOKEN=SECRET), cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         start_new_session=True)
     try:
         run_dir = wait_for(lambda: next((p for p in runs_root.iterdir() if (p / "status.json").exists()), None),
@@ -92,7 +56,7 @@ def test_detached_run_survives_launcher_kill_and_sighup(tiny_model, runs_root, t
         for pid in pids:  # a stray SIGHUP straight to the run is ignored too
             os.kill(pid, signal.SIGHUP)
         terminal.wait(10)
-        status = _final(run_dir)
+        status = wait_final(run_dir)
         out = terminal.stdout.read()
     finally:
         if terminal.poll() is None:
@@ -112,7 +76,7 @@ def test_detached_run_survives_launcher_kill_and_sighup(tiny_model, runs_root, t
 
 @pytest.mark.slow
 def test_save_stop_resume_continue_the_step_count(tiny_model, runs_root, tmp_path):
-    config = _write(tmp_path, tiny_config(tiny_model, setup={"micro_batch": 2, "grad_accum": 2},
+    config = write_config(tmp_path, tiny_config(tiny_model, setup={"micro_batch": 2, "grad_accum": 2},
                                           training={"max_steps": 30, "save_steps": 1000, "logging_steps": 1},
                                           debug={"step_sleep_seconds": 0.15}))
     out = tuneplan(runs_root, "train", "--config", str(config), "--name", "ctl")
@@ -135,7 +99,7 @@ def test_save_stop_resume_continue_the_step_count(tiny_model, runs_root, tmp_pat
     resumed = tuneplan(runs_root, "resume", "ctl")
     assert resumed.returncode == 0, resumed.stderr
     assert "effective batch 4" in resumed.stdout
-    status = _final(run_dir)
+    status = wait_final(run_dir)
     assert status.phase == "done" and status.step == 30, status
     steps = [e["step"] for e in _logs(run_dir)]
     assert steps == list(range(1, 31)), steps  # no step twice, none missing
@@ -149,10 +113,10 @@ def test_save_stop_resume_continue_the_step_count(tiny_model, runs_root, tmp_pat
 
 @pytest.mark.slow
 def test_foreground_ctrl_c_checkpoints_and_stops(tiny_model, runs_root, tmp_path):
-    config = _write(tmp_path, tiny_config(tiny_model, training={"max_steps": 200, "save_steps": 1000},
+    config = write_config(tmp_path, tiny_config(tiny_model, training={"max_steps": 200, "save_steps": 1000},
                                           debug={"step_sleep_seconds": 0.05}))
     proc = subprocess.Popen([sys.executable, "-m", "tuneplan", "train", "--config", str(config), "--name", "fg",
-                             "--foreground"], env=_env(runs_root), cwd=ROOT, stdout=subprocess.PIPE,
+                             "--foreground"], env=cli_env(runs_root), cwd=ROOT, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     run_dir = runs_root / "fg"
     try:
@@ -173,7 +137,7 @@ def test_foreground_ctrl_c_checkpoints_and_stops(tiny_model, runs_root, tmp_path
 
 @pytest.mark.slow
 def test_injected_oom_replans_and_recovers_with_the_same_effective_batch(tiny_model, runs_root, tmp_path):
-    config = _write(tmp_path, tiny_config(tiny_model, setup={"micro_batch": 4, "grad_accum": 1},
+    config = write_config(tmp_path, tiny_config(tiny_model, setup={"micro_batch": 4, "grad_accum": 1},
                                           training={"max_steps": 12, "save_steps": 4},
                                           debug={"oom_at_step": 6, "oom_micro_batch_above": 2}))
     out = tuneplan(runs_root, "train", "--config", str(config), "--name", "oom", "--foreground")
@@ -207,7 +171,7 @@ def _bad(tmp_path, runs_root, tiny_model, dataset_text=None, *, model=None, env=
     config = replace(config, data=replace(config.data, source=str(data) if dataset_text is not None
                                           else config.data.source),
                      model=replace(config.model, source=model or str(tiny_model)))
-    out = tuneplan(runs_root, "train", "--config", str(_write(tmp_path, config)), **(env or {}))
+    out = tuneplan(runs_root, "train", "--config", str(write_config(tmp_path, config)), **(env or {}))
     assert out.returncode == 2, out.stdout + out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("tuneplan: error: "), out.stderr
@@ -252,7 +216,7 @@ def test_failure_in_the_training_process_is_final_not_healthy(tiny_model, runs_r
     (broken / "model.safetensors").write_bytes(b"not a safetensors file")
     config = tiny_config(tiny_model)
     config = replace(config, model=replace(config.model, source=str(broken)))
-    out = tuneplan(runs_root, "train", "--config", str(_write(tmp_path, config)), "--name", "bad", "--foreground")
+    out = tuneplan(runs_root, "train", "--config", str(write_config(tmp_path, config)), "--name", "bad", "--foreground")
     assert out.returncode == 3, out.stdout + out.stderr
     status = read_status(runs_root / "bad")
     assert status.phase == "failed" and status.error.startswith("while loading the model") and status.log_tail

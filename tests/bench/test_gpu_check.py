@@ -13,7 +13,7 @@ from pathlib import Path
 from planner.gpus import GiB, get_gpu
 from planner.solver import Hardware
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _module():
