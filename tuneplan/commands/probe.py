@@ -23,6 +23,9 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from tuneplan.commands.arguments import whole_number
+from tuneplan.config import MAX_COUNT
+
 EXIT_PROBE_FAILED = 3
 
 
@@ -40,26 +43,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--config", metavar="RUN.toml", help="probe this run configuration as it is (no planning)")
     g.add_argument("--random-weights", action="store_true",
                    help="build the model from config.json with random weights: nothing is downloaded")
-    g.add_argument("--steps", default="3", metavar="N", help="measured optimizer steps (default 3)")
-    g.add_argument("--warmup-steps", default="1", metavar="N", help="optimizer steps before measuring (default 1)")
+    g.add_argument("--steps", type=whole_number("--steps", 1, MAX_COUNT), default=3, metavar="N",
+                   help="measured optimizer steps (default 3)")
+    g.add_argument("--warmup-steps", type=whole_number("--warmup-steps", 0, MAX_COUNT), default=1, metavar="N",
+                   help="optimizer steps before measuring (default 1)")
     g.add_argument("--out", default="probe.json", metavar="PATH", help="where to write the report (default probe.json)")
     g.add_argument("--save-evidence", metavar="PRESET", help="record the measurement in this preset's [evidence]")
     g.add_argument("--force", action="store_true", help="with --save-evidence: replace evidence already there")
     g.add_argument("--cpu", action="store_true", help="probe on the CPU even when there is a GPU")
     g.add_argument("--trust-remote-code", action="store_true",
                    help="run Python code shipped with the model (real weights only; off unless given)")
-
-
-def _count(value: str, flag: str, minimum: int) -> int:
-    from tuneplan.errors import UserError
-
-    try:
-        n = int(str(value))
-    except ValueError:
-        raise UserError(f"{flag} must be a whole number (got {value!r})") from None
-    if n < minimum:
-        raise UserError(f"{flag} must be >= {minimum} (got {n})")
-    return n
 
 
 def _refuse_knobs(args: argparse.Namespace, what: str) -> None:
@@ -152,8 +145,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tuneplan.errors import UserError
 
-    steps = _count(args.steps, "--steps", 1)
-    warmup = _count(args.warmup_steps, "--warmup-steps", 0)
+    steps, warmup = args.steps, args.warmup_steps
     if warmup + steps < 2:
         raise UserError("the peaks are read after the second optimizer step: --warmup-steps + --steps must be >= 2")
     if args.cpu:

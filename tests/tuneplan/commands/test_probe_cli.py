@@ -23,7 +23,10 @@ def env(tmp_path, monkeypatch):
 
 
 def probe(capsys, *argv):
-    code = cli.main(["probe", *argv])
+    try:
+        code = cli.main(["probe", *argv])
+    except SystemExit as stop:  # argparse refuses a flag value before the command runs
+        code = stop.code
     out = capsys.readouterr()
     return code, out.out, out.err
 
@@ -83,7 +86,9 @@ def test_random_weights_from_a_folder_with_only_config_json(env, capsys):
 
 def test_bad_input_is_one_line(env, capsys):
     code, _, err = probe(capsys, "--preset", "tiny-cpu", "--steps", "0")
-    assert code == 2 and err.count("\n") == 1 and "--steps must be >= 1" in err
+    assert code == 2 and err.count("\n") == 1 and "--steps" in err and "whole number in [1," in err
+    code, _, err = probe(capsys, "--preset", "tiny-cpu", "--warmup-steps", "-1")
+    assert code == 2 and err.count("\n") == 1 and "--warmup-steps" in err and "in [0," in err
     code, _, err = probe(capsys, "--preset", "tiny-cpu", "--batch", "4")
     assert code == 2 and err.count("\n") == 1 and "--batch cannot be combined with --preset" in err
     code, _, err = probe(capsys, "--preset", "tiny-cpu", "--config", "run.toml")
