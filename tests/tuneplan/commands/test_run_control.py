@@ -59,6 +59,27 @@ def _crashed_copy(trained_lora_run, runs_root: Path, name: str, *, pid: int, rec
     return run
 
 
+def _crashed_copy_of_a_dead_trainer(trained_lora_run, runs_root: Path, name: str) -> Path:
+    """`_crashed_copy` whose trainer was a real process, recorded while it lived, now gone."""
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    record = process_record(dead.pid)
+    dead.wait()
+    return _crashed_copy(trained_lora_run, runs_root, name, pid=dead.pid, record=record)
+
+
+def _train(runs_root: Path, config_path: Path, name: str) -> Path:
+    """`tuneplan train --config` as a real detached run named `name`; its folder."""
+    assert tuneplan(runs_root, "train", "--config", str(config_path), "--name", name).returncode == 0
+    return runs_root / name
+
+
+def _kill_9_once_written(run: Path, written: Path, what: str) -> None:
+    """kill -9 the whole run as soon as `written` exists (a save in progress); it reads `crashed`."""
+    wait_for(written.exists, 120, what)
+    _sid_kill(run)
+    wait_for(lambda: effective_phase(read_status(run)) == "crashed", 30, "crashed")
+
+
 def _sid_kill(run_dir: Path) -> None:
     """kill -9 the whole run (supervisor and worker share the supervisor's session)."""
     os.killpg(read_status(run_dir).pids[0], signal.SIGKILL)
@@ -116,10 +137,7 @@ def test_stop_never_signals_a_reused_pid_and_resume_picks_the_newest_complete_ch
 
 @pytest.mark.slow
 def test_two_concurrent_resumes_start_one_trainer(trained_lora_run, runs_root):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    record = process_record(dead.pid)
-    dead.wait()
-    run = _crashed_copy(trained_lora_run, runs_root, "twin", pid=dead.pid, record=record)
+    run = _crashed_copy_of_a_dead_trainer(trained_lora_run, runs_root, "twin")
     _set_debug(run, step_sleep_seconds=0.2)
     procs = [subprocess.Popen([sys.executable, "-m", "tuneplan", "resume", "twin"], env=cli_env(runs_root), cwd=ROOT,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
@@ -144,10 +162,7 @@ def test_two_concurrent_resumes_start_one_trainer(trained_lora_run, runs_root):
 
 @pytest.mark.slow
 def test_a_resume_that_cannot_start_leaves_the_run_failed_with_the_reason(trained_lora_run, runs_root):
-    dead = subprocess.Popen([sys.executable, "-c", "pass"])
-    record = process_record(dead.pid)
-    dead.wait()
-    run = _crashed_copy(trained_lora_run, runs_root, "nolog", pid=dead.pid, record=record)
+    run = _crashed_copy_of_a_dead_trainer(trained_lora_run, runs_root, "nolog")
     (run / "train.log").unlink(missing_ok=True)
     (run / "train.log").mkdir()  # train.log cannot be opened for writing (works as root too)
     line = _one_line_error(tuneplan(runs_root, "resume", "nolog"))
@@ -186,16 +201,13 @@ def test_stop_right_after_train_is_stopped_not_crashed(tiny_model, runs_root, tm
 
 @pytest.mark.slow
 def test_kill_9_during_a_checkpoint_save_then_resume_continues_exactly(tiny_model, runs_root, tmp_path):
-    config = write_config(tmp_path, tiny_config(tiny_model, training={"max_steps": 12, "save_steps": 4, "logging_steps": 1},
-                                          debug={"save_sleep_seconds": 2.0}))
-    assert tuneplan(runs_root, "train", "--config", str(config), "--name", "spot").returncode == 0
-    run = runs_root / "spot"
+    run = _train(runs_root, write_config(tmp_path, tiny_config(
+        tiny_model, training={"max_steps": 12, "save_steps": 4, "logging_steps": 1},
+        debug={"save_sleep_seconds": 2.0})), "spot")
     ckpts = run / "checkpoints"
     wait_for(lambda: (ckpts / "checkpoint-4" / "trainer_state.json").exists(), 120, "checkpoint-4")
     # checkpoint-8 fully written but not yet published: the worst moment to die
-    wait_for(lambda: (ckpts / ".partial" / "checkpoint-8" / "trainer_state.json").exists(), 60, "the save of step 8")
-    _sid_kill(run)
-    wait_for(lambda: effective_phase(read_status(run)) == "crashed", 30, "crashed")
+    _kill_9_once_written(run, ckpts / ".partial" / "checkpoint-8" / "trainer_state.json", "the save of step 8")
     assert not (ckpts / "checkpoint-8").exists() and last_checkpoint(run).name == "checkpoint-4"
     listing = tuneplan(runs_root, "runs").stdout.splitlines()
     assert any(line.startswith("spot") and "crashed" in line for line in listing)
@@ -208,13 +220,10 @@ def test_kill_9_during_a_checkpoint_save_then_resume_continues_exactly(tiny_mode
 
 @pytest.mark.slow
 def test_killed_during_the_final_save_resumes_without_an_extra_step(tiny_model, runs_root, tmp_path):
-    config = write_config(tmp_path, tiny_config(tiny_model, training={"max_steps": 4, "save_steps": 2, "logging_steps": 1},
-                                          debug={"save_sleep_seconds": 1.5}))
-    assert tuneplan(runs_root, "train", "--config", str(config), "--name", "last").returncode == 0
-    run = runs_root / "last"
-    wait_for(lambda: (run / ".adapter.partial" / "README.md").exists(), 120, "the final save")
-    _sid_kill(run)
-    wait_for(lambda: effective_phase(read_status(run)) == "crashed", 30, "crashed")
+    run = _train(runs_root, write_config(tmp_path, tiny_config(
+        tiny_model, training={"max_steps": 4, "save_steps": 2, "logging_steps": 1},
+        debug={"save_sleep_seconds": 1.5})), "last")
+    _kill_9_once_written(run, run / ".adapter.partial" / "README.md", "the final save")
     assert not (run / "adapter").exists()
     _set_debug(run, save_sleep_seconds=0.0)
     out = tuneplan(runs_root, "resume", "last")

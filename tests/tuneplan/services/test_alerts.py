@@ -21,6 +21,21 @@ def _kinds(requests):
     return [json.loads(body)["event"] for _, _, _, body in requests]
 
 
+def _each_once(hook, kinds: list[str]) -> dict:
+    """The alerts the hook received, by kind: exactly `kinds`, each once."""
+    received = _kinds(hook.requests)
+    assert sorted(received) == kinds, received
+    return {json.loads(b)["event"]: json.loads(b) for _, _, _, b in hook.requests}
+
+
+def _run_to_the_end(config, runs_root, phase: str):
+    """Launch a real detached run and wait until it ends in `phase` (else show its log)."""
+    run_dir = launch(config, runs_root)
+    status = wait_for_phase(run_dir, ("done", "failed", "crashed"), 240)
+    assert status.phase == phase, (run_dir / "train.log").read_text()[-3000:]
+    return run_dir
+
+
 @pytest.mark.slow
 def test_done_and_replan_alerts_each_once(tiny_model, runs_root):
     with Recorder() as hook:
@@ -28,14 +43,10 @@ def test_done_and_replan_alerts_each_once(tiny_model, runs_root):
                              data={"eval_fraction": 0.05},
                              debug={"oom_at_step": 2, "oom_micro_batch_above": 2},
                              notify={"url": hook.url + "/hook"})
-        run_dir = launch(config, runs_root)
-        status = wait_for_phase(run_dir, ("done", "failed", "crashed"), 240)
-        assert status.phase == "done", (run_dir / "train.log").read_text()[-3000:]
+        run_dir = _run_to_the_end(config, runs_root, "done")
         # the supervisor flushes its alerts before it exits (wait_for_phase waited for its pid)
         assert hook.wait_for(lambda r: "done" in _kinds(r), 10)
-    kinds = _kinds(hook.requests)
-    assert sorted(kinds) == ["done", "replan"], kinds
-    by_kind = {json.loads(b)["event"]: json.loads(b) for _, _, _, b in hook.requests}
+    by_kind = _each_once(hook, ["done", "replan"])
     assert by_kind["replan"]["details"]["changes"]["micro_batch"] == [4, 2]
     done = by_kind["done"]
     assert done["details"]["output"] == str(run_dir / "adapter") and (run_dir / "adapter").is_dir()
@@ -54,13 +65,9 @@ def test_nan_then_failed_alerts_each_once(tiny_model, runs_root):
         config = tiny_config(tiny_model, training={"max_steps": 8, "logging_steps": 1, "save_steps": 100},
                              data={"eval_fraction": 0.0}, debug={"poison_at_step": 3},
                              notify={"url": hook.url + "/hook"})
-        run_dir = launch(config, runs_root)
-        status = wait_for_phase(run_dir, ("done", "failed", "crashed"), 240)
-        assert status.phase == "failed", (run_dir / "train.log").read_text()[-3000:]
+        _run_to_the_end(config, runs_root, "failed")
         assert hook.wait_for(lambda r: "failed" in _kinds(r), 10)
-    kinds = _kinds(hook.requests)
-    assert sorted(kinds) == ["failed", "nan"], kinds
-    by_kind = {json.loads(b)["event"]: json.loads(b) for _, _, _, b in hook.requests}
+    by_kind = _each_once(hook, ["failed", "nan"])
     assert by_kind["nan"]["title"].endswith("loss is not finite at step 4"), by_kind["nan"]["title"]
     assert "non-finite loss nan" in by_kind["failed"]["text"], by_kind["failed"]["text"]
 
