@@ -5,9 +5,10 @@ its command-line flag (one spelling for `tuneplan plan`, `train` and `probe`; ol
 stay as hidden aliases), how a flag value is parsed (one-line `UserError` naming the flag),
 the rule a value must meet (one-line `ConfigError` naming the field), whether the planner
 chooses it when it is left out, whether presets and run configs may set it, whether a preset
-re-fit chooses it again, and the labels the plan table, the re-fit summary and the wizard
-show. Everything that lists knobs (the flags, the run-config and preset `[setup]` schema, the
-fixable set, the "equivalent command" line, the plan rows) is generated from `KNOBS`.
+re-fit chooses it again, the labels the plan table, the re-fit summary and the wizard show,
+and the wizard's row order and options. Everything that lists knobs (the flags, the run-config
+and preset `[setup]` schema, the fixable set, the "equivalent command" line, the plan rows, the
+wizard's knob rows) is generated from `KNOBS`.
 
 `PartialSetup` is a setup as the user gave it: a knob that is absent or `None` is left to the
 planner. The flags, a run-config or preset `[setup]` table and the wizard all produce one.
@@ -31,6 +32,8 @@ AUTO = "auto"
 
 COUNT, FRACTION, SWITCH, CHOICE, TARGETS = "count", "fraction", "switch", "choice", "targets"
 LORA, QLORA, PARALLEL = "lora", "qlora", "parallel"
+TARGET_GROUPS = (ALL_LINEAR, "attention")
+"""The `lora_targets` values that name a group of modules, resolved for each model."""
 
 
 @dataclass(frozen=True)
@@ -70,8 +73,13 @@ class Knob:
     """Label in a re-fit's list of changes (`micro-batch 2 -> 1`); None: not listed."""
     screen: str | None = None
     """Label of its row on the wizard's plan screen; None: not on it."""
+    screen_row: int = 0
+    """Place of that row, top to bottom (the registry's order is the flags' and the re-fit's)."""
     screen_help: str | None = None
     """The plan screen's one-line help while the row has focus."""
+    screen_choices: tuple[tuple[str, Any], ...] = ()
+    """The row's options as (shown, value) when `screen_options` cannot derive them from the
+    kind and `choices` (the method: its own order and labels)."""
 
     @property
     def dest(self) -> str:
@@ -88,6 +96,20 @@ class Knob:
         if self.kind == TARGETS:
             return "T"
         return "|".join((AUTO, *self.choices))
+
+    def screen_options(self) -> tuple[tuple[str, Any], ...]:
+        """The plan screen row's options, (shown, value), cycled with Left/Right; () for a
+        `count`, which is typed. A switch is on/off, the LoRA targets are the groups the planner
+        resolves per model, a choice its values as the flag spells them."""
+        if self.screen_choices:
+            return self.screen_choices
+        if self.kind == SWITCH:
+            return (("on", True), ("off", False))
+        if self.kind == TARGETS:
+            return tuple((g, g) for g in TARGET_GROUPS)
+        if self.kind == CHOICE:
+            return tuple((c, c) for c in self.choices)
+        return ()
 
     def parse(self, text: Any) -> Any:
         """A flag's text -> the `TrainSetup` value, or None for `auto`. Raises a one-line
@@ -168,22 +190,24 @@ the tokenizers index with 32-bit ints in places."""
 # calibration) and are neither flags nor config keys.
 KNOBS: tuple[Knob, ...] = (
     Knob("method", "--method", CHOICE, "method", "training method (default: auto, LoRA or QLoRA)",
-         choices=METHODS, planned=True, short="method", screen="method",
+         choices=METHODS, planned=True, short="method", screen="method", screen_row=1,
+         screen_choices=(("LoRA", "lora"), ("QLoRA 4-bit", "qlora"), ("full", "full")),
          screen_help="method: LoRA (16-bit base), QLoRA (4-bit base) or full; Left/Right"),
     Knob("seq_len", "--seq-len", COUNT, "sequence length", "tokens per sequence (default: dataset p99 or 2048)",
-         planned=True, short="sequence length", screen="sequence length",
+         planned=True, short="sequence length", screen="sequence length", screen_row=2,
          screen_help="sequence length: tokens per packed row; type a number"),
     Knob("micro_batch", "--batch", COUNT, "micro-batch", "micro-batch: sequences per forward/backward on one GPU",
-         planned=True, refitted=True, short="micro-batch", screen="micro-batch",
+         planned=True, refitted=True, short="micro-batch", screen="micro-batch", screen_row=3,
          screen_help="micro-batch: sequences per forward/backward; type a number"),
     Knob("grad_accum", "--grad-accum", COUNT, "grad accumulation", "micro-batches per optimizer step",
-         planned=True, refitted=True, short="accumulation", screen="grad accum",
+         planned=True, refitted=True, short="accumulation", screen="grad accum", screen_row=4,
          screen_help="grad accum: micro-batches per optimizer step; type a number"),
     Knob("grad_checkpointing", "--grad-checkpointing", SWITCH, "grad checkpointing",
          "activation checkpointing (default: auto)", planned=True, refitted=True, short="checkpointing",
-         screen="checkpointing", screen_help="checkpointing: recompute activations to save memory; Left/Right"),
+         screen="checkpointing", screen_row=7,
+         screen_help="checkpointing: recompute activations to save memory; Left/Right"),
     Knob("optimizer", "--optimizer", CHOICE, "optimizer", "AdamW with 32-bit or 8-bit states, paged or not",
-         choices=OPTIMIZERS, planned=True, refitted=True, short="optimizer", screen="optimizer",
+         choices=OPTIMIZERS, planned=True, refitted=True, short="optimizer", screen="optimizer", screen_row=8,
          screen_help="optimizer: AdamW 32-bit or 8-bit states, paged or not; Left/Right"),
     Knob("compute_dtype", "--compute-dtype", CHOICE, "precision", "compute dtype (default: bf16 where supported)",
          choices=DTYPES, value_aliases={"bf16": "bfloat16", "fp16": "float16", "fp32": "float32"},
@@ -198,12 +222,13 @@ KNOBS: tuple[Knob, ...] = (
          choices=("nf4", "fp4"), group=QLORA),
     Knob("double_quant", "--double-quant", SWITCH, "4-bit format", "QLoRA double quantization (default on)",
          group=QLORA),
-    Knob("lora_rank", "--lora-r", COUNT, "LoRA", "LoRA rank (default 16)", group=LORA, screen="LoRA rank",
+    Knob("lora_rank", "--lora-r", COUNT, "LoRA", "LoRA rank (default 16)", group=LORA, screen="LoRA rank", screen_row=5,
          screen_help="LoRA rank: adapter size (alpha follows the setup); type a number"),
     Knob("lora_alpha", "--lora-alpha", COUNT, "LoRA", "LoRA alpha (default 32)", group=LORA),
     Knob("lora_dropout", "--lora-dropout", FRACTION, "LoRA", "LoRA dropout (default 0.05)", group=LORA),
     Knob("lora_targets", "--lora-targets", TARGETS, "LoRA",
          "attention | all-linear | q_proj,v_proj,... (default all-linear)", group=LORA, screen="LoRA targets",
+         screen_row=6,
          screen_help="LoRA targets: all linear layers or attention only; Left/Right"),
     Knob("num_gpus", "--gpus", COUNT, "GPUs", "GPUs to train on (default auto; README ## Multi-GPU)",
          group=PARALLEL),
@@ -226,6 +251,8 @@ REFITTED = tuple(k.name for k in KNOBS if k.refitted)
 """Knobs a preset re-fit chooses again for the new hardware; the others are kept."""
 SHOWN = {k.name: k.short for k in KNOBS if k.short}
 """Knobs a re-fit lists when it changes them -> their label there."""
+SCREEN_KNOBS = tuple(sorted((k for k in KNOBS if k.screen), key=lambda k: k.screen_row))
+"""The wizard plan screen's knob rows, top to bottom."""
 LORA_KNOBS = tuple(k.name for k in KNOBS if k.group == LORA)
 QLORA_KNOBS = tuple(k.name for k in KNOBS if k.group == QLORA)
 FLAGS = {k.name: k.flag for k in KNOBS}
@@ -247,8 +274,9 @@ def parse_targets(text: str, flag: str = "--lora-targets") -> str | tuple[str, .
     group the planner (`planner.spec.resolve_lora_targets`) and the trainer resolve for each
     model: phi-3's attention is one fused `qkv_proj` and an `o_proj`."""
     t = text.strip()
-    if t.lower() in ("all-linear", "all_linear", "attention"):
-        return t.lower().replace("_", "-")
+    group = t.lower().replace("_", "-")
+    if group in TARGET_GROUPS:
+        return group
     names = tuple(x.strip() for x in t.split(",") if x.strip())
     if not names:
         raise UserError(f"{flag} must be all-linear, attention or module names like q_proj,v_proj (got {text!r})")
@@ -359,5 +387,5 @@ def setup_fields() -> tuple[str, ...]:
 
 
 __all__ = ["AUTO", "KNOBS", "BY_NAME", "Knob", "PartialSetup", "RUN_KNOBS", "PLANNED", "FIXABLE", "REFITTED",
-           "SHOWN", "LORA_KNOBS", "QLORA_KNOBS", "FLAGS", "parse_targets", "targets_text", "add_flags",
+           "SHOWN", "SCREEN_KNOBS", "LORA_KNOBS", "QLORA_KNOBS", "FLAGS", "parse_targets", "targets_text", "add_flags",
            "given_flags", "equivalent_flags", "validate_setup", "ALL_LINEAR"]

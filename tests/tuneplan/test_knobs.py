@@ -88,3 +88,19 @@ def test_a_bad_setup_value_names_the_field_in_one_line():
         validate_setup(TrainSetup(quant_type="int4"))
     with pytest.raises(ConfigError, match=r"^setup\.lora_dropout must be in \[0, 1\) \(got 1.0\)$"):
         validate_setup(TrainSetup(lora_dropout=1.0))
+
+
+def test_the_wizard_rows_are_declared_with_their_knobs():
+    """Each screen knob has its own row place; a row's options are valid values of its knob and
+    a choice row offers every value its flag takes (the method in its own order and labels)."""
+    rows = [k.screen_row for k in knobs.SCREEN_KNOBS]
+    assert rows == sorted(set(rows)) and len(rows) == sum(1 for k in knobs.KNOBS if k.screen)
+    for k in knobs.SCREEN_KNOBS:
+        options = k.screen_options()
+        assert bool(options) == (k.kind != knobs.COUNT), k.name
+        assert all(k.problem(value) is None for _, value in options), k.name
+        if k.kind == knobs.CHOICE:
+            assert sorted(v for _, v in options) == sorted(k.choices), k.name
+    assert knobs.BY_NAME["method"].screen_options()[1] == ("QLoRA 4-bit", "qlora")
+    assert knobs.BY_NAME["grad_checkpointing"].screen_options() == (("on", True), ("off", False))
+    assert [v for _, v in knobs.BY_NAME["lora_targets"].screen_options()] == ["all-linear", "attention"]

@@ -108,3 +108,53 @@ def test_lora_targets_stay_the_group_the_planner_resolves():
 
     assert targets_value("attention") == "attention" and targets_value(ALL_LINEAR) == ALL_LINEAR
     assert targets_value(ATTENTION_TARGETS) == "attention" and targets_value(("q_proj", "v_proj")) == "q_proj,v_proj"
+
+
+def _rows(screen):
+    """The knob grid as (label, widget) pairs, top to bottom."""
+    cells = list(screen.query_one("#knobs").children)
+    return [(str(label.render()), widget) for label, widget in zip(cells[::2], cells[1::2])]
+
+
+async def test_the_knob_rows_are_the_registrys_screen_knobs(tmp_path):
+    """Every registry knob with a screen label has a row, in the registry's row order, with its
+    label; a count is typed, any other knob offers exactly the registry's options and shows the
+    solver's value among them."""
+    from tuneplan.knobs import COUNT, KNOBS, SCREEN_KNOBS
+    from tuneplan.ui.screens.plan_screen import shown_value
+
+    on_screen = [k for k in KNOBS if k.screen]
+    assert {k.name for k in SCREEN_KNOBS} == {k.name for k in on_screen} and len(on_screen) > 1
+    app = create_app(make_services(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(app, pilot)
+        rows = _rows(screen)
+        assert [(label, w.id) for label, w in rows] == [(k.screen, k.name) for k in SCREEN_KNOBS]
+        for knob, (_, widget) in zip(SCREEN_KNOBS, rows):
+            if knob.kind == COUNT:
+                assert isinstance(widget, Input) and widget.value == str(getattr(screen.plan.setup, knob.name))
+            else:
+                assert isinstance(widget, Choice) and widget.options == list(knob.screen_options())
+                assert widget.value == shown_value(knob, getattr(screen.plan.setup, knob.name))
+
+
+async def test_the_row_order_and_options_follow_the_registry(tmp_path, monkeypatch):
+    """Reorder the registry's rows and give a choice knob other options: the screen follows."""
+    from dataclasses import replace
+
+    from tuneplan.knobs import SCREEN_KNOBS
+    from tuneplan.ui.screens import plan_screen
+
+    two = (("paged 8-bit", "paged-adamw-8bit"), ("32-bit", "adamw"))
+    knobs = tuple(replace(k, screen_choices=two) if k.name == "optimizer" else k for k in reversed(SCREEN_KNOBS))
+    monkeypatch.setattr(plan_screen, "SCREEN_KNOBS", knobs)
+    app = create_app(make_services(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = await _open(app, pilot)
+        rows = _rows(screen)
+        assert [w.id for _, w in rows] == [k.name for k in knobs]
+        optimizer = screen.query_one("#optimizer", Choice)
+        assert optimizer.options == list(two)
+        optimizer.focus()
+        await pilot.press("right")
+        assert screen.plan.setup.optimizer in {v for _, v in two}

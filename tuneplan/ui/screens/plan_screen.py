@@ -15,8 +15,8 @@ from textual.message import Message
 from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
-from planner.setup import ALL_LINEAR, ATTENTION_TARGETS, OPTIMIZERS
-from tuneplan.knobs import BY_NAME, COUNT, KNOBS, PartialSetup
+from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+from tuneplan.knobs import COUNT, KNOBS, SCREEN_KNOBS, TARGETS, Knob, PartialSetup
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count, duration, gib, money, rate
 from tuneplan.ui.messages import PlanAccepted
@@ -25,11 +25,12 @@ from tuneplan.ui.widgets.dialogs import HelpDialog
 from tuneplan.ui.widgets.memory_bar import MemoryBar
 from tuneplan.ui.widgets.step_bar import StepBar
 
-# the knob rows: labels and help from the registry (`tuneplan.knobs`); whole numbers are typed,
-# the other knobs are chosen with Left/Right
+# the knob rows: which, in what order, their labels, help and options all come from the
+# registry (`tuneplan.knobs.SCREEN_KNOBS`); whole numbers are typed, the other knobs are chosen
+# with Left/Right among the registry's options
 KNOB_HELP = {**{k.name: k.screen_help for k in KNOBS if k.screen_help},
              "alternatives": "alternatives: Enter uses the highlighted configuration"}
-INT_KNOBS = {k.name: k.screen for k in KNOBS if k.screen and k.kind == COUNT}
+INT_KNOBS = {k.name: k.screen for k in SCREEN_KNOBS if k.kind == COUNT}
 
 
 class PlanComputed(Message):
@@ -47,6 +48,15 @@ def targets_value(targets: Any) -> str:
     if tuple(targets) == ATTENTION_TARGETS:
         return "attention"
     return ",".join(targets)
+
+
+def shown_value(knob: Knob, value: Any) -> Any:
+    """The option of `knob`'s row that a setup value shows as: the value itself, but LoRA
+    targets show as their group, `attention` for the group or the q/k/v/o projections it
+    resolves to, all-linear for any other module list (the row has no option for one)."""
+    if knob.kind == TARGETS:
+        return "attention" if targets_value(value) == "attention" else ALL_LINEAR
+    return value
 
 
 class PlanScreen(Screen):
@@ -83,17 +93,12 @@ class PlanScreen(Screen):
             yield MemoryBar(id="memory")
             with Horizontal(id="middle"):
                 with Grid(id="knobs"):
-                    yield Label(BY_NAME["method"].screen or "method")
-                    yield Choice([("LoRA", "lora"), ("QLoRA 4-bit", "qlora"), ("full", "full")], id="method")
-                    for knob, label in INT_KNOBS.items():
-                        yield Label(label)
-                        yield Input(type="integer", id=knob, compact=True)
-                    yield Label(BY_NAME["lora_targets"].screen or "LoRA targets")
-                    yield Choice([("all-linear", ALL_LINEAR), ("attention", "attention")], id="lora_targets")
-                    yield Label(BY_NAME["grad_checkpointing"].screen or "checkpointing")
-                    yield Choice([("on", True), ("off", False)], id="grad_checkpointing")
-                    yield Label(BY_NAME["optimizer"].screen or "optimizer")
-                    yield Choice([(o, o) for o in OPTIMIZERS], id="optimizer")
+                    for knob in SCREEN_KNOBS:  # each row's id is its knob, the `TrainSetup` field
+                        yield Label(knob.screen or knob.name)
+                        if knob.kind == COUNT:
+                            yield Input(type="integer", id=knob.name, compact=True)
+                        else:
+                            yield Choice(knob.screen_options(), id=knob.name)
                 yield Static(id="summary")
             yield Static(id="knob-help")
             yield Static(id="reasons")
@@ -130,7 +135,7 @@ class PlanScreen(Screen):
         self.solved = message.plan
         self._show(message.plan, sync_knobs=True)
         if self.focused is None:
-            self.query_one("#method", Choice).focus()
+            self.query_one(f"#{SCREEN_KNOBS[0].name}").focus()
 
     # -- editing: estimate synchronously (one estimate is well under a millisecond) -------
     def _edit(self, **changes: Any) -> None:
@@ -253,13 +258,12 @@ class PlanScreen(Screen):
             inp.value = str(value)
 
     def _sync_knobs(self, s: Any) -> None:
-        for knob in INT_KNOBS:
-            self._sync_input(knob, getattr(s, knob))
-        self.query_one("#method", Choice).set_value(s.method)
-        self.query_one("#lora_targets", Choice).set_value(
-            "attention" if targets_value(s.lora_targets) == "attention" else ALL_LINEAR)
-        self.query_one("#grad_checkpointing", Choice).set_value(s.grad_checkpointing)
-        self.query_one("#optimizer", Choice).set_value(s.optimizer)
+        for knob in SCREEN_KNOBS:
+            value = getattr(s, knob.name)
+            if knob.kind == COUNT:
+                self._sync_input(knob.name, value)
+            else:
+                self.query_one(f"#{knob.name}", Choice).set_value(shown_value(knob, value))
 
     # -- actions -------------------------------------------------------------------------
     def action_accept(self) -> None:
