@@ -8,37 +8,21 @@ import pytest
 from textual.widgets import Input, Static
 
 from tuneplan.services.presets import find_preset
-from tuneplan.data import SAMPLE_CHAT, TINY_MODEL_CONFIG
+from tuneplan.data import SAMPLE_CHAT
 from tuneplan.services.dataset_preview import preview_dataset
 from tuneplan.ui.adapters import ModelsAdapter, PlanningAdapter
-from tuneplan.ui.app import create_app
 from tuneplan.ui.screens.review_screen import ReviewScreen
 from tuneplan.ui.target import dry_run_target
 
-from ui_helpers import make_services, wait_for
+from ui_helpers import review_screen, tiny_plan, wait_for
 
-
-
-def _plan(tmp_path):
-    folder = tmp_path / "tiny"
-    folder.mkdir()
-    shutil.copy(TINY_MODEL_CONFIG, folder / "config.json")
-    data = tmp_path / "data.jsonl"
-    shutil.copy(SAMPLE_CHAT, data)
-    model = ModelsAdapter().resolve(str(folder))
-    dataset = preview_dataset(str(data))
-    return PlanningAdapter().plan(model, dry_run_target("4GiB"), dataset, {}), dataset, data
 
 
 @pytest.mark.asyncio
 async def test_shows_config_and_command_and_saves_a_preset(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEPLAN_PRESETS_DIR", str(tmp_path / "presets"))
-    plan, dataset, _ = _plan(tmp_path)
-    app = create_app(make_services(tmp_path))
-    async with app.run_test(size=(80, 24)) as pilot:
-        app.state.local_gpus = 0
-        await app.push_screen(ReviewScreen(plan, dataset))
-        screen = app.screen
+    plan, dataset, _ = tiny_plan(tmp_path)
+    async with review_screen(tmp_path, plan, dataset) as (pilot, screen):
         await pilot.press(*"12")  # max steps (focused first)
         command = str(screen.query_one("#command", Static).render())
         assert "tuneplan train --model" in command and f"--method {plan.setup.method}" in command
@@ -64,17 +48,13 @@ async def test_shows_config_and_command_and_saves_a_preset(tmp_path, monkeypatch
 
 @pytest.mark.asyncio
 async def test_launch_error_is_one_red_line_and_no_run_is_left(tmp_path):
-    plan, dataset, data = _plan(tmp_path)
-    app = create_app(make_services(tmp_path))
-    async with app.run_test(size=(80, 24)) as pilot:
-        app.state.local_gpus = 0
-        await app.push_screen(ReviewScreen(plan, dataset))
-        screen = app.screen
+    plan, dataset, data = tiny_plan(tmp_path)
+    async with review_screen(tmp_path, plan, dataset) as (pilot, screen):
         data.unlink()  # the dataset vanished since the preview
         await pilot.press("ctrl+l")
         await wait_for(pilot, lambda: not screen.launching)
         warning = str(screen.query_one("#warning", Static).render())
-        assert "data.jsonl" in warning and isinstance(app.screen, ReviewScreen)
+        assert "data.jsonl" in warning and isinstance(pilot.app.screen, ReviewScreen)
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())
 
@@ -88,7 +68,7 @@ def test_equivalent_command_fixes_every_knob_the_planner_would_choose(tmp_path):
     from tuneplan.commands import train
     from tuneplan.ui.adapters import RunsAdapter
 
-    plan, dataset, _ = _plan(tmp_path)
+    plan, dataset, _ = tiny_plan(tmp_path)
     runs = RunsAdapter(tmp_path / "runs")
     for config in (runs.build_config(plan, dataset, max_steps=5), runs.build_config(plan, dataset, on_cpu=True)):
         args = build_parser().parse_args(shlex.split(runs.train_command(config))[1:])
@@ -110,14 +90,10 @@ async def test_dry_run_command_reproduces_the_plan_on_the_target_card(tmp_path, 
     from tuneplan.errors import UserError
     from tuneplan.services import gpu as gpu_service
 
-    plan0, dataset, _ = _plan(tmp_path)
+    plan0, dataset, _ = tiny_plan(tmp_path)
     plan = PlanningAdapter().plan(plan0.model, dry_run_target("l40"), dataset, {})
     assert plan.setup.compute_dtype == "bfloat16"
-    app = create_app(make_services(tmp_path))
-    async with app.run_test(size=(80, 24)) as pilot:
-        app.state.local_gpus = 0
-        await app.push_screen(ReviewScreen(plan, dataset))
-        screen = app.screen
+    async with review_screen(tmp_path, plan, dataset) as (pilot, screen):
         await pilot.press(*"7")
         command = screen.equivalent_command()
         shown = str(screen.query_one("#command", Static).render())
@@ -150,15 +126,11 @@ async def test_launching_a_gated_model_without_a_token_is_refused(tmp_path, monk
     shutil.copy(SAMPLE_CHAT, data)
     dataset = preview_dataset(str(data))
     plan = PlanningAdapter().plan(ModelsAdapter().resolve("llama-3.1-8b"), dry_run_target("3060"), dataset, {})
-    app = create_app(make_services(tmp_path))
-    async with app.run_test(size=(80, 24)) as pilot:
-        app.state.local_gpus = 1
-        await app.push_screen(ReviewScreen(plan, dataset))
-        screen = app.screen
+    async with review_screen(tmp_path, plan, dataset, local_gpus=1) as (pilot, screen):
         await pilot.press("ctrl+l")
         await wait_for(pilot, lambda: not screen.launching)
         warning = str(screen.query_one("#warning", Static).render())
-        assert "gated" in warning and "HF_TOKEN" in warning and isinstance(app.screen, ReviewScreen)
+        assert "gated" in warning and "HF_TOKEN" in warning and isinstance(pilot.app.screen, ReviewScreen)
     runs = tmp_path / "runs"
     assert not runs.exists() or not any(runs.iterdir())
 
@@ -171,12 +143,8 @@ async def test_tracking_choice_goes_into_the_config_and_the_command(tmp_path, mo
     monkeypatch.setattr(tracking.importlib.util, "find_spec",
                         lambda name, *a: None if name == "wandb" else object() if name == "tensorboard"
                         else real(name, *a))
-    plan, dataset, _ = _plan(tmp_path)
-    app = create_app(make_services(tmp_path))
-    async with app.run_test(size=(80, 24)) as pilot:
-        app.state.local_gpus = 0
-        await app.push_screen(ReviewScreen(plan, dataset))
-        screen = app.screen
+    plan, dataset, _ = tiny_plan(tmp_path)
+    async with review_screen(tmp_path, plan, dataset) as (pilot, screen):
         screen.query_one("#report_to").focus()
         await pilot.press("right")  # none -> tensorboard
         assert screen.build_config().training.report_to == "tensorboard"

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import shutil
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fake_nvml import FakeNVML, MiB, NVMLError, gpu_device  # noqa: F401 (re-exported to the UI tests)
@@ -59,3 +61,34 @@ async def wait_for(pilot, predicate, timeout: float = 10.0) -> None:
         if time.monotonic() > deadline:
             raise AssertionError("condition not reached in time")
         await pilot.pause(0.02)
+
+
+def tiny_plan(tmp_path: Path, fixed: dict | None = None, card: str = "4GiB"):
+    """The planner's plan for the bundled tiny model (a folder with only its config.json) on
+    the sample chat dataset copied to `tmp_path/data.jsonl`: (plan, dataset preview, data path)."""
+    from tuneplan.data import SAMPLE_CHAT, TINY_MODEL_CONFIG
+    from tuneplan.services.dataset_preview import preview_dataset
+    from tuneplan.ui.target import dry_run_target
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    shutil.copy(TINY_MODEL_CONFIG, folder / "config.json")
+    data = tmp_path / "data.jsonl"
+    shutil.copy(SAMPLE_CHAT, data)
+    dataset = preview_dataset(str(data))
+    plan = PlanningAdapter().plan(ModelsAdapter().resolve(str(folder)), dry_run_target(card), dataset, fixed or {})
+    return plan, dataset, data
+
+
+@asynccontextmanager
+async def review_screen(tmp_path: Path, plan, dataset, *, local_gpus: int = 0):
+    """The wizard's review step for `plan` in an 80x24 app with `local_gpus` local GPUs:
+    yields (pilot, screen); `pilot.app.screen` is whatever screen shows later."""
+    from tuneplan.ui.app import create_app
+    from tuneplan.ui.screens.review_screen import ReviewScreen
+
+    app = create_app(make_services(tmp_path))
+    async with app.run_test(size=(80, 24)) as pilot:
+        app.state.local_gpus = local_gpus
+        await app.push_screen(ReviewScreen(plan, dataset))
+        yield pilot, app.screen
