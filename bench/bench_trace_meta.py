@@ -2,7 +2,7 @@
 
 Runs two optimizer steps of our real training path (tuneplan.training.modeling +
 tuneplan.training.sft.build_trainer) for catalog models on fake tensors
-(`tuneplan.training.trace.trace_fake`) and prints the measured peak of live tensor bytes next
+(`verification.memory_trace.trace_fake`) and prints the measured peak of live tensor bytes next
 to `planner.memory.estimate_memory(...).torch_peak_bytes`.
 
     python bench/bench_trace_meta.py                     # llama-3.1-8b and llama-3.1-70b, LoRA + QLoRA
@@ -42,7 +42,7 @@ def main() -> int:
     from planner import catalog
     from planner.memory import estimate_memory
     from planner.setup import TrainSetup
-    from tuneplan.training.trace import trace_fake
+    from verification.memory_trace import trace_fake
 
     torch.set_num_threads(1)
     base = TrainSetup(seq_len=args.seq_len, micro_batch=args.batch, lora_rank=args.rank, packing=False,

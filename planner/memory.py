@@ -34,15 +34,17 @@ bitsandbytes' `MatMul4Bit`; each formula names its file.
 
 What the numbers are checked against:
 - the live tensor bytes of real CPU training steps of our own trainer, every supported
-  family (tests/planner/test_trace_cpu.py, tests/data/traces/; `device="cpu"` switches the two
-  CPU-only kernels), and the same step on fake tensors at 8B/70B (bench/bench_trace_meta.py);
-- the CUDA-semantics trace of the same step (tuneplan/training/cuda_semantics.py: CUDA SDPA
+  family (verification/memory_trace.py, tests/planner/test_trace_cpu.py, tests/data/traces/;
+  `device="cpu"` switches the two CPU-only kernels), and the same step on fake tensors at
+  8B/70B (bench/bench_trace_meta.py);
+- the CUDA-semantics trace of the same step (verification/cuda_semantics.py: CUDA SDPA
   kernels, autocast, dropout, foreach AdamW, bitsandbytes' gemm_4bit, cuBLAS workspaces) on
   a grid of full-size models (bench/bench_trace_cuda.py, tests/data/traces/cuda_grid.csv,
   tests/planner/test_margins.py, tests/planner/test_trace_cuda.py);
-- published GPU measurements (tests/planner/test_calibration.py,
-  tests/data/calibration/cases.json, bench/bench_memory_calibration.py), which also calibrate
-  what a CPU cannot show: CUDA context, cuBLAS workspace, allocator fragmentation.
+- published GPU measurements (verification/memory_calibration.py,
+  tests/planner/test_calibration.py, tests/data/calibration/cases.json,
+  bench/bench_memory_calibration.py), which also calibrate what a CPU cannot show: CUDA
+  context, cuBLAS workspace, allocator fragmentation.
 
 Pure arithmetic (stdlib only), well under 1 ms per estimate.
 """

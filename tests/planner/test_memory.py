@@ -13,7 +13,7 @@ from dataclasses import replace
 import pytest
 
 from planner.memory import estimate_memory
-from planner.memory_calibration import setup_and_profile
+from verification.memory_calibration import setup_and_profile
 from planner.setup import COMPONENTS, TENSOR_COMPONENTS, TUNEPLAN_STACK, CalibrationProfile, TrainSetup
 from planner.spec import spec_from_config
 

@@ -19,7 +19,7 @@ from planner.catalog import load_spec
 from planner.gpus import GiB, get_gpu, interconnect_gbs
 from planner.memory import estimate_memory
 from planner.parallel import estimate_parallel_memory, host_memory_bytes
-from planner.memory_calibration import setup_and_profile
+from verification.memory_calibration import setup_and_profile
 from planner.setup import COMPONENTS, CalibrationProfile, TrainSetup
 from planner.solver import Constraints, Hardware, solve
 from planner.throughput import communication_seconds, estimate_throughput

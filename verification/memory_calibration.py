@@ -2,8 +2,8 @@
 
 Each case is one row of `/work/shared/data/measured.csv` expressed as planner inputs: the
 catalog model, the `TrainSetup` knobs and the `CalibrationProfile` that describe the row's own
-training stack (litgpt, the PEFT method-comparison script, ...) and the statistic the row measured. The prediction
-compares like with like:
+training stack (litgpt, the PEFT method-comparison script, ...) and the statistic the row
+measured. The prediction compares like with like:
 
 - `allocated`: `torch.cuda.max_memory_allocated()` -> `torch_peak_bytes`;
 - `reserved`: `torch.cuda.max_memory_reserved()` -> `torch_peak_bytes + allocator_overhead`;
@@ -12,7 +12,9 @@ compares like with like:
 - `nvidia_smi`: `device_bytes`;
 - `oom`: the run ran out of memory on a card of `value` -> `device_bytes` must exceed it.
 
-Stdlib only; used by tests/planner/test_calibration.py and bench/bench_memory_calibration.py.
+Stdlib only; used by tests/planner/test_calibration.py, tests/planner/test_margins.py,
+tests/planner/test_parallel.py, tests/planner/test_memory.py and
+bench/bench_memory_calibration.py.
 """
 
 from __future__ import annotations
