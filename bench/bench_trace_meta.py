@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 GiB = 1024**3
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # verification/ is not installed (development only)
+    sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
