@@ -18,7 +18,7 @@ sys.path.insert(0, str(ROOT))
 
 from planner.catalog import find  # noqa: E402
 from planner.memory import estimate_memory  # noqa: E402
-from planner.memory_calibration import load_cases, run_all, series_summary  # noqa: E402
+from verification.memory_calibration import load_cases, run_all, series_summary  # noqa: E402
 from planner.setup import TrainSetup  # noqa: E402
 
 

@@ -2,8 +2,8 @@
 
 Each case runs two optimizer steps of our real training path (tuneplan.training.modeling +
 tuneplan.training.sft.build_trainer) on fake tensors with CUDA semantics
-(`tuneplan.training.trace.trace_fake(..., semantics="cuda")`, see
-tuneplan/training/cuda_semantics.py) and compares the peak of live bytes (what
+(`verification.memory_trace.trace_fake(..., semantics="cuda")`, see
+verification/cuda_semantics.py) and compares the peak of live bytes (what
 `torch.cuda.max_memory_allocated()` reads) with `planner.memory.estimate_memory(...)
 .torch_peak_bytes` for the same setup (rows of exactly `seq_len` tokens, no padding).
 
@@ -112,7 +112,7 @@ def run(cases: list[str], out: Path) -> None:
     import torch
 
     from planner import catalog
-    from tuneplan.training.trace import trace_fake
+    from verification.memory_trace import trace_fake
 
     torch.set_num_threads(1)
     done = set()

@@ -2,7 +2,7 @@
 
 Runs two optimizer steps of our real training path (tuneplan.training.modeling +
 tuneplan.training.sft.build_trainer) for catalog models on fake tensors
-(`tuneplan.training.trace.trace_fake`) and prints the measured peak of live tensor bytes next
+(`verification.memory_trace.trace_fake`) and prints the measured peak of live tensor bytes next
 to `planner.memory.estimate_memory(...).torch_peak_bytes`.
 
     python bench/bench_trace_meta.py                     # llama-3.1-8b and llama-3.1-70b, LoRA + QLoRA
@@ -18,11 +18,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from dataclasses import replace
 from pathlib import Path
 
 GiB = 1024**3
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # verification/ is not installed (development only)
+    sys.path.insert(0, str(ROOT))
 
 
 def main() -> int:
@@ -42,7 +46,7 @@ def main() -> int:
     from planner import catalog
     from planner.memory import estimate_memory
     from planner.setup import TrainSetup
-    from tuneplan.training.trace import trace_fake
+    from verification.memory_trace import trace_fake
 
     torch.set_num_threads(1)
     base = TrainSetup(seq_len=args.seq_len, micro_batch=args.batch, lora_rank=args.rank, packing=False,

@@ -25,25 +25,26 @@ Paged optimizer buffers: `torch.cuda.max_memory_allocated()` never sees them (th
 `torch_peak_bytes`; while the GPU has room they stay resident and nvidia-smi counts them, so
 they are in `device_bytes` (component `optimizer_states` holds both; `details` splits them).
 
-Other training stacks (used to calibrate against published measurements) are described by
-defaults-only `TrainSetup` fields: `weight_dtype`, `adapter_dtype`, `autocast`,
-`loss_upcast`, `loss_impl`, `optimizer_state_dtype`, `lora_qkv_fused`, `quantize_lm_head`,
-`repeat_kv`, `bnb_saves_input`, `untie_embeddings`, `fused_qkv`, `bnb_dequant_fp16`; their
-defaults are our path. The litgpt mechanisms behind them were read in litgpt's code (model.py,
-lora.py, utils.py, scripts/convert_hf_checkpoint.py), Lightning Fabric's precision plugins
-and bitsandbytes' `MatMul4Bit`; each formula names its file.
+Other training stacks (used to calibrate against published measurements) are described by a
+`planner.setup.CalibrationProfile` passed as `profile=` (weight and adapter dtypes, autocast,
+the loss, litgpt's fused q/k/v, older bitsandbytes, ...); the default, `TUNEPLAN_STACK`, is
+our path. The litgpt mechanisms behind them were read in litgpt's code (model.py, lora.py,
+utils.py, scripts/convert_hf_checkpoint.py), Lightning Fabric's precision plugins and
+bitsandbytes' `MatMul4Bit`; each formula names its file.
 
 What the numbers are checked against:
 - the live tensor bytes of real CPU training steps of our own trainer, every supported
-  family (tests/planner/test_trace_cpu.py, tests/data/traces/; `device="cpu"` switches the two
-  CPU-only kernels), and the same step on fake tensors at 8B/70B (bench/bench_trace_meta.py);
-- the CUDA-semantics trace of the same step (tuneplan/training/cuda_semantics.py: CUDA SDPA
+  family (verification/memory_trace.py, tests/planner/test_trace_cpu.py, tests/data/traces/;
+  `device="cpu"` switches the two CPU-only kernels), and the same step on fake tensors at
+  8B/70B (bench/bench_trace_meta.py);
+- the CUDA-semantics trace of the same step (verification/cuda_semantics.py: CUDA SDPA
   kernels, autocast, dropout, foreach AdamW, bitsandbytes' gemm_4bit, cuBLAS workspaces) on
   a grid of full-size models (bench/bench_trace_cuda.py, tests/data/traces/cuda_grid.csv,
   tests/planner/test_margins.py, tests/planner/test_trace_cuda.py);
-- published GPU measurements (tests/planner/test_calibration.py,
-  tests/data/calibration/cases.json, bench/bench_memory_calibration.py), which also calibrate
-  what a CPU cannot show: CUDA context, cuBLAS workspace, allocator fragmentation.
+- published GPU measurements (verification/memory_calibration.py,
+  tests/planner/test_calibration.py, tests/data/calibration/cases.json,
+  bench/bench_memory_calibration.py), which also calibrate what a CPU cannot show: CUDA
+  context, cuBLAS workspace, allocator fragmentation.
 
 Pure arithmetic (stdlib only), well under 1 ms per estimate.
 """
@@ -53,7 +54,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from planner.setup import COMPONENTS, TENSOR_COMPONENTS, MemoryEstimate, TrainSetup
+from planner.setup import COMPONENTS, TENSOR_COMPONENTS, TUNEPLAN_STACK, CalibrationProfile, MemoryEstimate, TrainSetup
 from planner.spec import resolve_lora_targets
 
 MiB = 1024**2
@@ -141,17 +142,18 @@ class _Path:
     lora_linear: int  # bytes of the input LoRA's A-linear computes in (and saves)
     lora_cast: bool  # peft `_cast_input_dtype` makes a copy of each adapted input
     opt_state: int  # bytes per AdamW state element (torch: param dtype; bnb 32-bit: fp32)
+    profile: CalibrationProfile  # the training stack (TUNEPLAN_STACK: ours)
 
 
-def _resolve(setup: TrainSetup) -> _Path:
+def _resolve(setup: TrainSetup, profile: CalibrationProfile) -> _Path:
     compute = _bytes(setup.compute_dtype)
-    w = _bytes(getattr(setup, "weight_dtype", None) or setup.compute_dtype)
-    autocast = getattr(setup, "autocast", True) and compute < 4
+    w = _bytes(profile.weight_dtype or setup.compute_dtype)
+    autocast = profile.autocast and compute < 4
     act = compute if autocast else w
     if setup.method == "full":
         adapter = w
     else:
-        dt = getattr(setup, "adapter_dtype", None)
+        dt = profile.adapter_dtype
         if dt is None:
             # peft default fp32 adapters; trl SFTTrainer casts a 4-bit model's adapters to bf16
             dt = "bfloat16" if setup.method == "qlora" else "float32"
@@ -163,9 +165,10 @@ def _resolve(setup: TrainSetup) -> _Path:
     if setup.optimizer in ("paged-adamw-32bit",):
         opt_state = 4  # bnb 32-bit optimizers keep fp32 states whatever the param dtype
     else:
-        sd = getattr(setup, "optimizer_state_dtype", None)
+        sd = profile.optimizer_state_dtype
         opt_state = _bytes(sd) if sd else adapter  # torch.optim.AdamW: zeros_like(param)
-    return _Path(w=w, act=act, adapter=adapter, lora_linear=lora_linear, lora_cast=lora_cast, opt_state=opt_state)
+    return _Path(w=w, act=act, adapter=adapter, lora_linear=lora_linear, lora_cast=lora_cast, opt_state=opt_state,
+                 profile=profile)
 
 
 def _lora_modules(spec, setup: TrainSetup):
@@ -189,14 +192,14 @@ def _body_targets(setup: TrainSetup):
 
 
 # -- weights ----------------------------------------------------------------------------------
-def _head_params(spec, setup: TrainSetup) -> int:
+def _head_params(spec, setup: TrainSetup, p: _Path) -> int:
     """Elements of a separate lm_head weight (0 when it is tied to the embeddings).
 
     litgpt `scripts/convert_hf_checkpoint.py` (`copy_weights_hf_llama`, `copy_weights_gemma_2`):
     `if "lm_head.weight" not in state_dict: state_dict["lm_head.weight"] =
     state_dict["transformer.wte.weight"]`, and its GPT keeps `lm_head` and `wte` as two
     parameters while fine-tuning: a tied checkpoint becomes two copies (`untie_embeddings`)."""
-    if spec.tie_word_embeddings and getattr(setup, "untie_embeddings", False):
+    if spec.tie_word_embeddings and p.profile.untie_embeddings:
         return spec.vocab_size * spec.hidden_size
     return spec.lm_head_params()
 
@@ -221,9 +224,9 @@ def _quantized_tensor_bytes(n: int, setup: TrainSetup, storage_bytes: int) -> tu
 def _weights(spec, setup: TrainSetup, p: _Path, details: dict) -> tuple[int, int]:
     """(quantized bytes, unquantized bytes) of the frozen or trainable base weights."""
     embed = spec.embedding_params() * p.w
-    head_params = _head_params(spec, setup)
+    head_params = _head_params(spec, setup, p)
     head = head_params * p.w
-    if setup.method == "qlora" and getattr(setup, "quantize_lm_head", False) and head:
+    if setup.method == "qlora" and p.profile.quantize_lm_head and head:
         # Lightning `BitsandbytesPrecision` (litgpt) converts every nn.Linear, the head too
         packed, consts = _quantized_tensor_bytes(head_params, setup, p.w)
         details["lm_head_4bit"] = packed + consts
@@ -282,7 +285,7 @@ def _weights(spec, setup: TrainSetup, p: _Path, details: dict) -> tuple[int, int
 
 
 # -- trainable parameters ----------------------------------------------------------------------
-def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[tuple[int, int]]:
+def _trainable_tensors(spec, setup: TrainSetup, p: _Path, lora_layers) -> list[tuple[int, int]]:
     """(element count, how many such tensors) of the trainable tensors: LoRA A and B per
     adapted module instance, or every parameter for full fine-tuning."""
     out: dict[int, int] = {}
@@ -293,7 +296,7 @@ def _trainable_tensors(spec, setup: TrainSetup, lora_layers) -> list[tuple[int, 
 
     if setup.method == "full":
         add(spec.embedding_params())
-        add(_head_params(spec, setup))
+        add(_head_params(spec, setup, p))
         memo: dict[int, list] = {}
         for layer in spec.layers:
             k = id(layer)
@@ -475,7 +478,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
         # mask, GQA on CUDA uses repeat_kv copies (`use_gqa_in_sdpa` needs mask None); with a
         # single KV head `repeat_kv`'s expand + reshape is a view (a size-1 dim merges with the
         # stride-0 one), so the kernel saves the unrepeated k and v
-        kv_saved = qd if ((masked and attn == "sdpa" and nkv > 1) or getattr(setup, "repeat_kv", False)) else kvd
+        kv_saved = qd if ((masked and attn == "sdpa" and nkv > 1) or p.profile.repeat_kv) else kvd
         out.saved_attn += T * (qd + 2 * kv_saved + qd) * a + T * nh * 4
         out.w_attn = max(out.w_attn, T * (qd + 2 * kv_saved) * a + T * nh * 4 +
                          (_sdpa_backward_workspace(b, s, nh, nkv, hd, a, masked) if attn == "sdpa" and device != "cpu"
@@ -485,14 +488,14 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
             # turns the shared bool mask into a float bias in the query dtype for every call;
             # the memory-efficient (CUDA) / CPU flash kernel saves it for its backward
             out.saved_attn += _mask_elems(b, s, setup) * a
-    if not getattr(setup, "fused_qkv", False) and any(m.name == "qkv_proj" for m in layer) and \
+    if not p.profile.fused_qkv and any(m.name == "qkv_proj" for m in layer) and \
             (nkv == nh or (attn == "sdpa" and not masked)):
         # transformers phi3 `Phi3Attention.forward`: q, k, v are slices of the fused qkv_proj
         # output; q and k are replaced by their RoPE results, but v stays a view, and the
         # attention saves v (no repeat_kv copy with one query per KV head, or with SDPA's
         # native grouped-query attention): the whole q/k/v output stays alive
         out.saved_attn += T * (qd + kvd) * a
-    if getattr(setup, "fused_qkv", False) and nkv == nh:
+    if p.profile.fused_qkv and nkv == nh:
         # litgpt model.py `CausalSelfAttention.forward`: `qkv.view(B, T, groups, q_per_kv + 2,
         # hs).permute(0, 2, 3, 1, 4).split(...)`; with one query per KV group
         # `v.reshape(B, -1, T, hs)` is a view, not a copy, and the attention kernel saves v, so
@@ -550,7 +553,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     drop_in_dtype = p.adapter if p.lora_cast else p.lora_linear
     mask_bytes = 1 if device != "cpu" else drop_in_dtype
     autocast = p.lora_linear != p.adapter
-    if getattr(setup, "lora_qkv_fused", False):
+    if p.profile.lora_qkv_fused:
         qkv_adapted = [m for m in lora if m.name in ("q_proj", "k_proj", "v_proj")]
         if 0 < len(qkv_adapted) < 3:
             # litgpt lora.py `LoRAQKVLinear.zero_pad`: with only some of q/k/v adapted, the
@@ -573,7 +576,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
             # torch autocast caches the low-precision copy of each fp32 LoRA weight for the
             # whole forward (autocast_mode.cpp `cached_cast`); F.linear saves it
             saved += (r * fin + m.out_features * r) * m.count * p.lora_linear
-        fused_qkv = getattr(setup, "lora_qkv_fused", False) and m.name in ("q_proj", "k_proj", "v_proj")
+        fused_qkv = p.profile.lora_qkv_fused and m.name in ("q_proj", "k_proj", "v_proj")
         if fused_qkv and "qkv" in shared_inputs:
             pass  # litgpt `LoRAQKVLinear`: one dropout + one lora_A for all of q/k/v
         elif p.lora_cast or drop:
@@ -624,7 +627,7 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
             else:
                 out.saved_mlp += wb
     # -- QLoRA dequantization (bitsandbytes autograd/_functions.py `MatMul4Bit`) ---------------
-    if setup.method == "qlora" and getattr(setup, "bnb_saves_input", False):
+    if setup.method == "qlora" and p.profile.bnb_saves_input:
         # older bitsandbytes `MatMul4Bit.forward` kept `ctx.tensors = (A, B)`: every 4-bit
         # linear saved its input although no weight gradient is ever computed (0.50 keeps
         # (None, B)). Inputs: normed hidden (q/k/v, shared), attention output (o), normed
@@ -679,7 +682,7 @@ def _dequant_bytes(n: int, setup: TrainSetup, p: _Path) -> int:
     """Live bytes while one 4-bit weight of n elements is dequantized for a matmul
     (bitsandbytes `MatMul4Bit`: `dequantize_4bit(B, quant_state).to(A.dtype)`): the weight in
     the compute dtype, plus the quant state's fp16 copy when it was quantized from fp16."""
-    return n * p.w + (2 * n if getattr(setup, "bnb_dequant_fp16", False) else 0)
+    return n * p.w + (2 * n if p.profile.bnb_dequant_fp16 else 0)
 
 
 def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: dict, notes: list,
@@ -687,7 +690,7 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: 
     """(bytes live at the start of the loss backward, bytes saved by the head for backward)."""
     V, h = spec.vocab_size, spec.hidden_size
     a = p.act
-    impl = _loss_impl(setup)
+    impl = _loss_impl(setup, p)
     head_lora = T * V * a if _head_adapted(setup) else 0  # LoRA-on-head output, added to logits
     if impl == "chunked":
         # litgpt model.py `GPT.forward(lm_head_chunk_size=128)` returns the logits as a list of
@@ -698,7 +701,7 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: 
         # (`loss_upcast`) and the 16-bit ones released. The training loop keeps the list
         # (`logits = model(...)`) through the backward; each chunk's log_softmax saves its
         # output; the backward starts on one chunk (nll and log_softmax gradients).
-        lg = 4 if getattr(setup, "loss_upcast", True) else a
+        lg = 4 if p.profile.loss_upcast else a
         logits = T * V * lg
         lse = T * V * lg
         rows = b * min(T // max(1, b), 128)
@@ -714,13 +717,13 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: 
         # transformers loss/loss_utils.py `ForCausalLMLoss`: logits.float(); cross_entropy's
         # log_softmax saves its fp32 output. At the start of the backward nll_loss_backward
         # and log_softmax_backward each produce one more fp32 logits-sized tensor.
-        upcast = 4 if getattr(setup, "loss_upcast", True) else a
+        upcast = 4 if p.profile.loss_upcast else a
         lse = T * V * upcast
         bwd = 3 * lse
         # forward: bf16 logits + fp32 copy + log_softmax output; accelerate
         # utils/operations.py `convert_outputs_to_fp32` adds an fp32 copy of the returned logits
         fwd = logits + 2 * lse
-        if getattr(setup, "autocast", True) and a < 4:
+        if p.profile.autocast and a < 4:
             fwd = max(fwd, logits + lse + T * V * 4)
         if spec.final_logit_softcapping:
             # gemma2 `logits = tanh(logits / cap) * cap`: tanh saves its 16-bit output
@@ -770,8 +773,8 @@ def _loss_transient(spec, setup: TrainSetup, p: _Path, b: int, T: int, details: 
     return max(fwd, bwd, N * h * (4 + a)), saved
 
 
-def _loss_impl(setup: TrainSetup) -> str:
-    impl = getattr(setup, "loss_impl", None)
+def _loss_impl(setup: TrainSetup, p: _Path) -> str:
+    impl = p.profile.loss_impl
     if impl:
         return impl
     # tuneplan/training/sft.py: fused_ce -> trl's chunked LM head, else transformers' loss
@@ -793,7 +796,7 @@ def _attention_kind(spec, setup: TrainSetup, notes: list) -> str:
 
 # -- the estimate ------------------------------------------------------------------------------
 def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
-                    padded_rows: bool = True) -> MemoryEstimate:
+                    padded_rows: bool = True, profile: CalibrationProfile = TUNEPLAN_STACK) -> MemoryEstimate:
     """Memory of the second optimizer step of `setup` on one GPU, in bytes.
 
     `spec`: a `planner.spec.ModelSpec`; `gpu`: a `planner.gpus.GPU` or None for a generic
@@ -806,10 +809,12 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     dropout saves a noise tensor instead of a bool mask, trl's chunked LM head folds its tiles
     with fp32 torch ops instead of a Triton kernel. `padded_rows=False` says unpacked
     micro-batches hold rows of equal length (no padding, so transformers skips the 4-D mask).
+    `profile` describes the training stack: tuneplan's own (`TUNEPLAN_STACK`) unless a
+    calibration case models another one.
     """
     if setup.micro_batch <= 0 or setup.seq_len <= 0:
         raise ValueError(f"micro_batch and seq_len must be > 0 (got {setup.micro_batch}, {setup.seq_len})")
-    p = _resolve(setup)
+    p = _resolve(setup, profile)
     details: dict[str, int] = {}
     notes: list[str] = []
     lora_layers = _lora_modules(spec, setup)
@@ -819,7 +824,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     h = spec.hidden_size
 
     quantized, unquantized = _weights(spec, setup, p, details)
-    sizes = _trainable_tensors(spec, setup, lora_layers)
+    sizes = _trainable_tensors(spec, setup, p, lora_layers)
     trainable = sum(n * c for n, c in sizes)
     adapters = trainable * p.adapter
     grads = adapters  # gradients in the parameter dtype
@@ -878,7 +883,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         mask_bytes += _mask_elems(b, s, setup, attn)
     head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
     loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
-    if "lm_head_4bit" in details and _loss_impl(setup) == "chunked":
+    if "lm_head_4bit" in details and _loss_impl(setup, p) == "chunked":
         # a 4-bit head (litgpt) dequantizes its whole weight in every forward/backward call
         # (bitsandbytes `MatMul4Bit`). The autograd engine runs every chunk's cross-entropy
         # backward first (they were recorded last), then the casts back to 16 bits, then the
@@ -887,10 +892,10 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         head_bwd = details["logits"] + T * spec.vocab_size * a + \
             _dequant_bytes(spec.vocab_size * h, setup, p)
         loss_peak = max(loss_peak, head_bwd)
-    elif "lm_head_4bit" in details and _loss_impl(setup) != "trl":
+    elif "lm_head_4bit" in details and _loss_impl(setup, p) != "trl":
         loss_peak += _dequant_bytes(spec.vocab_size * h, setup, p)  # next to the logits
-    if "lm_head_4bit" in details and _loss_impl(setup) != "trl":
-        if getattr(setup, "bnb_saves_input", False):
+    if "lm_head_4bit" in details and _loss_impl(setup, p) != "trl":
+        if p.profile.bnb_saves_input:
             head_saved += T * h * a  # older `MatMul4Bit` keeps the head's input (final norm output)
     if setup.method == "full" and not setup.fused_ce:
         head_saved += T * h * a  # lm_head input saved for its weight gradient
@@ -975,7 +980,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     }
     assert tuple(comps) == COMPONENTS
     details["peak_phase_" + worst] = torch_peak
-    if _loss_impl(setup) == "transformers" and worst in ("loss_backward", "forward") and \
+    if _loss_impl(setup, p) == "transformers" and worst in ("loss_backward", "forward") and \
             details.get("loss_fp32_logits", 0) >= max(v for k, v in comps.items()
                                                       if k in TENSOR_COMPONENTS and k != "transient_peak"):
         notes.append("the fp32 logits of the loss are the largest item; a fused cross-entropy removes most of it.")

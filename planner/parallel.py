@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from planner.memory import ALLOC_FRAGMENTATION, estimate_memory
-from planner.setup import COMPONENTS, STRATEGIES, MemoryEstimate, TrainSetup
+from planner.setup import COMPONENTS, STRATEGIES, TUNEPLAN_STACK, CalibrationProfile, MemoryEstimate, TrainSetup
 
 MiB = 1024**2
 
@@ -105,14 +105,16 @@ def _layer_unit_bytes(spec, setup: TrainSetup, adapter_gather_bytes: int) -> tup
 
 
 def estimate_parallel_memory(spec, setup: TrainSetup, gpu=None, *, cpu_offload: bool | None = None,
-                             device: str = "cuda", padded_rows: bool = True) -> MemoryEstimate:
+                             device: str = "cuda", padded_rows: bool = True,
+                             profile: CalibrationProfile = TUNEPLAN_STACK) -> MemoryEstimate:
     """Memory of ONE of `setup.num_gpus` GPUs during the second optimizer step, in bytes.
 
     `setup.strategy`: `single`, `ddp` or `fsdp` (see the module docstring). `cpu_offload`
     applies to FSDP only (None: `setup.cpu_offload`). The micro-batch is per GPU (the effective batch is
     micro_batch x grad_accum x num_gpus). Components and totals mean what they mean for
     `estimate_memory` (`torch_peak_bytes` = that GPU's `max_memory_allocated`,
-    `device_bytes` = its nvidia-smi reading)."""
+    `device_bytes` = its nvidia-smi reading). `profile`: the training stack, as for
+    `estimate_memory`."""
     n = setup.num_gpus
     if cpu_offload is None:
         cpu_offload = bool(getattr(setup, "cpu_offload", False))
@@ -125,7 +127,7 @@ def estimate_parallel_memory(spec, setup: TrainSetup, gpu=None, *, cpu_offload: 
     if cpu_offload and setup.strategy != "fsdp":
         raise ValueError("cpu_offload needs strategy fsdp (DDP keeps a full replica on every GPU)")
     one = estimate_memory(spec, replace(setup, num_gpus=1, strategy="single", cpu_offload=False), gpu, device=device,
-                          padded_rows=padded_rows)
+                          padded_rows=padded_rows, profile=profile)
     if setup.strategy == "single":
         return one
     c = dict(one.components)
@@ -173,7 +175,7 @@ def estimate_parallel_memory(spec, setup: TrainSetup, gpu=None, *, cpu_offload: 
     grad_bytes = adapters // trainable if trainable else w  # gradients in the parameter dtype
     # accelerate's FSDP mixed precision gathers parameters in the compute dtype (param_dtype);
     # without autocast (pure 16-bit stacks) they are gathered as stored
-    gather_bytes = 2 if (setup.autocast and w == 2) else grad_bytes
+    gather_bytes = 2 if (profile.autocast and w == 2) else grad_bytes
     layer_unit, layer_trainable = _layer_unit_bytes(spec, setup, gather_bytes if setup.method != "full" else 0)
     root = (spec.embedding_params() + spec.lm_head_params() + spec.final_norm_params) * w
     gathered = root + FSDP_PREFETCHED_UNITS * layer_unit

@@ -51,7 +51,25 @@ class TrainSetup:
     cpu_offload: bool = False
     """FSDP only: sharded weights, gradients and optimizer states live in host memory
     (`fsdp_offload_params`; planner/parallel.py, tuneplan/training/distributed.py)."""
-    # -- other training stacks (the memory model's calibration); defaults = our path ------
+
+    def effective_batch(self) -> int:
+        """Sequences per optimizer step across all GPUs."""
+        return self.micro_batch * self.grad_accum * self.num_gpus
+
+    def tokens_per_micro_batch(self) -> int:
+        return self.micro_batch * self.seq_len
+
+
+@dataclass(frozen=True)
+class CalibrationProfile:
+    """How a training stack other than tuneplan's own computes the same step.
+
+    The memory model is calibrated against published measurements of other stacks (litgpt,
+    Lightning Fabric, older bitsandbytes, ...); these fields describe where such a stack
+    differs. Users never set them: the defaults are tuneplan's own path (`TUNEPLAN_STACK`),
+    and only the calibration cases (tests/data/calibration/cases.json "stacks") change them.
+    """
+
     weight_dtype: str | None = None
     """dtype the (frozen) base weights are kept in; None = `compute_dtype` (our path).
     `float32` with autocast is Lightning's "bf16-mixed"."""
@@ -100,12 +118,9 @@ class TrainSetup:
     transformers' loss). Others: `transformers`, `trl`, `liger`, `chunked` (litgpt: 16-bit
     logit chunks, per-chunk cross-entropy)."""
 
-    def effective_batch(self) -> int:
-        """Sequences per optimizer step across all GPUs."""
-        return self.micro_batch * self.grad_accum * self.num_gpus
 
-    def tokens_per_micro_batch(self) -> int:
-        return self.micro_batch * self.seq_len
+TUNEPLAN_STACK = CalibrationProfile()
+"""tuneplan's own training path (tuneplan/training/, docs/training-path.md)."""
 
 
 # Component names, in display order. Every MemoryEstimate has all of them (0 when absent).

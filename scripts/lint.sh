@@ -10,6 +10,6 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 echo "lint: import layers (lint-imports)"
 lint-imports
 echo "lint: ruff"
-ruff check planner tuneplan tests bench scripts
-echo "lint: mypy (planner/ and the core modules)"
+ruff check planner tuneplan verification tests bench scripts
+echo "lint: mypy (planner/, its calibration and the core modules)"
 mypy

@@ -78,10 +78,49 @@ def test_test_script_fails_when_no_test_ran():
     assert '"$rc" -eq 5' in script and "exit 1" in script
 
 
+# development-only modules: the memory model's verification, never shipped
+NOT_SHIPPED = ("verification", "memory_calibration", "memory_trace", "trace", "cuda_semantics")
+
+
+def _shipped_modules() -> set[str]:
+    """Every package and module the wheel holds, by pyproject's `[tool.setuptools.packages.find]`."""
+    import pkgutil
+
+    from setuptools import find_namespace_packages
+
+    try:
+        import tomllib
+    except ModuleNotFoundError:  # Python 3.10
+        import tomli as tomllib
+
+    include = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"]["find"]["include"]
+    packages = find_namespace_packages(where=str(ROOT), include=include)
+    modules = {f"{p}.{m.name}" for p in packages for m in pkgutil.iter_modules([str(ROOT / p.replace(".", "/"))])}
+    return set(packages) | modules
+
+
+def test_the_wheel_leaves_out_the_verification_tools():
+    shipped = _shipped_modules()
+    assert {"planner", "tuneplan", "tuneplan.training", "tuneplan.training.memory_tracker"} <= shipped
+    assert "planner.memory" in shipped and "tuneplan.training.probe" in shipped
+    leaked = {m for m in shipped if set(m.split(".")) & set(NOT_SHIPPED)}
+    assert not leaked, leaked
+    assert (ROOT / "verification" / "__init__.py").is_file()  # it exists, for the tests and bench/
+
+
 @pytest.mark.slow
 def test_wheel_ships_presets(tmp_path):
+    # built from a copy: setuptools would also pack what an earlier build left in ./build/lib
+    import shutil
+
+    src = tmp_path / "src"
+    src.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(ROOT / name, src / name)
+    for name in ("planner", "tuneplan", "presets", "verification"):
+        shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(ROOT)],
+        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(src)],
         check=True, capture_output=True,
     )
     wheel = next(tmp_path.glob("tuneplan-*.whl"))
@@ -91,6 +130,8 @@ def test_wheel_ships_presets(tmp_path):
     assert expected and expected <= shipped
     assert any(n.startswith("planner/") for n in names)
     assert any(n.startswith("tuneplan/") for n in names)
+    modules = {n[:-3].replace("/", ".") for n in names if n.endswith(".py")}
+    assert not {m for m in modules if set(m.split(".")) & set(NOT_SHIPPED)}
 
 
 def test_bad_flag_is_one_line_and_exit_2():

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from planner.setup import TrainSetup
 from tuneplan.errors import UserError, check_path
-from tuneplan.knobs import MAX_COUNT, RUN_KNOBS
+from tuneplan.knobs import MAX_COUNT
 from tuneplan.knobs import validate_setup as _validate_knobs
 
 if sys.version_info >= (3, 11):
@@ -436,8 +436,6 @@ def config_to_dict(config: RunConfig) -> dict[str, Any]:
             value = getattr(obj, f.name)
             if value is None:
                 continue
-            if section == "setup" and f.name not in RUN_KNOBS and value == f.default:
-                continue  # calibration-only field at its default (= our path)
             table[f.name] = _plain(value)
         out[section] = table
     return out

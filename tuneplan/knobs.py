@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from planner.setup import ALL_LINEAR, ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TrainSetup
@@ -186,8 +186,8 @@ MAX_COUNT = 2**31 - 1
 the tokenizers index with 32-bit ints in places."""
 
 # The registry. Its order is the order of a re-fit's list of changes and of the flags in
-# --help; `TrainSetup` fields not listed here describe other training stacks (the planner's
-# calibration) and are neither flags nor config keys.
+# --help. Every `TrainSetup` field is a knob; how other training stacks differ (the planner's
+# calibration) is `planner.setup.CalibrationProfile`, which has no flags and no config keys.
 KNOBS: tuple[Knob, ...] = (
     Knob("method", "--method", CHOICE, "method", "training method (default: auto, LoRA or QLoRA)",
          choices=METHODS, planned=True, short="method", screen="method", screen_row=1,
@@ -240,9 +240,7 @@ KNOBS: tuple[Knob, ...] = (
 BY_NAME: dict[str, Knob] = {k.name: k for k in KNOBS}
 
 RUN_KNOBS = tuple(k.name for k in KNOBS if k.in_files)
-"""The `[setup]` keys of run configs and presets: the knobs tuneplan's training path implements.
-Other `TrainSetup` fields describe other stacks for the planner's calibration; a file leaves
-them out (their defaults are our path) and the trainer refuses non-default values."""
+"""The `[setup]` keys of run configs and presets: the knobs tuneplan's training path implements."""
 PLANNED = tuple(k.name for k in KNOBS if k.planned)
 """The knobs the planner chooses when the user leaves them out (or says `auto`)."""
 FIXABLE = tuple(k.name for k in KNOBS if k.name != "method")
@@ -379,11 +377,6 @@ def validate_setup(s: TrainSetup, prefix: str = "setup", error: Callable[[str], 
             text = repr(value)
             shown = text if len(text) <= 60 else text[:57] + "..."
             raise (error or UserError)(f"{prefix}.{k.name} {why} (got {shown})")
-
-
-def setup_fields() -> tuple[str, ...]:
-    """Every `TrainSetup` field (the registry's knobs and the calibration-only ones)."""
-    return tuple(f.name for f in fields(TrainSetup))
 
 
 __all__ = ["AUTO", "KNOBS", "BY_NAME", "Knob", "PartialSetup", "RUN_KNOBS", "PLANNED", "FIXABLE", "REFITTED",

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import pytest
 
-from planner.memory_calibration import MEDIAN_TOLERANCE, WORST_TOLERANCE, load_cases, predict, run_all, series_summary
+from verification.memory_calibration import MEDIAN_TOLERANCE, WORST_TOLERANCE, load_cases, predict, run_all, series_summary
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from planner import catalog
 from planner.gpus import GPU
 from planner.margins import DEFAULT_SAFETY_MARGIN, REGIMES, derive_margin, margin_sentence, regime_for
 from planner.memory import estimate_memory
-from planner.memory_calibration import run_all
+from verification.memory_calibration import run_all
 from planner.setup import TrainSetup
 
 GRID = Path(__file__).resolve().parents[1] / "data" / "traces" / "cuda_grid.csv"

@@ -13,7 +13,8 @@ from dataclasses import replace
 import pytest
 
 from planner.memory import estimate_memory
-from planner.setup import COMPONENTS, TENSOR_COMPONENTS, TrainSetup
+from verification.memory_calibration import setup_and_profile
+from planner.setup import COMPONENTS, TENSOR_COMPONENTS, TUNEPLAN_STACK, CalibrationProfile, TrainSetup
 from planner.spec import spec_from_config
 
 LLAMA_8B = dict(model_type="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
@@ -74,7 +75,7 @@ def test_adapter_dtypes_follow_the_training_path(llama8b):
     assert lora.components["adapter_weights"] == 4 * n  # peft fp32 adapters
     assert qlora.components["adapter_weights"] == 2 * n  # trl casts 4-bit models' adapters to bf16
     assert lora.components["optimizer_states"] == 8 * n  # torch AdamW: two states in the param dtype
-    fp32 = estimate_memory(llama8b, TrainSetup(method="qlora", adapter_dtype="float32"))
+    fp32 = estimate_memory(llama8b, TrainSetup(method="qlora"), profile=CalibrationProfile(adapter_dtype="float32"))
     assert fp32.components["adapter_weights"] == 4 * n
 
 
@@ -207,13 +208,15 @@ LLAMA2_7B = dict(model_type="llama", vocab_size=32000, hidden_size=4096, interme
 
 
 def _peak(spec, **fields):
-    return estimate_memory(spec, TrainSetup(**{**LITGPT, **fields}), padded_rows=False)
+    setup, profile = setup_and_profile({**LITGPT, **fields})
+    return estimate_memory(spec, setup, padded_rows=False, profile=profile)
 
 
 def test_stack_fields_default_to_our_path(llama8b):
     base = TrainSetup()
-    explicit = replace(base, untie_embeddings=False, fused_qkv=False, bnb_dequant_fp16=False)
-    assert estimate_memory(llama8b, explicit) == estimate_memory(llama8b, base)
+    explicit = CalibrationProfile(untie_embeddings=False, fused_qkv=False, bnb_dequant_fp16=False)
+    assert explicit == TUNEPLAN_STACK
+    assert estimate_memory(llama8b, base, profile=explicit) == estimate_memory(llama8b, base)
 
 
 def test_untied_embeddings_add_one_head_copy_only_for_tied_models(qwen05, llama8b):

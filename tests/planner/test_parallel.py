@@ -19,7 +19,8 @@ from planner.catalog import load_spec
 from planner.gpus import GiB, get_gpu, interconnect_gbs
 from planner.memory import estimate_memory
 from planner.parallel import estimate_parallel_memory, host_memory_bytes
-from planner.setup import COMPONENTS, TrainSetup
+from verification.memory_calibration import setup_and_profile
+from planner.setup import COMPONENTS, CalibrationProfile, TrainSetup
 from planner.solver import Constraints, Hardware, solve
 from planner.throughput import communication_seconds, estimate_throughput
 
@@ -234,8 +235,9 @@ def _rows():
 def _predict(row_id):
     series, model, gpu, knobs, n, strategy, offload = CALIBRATION[row_id]
     spec = load_spec(model)
-    est = estimate_parallel_memory(spec, TrainSetup(num_gpus=n, strategy=strategy, **knobs), get_gpu(gpu),
-                                   cpu_offload=offload, padded_rows=False)
+    setup, profile = setup_and_profile({**knobs, "num_gpus": n, "strategy": strategy}, row_id)
+    est = estimate_parallel_memory(spec, setup, get_gpu(gpu), cpu_offload=offload, padded_rows=False,
+                                   profile=profile)
     return est
 
 
@@ -307,9 +309,9 @@ def test_litgpt_fsdp_rows_peak_at_setup():
         measured = float(rows[rid]["approx_GiB"]) * GiB
         assert measured >= 0.97 * (full + full / n), rid
         step = estimate_parallel_memory(spec, TrainSetup(
-            method="lora", lora_rank=8, lora_alpha=16, lora_targets=("q_proj", "v_proj"), autocast=False,
-            adapter_dtype="bfloat16", seq_len=1304, micro_batch=1, packing=False, fused_ce=False,
-            loss_upcast=False, num_gpus=n, strategy="fsdp"), padded_rows=False)
+            method="lora", lora_rank=8, lora_alpha=16, lora_targets=("q_proj", "v_proj"), seq_len=1304,
+            micro_batch=1, packing=False, fused_ce=False, num_gpus=n, strategy="fsdp"), padded_rows=False,
+            profile=CalibrationProfile(autocast=False, adapter_dtype="bfloat16", loss_upcast=False))
         assert step.torch_peak_bytes < 0.7 * measured, rid
 
 
@@ -329,7 +331,9 @@ def test_multi_gpu_throughput_matches_published_times():
         if not m:
             continue
         measured = int(m.group(2)) * knobs["seq_len"] / float(m.group(1).replace(",", ""))
-        setup = TrainSetup(num_gpus=n, strategy=strategy, cpu_offload=offload, **{**knobs, "grad_accum": 1})
+        # the speed model has no stack differences: the profile is left out
+        setup, _ = setup_and_profile({**knobs, "num_gpus": n, "strategy": strategy, "cpu_offload": offload,
+                                      "grad_accum": 1}, rid)
         errors[rid] = estimate_throughput(load_spec(model), setup, get_gpu(gpu)).tokens_per_second / measured - 1
     assert len(errors) >= 10
     median = statistics.median(abs(e) for e in errors.values())
@@ -338,6 +342,6 @@ def test_multi_gpu_throughput_matches_published_times():
     assert all(abs(e) <= THROUGHPUT_TOLERANCE for e in errors.values()), errors
     assert median <= THROUGHPUT_MEDIAN_TOLERANCE
     # the micro-batch-1 LoRA rows are communication-bound (bf16 weights over a slow link)
-    slow = estimate_throughput(load_spec("llama-2-7b"), TrainSetup(num_gpus=2, strategy="fsdp", **_ad("lora", 512, 1)),
-                               get_gpu("rtx-3090"))
+    slow_setup, _ = setup_and_profile({**_ad("lora", 512, 1), "num_gpus": 2, "strategy": "fsdp"})
+    slow = estimate_throughput(load_spec("llama-2-7b"), slow_setup, get_gpu("rtx-3090"))
     assert slow.bound == "communication"

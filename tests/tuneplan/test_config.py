@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 
 from planner.setup import TrainSetup
-from tuneplan.errors import UserError
 from tuneplan.config import (
     ConfigError, DataConfig, ModelConfig, RunConfig, TrainingConfig, config_from_dict, load_config, save_config,
 )
@@ -66,22 +65,19 @@ def test_malformed_toml_is_one_line(tmp_path):
         load_config(path)
 
 
-def test_calibration_only_setup_fields_stay_out_of_run_configs():
+def test_calibration_profile_fields_are_unknown_keys_in_run_configs(tmp_path):
+    """How another training stack differs (planner.setup.CalibrationProfile) is not a run-config
+    knob: the file's `[setup]` holds exactly the registry's knobs, and a profile field is an
+    unknown key like any other."""
     from dataclasses import fields
 
-    from tuneplan.config import RUN_KNOBS, config_to_dict
+    from planner.setup import CalibrationProfile
+    from tuneplan.config import config_to_dict
+    from tuneplan.knobs import RUN_KNOBS
 
-    table = config_to_dict(_config())["setup"]
-    assert set(table) <= set(RUN_KNOBS)
-    assert {"method", "micro_batch", "grad_accum", "seq_len"} <= set(table)
-    other = [f for f in fields(TrainSetup) if f.name not in RUN_KNOBS]
-    if other:  # a non-default one is written (so the trainer can refuse it) and refused
-        from dataclasses import replace
-
-        from tuneplan.training.sft import check_supported
-
-        f = next(f for f in other if isinstance(f.default, bool))
-        setup = replace(_config().setup, **{f.name: not f.default})
-        assert f.name in config_to_dict(RunConfig(setup=setup))["setup"]
-        with pytest.raises(UserError, match="another training stack"):
-            check_supported(setup)
+    assert set(config_to_dict(_config())["setup"]) <= set(RUN_KNOBS)
+    assert not {f.name for f in fields(CalibrationProfile)} & {f.name for f in fields(TrainSetup)}
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nsource = "/m"\n[data]\nsource = "d.jsonl"\n[setup]\nmethod = "lora"\nautocast = false\n')
+    with pytest.raises(ConfigError, match=rf"^{path}:7: unknown key setup.autocast; "):
+        load_config(path)

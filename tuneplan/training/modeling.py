@@ -27,7 +27,7 @@ constructed (trl/trainer/sft_trainer.py, "QLoRA ... converted to bf16"), so QLoR
 end up bf16 in a real run while LoRA adapters stay fp32.
 
 `build_from_config` runs the same steps on a model built from a config (random weights),
-for tests and for the memory trace (`tuneplan/training/trace.py`).
+for tests and for the memory trace (`verification/memory_trace.py`).
 """
 
 from __future__ import annotations
@@ -337,7 +337,7 @@ def build_from_config(config: dict | Any, setup: TrainSetup, *, device: str | to
     LoRA/full: built in the compute dtype directly on `device`. QLoRA: the random 16-bit
     model is saved to a temporary folder and loaded back through `from_pretrained` with the
     contract's `BitsAndBytesConfig`, so quantization is bitsandbytes' own. Returns
-    `(model, notes)`. For the meta device see `tuneplan.training.trace` (4-bit on meta needs
+    `(model, notes)`. For the meta device see `verification.memory_trace` (4-bit on meta needs
     a stand-in).
     """
     from transformers import AutoModelForCausalLM

@@ -11,8 +11,8 @@ What it reads (`ProbeCallback`):
 - torch peak allocated and reserved after the second optimizer step, as the planner defines
   `torch_peak_bytes` (`planner/setup.py` `MemoryEstimate`). On CUDA:
   `torch.cuda.max_memory_allocated()` / `max_memory_reserved()`. On the CPU there is no
-  allocator counter: the live tensor bytes are counted by `trace.LiveTensorTracker` (what
-  `max_memory_allocated` would read for the same ops, without the allocator's rounding).
+  allocator counter: the live tensor bytes are counted by `memory_tracker.LiveTensorTracker`
+  (what `max_memory_allocated` would read for the same ops, without the allocator's rounding).
 - the process's memory as `nvidia-smi` shows it (NVML, `services.gpu.GpuProbe.process_memory`),
   the largest reading at any step end; NVML may not list this process (containers report host
   process ids): then the growth of the GPUs' used memory since before the model was loaded.
@@ -147,13 +147,13 @@ def _quiet() -> None:
 
 def probe_dataset(vocab_size: int, setup: TrainSetup, optimizer_steps: int, seed: int = 0):
     """Rows of exactly `seq_len` random token ids, enough for `optimizer_steps` steps."""
-    from tuneplan.training.trace import token_dataset
+    from tuneplan.training.memory_tracker import token_dataset
 
     return token_dataset(vocab_size, setup, optimizer_steps, seed)
 
 
 def _probe_run_config(setup: TrainSetup, optimizer_steps: int):
-    from tuneplan.training.trace import run_config_for
+    from tuneplan.training.memory_tracker import run_config_for
 
     return run_config_for(setup, optimizer_steps)
 
@@ -167,7 +167,7 @@ def measure(source: str | None, setup: TrainSetup, *, config_dict: dict | None =
     built from `config_dict` (its `config.json`) instead and nothing is read or downloaded.
     `log`: a callable taking one line of progress (None: silent)."""
     from tuneplan.training.sft import build_trainer
-    from tuneplan.training.trace import LiveTensorTracker, _phase_hooks, classify_model, simple_tokenizer
+    from tuneplan.training.memory_tracker import LiveTensorTracker, classify_model, phase_hooks, simple_tokenizer
 
     say = log or (lambda _line: None)
     _quiet()
@@ -211,7 +211,7 @@ def measure(source: str | None, setup: TrainSetup, *, config_dict: dict | None =
         f"(micro-batch {setup.micro_batch} x {setup.grad_accum}, {setup.seq_len} tokens)")
     try:
         if tracker is not None:  # the memory trace's accounting: gradients and optimizer states too
-            with _phase_hooks(tracker, trainer, trainer.model), tracker:
+            with phase_hooks(tracker, trainer, trainer.model), tracker:
                 trainer.train()
         else:
             trainer.train()

@@ -137,21 +137,6 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
     )
 
 
-def check_supported(setup) -> None:
-    """Refuse setups tuneplan's trainer does not implement: a `TrainSetup` field outside
-    `config.RUN_KNOBS` (the planner's calibration of other stacks) away from its default."""
-    from dataclasses import fields
-
-    from tuneplan.config import RUN_KNOBS
-    from tuneplan.errors import UserError
-
-    for f in fields(setup):
-        value = getattr(setup, f.name)
-        if f.name not in RUN_KNOBS and value != f.default:
-            raise UserError(f"setup.{f.name} = {value!r} describes another training stack (planner calibration); "
-                            f"tuneplan trains with {f.name} = {f.default!r}: remove it from the config")
-
-
 def _cuda_available() -> bool:
     import torch
 
@@ -194,7 +179,6 @@ def build_trainer(run_config: RunConfig, model, tokenizer, train_ds, eval_ds=Non
     prompt/completion rows or `text` rows (see `tuneplan.training.data`). The tokenizer gets
     a pad token (its eos) when it has none. `output_dir` holds the checkpoints (`None`: no
     checkpoints, e.g. for the memory trace)."""
-    check_supported(run_config.setup)
     if getattr(tokenizer, "pad_token", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
     columns = set(train_ds.column_names)

@@ -70,7 +70,7 @@ def test_random_weights_equal_a_saved_checkpoint_on_moe_and_tied_models(tmp_path
     from transformers import AutoModelForCausalLM
 
     from tuneplan.training import modeling
-    from tuneplan.training.trace import simple_tokenizer
+    from tuneplan.training.memory_tracker import simple_tokenizer
 
     config = OTHER[family]
     setup = TrainSetup(method=method, **{**SETUP, "micro_batch": 2})

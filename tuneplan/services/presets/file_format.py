@@ -33,8 +33,7 @@ _METHOD = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 
 SETUP_KEYS = RUN_KNOBS
 """`[setup]` keys a preset may hold: the knobs tuneplan's training path implements
-(`tuneplan.knobs`). The other `TrainSetup` fields describe other training stacks (the planner's
-calibration) and are refused."""
+(`tuneplan.knobs`)."""
 
 
 class PresetError(UserError):
@@ -145,15 +144,7 @@ def _where(path: str, text: str, section: str | None, key: str | None) -> str:
 def _section(cls: type, table: Any, section: str, path: str, text: str) -> tuple[Any, set[str]]:
     """One `[section]` table through the typed loader (`tuneplan.config.section_from_table`);
     `[setup]` holds only the knobs of tuneplan's training path."""
-    known = None
-    if cls is TrainSetup:
-        if isinstance(table, dict):
-            names = set(fields_of(TrainSetup))
-            for key in table:
-                if key in names and key not in SETUP_KEYS:
-                    raise PresetError(f"{_where(path, text, section, key)}: setup.{key} describes another training "
-                                      "stack (the planner's calibration), not tuneplan's: remove it from the preset")
-        known = SETUP_KEYS
+    known = SETUP_KEYS if cls is TrainSetup else None
     try:
         obj = section_from_table(cls, table, section, lambda key: _where(path, text, section, key), known=known)
     except ConfigError as exc:

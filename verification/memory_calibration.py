@@ -1,9 +1,9 @@
 """Compare the memory model with published GPU measurements (tests/data/calibration/cases.json).
 
 Each case is one row of `/work/shared/data/measured.csv` expressed as planner inputs: the
-catalog model, the `TrainSetup` fields that describe the row's own training stack (litgpt,
-the PEFT method-comparison script, ...) and the statistic the row measured. The prediction
-compares like with like:
+catalog model, the `TrainSetup` knobs and the `CalibrationProfile` that describe the row's own
+training stack (litgpt, the PEFT method-comparison script, ...) and the statistic the row
+measured. The prediction compares like with like:
 
 - `allocated`: `torch.cuda.max_memory_allocated()` -> `torch_peak_bytes`;
 - `reserved`: `torch.cuda.max_memory_reserved()` -> `torch_peak_bytes + allocator_overhead`;
@@ -12,22 +12,27 @@ compares like with like:
 - `nvidia_smi`: `device_bytes`;
 - `oom`: the run ran out of memory on a card of `value` -> `device_bytes` must exceed it.
 
-Stdlib only; used by tests/planner/test_calibration.py and bench/bench_memory_calibration.py.
+Stdlib only; used by tests/planner/test_calibration.py, tests/planner/test_margins.py,
+tests/planner/test_parallel.py, tests/planner/test_memory.py and
+bench/bench_memory_calibration.py.
 """
 
 from __future__ import annotations
 
 import json
 import statistics
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 
 from planner.memory import estimate_memory
-from planner.setup import TrainSetup
+from planner.setup import CalibrationProfile, TrainSetup
 
 CASES_PATH = Path(__file__).resolve().parent.parent / "tests" / "data" / "calibration" / "cases.json"
 _UNITS = {"GB": 10**9, "GiB": 2**30, "MB": 10**6, "MiB": 2**20}
 _SETUP_FIELDS = {f.name for f in fields(TrainSetup)}
+_PROFILE_FIELDS = {f.name for f in fields(CalibrationProfile)}
 
 # Stated tolerance of the calibration test: median within 5%, none over 12%.
 MEDIAN_TOLERANCE = 0.05
@@ -58,19 +63,30 @@ def load_cases(path: Path = CASES_PATH) -> dict:
         return json.load(fh)
 
 
+def setup_and_profile(values: Mapping[str, Any], what: str = "stack") -> tuple[TrainSetup, CalibrationProfile]:
+    """One stack's fields, split by name into the `TrainSetup` knobs and the
+    `CalibrationProfile` (how the stack differs from tuneplan's); a list of LoRA targets
+    becomes a tuple. Raises ValueError naming `what` for a field of neither."""
+    unknown = set(values) - _SETUP_FIELDS - _PROFILE_FIELDS
+    if unknown:
+        raise ValueError(f"{what}: unknown TrainSetup or CalibrationProfile fields {sorted(unknown)}")
+    knobs = {k: v for k, v in values.items() if k in _SETUP_FIELDS}
+    if isinstance(knobs.get("lora_targets"), list):
+        knobs["lora_targets"] = tuple(knobs["lora_targets"])
+    profile = {k: v for k, v in values.items() if k in _PROFILE_FIELDS}
+    return TrainSetup(**knobs), CalibrationProfile(**profile)
+
+
 def case_setup(case: dict, stacks: dict) -> tuple[TrainSetup, dict]:
-    """(TrainSetup, extra estimate_memory keyword arguments) of one case."""
+    """(TrainSetup, extra estimate_memory keyword arguments: the profile, padded_rows) of one
+    case: its stack's fields (`stacks`) overridden by its own `setup`."""
     merged = {k: v for k, v in stacks.get(case.get("stack", ""), {}).items() if not k.startswith("_")}
     merged.update(case.get("setup", {}))
-    extra = {}
+    extra: dict[str, Any] = {}
     if "padded_rows" in merged:
         extra["padded_rows"] = merged.pop("padded_rows")
-    unknown = set(merged) - _SETUP_FIELDS
-    if unknown:
-        raise ValueError(f"case {case['id']}: unknown TrainSetup fields {sorted(unknown)}")
-    if isinstance(merged.get("lora_targets"), list):
-        merged["lora_targets"] = tuple(merged["lora_targets"])
-    return TrainSetup(**merged), extra
+    setup, extra["profile"] = setup_and_profile(merged, f"case {case['id']}")
+    return setup, extra
 
 
 def predict(case: dict, stacks: dict) -> CaseResult:

@@ -1,12 +1,12 @@
 """What a CUDA run of our training step allocates, emulated on fake CPU tensors.
 
-`tuneplan.training.trace.trace_fake(..., semantics="cuda")` runs the real trainer on fake
+`verification.memory_trace.trace_fake(..., semantics="cuda")` runs the real trainer on fake
 tensors of the CPU device (a CPU-only torch build cannot run a single op on a fake CUDA
 tensor: its device guard aborts the process) and switches every CPU-only code path that
 changes what is allocated to the path a CUDA run takes. Each mechanism has a name (see
 `MECHANISMS`) and can be switched off on its own; with all of them off the trace is the CPU
-trace byte for byte (tests/planner/test_trace_cuda.py), so the CUDA trace differs from the
-CPU one by exactly these mechanisms:
+trace byte for byte (tests/verification/test_cuda_semantics.py), so the CUDA trace differs
+from the CPU one by exactly these mechanisms:
 
 - `sdpa`: `F.scaled_dot_product_attention` picks its kernel by PyTorch's CUDA rules
   (aten/src/ATen/native/transformers/cuda/sdp_utils.cpp `select_sdp_backend`: flash, then
