@@ -29,7 +29,7 @@ from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
-from planner.setup import TrainSetup
+from planner.setup import TUNEPLAN_STACK, CalibrationProfile, TrainSetup
 from tuneplan.errors import UserError, check_path
 from tuneplan.knobs import MAX_COUNT
 from tuneplan.knobs import validate_setup as _validate_knobs
@@ -400,6 +400,8 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config", text: str |
 
     kwargs: dict[str, Any] = {}
     for key, value in data.items():
+        if key == "setup" and isinstance(value, dict):
+            value = _without_retired_keys(value)
         if key in _SECTIONS:
             kwargs[key] = section_from_table(_SECTIONS[key], value, key, located(key))
         elif key in _TOP_LEVEL:
@@ -414,6 +416,16 @@ def config_from_dict(data: dict[str, Any], *, where: str = "config", text: str |
     if version != CONFIG_VERSION:
         raise ConfigError(f"version must be {CONFIG_VERSION} (got {version!r}); this tuneplan reads version {CONFIG_VERSION}")
     return RunConfig(**kwargs).validate()
+
+
+def _without_retired_keys(table: dict[str, Any]) -> dict[str, Any]:
+    """A `[setup]` table without the keys earlier tuneplan versions wrote into every run
+    configuration (`autocast = true`, `loss_upcast = true`): they are the memory model's
+    calibration fields (`planner.setup.CalibrationProfile`), and at tuneplan's own values they
+    say nothing, so old runs still resume. Any other value of one stays an unknown key."""
+    ours = {f.name: getattr(TUNEPLAN_STACK, f.name) for f in fields(CalibrationProfile)}
+    return {k: v for k, v in table.items()
+            if not (k in ours and type(v) is type(ours[k]) and v == ours[k])}
 
 
 def _plain(value: Any) -> Any:

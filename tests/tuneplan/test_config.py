@@ -6,7 +6,8 @@ import pytest
 
 from planner.setup import TrainSetup
 from tuneplan.config import (
-    ConfigError, DataConfig, ModelConfig, RunConfig, TrainingConfig, config_from_dict, load_config, save_config,
+    ConfigError, DataConfig, ModelConfig, RunConfig, TrainingConfig, config_from_dict, config_to_dict, load_config,
+    save_config,
 )
 
 
@@ -81,3 +82,22 @@ def test_calibration_profile_fields_are_unknown_keys_in_run_configs(tmp_path):
     path.write_text('[model]\nsource = "/m"\n[data]\nsource = "d.jsonl"\n[setup]\nmethod = "lora"\nautocast = false\n')
     with pytest.raises(ConfigError, match=rf"^{path}:7: unknown key setup.autocast; "):
         load_config(path)
+
+
+def test_run_configs_of_earlier_versions_still_load():
+    """Earlier tuneplan versions wrote `autocast = true` and `loss_upcast = true` into every
+    run configuration (tests/data/runs keeps two such runs): at tuneplan's own values they are
+    dropped, so those runs still resume; another value stays an unknown key."""
+    from pathlib import Path
+
+    old = Path(__file__).resolve().parents[1] / "data" / "runs" / "tiny-done" / "config.toml"
+    text = old.read_text()
+    assert "autocast = true" in text and "loss_upcast = true" in text
+    assert load_config(old).setup.method == "lora"
+    assert "autocast" not in config_to_dict(load_config(old))["setup"]  # and are not written again
+
+def test_a_retired_key_at_another_value_is_still_refused(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text('[model]\nsource = "/m"\n[data]\nsource = "d.jsonl"\n[setup]\nloss_upcast = 1\n')
+    with pytest.raises(ConfigError, match="unknown key setup.loss_upcast"):
+        load_config(path)  # 1 is not tuneplan's `true`: the file describes something else
