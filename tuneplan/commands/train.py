@@ -271,33 +271,44 @@ def run(args: argparse.Namespace) -> int:
 
 
 def follow(run_dir: Path, proc, final_phases) -> int:
-    """Print progress lines from the run's events until its process ends."""
+    """Print progress lines from the run's events until its process ends.
+
+    Ctrl-C reaches the whole foreground group: the supervisor checkpoints at the end of the
+    current step and stops (training/runner.py), and this says so; a second Ctrl-C leaves
+    (exit 130) without waiting. The handler is installed here, as the supervisor installs its
+    own, so the two agree even when the shell started this process with SIGINT ignored."""
+    import signal
     import time
 
     from tuneplan.events import EventTail, read_status
 
+    presses = 0
+
+    def on_ctrl_c(_signum, _frame) -> None:
+        nonlocal presses
+        presses += 1
+        if presses > 1:
+            raise KeyboardInterrupt
+        print("tuneplan: stopping: checkpointing at the end of the current step (Ctrl-C again to leave)",
+              file=sys.stderr, flush=True)
+
+    def show_new() -> None:
+        for e in tail.read_new():
+            line = format_event(e)
+            if line:
+                print(line, flush=True)
+
     tail = EventTail(run_dir)
-    interrupted = False
-    while True:
-        try:
-            for e in tail.read_new():
-                line = format_event(e)
-                if line:
-                    print(line, flush=True)
-            if proc.poll() is not None:
-                for e in tail.read_new():
-                    line = format_event(e)
-                    if line:
-                        print(line, flush=True)
-                break
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    try:
+        while proc.poll() is None:
+            show_new()
             time.sleep(0.3)
-        except KeyboardInterrupt:
-            if not interrupted:
-                interrupted = True
-                print("tuneplan: stopping: checkpointing at the end of the current step (Ctrl-C again to leave)",
-                      file=sys.stderr, flush=True)
-                continue
-            return 130
+        show_new()
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     status = read_status(run_dir)
     return 0 if status is not None and status.phase in ("done", "stopped") else 3
 

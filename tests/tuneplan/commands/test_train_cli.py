@@ -112,12 +112,15 @@ def test_save_stop_resume_continue_the_step_count(tiny_model, runs_root, tmp_pat
 
 
 @pytest.mark.slow
-def test_foreground_ctrl_c_checkpoints_and_stops(tiny_model, runs_root, tmp_path):
+@pytest.mark.parametrize("started_ignoring_sigint", [False, True])
+def test_foreground_ctrl_c_checkpoints_and_stops(tiny_model, runs_root, tmp_path, started_ignoring_sigint):
+    # a shell without job control starts `cmd &` with SIGINT ignored: Ctrl-C must still mean the same
     config = write_config(tmp_path, tiny_config(tiny_model, training={"max_steps": 200, "save_steps": 1000},
                                           debug={"step_sleep_seconds": 0.05}))
+    ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if started_ignoring_sigint else None
     proc = subprocess.Popen([sys.executable, "-m", "tuneplan", "train", "--config", str(config), "--name", "fg",
                              "--foreground"], env=cli_env(runs_root), cwd=ROOT, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stderr=subprocess.PIPE, text=True, start_new_session=True, preexec_fn=ignore)
     run_dir = runs_root / "fg"
     try:
         wait_for(lambda: (run_dir / "status.json").exists() and read_status(run_dir).step >= 2, 120, "step 2")
@@ -130,7 +133,7 @@ def test_foreground_ctrl_c_checkpoints_and_stops(tiny_model, runs_root, tmp_path
     status = read_status(run_dir)
     assert status.phase == "stopped" and 2 <= status.step < 200
     assert status.last_checkpoint.endswith(f"checkpoint-{status.step}")
-    assert "stopping" in err and "[stopped]" in out
+    assert "stopping" in err and "[stopped]" in out, out + err
 
 
 # --- OOM recovery -----------------------------------------------------------------------------------
