@@ -5,7 +5,7 @@ names its training stack (TrainSetup fields) and the statistic it measured, so t
 compares like with like (max_memory_allocated vs reserved vs nvidia-smi; GB vs GiB). Rows
 not used are listed there with the reason.
 
-Stated tolerances (issue 3 aims at median <= 5%, none over 12%), each a little above what
+Stated tolerances (the target: median <= 5%, none over 12%), each a little above what
 the model achieves (bench/bench_memory_calibration.py prints the figures):
 - series whose stack is ours (transformers + peft: the PEFT method-comparison runs):
   median |error| <= 5%, worst <= 12% (achieved 0.5% / 8.0%);

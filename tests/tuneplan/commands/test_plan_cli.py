@@ -208,7 +208,7 @@ def test_a_real_plan_run_loads_no_torch():
     assert not loaded & {"torch", "transformers", "peft", "trl", "bitsandbytes", "textual", "rich"}
 
 
-# -- several GPUs (issue 7) -------------------------------------------------------------------------
+# -- several GPUs -----------------------------------------------------------------------------------------
 def test_a_named_card_is_one_card_and_more_cards_are_the_fix(capsys):
     """--gpu names one card: the plan is for one, never silently for several; more cards come
     back as a suggestion (exit 1)."""

@@ -116,7 +116,7 @@ def test_stop_never_signals_a_reused_pid_and_resume_picks_the_newest_complete_ch
         before = dict(process_record(sleeper.pid), start_time=process_record(sleeper.pid)["start_time"] - 7200,
                       cmdline=[sys.executable, "-m", "tuneplan.training.runner", "x"], armed=True)
         reused = _crashed_copy(trained_lora_run, runs_root, "reused", pid=sleeper.pid, record=before)
-        bare = _crashed_copy(trained_lora_run, runs_root, "bare", pid=sleeper.pid, record=None)  # the repro
+        bare = _crashed_copy(trained_lora_run, runs_root, "bare", pid=sleeper.pid, record=None)  # pid only, no process record: an older run
         listing = tuneplan(runs_root, "runs").stdout
         for run in (reused, bare):
             assert any(line.startswith(run.name) and "crashed" in line for line in listing.splitlines()), listing
