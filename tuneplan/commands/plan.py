@@ -58,6 +58,19 @@ def _int(value: str | None, flag: str) -> int | None:
     return None if value is None else parse_count(value, flag)
 
 
+def _gpu_index(value: str | None) -> int | None:
+    """`--gpu-index`: an NVML index (0 is the first GPU), or None when not given; whether NVML
+    has that GPU is `planning.resolve_hardware`'s to say (it lists the ones it sees)."""
+    from tuneplan.errors import UserError
+
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise UserError(f"--gpu-index must be a whole number (got {value!r})") from None
+
+
 def _float(value: str | None, flag: str, *, allow_zero: bool = False) -> float | None:
     from tuneplan.errors import UserError
 
@@ -94,14 +107,9 @@ def build_request(args: argparse.Namespace):
     if args.dataset is not None and dataset is not None:
         raise UserError("--dataset measures lengths and tokens itself: drop --dataset-tokens/--p99-len, or --dataset")
     margin = _float(args.safety_margin, "--safety-margin", allow_zero=True)
-    gpu_index = None
-    if args.gpu_index is not None:
-        try:
-            gpu_index = int(args.gpu_index)
-        except ValueError:
-            raise UserError(f"--gpu-index must be a whole number (got {args.gpu_index!r})") from None
-        if args.gpu or args.vram:
-            raise UserError("--gpu-index picks an NVML GPU: drop --gpu/--vram, or drop --gpu-index")
+    gpu_index = _gpu_index(args.gpu_index)
+    if gpu_index is not None and (args.gpu or args.vram):
+        raise UserError("--gpu-index picks an NVML GPU: drop --gpu/--vram, or drop --gpu-index")
     if args.gpu is not None and not args.gpu.strip():
         raise UserError("--gpu is empty: name a card such as rtx-4090 or a100-80gb")
     return PlanRequest(
@@ -180,12 +188,7 @@ def plan_with_preset(args: argparse.Namespace) -> int:
                         "or plan without --preset)")
     preset = P.find_preset(args.preset)
     warn_remote_code(preset)
-    gpu_index = None
-    if getattr(args, "gpu_index", None) is not None:
-        try:
-            gpu_index = int(args.gpu_index)
-        except ValueError:
-            raise UserError(f"--gpu-index must be a whole number (got {args.gpu_index!r})") from None
+    gpu_index = _gpu_index(getattr(args, "gpu_index", None))
     margin = None
     if getattr(args, "safety_margin", None) is not None:
         try:

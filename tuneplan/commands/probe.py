@@ -67,7 +67,7 @@ def _refuse_knobs(args: argparse.Namespace, what: str) -> None:
 
 def _hardware(args: argparse.Namespace, cuda: bool):
     """The hardware the prediction is made for: --gpu/--vram as given, else this machine."""
-    from tuneplan.commands.plan import _int
+    from tuneplan.commands.plan import _gpu_index
     from tuneplan.services import planning, presets
 
     if args.gpu or args.vram:
@@ -77,8 +77,7 @@ def _hardware(args: argparse.Namespace, cuda: bool):
     if not cuda:
         hw = presets.cpu_hardware()
         return hw, [f"no CUDA GPU here: probing on the CPU ({size(hw.usable_bytes())} of RAM available)"]
-    index = None if args.gpu_index is None else _int(args.gpu_index, "--gpu-index")
-    hw, notes, _ = planning.resolve_hardware(planning.PlanRequest(gpu_index=index, gpus=1))
+    hw, notes, _ = planning.resolve_hardware(planning.PlanRequest(gpu_index=_gpu_index(args.gpu_index), gpus=1))
     return hw, notes
 
 

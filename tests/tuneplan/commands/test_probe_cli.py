@@ -111,3 +111,22 @@ def test_help_loads_no_torch():
             "    pass\nprint('torch' in sys.modules, 'transformers' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "False False"
+
+
+def test_gpu_index_0_names_the_first_nvml_gpu(monkeypatch):
+    """On a CUDA machine `--gpu-index` picks the NVML GPU to predict for; 0 is the first one
+    (the same reading as `tuneplan plan --gpu-index`)."""
+    import argparse
+
+    from fake_nvml import FakeNVML, gpu_device
+    from tuneplan.commands import probe as probe_command
+    from tuneplan.errors import UserError
+    from tuneplan.services import gpu as gpu_service
+
+    monkeypatch.setattr(gpu_service, "_default", gpu_service.GpuProbe(nvml=FakeNVML(
+        [gpu_device("NVIDIA GeForce RTX 4090", 24564), gpu_device("NVIDIA GeForce RTX 3060", 12288)])))
+    for index, card in (("0", "4090"), ("1", "3060")):
+        hardware, _ = probe_command._hardware(argparse.Namespace(gpu=None, vram=None, gpu_index=index), cuda=True)
+        assert card in hardware.gpu.name
+    with pytest.raises(UserError, match="--gpu-index must be a whole number"):
+        probe_command._hardware(argparse.Namespace(gpu=None, vram=None, gpu_index="x"), cuda=True)
