@@ -81,7 +81,7 @@ def _float(value: str | None, flag: str, *, allow_zero: bool = False) -> float |
     except ValueError:
         raise UserError(f"{flag} must be a number (got {value!r})") from None
     if x < 0 or (x == 0 and not allow_zero) or x != x:
-        raise UserError(f"{flag} must be > 0 (got {value})")
+        raise UserError(f"{flag} must be {'>=' if allow_zero else '>'} 0 (got {value})")
     return x
 
 
@@ -189,12 +189,7 @@ def plan_with_preset(args: argparse.Namespace) -> int:
     preset = P.find_preset(args.preset)
     warn_remote_code(preset)
     gpu_index = _gpu_index(getattr(args, "gpu_index", None))
-    margin = None
-    if getattr(args, "safety_margin", None) is not None:
-        try:
-            margin = float(args.safety_margin)
-        except ValueError:
-            raise UserError(f"--safety-margin must be a number (got {args.safety_margin!r})") from None
+    margin = _float(getattr(args, "safety_margin", None), "--safety-margin", allow_zero=True)
     fit = P.refit(preset, gpu=args.gpu, vram_bytes=parse_size(args.vram) if args.vram else None,
                   gpu_index=gpu_index, safety_margin=margin)
     if args.json:
