@@ -5,27 +5,14 @@ from __future__ import annotations
 import pytest
 from textual.widgets import DataTable, Input
 
-from tuneplan.ui.adapters import ModelsAdapter
 from tuneplan.ui.app import create_app
 from tuneplan.ui.messages import PlanAccepted
-from tuneplan.ui.screens.plan_screen import PlanScreen
 from tuneplan.ui.screens.review_screen import ReviewScreen
-from tuneplan.ui.target import dry_run_target
 from tuneplan.ui.widgets.choice import Choice
 
-from ui_helpers import make_services, wait_for
+from ui_helpers import make_services, open_plan_screen, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
-
-
-async def _open(app, pilot, model="llama-3.1-8b", card="3060"):
-    target = dry_run_target(card)
-    m = ModelsAdapter().resolve(model)
-    app.state.target, app.state.model = target, m
-    await app.push_screen(PlanScreen(target, m, None))
-    screen = app.screen
-    await wait_for(pilot, lambda: screen.plan is not None)
-    return screen
 
 
 def _text(screen, sel):
@@ -36,7 +23,7 @@ def _text(screen, sel):
 async def test_8b_on_a_12gb_card_is_a_qlora_plan_that_fits(tmp_path):
     app = create_app(make_services(tmp_path))
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _open(app, pilot)
+        screen = await open_plan_screen(app, pilot)
         plan = screen.plan
         assert plan.fits and plan.setup.method == "qlora"
         assert "FITS" in _text(screen, "#title") and "RTX 3060" in _text(screen, "#title")
@@ -55,7 +42,7 @@ async def test_editing_a_knob_re_estimates_and_goes_red(tmp_path):
     accepted: list[PlanAccepted] = []
     hook = lambda m: accepted.append(m) if isinstance(m, PlanAccepted) and not any(m is s for s in accepted) else None
     async with app.run_test(size=(80, 24), message_hook=hook) as pilot:
-        screen = await _open(app, pilot)
+        screen = await open_plan_screen(app, pilot)
         solved = screen.plan
         seq = screen.query_one("#seq_len", Input)
         seq.focus()
@@ -81,7 +68,7 @@ async def test_editing_a_knob_re_estimates_and_goes_red(tmp_path):
 async def test_alternatives_table_and_replan_keeps_edits(tmp_path):
     app = create_app(make_services(tmp_path))
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _open(app, pilot, model="qwen2.5-0.5b", card="h100")
+        screen = await open_plan_screen(app, pilot, model="qwen2.5-0.5b", card="h100")
         assert screen.plan.setup.method == "lora" and not screen.plan.setup.grad_checkpointing
         table = screen.query_one("#alternatives", DataTable)
         assert table.row_count == len(screen.plan.alternatives) > 0
@@ -127,7 +114,7 @@ async def test_the_knob_rows_are_the_registrys_screen_knobs(tmp_path):
     assert {k.name for k in SCREEN_KNOBS} == {k.name for k in on_screen} and len(on_screen) > 1
     app = create_app(make_services(tmp_path))
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _open(app, pilot)
+        screen = await open_plan_screen(app, pilot)
         rows = _rows(screen)
         assert [(label, w.id) for label, w in rows] == [(k.screen, k.name) for k in SCREEN_KNOBS]
         for knob, (_, widget) in zip(SCREEN_KNOBS, rows):
@@ -150,7 +137,7 @@ async def test_the_row_order_and_options_follow_the_registry(tmp_path, monkeypat
     monkeypatch.setattr(plan_screen, "SCREEN_KNOBS", knobs)
     app = create_app(make_services(tmp_path))
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _open(app, pilot)
+        screen = await open_plan_screen(app, pilot)
         rows = _rows(screen)
         assert [w.id for _, w in rows] == [k.name for k in knobs]
         optimizer = screen.query_one("#optimizer", Choice)

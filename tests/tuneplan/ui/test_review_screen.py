@@ -17,7 +17,6 @@ from tuneplan.ui.target import dry_run_target
 from ui_helpers import review_screen, tiny_plan, wait_for
 
 
-
 @pytest.mark.asyncio
 async def test_shows_config_and_command_and_saves_a_preset(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEPLAN_PRESETS_DIR", str(tmp_path / "presets"))

@@ -10,16 +10,14 @@ from rich.style import Style
 from textual.widgets import Input, OptionList, Static
 
 from tuneplan.data import TINY_MODEL
-from tuneplan.ui.adapters import ModelsAdapter
 from tuneplan.ui.app import create_app
 from tuneplan.ui.messages import ModelChosen
 from tuneplan.ui.screens.dataset_screen import DatasetScreen
 from tuneplan.ui.screens.model_screen import ModelScreen
-from tuneplan.ui.screens.plan_screen import PlanScreen
 from tuneplan.ui.screens.review_screen import ReviewScreen
 from tuneplan.ui.target import dry_run_target
 
-from ui_helpers import make_services, wait_for
+from ui_helpers import make_services, open_plan_screen, wait_for
 
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
@@ -45,16 +43,6 @@ async def test_model_screen_lists_and_accepts_the_bundled_tiny_model(tmp_path, m
     assert model.source == TINY_MODEL and (Path(model.tokenizer_source) / "tokenizer.json").is_file()
 
 
-async def _plan_screen(app, pilot):
-    target = dry_run_target("4GiB")
-    model = ModelsAdapter().resolve(TINY_MODEL)
-    app.state.target, app.state.model = target, model
-    await app.push_screen(PlanScreen(target, model, None))
-    screen = app.screen
-    await wait_for(pilot, lambda: screen.plan is not None)
-    return screen
-
-
 def _visible(strip, text: str) -> bool:
     """`text` is drawn in the strip with a foreground that differs from its background."""
     for seg in strip:
@@ -70,7 +58,7 @@ def _visible(strip, text: str) -> bool:
 async def test_tiny_model_trains_in_full_and_micro_batch_edit_keeps_the_effective_batch(tmp_path):
     app = create_app(make_services(tmp_path))
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _plan_screen(app, pilot)
+        screen = await open_plan_screen(app, pilot, TINY_MODEL, "4GiB")
         s = screen.plan.setup
         assert s.method == "full" and any("random" in r for r in screen.plan.reasons)
         effective = s.effective_batch()
@@ -90,7 +78,7 @@ async def test_tiny_model_trains_in_full_and_micro_batch_edit_keeps_the_effectiv
 async def test_enter_on_a_choice_knob_moves_on(tmp_path):
     app = create_app(make_services(tmp_path))
     async with app.run_test(size=(80, 24)) as pilot:
-        screen = await _plan_screen(app, pilot)
+        screen = await open_plan_screen(app, pilot, TINY_MODEL, "4GiB")
         screen.query_one("#method").focus()
         await pilot.press("enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))

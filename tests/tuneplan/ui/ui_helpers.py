@@ -92,3 +92,18 @@ async def review_screen(tmp_path: Path, plan, dataset, *, local_gpus: int = 0):
         app.state.local_gpus = local_gpus
         await app.push_screen(ReviewScreen(plan, dataset))
         yield pilot, app.screen
+
+
+async def open_plan_screen(app, pilot, model: str = "llama-3.1-8b", card: str = "3060"):
+    """Push the wizard's plan step for `model` on a dry-run `card` (no dataset) and wait for
+    the solver's plan; the screen."""
+    from tuneplan.ui.screens.plan_screen import PlanScreen
+    from tuneplan.ui.target import dry_run_target
+
+    target = dry_run_target(card)
+    resolved = ModelsAdapter().resolve(model)
+    app.state.target, app.state.model = target, resolved
+    await app.push_screen(PlanScreen(target, resolved, None))
+    screen = app.screen
+    await wait_for(pilot, lambda: screen.plan is not None)
+    return screen
