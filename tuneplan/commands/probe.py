@@ -70,6 +70,7 @@ def _hardware(args: argparse.Namespace, cuda: bool):
     from tuneplan.commands.plan import _gpu_index
     from tuneplan.services import planning, presets
 
+    index = _gpu_index(args.gpu_index)  # read first: a bad value is an error here, not ignored off a GPU
     if args.gpu or args.vram:
         request = planning.PlanRequest(gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None)
         hw, notes, _ = planning.resolve_hardware(request)
@@ -77,7 +78,7 @@ def _hardware(args: argparse.Namespace, cuda: bool):
     if not cuda:
         hw = presets.cpu_hardware()
         return hw, [f"no CUDA GPU here: probing on the CPU ({size(hw.usable_bytes())} of RAM available)"]
-    hw, notes, _ = planning.resolve_hardware(planning.PlanRequest(gpu_index=_gpu_index(args.gpu_index), gpus=1))
+    hw, notes, _ = planning.resolve_hardware(planning.PlanRequest(gpu_index=index, gpus=1))
     return hw, notes
 
 

@@ -128,5 +128,6 @@ def test_gpu_index_0_names_the_first_nvml_gpu(monkeypatch):
     for index, card in (("0", "4090"), ("1", "3060")):
         hardware, _ = probe_command._hardware(argparse.Namespace(gpu=None, vram=None, gpu_index=index), cuda=True)
         assert card in hardware.gpu.name
-    with pytest.raises(UserError, match="--gpu-index must be a whole number"):
-        probe_command._hardware(argparse.Namespace(gpu=None, vram=None, gpu_index="x"), cuda=True)
+    for cuda in (True, False):  # with no GPU too: a bad value is refused, never ignored
+        with pytest.raises(UserError, match="--gpu-index must be a whole number"):
+            probe_command._hardware(argparse.Namespace(gpu=None, vram=None, gpu_index="x"), cuda=cuda)
