@@ -103,9 +103,9 @@ def recommend(trials: list[Trial] | tuple[Trial, ...], tolerance: float = QUALIT
         pick = min(same, key=lambda t: (t.peak_bytes is None, t.peak_bytes or 0))
     parts = []
     if len(done) == 1:
-        parts.append(f"only {method_name(pick.method)} finished with an eval loss")
+        parts.append(f"Only {method_name(pick.method)} finished with an eval loss")
     elif pick is best:
-        parts.append(f"{method_name(pick.method)} has the lowest eval loss ({best.eval_loss:.4f})")
+        parts.append(f"{_title(method_name(pick.method))} has the lowest eval loss ({best.eval_loss:.4f})")
     else:
         parts.append(_versus(pick, best))
     for t in done:
@@ -181,8 +181,9 @@ class BakeoffResult:
             order.insert(0, "full")
         return sorted(order, key=lambda m: self.worse(m))  # stable: the usual order among equals
 
-    def reasons(self, chosen: str) -> list[str]:
-        """What the plan says about the bake-off, given the method it chose."""
+    def reasons(self, chosen: str, asked: bool = False) -> list[str]:
+        """What the plan says about the bake-off, given the method it chose (`asked`: the
+        user fixed the method)."""
         measured = [t for t in self.trials if t.measured()]
         if not measured:
             return []
@@ -203,12 +204,16 @@ class BakeoffResult:
         line += f"; it recommends {method_name(rec)}." if rec else "."
         out = [line]
         if rec and chosen != rec:
-            if self.worse(chosen):
+            name = _title(method_name(chosen))
+            if asked:
+                how = "it measured worse" if self.worse(chosen) else f"it measured as good as {method_name(rec)}"
+                out.append(f"{name} as asked: {how}.")
+            elif self.worse(chosen):
                 out.append(f"This plan uses {method_name(chosen)} although it measured worse: the better methods "
-                           "do not fit this card (or were not allowed).")
-            elif rec == "full" or not self.worse(rec):
-                out.append(f"{_title(method_name(chosen))} measured as good as {method_name(rec)}, and on this card "
-                           f"the planner's rules (memory, then speed) pick it.")
+                           "do not fit this card.")
+            else:
+                out.append(f"{name} measured as good as {method_name(rec)}, and on this card the planner's rules "
+                           "(memory, then speed) pick it.")
         elif rec and chosen == "full" and self.loss("full") is not None:
             out.append("Full fine-tuning is planned because the bake-off measured it better than the adapters.")
         return out

@@ -632,7 +632,7 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
         reasons.append(f"--prefer-accuracy tries full fine-tuning first, but it does not fit (it needs at least "
                        f"{_gib(full_need)}).")
     if constraints.measured is not None:
-        reasons.extend(constraints.measured.reasons(s.method))
+        reasons.extend(constraints.measured.reasons(s.method, asked=constraints.method != "auto"))
     fx = constraints.fixed
     if "grad_checkpointing" in fx:
         reasons.append(f"Gradient checkpointing {'on' if s.grad_checkpointing else 'off'}, as asked.")

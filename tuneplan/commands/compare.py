@@ -219,10 +219,7 @@ def _run_trials(folder: Path, record: dict[str, Any], root: Path, args: argparse
                 argv = list(trial["argv"])
                 if run_dir is not None:  # a trial stopped before its first checkpoint: a new run
                     argv[argv.index("--name") + 1] = f"{argv[argv.index('--name') + 1]}-{int(time.time())}"
-                config, notes, _ = prepare_trial(argv)
-                for note in notes:
-                    if not note.startswith("Dataset "):
-                        print(f"  {trial['method']}: {note}", file=sys.stderr)
+                config, _notes, _ = prepare_trial(argv)
                 run_dir = launch_trial(config, root)
                 trial["run"] = run_dir.name
                 trial["plan"] = _describe(config)
@@ -337,4 +334,4 @@ def evaluate(run_dir: Path) -> None:
     """Evaluate a finished run: `tuneplan.training.evaluation.evaluate_run` writes RUN/eval.json."""
     from tuneplan.training.evaluation import evaluate_run
 
-    evaluate_run(run_dir)
+    evaluate_run(run_dir, progress=lambda text: print(f"  {text}", flush=True))

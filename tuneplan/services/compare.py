@@ -29,12 +29,11 @@ from planner.bakeoff import BakeoffResult, Recommendation, Trial, method_name, r
 from tuneplan.errors import UserError, check_path
 from tuneplan.events import dumps, read_events, read_status
 from tuneplan.services import paths
+from tuneplan.services.eval_results import EVAL_FILE  # what `tuneplan eval RUN` writes into a run
 
 COMPARE_DIR = "compare"
 """Folder under the runs root that holds the comparisons."""
 COMPARE_FILE = "compare.json"
-EVAL_FILE = "eval.json"
-"""What `tuneplan eval RUN` writes into a run folder (tuneplan.training.evaluation)."""
 METHODS = ("lora", "qlora", "full")
 DEFAULT_MAX_STEPS = 30
 """Optimizer steps of a trial when neither --max-steps nor --tokens is given."""
@@ -195,19 +194,19 @@ def measure_run(run_dir: Path) -> dict[str, Any]:
     return out
 
 
+METRICS = ("rouge_l", "token_f1", "exact_match")
+"""The generation metric the table shows: the first one the eval report has (all higher-is-better)."""
+
+
 def eval_summary(report: dict[str, Any]) -> dict[str, Any]:
-    """(eval loss, metric name, metric value) of the adapter from a run's eval.json."""
-    model = report.get("adapter") or report.get("model") or report
-    if not isinstance(model, dict):
-        model = {}
-    loss = model.get("loss", model.get("eval_loss"))
-    metrics = model.get("metrics") if isinstance(model.get("metrics"), dict) else {}
-    name = report.get("metric") if isinstance(report.get("metric"), str) else None
-    if name is None:
-        name = next((k for k in ("rouge_l", "token_f1", "exact_match") if k in metrics), None)
-    value = metrics.get(name) if name else None
-    return {"eval_loss": loss if isinstance(loss, (int, float)) else None, "metric_name": name,
-            "metric": value if isinstance(value, (int, float)) else None}
+    """The tuned model's eval loss and generation metric from a run's eval.json
+    (`tuneplan.services.eval_results`: `adapter` holds the tuned model's `ModelScores`)."""
+    from tuneplan.services.eval_results import EvalReport
+
+    scores = EvalReport.from_dict(report).adapter
+    name = next((m for m in METRICS if getattr(scores, m) is not None), None)
+    return {"eval_loss": scores.loss, "metric_name": name, "metric": getattr(scores, name) if name else None,
+            "base_loss": EvalReport.from_dict(report).base.loss}
 
 
 def projected(measured: dict[str, Any], epochs: float, price_per_hour: float | None,
@@ -297,12 +296,12 @@ def render(folder: Path, record: dict[str, Any]) -> str:
     rows = []
     metric_name = next((t.metric_name for t in trials if t.metric_name), None)
     for t, raw in zip(trials, record.get("trials", [])):
-        if raw.get("skipped") is not None or t.eval_loss is None:
+        if not raw.get("measured"):
             rows.append((method_name(t.method), "-", "-", "-", "-", "-", "-"))
             continue
         rows.append((
             method_name(t.method),
-            f"{t.eval_loss:.4f}",
+            f"{t.eval_loss:.4f}" if t.eval_loss is not None else "-",
             f"{t.metric:.3f}" if t.metric is not None else "-",
             f"{_mib(t.peak_bytes)}/{_mib(t.predicted_bytes)}",
             f"{t.tokens_per_second:.0f}" if t.tokens_per_second else "-",

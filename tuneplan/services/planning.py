@@ -89,6 +89,10 @@ class PlanRequest:
     """FSDP CPU offload (weights, gradients, optimizer in host memory)."""
     gpus_per_node: int = 8
     """GPUs per machine: more GPUs than this span several machines (planned on paper)."""
+    measured: Any = None
+    """A bake-off's measured quality (`planner.bakeoff.BakeoffResult`) for the solver to weigh
+    and explain. None: the newest finished `tuneplan compare` of this model and `dataset_source`
+    under the runs root, if there is one (`find_measured`)."""
 
 
 @dataclass(frozen=True)
@@ -366,6 +370,9 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
         gpus=gpus, strategy=request.strategy, cpu_offload=request.cpu_offload, max_gpus=max_gpus,
         gpus_per_node=request.gpus_per_node,
     )
+    measured = request.measured if request.measured is not None else find_measured(request)
+    if measured is not None:
+        constraints = replace(constraints, measured=measured)
     tiny_full = request.method == "auto" and is_bundled_tiny(model)
     if tiny_full:
         constraints = replace(constraints, method="full")
@@ -381,6 +388,20 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     all_notes = tuple(notes) + tuple(getattr(model, "notes", ()) or ())
     return PlanOutcome(request=request, model=model, hardware=hardware, result=result, notes=all_notes,
                        detected_gpus=detected)
+
+
+def find_measured(request: PlanRequest) -> Any:
+    """The newest finished bake-off (`tuneplan compare`) of the request's model and dataset in
+    the runs root ($TUNEPLAN_RUNS_DIR or the per-user folder); None when there is none or the
+    runs root cannot be read (a plan never fails for it)."""
+    if not request.model or not request.dataset_source:
+        return None
+    from tuneplan.services import compare, paths
+
+    try:
+        return compare.find_bakeoff(paths.runs_root(), request.model, request.dataset_source)
+    except (UserError, OSError):
+        return None
 
 
 def is_bundled_tiny(model: Any) -> bool:
