@@ -178,7 +178,7 @@ class BakeoffResult:
         if "full" not in order and self.loss("full") is not None and not self.worse("full") and \
                 all(self.worse(m) for m in order if self.loss(m) is not None) and \
                 any(self.loss(m) is not None for m in order):
-            order.insert(0, "full")
+            return ["full", *order]
         return sorted(order, key=lambda m: self.worse(m))  # stable: the usual order among equals
 
     def reasons(self, chosen: str, asked: bool = False) -> list[str]:

@@ -29,7 +29,7 @@ from planner.bakeoff import BakeoffResult, Recommendation, Trial, method_name, r
 from tuneplan.errors import UserError, check_path
 from tuneplan.events import dumps, read_events, read_status
 from tuneplan.services import paths
-from tuneplan.services.eval_results import EVAL_FILE  # what `tuneplan eval RUN` writes into a run
+from tuneplan.services.eval_results import EVAL_FILE  # noqa: F401  (re-exported: what `tuneplan eval RUN` writes)
 
 COMPARE_DIR = "compare"
 """Folder under the runs root that holds the comparisons."""
