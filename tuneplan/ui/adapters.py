@@ -254,6 +254,30 @@ class RunsAdapter:
         parts += target_flags(target)
         return " ".join(shlex.quote(p) for p in parts)
 
+    def compare_argv(self, config: Any, target: Any = None) -> list[str]:
+        """`tuneplan compare` arguments for the bake-off of this configuration's model and
+        dataset (its trial length when max steps is set, its learning rate and seed).
+        `target`: a dry-run target adds `--gpu KEY` / `--vram SIZE`, as for `train_command`."""
+        t = config.training
+        argv = ["--model", config.model.source, "--dataset", config.data.source]
+        if t.max_steps is not None:
+            argv += ["--max-steps", str(t.max_steps)]
+        argv += ["--lr", f"{t.learning_rate:g}", "--seed", str(t.seed)]
+        return argv + target_flags(target)
+
+    def compare_command(self, config: Any, target: Any = None) -> str:
+        """The `tuneplan compare` command line of `compare_argv`."""
+        import shlex
+
+        return " ".join(shlex.quote(p) for p in ["tuneplan", "compare", *self.compare_argv(config, target)])
+
+    def start_compare(self, config: Any) -> tuple[int, Path]:
+        """Start the bake-off on this machine as a detached job (`tuneplan.services.compare`):
+        (its pid, its log). It plans for the GPUs here (the CPU for the tiny model), as a launch does."""
+        from tuneplan.services import compare
+
+        return compare.start_detached(self.compare_argv(config), self.root())
+
     def save_preset(self, config: Any, name: str, *, gpu: str | None = None) -> Path:
         """Save the configuration as a user preset through the presets service (never over
         an existing one). `gpu`: the catalog key the plan was made for."""
