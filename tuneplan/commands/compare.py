@@ -75,11 +75,8 @@ def run(args: argparse.Namespace) -> int:
         folder, record = C.load(root, args.show)
         print(C.render(folder, record))
         return 0
-    if args.resume:
+    if args.resume:  # trials not run, stopped or crashed go on; evaluations that failed are tried again
         folder, record = C.load(root, args.resume)
-        if record.get("finished"):
-            print(C.render(folder, record))
-            return 0
     else:
         if not args.model:
             raise UserError("no model: give --model (catalog name, Hub id or folder)")
@@ -204,7 +201,7 @@ def _run_trials(folder: Path, record: dict[str, Any], root: Path, args: argparse
     from tuneplan.errors import UserError
     from tuneplan.events import last_checkpoint
     from tuneplan.services import compare as C
-    from tuneplan.services import launcher
+    from tuneplan.services import launcher, runs
 
     hint = f" --runs-dir {root}" if args.runs_dir else ""
     for trial in record["trials"]:
@@ -212,7 +209,9 @@ def _run_trials(folder: Path, record: dict[str, Any], root: Path, args: argparse
             continue
         run_dir = root / trial["run"] if trial.get("run") else None
         try:
-            if run_dir is not None and run_dir.is_dir() and last_checkpoint(run_dir) is not None:
+            if run_dir is not None and runs.is_running(run_dir):  # left running by a second Ctrl-C
+                print(f"[{trial['method']}] following {run_dir.name}, still running")
+            elif run_dir is not None and run_dir.is_dir() and last_checkpoint(run_dir) is not None:
                 ckpt, _ = launcher.resume(run_dir)
                 print(f"[{trial['method']}] resumed {run_dir.name} from {ckpt.name}")
             else:
@@ -242,7 +241,12 @@ def _run_trials(folder: Path, record: dict[str, Any], root: Path, args: argparse
             print(f"tuneplan: stopped trial {trial['method']} ({run_dir.name}) at step {measured.get('step')}; "
                   f"continue the bake-off with `tuneplan compare --resume {folder.name}{hint}`", file=sys.stderr)
             return 130
-    _evaluate_all(folder, record, root)
+    try:
+        _evaluate_all(folder, record, root)
+    except KeyboardInterrupt:
+        print(f"tuneplan: evaluation interrupted; the trials are done: `tuneplan compare --resume {folder.name}{hint}` "
+              "evaluates the rest and prints the table", file=sys.stderr)
+        return 130
     C.conclude(record)
     record["finished"] = True
     C.save(folder, record)
