@@ -22,7 +22,7 @@ measured better is tried first, and the plan's reasons say what the bake-off mea
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 QUALITY_TOLERANCE = 0.01
 """Relative eval-loss gap under which two methods count as the same quality (1%). A chosen
@@ -155,7 +155,6 @@ class BakeoffResult:
     name: str = ""
     """The comparison's id (`tuneplan compare --show ID`)."""
     tolerance: float = QUALITY_TOLERANCE
-    extra: dict = field(default_factory=dict)
 
     def loss(self, method: str) -> float | None:
         t = next((t for t in self.trials if t.method == method and t.measured()), None)

@@ -427,8 +427,11 @@ class PlanningAdapter:
         fixed = given.fixed()
         method = fixed.pop("method", "auto")
         # The wizard plans for the one card chosen (more GPUs appear as suggestions only).
+        # a bake-off of this model and dataset (`tuneplan compare`) is weighed and explained
+        measured = planning.find_measured(planning.PlanRequest(model=model.source,
+                                                               dataset_source=getattr(dataset, "source", None)))
         request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,
-                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1)
+                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1, measured=measured)
         outcome = planning.plan(request)
         r = outcome.result
         c = r.choice

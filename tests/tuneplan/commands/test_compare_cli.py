@@ -245,3 +245,20 @@ def test_a_crashed_trial_is_one_line_and_the_others_keep_their_results(runs_root
     assert lora_t["eval"]["eval_loss"] is not None
     assert record["recommendation"]["method"] == "lora"
     assert "full fine-tuning: crashed" in out
+
+
+def test_the_wizard_plan_explains_the_bake_off_too(recorded, monkeypatch):
+    from tuneplan.data import SAMPLE_CHAT
+    from tuneplan.services.dataset_preview import preview_dataset
+    from tuneplan.ui.adapters import ModelsAdapter, PlanningAdapter
+    from tuneplan.ui.target import dry_run_target
+
+    root, folder, _ = recorded
+    monkeypatch.setenv("TUNEPLAN_RUNS_DIR", str(root))
+    plan = PlanningAdapter().plan(ModelsAdapter().resolve("tuneplan:tiny"), dry_run_target("4GiB"),
+                                  preview_dataset(str(SAMPLE_CHAT)), {})
+    assert any(r.startswith("The bake-off on") and folder.name in r for r in plan.reasons)
+    monkeypatch.setenv("TUNEPLAN_RUNS_DIR", str(root / "elsewhere"))  # no comparison there: no such reason
+    plan = PlanningAdapter().plan(ModelsAdapter().resolve("tuneplan:tiny"), dry_run_target("4GiB"),
+                                  preview_dataset(str(SAMPLE_CHAT)), {})
+    assert not any("bake-off" in r for r in plan.reasons)
