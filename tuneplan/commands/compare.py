@@ -204,6 +204,10 @@ def _run_trials(folder: Path, record: dict[str, Any], root: Path, args: argparse
     from tuneplan.services import launcher, runs
 
     hint = f" --runs-dir {root}" if args.runs_dir else ""
+    if args.resume:  # a trial that crashed, failed or was stopped is tried again (one that did not fit is not)
+        for trial in record["trials"]:
+            if trial.get("phase") in ("crashed", "failed", "stopped"):
+                trial["skipped"] = None
     for trial in record["trials"]:
         if trial.get("skipped") or trial.get("phase") == "done":
             continue
@@ -233,7 +237,10 @@ def _run_trials(folder: Path, record: dict[str, Any], root: Path, args: argparse
         stopped = _follow(run_dir, trial["method"])
         measured = C.measure_run(run_dir)
         trial["phase"], trial["measured"] = measured["phase"], measured
-        if measured["phase"] != "done" and not stopped:
+        if measured["phase"] == "stopped" and not stopped:  # `tuneplan stop` from elsewhere: resumable
+            print(f"[{trial['method']}] stopped at step {measured.get('step')} (the other trials go on; "
+                  f"`tuneplan compare --resume {folder.name}{hint}` continues it)", file=sys.stderr)
+        elif measured["phase"] != "done" and not stopped:
             trial["skipped"] = f"{measured['phase']}: {measured.get('error') or 'see its train.log'}"
             print(f"[{trial['method']}] {trial['skipped']} (the other trials go on)", file=sys.stderr)
         C.save(folder, record)
@@ -248,7 +255,7 @@ def _run_trials(folder: Path, record: dict[str, Any], root: Path, args: argparse
               "evaluates the rest and prints the table", file=sys.stderr)
         return 130
     C.conclude(record)
-    record["finished"] = True
+    record["finished"] = all(t.get("skipped") or t.get("phase") == "done" for t in record["trials"])
     C.save(folder, record)
     print()
     print(C.render(folder, record))
