@@ -149,7 +149,7 @@ def _pct(v: float | None) -> str:
 def _ppl(v: float | None) -> str:
     if v is None or not math.isfinite(v):
         return "-" if v is None else "inf"
-    return f"{v:.4g}" if v < 1e6 else f"{v:.3e}"
+    return f"{v:.1f}" if v < 1e6 else f"{v:.3e}"
 
 
 def metric_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
