@@ -17,6 +17,8 @@ from tuneplan.services import eval_results
 from tuneplan.training import evaluation
 from tuneplan.training.evaluation import exact_match, normalize_answer, rouge_l, token_f1
 
+from eval_reports import sample_report
+
 RUNS = Path(__file__).resolve().parents[2] / "data" / "runs"
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -63,55 +65,6 @@ def test_lcs_length_by_hand():
     assert evaluation._lcs_length([], list("abc")) == 0
 
 
-# --- eval.json -------------------------------------------------------------------------------
-
-def _report(run="r", loss=(2.0, 1.0)) -> eval_results.EvalReport:
-    base = eval_results.ModelScores(loss=loss[0], perplexity=math.exp(loss[0]), scored_tokens=10, exact_match=0.0,
-                                    token_f1=0.1, rouge_l=0.1, generated=2)
-    tuned = eval_results.ModelScores(loss=loss[1], perplexity=math.exp(loss[1]), scored_tokens=10, exact_match=0.5,
-                                     token_f1=0.6, rouge_l=0.7, generated=2, tasks={"t": {"acc": 0.25}})
-    return eval_results.EvalReport(run=run, base_model="m", weights="adapter", method="lora", data_format="chat",
-                                   held_out_examples=2, base=base, adapter=tuned,
-                                   examples=[eval_results.GenerationExample("q", "a", "b", "a")], tasks=["t"])
-
-
-def test_eval_json_round_trip_is_atomic_and_kept(tmp_path):
-    report = _report()
-    path = eval_results.write_eval(tmp_path, report)
-    assert eval_results.read_eval(tmp_path) == report
-    assert [p.name for p in tmp_path.iterdir()] == ["eval.json"]  # no temporary file left
-    before = path.read_bytes()
-    with pytest.raises(UserError, match="already exists .*--force"):
-        eval_results.write_eval(tmp_path, _report(loss=(3.0, 0.5)))
-    assert path.read_bytes() == before
-    eval_results.write_eval(tmp_path, _report(loss=(3.0, 0.5)), force=True)
-    assert eval_results.read_eval(tmp_path).adapter.loss == 0.5
-    (tmp_path / "eval.json").write_text("{not json", encoding="utf-8")
-    assert eval_results.read_eval(tmp_path) is None
-
-
-def test_card_section_replaces_itself_and_keeps_the_card(tmp_path):
-    card = tmp_path / "README.md"
-    card.write_text("# run\n\nbody\n", encoding="utf-8")
-    assert eval_results.update_card_file(card, _report())
-    first = card.read_text(encoding="utf-8")
-    assert first.startswith("# run\n\nbody\n") and "| loss | 2.0000 | 1.0000 | -1.0000 |" in first
-    eval_results.update_card_file(card, _report(loss=(3.0, 0.5)))
-    second = card.read_text(encoding="utf-8")
-    assert second.count("## Evaluation") == 1 and "| loss | 3.0000 | 0.5000 |" in second
-    assert second.startswith("# run\n\nbody\n")
-    assert not eval_results.update_card_file(tmp_path / "missing.md", _report())
-
-
-def test_summary_and_table_name_both_sides():
-    r = _report()
-    assert eval_results.summary(r) == ("eval (base -> tuned): held-out loss 2.0000 -> 1.0000, "
-                                       "exact match 0.0% -> 50.0%, t acc - -> 0.250")
-    table = eval_results.table_lines(r)
-    assert table[0].split() == ["base", "tuned", "change"]
-    assert any(line.startswith("exact match") and "+50.0 pts" in line for line in table)
-
-
 # --- bad input: one line each, nothing loaded ------------------------------------------------------
 
 def test_a_failed_or_crashed_run_is_refused(tmp_path):
@@ -148,7 +101,7 @@ def test_a_done_run_without_weights_is_refused(tmp_path):
 
 def test_an_existing_eval_json_is_kept_before_anything_loads(tmp_path):
     run_dir = _copy("tiny-done", tmp_path)
-    eval_results.write_eval(run_dir, _report())
+    eval_results.write_eval(run_dir, sample_report())
     before = (run_dir / "eval.json").read_bytes()
     with pytest.raises(UserError, match="eval.json already exists"):
         evaluation.evaluate_run(run_dir)
