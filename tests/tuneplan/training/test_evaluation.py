@@ -206,3 +206,28 @@ def test_lm_eval_task_from_local_files_runs_offline(lora_eval):
         metrics = side.tasks["tuneplan_sample_arith"]
         assert set(metrics) == {"acc", "perplexity"}
         assert 0 <= metrics["acc"] <= 1 and metrics["perplexity"] > 1
+
+
+def test_results_reach_tensorboard_when_the_run_reports_there(tmp_path):
+    """`training.report_to = "tensorboard"`: scalars per side and the table as text, in RUN/tensorboard/eval."""
+    from dataclasses import replace
+
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from tuneplan.config import load_config
+    from tuneplan.training.tracking import log_evaluation
+
+    run_dir = _copy("tiny-done", tmp_path)
+    config = load_config(run_dir / "config.toml")
+    report = sample_report()
+    log_evaluation(run_dir, replace(config, training=replace(config.training, report_to="none")), report)
+    assert not (run_dir / "tensorboard").exists()
+    log_evaluation(run_dir, replace(config, training=replace(config.training, report_to="tensorboard")), report)
+    acc = EventAccumulator(str(run_dir / "tensorboard" / "eval"), size_guidance={"tensors": 0, "scalars": 0})
+    acc.Reload()
+    step = json.loads((run_dir / "status.json").read_text())["step"]
+    assert [(s.step, s.value) for s in acc.Scalars("eval/base/loss")] == [(step, 2.0)]
+    assert [s.value for s in acc.Scalars("eval/tuned/exact_match")] == [0.5]
+    assert [s.value for s in acc.Scalars("eval/tuned/t/acc")] == [0.25]
+    assert any(t.startswith("tuneplan/eval") for t in acc.Tags()["tensors"])
