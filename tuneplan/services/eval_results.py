@@ -149,7 +149,7 @@ def _pct(v: float | None) -> str:
 def _ppl(v: float | None) -> str:
     if v is None or not math.isfinite(v):
         return "-" if v is None else "inf"
-    return f"{v:.4g}" if v < 1e6 else f"{v:.3e}"
+    return f"{v:.1f}" if v < 1e6 else f"{v:.3e}"
 
 
 def metric_rows(report: EvalReport) -> list[tuple[str, str, str, str]]:
@@ -246,3 +246,39 @@ def update_card_file(path: Path, report: EvalReport) -> bool:
         tmp.unlink(missing_ok=True)
         raise
     return True
+
+
+# --- running `tuneplan eval` from the dashboard ----------------------------------------------------
+
+EVAL_LOG = "eval.log"
+"""What `tuneplan eval` started by the dashboard printed (its progress, its result or its one error line)."""
+
+
+def start_eval(run_dir: Path, *, force: bool = False):
+    """Start `tuneplan eval RUN` as its own process (its own session: it finishes and writes
+    `eval.json` even when the dashboard is closed); its output goes to `RUN/eval.log`.
+    Returns the `subprocess.Popen`."""
+    import subprocess
+    import sys
+
+    run_dir = Path(run_dir)
+    cmd = [sys.executable, "-m", "tuneplan", "eval", str(run_dir)] + (["--force"] if force else [])
+    env = {**os.environ, "TQDM_DISABLE": "1", "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+           "TOKENIZERS_PARALLELISM": "false", "PYTHONUNBUFFERED": "1"}
+    with open(run_dir / EVAL_LOG, "ab") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                                start_new_session=True, close_fds=True)
+
+
+def eval_error(run_dir: Path) -> str | None:
+    """The error line of the last `tuneplan eval` in `RUN/eval.log` (None when there is none)."""
+    try:
+        lines = (Path(run_dir) / EVAL_LOG).read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if line.startswith("tuneplan: error: "):
+            return line[len("tuneplan: error: "):]
+        if line.startswith("Traceback"):
+            return f"tuneplan eval failed: see {Path(run_dir) / EVAL_LOG}"
+    return None

@@ -141,13 +141,18 @@ def check_evaluable(run_dir: Path) -> tuple[RunConfig, str]:
                         f"`tuneplan resume {name}` continues it, then evaluate")
     if phase not in EVALUABLE_PHASES:
         raise UserError(f"run {name} is still {phase}: evaluate it when it is done (`tuneplan attach {name}`)")
+    return config, phase
+
+
+def check_weights(run_dir: Path, config: RunConfig) -> None:
+    """One line when the run saved neither its final weights nor a checkpoint."""
+    run_dir, name = Path(run_dir), Path(run_dir).name
     final = run_dir / (MODEL_DIR if config.setup.method == "full" else ADAPTER_DIR)
     if not final.is_dir():
         from tuneplan.events import last_checkpoint
 
         if last_checkpoint(run_dir) is None:
-            raise UserError(f"run {name} ({phase}) has no {final.name}/ and no checkpoint: nothing to evaluate")
-    return config, phase
+            raise UserError(f"run {name} has no {final.name}/ and no checkpoint: nothing to evaluate")
 
 
 def check_held_out(run_dir: Path, config: RunConfig, tasks: Sequence[str]) -> None:
@@ -159,19 +164,22 @@ def check_held_out(run_dir: Path, config: RunConfig, tasks: Sequence[str]) -> No
 
 
 def resolve_tasks(tasks: Sequence[str], task_paths: Sequence[Path] = ()) -> Any:
-    """An lm-evaluation-harness `TaskManager` that knows every task of `tasks` (its own, the
-    ones shipped in `tuneplan/data/eval_tasks`, and folders in `task_paths`); one line when the
-    package is missing or a name is unknown."""
+    """An lm-evaluation-harness `TaskManager` that knows every task of `tasks`: the ones shipped
+    in `tuneplan/data/eval_tasks`, folders in `task_paths`, and lm-eval's own (indexed only when
+    a name is not found in the first two: that takes a while); one line when the package is
+    missing or a name is unknown."""
     try:
-        import lm_eval  # noqa: F401
         from lm_eval.tasks import TaskManager
     except ImportError:
         raise UserError("--tasks needs lm-evaluation-harness: pip install -e \".[eval]\" (or pip install lm-eval)") \
             from None
-    paths = [str(TASKS_DIR)] + [str(Path(p)) for p in task_paths]
     for p in task_paths:
         if not Path(p).exists():
             raise UserError(f"--task-path {p} does not exist; give a folder (or file) of lm-eval task YAML")
+    paths = [str(TASKS_DIR)] + [str(Path(p).resolve()) for p in task_paths]
+    manager = TaskManager(include_path=paths, include_defaults=False)
+    if all(t in manager.all_tasks for t in tasks):
+        return manager
     manager = TaskManager(include_path=paths)
     known = set(manager.all_tasks)
     unknown = [t for t in tasks if t not in known]
@@ -210,6 +218,8 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
         refuse_overwrite(run_dir)
     check_held_out(run_dir, config, tasks)
     manager = resolve_tasks(tasks, task_paths) if tasks else None
+    if model_dir is None:
+        check_weights(run_dir, config)
     if model_dir is not None and not (Path(model_dir) / "config.json").is_file():
         raise UserError(f"{model_dir} is not a model folder (no config.json)")
 
@@ -445,7 +455,7 @@ def _run_tasks(model, tokenizer, tasks: Sequence[str], manager, limit: int | Non
     for task, metrics in (out or {}).get("results", {}).items():
         clean = {}
         for key, value in metrics.items():
-            if "stderr" in key or not isinstance(value, (int, float)) or isinstance(value, bool):
+            if "stderr" in key or key == "sample_len" or not isinstance(value, (int, float)) or isinstance(value, bool):
                 continue
             clean[key.split(",")[0]] = float(value)
         results[task] = clean
