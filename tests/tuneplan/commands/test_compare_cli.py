@@ -262,3 +262,33 @@ def test_the_wizard_plan_explains_the_bake_off_too(recorded, monkeypatch):
     plan = PlanningAdapter().plan(ModelsAdapter().resolve("tuneplan:tiny"), dry_run_target("4GiB"),
                                   preview_dataset(str(SAMPLE_CHAT)), {})
     assert not any("bake-off" in r for r in plan.reasons)
+
+
+def test_every_trial_gets_the_same_data_seed_batch_and_token_budget(runs_root):
+    """Planning only (no trial starts): --tokens becomes the same optimizer steps for all."""
+    import argparse
+    import math
+
+    from tuneplan.commands import compare as command
+
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(["--model", "tuneplan:tiny", "--dataset", "tuneplan:sample-chat", "--tokens", "20000",
+                              "--methods", "lora,qlora,full", "--seed", "7", "--runs-dir", str(runs_root)])
+    folder, record = command._plan_trials(args, ("lora", "qlora", "full"), runs_root)
+    steps = math.ceil(20000 / (record["effective_batch"] * record["seq_len"]))
+    assert record["max_steps"] == steps and record["seed"] == 7
+    planned = []
+    for trial in record["trials"]:
+        assert trial["skipped"] is None and trial["run"] is None
+        config, _, _ = command.prepare_trial(trial["argv"])
+        planned.append(config)
+        assert config.setup.method == trial["method"]
+    assert {c.training.max_steps for c in planned} == {steps}
+    assert {c.training.seed for c in planned} == {7}
+    assert {c.setup.seq_len for c in planned} == {record["seq_len"]}
+    assert {c.effective_batch() for c in planned} == {record["effective_batch"]}
+    assert {c.data.eval_fraction for c in planned} == {0.1}
+    assert len({c.data.source for c in planned}) == 1
+    assert C.load(runs_root, folder.name)[1] == record  # saved before any trial starts
+    assert not [p for p in runs_root.iterdir() if p.name != C.COMPARE_DIR]  # and no run was made
