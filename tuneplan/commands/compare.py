@@ -47,6 +47,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     budget.add_argument("--lr", type=finite_number("--lr", 1e-12, 10.0), help="peak learning rate")
     budget.add_argument("--eval-fraction", type=finite_number("--eval-fraction", 1e-6, 0.9), default=0.1,
                         help="share of rows held out, evaluated after every trial (default 0.1)")
+    budget.add_argument("--eval-examples", type=whole_number("--eval-examples", 1, MAX_COUNT), metavar="N",
+                        help="score only the first N held-out rows (default: all; generating answers is the slow part)")
     budget.add_argument("--max-samples", type=whole_number("--max-samples", 1, MAX_COUNT),
                         help="use only the first N rows")
     budget.add_argument("--epochs", type=finite_number("--epochs", 1e-6, MAX_EPOCHS), default=1.0,
@@ -84,7 +86,7 @@ def run(args: argparse.Namespace) -> int:
             raise UserError("no dataset: give --dataset (JSONL/JSON/CSV/Parquet file or Hub id)")
         methods = C.parse_methods(args.methods)
         folder, record = _plan_trials(args, methods, root)
-    return _run_trials(folder, record, root, args)
+    return _run_trials(folder, record, root, args)  # --resume: the stored trials, --eval-examples as saved
 
 
 # -- planning the trials -------------------------------------------------------------------------
@@ -184,7 +186,8 @@ def _plan_trials(args: argparse.Namespace, methods: tuple[str, ...], root: Path)
         "id": cid, "created_at": time.time(), "model": args.model, "dataset": args.dataset,
         "model_key": C.source_key(args.model, "model"), "dataset_key": C.source_key(args.dataset, "dataset"),
         "methods": list(methods), "max_steps": steps, "seq_len": seq, "effective_batch": eff, "seed": args.seed,
-        "epochs": args.epochs, "price_per_hour": price, "target": hw, "trials": trials,
+        "epochs": args.epochs, "price_per_hour": price, "target": hw, "eval_examples": args.eval_examples,
+        "trials": trials,
         "recommendation": None, "finished": False,
     }
     C.save(folder, record)
@@ -332,7 +335,7 @@ def _evaluate_all(folder: Path, record: dict[str, Any], root: Path) -> None:
         print(f"[{trial['method']}] evaluating {run_dir.name} on its held-out split...", flush=True)
         try:
             if not path.is_file():
-                evaluate(run_dir)
+                evaluate(run_dir, record.get("eval_examples"))
             trial["eval"] = C.eval_summary(json.loads(path.read_text(encoding="utf-8")))
             trial.pop("eval_error", None)
         except Exception as exc:  # one trial's evaluation failing must not lose the others
@@ -341,8 +344,9 @@ def _evaluate_all(folder: Path, record: dict[str, Any], root: Path) -> None:
         C.save(folder, record)
 
 
-def evaluate(run_dir: Path) -> None:
-    """Evaluate a finished run: `tuneplan.training.evaluation.evaluate_run` writes RUN/eval.json."""
+def evaluate(run_dir: Path, max_examples: int | None = None) -> None:
+    """Evaluate a finished run: `tuneplan.training.evaluation.evaluate_run` writes RUN/eval.json
+    (`max_examples`: the first N held-out rows only)."""
     from tuneplan.training.evaluation import evaluate_run
 
-    evaluate_run(run_dir, progress=lambda text: print(f"  {text}", flush=True))
+    evaluate_run(run_dir, max_examples=max_examples, progress=lambda text: print(f"  {text}", flush=True))

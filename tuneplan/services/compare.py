@@ -291,7 +291,8 @@ def render(folder: Path, record: dict[str, Any]) -> str:
     head = [f"bake-off {folder.name}: {record.get('model')} on {record.get('dataset')}, {record.get('target') or ''}",
             f"  each trial: {steps} steps x effective batch {eff} x seq {seq} (seed {record.get('seed')}); "
             f"full run: {record.get('epochs', 1):g} epoch(s)"
-            + (f" at ${record['price_per_hour']:g}/h" if record.get("price_per_hour") is not None else "")]
+            + (f" at ${record['price_per_hour']:g}/h" if record.get("price_per_hour") is not None else "")
+            + (f"; eval on the first {record['eval_examples']} held-out rows" if record.get("eval_examples") else "")]
     cols = ("method", "eval loss", "metric", "peak mem", "tok/s", "full run", "cost")
     rows = []
     metric_name = next((t.metric_name for t in trials if t.metric_name), None)

@@ -182,7 +182,7 @@ def test_a_model_that_does_not_exist_is_one_line(runs_root):
 # -- real trials on the CPU ------------------------------------------------------------------------
 def _start_compare(runs_root: Path, *argv: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tuneplan", "compare", "--model", "tuneplan:tiny",
-                             "--dataset", "tuneplan:sample-chat", "--max-samples", "120", *argv],
+                             "--dataset", "tuneplan:sample-chat", "--max-samples", "120", "--eval-examples", "6", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
                             env=cli_env(runs_root))
 
