@@ -146,6 +146,9 @@ def _plan_trials(args: argparse.Namespace, methods: tuple[str, ...], root: Path)
     first = _train_args(base + ["--method", methods[0], "--max-steps", "1"])
     config, _ = train.build(first)
     planning.resolve(planning.PlanRequest(model=config.model.source))  # an unknown model: one line
+    from tuneplan.services.launcher import check_dataset
+
+    check_dataset(config)  # a missing or malformed local dataset: one line
     gpus, _ = train.check_machine(first)
     train.check_model_access(config)
     planned: dict[str, tuple[Any, list[str]] | str] = {}
@@ -157,7 +160,11 @@ def _plan_trials(args: argparse.Namespace, methods: tuple[str, ...], root: Path)
             planned[method] = f"skipped: {exc}"
     fitting = {m: p for m, p in planned.items() if not isinstance(p, str)}
     if not fitting:
-        raise UserError("no method fits: " + "; ".join(f"{m}: {p}" for m, p in planned.items()))
+        why = set(planned.values())
+        if len(why) == 1:  # the same reason for every method: it is about the inputs
+            raise UserError(str(why.pop()).removeprefix("skipped: "))
+        raise UserError("no method fits: " + "; ".join(f"{m}: {str(p).removeprefix('skipped: ')}"
+                                                        for m, p in planned.items()))
     # one sequence length and packing for all: the token budget of every trial is the same
     seq = min(cfg.setup.seq_len for cfg, _ in fitting.values())
     packing = next(iter(fitting.values()))[0].setup.packing

@@ -179,6 +179,12 @@ def test_a_model_that_does_not_exist_is_one_line(runs_root):
     assert not (runs_root / C.COMPARE_DIR).exists()
 
 
+def test_a_dataset_that_does_not_exist_is_one_line(runs_root, tmp_path):
+    out = tuneplan(runs_root, "compare", "--model", "tuneplan:tiny", "--dataset", str(tmp_path / "nope.jsonl"))
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "nope.jsonl" in out.stderr
+    assert not (runs_root / C.COMPARE_DIR).exists()
+
+
 # -- real trials on the CPU ------------------------------------------------------------------------
 def _start_compare(runs_root: Path, *argv: str) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "tuneplan", "compare", "--model", "tuneplan:tiny",
