@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tuneplan.errors import UserError
     from tuneplan.services import paths, runs
-    from tuneplan.services.eval_results import eval_path, read_eval
+    from tuneplan.services.eval_results import eval_path, read_eval, run_card_path
 
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
     if args.show:
@@ -89,5 +89,6 @@ def run(args: argparse.Namespace) -> int:
         print(json.dumps(report.to_dict(), indent=1))
         return 0
     print_report(report)
-    print(f"written to {eval_path(run_dir)} and the run card")
+    card = run_card_path(run_dir, report.method)
+    print(f"written to {eval_path(run_dir)}" + (f" and the run card {card}" if card.is_file() else ""))
     return 0

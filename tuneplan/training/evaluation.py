@@ -43,7 +43,7 @@ from tuneplan.config import RunConfig, load_config
 from tuneplan.errors import NON_FINITE_PREFIX, UserError
 from tuneplan.events import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, effective_phase, read_events, read_status
 from tuneplan.services.eval_results import (
-    EvalReport, GenerationExample, ModelScores, refuse_overwrite, update_card_file, write_eval,
+    EvalReport, GenerationExample, ModelScores, refuse_overwrite, run_card_path, update_card_file, write_eval,
 )
 
 __all__ = ["EvalReport", "GenerationExample", "ModelScores", "evaluate_run", "exact_match", "token_f1", "rouge_l",
@@ -268,9 +268,7 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
                         created_at=time.time(), seconds=round(time.monotonic() - started, 2))
     if write:
         write_eval(run_dir, report, force=force)
-        card = _run_card(run_dir, config, weights)
-        if card is not None:
-            update_card_file(card, report)
+        update_card_file(run_card_path(run_dir, config.setup.method), report)
         _to_tracker(run_dir, config, report)
     return report
 
@@ -463,13 +461,6 @@ def _run_tasks(model, tokenizer, tasks: Sequence[str], manager, limit: int | Non
 
 
 # --- where the results go ------------------------------------------------------------------------
-
-def _run_card(run_dir: Path, config: RunConfig, weights: str) -> Path | None:
-    """The run card the runner wrote next to the final weights (README.md), when there is one."""
-    folder = run_dir / (MODEL_DIR if config.setup.method == "full" else ADAPTER_DIR)
-    card = folder / "README.md"
-    return card if card.is_file() else None
-
 
 def _to_tracker(run_dir: Path, config: RunConfig, report: EvalReport) -> None:
     """The results in the run's tracker (`training.report_to`); a tracker that fails is a warning."""

@@ -67,7 +67,7 @@ def test_eval_prints_base_and_tuned_and_writes_eval_json(trained_lora_run, tmp_p
     assert float(loss[2]) == pytest.approx(report["adapter"]["loss"], abs=1e-4)
     assert any(line.split()[:2] == ["exact", "match"] for line in lines)
     assert "examples:" in lines and any(line.strip().startswith("reference:") for line in lines)
-    assert lines[-1] == f"written to {run_dir / 'eval.json'} and the run card"
+    assert lines[-1] == f"written to {run_dir / 'eval.json'} and the run card {run_dir / 'adapter' / 'README.md'}"
 
     # a second eval keeps the first (one line, exit 2); --show prints it; --force replaces it
     before = (run_dir / "eval.json").read_bytes()
