@@ -52,7 +52,12 @@ __all__ = ["EvalReport", "GenerationExample", "ModelScores", "evaluate_run", "ex
 log = logging.getLogger("tuneplan.training")
 
 DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_MAX_ANSWERS = 100
+"""Greedy answers per model (the first rows of the split): one `generate` each, the slow part;
+the loss covers every held-out row."""
 SHOWN_EXAMPLES = 3
+GENERATION_BATCH = 16
+"""At most this many prompts per `generate` call (else the run's eval micro-batch)."""
 EVALUABLE_PHASES = ("done", "stopped")
 TASKS_DIR = Path(__file__).resolve().parents[1] / "data" / "eval_tasks"
 """Task folders shipped with tuneplan (lm-evaluation-harness YAML + a local data file)."""
@@ -196,12 +201,14 @@ def resolve_tasks(tasks: Sequence[str], task_paths: Sequence[Path] = ()) -> Any:
 # --- the measurement -----------------------------------------------------------------------------
 
 def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int | None = None,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, task_paths: Sequence[Path] = (),
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_answers: int | None = DEFAULT_MAX_ANSWERS,
+                 task_paths: Sequence[Path] = (),
                  task_limit: int | None = None, model_dir: Path | None = None, force: bool = False,
                  write: bool = True, progress: Callable[[str], None] | None = None) -> EvalReport:
     """Evaluate the run's tuned model beside its base model (see the module docstring).
 
-    `max_examples` caps the held-out rows scored (the first N of the split); `task_limit`
+    `max_examples` caps the held-out rows scored (the first N of the split), `max_answers`
+    the greedy answers per model (None: one per held-out row); `task_limit`
     caps the examples per lm-eval task. `model_dir` evaluates a plain model folder (e.g. the
     merged export) in the tuned model's place. `write=False` (or `model_dir`) writes nothing;
     otherwise `RUN/eval.json`, the run card and the tracker get the results, and an existing
@@ -228,6 +235,7 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
     import torch
 
     settings: dict[str, Any] = {"max_examples": max_examples, "max_new_tokens": max_new_tokens,
+                                "max_answers": max_answers,
                                 "device": str(tuned.device), "dtype": str(tuned.dtype).replace("torch.", ""),
                                 "task_limit": task_limit}
     base_scores, tuned_scores = ModelScores(), ModelScores()
@@ -242,6 +250,9 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
         say(f"held-out split: {n_held_out} examples ({data_format})")
         batches = _batches(config, tuned, tokenizer, held_out)
         prompts = _prompts(held_out) if data_format == "chat" else []
+        if max_answers is not None:
+            prompts = prompts[:max_answers]
+        gen_batch = max(1, min(GENERATION_BATCH, config.training.eval_batch or config.setup.micro_batch))
         with torch.no_grad():
             for side, scores in (("base", base_scores), ("tuned", tuned_scores)):
                 with _view(side, tuned, config) as model:
@@ -250,7 +261,7 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
                     scores.perplexity = _perplexity(scores.loss)
                     if prompts:
                         say(f"{side}: greedy answers to {len(prompts)} prompts")
-                        answers = _answers(model, tokenizer, prompts, max_new_tokens)
+                        answers = _answers(model, tokenizer, prompts, max_new_tokens, gen_batch)
                         _score_answers(scores, answers, [ref for _, ref in prompts])
                         if side == "base":
                             base_answers = answers
@@ -416,11 +427,30 @@ def _last_user(messages: list[dict]) -> str:
     return users[-1] if users else (messages[-1]["content"] if messages else "")
 
 
-def _answers(model, tokenizer, prompts, max_new_tokens: int) -> list[str]:
-    from tuneplan.training.inference import reply
+def _answers(model, tokenizer, prompts, max_new_tokens: int, batch: int) -> list[str]:
+    """Greedy answers, `batch` prompts per `generate` call: the chat template's generation
+    prompt, left-padded so that every row's answer starts at the same position (a decoder
+    continues from the last position; padding on the left keeps it the prompt's last token)."""
+    import torch
 
-    return [reply(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=0.0)
-            for messages, _ in prompts]
+    from tuneplan.training.inference import decode_whole_characters
+
+    texts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+             for messages, _ in prompts]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out: list[str] = []
+    try:
+        for i in range(0, len(texts), batch):
+            enc = tokenizer(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            width = enc["input_ids"].shape[1]
+            out += [decode_whole_characters(tokenizer, row[width:].tolist()).strip() for row in gen]
+    finally:
+        tokenizer.padding_side = side
+    return out
 
 
 def _score_answers(scores: ModelScores, answers: list[str], references: list[str]) -> None:

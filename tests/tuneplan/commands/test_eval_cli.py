@@ -55,11 +55,11 @@ def test_eval_prints_base_and_tuned_and_writes_eval_json(trained_lora_run, tmp_p
     root = tmp_path / "runs"
     shutil.copytree(src, root / src.name)
     run_dir = root / src.name
-    out = tuneplan(root, "eval", src.name, "--max-examples", "4", "--max-new-tokens", "6")
+    out = tuneplan(root, "eval", src.name, "--max-examples", "4", "--max-answers", "3", "--max-new-tokens", "6")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith(f"{src.name}: LoRA adapter (adapter) beside its base ")
-    assert lines[1].startswith("held-out split: 4 examples (")
+    assert lines[1].startswith("held-out split: 4 examples (") and lines[1].endswith("greedy answers to 3 prompts)")
     header = next(line for line in lines if line.split() == ["base", "tuned", "change"])
     loss = lines[lines.index(header) + 1].split()
     report = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))

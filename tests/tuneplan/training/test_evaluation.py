@@ -81,6 +81,18 @@ def test_a_failed_or_crashed_run_is_refused(tmp_path):
     write_status(run_dir, status)
     with pytest.raises(UserError, match=r"^run tiny-crashed crashed: it has no final weights"):
         evaluation.evaluate_run(run_dir)
+    # a run whose trainer is alive is still training: evaluated once it is done
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        from tuneplan.run_process import process_record
+
+        status.pids, status.processes = [alive.pid], [process_record(alive.pid)]
+        write_status(run_dir, status)
+        with pytest.raises(UserError, match=r"^run tiny-crashed is still training: evaluate it when it is done"):
+            evaluation.evaluate_run(run_dir)
+    finally:
+        alive.kill()
+        alive.wait()
     assert not (run_dir / "eval.json").exists()
 
 
