@@ -135,6 +135,15 @@ def test_shipped_task_is_found_without_indexing_lm_eval(tmp_path):
     assert "tuneplan_sample_arith" in manager.all_tasks
     with pytest.raises(UserError, match="--task-path .* does not exist"):
         evaluation.resolve_tasks(["tuneplan_sample_arith"], [tmp_path / "nope"])
+    # a task of one's own: the shipped folder copied and renamed, given with --task-path
+    mine = tmp_path / "my-tasks"
+    shutil.copytree(evaluation.TASKS_DIR, mine)
+    yaml_file = mine / "tuneplan_sample_arith.yaml"
+    yaml_file.rename(mine / "my_arith.yaml")
+    text = (mine / "my_arith.yaml").read_text(encoding="utf-8")
+    (mine / "my_arith.yaml").write_text(text.replace("task: tuneplan_sample_arith", "task: my_arith"),
+                                        encoding="utf-8")
+    assert "my_arith" in evaluation.resolve_tasks(["my_arith"], [mine]).all_tasks
 
 
 @pytest.mark.slow
