@@ -198,6 +198,21 @@ def resolve_tasks(tasks: Sequence[str], task_paths: Sequence[Path] = ()) -> Any:
     return manager
 
 
+def check_task_data(tasks: Sequence[str], manager) -> None:
+    """Load the tasks (lm-eval reads or downloads their data here) before any model is loaded:
+    a dataset that cannot be had is one line, and nothing was computed in vain."""
+    from lm_eval.tasks import get_task_dict
+
+    for name in ("lm-eval", "lm_eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        get_task_dict(list(tasks), manager)
+    except Exception as exc:  # datasets' and lm-eval's own errors: missing file, no network, bad YAML
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"lm-eval could not load the data of {', '.join(tasks)}: {type(exc).__name__}: {first[:300]} "
+                        "(offline, only tasks whose data is a local file or already cached run)") from None
+
+
 # --- the measurement -----------------------------------------------------------------------------
 
 def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int | None = None,
@@ -225,6 +240,8 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
         refuse_overwrite(run_dir)
     check_held_out(run_dir, config, tasks)
     manager = resolve_tasks(tasks, task_paths) if tasks else None
+    if tasks:
+        check_task_data(tasks, manager)  # no progress line before the checks: bad input stays one line
     if model_dir is None:
         check_weights(run_dir, config)
     if model_dir is not None and not (Path(model_dir) / "config.json").is_file():

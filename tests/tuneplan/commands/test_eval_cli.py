@@ -79,3 +79,19 @@ def test_eval_prints_base_and_tuned_and_writes_eval_json(trained_lora_run, tmp_p
     assert again.returncode == 0, again.stderr
     data = json.loads(again.stdout)
     assert data["held_out_examples"] == 2 and json.loads((run_dir / "eval.json").read_text()) == data
+
+
+def test_a_task_whose_data_is_missing_is_one_line(runs_root, tmp_path):
+    pytest.importorskip("lm_eval")
+    _recorded("tiny-done", runs_root)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    missing = tmp_path / "missing.jsonl"
+    (tasks / "broken.yaml").write_text(
+        "task: broken_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {missing}\ntest_split: test\noutput_type: loglikelihood\n"
+        'doc_to_text: "{{question}}"\ndoc_to_target: " {{answer}}"\nmetric_list:\n  - metric: acc\n',
+        encoding="utf-8")
+    line = _one_line(tuneplan(runs_root, "eval", "tiny-done", "--tasks", "broken_local", "--task-path", str(tasks)))
+    assert line.startswith("tuneplan: error: lm-eval could not load the data of broken_local: FileNotFoundError")
+    assert str(missing) in line
