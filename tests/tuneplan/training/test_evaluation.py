@@ -146,14 +146,6 @@ def test_shipped_task_is_found_without_indexing_lm_eval(tmp_path):
     assert "my_arith" in evaluation.resolve_tasks(["my_arith"], [mine]).all_tasks
 
 
-@pytest.mark.slow
-def test_an_unknown_task_name_is_one_line():
-    pytest.importorskip("lm_eval")
-    with pytest.raises(UserError, match=r"unknown lm-eval task 'tuneplan_sample_arth' \(did you mean "
-                                        r"tuneplan_sample_arith"):
-        evaluation.resolve_tasks(["tuneplan_sample_arth"])
-
-
 # --- real evaluations ------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
