@@ -244,3 +244,33 @@ def test_results_reach_tensorboard_when_the_run_reports_there(tmp_path):
     assert [s.value for s in acc.Scalars("eval/tuned/exact_match")] == [0.5]
     assert [s.value for s in acc.Scalars("eval/tuned/t/acc")] == [0.25]
     assert any(t.startswith("tuneplan/eval") for t in acc.Tags()["tensors"])
+
+
+@pytest.mark.slow
+def test_a_packed_text_run_gets_loss_and_perplexity_only(tiny_model, tmp_path):
+    """`text` rows: no prompts to answer, so loss and perplexity only; with packing the rows are
+    scored as the trainer packs them (padding-free, documents kept apart by position_ids)."""
+    from tiny_runs import tiny_config
+    from tuneplan.services.launcher import prepare_run
+    from tuneplan.training.runner import run_worker
+
+    data = tmp_path / "text.jsonl"
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    data.write_text("".join(json.dumps({"text": " ".join(words[(i + j) % 6] for j in range(8 + i % 5))}) + "\n"
+                            for i in range(60)), encoding="utf-8")
+    config = tiny_config(tiny_model, data={"source": str(data), "eval_fraction": 0.2},
+                         setup={"packing": True}, training={"max_steps": 12, "save_steps": 12})
+    run_dir = prepare_run(config, tmp_path / "runs")
+    assert run_worker(run_dir, install_signals=False).exit_code == 0
+    report = evaluation.evaluate_run(run_dir)
+    assert report.data_format == "text" and report.held_out_examples == 12 and report.examples == []
+    for side in (report.base, report.adapter):
+        assert side.generated == 0 and side.exact_match is None and side.rouge_l is None
+        assert side.scored_tokens > 0 and math.isfinite(side.loss)
+    assert report.adapter.loss < report.base.loss  # six words in turn are easy to learn
+    from tuneplan.events import read_events
+
+    # the trainer's last eval of the same packed rows (a mean over batches; one batch here)
+    trainer_eval = [e for e in read_events(run_dir) if e.get("kind") == "eval"][-1]["eval_loss"]
+    assert report.adapter.loss == pytest.approx(trainer_eval, rel=0.02)
+    assert "exact match" not in "\n".join(eval_results.table_lines(report))
