@@ -43,8 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--min-seq-len", metavar="N", help="shortest sequence length to consider when suggesting shorter ones")
     a("--max-seq-len", metavar="N", help="cap on the sequence length taken from the dataset")
     a("--prefer-accuracy", action="store_true", help="full fine-tuning first if it fits; no truncation")
-    a("--safety-margin", metavar="X",
-      help="fraction of usable memory kept free (default 0.09: the memory model's measured error, planner/margins.py)")
+    from planner.margins import DEFAULT_SAFETY_MARGIN  # stdlib only: --help stays fast
+
+    a("--safety-margin", metavar="X", help=f"fraction of usable memory kept free (default {DEFAULT_SAFETY_MARGIN:g}: "
+      "the memory model's measured error, planner/margins.py)")
     a("--price", metavar="USD", help="price per GPU-hour for the cost (default: catalog price)")
     a("--json", action="store_true", help="print one JSON object instead of the table")
     a("--preset", metavar="NAME", help="re-fit a preset to --gpu/--vram or this machine (see `tuneplan presets`)")

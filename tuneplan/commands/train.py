@@ -111,7 +111,7 @@ def build(args: argparse.Namespace):
         config = config_from_dict(data, where=str(args.config), text=text)
         file = PartialSetup.from_setup(config.setup, data.get("setup") or {})
     elif args.preset:
-        from tuneplan.services.presets import find_preset
+        from tuneplan.services.presets import find_preset, with_knobs
 
         preset = find_preset(args.preset)
         if not args.trust_remote_code:  # refuse before the re-fit prints its notes
@@ -119,6 +119,14 @@ def build(args: argparse.Namespace):
 
             asked = preset.config.model
             remote_code_request(args.model or asked.source, requested=asked.trust_remote_code, granted=False)
+        # knob flags over a preset are re-fitted with it, so its summary ("Kept: method ...") is the run's
+        over = PartialSetup.from_args(args).fixed()
+        if over:
+            from tuneplan.knobs import BY_NAME
+
+            print("tuneplan: re-fitting the preset with your flags over it: "
+                  + ", ".join(f"{BY_NAME[k].flag} {BY_NAME[k].show(v)}" for k, v in over.items()), file=sys.stderr)
+        preset = with_knobs(preset, over)
         config = load_preset(preset, args)
         # a named preset is a complete, already re-fitted configuration; a preset file fixes its [setup] keys
         keys = preset.setup_keys if Path(args.preset).suffix else PLANNED
