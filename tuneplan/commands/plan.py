@@ -136,11 +136,18 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.commands._output import _gib, render
     from tuneplan.commands.terminal import fill, output_width
 
+    from tuneplan.services.command_line import plan_train_parts
+
     request = build_request(args)
     outcome = plan(request)
     r = outcome.result
+    command = plan_train_parts(outcome, _target_flags(args, outcome))
     if args.json:
-        print(json.dumps(outcome.to_dict(), indent=2))
+        import shlex
+
+        out = outcome.to_dict()
+        out["command"] = shlex.join(command) if command else None
+        print(json.dumps(out, indent=2))
     else:
         print(render(outcome, output_width()))
     err_width = output_width(sys.stderr)
@@ -158,8 +165,30 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_DOES_NOT_FIT
     per = " per GPU" if r.choice.setup.num_gpus > 1 or r.choice.setup.strategy == "fsdp" else ""
     print(fill(f"tuneplan plan: fits: {r.choice.describe()} ({_gib(r.choice.memory.device_bytes)}{per} of "
-               f"{_gib(r.usable_bytes)})", err_width), file=sys.stderr)
+               f"{_gib(r.usable_bytes)})", err_width), file=sys.stderr, flush=True)
+    if not args.json and command:
+        print_command(command, request)
     return EXIT_OK
+
+
+def _target_flags(args: argparse.Namespace, outcome: Any) -> list[str]:
+    """The flags that name the plan's card to `train` (it checks the run is there): the
+    catalog key of --gpu and the --vram given; none for the GPUs NVML finds here."""
+    flags = ["--gpu", outcome.hardware.gpu.key] if args.gpu else []
+    return flags + (["--vram", args.vram] if args.vram else [])
+
+
+def print_command(parts: list[str], request: Any) -> None:
+    """The last lines of a plan: the `tuneplan train` command that trains it."""
+    from tuneplan.commands.terminal import fill, output_width
+    from tuneplan.services.command_line import DATASET_PLACEHOLDER, wrap_command
+
+    width = output_width()
+    print("\nTrain this plan with:")
+    print(wrap_command(parts, width))
+    if not request.dataset_source:
+        print(fill(f"({DATASET_PLACEHOLDER}: your dataset, a .jsonl/.json/.csv/.parquet file or Hub dataset id; "
+                   "plan with --dataset for its sequence length and time)", width, "  ", "   "))
 
 
 # -- `tuneplan plan --preset NAME` -------------------------------------------------------------
