@@ -223,8 +223,12 @@ def plan_with_preset(args: argparse.Namespace) -> int:
     margin = _float(getattr(args, "safety_margin", None), "--safety-margin", allow_zero=True)
     fit = P.refit(preset, gpu=args.gpu, vram_bytes=parse_size(args.vram) if args.vram else None,
                   gpu_index=gpu_index, safety_margin=margin)
+    import shlex
+
+    command = shlex.join(["tuneplan", "train", "--preset", preset.name, *_target_flags(args, fit.outcome)])
     if args.json:
         out = fit.outcome.to_dict()
+        out["command"] = command if fit.fits else None
         out["preset"] = {
             "name": preset.name, "origin": preset.origin, "path": str(preset.path) if preset.path else None,
             "fits": fit.fits, "changes": {k: [a if not isinstance(a, tuple) else list(a),
@@ -245,6 +249,6 @@ def plan_with_preset(args: argparse.Namespace) -> int:
     if not fit.fits:
         print(fill(f"tuneplan plan: preset {preset.name} does not fit here", err_width), file=sys.stderr)
         return EXIT_DOES_NOT_FIT
-    print(fill(f"tuneplan plan: preset {preset.name}: {fit.change_text()}; train it with: "
-               f"tuneplan train --preset {preset.name}", err_width), file=sys.stderr)
+    print(fill(f"tuneplan plan: preset {preset.name}: {fit.change_text()}; train it with: {command}", err_width),
+          file=sys.stderr)
     return EXIT_OK

@@ -109,3 +109,11 @@ def test_wrapped_command_fits_the_width_and_pastes_as_one():
     assert all(len(line) <= 40 for line in text.splitlines())
     assert shlex.split(text.replace("\\\n", " ")) == parts
     assert "--seq-len 2048" in text  # a flag stays with its value
+
+
+def test_preset_refit_carries_its_train_command(capsys):
+    code, out, err = run(capsys, "--preset", "llama-3.1-8b-lora-24gb", "--gpu", "rtx-3060-12gb", "--json")
+    assert code == 0
+    command = json.loads(out)["command"]
+    assert command == "tuneplan train --preset llama-3.1-8b-lora-24gb --gpu rtx-3060-12gb"
+    assert command in " ".join(err.split())
