@@ -93,3 +93,9 @@ def changed_flags(old: Any, new: Any) -> list[str]:
         if value != getattr(old, k.name):
             parts += [k.flag, k.show(value)]
     return parts
+
+
+def resume_command(run_name: str, runs_dir: str | None = None) -> str:
+    """`tuneplan resume NAME` (with the `--runs-dir` the run was started with, if one was
+    given): what `stop` and a Ctrl-C in `train --foreground` tell the user to run next."""
+    return shlex.join(["tuneplan", "resume", run_name, *(["--runs-dir", runs_dir] if runs_dir else [])])
