@@ -376,8 +376,8 @@ class PlanningAdapter:
     def hardware(self, target: Any) -> Any:
         from planner.solver import Hardware
 
-        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes,
-                        source="catalog" if target.dry_run else "nvml")
+        source = "cpu" if target.gpu.is_cpu() else "catalog" if target.dry_run else "nvml"
+        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes, source=source)
 
     def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: Any) -> PlanView:
         """The solver's choice with the knobs the user edited kept (`fixed`: a
