@@ -194,22 +194,18 @@ def plan_config(config, given, args: argparse.Namespace):
     fixed = {k: getattr(config.setup, k) for k in FIXABLE if given.is_fixed(k)}
     method = "auto" if "method" in auto else config.setup.method
     mb, ga = config.setup.micro_batch, config.setup.grad_accum
-    hardware = None
     if not (args.gpu or args.vram):
         from tuneplan.services.gpu import default_probe
 
         probe = default_probe()
-        if not probe.probe():
-            # no GPU and no target: the bundled tiny model trains on the CPU; any other needs a GPU
-            if not planning.is_bundled_tiny(planning.resolve(planning.PlanRequest(model=config.model.source))):
-                raise UserError(f"no NVIDIA GPU here to train {config.model.source} on ({probe.status()}): plan "
-                                "for a card with `tuneplan plan --gpu NAME`, or train here anyway with --gpu NAME "
-                                "or --vram SIZE and --force")
-            from tuneplan.services.presets import cpu_hardware
-
-            hardware = cpu_hardware()
+        # no GPU and no target: the bundled tiny model is planned for the CPU (the planning
+        # service's rule, as in `tuneplan plan`); any other needs a GPU
+        if not probe.probe() and not planning.is_bundled_tiny(
+                planning.resolve(planning.PlanRequest(model=config.model.source))):
+            raise UserError(f"no NVIDIA GPU here to train {config.model.source} on ({probe.status()}): plan "
+                            "for a card with `tuneplan plan --gpu NAME`, or train here anyway with --gpu NAME "
+                            "or --vram SIZE and --force")
     request = planning.PlanRequest(
-        hardware=hardware,
         model=config.model.source, gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None,
         method=method, fixed=fixed, epochs=config.training.epochs, dataset_source=config.data.source,
         effective_batch=mb * ga if given.is_fixed("micro_batch") and given.is_fixed("grad_accum") else None,

@@ -117,3 +117,19 @@ def test_preset_refit_carries_its_train_command(capsys):
     command = json.loads(out)["command"]
     assert command == "tuneplan train --preset llama-3.1-8b-lora-24gb --gpu rtx-3060-12gb"
     assert command in " ".join(err.split())
+
+
+def test_bundled_tiny_model_is_planned_for_the_cpu_without_a_gpu(capsys, monkeypatch):
+    """`plan --model tuneplan:tiny` on a machine without a GPU plans the CPU, as `train` runs it
+    there (it used to ask for --gpu), in float32, and ends with the command that trains it here."""
+    from fake_nvml import FakeNVML, NVMLError
+    from tuneplan.services import gpu as gpu_service
+
+    monkeypatch.setattr(gpu_service, "_default", gpu_service.GpuProbe(
+        nvml=FakeNVML([], init_error=NVMLError("NVML Shared Library Not Found"))))
+    code, out, err = run(capsys, "--model", "tuneplan:tiny", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["gpu"]["source"] == "cpu" and data["config"]["compute_dtype"] == "float32"
+    assert "--compute-dtype float32" in data["command"] and "--gpu" not in data["command"]
+    code, _, err = run(capsys, "--model", "llama-3.1-8b")
+    assert code == 2 and "no GPU to plan for" in err  # any other model still needs a card
