@@ -157,16 +157,25 @@ def _p99(source: str, model) -> int | None:
 
 
 def _apply(args: argparse.Namespace, planned, dataset: str | None):
-    """setup -> the `tuneplan train` command that trains it, started as this probe was given
-    (`--preset NAME` / `--config PATH` and the knobs that change, or every knob of the plan)."""
+    """setup -> the `tuneplan train` command that trains it, started as this probe was given:
+    `--preset NAME` and the knobs that change; a `--config` file's run in full (the wizard probes
+    a configuration written to a temporary file, which is gone when its report is read); else
+    every knob of the plan."""
     import shlex
 
     from tuneplan.services.command_line import DATASET_PLACEHOLDER, changed_flags, train_command
 
-    if args.preset or args.config:
-        start = ["--preset", args.preset] if args.preset else ["--config", args.config]
-        return lambda s: shlex.join(["tuneplan", "train", *start, *changed_flags(planned, s)])
+    if args.preset:
+        return lambda s: shlex.join(["tuneplan", "train", "--preset", args.preset, *changed_flags(planned, s)])
     from tuneplan.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+
+    if args.config:
+        from tuneplan.config import load_config
+
+        config = load_config(Path(args.config))
+        if args.model:
+            config = replace(config, model=replace(config.model, source=args.model))
+        return lambda s: train_command(replace(config, setup=s))
 
     def command(s) -> str:
         epochs = getattr(args, "epochs", None)

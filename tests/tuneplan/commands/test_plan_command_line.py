@@ -133,3 +133,27 @@ def test_bundled_tiny_model_is_planned_for_the_cpu_without_a_gpu(capsys, monkeyp
     assert "--compute-dtype float32" in data["command"] and "--gpu" not in data["command"]
     code, _, err = run(capsys, "--model", "llama-3.1-8b")
     assert code == 2 and "no GPU to plan for" in err  # any other model still needs a card
+
+
+def test_probe_advice_commands_start_as_the_probe_was_given(tmp_path):
+    """A preset probe's advice applies the change over the preset; a --config probe's is the run
+    in full (the wizard probes a config written to a temporary file, gone once read)."""
+    import argparse
+    from dataclasses import replace
+
+    from planner.setup import TrainSetup
+    from tuneplan.commands import probe
+    from tuneplan.config import DataConfig, ModelConfig, RunConfig, save_config
+
+    parser = argparse.ArgumentParser()
+    probe.add_arguments(parser)
+    setup = TrainSetup(method="full", micro_batch=8, grad_accum=1, seq_len=128, compute_dtype="float32")
+    bigger = replace(setup, micro_batch=32)
+    apply = probe._apply(parser.parse_args(["--preset", "tiny-cpu"]), setup, None)
+    assert apply(bigger) == "tuneplan train --preset tiny-cpu --batch 32"
+    path = tmp_path / "config.toml"
+    save_config(RunConfig(model=ModelConfig(source="tuneplan:tiny"), data=DataConfig(source="d.jsonl"), setup=setup),
+                path)
+    command = probe._apply(parser.parse_args(["--config", str(path)]), setup, None)(bigger)
+    assert str(path) not in command
+    _reads_back_as(command, bigger)
