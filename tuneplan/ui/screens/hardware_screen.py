@@ -15,6 +15,7 @@ from textual.widgets import DataTable, Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
 from tuneplan.errors import UserError
+from tuneplan.services.machine import CPU_DTYPE
 from tuneplan.ui.formatting import gib
 from tuneplan.ui.messages import TargetChosen
 from tuneplan.ui.target import Target, catalog_matches, cpu_target, dry_run_target
@@ -116,7 +117,8 @@ class HardwareScreen(Screen):
         cards = self.query_one("#cards", OptionList)
         cards.clear_options()
         if self.cpu is not None and query.strip().lower() in CPU_LABEL.lower():  # empty, "cpu", "this"...
-            cards.add_option(Option(f"{CPU_LABEL:<32} {gib(self.cpu.free_bytes)} RAM free, float32", id=CPU_OPTION))
+            cards.add_option(Option(f"{CPU_LABEL:<32} {gib(self.cpu.free_bytes)} RAM free, {CPU_DTYPE}",
+                                    id=CPU_OPTION))
         for g in catalog_matches(query, limit=30):
             bf16 = "" if g.bf16 else "  no bf16"
             price = f"${g.price_per_hour:.2f}/h" if g.price_per_hour is not None else ""
