@@ -22,6 +22,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="at most N examples per lm-eval task")
     parser.add_argument("--max-examples", type=whole_number("--max-examples", 1, 10**9), metavar="N",
                         help="score only the first N held-out examples")
+    parser.add_argument("--max-answers", type=whole_number("--max-answers", 0, 10**9), default=100, metavar="N",
+                        help="greedy answers per model, from the first held-out rows (default 100; the loss "
+                             "covers every row; 0: no answers)")
     parser.add_argument("--max-new-tokens", type=whole_number("--max-new-tokens", 1, 100_000), default=64,
                         metavar="N", help="longest greedy answer (default 64 tokens)")
     parser.add_argument("--force", action="store_true", help="evaluate again and replace an existing RUN/eval.json")
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tuneplan.errors import UserError
     from tuneplan.services import paths, runs
-    from tuneplan.services.eval_results import eval_path, read_eval
+    from tuneplan.services.eval_results import eval_path, read_eval, run_card_path
 
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
     if args.show:
@@ -83,11 +86,12 @@ def run(args: argparse.Namespace) -> int:
             stream.reconfigure(errors="replace")
     tasks = [t.strip() for t in args.tasks.split(",") if t.strip()]
     report = evaluate_run(run_dir, tasks=tasks, max_examples=args.max_examples, max_new_tokens=args.max_new_tokens,
-                          task_paths=args.task_path, task_limit=args.task_limit, force=args.force,
-                          progress=lambda text: print(f"tuneplan: {text}", file=sys.stderr, flush=True))
+                          max_answers=args.max_answers, task_paths=args.task_path, task_limit=args.task_limit,
+                          force=args.force, progress=lambda text: print(f"tuneplan: {text}", file=sys.stderr, flush=True))
     if args.json:
         print(json.dumps(report.to_dict(), indent=1))
         return 0
     print_report(report)
-    print(f"written to {eval_path(run_dir)} and the run card")
+    card = run_card_path(run_dir, report.method)
+    print(f"written to {eval_path(run_dir)}" + (f" and the run card {card}" if card.is_file() else ""))
     return 0

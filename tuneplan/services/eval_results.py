@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneplan.errors import UserError
-from tuneplan.events import dumps
+from tuneplan.events import ADAPTER_DIR, MODEL_DIR, dumps
 
 EVAL_FILE = "eval.json"
 SCHEMA_VERSION = 1
@@ -230,6 +230,12 @@ def with_card_section(card: str, report: EvalReport) -> str:
         tail = rest.split(CARD_END, 1)[1]
         return head + block + tail
     return card.rstrip("\n") + "\n\n" + block + "\n"
+
+
+def run_card_path(run_dir: Path, method: str) -> Path:
+    """The run card the runner writes beside the final weights (`adapter/README.md`, or
+    `model/README.md` for a full fine-tune); it exists once the run saved them."""
+    return Path(run_dir) / (MODEL_DIR if method == "full" else ADAPTER_DIR) / "README.md"
 
 
 def update_card_file(path: Path, report: EvalReport) -> bool:

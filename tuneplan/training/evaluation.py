@@ -43,7 +43,7 @@ from tuneplan.config import RunConfig, load_config
 from tuneplan.errors import NON_FINITE_PREFIX, UserError
 from tuneplan.events import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, effective_phase, read_events, read_status
 from tuneplan.services.eval_results import (
-    EvalReport, GenerationExample, ModelScores, refuse_overwrite, update_card_file, write_eval,
+    EvalReport, GenerationExample, ModelScores, refuse_overwrite, run_card_path, update_card_file, write_eval,
 )
 
 __all__ = ["EvalReport", "GenerationExample", "ModelScores", "evaluate_run", "exact_match", "token_f1", "rouge_l",
@@ -52,7 +52,12 @@ __all__ = ["EvalReport", "GenerationExample", "ModelScores", "evaluate_run", "ex
 log = logging.getLogger("tuneplan.training")
 
 DEFAULT_MAX_NEW_TOKENS = 64
+DEFAULT_MAX_ANSWERS = 100
+"""Greedy answers per model (the first rows of the split): one `generate` each, the slow part;
+the loss covers every held-out row."""
 SHOWN_EXAMPLES = 3
+GENERATION_BATCH = 16
+"""At most this many prompts per `generate` call (else the run's eval micro-batch)."""
 EVALUABLE_PHASES = ("done", "stopped")
 TASKS_DIR = Path(__file__).resolve().parents[1] / "data" / "eval_tasks"
 """Task folders shipped with tuneplan (lm-evaluation-harness YAML + a local data file)."""
@@ -193,15 +198,32 @@ def resolve_tasks(tasks: Sequence[str], task_paths: Sequence[Path] = ()) -> Any:
     return manager
 
 
+def check_task_data(tasks: Sequence[str], manager) -> None:
+    """Load the tasks (lm-eval reads or downloads their data here) before any model is loaded:
+    a dataset that cannot be had is one line, and nothing was computed in vain."""
+    from lm_eval.tasks import get_task_dict
+
+    for name in ("lm-eval", "lm_eval"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    try:
+        get_task_dict(list(tasks), manager)
+    except Exception as exc:  # datasets' and lm-eval's own errors: missing file, no network, bad YAML
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"lm-eval could not load the data of {', '.join(tasks)}: {type(exc).__name__}: {first[:300]} "
+                        "(offline, only tasks whose data is a local file or already cached run)") from None
+
+
 # --- the measurement -----------------------------------------------------------------------------
 
 def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int | None = None,
-                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, task_paths: Sequence[Path] = (),
+                 max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_answers: int | None = DEFAULT_MAX_ANSWERS,
+                 task_paths: Sequence[Path] = (),
                  task_limit: int | None = None, model_dir: Path | None = None, force: bool = False,
                  write: bool = True, progress: Callable[[str], None] | None = None) -> EvalReport:
     """Evaluate the run's tuned model beside its base model (see the module docstring).
 
-    `max_examples` caps the held-out rows scored (the first N of the split); `task_limit`
+    `max_examples` caps the held-out rows scored (the first N of the split), `max_answers`
+    the greedy answers per model (None: one per held-out row); `task_limit`
     caps the examples per lm-eval task. `model_dir` evaluates a plain model folder (e.g. the
     merged export) in the tuned model's place. `write=False` (or `model_dir`) writes nothing;
     otherwise `RUN/eval.json`, the run card and the tracker get the results, and an existing
@@ -218,6 +240,8 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
         refuse_overwrite(run_dir)
     check_held_out(run_dir, config, tasks)
     manager = resolve_tasks(tasks, task_paths) if tasks else None
+    if tasks:
+        check_task_data(tasks, manager)  # no progress line before the checks: bad input stays one line
     if model_dir is None:
         check_weights(run_dir, config)
     if model_dir is not None and not (Path(model_dir) / "config.json").is_file():
@@ -228,6 +252,7 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
     import torch
 
     settings: dict[str, Any] = {"max_examples": max_examples, "max_new_tokens": max_new_tokens,
+                                "max_answers": max_answers,
                                 "device": str(tuned.device), "dtype": str(tuned.dtype).replace("torch.", ""),
                                 "task_limit": task_limit}
     base_scores, tuned_scores = ModelScores(), ModelScores()
@@ -242,6 +267,9 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
         say(f"held-out split: {n_held_out} examples ({data_format})")
         batches = _batches(config, tuned, tokenizer, held_out)
         prompts = _prompts(held_out) if data_format == "chat" else []
+        if max_answers is not None:
+            prompts = prompts[:max_answers]
+        gen_batch = max(1, min(GENERATION_BATCH, config.training.eval_batch or config.setup.micro_batch))
         with torch.no_grad():
             for side, scores in (("base", base_scores), ("tuned", tuned_scores)):
                 with _view(side, tuned, config) as model:
@@ -250,7 +278,7 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
                     scores.perplexity = _perplexity(scores.loss)
                     if prompts:
                         say(f"{side}: greedy answers to {len(prompts)} prompts")
-                        answers = _answers(model, tokenizer, prompts, max_new_tokens)
+                        answers = _answers(model, tokenizer, prompts, max_new_tokens, gen_batch)
                         _score_answers(scores, answers, [ref for _, ref in prompts])
                         if side == "base":
                             base_answers = answers
@@ -268,9 +296,7 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
                         created_at=time.time(), seconds=round(time.monotonic() - started, 2))
     if write:
         write_eval(run_dir, report, force=force)
-        card = _run_card(run_dir, config, weights)
-        if card is not None:
-            update_card_file(card, report)
+        update_card_file(run_card_path(run_dir, config.setup.method), report)
         _to_tracker(run_dir, config, report)
     return report
 
@@ -418,11 +444,30 @@ def _last_user(messages: list[dict]) -> str:
     return users[-1] if users else (messages[-1]["content"] if messages else "")
 
 
-def _answers(model, tokenizer, prompts, max_new_tokens: int) -> list[str]:
-    from tuneplan.training.inference import reply
+def _answers(model, tokenizer, prompts, max_new_tokens: int, batch: int) -> list[str]:
+    """Greedy answers, `batch` prompts per `generate` call: the chat template's generation
+    prompt, left-padded so that every row's answer starts at the same position (a decoder
+    continues from the last position; padding on the left keeps it the prompt's last token)."""
+    import torch
 
-    return [reply(model, tokenizer, messages, max_new_tokens=max_new_tokens, temperature=0.0)
-            for messages, _ in prompts]
+    from tuneplan.training.inference import decode_whole_characters
+
+    texts = [tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+             for messages, _ in prompts]
+    side, tokenizer.padding_side = tokenizer.padding_side, "left"
+    out: list[str] = []
+    try:
+        for i in range(0, len(texts), batch):
+            enc = tokenizer(texts[i:i + batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = {k: v.to(model.device) for k, v in enc.items()}
+            with torch.no_grad():
+                gen = model.generate(**enc, max_new_tokens=max_new_tokens, do_sample=False,
+                                     pad_token_id=tokenizer.pad_token_id)
+            width = enc["input_ids"].shape[1]
+            out += [decode_whole_characters(tokenizer, row[width:].tolist()).strip() for row in gen]
+    finally:
+        tokenizer.padding_side = side
+    return out
 
 
 def _score_answers(scores: ModelScores, answers: list[str], references: list[str]) -> None:
@@ -463,13 +508,6 @@ def _run_tasks(model, tokenizer, tasks: Sequence[str], manager, limit: int | Non
 
 
 # --- where the results go ------------------------------------------------------------------------
-
-def _run_card(run_dir: Path, config: RunConfig, weights: str) -> Path | None:
-    """The run card the runner wrote next to the final weights (README.md), when there is one."""
-    folder = run_dir / (MODEL_DIR if config.setup.method == "full" else ADAPTER_DIR)
-    card = folder / "README.md"
-    return card if card.is_file() else None
-
 
 def _to_tracker(run_dir: Path, config: RunConfig, report: EvalReport) -> None:
     """The results in the run's tracker (`training.report_to`); a tracker that fails is a warning."""

@@ -251,25 +251,12 @@ class RunsAdapter:
         return dump_config(config)
 
     def train_command(self, config: Any, target: Any = None) -> str:
-        """The `tuneplan train` command line that launches the same run: every knob the
-        planner would choose is given, so it runs as is without planning again. `target`: a
+        """The `tuneplan train` command line that launches the same run
+        (`tuneplan.services.command_line`, the builder `tuneplan plan` uses too). `target`: a
         dry-run target adds `--gpu KEY` / `--vram SIZE`, so `train` checks it runs there."""
-        import shlex
+        from tuneplan.services.command_line import train_command
 
-        from tuneplan.knobs import equivalent_flags
-
-        t = config.training
-        parts = ["tuneplan", "train", "--model", config.model.source, "--dataset", config.data.source,
-                 *equivalent_flags(config.setup)]
-        if t.max_steps is not None:
-            parts += ["--max-steps", str(t.max_steps)]
-        else:
-            parts += ["--epochs", f"{t.epochs:g}"]
-        parts += ["--lr", f"{t.learning_rate:g}"]
-        if t.report_to != "none":
-            parts += ["--report-to", t.report_to]
-        parts += target_flags(target)
-        return " ".join(shlex.quote(p) for p in parts)
+        return train_command(config, target_flags(target))
 
     def compare_argv(self, config: Any, target: Any = None) -> list[str]:
         """`tuneplan compare` arguments for the bake-off of this configuration's model and
@@ -430,8 +417,8 @@ class PlanningAdapter:
     def hardware(self, target: Any) -> Any:
         from planner.solver import Hardware
 
-        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes,
-                        source="catalog" if target.dry_run else "nvml")
+        source = "cpu" if target.gpu.is_cpu() else "catalog" if target.dry_run else "nvml"
+        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes, source=source)
 
     def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: Any) -> PlanView:
         """The solver's choice with the knobs the user edited kept (`fixed`: a

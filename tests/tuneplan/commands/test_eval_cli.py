@@ -45,8 +45,10 @@ def test_bad_input_is_one_line_each(runs_root):
 def test_unknown_task_is_one_line(runs_root):
     pytest.importorskip("lm_eval")
     _recorded("tiny-done", runs_root)
-    line = _one_line(tuneplan(runs_root, "eval", "tiny-done", "--tasks", "no_such_task_xyz"))
-    assert line.startswith("tuneplan: error: unknown lm-eval task 'no_such_task_xyz'")
+    # a near miss of the shipped task: lm-eval's own tasks are indexed too, then the close names offered
+    line = _one_line(tuneplan(runs_root, "eval", "tiny-done", "--tasks", "tuneplan_sample_arth"))
+    assert line.startswith("tuneplan: error: unknown lm-eval task 'tuneplan_sample_arth' (did you mean "
+                           "tuneplan_sample_arith")
 
 
 @pytest.mark.slow
@@ -55,11 +57,11 @@ def test_eval_prints_base_and_tuned_and_writes_eval_json(trained_lora_run, tmp_p
     root = tmp_path / "runs"
     shutil.copytree(src, root / src.name)
     run_dir = root / src.name
-    out = tuneplan(root, "eval", src.name, "--max-examples", "4", "--max-new-tokens", "6")
+    out = tuneplan(root, "eval", src.name, "--max-examples", "4", "--max-answers", "3", "--max-new-tokens", "6")
     assert out.returncode == 0, out.stderr
     lines = out.stdout.splitlines()
     assert lines[0].startswith(f"{src.name}: LoRA adapter (adapter) beside its base ")
-    assert lines[1].startswith("held-out split: 4 examples (")
+    assert lines[1].startswith("held-out split: 4 examples (") and lines[1].endswith("greedy answers to 3 prompts)")
     header = next(line for line in lines if line.split() == ["base", "tuned", "change"])
     loss = lines[lines.index(header) + 1].split()
     report = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
@@ -67,7 +69,7 @@ def test_eval_prints_base_and_tuned_and_writes_eval_json(trained_lora_run, tmp_p
     assert float(loss[2]) == pytest.approx(report["adapter"]["loss"], abs=1e-4)
     assert any(line.split()[:2] == ["exact", "match"] for line in lines)
     assert "examples:" in lines and any(line.strip().startswith("reference:") for line in lines)
-    assert lines[-1] == f"written to {run_dir / 'eval.json'} and the run card"
+    assert lines[-1] == f"written to {run_dir / 'eval.json'} and the run card {run_dir / 'adapter' / 'README.md'}"
 
     # a second eval keeps the first (one line, exit 2); --show prints it; --force replaces it
     before = (run_dir / "eval.json").read_bytes()
@@ -79,3 +81,19 @@ def test_eval_prints_base_and_tuned_and_writes_eval_json(trained_lora_run, tmp_p
     assert again.returncode == 0, again.stderr
     data = json.loads(again.stdout)
     assert data["held_out_examples"] == 2 and json.loads((run_dir / "eval.json").read_text()) == data
+
+
+def test_a_task_whose_data_is_missing_is_one_line(runs_root, tmp_path):
+    pytest.importorskip("lm_eval")
+    _recorded("tiny-done", runs_root)
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    missing = tmp_path / "missing.jsonl"
+    (tasks / "broken.yaml").write_text(
+        "task: broken_local\ndataset_path: json\ndataset_kwargs:\n  data_files:\n"
+        f"    test: {missing}\ntest_split: test\noutput_type: loglikelihood\n"
+        'doc_to_text: "{{question}}"\ndoc_to_target: " {{answer}}"\nmetric_list:\n  - metric: acc\n',
+        encoding="utf-8")
+    line = _one_line(tuneplan(runs_root, "eval", "tiny-done", "--tasks", "broken_local", "--task-path", str(tasks)))
+    assert line.startswith("tuneplan: error: lm-eval could not load the data of broken_local: FileNotFoundError")
+    assert str(missing) in line

@@ -81,6 +81,18 @@ def test_a_failed_or_crashed_run_is_refused(tmp_path):
     write_status(run_dir, status)
     with pytest.raises(UserError, match=r"^run tiny-crashed crashed: it has no final weights"):
         evaluation.evaluate_run(run_dir)
+    # a run whose trainer is alive is still training: evaluated once it is done
+    alive = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        from tuneplan.run_process import process_record
+
+        status.pids, status.processes = [alive.pid], [process_record(alive.pid)]
+        write_status(run_dir, status)
+        with pytest.raises(UserError, match=r"^run tiny-crashed is still training: evaluate it when it is done"):
+            evaluation.evaluate_run(run_dir)
+    finally:
+        alive.kill()
+        alive.wait()
     assert not (run_dir / "eval.json").exists()
 
 
@@ -123,14 +135,15 @@ def test_shipped_task_is_found_without_indexing_lm_eval(tmp_path):
     assert "tuneplan_sample_arith" in manager.all_tasks
     with pytest.raises(UserError, match="--task-path .* does not exist"):
         evaluation.resolve_tasks(["tuneplan_sample_arith"], [tmp_path / "nope"])
-
-
-@pytest.mark.slow
-def test_an_unknown_task_name_is_one_line():
-    pytest.importorskip("lm_eval")
-    with pytest.raises(UserError, match=r"unknown lm-eval task 'tuneplan_sample_arth' \(did you mean "
-                                        r"tuneplan_sample_arith"):
-        evaluation.resolve_tasks(["tuneplan_sample_arth"])
+    # a task of one's own: the shipped folder copied and renamed, given with --task-path
+    mine = tmp_path / "my-tasks"
+    shutil.copytree(evaluation.TASKS_DIR, mine)
+    yaml_file = mine / "tuneplan_sample_arith.yaml"
+    yaml_file.rename(mine / "my_arith.yaml")
+    text = (mine / "my_arith.yaml").read_text(encoding="utf-8")
+    (mine / "my_arith.yaml").write_text(text.replace("task: tuneplan_sample_arith", "task: my_arith"),
+                                        encoding="utf-8")
+    assert "my_arith" in evaluation.resolve_tasks(["my_arith"], [mine]).all_tasks
 
 
 # --- real evaluations ------------------------------------------------------------------------------
@@ -231,3 +244,33 @@ def test_results_reach_tensorboard_when_the_run_reports_there(tmp_path):
     assert [s.value for s in acc.Scalars("eval/tuned/exact_match")] == [0.5]
     assert [s.value for s in acc.Scalars("eval/tuned/t/acc")] == [0.25]
     assert any(t.startswith("tuneplan/eval") for t in acc.Tags()["tensors"])
+
+
+@pytest.mark.slow
+def test_a_packed_text_run_gets_loss_and_perplexity_only(tiny_model, tmp_path):
+    """`text` rows: no prompts to answer, so loss and perplexity only; with packing the rows are
+    scored as the trainer packs them (padding-free, documents kept apart by position_ids)."""
+    from tiny_runs import tiny_config
+    from tuneplan.services.launcher import prepare_run
+    from tuneplan.training.runner import run_worker
+
+    data = tmp_path / "text.jsonl"
+    words = ["alpha", "beta", "gamma", "delta", "epsilon", "zeta"]
+    data.write_text("".join(json.dumps({"text": " ".join(words[(i + j) % 6] for j in range(8 + i % 5))}) + "\n"
+                            for i in range(60)), encoding="utf-8")
+    config = tiny_config(tiny_model, data={"source": str(data), "eval_fraction": 0.2},
+                         setup={"packing": True}, training={"max_steps": 12, "save_steps": 12})
+    run_dir = prepare_run(config, tmp_path / "runs")
+    assert run_worker(run_dir, install_signals=False).exit_code == 0
+    report = evaluation.evaluate_run(run_dir)
+    assert report.data_format == "text" and report.held_out_examples == 12 and report.examples == []
+    for side in (report.base, report.adapter):
+        assert side.generated == 0 and side.exact_match is None and side.rouge_l is None
+        assert side.scored_tokens > 0 and math.isfinite(side.loss)
+    assert report.adapter.loss < report.base.loss  # six words in turn are easy to learn
+    from tuneplan.events import read_events
+
+    # the trainer's last eval of the same packed rows (a mean over batches; one batch here)
+    trainer_eval = [e for e in read_events(run_dir) if e.get("kind") == "eval"][-1]["eval_loss"]
+    assert report.adapter.loss == pytest.approx(trainer_eval, rel=0.02)
+    assert "exact match" not in "\n".join(eval_results.table_lines(report))
