@@ -93,7 +93,7 @@ def recommend(trials: list[Trial] | tuple[Trial, ...], tolerance: float = QUALIT
         return Recommendation(None, "no trial finished with an eval loss: nothing to compare")
     best = min(done, key=lambda t: t.eval_loss)  # type: ignore[arg-type, return-value]
     same = [t for t in done if relative_gap(t.eval_loss, best.eval_loss) <= tolerance]  # type: ignore[arg-type]
-    timed = [t for t in same if t.projected_seconds]
+    timed = [t for t in same if t.projected_seconds is not None and t.projected_seconds > 0]
     pick = best
     if timed:
         fastest = min(t.projected_seconds for t in timed)  # type: ignore[type-var]

@@ -174,14 +174,13 @@ def measure_run(run_dir: Path) -> dict[str, Any]:
     steady = [e for e in logs if e["step"] > 1] or logs
     speeds = [e["tokens_per_second"] for e in steady if isinstance(e.get("tokens_per_second"), (int, float))]
     out["tokens_per_second"] = statistics.median(speeds) if speeds else None
+    # seconds per step from consecutive log events of one attempt: a resumed run's clock starts
+    # again at 0 (a pair across the resume goes backwards and is left out), as does its warm-up
     timed = [e for e in steady if isinstance(e.get("elapsed_seconds"), (int, float))]
-    if len(timed) >= 2 and timed[-1]["step"] > timed[0]["step"]:
-        out["seconds_per_step"] = (timed[-1]["elapsed_seconds"] - timed[0]["elapsed_seconds"]) / \
-            (timed[-1]["step"] - timed[0]["step"])
-    elif timed:
-        out["seconds_per_step"] = timed[-1]["elapsed_seconds"] / timed[-1]["step"]
-    else:
-        out["seconds_per_step"] = None
+    per_step = [(b["elapsed_seconds"] - a["elapsed_seconds"]) / (b["step"] - a["step"])
+                for a, b in zip(timed, timed[1:]) if b["step"] > a["step"] and b["elapsed_seconds"] > a["elapsed_seconds"]]
+    out["seconds_per_step"] = statistics.median(per_step) if per_step else (
+        timed[-1]["elapsed_seconds"] / timed[-1]["step"] if timed and timed[-1]["elapsed_seconds"] > 0 else None)
     last = next((e for e in reversed(logs) if isinstance(e.get("epoch"), (int, float)) and e["epoch"] > 0), None)
     out["epochs_per_step"] = last["epoch"] / last["step"] if last else None
     if probe is not None:

@@ -96,6 +96,24 @@ def test_measurements_come_from_the_trial_events(recorded):
         assert cost == pytest.approx(seconds / 3600 * 3.0)
 
 
+def test_a_resumed_trial_measures_each_attempt_on_its_own_clock(recorded):
+    """A resumed run's `elapsed_seconds` starts again at 0: the seconds per step stay positive
+    and are those of the steps, not of the jump across the resume."""
+    root, _, record = recorded
+    run = root / record["trials"][0]["run"]
+    before = C.measure_run(run)
+    logs = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    logs = [e for e in logs if e["kind"] == "log"]
+    with open(run / "events.jsonl", "a", encoding="utf-8") as f:  # the last steps again, after a resume
+        for e in logs[-3:]:
+            f.write(json.dumps({**e, "elapsed_seconds": e["elapsed_seconds"] - logs[-4]["elapsed_seconds"]}) + "\n")
+    after = C.measure_run(run)
+    assert after["seconds_per_step"] > 0
+    assert min(before["seconds_per_step"], after["seconds_per_step"]) / max(
+        before["seconds_per_step"], after["seconds_per_step"]) > 0.5
+    assert recommend([Trial("lora", eval_loss=1.0, projected_seconds=-5.0), Trial("qlora", eval_loss=1.0)]).method
+
+
 def test_the_table_shows_every_method_its_eval_and_the_recommendation(recorded):
     root, folder, record = recorded
     losses = _eval_losses(root, record)
