@@ -218,6 +218,12 @@ KNOBS: tuple[Knob, ...] = (
          refitted=True, short="fused loss"),
     Knob("packing", "--packing", SWITCH, "packing", "pack examples into full rows, padding-free (default: on)",
          planned=True),
+    Knob("offload_activations", "--offload-activations", SWITCH, "activation offload",
+         "keep checkpointed layer inputs in host RAM (long context; implies checkpointing; default: auto, "
+         "only when the sequence needs it)", planned=True, refitted=True, short="activation offload"),
+    Knob("tiled_mlp", "--tiled-mlp", SWITCH, "tiled MLP",
+         "compute the MLP shard by shard along the sequence, recomputed in backward (long context; "
+         "default: auto, only when the sequence needs it)", planned=True, refitted=True, short="tiled MLP"),
     Knob("quant_type", "--quant-type", CHOICE, "4-bit format", "QLoRA 4-bit format (default nf4)",
          choices=("nf4", "fp4"), group=QLORA),
     Knob("double_quant", "--double-quant", SWITCH, "4-bit format", "QLoRA double quantization (default on)",
