@@ -589,12 +589,18 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
         while hi * SEQ_ROUND <= MAX_SEQ_SEARCH and fits(setup, hi * SEQ_ROUND):
             lo, hi = hi, hi * 2
         hi = min(hi, MAX_SEQ_SEARCH // SEQ_ROUND + 1)
-        while hi - lo > 1:  # lo fits, hi does not
-            mid = (lo + hi) // 2
-            if fits(setup, mid * SEQ_ROUND):
-                lo = mid
-            else:
-                hi = mid
+        lo = _bisect(lambda u: fits(setup, u * SEQ_ROUND), lo, hi)
+        if setup.tiled_mlp:
+            # the tiled MLP's shard count steps up at multiples of the hidden size (planner/memory.py
+            # `tiled_mlp_shards`), and its shard, so the memory, drops there: past such a step a
+            # longer sequence can fit where a shorter one did not. Memory grows within a step and
+            # from one step's start to the next, so walk the steps while their start fits.
+            while True:
+                start = -(-_next_shard_step(replace(setup, seq_len=lo * SEQ_ROUND), spec.hidden_size) // SEQ_ROUND)
+                if start * SEQ_ROUND > MAX_SEQ_SEARCH or not fits(setup, start * SEQ_ROUND):
+                    break
+                end = _next_shard_step(replace(setup, seq_len=start * SEQ_ROUND), spec.hidden_size) // SEQ_ROUND + 1
+                lo = _bisect(lambda u: fits(setup, u * SEQ_ROUND), start, min(end, MAX_SEQ_SEARCH // SEQ_ROUND + 1))
         if lo * SEQ_ROUND > best:
             best, best_setup = lo * SEQ_ROUND, setup
     if best_setup is None:
@@ -610,6 +616,26 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
     reasons.append(f"Sequence length {best}: the longest that fits (--seq-len max, searched in steps of {SEQ_ROUND} "
                    f"tokens with the least-memory configuration, {c.describe()}){over}.")
     return best
+
+
+def _bisect(fits, lo: int, hi: int) -> int:
+    """The largest n in [lo, hi) with fits(n), given fits(lo) and not fits(hi) (monotone between)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _next_shard_step(setup: TrainSetup, hidden: int) -> int:
+    """The shortest sequence longer than `setup.seq_len` whose tiled MLP has one shard more."""
+    from planner.memory import tiled_mlp_shards
+
+    shards, _ = tiled_mlp_shards(setup, hidden)
+    per_seq = setup.micro_batch if (setup.packing and setup.attn != "eager") else 1  # positions per token of seq
+    return shards * hidden // per_seq + 1
 
 
 def _explain_long_context(choice: Candidate, rung: str | None, fixed: Mapping[str, Any], constraints: Constraints,
