@@ -227,8 +227,6 @@ class _Search:
         self.cpu_offload, self.nodes, self.inter_node_gbs = cpu_offload, nodes, inter_node_gbs
         self.host_ram = host_ram
         self.cache: dict[TrainSetup, Candidate] = {}
-        self.host_short: Candidate | None = None
-        """The smallest-host-need configuration that fit the card but not the host RAM."""
 
     def memory(self, setup: TrainSetup) -> MemoryEstimate:
         offload = (self.cpu_offload or setup.cpu_offload) and setup.strategy == "fsdp"
@@ -239,6 +237,13 @@ class _Search:
         host = mem.details.get("host_activation_bytes", 0)
         return mem.device_bytes <= self.budget and (self.host_ram is None or host <= self.host_ram)
 
+    def host_short(self, seq_len: int) -> Candidate | None:
+        """Of the configurations of `seq_len` tried that fit the card but not the host RAM, the
+        one that needs the least host RAM (None: the host RAM kept none of them out)."""
+        short = [c for c in self.cache.values() if not c.fits and c.setup.seq_len == seq_len
+                 and c.memory.device_bytes <= self.budget]
+        return min(short, key=lambda c: c.host_bytes()) if short else None
+
     def eval(self, setup: TrainSetup) -> Candidate:
         c = self.cache.get(setup)
         if c is None:
@@ -247,9 +252,6 @@ class _Search:
             thr = estimate_throughput(self.spec, setup, self.gpu, nodes=self.nodes,
                                       inter_node_gbs=self.inter_node_gbs, cpu_offload=offload)
             c = Candidate(setup, mem, thr, self.fits_memory(mem))
-            if not c.fits and mem.device_bytes <= self.budget and \
-                    (self.host_short is None or c.host_bytes() < self.host_short.host_bytes()):
-                self.host_short = c
             self.cache[setup] = c
         return c
 
@@ -477,8 +479,8 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
         if choice.setup.seq_len > spec.max_position_embeddings and constraints.seq_len_max:
             warnings.append(f"sequence length {choice.setup.seq_len} is beyond {spec.name}'s context of "
                             f"{spec.max_position_embeddings} tokens. {_rope_sentence(spec)}")
-        short = search.host_short
-        host_short = short.host_bytes() if (short is not None and not fits) else None
+        short = search.host_short(base.seq_len) if not fits else None
+        host_short = short.host_bytes() if short is not None else None
         if host_short is not None:
             suggestions = list(suggestions) + [
                 f"Offloading the activations needs {_gib(host_short)} of pinned host RAM "
