@@ -35,6 +35,7 @@ a full 70B search takes a few dozen estimates.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -481,7 +482,7 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
                             f"{spec.max_position_embeddings} tokens. {_rope_sentence(spec)}")
         short = search.host_short(base.seq_len) if not fits else None
         host_short = short.host_bytes() if short is not None else None
-        if host_short is not None:
+        if short is not None and host_short is not None:
             suggestions = list(suggestions) + [
                 f"Offloading the activations needs {_gib(host_short)} of pinned host RAM "
                 f"({short.describe()}); {_gib(constraints.host_ram_bytes)} is available."]
@@ -591,7 +592,8 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
         while hi * SEQ_ROUND <= MAX_SEQ_SEARCH and fits(setup, hi * SEQ_ROUND):
             lo, hi = hi, hi * 2
         hi = min(hi, MAX_SEQ_SEARCH // SEQ_ROUND + 1)
-        lo = _bisect(lambda u: fits(setup, u * SEQ_ROUND), lo, hi)
+        fits_units = functools.partial(lambda st, u: fits(st, u * SEQ_ROUND), setup)
+        lo = _bisect(fits_units, lo, hi)
         if setup.tiled_mlp:
             # the tiled MLP's shard count steps up at multiples of the hidden size (planner/memory.py
             # `tiled_mlp_shards`), and its shard, so the memory, drops there: past such a step a
@@ -602,7 +604,7 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
                 if start * SEQ_ROUND > MAX_SEQ_SEARCH or not fits(setup, start * SEQ_ROUND):
                     break
                 end = _next_shard_step(replace(setup, seq_len=start * SEQ_ROUND), spec.hidden_size) // SEQ_ROUND + 1
-                lo = _bisect(lambda u: fits(setup, u * SEQ_ROUND), start, min(end, MAX_SEQ_SEARCH // SEQ_ROUND + 1))
+                lo = _bisect(fits_units, start, min(end, MAX_SEQ_SEARCH // SEQ_ROUND + 1))
         if lo * SEQ_ROUND > best:
             best, best_setup = lo * SEQ_ROUND, setup
     if best_setup is None:
