@@ -595,15 +595,22 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
                  effective: int, ga_for: int | None, reasons: list[str], warnings: list[str],
                  spec: ModelSpec) -> int:
     """`--seq-len max`: the longest multiple of SEQ_ROUND tokens at which the least-memory
-    configuration of one of `methods` fits (device budget and, when known, host RAM). Memory
-    grows with the sequence, so it doubles to bracket the limit, then bisects (a few dozen
-    memory estimates; no speed estimates)."""
+    configuration of one of `methods` (with and without the tiled MLP) fits (device budget and,
+    when known, host RAM). Memory grows with the sequence, so it doubles to bracket the limit,
+    then bisects (a few dozen memory estimates per configuration; no speed estimates)."""
     def fits(setup: TrainSetup, seq: int) -> bool:
         return search.fits_memory(search.memory(replace(setup, seq_len=seq)))
 
     best, best_setup = 0, None
+    setups = []
     for method in methods:
-        setup = _least_memory(base, method, fixed, rungs, effective, ga_for)
+        least = _least_memory(base, method, fixed, rungs, effective, ga_for)
+        setups.append(least)
+        if least.tiled_mlp and "tiled_mlp" not in fixed:
+            # one shard (a sequence up to the hidden size) costs more tiled than untiled: the
+            # untiled variant has its own, monotone, limit
+            setups.append(replace(least, tiled_mlp=False))
+    for setup in setups:
         if not fits(setup, SEQ_ROUND):
             continue
         lo, hi = 1, 2  # in units of SEQ_ROUND: lo fits, hi unknown
