@@ -435,7 +435,8 @@ class PlanningAdapter:
         measured = planning.find_measured(planning.PlanRequest(model=model.source,
                                                                dataset_source=getattr(dataset, "source", None)))
         request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,
-                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1, measured=measured)
+                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1, measured=measured,
+                                       seq_len_max=given.longest())
         outcome = planning.plan(request)
         r = outcome.result
         c = r.choice
