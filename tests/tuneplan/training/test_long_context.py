@@ -121,8 +121,16 @@ def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_m
     """Offloading + tiled MLP + trl's chunked loss + checkpointing against no checkpointing and
     transformers' loss: packed rows of 4 x 256 tokens (16 MLP shards of the tiny model's
     hidden size 64), 8 steps, then the same run resumed from its step-4 checkpoint."""
+    import torch
+
     from tuneplan.services.launcher import prepare_run
     from tuneplan.training.runner import run_worker
+
+    def train(run_dir):
+        # the adapters are initialised from the global RNG before the trainer seeds it: start
+        # every in-process run from the same state, as every real run starts in a new process
+        torch.manual_seed(0)
+        return run_worker(run_dir, install_signals=False)
 
     common = dict(seq_len=256, packing=True, lora_dropout=0.0)
     training = dict(max_steps=8, save_steps=4, logging_steps=2)
@@ -131,9 +139,9 @@ def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_m
     long_cfg = tiny_config(tiny_model, setup=dict(common, grad_checkpointing=True, fused_ce=True,
                                                   offload_activations=True, tiled_mlp=True), training=training)
     plain_dir = prepare_run(plain_cfg, runs_root)
-    assert run_worker(plain_dir, install_signals=False).exit_code == 0
+    assert train(plain_dir).exit_code == 0
     long_dir = prepare_run(long_cfg, runs_root)
-    long = run_worker(long_dir, install_signals=False)
+    long = train(long_dir)
     assert long.exit_code == 0
     from trl.models.activation_offloading import OffloadActivations
 
@@ -142,12 +150,12 @@ def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_m
     plain, longer = _losses(plain_dir), _losses(long_dir)
     assert sorted(plain) == sorted(longer) == [2, 4, 6, 8]
     for step in plain:
-        assert longer[step] == pytest.approx(plain[step], rel=2e-4), (step, plain, longer)
+        assert longer[step] == pytest.approx(plain[step], rel=1e-5), (step, plain, longer)
     assert longer[8] < longer[2]  # it learns
 
     resumed_cfg = replace(long_cfg, resume_from=str(long_dir / "checkpoints" / "checkpoint-4"))
     resumed_dir = prepare_run(resumed_cfg, runs_root)
-    assert run_worker(resumed_dir, install_signals=False).exit_code == 0
+    assert train(resumed_dir).exit_code == 0
     resumed = _losses(resumed_dir)
     assert sorted(resumed) == [6, 8]
     for step in resumed:
