@@ -17,7 +17,10 @@ appended to `--out` as they come, cases already there are skipped, and `--report
 the predictions from the stored traces with the current planner. Case syntax:
 `model:method:ckpt(on|off):micro_batch:targets(all|attn)[:seq_len[:arch]]`; a plan case
 `plan:model@gpu[@more plan arguments]` traces the setup `tuneplan plan --model model --gpu gpu
-...` chooses (packing and the fused loss included) on that card's architecture.
+...` chooses (packing and the fused loss included) on that card's architecture; a long-context
+case `long:model:seq_len[:arch]` traces Unsloth's long-context setup (QLoRA r32 on all linear
+layers, micro-batch 1, rows of exactly seq_len tokens) with every long-context knob on:
+activation offloading, tiled MLP, trl's chunked loss, checkpointing, LoRA dropout 0.
 """
 
 from __future__ import annotations
@@ -54,13 +57,32 @@ def grid() -> list[str]:
         for method in ("lora", "qlora"):
             for ckpt in ("off", "on"):
                 out.append(f"llama-3.1-8b:{method}:{ckpt}:1:all:{seq}")
-    return out
+    return out + LONG_CONTEXT
+
+
+# Long context (issue 20): Unsloth's setup at 32k and 128k on an 8B and a 70B, and the longest
+# sequence `tuneplan plan --seq-len max` finds for it on an 80 GB card and a 48 GiB one.
+_UNSLOTH = "--method qlora --lora-r 32 --lora-targets all-linear --batch 1 --seq-len max"
+LONG_CONTEXT = [f"long:{m}:{s}" for m in ("llama-3.1-8b", "llama-3.1-70b") for s in (32768, 131072)] + [
+    f"plan:llama-3.1-8b@a100-80gb@{_UNSLOTH}", f"plan:llama-3.1-70b@a100-80gb@{_UNSLOTH}",
+    f"plan:llama-3.1-70b@a100-80gb@{_UNSLOTH} --vram 48GiB"]
+
+
+def long_setup(seq_len: int):
+    """The long-context setup of a `long:` case (see the module doc)."""
+    from planner.setup import TrainSetup
+
+    return TrainSetup(method="qlora", lora_rank=32, lora_alpha=32, lora_dropout=0.0, lora_targets="all-linear",
+                      micro_batch=1, seq_len=seq_len, packing=False, grad_checkpointing=True, fused_ce=True,
+                      offload_activations=True, tiled_mlp=True, optimizer="adamw")
 
 
 def parse_case(case: str):
     from planner.setup import ATTENTION_TARGETS, TrainSetup
 
     parts = case.split(":")
+    if parts[0] == "long":
+        return parts[1], long_setup(int(parts[2])), parts[3] if len(parts) > 3 else "hopper"
     model, method, ckpt, mb, targets = parts[:5]
     seq = int(parts[5]) if len(parts) > 5 else 2048
     arch = parts[6] if len(parts) > 6 else "hopper"
@@ -132,6 +154,7 @@ def run(cases: list[str], out: Path) -> None:
             print(f"{case}: trace failed: {type(e).__name__}: {e}", flush=True)
             continue
         rec = {"case": case, "model": model, "arch": arch, "setup": asdict(setup), "peak_bytes": r.peak_bytes,
+               "host_peak_bytes": r.host_peak_bytes,
                "peak_where": r.peak_where, "peak_breakdown": r.peak_breakdown, "static": r.static,
                "phases": r.phases, "marks": r.marks, "mark_ops": r.mark_ops,
                "backends": r.meta.get("sdpa_backends"), "seconds": round(time.perf_counter() - t, 1)}
@@ -172,6 +195,10 @@ def report(out: Path) -> tuple[float, float]:
         where = next((k[len("peak_phase_"):] for k in est.details if k.startswith("peak_phase_")), "?")
         print(f"{rec['case']:<40} {rec['peak_bytes'] / GiB:>10.3f} {est.torch_peak_bytes / GiB:>10.3f} "
               f"{err:>+7.2%}  {rec['peak_where']:<20} {where}")
+        if rec.get("host_peak_bytes"):  # activation offloading: the host RAM it holds
+            host = est.details.get("host_activation_bytes", 0)
+            print(f"{'  host RAM (offloaded)':<40} {rec['host_peak_bytes'] / GiB:>10.3f} {host / GiB:>10.3f} "
+                  f"{host / rec['host_peak_bytes'] - 1:>+7.2%}")
     if not errs:
         return 0.0, 0.0
     med = statistics.median(abs(e) for e in errs)
@@ -187,10 +214,10 @@ def write_csv(out: Path, path: Path) -> None:
     rows = _records(out)
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_where"])
+        w.writerow(["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_where", "trace_host_peak_bytes"])
         for r in rows:
             w.writerow([r["case"], r["model"], r["arch"], json.dumps(r["setup"], sort_keys=True), r["peak_bytes"],
-                        r["peak_where"]])
+                        r["peak_where"], r.get("host_peak_bytes", 0)])
 
 
 def main() -> int:

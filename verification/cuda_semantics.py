@@ -64,7 +64,10 @@ from the CPU one by exactly these mechanisms:
   allocates (`torch.empty`/`empty_like(..., device="cpu", pin_memory=...)`) are put on the
   meta device, which stands for host RAM. The tracker counts meta storages as host bytes
   (`LiveTensorTracker.host_device`), outside the device peak, and trl's `.to(device)` in the
-  unpack hook then allocates the device copy the backward reads, as on a card.
+  unpack hook then allocates the device copy the backward reads, as on a card. Each host
+  buffer counts what torch's pinned caching host allocator takes for it: the request rounded
+  up to a power of two (aten/src/ATen/core/CachingHostAllocator.h `allocate`,
+  `c10::llvm::PowerOf2Ceil`).
 """
 
 from __future__ import annotations
@@ -274,6 +277,11 @@ class CudaEmulation:
         self.arch = arch
         self.on = frozenset(mechanisms)
         self.host_device = HOST_DEVICE if "offload" in self.on else None
+
+    @staticmethod
+    def host_nbytes(nbytes: int) -> int:
+        """Pinned host bytes of a request (see `offload`): the next power of two."""
+        return 0 if nbytes <= 0 else 1 << (int(nbytes) - 1).bit_length()
         self.handles: set[str] = set()
         self.lt_handles: set[str] = set()
         self.backends: list[str] = []

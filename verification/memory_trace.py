@@ -350,6 +350,8 @@ def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None =
         classify_model(tr, trainer.model)
         tr.emulation = emu
         tr.host_device = getattr(emu, "host_device", None)
+        if tr.host_device is not None:
+            tr.host_size = emu.host_nbytes
         with phase_hooks(tr, trainer, trainer.model), _fake_scalars(), _fake_packing(trainer, setup, tr), tr:
             trainer.train()
     info = {"setup": dataclasses.asdict(setup), "device": "fake-cpu" if emu is None else f"fake-cuda-{arch}",

@@ -75,6 +75,7 @@ class LiveTensorTracker(TorchDispatchMode):
         self.host_device: str | None = None
         self.host_current = 0
         self.host_peak = 0
+        self.host_size = lambda nbytes: nbytes  # what the host allocator takes for a request
 
     # -- storage bookkeeping -----------------------------------------------------------
     def _freed(self, key: int, _ref=None) -> None:
@@ -99,6 +100,7 @@ class LiveTensorTracker(TorchDispatchMode):
         nbytes = st.nbytes()
         if self.host_device is not None and t.device.type == self.host_device:
             if e is None:
+                nbytes = self.host_size(nbytes)
                 self.live[key] = _Entry(nbytes, HOST, self._op)
                 self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
                 self.host_current += nbytes
@@ -145,6 +147,8 @@ class LiveTensorTracker(TorchDispatchMode):
             self.peak = self.current
             self.peak_breakdown = {k: v for k, v in self.by_cat.items() if v}
             self.peak_where = key
+            if self.step >= 2:  # the step the planner predicts: what the peak is made of, op by op
+                self.mark("peak")
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
