@@ -277,14 +277,14 @@ class CudaEmulation:
         self.arch = arch
         self.on = frozenset(mechanisms)
         self.host_device = HOST_DEVICE if "offload" in self.on else None
+        self.handles: set[str] = set()
+        self.lt_handles: set[str] = set()
+        self.backends: list[str] = []
 
     @staticmethod
     def host_nbytes(nbytes: int) -> int:
         """Pinned host bytes of a request (see `offload`): the next power of two."""
         return 0 if nbytes <= 0 else 1 << (int(nbytes) - 1).bit_length()
-        self.handles: set[str] = set()
-        self.lt_handles: set[str] = set()
-        self.backends: list[str] = []
 
     def after(self, tracker, func, args, kwargs) -> None:
         name = func.__name__.split(".")[0]
