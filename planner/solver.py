@@ -35,6 +35,7 @@ a full 70B search takes a few dozen estimates.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
@@ -227,8 +228,6 @@ class _Search:
         self.cpu_offload, self.nodes, self.inter_node_gbs = cpu_offload, nodes, inter_node_gbs
         self.host_ram = host_ram
         self.cache: dict[TrainSetup, Candidate] = {}
-        self.host_short: Candidate | None = None
-        """The smallest-host-need configuration that fit the card but not the host RAM."""
 
     def memory(self, setup: TrainSetup) -> MemoryEstimate:
         offload = (self.cpu_offload or setup.cpu_offload) and setup.strategy == "fsdp"
@@ -239,6 +238,13 @@ class _Search:
         host = mem.details.get("host_activation_bytes", 0)
         return mem.device_bytes <= self.budget and (self.host_ram is None or host <= self.host_ram)
 
+    def host_short(self, seq_len: int) -> Candidate | None:
+        """Of the configurations of `seq_len` tried that fit the card but not the host RAM, the
+        one that needs the least host RAM (None: the host RAM kept none of them out)."""
+        short = [c for c in self.cache.values() if not c.fits and c.setup.seq_len == seq_len
+                 and c.memory.device_bytes <= self.budget]
+        return min(short, key=lambda c: c.host_bytes()) if short else None
+
     def eval(self, setup: TrainSetup) -> Candidate:
         c = self.cache.get(setup)
         if c is None:
@@ -247,9 +253,6 @@ class _Search:
             thr = estimate_throughput(self.spec, setup, self.gpu, nodes=self.nodes,
                                       inter_node_gbs=self.inter_node_gbs, cpu_offload=offload)
             c = Candidate(setup, mem, thr, self.fits_memory(mem))
-            if not c.fits and mem.device_bytes <= self.budget and \
-                    (self.host_short is None or c.host_bytes() < self.host_short.host_bytes()):
-                self.host_short = c
             self.cache[setup] = c
         return c
 
@@ -477,9 +480,9 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
         if choice.setup.seq_len > spec.max_position_embeddings and constraints.seq_len_max:
             warnings.append(f"sequence length {choice.setup.seq_len} is beyond {spec.name}'s context of "
                             f"{spec.max_position_embeddings} tokens. {_rope_sentence(spec)}")
-        short = search.host_short
-        host_short = short.host_bytes() if (short is not None and not fits) else None
-        if host_short is not None:
+        short = search.host_short(base.seq_len) if not fits else None
+        host_short = short.host_bytes() if short is not None else None
+        if short is not None and host_short is not None:
             suggestions = list(suggestions) + [
                 f"Offloading the activations needs {_gib(host_short)} of pinned host RAM "
                 f"({short.describe()}); {_gib(constraints.host_ram_bytes)} is available."]
@@ -589,12 +592,19 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
         while hi * SEQ_ROUND <= MAX_SEQ_SEARCH and fits(setup, hi * SEQ_ROUND):
             lo, hi = hi, hi * 2
         hi = min(hi, MAX_SEQ_SEARCH // SEQ_ROUND + 1)
-        while hi - lo > 1:  # lo fits, hi does not
-            mid = (lo + hi) // 2
-            if fits(setup, mid * SEQ_ROUND):
-                lo = mid
-            else:
-                hi = mid
+        fits_units = functools.partial(lambda st, u: fits(st, u * SEQ_ROUND), setup)
+        lo = _bisect(fits_units, lo, hi)
+        if setup.tiled_mlp:
+            # the tiled MLP's shard count steps up at multiples of the hidden size (planner/memory.py
+            # `tiled_mlp_shards`), and its shard, so the memory, drops there: past such a step a
+            # longer sequence can fit where a shorter one did not. Memory grows within a step and
+            # from one step's start to the next, so walk the steps while their start fits.
+            while True:
+                start = -(-_next_shard_step(replace(setup, seq_len=lo * SEQ_ROUND), spec.hidden_size) // SEQ_ROUND)
+                if start * SEQ_ROUND > MAX_SEQ_SEARCH or not fits(setup, start * SEQ_ROUND):
+                    break
+                end = _next_shard_step(replace(setup, seq_len=start * SEQ_ROUND), spec.hidden_size) // SEQ_ROUND + 1
+                lo = _bisect(fits_units, start, min(end, MAX_SEQ_SEARCH // SEQ_ROUND + 1))
         if lo * SEQ_ROUND > best:
             best, best_setup = lo * SEQ_ROUND, setup
     if best_setup is None:
@@ -610,6 +620,26 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
     reasons.append(f"Sequence length {best}: the longest that fits (--seq-len max, searched in steps of {SEQ_ROUND} "
                    f"tokens with the least-memory configuration, {c.describe()}){over}.")
     return best
+
+
+def _bisect(fits, lo: int, hi: int) -> int:
+    """The largest n in [lo, hi) with fits(n), given fits(lo) and not fits(hi) (monotone between)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _next_shard_step(setup: TrainSetup, hidden: int) -> int:
+    """The shortest sequence longer than `setup.seq_len` whose tiled MLP has one shard more."""
+    from planner.memory import tiled_mlp_shards
+
+    shards, _ = tiled_mlp_shards(setup, hidden)
+    per_seq = setup.micro_batch if (setup.packing and setup.attn != "eager") else 1  # positions per token of seq
+    return shards * hidden // per_seq + 1
 
 
 def _explain_long_context(choice: Candidate, rung: str | None, fixed: Mapping[str, Any], constraints: Constraints,

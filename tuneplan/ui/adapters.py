@@ -404,7 +404,8 @@ class PlanningAdapter:
         method = fixed.pop("method", "auto")
         # The wizard plans for the one card chosen (more GPUs appear as suggestions only).
         request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,
-                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1)
+                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1,
+                                       seq_len_max=given.longest())
         outcome = planning.plan(request)
         r = outcome.result
         c = r.choice
