@@ -207,17 +207,25 @@ def report(out: Path) -> tuple[float, float]:
     return med, worst
 
 
+CSV_FIELDS = ["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_where", "trace_host_peak_bytes"]
+
+
 def write_csv(out: Path, path: Path) -> None:
-    """case, model, arch, setup (JSON), traced peak bytes, peak phase: what the tests need."""
+    """case, model, arch, setup (JSON), traced peak bytes, peak phase, host bytes (activation
+    offloading): what the tests need. Rows already in `path` for cases `out` does not hold are
+    kept (the grid is traced in parts)."""
     import csv
 
-    rows = _records(out)
+    rows = {r["case"]: [r["case"], r["model"], r["arch"], json.dumps(r["setup"], sort_keys=True), r["peak_bytes"],
+                        r["peak_where"], r.get("host_peak_bytes", 0)] for r in _records(out)}
+    kept = []
+    if path.exists():
+        with path.open(newline="") as fh:
+            kept = [[row.get(k) or 0 for k in CSV_FIELDS] for row in csv.DictReader(fh) if row["case"] not in rows]
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_where", "trace_host_peak_bytes"])
-        for r in rows:
-            w.writerow([r["case"], r["model"], r["arch"], json.dumps(r["setup"], sort_keys=True), r["peak_bytes"],
-                        r["peak_where"], r.get("host_peak_bytes", 0)])
+        w.writerow(CSV_FIELDS)
+        w.writerows(kept + list(rows.values()))
 
 
 def main() -> int:
