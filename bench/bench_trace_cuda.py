@@ -20,7 +20,10 @@ the predictions from the stored traces with the current planner. Case syntax:
 ...` chooses (packing and the fused loss included) on that card's architecture; a long-context
 case `long:model:seq_len[:arch]` traces Unsloth's long-context setup (QLoRA r32 on all linear
 layers, micro-batch 1, rows of exactly seq_len tokens) with every long-context knob on:
-activation offloading, tiled MLP, trl's chunked loss, checkpointing, LoRA dropout 0.
+activation offloading, tiled MLP, trl's chunked loss, checkpointing, LoRA dropout 0. Any case
+ending in `~L<n>` runs the model cut to its first n decoder layers (trace and prediction alike:
+a quick look at per-layer effects, e.g. `long:llama-3.1-8b:131072~L3`); such cases stay out of
+the CSV.
 """
 
 from __future__ import annotations
@@ -123,17 +126,42 @@ def gpu_for(arch: str):
     return GPU(key=arch, name=arch, memory_bytes=80 * GiB, bf16=True, arch=arch)
 
 
-def predict(model: str, setup, arch: str):
+def model_config(model: str, layers: int | None = None) -> dict:
+    """The catalog model's config.json, cut to its first `layers` decoder layers if given."""
+    from planner import catalog
+
+    config = dict(catalog.get(model).config)
+    if layers:
+        config["num_hidden_layers"] = layers
+        for key in ("layer_types",):  # per-layer lists follow the cut
+            if isinstance(config.get(key), list):
+                config[key] = config[key][:layers]
+    return config
+
+
+def split_layers(case: str) -> tuple[str, int | None]:
+    """(`case` without its `~L<n>` suffix, n or None)."""
+    if "~L" in case:
+        base, n = case.rsplit("~L", 1)
+        return base, int(n)
+    return case, None
+
+
+def predict(model: str, setup, arch: str, layers: int | None = None):
     from planner import catalog
     from planner.memory import estimate_memory
 
-    return estimate_memory(catalog.load_spec(catalog.get(model).name), setup, gpu_for(arch), padded_rows=False)
+    spec = catalog.load_spec(catalog.get(model).name)
+    if layers:
+        from planner.spec import spec_from_config
+
+        spec = spec_from_config(model_config(model, layers), f"{model}~L{layers}")
+    return estimate_memory(spec, setup, gpu_for(arch), padded_rows=False)
 
 
 def run(cases: list[str], out: Path) -> None:
     import torch
 
-    from planner import catalog
     from verification.memory_trace import trace_fake
 
     torch.set_num_threads(1)
@@ -143,18 +171,19 @@ def run(cases: list[str], out: Path) -> None:
     for case in cases:
         if case in done:
             continue
-        if case.startswith("plan:"):
-            model, setup, arch = plan_setup(*case[len("plan:"):].split("@"))
+        name, layers = split_layers(case)
+        if name.startswith("plan:"):
+            model, setup, arch = plan_setup(*name[len("plan:"):].split("@"))
         else:
-            model, setup, arch = parse_case(case)
+            model, setup, arch = parse_case(name)
         t = time.perf_counter()
         try:
-            r = trace_fake(dict(catalog.get(model).config), setup, semantics="cuda", arch=arch)
+            r = trace_fake(model_config(model, layers), setup, semantics="cuda", arch=arch)
         except Exception as e:  # keep going: one family's failure must not stop the grid
             print(f"{case}: trace failed: {type(e).__name__}: {e}", flush=True)
             continue
         rec = {"case": case, "model": model, "arch": arch, "setup": asdict(setup), "peak_bytes": r.peak_bytes,
-               "host_peak_bytes": r.host_peak_bytes,
+               "host_peak_bytes": r.host_peak_bytes, "layers": layers,
                "peak_where": r.peak_where, "peak_breakdown": r.peak_breakdown, "static": r.static,
                "phases": r.phases, "marks": r.marks, "mark_ops": r.mark_ops,
                "backends": r.meta.get("sdpa_backends"), "seconds": round(time.perf_counter() - t, 1)}
@@ -181,7 +210,7 @@ def report(out: Path) -> tuple[float, float]:
     print(f"{'case':<40} {'trace GiB':>10} {'plan GiB':>10} {'error':>7}  {'trace peak at':<20} {'plan peak at'}")
     for rec in rows:
         setup = TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in rec["setup"].items()})
-        if rec["case"].startswith("plan:"):
+        if rec["case"].startswith("plan:") and not rec.get("layers"):
             from planner import catalog
             from planner.gpus import get_gpu
             from planner.memory import estimate_memory
@@ -189,7 +218,7 @@ def report(out: Path) -> tuple[float, float]:
             gpu = get_gpu(rec["case"].split("@")[1])
             est = estimate_memory(catalog.load_spec(rec["model"]), setup, gpu)
         else:
-            est = predict(rec["model"], setup, rec["arch"])
+            est = predict(rec["model"], setup, rec["arch"], rec.get("layers"))
         err = est.torch_peak_bytes / rec["peak_bytes"] - 1
         errs.append(err)
         where = next((k[len("peak_phase_"):] for k in est.details if k.startswith("peak_phase_")), "?")
@@ -217,7 +246,7 @@ def write_csv(out: Path, path: Path) -> None:
     import csv
 
     rows = {r["case"]: [r["case"], r["model"], r["arch"], json.dumps(r["setup"], sort_keys=True), r["peak_bytes"],
-                        r["peak_where"], r.get("host_peak_bytes", 0)] for r in _records(out)}
+                        r["peak_where"], r.get("host_peak_bytes", 0)] for r in _records(out) if not r.get("layers")}
     kept = []
     if path.exists():
         with path.open(newline="") as fh:

@@ -4,7 +4,6 @@ long-context knob on trains, resumes and matches the losses of the same run with
 
 from __future__ import annotations
 
-import copy
 from dataclasses import replace
 
 import pytest
