@@ -695,10 +695,30 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
                 out.w_mlp = max(out.w_mlp, w)
         biggest = max((m.in_features * m.out_features for m in layer if m.quantizable()), default=0)
         out.dequant = _dequant_bytes(biggest, setup, p)
+    # the RMSNorm backward (its fp32 temporaries, `_norm_backward`) runs after the half it feeds has
+    # released its saved tensors, all but the norm's own fp32 copy
+    attn_norm_saved = attn_norms * _norm_saved(T, h, full, a)
+    mlp_norm_saved = (norms - norms // 2) * _norm_saved(T, h, full, a)
+    if attn_norms > 0:
+        out.w_attn = max(out.w_attn, _norm_backward(T, h) - (out.saved_attn - attn_norm_saved))
+    out.w_mlp = max(out.w_mlp, _norm_backward(T, h) - (out.saved_mlp - mlp_norm_saved))
     # grad of the residual stream flowing through the layer
     out.w_attn += 2 * T * h * a
     out.w_mlp += 2 * T * h * a
     return out
+
+
+def _norm_backward(tokens: int, width: int) -> int:
+    """Bytes the backward of one RMSNorm over `tokens x width` holds at its worst moment.
+
+    transformers `LlamaRMSNorm.forward` computes in fp32 (`x32 = x.to(float32)`, `x32 *
+    rsqrt(x32.pow(2).mean(-1) + eps)`); autograd then runs, in order: `MulBackward0` (the grad of x32
+    through the product, fp32, kept for accumulation), the mean's backward (the rsqrt grad expanded
+    and divided: an fp32 tensor) and `pow_backward` (torch/csrc/autograd/FunctionsManual.cpp:
+    `grad * (exponent * self.pow(exponent - 1))`, two more fp32 temporaries): four fp32 tokens x
+    width tensors at once (the CUDA-semantics trace's peak op at 32k tokens with a tiled MLP:
+    `div.Scalar`, `pow.Tensor_Scalar`, `mul.Scalar` next to the first product's `mul.Tensor`)."""
+    return 4 * tokens * width * 4
 
 
 def _tiled(full: _Layer, shard: _Layer, spec, setup: TrainSetup, p: _Path, T: int, S: int) -> _Layer:
@@ -728,7 +748,9 @@ def _tiled(full: _Layer, shard: _Layer, spec, setup: TrainSetup, p: _Path, T: in
     # forward: the output (T x h) + one shard's act(gate), up and their product (three
     # S x intermediate tensors under no_grad), its LoRA transients and its output part
     out.fwd_mlp = T * h * a + S * h * a + 3 * S * inter * a + shard.fwd_mlp
-    out.w_mlp = T * h * a + inner_saved + inner_work + 2 * T * h * a
+    # backward: x_grad and one shard at a time; or the post-MLP-input norm's backward (the MLP
+    # input released by then)
+    out.w_mlp = max(T * h * a + inner_saved + inner_work, _norm_backward(T, h) - T * h * a) + 2 * T * h * a
     return out
 
 
@@ -1025,8 +1047,12 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
             # trl `OffloadActivations` (see OFFLOAD_*): the layer inputs go to pinned host memory;
             # the forward keeps the last `max_fwd_stash_size` of them (one of them the running
             # layer's input) plus the output it is writing, the backward the input being
-            # recomputed and the one before it
-            layer_inputs = min(L, OFFLOAD_FWD_STASH + 1) * layer_input
+            # recomputed and the one before it. LoRA/QLoRA: the first layer's input stays as well:
+            # transformers `enable_input_require_grads` (a forward hook on the input embeddings:
+            # `output.requires_grad_(True)`, for checkpointing a frozen base) makes the embedding
+            # output a leaf, and its AccumulateGrad node in the graph holds it until the backward ends
+            leaf = layer_input if (setup.method != "full" and L > OFFLOAD_FWD_STASH + 1) else 0
+            layer_inputs = min(L, OFFLOAD_FWD_STASH + 1) * layer_input + leaf
             details["offloaded_layer_inputs"] = L * layer_input
         saved = layer_inputs + head_saved
         bwd_layer = biggest_layer.saved + biggest_layer.bwd_working
@@ -1052,10 +1078,16 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     if offload:
         # the loss runs after the last pack of a layer input: the stash then holds the head's
         # tensors (final norm, the loss's hidden rows), which `head_saved` counts, and the last
-        # layer's output; the backward brings the inputs back one layer at a time
-        loss_saved = layer_input + head_saved
-        layers_saved = min(L, OFFLOAD_BWD_LIVE) * layer_input
-    if checkpointing:
+        # layer's output; the backward brings the inputs back one layer at a time (and the
+        # first layer's input, a leaf, stays: see above)
+        leaf = layer_input if setup.method != "full" else 0
+        loss_saved = layer_input + leaf + head_saved
+        layers_saved = min(L, OFFLOAD_BWD_LIVE) * layer_input + (leaf if L > OFFLOAD_BWD_LIVE else 0)
+    if offload:
+        # every layer's backward holds what the top one does (the leaf first input and the inputs
+        # brought back), next to almost all of the gradients near the bottom
+        bottom_saved = mask_bytes + layers_saved
+    elif checkpointing:
         bottom_saved = mask_bytes + T * h * a
     else:
         bottom_saved = mask_bytes + per_layer[0].saved

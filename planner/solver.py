@@ -433,7 +433,9 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
             return ["adamw", "paged-adamw-8bit"]
         return ["adamw"] if tried_fit else ["paged-adamw-8bit"]
 
-    rungs = _long_context_rungs(base, fixed, mbs, methods)
+    # the long-context path is planned for one GPU (several GPUs shard what they hold instead);
+    # knobs the user fixes apply everywhere
+    rungs = _long_context_rungs(base, fixed, mbs, methods) if (n == 1 and strategy == "single") else []
     if constraints.seq_len_max:
         seq = _longest_seq(search, base, methods, fixed, rungs, effective, ga_for, reasons, warnings, spec)
         base = replace(base, seq_len=seq)
@@ -462,6 +464,8 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     groups = search_groups([({}, mbs)])
     fitting = [c for cands in groups.values() for c in cands]
     rung = None
+    if not fitting and not _activations_could_fit(search, base, methods, fixed, effective):
+        rungs = []  # the weights alone do not fit: no activation saving helps, the standard answer stands
     for name, variants in rungs:
         if fitting:
             break
@@ -550,6 +554,20 @@ def _long_context_rungs(base: TrainSetup, fixed: Mapping[str, Any], mbs: list[in
     return rungs
 
 
+_STATIC = ("runtime_overhead", "quantized_weights", "unquantized_weights", "adapter_weights")
+
+
+def _activations_could_fit(search: "_Search", base: TrainSetup, methods: list[str], fixed: Mapping[str, Any],
+                           effective: int) -> bool:
+    """Whether the weights, adapters and CUDA context of some allowed method leave room on the
+    card at all: the long-context path saves activations, nothing else."""
+    for m in methods:
+        c = search.eval(_smallest_setup(base, m, fixed, effective))
+        if sum(c.memory.components.get(k, 0) for k in _STATIC) < search.budget:
+            return True
+    return False
+
+
 def _least_memory(base: TrainSetup, method: str, fixed: Mapping[str, Any], rungs, effective: int,
                   ga_for: int | None) -> TrainSetup:
     """The configuration of `method` with the least memory the long-context path allows: every
@@ -577,15 +595,22 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
                  effective: int, ga_for: int | None, reasons: list[str], warnings: list[str],
                  spec: ModelSpec) -> int:
     """`--seq-len max`: the longest multiple of SEQ_ROUND tokens at which the least-memory
-    configuration of one of `methods` fits (device budget and, when known, host RAM). Memory
-    grows with the sequence, so it doubles to bracket the limit, then bisects (a few dozen
-    memory estimates; no speed estimates)."""
+    configuration of one of `methods` (with and without the tiled MLP) fits (device budget and,
+    when known, host RAM). Memory grows with the sequence, so it doubles to bracket the limit,
+    then bisects (a few dozen memory estimates per configuration; no speed estimates)."""
     def fits(setup: TrainSetup, seq: int) -> bool:
         return search.fits_memory(search.memory(replace(setup, seq_len=seq)))
 
     best, best_setup = 0, None
+    setups = []
     for method in methods:
-        setup = _least_memory(base, method, fixed, rungs, effective, ga_for)
+        least = _least_memory(base, method, fixed, rungs, effective, ga_for)
+        setups.append(least)
+        if least.tiled_mlp and "tiled_mlp" not in fixed:
+            # one shard (a sequence up to the hidden size) costs more tiled than untiled: the
+            # untiled variant has its own, monotone, limit
+            setups.append(replace(least, tiled_mlp=False))
+    for setup in setups:
         if not fits(setup, SEQ_ROUND):
             continue
         lo, hi = 1, 2  # in units of SEQ_ROUND: lo fits, hi unknown

@@ -41,8 +41,9 @@ def test_offloading_keeps_the_stash_on_the_card_and_every_layer_input_in_host_ra
     layer_input = seq * spec.hidden_size * 2  # bf16 hidden states of one micro-batch row
     L = spec.num_layers
     assert off.details["checkpointed_layer_inputs"] == L * layer_input
-    # trl's forward stash (max_fwd_stash_size) and the output being written stay on the card
-    assert on.details["checkpointed_layer_inputs"] == (OFFLOAD_FWD_STASH + 1) * layer_input
+    # trl's forward stash (max_fwd_stash_size) and the output being written stay on the card, and
+    # the first layer's input: a leaf (enable_input_require_grads) its AccumulateGrad node holds
+    assert on.details["checkpointed_layer_inputs"] == (OFFLOAD_FWD_STASH + 1 + 1) * layer_input
     host = on.details["host_activation_bytes"]
     assert host >= L * pinned_bytes(layer_input) and host % 4096 == 0
     assert on.device_bytes < off.device_bytes - (L - OFFLOAD_FWD_STASH - 1) * layer_input * 0.9
@@ -168,36 +169,41 @@ def test_a_long_sequence_turns_the_path_on_only_as_far_as_it_needs_and_says_why(
     assert (True, False) in seen and (True, True) in seen  # both steps are exercised
 
 
-@pytest.mark.parametrize("model, gpu, vram, published", [
-    ("llama-3.1-8b", "a100-80gb", None, 342_733),  # Unsloth's published maximum for Llama-3.1-8B, 80 GB
-    ("llama-3.1-70b", "a100-80gb", None, 89_389),  # Llama-3.3-70B (same shapes), 80 GB
+@pytest.mark.parametrize("model, free, published", [
+    ("llama-3.1-8b", None, 342_733),  # Unsloth's published maximum for Llama-3.1-8B, 80 GB
+    ("llama-3.1-70b", None, 89_389),  # Llama-3.3-70B (same shapes), 80 GB
+    ("llama-3.1-70b", 48 * GiB, 12_106),  # Llama-3.3-70B, 48 GB
 ])
-def test_seq_len_max_reaches_the_published_maxima_within_the_safety_margin(specs, model, gpu, vram, published):
-    r = _plan(specs[model], gpu, free=vram, seq_len_max=True)
+def test_seq_len_max_is_the_longest_that_fits_and_the_published_maxima_fit_the_whole_card(specs, model, free,
+                                                                                           published):
+    """Within the default 9% margin the search stops short of the published lengths (the RMSNorm
+    backward's fp32 temporaries, measured by the CUDA-semantics trace, are the largest item at
+    these lengths; docs/long-context.md); the published lengths fit the card itself."""
+    spec = specs[model]
+    r = _plan(spec, free=free, seq_len_max=True)
     s = r.choice.setup
     assert r.fits and r.choice.memory.device_bytes <= r.budget_bytes
-    assert s.seq_len >= published
-    assert s.offload_activations and s.tiled_mlp and not s.packing
-    assert r.choice.host_bytes() >= specs[model].num_layers * s.seq_len * specs[model].hidden_size * 2
+    assert s.offload_activations and not s.packing
+    assert s.tiled_mlp == (s.seq_len > spec.hidden_size)  # one shard below the hidden size: nothing to tile
+    assert r.choice.host_bytes() >= spec.num_layers * s.seq_len * spec.hidden_size * 2
     # the longest: one step more does not fit the least-memory configuration
-    more = estimate_memory(specs[model], replace(s, seq_len=s.seq_len + SEQ_ROUND), get_gpu(gpu))
+    more = estimate_memory(spec, replace(s, seq_len=s.seq_len + SEQ_ROUND), get_gpu("a100-80gb"))
     assert more.device_bytes > r.budget_bytes
     assert any(x.startswith(f"Sequence length {s.seq_len}: the longest") for x in r.reasons)
-    assert any("RoPE scaling" in w for w in r.warnings) == (s.seq_len > specs[model].max_position_embeddings)
+    assert any("RoPE scaling" in w for w in r.warnings) == (s.seq_len > spec.max_position_embeddings)
+    whole = _plan(spec, free=free, seq_len_max=True, safety_margin=0.0)
+    assert whole.fits and whole.choice.setup.seq_len >= published > s.seq_len
+    assert whole.choice.memory.device_bytes <= whole.usable_bytes
 
 
 def test_seq_len_max_on_48_gib_states_what_the_margin_leaves(specs):
-    """Llama-3.3-70B on 48 GB (Unsloth: 12,106 tokens): the 4-bit weights, the 16-bit embeddings and
-    head, the adapters with their gradients and states take ~40 GiB of the 43.7 GiB the default
-    margin leaves; without the margin the whole card is there."""
+    """Llama-3.3-70B on 48 GB: the 4-bit weights, the 16-bit embeddings and head and the adapters
+    take most of the 43.7 GiB the default margin leaves."""
     spec = specs["llama-3.1-70b"]
     default = _plan(spec, "a100-80gb", free=48 * GiB, seq_len_max=True)
-    bare = _plan(spec, "a100-80gb", free=48 * GiB, seq_len_max=True, safety_margin=0.0)
-    assert default.fits and bare.fits
-    assert bare.choice.setup.seq_len >= 12_106 > default.choice.setup.seq_len
     static = sum(default.choice.memory.components[k] for k in ("quantized_weights", "unquantized_weights",
                                                                "adapter_weights", "runtime_overhead"))
-    assert static > 0.85 * default.budget_bytes
+    assert default.fits and static > 0.85 * default.budget_bytes
 
 
 def test_host_ram_bounds_the_offload_and_says_how_much_it_needs(specs):

@@ -228,6 +228,23 @@ class RunsAdapter:
         check_tracker(training.report_to)  # said on the screen, before a launch is tried
         return config.validate()
 
+    def read_eval(self, run_dir: Path) -> Any:
+        """The run's `tuneplan eval` report (`RUN/eval.json`), or None."""
+        from tuneplan.services.eval_results import read_eval
+
+        return read_eval(run_dir)
+
+    def start_eval(self, run_dir: Path, *, force: bool = False) -> Any:
+        """`tuneplan eval RUN` in its own process (`Popen`); output in `RUN/eval.log`."""
+        from tuneplan.services.eval_results import start_eval
+
+        return start_eval(run_dir, force=force)
+
+    def eval_error(self, run_dir: Path) -> str | None:
+        from tuneplan.services.eval_results import eval_error
+
+        return eval_error(run_dir)
+
     def config_text(self, config: Any) -> str:
         from tuneplan.config import dump_config
 

@@ -29,11 +29,10 @@ def run_json(capsys, *argv):
 
 
 @pytest.mark.parametrize("model, published", [("llama-3.1-8b", 342_733), ("llama-3.1-70b", 89_389)])
-def test_seq_len_max_on_an_a100_80gb_reaches_the_published_maximum(capsys, model, published):
+def test_seq_len_max_on_an_a100_80gb(capsys, model, published):
     code, data, err = run_json(capsys, "--model", model, "--gpu", "a100-80gb", *QLORA_R32, "--seq-len", "max")
     assert code == 0 and data["fits"] is True
     c, m = data["config"], data["memory"]
-    assert c["seq_len"] >= published
     assert m["device_bytes"] <= m["budget_bytes"] and m["safety_margin"] == pytest.approx(0.09)
     assert c["offload_activations"] is True and c["tiled_mlp"] is True and c["packing"] is False
     # the host RAM is stated: every layer input of the sequence, in bf16, at least
@@ -43,6 +42,11 @@ def test_seq_len_max_on_an_a100_80gb_reaches_the_published_maximum(capsys, model
     assert m["host_ram_bytes"] is None  # a catalog card: not this machine's RAM
     assert any("pinned host RAM" in r for r in data["reasons"])
     assert "fits:" in err
+    # the published maximum (Unsloth's table) fits the whole card; the default margin keeps 9% of
+    # it free, which leaves the search short of it (docs/long-context.md)
+    code, whole, _ = run_json(capsys, "--model", model, "--gpu", "a100-80gb", *QLORA_R32, "--seq-len", "max",
+                              "--safety-margin", "0")
+    assert code == 0 and whole["config"]["seq_len"] >= published > c["seq_len"]
 
 
 def test_seq_len_max_table_shows_the_knobs_and_their_cost(capsys):

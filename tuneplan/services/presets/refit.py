@@ -263,7 +263,8 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
             why = ("32-bit AdamW states do not fit beside the rest" if new.optimizer != "adamw"
                    else "32-bit AdamW states fit")
             reasons.append(f"{said(('optimizer',))}: {why} on {here}.")
-        geometry = ("micro_batch", "grad_accum", "grad_checkpointing", "attn", "fused_ce")
+        geometry = ("micro_batch", "grad_accum", "grad_checkpointing", "attn", "fused_ce", "offload_activations",
+                    "tiled_mlp")
         if said(geometry):
             if new.method != s.method:
                 why_hw = f"the fastest that fits with {_METHOD[new.method]} on {here}"

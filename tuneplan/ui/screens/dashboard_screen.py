@@ -33,6 +33,7 @@ HELP = [
     ("s", "save a checkpoint now (the run continues)"),
     ("x", "stop the run: checkpoint, then exit (asks first)"),
     ("l", "switch the tail between events and train.log"),
+    ("e", "when the run is done: evaluate it beside its base model (`tuneplan eval RUN`)"),
     ("d / q", "detach: leave the dashboard, the run continues"),
     ("?", "this help"),
     ("", "reattach any time: tuneplan attach [RUN]"),
@@ -47,6 +48,16 @@ class RunFollowFailed(Message):
         self.error = error
 
 
+class EvalUpdated(Message):
+    """What the eval line shows now: a report's summary, "evaluating...", or an error."""
+
+    def __init__(self, text: str, *, running: bool = False, failed: bool = False) -> None:
+        super().__init__()
+        self.text = text
+        self.running = running
+        self.failed = failed
+
+
 class DashboardScreen(Screen):
     """Loss/LR plots, progress, throughput, GPU, memory, event/log tail and checkpoints."""
 
@@ -55,6 +66,7 @@ class DashboardScreen(Screen):
         Binding("s", "save", "Save now"),
         Binding("x", "stop", "Stop"),
         Binding("l", "toggle_tail", "Log/events"),
+        Binding("e", "evaluate", "Evaluate"),
         Binding("d", "detach", "Detach"),
         Binding("q", "detach", "Detach", show=False),
         Binding("question_mark", "help", "Help"),
@@ -73,6 +85,9 @@ class DashboardScreen(Screen):
         self._plotted_version = -1
         self._plotted_at = 0.0
         self._plot_timer = None
+        self._eval_checked = False
+        self._eval_running = False
+        self._eval_exists = False
 
     # -- layout --------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -85,6 +100,7 @@ class DashboardScreen(Screen):
             yield PlotextPlot(id="loss-plot")
             yield PlotextPlot(id="lr-plot")
         yield Static(id="stats")
+        yield Static(id="eval")
         yield Static(id="error")
         with Horizontal(id="bottom"):
             yield Static(id="tail")
@@ -134,11 +150,53 @@ class DashboardScreen(Screen):
                 return
             self._stop_event.wait(GPU_SECONDS)
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="eval")
+    def load_eval(self) -> None:
+        """The summary of `RUN/eval.json` when the run has one (nothing shown otherwise)."""
+        from tuneplan.services.eval_results import summary
+
+        report = self.app.services.runs.read_eval(self.run_dir)
+        if report is not None:
+            self.post_message(EvalUpdated(f"{summary(report)}  (tuneplan eval {self.run_dir.name} --show)"))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="eval")
+    def run_eval(self, force: bool) -> None:
+        """`tuneplan eval RUN` as its own process; its result (or its one error line) comes back."""
+        from tuneplan.services.eval_results import summary
+
+        runs = self.app.services.runs
+        try:
+            proc = runs.start_eval(self.run_dir, force=force)
+        except OSError as exc:
+            self.post_message(EvalUpdated(f"eval could not start: {exc}", failed=True))
+            return
+        self.post_message(EvalUpdated(f"evaluating: base vs tuned on the held-out split "
+                                      f"(tuneplan eval {self.run_dir.name}; log in eval.log)...", running=True))
+        rc = proc.wait()
+        report = runs.read_eval(self.run_dir) if rc == 0 else None
+        if report is not None:
+            self.post_message(EvalUpdated(f"{summary(report)}  (tuneplan eval {self.run_dir.name} --show)"))
+        else:
+            self.post_message(EvalUpdated(f"eval failed: {runs.eval_error(self.run_dir) or f'exit code {rc}'}",
+                                          failed=True))
+
     # -- rendering -----------------------------------------------------------------------
     @on(RunUpdated)
     def _on_run_updated(self, message: RunUpdated) -> None:
         self.snapshot = message.snapshot
         self._render_snapshot()
+        if self.snapshot.finished and not self._eval_checked:
+            self._eval_checked = True
+            self.refresh_bindings()  # `e` shows once the run is done
+            self.load_eval()
+
+    @on(EvalUpdated)
+    def _on_eval_updated(self, message: EvalUpdated) -> None:
+        self._eval_running = message.running
+        self._eval_exists = self._eval_exists or not (message.running or message.failed)
+        line = self.query_one("#eval", Static)
+        line.display = True
+        line.update(Text(message.text, style="bold red" if message.failed else "dim" if message.running else ""))
 
     @on(RunFollowFailed)
     def _on_follow_failed(self, message: RunFollowFailed) -> None:
@@ -339,6 +397,30 @@ class DashboardScreen(Screen):
         self.app.push_screen(ConfirmDialog(f"Stop run {self.run_dir.name}?\n"
                                            "It saves a checkpoint, then exits; "
                                            "`tuneplan resume` continues it."), answered)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "evaluate":  # shown in the footer only once the run is done (or stopped)
+            return self.snapshot is not None and self.snapshot.phase in ("done", "stopped")
+        return True
+
+    def action_evaluate(self) -> None:
+        s = self.snapshot
+        if s is None or s.phase not in ("done", "stopped"):
+            self.notify("Evaluate a run once it is done.", severity="warning")
+            return
+        if self._eval_running:
+            self.notify("The evaluation is running: its result shows here.", severity="warning")
+            return
+        if not self._eval_exists:
+            self.run_eval(False)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_eval(True)
+
+        self.app.push_screen(ConfirmDialog(f"Evaluate {self.run_dir.name} again?\n"
+                                           "The new results replace eval.json."), answered)
 
     def action_toggle_tail(self) -> None:
         self.show_log = not self.show_log
