@@ -4,7 +4,7 @@ Both are switched by the setup (`TrainSetup.offload_activations`, `TrainSetup.ti
 change nothing when off. The planner models exactly what is written here (planner/memory.py);
 docs/long-context-training.md describes it for users.
 
-**Activation offloading** (`offload_activations`, needs `grad_checkpointing`). trl's own
+**Activation offloading** (`offload_activations`, implies `grad_checkpointing`: `effective_setup`). trl's own
 `activation_offloading` (trl/models/activation_offloading.py, from torchtune): a
 `saved_tensors_hooks` context around the whole training step (`SFTTrainer.training_step`)
 whose pack hook copies every saved tensor of at least 1 KiB that is not a parameter into host
@@ -48,8 +48,6 @@ from typing import Any
 
 import torch
 
-from tuneplan.errors import UserError
-
 # The MLP of a decoder layer: `...layers.<i>.mlp` (Llama, Mistral, Qwen, Gemma, Phi-3, Mixtral's
 # `block_sparse_moe` is not an `mlp` and is left alone).
 _MLP_NAME = re.compile(r"(^|\.)layers\.\d+\.mlp$")
@@ -70,13 +68,17 @@ def mlp_shard_tokens(tokens: int, hidden_size: int) -> int:
     return math.ceil(tokens / mlp_shards(tokens, hidden_size))
 
 
-def check_setup(setup) -> None:
-    """The long-context knobs' own rule: offloading keeps the checkpointed layer inputs in host
-    RAM, so it needs checkpointing (without it every activation of every layer would cross
-    PCIe twice)."""
+def effective_setup(setup):
+    """The setup the step runs: offloading implies checkpointing (it keeps the checkpointed
+    layer inputs in host RAM; without checkpointing every activation of every layer would cross
+    PCIe twice), as the planner counts it (planner/memory.py `estimate_memory`). The CLI refuses
+    `--offload-activations on --grad-checkpointing off` outright; a setup that has offloading on
+    and checkpointing off (a plan that left checkpointing to the implication) trains with it on."""
     if getattr(setup, "offload_activations", False) and not setup.grad_checkpointing:
-        raise UserError("offload_activations needs grad_checkpointing = true (it offloads the checkpointed "
-                        "layer inputs); turn checkpointing on or offloading off")
+        from dataclasses import replace
+
+        return replace(setup, grad_checkpointing=True)
+    return setup
 
 
 # -- tiled MLP ---------------------------------------------------------------------------------

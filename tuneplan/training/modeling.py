@@ -242,7 +242,11 @@ def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
     then the tiled MLP when `setup.tiled_mlp` (training/long_context.py)."""
     from tuneplan.training import long_context
 
-    long_context.check_setup(setup)
+    implied = long_context.effective_setup(setup)
+    if implied is not setup:
+        _note(notes, "gradient checkpointing on: activation offloading keeps the checkpointed layer inputs "
+                     "in host RAM, so it implies checkpointing")
+        setup = implied
     model = _prepare(model, setup, notes)
     if getattr(setup, "tiled_mlp", False):
         n = long_context.apply_tiled_mlp(model)

@@ -81,7 +81,9 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
     (a temporary folder is used for trl's bookkeeping)."""
     from trl import SFTConfig
 
-    s, t = run_config.setup, run_config.training
+    from tuneplan.training.long_context import effective_setup
+
+    s, t = effective_setup(run_config.setup), run_config.training  # offloading implies checkpointing
     saving = output_dir is not None
     if output_dir is None:
         output_dir = tempfile.mkdtemp(prefix="tuneplan-trainer-")

@@ -9,7 +9,6 @@ from dataclasses import replace
 import pytest
 
 from tiny_runs import tiny_config
-from tuneplan.errors import UserError
 
 
 def _tiny_llama(seed=0):
@@ -90,14 +89,22 @@ def test_the_recomputation_draws_the_forward_dropout_masks():
     torch.testing.assert_close(x.grad, (y.detach() != 0).float() * 2 * 1.5)
 
 
-def test_offloading_without_checkpointing_is_refused_in_one_line():
+def test_offloading_implies_checkpointing_in_the_model_and_the_trainer():
+    """A setup with offloading on and checkpointing off (the planner counts offloading as
+    checkpointed: planner/memory.py) trains checkpointed, and says so."""
     from planner.setup import TrainSetup
+    from tiny_runs import tiny_config
     from tuneplan.training.modeling import prepare_for_training
+    from tuneplan.training.sft import sft_config
 
     setup = TrainSetup(method="full", grad_checkpointing=False, offload_activations=True)
-    with pytest.raises(UserError, match="offload_activations needs grad_checkpointing") as err:
-        prepare_for_training(_tiny_llama(), setup, [])
-    assert "\n" not in str(err.value)
+    notes: list[str] = []
+    model = prepare_for_training(_tiny_llama(), setup, notes)
+    assert model.is_gradient_checkpointing
+    assert any("implies checkpointing" in n for n in notes)
+    config = tiny_config("unused", setup=dict(grad_checkpointing=False, offload_activations=True))
+    assert sft_config(config).gradient_checkpointing
+    assert not sft_config(tiny_config("unused")).gradient_checkpointing  # knobs off: as before
 
 
 def test_knobs_off_leave_the_model_as_it_was():
