@@ -37,6 +37,8 @@ from planner.setup import TrainSetup
 
 STATIC = ("quantized_weights", "unquantized_weights", "adapter_weights", "gradients", "optimizer_states")
 PHASES = ("other", "forward", "loss", "backward", "clip", "optimizer")
+HOST = "host"
+"""The category of storages on `LiveTensorTracker.host_device` (host RAM, outside the peak)."""
 
 
 @dataclasses.dataclass
@@ -68,12 +70,20 @@ class LiveTensorTracker(TorchDispatchMode):
         # called after every op as `emulation.after(tracker, func, args, kwargs)`: the CUDA
         # semantics of the verification trace (verification/cuda_semantics.py); None here
         self.emulation: Any = None
+        # the device that stands for host RAM in an emulated trace (activation offloading's
+        # host copies): its storages count in `host_current` / `host_peak`, not in the peak
+        self.host_device: str | None = None
+        self.host_current = 0
+        self.host_peak = 0
+        self.host_size = lambda nbytes: nbytes  # what the host allocator takes for a request
 
     # -- storage bookkeeping -----------------------------------------------------------
     def _freed(self, key: int, _ref=None) -> None:
         e = self.live.pop(key, None)
         self._refs.pop(key, None)
-        if e is not None:
+        if e is not None and e.category == HOST:
+            self.host_current -= e.nbytes
+        elif e is not None:
             self.current -= e.nbytes
             self.by_cat[e.category] -= e.nbytes
 
@@ -88,6 +98,14 @@ class LiveTensorTracker(TorchDispatchMode):
         key = id(st)
         e = self.live.get(key)
         nbytes = st.nbytes()
+        if self.host_device is not None and t.device.type == self.host_device:
+            if e is None:
+                nbytes = self.host_size(nbytes)
+                self.live[key] = _Entry(nbytes, HOST, self._op)
+                self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
+                self.host_current += nbytes
+                self.host_peak = max(self.host_peak, self.host_current)
+            return
         if e is not None:
             if nbytes != e.nbytes:  # resized in place (out= ops)
                 self.current += nbytes - e.nbytes
@@ -129,6 +147,8 @@ class LiveTensorTracker(TorchDispatchMode):
             self.peak = self.current
             self.peak_breakdown = {k: v for k, v in self.by_cat.items() if v}
             self.peak_where = key
+            if self.step >= 2:  # the step the planner predicts: what the peak is made of, op by op
+                self.mark("peak")
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase
