@@ -124,6 +124,26 @@ def tiled_mlp_shards(setup: TrainSetup, hidden: int) -> tuple[int, int]:
     return shards, step * (1 if flat else b)
 
 
+LLAMA_RMSNORM_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe"})
+"""`model_type`s whose norms run transformers' `LlamaRMSNorm.forward` (the same bytecode, checked
+at patch time by tuneplan/training/long_context.py `is_llama_rmsnorm`): the ones the chunked
+RMSNorm replaces. Gemma's `(1 + weight)` norms are left alone."""
+
+
+def norm_chunk_tokens(positions: int, hidden: int) -> int:
+    """Positions per chunk of the chunked RMSNorm over `positions` rows of `hidden` values
+    (tuneplan/training/long_context.py `ChunkedRMSNorm`, forward and backward): the tiled MLP's
+    shard rule, ceil(positions / ceil(positions / hidden)), so one chunk's fp32 temporaries are
+    about hidden^2 x 4 bytes (64 MiB at hidden 4096), whatever the sequence."""
+    shards = max(1, -(-positions // max(1, hidden)))
+    return max(1, -(-positions // shards))
+
+
+def chunked_norm_applies(spec, setup: TrainSetup) -> bool:
+    """Whether `setup.chunked_norm` changes `spec`'s norms (LLAMA_RMSNORM_MODEL_TYPES)."""
+    return bool(getattr(setup, "chunked_norm", False)) and spec.model_type in LLAMA_RMSNORM_MODEL_TYPES
+
+
 # CUDA context of a process that initialised torch + cuBLAS: with lazy module loading (CUDA
 # >= 11.7, the torch default) a few hundred MiB, growing with the architecture's kernel
 # images; older stacks loaded every kernel up front (> 1 GiB: transformers docs

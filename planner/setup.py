@@ -60,6 +60,11 @@ class TrainSetup:
     """Long context: each decoder layer's MLP runs shard by shard along the sequence and is
     recomputed in backward (Arctic Long Sequence Training / `liger_kernel.ops.tiled_mlp`), so its
     intermediates exist for one shard only (planner/memory.py, docs/long-context.md)."""
+    chunked_norm: bool = False
+    """Long context: the decoder's Llama-style RMSNorms save only their input and one fp32 value
+    per position and compute in fp32 one chunk of positions at a time (tuneplan/training/
+    long_context.py `ChunkedRMSNorm`; planner/memory.py `norm_chunk_tokens`) instead of keeping
+    an fp32 copy and four fp32 tokens x hidden tensors in their backward."""
 
     def effective_batch(self) -> int:
         """Sequences per optimizer step across all GPUs."""

@@ -232,6 +232,9 @@ KNOBS: tuple[Knob, ...] = (
     Knob("tiled_mlp", "--tiled-mlp", SWITCH, "tiled MLP",
          "compute the MLP shard by shard along the sequence, recomputed in backward (long context; "
          "default: auto, only when the sequence needs it)", planned=True, refitted=True, short="tiled MLP"),
+    Knob("chunked_norm", "--chunked-norm", SWITCH, "chunked norm",
+         "RMSNorm that keeps its input and one fp32 value per token, computed chunk by chunk (long context; "
+         "default: auto, only when the sequence needs it)", planned=True, refitted=True, short="chunked norm"),
     Knob("quant_type", "--quant-type", CHOICE, "4-bit format", "QLoRA 4-bit format (default nf4)",
          choices=("nf4", "fp4"), group=QLORA),
     Knob("double_quant", "--double-quant", SWITCH, "4-bit format", "QLoRA double quantization (default on)",

@@ -1,7 +1,8 @@
-"""The long-context path of the training step: activation offloading and the tiled MLP.
+"""The long-context path of the training step: activation offloading, the tiled MLP and the
+chunked RMSNorm.
 
-Both are switched by the setup (`TrainSetup.offload_activations`, `TrainSetup.tiled_mlp`) and
-change nothing when off. The planner models exactly what is written here (planner/memory.py);
+Each is switched by the setup (`TrainSetup.offload_activations`, `TrainSetup.tiled_mlp`,
+`TrainSetup.chunked_norm`) and changes nothing when off. The planner models exactly what is written here (planner/memory.py);
 docs/long-context-training.md describes it for users.
 
 **Activation offloading** (`offload_activations`, implies `grad_checkpointing`: `effective_setup`). trl's own
@@ -36,6 +37,22 @@ DeepSpeed's `TiledMLP` and `liger_kernel.ops.tiled_mlp`; the code here is our ow
 state and autocast state of the forward are restored for the recomputation (LoRA dropout
 draws the same masks). Cost: the MLP forward runs once more per step (and once more again
 under checkpointing, whose recomputation reruns the layer).
+
+**Chunked RMSNorm** (`chunked_norm`). transformers' `LlamaRMSNorm` computes in fp32 through
+autograd ops, which save an fp32 copy of the input and whose backward holds four fp32
+`tokens x hidden` tensors at once. `ChunkedRMSNorm` is an autograd function with the same
+maths (RMSNorm, Zhang & Sennrich 2019, arXiv:1910.07467: y = x / sqrt(mean(x^2) + eps), times
+the weight; the casts of transformers' version: fp32 compute, cast to the input dtype before
+the weight) that saves only the input, in its own dtype, and the fp32 reciprocal RMS of each
+row (`rstd`), and runs forward and backward chunk by chunk along the flattened positions, so
+its fp32 temporaries exist for one chunk: `planner.memory.norm_chunk_tokens` positions (the
+rule the planner counts). The backward is the analytic gradient, per row:
+`dx = rstd * g - x * rstd^3 * sum(g * x) / hidden` with `g = (grad_out * weight)` in fp32 and
+`dweight = sum over rows(grad_out * y)`. It replaces the forward of the decoder layers'
+`input_layernorm` / `post_attention_layernorm` and of the final `norm` whose class runs exactly
+LlamaRMSNorm's forward (`is_llama_rmsnorm`: the same bytecode; Llama, Mistral, Mixtral, Qwen2/3,
+Phi-3, Granite). Gemma's `(1 + weight)` norms and any other variant are left alone. Code our
+own (liger_kernel's `LigerRMSNorm` does the same in a Triton kernel, which needs a GPU).
 """
 
 from __future__ import annotations
@@ -47,6 +64,8 @@ import re
 from typing import Any
 
 import torch
+
+from planner.memory import norm_chunk_tokens
 
 # The MLP of a decoder layer: `...layers.<i>.mlp` (Llama, Mistral, Qwen, Gemma, Phi-3, Mixtral's
 # `block_sparse_moe` is not an `mlp` and is left alone).
@@ -204,3 +223,99 @@ def offload_manager(model: torch.nn.Module):
         manager = get_act_offloading_ctx_manager(model, **CPU_OFFLOAD_OPTIONS)
     manager.device_module = _CpuDeviceModule()
     return manager
+
+
+# -- chunked RMSNorm ---------------------------------------------------------------------------
+# decoder-layer norms and the final norm of the decoder (`model.norm`, under peft
+# `base_model.model.model.norm`)
+_NORM_NAME = re.compile(r"(^|\.)layers\.\d+\.(input_layernorm|post_attention_layernorm)$|(^|\.)model\.norm$")
+
+
+def _code_key(fn) -> tuple:
+    code = fn.__code__
+    return code.co_code, code.co_consts, code.co_names
+
+
+@functools.lru_cache(maxsize=None)
+def _llama_norm_key() -> tuple:
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    return _code_key(LlamaRMSNorm.forward)
+
+
+def is_llama_rmsnorm(module: torch.nn.Module) -> bool:
+    """Whether `module` runs transformers' `LlamaRMSNorm.forward` (the same bytecode, constants
+    and names: the models whose norm is a "Copied from Llama" one); Gemma's `(1 + weight)`
+    variant and others differ."""
+    forward = getattr(type(module), "forward", None)
+    return (forward is not None and hasattr(forward, "__code__") and hasattr(module, "variance_epsilon")
+            and isinstance(getattr(module, "weight", None), torch.Tensor) and _code_key(forward) == _llama_norm_key())
+
+
+class ChunkedRMSNorm(torch.autograd.Function):
+    """`LlamaRMSNorm` (`weight * (x32 * rsqrt(mean(x32^2) + eps)).to(x.dtype)`) chunk by chunk
+    over the flattened positions; saves `x` and the fp32 `rstd` (positions x 1). See the module
+    doc for the gradient."""
+
+    @staticmethod
+    def forward(ctx, x, weight, eps):
+        hidden = x.shape[-1]
+        x2 = x.reshape(-1, hidden)
+        n = x2.shape[0]
+        step = norm_chunk_tokens(n, hidden)
+        out = x2.new_empty(x2.shape, dtype=torch.result_type(weight, x2))
+        rstd = x2.new_empty((n, 1), dtype=torch.float32)
+        for start in range(0, n, step):
+            x32 = x2[start:start + step].to(torch.float32, copy=True)
+            r = torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
+            rstd[start:start + step].copy_(r)
+            y = x32.mul_(r).to(x.dtype)
+            del x32
+            torch.mul(weight, y, out=out[start:start + step])
+            del y, r
+        ctx.save_for_backward(x, rstd)
+        ctx.step = step
+        ctx.weight = weight  # a parameter: kept by reference, not a saved tensor (nothing to offload)
+        return out.view(x.shape)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        x, rstd = ctx.saved_tensors
+        weight = ctx.weight
+        hidden = x.shape[-1]
+        x2 = x.reshape(-1, hidden)
+        g2 = grad_out.reshape(-1, hidden)
+        n, step = x2.shape[0], ctx.step
+        dx = torch.empty_like(x2) if ctx.needs_input_grad[0] else None
+        dw = torch.zeros(hidden, dtype=torch.float32, device=x.device) if ctx.needs_input_grad[1] else None
+        for start in range(0, n, step):
+            xc, gc, rc = x2[start:start + step], g2[start:start + step], rstd[start:start + step]
+            x32 = xc.to(torch.float32, copy=True)
+            if dw is not None:  # d(weight * y.to(dtype)) / d weight = y.to(dtype), summed over positions
+                dw += (gc.to(torch.float32) * x32.mul(rc).to(x.dtype).to(torch.float32)).sum(0)
+            if dx is not None:
+                g = (gc * weight).to(torch.float32)  # the grad of y.to(dtype), through the cast to fp32
+                dot = (g * x32).sum(-1, keepdim=True)
+                # d/dx [x * rstd(x)] . g = rstd * g - x * rstd^3 * sum(g * x) / hidden
+                x32.mul_(rc.pow(3).mul_(dot).div_(hidden))
+                dx[start:start + step].copy_(g.mul_(rc).sub_(x32))
+                del g, dot
+            del x32
+        return (dx.view(x.shape) if dx is not None else None,
+                dw.to(weight.dtype) if dw is not None else None, None)
+
+
+def _chunked_norm_forward(module: torch.nn.Module, x):
+    return ChunkedRMSNorm.apply(x, module.weight, module.variance_epsilon)
+
+
+def apply_chunked_norm(model: torch.nn.Module) -> int:
+    """Route the decoder layers' norms and the final norm through `ChunkedRMSNorm` where they are
+    `LlamaRMSNorm`s (`is_llama_rmsnorm`); returns how many were routed."""
+    n = 0
+    for name, module in model.named_modules():
+        if _NORM_NAME.search(name) and is_llama_rmsnorm(module) and not getattr(module, "_tuneplan_chunked", False):
+            module.forward = functools.partial(_chunked_norm_forward, module)
+            module._tuneplan_chunked = True
+            n += 1
+    return n

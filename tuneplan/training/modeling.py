@@ -20,7 +20,8 @@ The planner (`planner/memory.py`) predicts the memory of exactly this path, and
    `lora_targets`). peft cannot apply dropout to MoE tensors (`lora.ParamWrapper`), so dropout
    is 0 whenever they are adapted, with a note. Method `full`: every parameter trainable, no
    peft. Long context (`tiled_mlp`): every decoder layer's MLP is then routed through the
-   tiled MLP of `tuneplan/training/long_context.py`.
+   tiled MLP of `tuneplan/training/long_context.py`; (`chunked_norm`) its Llama-style RMSNorms
+   through the chunked RMSNorm there.
 
 Known library behaviour downstream of this module (documented in docs/training-path.md):
 trl's `SFTTrainer` casts the trainable parameters of a 4-bit model to bf16 when it is
@@ -239,7 +240,8 @@ def lora_targets(model, setup: TrainSetup) -> tuple[list[str] | str, list[str]]:
 
 def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
     """Steps 2-3 on a loaded model: freeze, checkpointing, LoRA (or all-trainable for `full`),
-    then the tiled MLP when `setup.tiled_mlp` (training/long_context.py)."""
+    then the tiled MLP when `setup.tiled_mlp` and the chunked RMSNorm when `setup.chunked_norm`
+    (training/long_context.py)."""
     from tuneplan.training import long_context
 
     implied = long_context.effective_setup(setup)
@@ -252,6 +254,11 @@ def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
         n = long_context.apply_tiled_mlp(model)
         _note(notes, f"tiled MLP: {n} decoder-layer MLPs run shard by shard along the sequence "
                      f"(ceil(tokens / hidden_size) shards), recomputed in backward")
+    if getattr(setup, "chunked_norm", False):
+        n = long_context.apply_chunked_norm(model)
+        _note(notes, f"chunked RMSNorm: {n} norms keep their input and one fp32 value per token, computed "
+                     f"in chunks of ceil(tokens / ceil(tokens / hidden_size)) tokens"
+                     + ("" if n else " (none here: this model's norm is not Llama's RMSNorm)"))
     return model
 
 

@@ -166,3 +166,61 @@ def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_m
     assert sorted(resumed) == [6, 8]
     for step in resumed:
         assert resumed[step] == pytest.approx(longer[step], rel=1e-5), (step, resumed, longer)
+
+
+# -- chunked RMSNorm ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("weight_grad", [False, True])
+def test_chunked_norm_gives_llama_rmsnorm_outputs_and_gradients(dtype, weight_grad):
+    """`ChunkedRMSNorm` against transformers' `LlamaRMSNorm` on (2, 100, 32) inputs: 7 chunks of
+    29 positions, the last 26 (planner.memory.norm_chunk_tokens), forward and the input and weight gradients,
+    equal up to float rounding."""
+    import torch
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    from planner.memory import norm_chunk_tokens
+    from tuneplan.training import long_context as lc
+
+    dt = getattr(torch, dtype)
+    assert norm_chunk_tokens(200, 32) == 29 and norm_chunk_tokens(32, 32) == 32  # ceil(200 / 7), one chunk
+    gen = torch.Generator().manual_seed(0)
+    ref = LlamaRMSNorm(32, eps=1e-5).to(dt)
+    with torch.no_grad():
+        ref.weight.copy_(torch.rand(32, generator=gen) + 0.5)
+    ref.weight.requires_grad_(weight_grad)
+    ours = LlamaRMSNorm(32, eps=1e-5).to(dt)
+    ours.load_state_dict(ref.state_dict())
+    ours.weight.requires_grad_(weight_grad)
+    assert lc.is_llama_rmsnorm(ours)
+    ours.forward = lambda x: lc.ChunkedRMSNorm.apply(x, ours.weight, ours.variance_epsilon)
+    x = (torch.randn(2, 100, 32, generator=gen) * 3).to(dt)
+    grad = torch.randn(2, 100, 32, generator=gen).to(dt)
+    xs = [x.clone().requires_grad_(True) for _ in range(2)]
+    outs = [m(xi) for m, xi in zip((ref, ours), xs)]
+    assert outs[0].dtype == outs[1].dtype and outs[0].shape == outs[1].shape
+    tol = {"rtol": 1e-5, "atol": 1e-6} if dtype == "float32" else {"rtol": 1.6e-2, "atol": 1e-2}
+    torch.testing.assert_close(outs[1], outs[0], **tol)
+    for o in outs:
+        o.backward(grad)
+    torch.testing.assert_close(xs[1].grad, xs[0].grad, **tol)
+    if weight_grad:
+        torch.testing.assert_close(ours.weight.grad, ref.weight.grad, **{**tol, "atol": 1e-4 if dtype == "float32" else 0.5})
+
+
+def test_chunked_norm_routes_llama_norms_and_leaves_gemma_alone():
+    """Every decoder layer's two norms and the final norm of a Llama; none of Gemma's `(1 + w)`
+    norms (a different forward)."""
+    import torch
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from tuneplan.training import long_context as lc
+
+    llama = _tiny_llama()
+    assert lc.apply_chunked_norm(llama) == 2 * 2 + 1
+    assert lc.apply_chunked_norm(llama) == 0  # once only
+    gemma = Gemma2ForCausalLM(Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                           num_attention_heads=4, num_key_value_heads=2, head_dim=8, vocab_size=100))
+    assert lc.apply_chunked_norm(gemma) == 0
+    ids = torch.randint(0, 100, (1, 40), generator=torch.Generator().manual_seed(1))
+    plain = _tiny_llama()
+    torch.testing.assert_close(llama(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
