@@ -25,7 +25,8 @@ the predictions from the stored traces with the current planner. Case syntax:
 ...` chooses (packing and the fused loss included) on that card's architecture; a long-context
 case `long:model:seq_len[:arch]` traces Unsloth's long-context setup (QLoRA r32 on all linear
 layers, micro-batch 1, rows of exactly seq_len tokens) with every long-context knob on:
-activation offloading, tiled MLP, trl's chunked loss, checkpointing, LoRA dropout 0. Any case
+activation offloading, tiled MLP, chunked RMSNorm, trl's chunked loss, checkpointing, LoRA
+dropout 0 (rows stored before the chunked RMSNorm existed keep their setup without it). Any case
 ending in `~L<n>` runs the model cut to its first n decoder layers (trace and prediction alike:
 a quick look at per-layer effects, e.g. `long:llama-3.1-8b:131072~L3`); such cases stay out of
 the CSV.
@@ -82,7 +83,7 @@ def long_setup(seq_len: int):
 
     return TrainSetup(method="qlora", lora_rank=32, lora_alpha=32, lora_dropout=0.0, lora_targets="all-linear",
                       micro_batch=1, seq_len=seq_len, packing=False, grad_checkpointing=True, fused_ce=True,
-                      offload_activations=True, tiled_mlp=True, optimizer="adamw")
+                      offload_activations=True, tiled_mlp=True, chunked_norm=True, optimizer="adamw")
 
 
 def parse_case(case: str):

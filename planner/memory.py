@@ -491,7 +491,13 @@ def _mask_elems(b: int, s: int, setup: TrainSetup, attn: str = "sdpa") -> int:
     return (b * s) ** 2 if setup.packing and attn != "eager" else b * s * s
 
 
-def _norm_saved(tokens: int, width: int, trainable: bool, a: int) -> int:
+def _norm_saved(tokens: int, width: int, trainable: bool, a: int, chunked: bool = False,
+                aliased: bool = False) -> int:
+    if chunked:
+        # tuneplan/training/long_context.py `ChunkedRMSNorm.forward`: `ctx.save_for_backward(x,
+        # rstd)`, the input in its own dtype (no new bytes when `aliased`: the input is a tensor
+        # kept anyway, the checkpointed layer input) and one fp32 value per position
+        return (0 if aliased else tokens * width * a) + tokens * 4
     # transformers models/llama/modeling_llama.py `LlamaRMSNorm.forward`:
     # hidden_states.to(float32) is saved by pow/mul (fp32 copy); weight * x.to(dtype) saves
     # x only when the weight trains (autograd saves an input only for a gradient it needs).
@@ -512,8 +518,13 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
     # `enable_input_require_grads` is only called with checkpointing) saves nothing.
     # gemma2/3 have 4 norms: input + post-attention on the attention side, pre/post-MLP.
     attn_norms = norms // 2 - (0 if input_grad else 1)
-    out.saved_attn += attn_norms * _norm_saved(T, h, full, a)
-    out.saved_mlp += (norms - norms // 2) * _norm_saved(T, h, full, a)
+    chunked = chunked_norm_applies(spec, setup)
+    # the chunked input norm saves the layer input itself: under checkpointing, the checkpoint's
+    # own saved input (torch/utils/checkpoint.py recomputes with the tensors it kept)
+    attn_norm_saved = attn_norms * _norm_saved(T, h, full, a, chunked, aliased=setup.grad_checkpointing)
+    mlp_norm_saved = (norms - norms // 2) * _norm_saved(T, h, full, a, chunked)
+    out.saved_attn += attn_norm_saved
+    out.saved_mlp += mlp_norm_saved
     if getattr(spec, "qk_norm", False):
         # qwen3/gemma3 per-head q_norm/k_norm: fp32 copies of q and k
         out.saved_attn += T * (nh + nkv) * hd * 4 + 2 * T * 4
@@ -715,21 +726,24 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
                 out.w_mlp = max(out.w_mlp, w)
         biggest = max((m.in_features * m.out_features for m in layer if m.quantizable()), default=0)
         out.dequant = _dequant_bytes(biggest, setup, p)
-    # the RMSNorm backward (its fp32 temporaries, `_norm_backward`) runs after the half it feeds has
-    # released its saved tensors, all but the norm's own fp32 copy
-    attn_norm_saved = attn_norms * _norm_saved(T, h, full, a)
-    mlp_norm_saved = (norms - norms // 2) * _norm_saved(T, h, full, a)
+    # the RMSNorm backward (its temporaries, `_norm_backward`) runs after the half it feeds has
+    # released its saved tensors, all but the norm's own
     if attn_norms > 0:
-        out.w_attn = max(out.w_attn, _norm_backward(T, h) - (out.saved_attn - attn_norm_saved))
-    out.w_mlp = max(out.w_mlp, _norm_backward(T, h) - (out.saved_mlp - mlp_norm_saved))
+        out.w_attn = max(out.w_attn, _norm_backward(T, h, chunked, a) - (out.saved_attn - attn_norm_saved))
+    out.w_mlp = max(out.w_mlp, _norm_backward(T, h, chunked, a) - (out.saved_mlp - mlp_norm_saved))
     # grad of the residual stream flowing through the layer
     out.w_attn += 2 * T * h * a
     out.w_mlp += 2 * T * h * a
     return out
 
 
-def _norm_backward(tokens: int, width: int) -> int:
+def _norm_backward(tokens: int, width: int, chunked: bool = False, a: int = 2) -> int:
     """Bytes the backward of one RMSNorm over `tokens x width` holds at its worst moment.
+
+    Chunked (tuneplan/training/long_context.py `ChunkedRMSNorm.backward`): the input gradient
+    `dx = torch.empty_like(x)` (tokens x width, the input dtype) and, for one chunk of
+    `norm_chunk_tokens` positions, the fp32 copy of the input, the fp32 gradient `g` and the
+    product `g * x32` its row sums reduce (three fp32 chunk x width tensors), plus the row sums.
 
     transformers `LlamaRMSNorm.forward` computes in fp32 (`x32 = x.to(float32)`, `x32 *
     rsqrt(x32.pow(2).mean(-1) + eps)`); autograd then runs, in order: `MulBackward0` (the grad of x32
@@ -738,6 +752,9 @@ def _norm_backward(tokens: int, width: int) -> int:
     `grad * (exponent * self.pow(exponent - 1))`, two more fp32 temporaries): four fp32 tokens x
     width tensors at once (the CUDA-semantics trace's peak op at 32k tokens with a tiled MLP:
     `div.Scalar`, `pow.Tensor_Scalar`, `mul.Scalar` next to the first product's `mul.Tensor`)."""
+    if chunked:
+        c = norm_chunk_tokens(tokens, width)
+        return tokens * width * a + 3 * c * width * 4 + c * 4
     return 4 * tokens * width * 4
 
 
@@ -758,8 +775,9 @@ def _tiled(full: _Layer, shard: _Layer, spec, setup: TrainSetup, p: _Path, T: in
     mlp_norms = max(2, getattr(spec, "norms_per_layer", 2))
     mlp_norms -= mlp_norms // 2
     full_ft = setup.method == "full"
-    norm_T = mlp_norms * _norm_saved(T, h, full_ft, a)
-    norm_S = mlp_norms * _norm_saved(S, h, full_ft, a)
+    chunked = chunked_norm_applies(spec, setup)
+    norm_T = mlp_norms * _norm_saved(T, h, full_ft, a, chunked)
+    norm_S = mlp_norms * _norm_saved(S, h, full_ft, a, chunked)
     inner_saved = max(0, shard.saved_mlp - norm_S)  # one shard's MLP + MLP-LoRA saved tensors
     inner_work = max(0, shard.w_mlp - 2 * S * h * a)  # its backward, less the residual gradient
     inter = spec.intermediate_size
@@ -770,7 +788,7 @@ def _tiled(full: _Layer, shard: _Layer, spec, setup: TrainSetup, p: _Path, T: in
     out.fwd_mlp = T * h * a + S * h * a + 3 * S * inter * a + shard.fwd_mlp
     # backward: x_grad and one shard at a time; or the post-MLP-input norm's backward (the MLP
     # input released by then)
-    out.w_mlp = max(T * h * a + inner_saved + inner_work, _norm_backward(T, h) - T * h * a) + 2 * T * h * a
+    out.w_mlp = max(T * h * a + inner_saved + inner_work, _norm_backward(T, h, chunked, a) - T * h * a) + 2 * T * h * a
     return out
 
 
@@ -899,13 +917,15 @@ def _offloaded_host_bytes(spec, setup: TrainSetup, p: _Path, L: int, T: int, b: 
     """Pinned host bytes of one step's offloaded tensors (trl `OffloadActivations.pack_tensor`:
     `torch.empty_like(activation, pin_memory=True, device="cpu")`, each rounded by
     `pinned_bytes`): every decoder layer's input, the embedding's int64 token ids, the final
-    RMSNorm's fp32 copy of the hidden states and its fp32 rsqrt (transformers `LlamaRMSNorm`), and
+    RMSNorm's fp32 copy of the hidden states and its fp32 rsqrt (transformers `LlamaRMSNorm`; the
+    chunked norm's input in its own dtype, `ChunkedRMSNorm`), and
     what the loss saves: trl's chunked LM head its labelled hidden rows and two fp32 statistics
     (trl/kernels/chunked_logprob.py; the LM head is called through its weight, so the
     `lm_head` no-offload hook of `get_act_offloading_ctx_manager` does not fire), transformers'
     loss its fp32 log-softmax output (the `lm_head` module itself is exempt)."""
     h, a = spec.hidden_size, p.act
-    blocks = [T * h * a] * L + [T * 8, T * h * 4, T * 4]
+    # the final norm: its fp32 copy, or the chunked norm's input in its own dtype (`_norm_saved`)
+    blocks = [T * h * a] * L + [T * 8, T * h * (a if chunked_norm_applies(spec, setup) else 4), T * 4]
     if _loss_impl(setup, p) == "trl":
         n = max(1, T - b)
         blocks += [n * h * a, n * 4, n * 4]
@@ -1029,7 +1049,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         # checkpointed layer, and non-reentrant checkpointing keeps a layer's inputs for its
         # recomputation (torch/utils/checkpoint.py): it lives through the backward
         mask_bytes += _mask_elems(b, s, setup, attn)
-    head_saved_norm = _norm_saved(T, h, setup.method == "full", a)  # final norm
+    head_saved_norm = _norm_saved(T, h, setup.method == "full", a, chunked_norm_applies(spec, setup))  # final norm
     loss_peak, head_saved = _loss_transient(spec, setup, p, b, T, details, notes, device)
     if "lm_head_4bit" in details and _loss_impl(setup, p) == "chunked":
         # a 4-bit head (litgpt) dequantizes its whole weight in every forward/backward call

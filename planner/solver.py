@@ -174,6 +174,8 @@ class Candidate:
             parts.append("offloaded activations")
         if s.tiled_mlp:
             parts.append("tiled MLP")
+        if s.chunked_norm:
+            parts.append("chunked norm")
         if s.num_gpus > 1 or s.strategy == "fsdp":
             parts.insert(0, f"{s.num_gpus} GPU{'s' if s.num_gpus > 1 else ''} {s.strategy.upper()}")
         return ", ".join(parts)
@@ -451,7 +453,7 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
 
     # the long-context path is planned for one GPU (several GPUs shard what they hold instead);
     # knobs the user fixes apply everywhere
-    rungs = _long_context_rungs(base, fixed, mbs, methods) if (n == 1 and strategy == "single") else []
+    rungs = _long_context_rungs(base, fixed, mbs, methods, spec) if (n == 1 and strategy == "single") else []
     if constraints.seq_len_max:
         seq = _longest_seq(search, base, methods, fixed, rungs, effective, ga_for, reasons, warnings, spec)
         base = replace(base, seq_len=seq)
@@ -529,7 +531,7 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
 
 
 def _long_context_rungs(base: TrainSetup, fixed: Mapping[str, Any], mbs: list[int],
-                        methods: list[str]) -> list[tuple[str, list[tuple[dict, list[int]]]]]:
+                        methods: list[str], spec: ModelSpec | None = None) -> list[tuple[str, list[tuple[dict, list[int]]]]]:
     """The long-context path's steps, cheapest first: (name, [(knob overrides, micro-batches)]).
 
     1. `linear`: attention memory linear in the sequence. trl's padding-free packing hands SDPA a
@@ -539,7 +541,10 @@ def _long_context_rungs(base: TrainSetup, fixed: Mapping[str, Any], mbs: list[in
        offsets, so `--attn flash` keeps packing (the training path falls back to SDPA where the
        flash_attn package is missing, tuneplan/training/modeling.py `resolve_attention`, so the
        planner does not pick flash by itself).
-    2. `offload`: tiled MLP, activation offloading (with checkpointing), or both.
+    2. `offload`: tiled MLP, activation offloading (with checkpointing), or both; with the chunked
+       RMSNorm where the model's norm is Llama's (planner/memory.py `LLAMA_RMSNORM_MODEL_TYPES`):
+       it only takes memory away and costs a few more op calls (planner/throughput.py), so every
+       variant of the step has it, and it alone is the step's first variant.
     3. `dropout`: the same with LoRA dropout 0 (peft's dropout makes a copy of every adapted
        module's input, planner/memory.py `_layer_activations`).
     Knobs the user fixed are never changed; a step that would change nothing is left out."""
@@ -555,10 +560,15 @@ def _long_context_rungs(base: TrainSetup, fixed: Mapping[str, Any], mbs: list[in
     tiles = [fixed["tiled_mlp"]] if "tiled_mlp" in fixed else [False, True]
     if fixed.get("grad_checkpointing") is False:
         offs = [o for o in offs if not o]
-    combos = [(o, t) for t in tiles for o in offs if (o, t) != (base.offload_activations, base.tiled_mlp)]
+    from planner.memory import LLAMA_RMSNORM_MODEL_TYPES
+
+    helps = spec is not None and spec.model_type in LLAMA_RMSNORM_MODEL_TYPES
+    norm = fixed["chunked_norm"] if "chunked_norm" in fixed else (helps or base.chunked_norm)
+    combos = [(o, t) for t in tiles for o in offs
+              if (o, t, norm) != (base.offload_activations, base.tiled_mlp, base.chunked_norm)]
     variants = []
     for o, t in combos:
-        over = {**lin, "offload_activations": o, "tiled_mlp": t}
+        over = {**lin, "offload_activations": o, "tiled_mlp": t, "chunked_norm": norm}
         if o:
             over["grad_checkpointing"] = True
         variants.append((over, lin_mbs))
@@ -593,7 +603,7 @@ def _least_memory(base: TrainSetup, method: str, fixed: Mapping[str, Any], rungs
     for _, variants in rungs:
         for o, _mbs in variants:
             for k, v in o.items():
-                if k in ("offload_activations", "tiled_mlp", "grad_checkpointing"):
+                if k in ("offload_activations", "tiled_mlp", "chunked_norm", "grad_checkpointing"):
                     over[k] = over.get(k, False) or v
                 else:
                     over[k] = v
@@ -724,11 +734,23 @@ def _explain_long_context(choice: Candidate, rung: str | None, fixed: Mapping[st
         reasons.append(f"Tiled MLP is on ({how}): each MLP runs in {shards} shards of {per} tokens and is recomputed "
                        f"in the backward, so its intermediates ({_gib(3 * T * spec.intermediate_size * a)} untiled) "
                        "exist for one shard at a time.")
+    if s.chunked_norm:
+        from planner.memory import LLAMA_RMSNORM_MODEL_TYPES, norm_chunk_tokens
+
+        if spec.model_type in LLAMA_RMSNORM_MODEL_TYPES:
+            how = "as asked" if "chunked_norm" in fixed else "with the long-context path: it only saves memory"
+            reasons.append(f"Chunked RMSNorm is on ({how}): each norm keeps its input and one fp32 value per token, "
+                           f"and computes in fp32 {norm_chunk_tokens(T, spec.hidden_size)} tokens at a time "
+                           f"(transformers' keeps an fp32 copy, {_gib(T * spec.hidden_size * 4)}, and its backward "
+                           "four).")
+        else:
+            reasons.append(f"Chunked RMSNorm changes nothing here: {spec.name}'s norm is not Llama's RMSNorm.")
     if rung == "dropout" and s.method != "full":
         reasons.append(f"LoRA dropout 0 (instead of {TrainSetup().lora_dropout:g}): dropout copies the input of every "
                        "adapted module, too much at this length (--lora-dropout to fix it).")
     if (s.offload_activations or s.tiled_mlp) and choice.throughput.micro_batch_seconds:
-        plain = estimate_throughput(spec, replace(s, offload_activations=False, tiled_mlp=False), search.gpu)
+        plain = estimate_throughput(spec, replace(s, offload_activations=False, tiled_mlp=False, chunked_norm=False),
+                                    search.gpu)
         if plain.micro_batch_seconds:
             extra = choice.throughput.micro_batch_seconds - plain.micro_batch_seconds
             copy = choice.throughput.parts.get("offload", 0.0)

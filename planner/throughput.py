@@ -54,7 +54,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.gpus import DEFAULT_INTER_NODE_GBS, GPU, host_link_gbs, interconnect_gbs
-from planner.memory import tiled_mlp_shards  # the shard rule the training path uses
+from planner.memory import chunked_norm_applies, norm_chunk_tokens, tiled_mlp_shards  # the rules the training path uses
 from planner.setup import TrainSetup
 from planner.spec import ModelSpec, resolve_lora_targets
 
@@ -478,6 +478,14 @@ def _estimate_one(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
         # every MLP module (and its adapter's three calls) runs once per shard, one pass more
         mlp_calls = sums.mlp_modules + 3 * tsums.mlp_modules + spec.num_layers
         t_host += HOST_SECONDS_PER_MODULE_CALL * mlp_calls * (shards * (passes + 1) - passes) / 2.0
+    if chunked_norm_applies(spec, setup):
+        # tuneplan/training/long_context.py `ChunkedRMSNorm`: each of the 2 norms per layer and the
+        # final one runs its ~6 forward ops and ~10 backward ops once per chunk (planner/memory.py
+        # `norm_chunk_tokens`) instead of once; its backward re-reads the input in its own dtype
+        # where transformers' reads its saved fp32 copy (no more bytes), so only the calls count
+        norms = 2 * spec.num_layers + 1
+        chunks = -(-tokens // norm_chunk_tokens(tokens, spec.hidden_size))
+        t_host += HOST_SECONDS_PER_MODULE_CALL * norms * (chunks - 1) * (passes / 2.0)
     t_offload = 0.0
     if setup.offload_activations:
         link = host_link_gbs(gpu)

@@ -132,6 +132,12 @@ def _plain_knob_rows(outcome) -> list[tuple[str, str, str]]:
         shards, per = tiled_mlp_shards(s, outcome.model.spec.hidden_size)
         rows.append((label("tiled_mlp"), f"on ({shards} shards of {per} tokens)" if s.tiled_mlp else "off",
                      src("tiled_mlp")))
+    if s.chunked_norm or "chunked_norm" in fixed:
+        from planner.memory import norm_chunk_tokens
+
+        per = norm_chunk_tokens(s.micro_batch * s.seq_len, outcome.model.spec.hidden_size)
+        rows.append((label("chunked_norm"), f"on (chunks of {per} tokens)" if s.chunked_norm else "off",
+                     src("chunked_norm")))
     return rows
 
 
