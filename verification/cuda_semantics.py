@@ -397,6 +397,12 @@ def cuda_semantics(arch: str = "hopper", mechanisms=MECHANISMS):
             patch(torch.UntypedStorage, "data_ptr", data_ptr)
             # trl synchronises its two streams on exit; CPU streams are already in order
             patch(torch.cpu.Stream, "synchronize", lambda stream: None)
+            # trl's backward hook calls `record_stream(s0)` on a tensor it brought back when a view
+            # of it outlives the node (the chunked RMSNorm of a recomputed layer saves the layer
+            # input itself): on a card the block is then not reused before the compute stream
+            # passes that point, and it is freed when its last reference goes, which is what the
+            # trace counts; the binding refuses a CPU stream, so it is a no-op here
+            patch(torch.Tensor, "record_stream", lambda tensor, stream: None)
         yield emu
     finally:
         if lib is not None:

@@ -124,9 +124,9 @@ def _losses(run_dir):
 
 @pytest.mark.slow
 def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_model, runs_root):
-    """Offloading + tiled MLP + trl's chunked loss + checkpointing against no checkpointing and
-    transformers' loss: packed rows of 4 x 256 tokens (16 MLP shards of the tiny model's
-    hidden size 64), 8 steps, then the same run resumed from its step-4 checkpoint."""
+    """Offloading + tiled MLP + chunked RMSNorm + trl's chunked loss + checkpointing against no
+    checkpointing and transformers' loss: packed rows of 4 x 256 tokens (16 MLP shards and 16 norm
+    chunks of the tiny model's hidden size 64), 8 steps, then the same run resumed from its step-4 checkpoint."""
     import torch
 
     from tuneplan.services.launcher import prepare_run
@@ -143,7 +143,8 @@ def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_m
     plain_cfg = tiny_config(tiny_model, setup=dict(common, grad_checkpointing=False, fused_ce=False),
                             training=training)
     long_cfg = tiny_config(tiny_model, setup=dict(common, grad_checkpointing=True, fused_ce=True,
-                                                  offload_activations=True, tiled_mlp=True), training=training)
+                                                  offload_activations=True, tiled_mlp=True, chunked_norm=True),
+                         training=training)
     plain_dir = prepare_run(plain_cfg, runs_root)
     assert train(plain_dir).exit_code == 0
     long_dir = prepare_run(long_cfg, runs_root)
@@ -153,6 +154,8 @@ def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_m
 
     assert isinstance(long.trainer.maybe_activation_offload_context, OffloadActivations)
     assert sum(getattr(m, "_tuneplan_tiled", False) for m in long.trainer.model.modules()) == 2
+    # the two layers' norms and the final one, 16 chunks of 64 positions
+    assert sum(getattr(m, "_tuneplan_chunked", False) for m in long.trainer.model.modules()) == 5
     plain, longer = _losses(plain_dir), _losses(long_dir)
     assert sorted(plain) == sorted(longer) == [2, 4, 6, 8]
     for step in plain:
