@@ -778,7 +778,9 @@ def _tiled(full: _Layer, shard: _Layer, spec, setup: TrainSetup, p: _Path, T: in
     chunked = chunked_norm_applies(spec, setup)
     norm_T = mlp_norms * _norm_saved(T, h, full_ft, a, chunked)
     norm_S = mlp_norms * _norm_saved(S, h, full_ft, a, chunked)
-    inner_saved = max(0, shard.saved_mlp - norm_S)  # one shard's MLP + MLP-LoRA saved tensors
+    # one shard's MLP + MLP-LoRA saved tensors; its input is a view of the saved MLP input
+    # (`x.narrow(...)` in `TiledMLP.backward`), no new bytes
+    inner_saved = max(0, shard.saved_mlp - norm_S - S * h * a)
     inner_work = max(0, shard.w_mlp - 2 * S * h * a)  # its backward, less the residual gradient
     inter = spec.intermediate_size
     out = _Layer(saved_attn=full.saved_attn, fwd_attn=full.fwd_attn, w_attn=full.w_attn, dequant=full.dequant)
@@ -787,8 +789,10 @@ def _tiled(full: _Layer, shard: _Layer, spec, setup: TrainSetup, p: _Path, T: in
     # S x intermediate tensors under no_grad), its LoRA transients and its output part
     out.fwd_mlp = T * h * a + S * h * a + 3 * S * inter * a + shard.fwd_mlp
     # backward: x_grad and one shard at a time; or the post-MLP-input norm's backward (the MLP
-    # input released by then)
-    out.w_mlp = max(T * h * a + inner_saved + inner_work, _norm_backward(T, h, chunked, a) - T * h * a) + 2 * T * h * a
+    # input released by then). During a shard's backward the only residual gradient is the incoming
+    # one; the second (the sum into the residual stream) comes with the norm's backward
+    out.w_mlp = max(T * h * a + inner_saved + inner_work + T * h * a,
+                    _norm_backward(T, h, chunked, a) - T * h * a + 2 * T * h * a)
     return out
 
 
@@ -1079,6 +1083,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     checkpointing = setup.grad_checkpointing
     offload = setup.offload_activations
     layer_input = T * h * a
+    layers_inputs_fwd = 0
     if checkpointing:
         # torch/utils/checkpoint.py non-reentrant: only each layer's inputs (hidden states)
         # survive the forward; the backward recomputes one layer at a time.
@@ -1093,6 +1098,7 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
             # output a leaf, and its AccumulateGrad node in the graph holds it until the backward ends
             leaf = layer_input if (setup.method != "full" and L > OFFLOAD_FWD_STASH + 1) else 0
             layer_inputs = min(L, OFFLOAD_FWD_STASH + 1) * layer_input + leaf
+            layers_inputs_fwd = layer_inputs
             details["offloaded_layer_inputs"] = L * layer_input
         saved = layer_inputs + head_saved
         bwd_layer = biggest_layer.saved + biggest_layer.bwd_working
@@ -1132,8 +1138,24 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     else:
         bottom_saved = mask_bytes + per_layer[0].saved
     bottom_grads = max(g_acc, grads * (L - 1) // L)  # the last layer has not produced its grads yet
+    fwd_phase = (g_acc, saved, fwd_layer)
+    if offload:
+        # measured by the CUDA-semantics trace (trl's hooks, step2.start and step2.forward_end marks):
+        # LoRA/QLoRA keep the previous step's first-layer input (the `enable_input_require_grads`
+        # leaf) and the gradient accumulated into it until the next backward
+        prev = 2 * layer_input if setup.method != "full" else 0
+        # the forward of a checkpointed layer holds, at its o_proj (transformers llama
+        # `LlamaAttention.forward`, integrations/sdpa_attention.py): the normed input, the SDPA output
+        # and its `transpose(1, 2).contiguous()` copy, the k and v states, the o_proj output and its
+        # LoRA branch's scaled output; the offloaded stash and the leaves beside it, not the head's
+        # tensors (the loss comes later: `loss_backward`)
+        nh, nkv, hd = spec.num_heads, spec.num_kv_heads, spec.head_dim
+        o_lora = any(m.name == "o_proj" for layer in lora_layers[:1] for m in layer)
+        attn_fwd = T * h * a + 2 * T * nh * hd * a + 2 * T * nkv * hd * a + T * h * a * (2 if o_lora else 1)
+        fwd_phase = (g_acc, layers_inputs_fwd + mask_bytes + prev, max(fwd_layer, attn_fwd))
+        loss_saved += prev
     phases = {
-        "forward": (g_acc, saved, fwd_layer),
+        "forward": fwd_phase,
         "loss_backward": (g_acc, loss_saved, loss_peak),
         # backward through the top layer: every activation still saved
         "layer_backward_top": (max(g_acc, head_grads), layers_saved + mask_bytes, bwd_layer),

@@ -28,7 +28,7 @@ OUR_STACK = "peft-method-comparison (L40S, reserved - init, p99)"
 
 
 def _long_context(setup: TrainSetup) -> bool:
-    return setup.offload_activations or setup.tiled_mlp
+    return setup.offload_activations or setup.tiled_mlp or setup.chunked_norm
 
 
 def _grid_rows(long_context: bool = False):
@@ -60,6 +60,10 @@ def test_the_long_context_cases_agree_with_the_trace_within_one_percent():
     # traced so far (bench/bench_trace_cuda.py LONG_CONTEXT lists the rest: a 70B trace at 128k
     # and the --seq-len max answers take hours of CPU on a shared machine, see its doc)
     assert {"long:llama-3.1-8b:32768", "long:llama-3.1-8b:131072"} <= cases
+    # the chunked RMSNorm (the long-context path's norm) and transformers' norm, both traced
+    assert {row["case"] for _, est, row in rows if json.loads(row["setup"]).get("chunked_norm")} >= \
+        {"long:llama-3.1-8b:32768", "long:llama-3.1-8b:131072"}
+    assert {"long-transformers-norm:llama-3.1-8b:32768", "long-transformers-norm:llama-3.1-70b:32768"} <= cases
     assert any(":llama-3.1-70b" in c or "plan:llama-3.1-70b@" in c for c in cases)
     off = []
     for case, est, row in rows:
