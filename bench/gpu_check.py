@@ -52,7 +52,7 @@ BASE = TrainSetup(method="lora", compute_dtype="bfloat16", lora_rank=16, lora_al
 
 LONG_CONTEXT = replace(BASE, method="qlora", lora_rank=32, lora_alpha=32, lora_dropout=0.0, lora_targets="all-linear",
                        seq_len=32768, grad_checkpointing=True, fused_ce=True, offload_activations=True,
-                       tiled_mlp=True)
+                       tiled_mlp=True, chunked_norm=True)
 
 
 @dataclass

@@ -30,7 +30,8 @@ def test_a_small_card_skips_what_it_cannot_hold_with_the_reason():
     names = [c.name for c in cases]
     assert "70b-qlora-ckpt-mb1" in names and "8b-solver-choice" in names and any("moe" in n for n in names)
     long = next(c for c in cases if c.name == "long-8b-qlora-32k")
-    assert long.setup.offload_activations and long.setup.tiled_mlp and long.setup.seq_len == 32768
+    assert long.setup.offload_activations and long.setup.tiled_mlp and long.setup.chunked_norm
+    assert long.setup.seq_len == 32768
     assert sum(n.startswith("8b-") and "solver" not in n for n in names) == 8
     hw = Hardware(gpu=get_gpu("rtx-4090"), source="catalog")
     gc.prepare(cases, hw)

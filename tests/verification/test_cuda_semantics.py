@@ -127,3 +127,20 @@ def test_the_tiled_mlp_runs_its_real_code_in_the_trace():
     end = "step2.forward_end"
     intermediates = cfg["num_hidden_layers"] * 3 * setup.seq_len * cfg["intermediate_size"] * 2
     assert plain.marks[end]["forward"] - tiled.marks[end]["forward"] >= intermediates
+
+
+def test_the_chunked_norm_runs_its_real_code_in_the_trace():
+    """With checkpointing off transformers' RMSNorm saves an fp32 copy of its input (4 bytes a
+    value); the chunked one its input (2) and one fp32 value per position: the activations left
+    at the end of the forward shrink by about 2 bytes per value of every layer's two norms."""
+    from trace_models import FAMILIES
+
+    cfg = FAMILIES["llama"]
+    setup = replace(_LONG, grad_checkpointing=False)
+    plain = _trace("llama", setup, semantics="cuda", arch="hopper")
+    chunked = _trace("llama", replace(setup, chunked_norm=True), semantics="cuda", arch="hopper")
+    assert any("chunked RMSNorm" in n for n in chunked.meta["notes"])
+    end = "step2.forward_end"
+    values = cfg["num_hidden_layers"] * setup.seq_len * cfg["hidden_size"]
+    saved = plain.marks[end]["forward"] - chunked.marks[end]["forward"]
+    assert values * 2 <= saved <= values * 2 * 2  # two norms a layer, minus what chunked keeps in bf16
