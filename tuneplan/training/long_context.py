@@ -292,7 +292,10 @@ class ChunkedRMSNorm(torch.autograd.Function):
             xc, gc, rc = x2[start:start + step], g2[start:start + step], rstd[start:start + step]
             x32 = xc.to(torch.float32, copy=True)
             if dw is not None:  # d(weight * y.to(dtype)) / d weight = y.to(dtype), summed over positions
-                dw += (gc.to(torch.float32) * x32.mul(rc).to(x.dtype).to(torch.float32)).sum(0)
+                yc = x32.mul(rc).to(x.dtype)
+                prod = gc.to(torch.float32, copy=True).mul_(yc)  # never more than the dx branch holds
+                dw += prod.sum(0)
+                del yc, prod
             if dx is not None:
                 g = (gc * weight).to(torch.float32)  # the grad of y.to(dtype), through the cast to fp32
                 dot = (g * x32).sum(-1, keepdim=True)
