@@ -443,6 +443,7 @@ class _Layer:
     w_attn: int = 0  # extra bytes live at the worst moment of the attention backward
     w_mlp: int = 0  # extra bytes live at the worst moment of the MLP backward
     dequant: int = 0  # largest dequantized 4-bit weight (QLoRA)
+    w_shard: int = 0  # a tiled MLP: extra bytes live at the worst moment of one shard's backward
 
     @property
     def saved(self) -> int:
@@ -781,7 +782,10 @@ def _tiled(full: _Layer, shard: _Layer, spec, setup: TrainSetup, p: _Path, T: in
     # one shard's MLP + MLP-LoRA saved tensors; its input is a view of the saved MLP input
     # (`x.narrow(...)` in `TiledMLP.backward`), no new bytes
     inner_saved = max(0, shard.saved_mlp - norm_S - S * h * a)
-    inner_work = max(0, shard.w_mlp - 2 * S * h * a)  # its backward, less the residual gradient
+    # its backward at its worst (the CUDA-semantics trace, inside the down projection's backward):
+    # the dequantized 4-bit weight (QLoRA), one S x intermediate gradient and the shard's S x hidden
+    # input gradient before it is copied into x_grad
+    inner_work = shard.dequant + S * spec.intermediate_size * a + S * h * a
     inter = spec.intermediate_size
     out = _Layer(saved_attn=full.saved_attn, fwd_attn=full.fwd_attn, w_attn=full.w_attn, dequant=full.dequant)
     out.saved_mlp = norm_T + T * h * a
@@ -791,8 +795,8 @@ def _tiled(full: _Layer, shard: _Layer, spec, setup: TrainSetup, p: _Path, T: in
     # backward: x_grad and one shard at a time; or the post-MLP-input norm's backward (the MLP
     # input released by then). During a shard's backward the only residual gradient is the incoming
     # one; the second (the sum into the residual stream) comes with the norm's backward
-    out.w_mlp = max(T * h * a + inner_saved + inner_work + T * h * a,
-                    _norm_backward(T, h, chunked, a) - T * h * a + 2 * T * h * a)
+    out.w_shard = T * h * a + inner_saved + inner_work + T * h * a
+    out.w_mlp = _norm_backward(T, h, chunked, a) - T * h * a + 2 * T * h * a
     return out
 
 
@@ -1138,6 +1142,10 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     else:
         bottom_saved = mask_bytes + per_layer[0].saved
     bottom_grads = max(g_acc, grads * (L - 1) // L)  # the last layer has not produced its grads yet
+    shard_layer, shard_fewer = 0, 0
+    if biggest_layer.w_shard:
+        shard_layer = (biggest_layer.saved if checkpointing else 0) + biggest_layer.w_shard
+        shard_fewer = layer_input if (offload and setup.method != "full" and L > OFFLOAD_BWD_LIVE) else 0
     fwd_phase = (g_acc, saved, fwd_layer)
     if offload:
         # measured by the CUDA-semantics trace (trl's hooks, step2.start and step2.forward_end marks):
@@ -1161,6 +1169,11 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         "layer_backward_top": (max(g_acc, head_grads), layers_saved + mask_bytes, bwd_layer),
         # backward through the bottom layer: almost all gradients exist
         "layer_backward_bottom": (bottom_grads, bottom_saved, bwd_layer),
+        # the bottom layer's tiled-MLP shard backward under offloading: the layer recomputes from the
+        # leaf first input itself, and only one brought-back input is live then (the CUDA-semantics
+        # trace); the layer's later moments (the norm's backward) see two, as above
+        "layer_backward_bottom_shard": (bottom_grads, bottom_saved - shard_fewer, shard_layer),
+        "layer_backward_top_shard": (max(g_acc, head_grads), layers_saved + mask_bytes, shard_layer),
         "optimizer_step": (grads, 0, opt_temp),
     }
     totals = {k: sum(v) for k, v in phases.items()}
