@@ -166,12 +166,16 @@ def request_stop(run_dir: Path) -> list[int]:
     the others. Returns the pids signalled."""
     run_dir = Path(run_dir)
     status = _status_or_error(run_dir)
-    from tuneplan.run_process import live_records
+    from tuneplan.run_process import holds_run_lock, live_records
 
     records = live_records(status.pids, status.processes) if status is not None and \
         status.phase not in FINAL_PHASES else []
-    if not records or lock_is_held(run_dir) is False:
-        raise UserError(f"run {run_dir.name} is not running ({effective_phase(status)})")
+    # only a process that holds this run's lock is its trainer: a status.json can name any
+    # process, and a run without a lock file has none (`run_process.holds_run_lock`)
+    records = [r for r in records if holds_run_lock(r["pid"], run_dir)]
+    if not records:
+        phase = effective_phase(status)
+        raise UserError(f"run {run_dir.name} is not running ({'crashed' if phase not in FINAL_PHASES else phase})")
     try:
         (run_dir / STOP_REQUEST_FILE).touch()
     except OSError:
