@@ -21,6 +21,7 @@ Pure standard library plus `tomli_w` for writing. Validation names the field and
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import types
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 
 from planner.setup import TUNEPLAN_STACK, CalibrationProfile, TrainSetup
 from tuneplan.errors import UserError, check_path
+from tuneplan.files import CONFIG_MAX_BYTES, read_text_bounded
 from tuneplan.knobs import MAX_COUNT
 from tuneplan.knobs import validate_setup as _validate_knobs
 
@@ -463,7 +465,7 @@ def read_toml_text(path: Path) -> tuple[dict[str, Any], str]:
     malformed file."""
     path = Path(check_path(path, "the configuration file name"))
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_bounded(path, CONFIG_MAX_BYTES)  # a FIFO or /dev/zero is refused, never read
         return tomllib.loads(text), text
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
@@ -496,7 +498,11 @@ def save_config(config: RunConfig, path: Path, *, overwrite: bool = False) -> No
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; pick another path")
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_config(config), encoding="utf-8")
+    # never through a symlink planted at the temporary name (O_NOFOLLOW); the rename replaces
+    # a link at `path` itself, never its target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(dump_config(config))
     tmp.replace(path)
 
 

@@ -22,6 +22,7 @@ from tuneplan.events import (
     StatusUnreadable, append_event, created_at, effective_phase, last_checkpoint, live_pids, load_status, make_event,
     read_status, write_status,
 )
+from tuneplan.files import EVENTS_TAIL_BYTES, read_head
 from tuneplan.run_process import lock_is_held
 from tuneplan.services import paths
 
@@ -51,24 +52,25 @@ class RunSummary:
 
 
 def _first_loss(run_dir: Path) -> float | None:
-    """Loss of the first `log` event, reading only as far as it (events.jsonl can be long).
+    """Loss of the first `log` event, found in the first MiB of events.jsonl (a run's first log
+    step comes after a handful of short events; the file can be GBs, or not a file at all).
     Lines that are not UTF-8 JSON objects are skipped."""
     import json
 
     try:
-        with open(Path(run_dir) / EVENTS_FILE, "rb") as f:
-            for line in f:
-                if b'"log"' not in line:
-                    continue
-                try:
-                    event = json.loads(line)
-                except ValueError:
-                    continue
-                loss = event.get("loss") if isinstance(event, dict) and event.get("kind") == "log" else None
-                if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-                    return float(loss)
+        head = read_head(Path(run_dir) / EVENTS_FILE, EVENTS_TAIL_BYTES, follow_symlinks=False)
     except OSError:
-        pass
+        return None
+    for line in head.split(b"\n"):
+        if b'"log"' not in line:
+            continue
+        try:
+            event = json.loads(line)
+        except (ValueError, RecursionError):
+            continue
+        loss = event.get("loss") if isinstance(event, dict) and event.get("kind") == "log" else None
+        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
+            return float(loss)
     return None
 
 
