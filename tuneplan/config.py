@@ -235,8 +235,10 @@ class RunConfig:
         _check(t.report_to in TRACKERS, "training.report_to", t.report_to, f"must be one of {', '.join(TRACKERS)}")
         _count(r.max_retries, "recovery.max_retries", lo=0)
         n = self.notify
-        _check(not n.url or n.url.startswith(("http://", "https://", "ntfy+http://", "ntfy+https://")), "notify.url",
-               n.url, "must be an http:// or https:// URL")
+        problem = notify_url_problem(n.url) if n.url else None
+        # shown without what sits before an '@' (a password is never echoed)
+        shown = re.sub(r"//[^/@]*@", "//***@", n.url) if n.url else n.url
+        _check(problem is None, "notify.url", shown, problem or "")
         _range(n.stall_minutes, "notify.stall_minutes", 0, None, lo_open=True)
         g = self.debug
         for name in ("step_sleep_seconds", "save_sleep_seconds"):
@@ -273,6 +275,37 @@ def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:
     """Raise `ConfigError` naming the first invalid knob of a `TrainSetup` (each knob's rule
     is in `tuneplan.knobs`)."""
     _validate_knobs(s, prefix, error=ConfigError)
+
+
+NOTIFY_SCHEMES = ("http", "https", "ntfy+http", "ntfy+https")
+
+
+def notify_url_problem(url: str) -> str | None:
+    """What is wrong with an alert URL (None: nothing), read with `urllib.parse.urlsplit` and
+    checked part by part: the parser itself accepts an empty host, wraps no port but lets 0
+    through, and keeps `user:pass@`, spaces and line breaks, which either break the request
+    (CR/LF inject headers), go to another port, or send a password to the resolver."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "must not contain spaces, tabs or line breaks"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or outside 0-65535
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme.lower() not in NOTIFY_SCHEMES:
+        return "must be an http:// or https:// URL"
+    if "@" in parts.netloc:
+        return "must not hold a user name or password (user:pass@); put the token in the path, as webhooks do"
+    host = parts.hostname or ""
+    if not host:
+        return "has no host name"
+    if not all(c.isalnum() or c in ".-_:" for c in host):
+        return f"has a host name that is not one ({host!r})"
+    if port == 0:
+        return "has port 0, which no server listens on (use 1-65535)"
+    return None
 
 
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:
