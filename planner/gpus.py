@@ -44,6 +44,16 @@ PRICE_SOURCES = (
 )
 
 
+CPU_ARCH = "cpu"
+"""`GPU.arch` of a machine's CPU used as the training device."""
+
+CPU_COMPUTE_DTYPE = "float32"
+"""What training computes in on a CPU: the one rule for the plan and for the run
+(`tuneplan.services.machine`). The HF Trainer's `bf16=True` on the CPU means torch's CPU
+autocast, far slower than float32 on most CPUs (torch docs, "Automatic Mixed Precision", CPU
+ops list), and its fp16 GradScaler is CUDA-only."""
+
+
 @dataclass(frozen=True)
 class GPU:
     """One GPU model. Sizes in bytes, rates per second."""
@@ -57,7 +67,8 @@ class GPU:
     bf16: bool
     """Whether the card computes in bfloat16 (compute capability >= 8.0)."""
     arch: str
-    """`volta`, `turing`, `ampere`, `ada`, `hopper`, `blackwell`: decides kernels and workspace sizes."""
+    """`volta`, `turing`, `ampere`, `ada`, `hopper`, `blackwell`: decides kernels and workspace sizes;
+    `cpu` (CPU_ARCH) for a machine's CPU used as the training device."""
     bf16_tflops: float | None = None
     """Dense bf16 (fp16 where no bf16) tensor TFLOP/s with fp32 accumulation, no sparsity, as
     the card sustains it (the datasheet rate, derated for 70-75 W boards: LOW_POWER_SUSTAINED)."""
@@ -73,6 +84,10 @@ class GPU:
     """`consumer`, `workstation` or `datacenter` (cloud cards count as datacenter)."""
     aliases: tuple[str, ...] = ()
     """Extra loose names that resolve to this card (matched after normalisation)."""
+
+    def is_cpu(self) -> bool:
+        """Whether this is a CPU used as the training device (no CUDA)."""
+        return self.arch == CPU_ARCH
 
     def memory_gib(self) -> float:
         """Total memory in GiB (for display)."""
@@ -310,6 +325,26 @@ def interconnect_gbs(gpu: GPU) -> float | None:
     if bw is None:
         return None
     return bw * NO_P2P_FRACTION if gpu.segment == "consumer" else bw
+
+
+# -- host link -------------------------------------------------------------------------------
+# Between the card and host memory (activation offloading, FSDP CPU offload), per direction:
+# the card's PCIe x16 link as its datasheet states it (the `_PCIE_GBS` generations above: T4,
+# V100 Gen3; A100 (SXM4 and PCIe), A10/A40/L4/L40/L40S, RTX 30/40 and RTX A-series Gen4; H100,
+# H200, B200, RTX 5090 Gen5), except GH200, whose Hopper GPU reaches its Grace CPU's memory over
+# NVLink-C2C at 900 GB/s total, 450 per direction (NVIDIA GH200 datasheet).
+_HOST_LINK_GBS = {"gh200": 450.0}
+HOST_COPY_EFFICIENCY = 0.8
+"""Share of the link a pinned host<->device copy reaches: NVIDIA's cuda-samples `bandwidthTest`
+(pinned, 32 MiB transfers) reads about 25-26 GB/s on PCIe Gen4 x16 (32 GB/s) and 12-13 GB/s on
+Gen3 x16 (16 GB/s); the same fraction as HOST_LINK_GBS (25 GB/s) of planner/throughput.py."""
+
+
+def host_link_gbs(gpu: GPU) -> float | None:
+    """Per-direction GB/s (1e9 bytes) of pinned copies between this card and host memory (see
+    above); None when the card's architecture is unknown."""
+    link = _HOST_LINK_GBS.get(gpu.key) or _PCIE_GBS.get(gpu.arch)
+    return None if link is None else link * HOST_COPY_EFFICIENCY
 
 
 def bigger_cards(than_bytes: int, *, bf16: bool | None = None) -> list[GPU]:

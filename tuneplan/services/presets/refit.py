@@ -174,6 +174,26 @@ def _base_fixed(preset: Preset) -> dict[str, Any]:
     return fixed
 
 
+def with_knobs(preset: Preset, knobs: dict[str, Any]) -> Preset:
+    """`preset` with `knobs` (the user's flags, `train --preset NAME --method lora`) set over its
+    `[setup]`: the re-fit keeps them, re-fitted knobs among them included, so what it says it
+    kept is what the run trains."""
+    from tuneplan.config import with_setup
+    from tuneplan.knobs import REFITTED
+
+    if not knobs:
+        return preset
+    config = with_setup(preset.config, **knobs)
+    constraints = preset.constraints
+    if "micro_batch" in knobs or "grad_accum" in knobs:
+        # the batch given is the batch trained: with the preset's other factor, as a flag over a file sets it
+        knobs = {**knobs, "micro_batch": config.setup.micro_batch, "grad_accum": config.setup.grad_accum}
+        constraints = replace(constraints, effective_batch=config.setup.effective_batch())
+    keep = tuple(dict.fromkeys((*constraints.keep, *(k for k in knobs if k in REFITTED))))
+    return replace(preset, config=config, setup_keys=preset.setup_keys | set(knobs),
+                   constraints=replace(constraints, keep=keep))
+
+
 def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = None, gpu_index: int | None = None,
           hardware: Any = None, probe: Any = None, safety_margin: float | None = None,
           build_sources: bool = False) -> Refit:
@@ -198,8 +218,8 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
     effective = preset.effective_batch()
     base = _base_fixed(preset)
 
-    def attempt(method: str, seq: int, micro_batch: int | None = None):
-        fixed = {**base, "seq_len": seq}
+    def attempt(method: str, seq: int, micro_batch: int | None = None, keep: dict[str, Any] | None = None):
+        fixed = {**base, "seq_len": seq, **(keep or {})}
         if micro_batch is not None:
             fixed.update(micro_batch=micro_batch, grad_accum=effective // micro_batch)
         if method != "qlora":
@@ -229,7 +249,9 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
         for mb in sorted((d for d in range(1, effective + 1) if effective % d == 0), reverse=True):
             if mb > max(s.micro_batch, 1) or mb <= chosen.micro_batch:
                 continue
-            o = attempt(chosen.method, chosen.seq_len, mb)
+            # a bigger micro-batch, not the long-context path (tiled MLP, offloading), buys nothing here
+            o = attempt(chosen.method, chosen.seq_len, mb, keep={"offload_activations": chosen.offload_activations,
+                                                                 "tiled_mlp": chosen.tiled_mlp})
             if o.result.fits:
                 outcome = o
                 break
@@ -261,7 +283,8 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
             why = ("32-bit AdamW states do not fit beside the rest" if new.optimizer != "adamw"
                    else "32-bit AdamW states fit")
             reasons.append(f"{said(('optimizer',))}: {why} on {here}.")
-        geometry = ("micro_batch", "grad_accum", "grad_checkpointing", "attn", "fused_ce")
+        geometry = ("micro_batch", "grad_accum", "grad_checkpointing", "attn", "fused_ce", "offload_activations",
+                    "tiled_mlp")
         if said(geometry):
             if new.method != s.method:
                 why_hw = f"the fastest that fits with {_METHOD[new.method]} on {here}"
