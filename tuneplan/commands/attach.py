@@ -30,7 +30,7 @@ def resolve_run_dir(run: str | None, runs_dir: str | None) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     run_dir = resolve_run_dir(args.run, args.runs_dir)
-    from tuneplan.commands.wizard import require_terminal
+    from tuneplan.commands.terminal import require_terminal
     from tuneplan.errors import UserError
     from tuneplan.events import StatusUnreadable, load_status
 
