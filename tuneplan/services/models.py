@@ -121,7 +121,7 @@ def resolve_source(ref: str) -> str:
         folder, _ = _local_folder(found, text)
         return str(folder.resolve())
     if kind == "tiny":
-        from tuneplan.services.presets import tiny_model_dir
+        from tuneplan.services.bundled import tiny_model_dir
 
         return str(tiny_model_dir())
     if kind == "catalog":
@@ -279,7 +279,7 @@ def is_bundled_tiny(config: Mapping[str, Any]) -> bool:
 
 def _resolve_bundled_tiny(trust_remote_code: bool) -> ResolvedModel:
     """`tuneplan:tiny`: planned from its config.json alone (the weights are built on first
-    training use, `tuneplan.services.presets.resolve_sources`)."""
+    training use, `tuneplan.services.bundled.resolve_sources`)."""
     config = json.loads(TINY_MODEL_CONFIG.read_text(encoding="utf-8"))
     spec = _spec(config, TINY_MODEL, trust_remote_code)
     return ResolvedModel(spec=spec, kind="bundled", source=TINY_MODEL, name=TINY_MODEL, config=config,

@@ -19,7 +19,7 @@ Files are read with `tomllib` only: nothing in them is executed or evaluated. A 
 never written into a preset: saving refuses any text that holds one. No torch, no textual.
 
 The package: `file_format` (the types, reading and writing a preset file), `store` (where
-presets live, find/list/save/delete, the bundled sources), `refit` (re-fitting to the hardware
+presets live, find/list/save/delete; the bundled sources are `tuneplan.services.bundled`), `refit` (re-fitting to the hardware
 at hand) and `evidence` (a finished run's measurements). Import from the package.
 """
 
@@ -37,9 +37,12 @@ from tuneplan.services.presets.refit import (
     SEQ_STEP, Refit, load_preset_config, local_hardware, refit, target_hardware,
 )
 from tuneplan.services.presets.store import (
-    CACHE_DIR_ENV, PRESETS_DIR_ENV, SAMPLE_DATA, PresetEntry, cache_dir, delete_preset, find_preset, list_presets,
-    portable_sources, preset_from_run_config, project_dir, resolve_sources, save_config_as_preset, search_path,
-    shipped_dir, tiny_model_dir, user_dir, write_preset_text,
+    PRESETS_DIR_ENV, PresetEntry, delete_preset, find_preset, list_presets, preset_from_run_config, project_dir,
+    save_config_as_preset, search_path, shipped_dir, user_dir, write_preset_text,
+)
+# the bundled sources live in their own module; named here too, as the presets' sources
+from tuneplan.services.bundled import (
+    CACHE_DIR_ENV, SAMPLE_DATA, cache_dir, portable_sources, resolve_sources, tiny_model_dir,
 )
 
 __all__ = [

@@ -18,7 +18,8 @@ from tuneplan.knobs import SHOWN
 from tuneplan.services.gpu import CPU_KEY as CPU
 from tuneplan.services.gpu import cpu_hardware
 from tuneplan.services.presets.file_format import _METHOD, Preset, fields_of
-from tuneplan.services.presets.store import find_preset, resolve_sources
+from tuneplan.services.bundled import resolve_sources
+from tuneplan.services.presets.store import find_preset
 
 
 SEQ_STEP = 128
