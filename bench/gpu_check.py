@@ -88,14 +88,15 @@ def hardware(dry_run: bool):
     if dry_run:
         gpu = get_gpu(TARGET_GPU)
         return Hardware(gpu=gpu, source="catalog"), f"dry run: predictions for {gpu.name} (no GPU used)"
-    hw, notes, _ = planning.resolve_hardware(planning.PlanRequest(gpus=1))
+    hw, notes, _ = planning.resolve_hardware(gpus=1)
     return hw, "; ".join(notes)
 
 
 def predict(case: Case, hw) -> None:
     from tuneplan.services import planning, probing
+    from tuneplan.services.models import resolve_model
 
-    resolved = planning.resolve(planning.PlanRequest(model=case.model))
+    resolved = resolve_model(case.model)
     if case.setup is None:
         outcome = planning.plan(planning.PlanRequest(resolved=resolved, hardware=hw, gpus=1))
         case.setup = outcome.result.choice.setup

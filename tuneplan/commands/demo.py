@@ -37,8 +37,8 @@ def _say(text: str = "") -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from tuneplan import app
     from tuneplan.errors import UserError
-    from tuneplan.services import launcher, paths
     from tuneplan.services import presets as P
 
     # offline, whatever the environment says: the demo needs nothing from the network
@@ -89,9 +89,8 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, setup=replace(config.setup, compute_dtype="float32"))
 
     # 3. a real detached run
-    root = paths.runs_root(args.runs_dir)
-    run_dir = launcher.prepare_run(replace(config, name=None), root)
-    proc = launcher.start_process(run_dir, detach=True)
+    root = app.runs_root(args.runs_dir)
+    run_dir, proc = app.launch(replace(config, name=None), runs_root=root, checked=True)
     _say(f"[4/4] run      {run_dir.name} started, detached (pid {proc.pid}): {config.training.max_steps} steps, "
          f"micro-batch {s.micro_batch} x {s.grad_accum}, sequence length {s.seq_len}")
     _say(f"               folder: {run_dir}")

@@ -67,18 +67,17 @@ def _refuse_knobs(args: argparse.Namespace, what: str) -> None:
 
 def _hardware(args: argparse.Namespace, cuda: bool):
     """The hardware the prediction is made for: --gpu/--vram as given, else this machine."""
-    from tuneplan.commands.plan import _gpu_index
-    from tuneplan.services import planning, presets
+    from tuneplan import app
+    from tuneplan.commands.arguments import gpu_index
 
-    index = _gpu_index(args.gpu_index)  # read first: a bad value is an error here, not ignored off a GPU
+    index = gpu_index(args.gpu_index)  # read first: a bad value is an error here, not ignored off a GPU
     if args.gpu or args.vram:
-        request = planning.PlanRequest(gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None)
-        hw, notes, _ = planning.resolve_hardware(request)
+        hw, notes, _ = app.resolve_hardware(args.gpu, app.parse_size(args.vram) if args.vram else None)
         return hw, notes + [f"predicted for {hw.gpu.name} (--gpu/--vram) and measured on this machine"]
     if not cuda:
-        hw = presets.cpu_hardware()
+        hw = app.cpu_hardware()
         return hw, [f"no CUDA GPU here: probing on the CPU ({size(hw.usable_bytes())} of RAM available)"]
-    hw, notes, _ = planning.resolve_hardware(planning.PlanRequest(gpu_index=index, gpus=1))
+    hw, notes, _ = app.resolve_hardware(index=index, gpus=1)
     return hw, notes
 
 
@@ -90,8 +89,9 @@ def size(n):
 
 def _planned(args: argparse.Namespace, hardware, random_weights: bool):
     """(model label, setup, resolved model, load source, safety margin, source label, notes)."""
+    from tuneplan import app
+    from tuneplan.commands.arguments import safety_margin
     from tuneplan.errors import EXIT_DOES_NOT_FIT, UserError
-    from tuneplan.services import planning
     from tuneplan.services import presets as P
 
     def does_not_fit(text: str) -> UserError:
@@ -101,11 +101,7 @@ def _planned(args: argparse.Namespace, hardware, random_weights: bool):
 
     if args.config and args.preset:
         raise UserError("give either --config or --preset, not both")
-    margin = planning.DEFAULT_SAFETY_MARGIN
-    if args.safety_margin is not None:
-        from tuneplan.commands.plan import _float
-
-        margin = _float(args.safety_margin, "--safety-margin", allow_zero=True)
+    margin = safety_margin(args.safety_margin)
     if args.config:
         from tuneplan.config import load_config
 
@@ -114,7 +110,7 @@ def _planned(args: argparse.Namespace, hardware, random_weights: bool):
         if args.model:
             config = replace(config, model=replace(config.model, source=args.model))
         config = P.resolve_sources(config, build=not random_weights)
-        resolved = planning.resolve(planning.PlanRequest(model=config.model.source))
+        resolved = app.resolve_model(config.model.source)
         return (resolved.name, config.setup, resolved, config.model.source, margin, f"config {args.config}", [],
                 config.model.trust_remote_code)
     if args.preset:
@@ -130,8 +126,7 @@ def _planned(args: argparse.Namespace, hardware, random_weights: bool):
     from tuneplan.commands.plan import build_request
 
     request = build_request(args)
-    request = replace(request, hardware=hardware, gpus=1, gpu=None, vram_bytes=None)
-    outcome = planning.plan(request)
+    outcome = app.plan(replace(request, target=app.Target(hardware=hardware), one_gpu=True))
     result = outcome.result
     if not result.fits:
         hint = f"; {result.suggestions[0]}" if result.suggestions else ""

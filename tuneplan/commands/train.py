@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -68,6 +67,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     target = parser.add_argument_group("target (for planning)")
     target.add_argument("--gpu", help="plan for this GPU (default: the GPUs NVML finds)")
     target.add_argument("--vram", help="plan for this much GPU memory, e.g. 24GiB")
+    target.add_argument("--gpu-index", metavar="N", help="with neither --gpu nor --vram: which NVML GPU to plan "
+                        "for and train on (default: the one with most free memory)")
+    target.add_argument("--effective-batch", metavar="N",
+                        help="sequences per optimizer step, kept constant (default 16, or --batch x --grad-accum)")
+    target.add_argument("--safety-margin", metavar="X", help="fraction of usable memory kept free (default 0.09: "
+                        "the memory model's measured error, planner/margins.py)")
     out = parser.add_argument_group("run")
     out.add_argument("--name", help="run folder name (default: <model>-<method>-<time>)")
     out.add_argument("--runs-dir", help="runs root (default: $TUNEPLAN_RUNS_DIR or the per-user data folder)")
@@ -84,11 +89,43 @@ def given_setup(args: argparse.Namespace, file: "PartialSetup | None" = None) ->
     return PartialSetup.from_args(args).over(file or PartialSetup())
 
 
-def load_preset(preset, args: argparse.Namespace):
-    """A preset (name or loaded `Preset`) re-fitted to this machine (`tuneplan.services.presets`)."""
-    from tuneplan.services import presets
+def settings(args: argparse.Namespace) -> dict:
+    """The hyperparameter and run-setting flags given, `section.field` -> value."""
+    pairs = (("data.eval_fraction", args.eval_fraction), ("data.max_samples", args.max_samples),
+             ("data.overlong", args.overlong),
+             ("training.epochs", args.epochs), ("training.max_steps", args.max_steps),
+             ("training.learning_rate", args.lr), ("training.warmup_ratio", args.warmup_ratio),
+             ("training.save_steps", args.save_steps), ("training.save_total_limit", args.save_total_limit),
+             ("training.save_every", getattr(args, "save_every", None)),
+             ("training.logging_steps", args.logging_steps), ("training.seed", args.seed),
+             ("training.report_to", args.report_to),
+             ("recovery.max_retries", args.max_retries), ("recovery.allow_qlora", args.allow_qlora),
+             ("notify.url", "" if args.notify == "off" else args.notify),
+             ("notify.stall_minutes", args.stall_minutes))
+    out = {k: v for k, v in pairs if v is not None}
+    if getattr(args, "save_every", None) is not None:
+        from tuneplan.durations import parse_duration
+        from tuneplan.errors import UserError
 
-    return presets.load_preset_config(preset, gpu=args.gpu, vram=args.vram)
+        try:
+            parse_duration(args.save_every)
+        except ValueError as exc:
+            raise UserError(f"--save-every {exc}") from None
+    return out
+
+
+def run_request(args: argparse.Namespace):
+    """The flags -> `tuneplan.app.RunRequest` (one-line UserErrors for bad values)."""
+    from tuneplan.app import RunRequest
+    from tuneplan.commands.arguments import count, safety_margin, target
+    from tuneplan.knobs import PartialSetup
+
+    return RunRequest(model=args.model, dataset=args.dataset, setup=PartialSetup.from_args(args),
+                      settings=settings(args), target=target(args),
+                      effective_batch=count(getattr(args, "effective_batch", None), "--effective-batch"),
+                      safety_margin=safety_margin(getattr(args, "safety_margin", None)),
+                      config_file=args.config, preset=args.preset, trust_remote_code=args.trust_remote_code,
+                      name=args.name, force=getattr(args, "force", False))
 
 
 def build_config(args: argparse.Namespace):
@@ -99,165 +136,49 @@ def build_config(args: argparse.Namespace):
 def build(args: argparse.Namespace):
     """(the run configuration from --config / --preset and the flags, not yet planned; the
     `PartialSetup` of the knobs they fix: the planner chooses the others)."""
-    from tuneplan.config import RunConfig, config_from_dict, read_toml_text
-    from tuneplan.errors import UserError
-    from tuneplan.knobs import PLANNED, PartialSetup
+    from tuneplan.app import assemble
 
-    if args.config and args.preset:
-        raise UserError("give either --config or --preset, not both")
-    file = PartialSetup()
-    if args.config:
-        data, text = read_toml_text(Path(args.config))
-        config = config_from_dict(data, where=str(args.config), text=text)
-        file = PartialSetup.from_setup(config.setup, data.get("setup") or {})
-    elif args.preset:
-        from tuneplan.services.presets import find_preset
-
-        preset = find_preset(args.preset)
-        if not args.trust_remote_code:  # refuse before the re-fit prints its notes
-            from tuneplan.services.models import remote_code_request
-
-            asked = preset.config.model
-            remote_code_request(args.model or asked.source, requested=asked.trust_remote_code, granted=False)
-        config = load_preset(preset, args)
-        # a named preset is a complete, already re-fitted configuration; a preset file fixes its [setup] keys
-        keys = preset.setup_keys if Path(args.preset).suffix else PLANNED
-        file = PartialSetup.from_setup(config.setup, keys)
-    else:
-        config = RunConfig()
-    given = given_setup(args, file)
-    if args.model:
-        config = replace(config, model=replace(config.model, source=args.model))
-    data = {k: v for k, v in (("source", args.dataset), ("eval_fraction", args.eval_fraction),
-                              ("max_samples", args.max_samples), ("overlong", args.overlong)) if v is not None}
-    training = {k: v for k, v in (("epochs", args.epochs), ("max_steps", args.max_steps),
-                                  ("learning_rate", args.lr), ("warmup_ratio", args.warmup_ratio),
-                                  ("save_steps", args.save_steps), ("save_total_limit", args.save_total_limit),
-                                  ("save_every", getattr(args, "save_every", None)),
-                                  ("logging_steps", args.logging_steps), ("seed", args.seed),
-                                  ("report_to", args.report_to)) if v is not None}
-    notify = {k: v for k, v in (("url", "" if args.notify == "off" else args.notify),
-                                ("stall_minutes", args.stall_minutes)) if v is not None}
-    recovery = {k: v for k, v in (("max_retries", args.max_retries), ("allow_qlora", args.allow_qlora))
-                if v is not None}
-    config = replace(config, data=replace(config.data, **data), training=replace(config.training, **training),
-                     recovery=replace(config.recovery, **recovery), setup=given.apply(config.setup),
-                     notify=replace(config.notify, **notify))
-    if getattr(args, "save_every", None) is not None:
-        from tuneplan.durations import parse_duration
-
-        try:
-            parse_duration(args.save_every)
-        except ValueError as exc:
-            raise UserError(f"--save-every {exc}") from None
-    if args.name:
-        config = replace(config, name=args.name)
-    if not config.model.source:
-        raise UserError("no model: give --model (catalog name, Hub id or folder), --config or --preset")
-    if not config.data.source:
-        raise UserError("no dataset: give --dataset (JSONL/JSON/CSV/Parquet file or Hub id), --config or --preset")
-    config = config.validate()  # every number finite and in range before anything is planned or started
-    if args.vram is not None:  # read here even when every knob is fixed and nothing is planned
-        from tuneplan.services.planning import parse_size
-
-        parse_size(args.vram)
-    # a file may ask for the model's own code; only --trust-remote-code grants it
-    from tuneplan.services.models import remote_code_request
-    from tuneplan.services.presets import resolve_sources
-
-    config = resolve_sources(config)  # tuneplan:tiny / tuneplan:sample-chat -> their folder and file
-    trust = remote_code_request(config.model.source, requested=config.model.trust_remote_code,
-                                granted=bool(args.trust_remote_code))
-    return replace(config, model=replace(config.model, trust_remote_code=trust)), given
+    return assemble(run_request(args))
 
 
 def plan_config(config, given, args: argparse.Namespace):
-    """Let the planner choose the knobs `given` (a `PartialSetup`) leaves to it
-    (`tuneplan.services.planning`, the same solver as `tuneplan plan`). Returns (config, notes);
-    raises UserError when nothing fits."""
-    auto = given.auto()
-    if not auto:
-        return config, []
-    from tuneplan.config import PredictionConfig
-    from tuneplan.errors import UserError
-    from tuneplan.knobs import FIXABLE
-    from tuneplan.services import planning
+    """Let the planner choose the knobs `given` (a `PartialSetup`) leaves to it (`tuneplan.app`,
+    the same solver as `tuneplan plan`). Returns (config, notes); raises UserError when nothing fits."""
+    from tuneplan import app
 
-    fixed = {k: getattr(config.setup, k) for k in FIXABLE if given.is_fixed(k)}
-    method = "auto" if "method" in auto else config.setup.method
-    mb, ga = config.setup.micro_batch, config.setup.grad_accum
-    hardware = None
-    if not (args.gpu or args.vram):
-        from tuneplan.services.gpu import default_probe
+    return app.plan_config(config, given, run_request(args))
 
-        probe = default_probe()
-        if not probe.probe():
-            # no GPU and no target: the bundled tiny model trains on the CPU; any other needs a GPU
-            if not planning.is_bundled_tiny(planning.resolve(planning.PlanRequest(model=config.model.source))):
-                raise UserError(f"no NVIDIA GPU here to train {config.model.source} on ({probe.status()}): plan "
-                                "for a card with `tuneplan plan --gpu NAME`, or train here anyway with --gpu NAME "
-                                "or --vram SIZE and --force")
-            from tuneplan.services.presets import cpu_hardware
 
-            hardware = cpu_hardware()
-    request = planning.PlanRequest(
-        hardware=hardware,
-        model=config.model.source, gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None,
-        method=method, fixed=fixed, epochs=config.training.epochs, dataset_source=config.data.source,
-        effective_batch=mb * ga if given.is_fixed("micro_batch") and given.is_fixed("grad_accum") else None,
-        # training runs here: a catalog --gpu / --vram target means one such GPU unless --gpus says more
-        gpus=None if ("num_gpus" in fixed or not (args.gpu or args.vram)) else 1,
-    )
-    outcome = planning.plan(request)
-    result = outcome.result
-    if not result.fits:
-        hint = f"; {result.suggestions[0]}" if result.suggestions else ""
-        raise UserError(f"no configuration of {config.model.source} fits {outcome.hardware.gpu.name}{hint} "
-                        f"(see `tuneplan plan --model {config.model.source}`)")
-    choice = result.choice
-    config = replace(config, setup=choice.setup,
-                     prediction=PredictionConfig(torch_peak_bytes=choice.memory.torch_peak_bytes,
-                                                 device_bytes=choice.memory.device_bytes))
-    notes = list(outcome.notes) + list(result.warnings) + [f"planned: {choice.describe()}"]
-    return config, notes
+def _target_text(args: argparse.Namespace) -> str | None:
+    return f"--gpu {args.gpu}" if args.gpu else (f"--vram {args.vram}" if args.vram else None)
 
 
 def check_machine(args: argparse.Namespace) -> tuple[list, list[str]]:
     """The GPUs NVML finds here, checked against --gpu / --vram (one-line refusal unless --force)."""
-    from tuneplan.services import machine, planning
+    from tuneplan import app
+    from tuneplan.commands.arguments import target
 
-    vram = planning.parse_size(args.vram) if args.vram else None
-    flag = f"--gpu {args.gpu}" if args.gpu else (f"--vram {args.vram}" if args.vram else None)
-    gpus, notes = machine.check_target_here(args.gpu, vram, force=getattr(args, "force", False), flag_text=flag)
-    note = planning.size_note(args.vram) if args.vram else None
+    gpus, notes = app.check_machine(target(args), force=getattr(args, "force", False), what=_target_text(args))
+    note = app.size_note(args.vram) if args.vram else None
     return gpus, ([note] if note else []) + notes
 
 
-def check_model_access(config) -> None:
-    """A gated catalog or Hub model needs a Hub token (and access) before anything launches."""
-    from tuneplan.services import models
-
-    models.check_source_access(config.model.source)
-
-
 def run(args: argparse.Namespace) -> int:
+    from tuneplan import app
     from tuneplan.events import FINAL_PHASES
-    from tuneplan.services import launcher, machine, paths
 
-    config, given = build(args)
-    gpus, notes = check_machine(args)
-    check_model_access(config)
-    config, plan_notes = plan_config(config, given, args)
-    setup, dtype_note = machine.setup_for_this_machine(config.setup, len(gpus))
-    config = replace(config, setup=setup)
-    for note in notes + plan_notes + ([dtype_note] if dtype_note else []):
-        print(f"tuneplan: {note}", file=sys.stderr)
-    root = paths.runs_root(args.runs_dir)
-    run_dir = launcher.prepare_run(config, root)
+    request = run_request(args)
+    prepared = app.prepare(request, what=_target_text(args))
+    config = prepared.config
+    note = app.size_note(args.vram) if args.vram else None
+    for line in ([note] if note else []) + list(prepared.notes):
+        print(f"tuneplan: {line}", file=sys.stderr)
     warning = config.checkpoint_warning(config.training.max_steps)
     if warning:
         print(f"tuneplan: warning: {warning}", file=sys.stderr)
-    proc = launcher.start_process(run_dir, detach=not args.foreground)
+    root = app.runs_root(args.runs_dir)
+    run_dir, proc = app.launch(config, runs_root=root, gpu_index=request.target.index, detach=not args.foreground,
+                               checked=True)
     s = config.setup
     print(f"started run {run_dir.name} (pid {proc.pid}): {s.method}, micro-batch {s.micro_batch} x "
           f"accumulation {s.grad_accum}, seq len {s.seq_len}")

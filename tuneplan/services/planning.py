@@ -167,58 +167,59 @@ def _generic_gpu(vram: int, bf16: bool = True) -> GPU:
     return GPU(key="custom", name=f"a {gib:.4g} GiB GPU", memory_bytes=vram, bf16=bf16, arch="unknown")
 
 
-def resolve_hardware(request: PlanRequest, probe: Any = None) -> tuple[Hardware, list[str], int]:
-    """The Hardware to plan for, notes about it, and how many GPUs NVML found."""
-    if request.hardware is not None:
-        return request.hardware, [], 0
-    if request.gpu:
-        gpu = resolve_gpu(request.gpu, vram_given=request.vram_bytes is not None)
-        if request.vram_bytes is not None:
-            if request.vram_bytes > gpu.memory_bytes:
-                raise UserError(f"--vram {request.vram_bytes / GiB:.1f} GiB is more than the {gpu.name}'s "
-                                f"{gpu.memory_bytes / GiB:.1f} GiB")
-            return Hardware(gpu=gpu, free_bytes=request.vram_bytes, source="vram"), [], 0
-        return Hardware(gpu=gpu, source="catalog"), [], 0
-    if request.vram_bytes is not None:
-        bf16 = request.fixed.get("compute_dtype") != "float16"
+def resolve_hardware(gpu: str | None = None, vram_bytes: int | None = None, index: int | None = None, *,
+                     gpus: int | None = None, bf16: bool = True, probe: Any = None) -> tuple[Hardware, list[str], int]:
+    """The Hardware to plan for, notes about it, and how many GPUs NVML found. `gpu`: a catalog
+    card; `vram_bytes`: a memory size (with `gpu`: free on that card; `bf16`: whether the bare
+    size is taken to support bfloat16); neither: the GPUs NVML finds (`index`: that one; else the
+    one with the most free memory, with the others of its model unless `gpus` is 1)."""
+    if gpu:
+        card = resolve_gpu(gpu, vram_given=vram_bytes is not None)
+        if vram_bytes is not None:
+            if vram_bytes > card.memory_bytes:
+                raise UserError(f"--vram {vram_bytes / GiB:.1f} GiB is more than the {card.name}'s "
+                                f"{card.memory_bytes / GiB:.1f} GiB")
+            return Hardware(gpu=card, free_bytes=vram_bytes, source="vram"), [], 0
+        return Hardware(gpu=card, source="catalog"), [], 0
+    if vram_bytes is not None:
         notes = ["Speed, time and cost need a GPU model: add --gpu NAME for them."]
-        return Hardware(gpu=_generic_gpu(request.vram_bytes, bf16), source="vram"), notes, 0
+        return Hardware(gpu=_generic_gpu(vram_bytes, bf16), source="vram"), notes, 0
     if probe is None:
         from tuneplan.services.gpu import default_probe
 
         probe = default_probe()
-    gpus = probe.probe()
-    if not gpus:
+    found = probe.probe()
+    if not found:
         raise UserError(f"no GPU to plan for: {probe.status()}; name a card with --gpu (e.g. --gpu rtx-4090) "
                         "or a memory size with --vram 24GiB")
-    if request.gpu_index is not None:
-        chosen = next((g for g in gpus if g.index == request.gpu_index), None)
+    if index is not None:
+        chosen = next((g for g in found if g.index == index), None)
         if chosen is None:
-            raise UserError(f"--gpu-index {request.gpu_index}: NVML sees GPUs {', '.join(str(g.index) for g in gpus)}")
+            raise UserError(f"--gpu-index {index}: NVML sees GPUs {', '.join(str(g.index) for g in found)}")
     else:
-        chosen = max(gpus, key=lambda g: g.free_bytes)
+        chosen = max(found, key=lambda g: g.free_bytes)
     notes = [f"Planning for GPU {chosen.index} ({chosen.name}) as NVML sees it: "
              f"{chosen.free_bytes / GiB:.1f} of {chosen.total_bytes / GiB:.1f} GiB free."]
     # several GPUs of the same model (and no --gpu-index): the plan may use all of them, each
     # with the least free memory among them
-    same = [g for g in gpus if g.name == chosen.name and g.total_bytes == chosen.total_bytes]
-    if request.gpu_index is not None or request.gpus == 1:
+    same = [g for g in found if g.name == chosen.name and g.total_bytes == chosen.total_bytes]
+    if index is not None or gpus == 1:
         same = [chosen]
     if len(same) > 1:
         free = min(g.free_bytes for g in same)
         notes[0] = (f"Planning for the {len(same)} x {chosen.name} NVML sees (GPUs "
                     f"{', '.join(str(g.index) for g in same)}): at least {free / GiB:.1f} of "
                     f"{chosen.total_bytes / GiB:.1f} GiB free on each.")
-        if len(same) < len(gpus):
-            notes.append(f"NVML found {len(gpus)} GPUs; the plan uses the {len(same)} of one model.")
+        if len(same) < len(found):
+            notes.append(f"NVML found {len(found)} GPUs; the plan uses the {len(same)} of one model.")
     else:
         free = chosen.free_bytes
-        if len(gpus) > 1:
-            notes.append(f"NVML found {len(gpus)} GPUs; the plan uses GPU {chosen.index}.")
+        if len(found) > 1:
+            notes.append(f"NVML found {len(found)} GPUs; the plan uses GPU {chosen.index}.")
     if chosen.catalog is None:
         notes.append(f"{chosen.name} is not in the GPU catalog: no speed, time or cost estimate.")
     hw = Hardware(gpu=chosen.as_planner_gpu(), count=len(same), free_bytes=free, source="nvml")
-    return hw, notes, len(gpus)
+    return hw, notes, len(found)
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -335,7 +336,12 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     model = resolve(request)
     spec = model.spec
     validate(request, spec)
-    hardware, notes, detected = resolve_hardware(request, probe)
+    if request.hardware is not None:
+        hardware, notes, detected = request.hardware, [], 0
+    else:
+        hardware, notes, detected = resolve_hardware(request.gpu, request.vram_bytes, request.gpu_index,
+                                                     gpus=request.gpus,
+                                                     bf16=request.fixed.get("compute_dtype") != "float16", probe=probe)
     if hardware.source == "nvml" and request.gpus is not None and request.gpus > hardware.count:
         raise UserError(f"--gpus {request.gpus}: NVML sees {hardware.count} x {hardware.gpu.name} here; plan for "
                         f"another machine with --gpu {hardware.gpu.key if hardware.gpu.key != 'custom' else 'NAME'}")

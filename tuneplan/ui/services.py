@@ -20,11 +20,11 @@ class ServiceBundle:
     gpu: Any
     """`tuneplan.services.gpu.GpuProbe`: GPU probe and ~1 Hz samples (NVML boundary inside)."""
     models: Any
-    """`tuneplan.services.models`: catalog search and model resolution (Hub boundary inside)."""
+    """`tuneplan.ui.adapters.ModelsAdapter`: catalog search and model resolution (Hub boundary inside)."""
     planning: Any
-    """`tuneplan.services.planning`: the solver and single estimates."""
+    """`tuneplan.ui.adapters.PlanningAdapter`: the solver and single estimates (`tuneplan.app`)."""
     runs: Any
-    """`tuneplan.services.launcher` + `runs`: launch, list, stop, save."""
+    """`tuneplan.ui.adapters.RunsAdapter`: launch, list, stop, save (`tuneplan.app`)."""
     hub_files: Any = None
     """Hub boundary for dataset previews and tokenizer files (None: the real Hub)."""
     runs_root: Path | None = None
@@ -40,11 +40,11 @@ class ServiceBundle:
 
 def default_services(runs_root: Path | None = None) -> ServiceBundle:
     """The real services, as the CLI uses them."""
-    from tuneplan.services.gpu import default_probe
+    from tuneplan.app import gpu_probe
     from tuneplan.ui import adapters
 
     return ServiceBundle(
-        gpu=default_probe(),
+        gpu=gpu_probe(),
         models=adapters.ModelsAdapter(),
         planning=adapters.PlanningAdapter(),
         runs=adapters.RunsAdapter(runs_root),

@@ -14,7 +14,8 @@ from planner.gpus import GiB
 from tuneplan.cli import main
 from tuneplan.errors import UserError
 from tuneplan.services import presets as P
-from tuneplan.services.planning import estimate, resolve, PlanRequest
+from tuneplan.services.models import resolve_model
+from tuneplan.services.planning import estimate
 
 SHIPPED = sorted(P.shipped_dir().glob("*.toml"))
 ROOT = Path(__file__).resolve().parents[3]
@@ -83,7 +84,7 @@ def test_every_shipped_preset_plans_and_fits_on_the_gpu_it_names(path):
     # ... and, as saved, it fits on the card (estimated independently of the re-fit; the re-fit
     # above also kept the planner's safety margin)
     config = P.resolve_sources(preset.config, build=False)
-    spec = resolve(PlanRequest(model=config.model.source)).spec
+    spec = resolve_model(config.model.source).spec
     est = estimate(spec, target, preset.config.setup)
     assert est["memory"].device_bytes <= est["usable_bytes"], (est["memory"].device_bytes / GiB,
                                                               est["usable_bytes"] / GiB)

@@ -29,7 +29,7 @@ SEQ_STEP = 128
 def target_hardware(preset: Preset) -> Any:
     """The hardware the preset was made for."""
     from planner.solver import Hardware
-    from tuneplan.services.planning import parse_size, resolve_hardware, PlanRequest
+    from tuneplan.services.planning import parse_size, resolve_hardware
 
     c = preset.constraints
     if c.gpu == CPU:
@@ -41,7 +41,7 @@ def target_hardware(preset: Preset) -> Any:
             return Hardware(gpu=gpu, free_bytes=vram, source="vram")
         return Hardware(gpu=gpu, source="catalog")
     if vram is not None:
-        return resolve_hardware(PlanRequest(vram_bytes=vram))[0]
+        return resolve_hardware(vram_bytes=vram)[0]
     return None
 
 
@@ -51,17 +51,17 @@ def local_hardware(preset: Preset | None = None, *, gpu: str | None = None, vram
 
     `gpu` / `vram_bytes` as in `tuneplan plan`; otherwise the GPUs NVML finds; with none: the
     CPU for a CPU preset, else the preset's own target GPU (said in the notes)."""
-    from tuneplan.services.planning import PlanRequest, resolve_hardware
+    from tuneplan.services.planning import resolve_hardware
 
     if gpu or vram_bytes is not None:
-        hw, notes, _ = resolve_hardware(PlanRequest(gpu=gpu, vram_bytes=vram_bytes))
+        hw, notes, _ = resolve_hardware(gpu, vram_bytes)
         return hw, notes
     if probe is None:
         from tuneplan.services.gpu import default_probe
 
         probe = default_probe()
     if probe.probe():
-        hw, notes, _ = resolve_hardware(PlanRequest(gpu_index=gpu_index), probe)
+        hw, notes, _ = resolve_hardware(index=gpu_index, probe=probe)
         return hw, notes
     status = probe.status()
     if preset is None or preset.constraints.gpu == CPU:
@@ -187,14 +187,15 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
     (`constraints.allow_method_change`), then QLoRA with a shorter sequence; each is said.
     """
     from planner.solver import DEFAULT_SAFETY_MARGIN
-    from tuneplan.services.planning import PlanRequest, plan, resolve
+    from tuneplan.services.models import resolve_model
+    from tuneplan.services.planning import PlanRequest, plan
 
     notes: list[str] = []
     if hardware is None:
         hardware, notes = local_hardware(preset, gpu=gpu, vram_bytes=vram_bytes, gpu_index=gpu_index, probe=probe)
     config = resolve_sources(preset.config, build=build_sources)
     s = preset.config.setup
-    resolved = resolve(PlanRequest(model=config.model.source))
+    resolved = resolve_model(config.model.source)
     margin = DEFAULT_SAFETY_MARGIN if safety_margin is None else safety_margin
     effective = preset.effective_batch()
     base = _base_fixed(preset)
@@ -330,14 +331,19 @@ def _shorter(attempt, method: str, seq: int, floor: int | None):
 
 
 def load_preset_config(name: "str | Preset", *, gpu: str | None = None, vram: str | None = None,
-                       echo: bool = True, build_sources: bool = True) -> RunConfig:
+                       vram_bytes: int | None = None, gpu_index: int | None = None,
+                       safety_margin: float | None = None, echo: bool = True, build_sources: bool = True) -> RunConfig:
     """What `tuneplan train --preset NAME` calls: the preset re-fitted for the hardware at
-    hand (or `gpu` / `vram`), as a run configuration with bundled sources resolved. Prints the
-    re-fit summary to stderr (`echo`). Raises UserError when it cannot fit."""
+    hand (or `gpu` / `vram`, a size as text, or `vram_bytes`), as a run configuration with
+    bundled sources resolved. Prints the re-fit summary to stderr (`echo`). Raises UserError
+    when it cannot fit."""
     from tuneplan.services.planning import parse_size
 
     preset = find_preset(name) if isinstance(name, str) else name
-    fit = refit(preset, gpu=gpu, vram_bytes=parse_size(vram) if vram else None, build_sources=build_sources)
+    if vram:
+        vram_bytes = parse_size(vram)
+    fit = refit(preset, gpu=gpu, vram_bytes=vram_bytes, gpu_index=gpu_index, safety_margin=safety_margin,
+                build_sources=build_sources)
     if echo:
         for line in fit.summary_lines():
             print(f"tuneplan: {line}", file=sys.stderr)

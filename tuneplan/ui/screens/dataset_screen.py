@@ -94,7 +94,7 @@ class DatasetScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def load_preview(self, source: str) -> None:
-        from tuneplan.services.dataset_preview import preview_dataset
+        from tuneplan.app import preview_dataset
 
         services = self.app.services
         tokenizer_source = getattr(self.model, "tokenizer_source", None)
@@ -147,7 +147,7 @@ class DatasetScreen(Screen):
         return t
 
     def _histogram_text(self, p: Any) -> Text:
-        from tuneplan.services.dataset_preview import format_histogram
+        from tuneplan.app import format_histogram
 
         s = p.tokens
         t = Text()
