@@ -256,6 +256,29 @@ QLORA_KNOBS = tuple(k.name for k in KNOBS if k.group == QLORA)
 FLAGS = {k.name: k.flag for k in KNOBS}
 
 
+# -- the effective batch: the one rule that ties micro-batch and accumulation --------------------
+def effective_batch(micro_batch: int | None = None, grad_accum: int | None = None, given: int | None = None) -> int:
+    """Sequences per optimizer step (per GPU) a plan keeps constant while it trades micro-batch for
+    accumulation: `given` (`--effective-batch`, a preset's constraint); else micro-batch x
+    accumulation when both are fixed; else the planner's default (16), rounded down to a multiple
+    of a fixed accumulation (at least one micro-batch per step)."""
+    from planner.solver import DEFAULT_EFFECTIVE_BATCH
+
+    if given is not None:
+        return given
+    if micro_batch and grad_accum:
+        return micro_batch * grad_accum
+    if grad_accum and DEFAULT_EFFECTIVE_BATCH % grad_accum:
+        return grad_accum * max(1, DEFAULT_EFFECTIVE_BATCH // grad_accum)
+    return DEFAULT_EFFECTIVE_BATCH
+
+
+def accumulation(effective: int, micro_batch: int) -> int:
+    """The gradient accumulation that keeps `effective` sequences per step at `micro_batch`
+    (the nearest whole number, at least 1): a micro-batch edit moves the accumulation."""
+    return max(1, round(effective / micro_batch))
+
+
 def parse_count(text: Any, flag: str) -> int:
     """A flag's whole number > 0 (`1_000` allowed); one-line UserError naming `flag`."""
     try:
@@ -381,4 +404,5 @@ def validate_setup(s: TrainSetup, prefix: str = "setup", error: Callable[[str], 
 
 __all__ = ["AUTO", "KNOBS", "BY_NAME", "Knob", "PartialSetup", "RUN_KNOBS", "PLANNED", "FIXABLE", "REFITTED",
            "SHOWN", "SCREEN_KNOBS", "LORA_KNOBS", "QLORA_KNOBS", "FLAGS", "parse_targets", "targets_text", "add_flags",
+           "effective_batch", "accumulation",
            "given_flags", "equivalent_flags", "validate_setup", "ALL_LINEAR"]

@@ -19,7 +19,6 @@ from typing import Any, Mapping
 from planner.gpus import GPU, PRICES_AS_OF, GiB, UnknownGPU, get_gpu
 from planner.setup import COMPONENTS, METHODS, TrainSetup
 from planner.solver import (
-    DEFAULT_EFFECTIVE_BATCH,
     DEFAULT_SAFETY_MARGIN,
     Candidate,
     Constraints,
@@ -33,7 +32,7 @@ from tuneplan.config import MAX_COUNT, MAX_EPOCHS
 from tuneplan.errors import UserError
 
 from tuneplan.knobs import FIXABLE, LORA_KNOBS, QLORA_KNOBS  # noqa: F401  (re-exported)
-from tuneplan.knobs import BY_NAME
+from tuneplan.knobs import BY_NAME, effective_batch
 from tuneplan.knobs import FLAGS as _FLAGS
 from tuneplan.knobs import parse_targets  # noqa: F401  (re-exported: one reading of --lora-targets)
 STRATEGY_CHOICES = ("auto", "ddp", "fsdp")
@@ -350,12 +349,7 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
         request = replace(request, dataset=stats)
         notes = notes + data_notes
     fixed = dict(request.fixed)
-    effective = request.effective_batch
-    if effective is None:
-        mb, ga = fixed.get("micro_batch"), fixed.get("grad_accum")
-        effective = mb * ga if (mb and ga) else DEFAULT_EFFECTIVE_BATCH
-        if ga and not mb and effective % ga:
-            effective = ga * max(1, effective // ga)
+    effective = effective_batch(fixed.get("micro_batch"), fixed.get("grad_accum"), request.effective_batch)
     # --gpus auto on a catalog card / memory size: one card (who names a card has one card;
     # more cards come back as a suggestion), unless a multi-GPU strategy was asked for: then as
     # many GPUs as one machine holds, fewest first

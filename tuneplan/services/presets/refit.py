@@ -14,7 +14,7 @@ from tuneplan.config import (
     PredictionConfig, RunConfig,
 )
 from tuneplan.errors import UserError
-from tuneplan.knobs import SHOWN
+from tuneplan.knobs import SHOWN, accumulation
 from tuneplan.services.gpu import CPU_KEY as CPU
 from tuneplan.services.gpu import cpu_hardware
 from tuneplan.services.presets.file_format import _METHOD, Preset, fields_of
@@ -203,7 +203,7 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
     def attempt(method: str, seq: int, micro_batch: int | None = None):
         fixed = {**base, "seq_len": seq}
         if micro_batch is not None:
-            fixed.update(micro_batch=micro_batch, grad_accum=effective // micro_batch)
+            fixed.update(micro_batch=micro_batch, grad_accum=accumulation(effective, micro_batch))
         if method != "qlora":
             fixed.pop("quant_type", None)
             fixed.pop("double_quant", None)

@@ -16,7 +16,7 @@ from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
-from tuneplan.knobs import COUNT, KNOBS, SCREEN_KNOBS, TARGETS, Knob, PartialSetup
+from tuneplan.knobs import COUNT, KNOBS, SCREEN_KNOBS, TARGETS, Knob, PartialSetup, accumulation
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count, duration, gib, money, rate
 from tuneplan.ui.messages import PlanAccepted
@@ -174,8 +174,7 @@ class PlanScreen(Screen):
             changes = {knob: value}
             if knob == "micro_batch":  # keep the effective batch: the accumulation follows
                 s = self.plan.setup
-                per_gpu = s.micro_batch * s.grad_accum
-                changes["grad_accum"] = max(1, round(per_gpu / value))
+                changes["grad_accum"] = accumulation(s.micro_batch * s.grad_accum, value)
             self._edit(**changes)
             if "grad_accum" in changes:
                 self._sync_input("grad_accum", self.plan.setup.grad_accum)
