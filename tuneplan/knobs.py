@@ -374,20 +374,39 @@ class PartialSetup:
         return replace(setup, **self.fixed())
 
 
+def says_something(knob: Knob, setup: TrainSetup) -> bool:
+    """Whether `knob`'s value in `setup` means anything: LoRA knobs only for LoRA/QLoRA, 4-bit
+    knobs only for QLoRA, the GPU knobs only when the setup is not one GPU's."""
+    if knob.group == LORA and setup.method == "full" or knob.group == QLORA and setup.method != "qlora":
+        return False
+    value = getattr(setup, knob.name)
+    if knob.group == PARALLEL:
+        return not (value == getattr(TrainSetup(), knob.name) or (knob.name == "strategy" and value == "single"))
+    return True
+
+
 def equivalent_flags(setup: TrainSetup) -> list[str]:
-    """The knob flags that give exactly `setup` (every knob the planner would choose is given,
-    LoRA knobs only for LoRA/QLoRA, 4-bit knobs only for QLoRA, the GPU knobs only when the
-    setup is not one GPU's)."""
+    """The knob flags that give exactly `setup`: every knob the planner would choose is given,
+    and every other knob that says something (`says_something`)."""
     parts: list[str] = []
-    defaults = TrainSetup()
     for k in KNOBS:
-        if k.group == LORA and setup.method == "full" or k.group == QLORA and setup.method != "qlora":
-            continue
-        value = getattr(setup, k.name)
-        if k.group == PARALLEL and (value == getattr(defaults, k.name) or (k.name == "strategy" and value == "single")):
-            continue
-        parts += [k.flag, k.show(value)]
+        if says_something(k, setup):
+            parts += [k.flag, k.show(getattr(setup, k.name))]
     return parts
+
+
+REFIT_SEARCHED = ("method", "seq_len")
+"""Kept by a preset re-fit, but stepped down when nothing fits (a shorter sequence, then QLoRA
+instead of LoRA, as the preset's constraints allow): the re-fit passes them itself."""
+
+
+def kept_on_refit(setup: TrainSetup, keep: Iterable[str] = ()) -> dict[str, Any]:
+    """The knobs a preset re-fit keeps fixed, knob -> the preset's value: everything but the
+    re-fitted knobs (`REFITTED`, unless listed in `keep`) and `REFIT_SEARCHED`, where the value
+    says something (`says_something`). A new knob is kept unless it is declared `refitted`."""
+    keep = set(keep)
+    return {k.name: getattr(setup, k.name) for k in KNOBS
+            if (k.name in keep or not (k.refitted or k.name in REFIT_SEARCHED)) and says_something(k, setup)}
 
 
 def validate_setup(s: TrainSetup, prefix: str = "setup", error: Callable[[str], Exception] | None = None) -> None:
@@ -404,5 +423,5 @@ def validate_setup(s: TrainSetup, prefix: str = "setup", error: Callable[[str], 
 
 __all__ = ["AUTO", "KNOBS", "BY_NAME", "Knob", "PartialSetup", "RUN_KNOBS", "PLANNED", "FIXABLE", "REFITTED",
            "SHOWN", "SCREEN_KNOBS", "LORA_KNOBS", "QLORA_KNOBS", "FLAGS", "parse_targets", "targets_text", "add_flags",
-           "effective_batch", "accumulation",
+           "effective_batch", "accumulation", "says_something", "kept_on_refit", "REFIT_SEARCHED",
            "given_flags", "equivalent_flags", "validate_setup", "ALL_LINEAR"]

@@ -14,7 +14,7 @@ from tuneplan.config import (
     PredictionConfig, RunConfig,
 )
 from tuneplan.errors import UserError
-from tuneplan.knobs import SHOWN, accumulation
+from tuneplan.knobs import SHOWN, accumulation, kept_on_refit
 from tuneplan.services.gpu import CPU_KEY as CPU
 from tuneplan.services.gpu import cpu_hardware
 from tuneplan.services.presets.file_format import _METHOD, Preset, fields_of
@@ -156,23 +156,14 @@ def _hardware_reason(target: Any, here: Any) -> str:
 
 
 def _base_fixed(preset: Preset) -> dict[str, Any]:
-    """Knobs the re-fit keeps: everything but REFITTED (unless listed in constraints.keep)."""
+    """Knobs the re-fit keeps: everything but REFITTED (unless listed in constraints.keep), from
+    the registry (`tuneplan.knobs.kept_on_refit`). A float32 precision the preset file asks for
+    is kept too: it is on purpose (CPU presets), where a GPU plan would choose 16 bits."""
     s = preset.config.setup
-    keep = set(preset.constraints.keep)
-    fixed: dict[str, Any] = {}
-    if s.method != "full":
-        fixed.update(lora_rank=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                     lora_targets=s.lora_targets)
-    if s.method == "qlora":
-        fixed.update(quant_type=s.quant_type, double_quant=s.double_quant)
-    fixed["packing"] = s.packing
-    if s.cpu_offload:
-        fixed["cpu_offload"] = True  # FSDP offload to host memory: the solver plans FSDP with it
+    keep = list(preset.constraints.keep)
     if s.compute_dtype == "float32" and "compute_dtype" in preset.setup_keys:
-        fixed["compute_dtype"] = "float32"  # asked for on purpose (CPU presets)
-    for knob in keep:
-        fixed[knob] = getattr(s, knob)
-    return fixed
+        keep.append("compute_dtype")
+    return kept_on_refit(s, keep)
 
 
 def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = None, gpu_index: int | None = None,
