@@ -33,6 +33,8 @@ from planner.setup import TUNEPLAN_STACK, CalibrationProfile, TrainSetup
 from tuneplan.errors import UserError, check_path
 from tuneplan.knobs import MAX_COUNT
 from tuneplan.knobs import validate_setup as _validate_knobs
+from tuneplan.settings import CHOICE, COUNT, DURATION, NUMBER, SWITCH, URL, declared, setting
+from tuneplan.settings import check as check_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -78,11 +80,13 @@ class DataConfig:
     """Split of a Hub dataset (local files have one split)."""
     format: str = "auto"
     """`auto` (detect from the columns) or one of `dataset_formats.FORMATS`."""
-    eval_fraction: float = 0.0
+    eval_fraction: float = setting(0.0, NUMBER, lo=0, hi=1, hi_open=True, flag="--eval-fraction", order=5,
+                                   help="share of rows held out for the eval loss")
     """Share of the rows held out for the eval loss (0 for none)."""
-    max_samples: int | None = None
+    max_samples: int | None = setting(None, COUNT, flag="--max-samples", order=11, help="use only the first N rows")
     """Use only the first N rows (`None` for all)."""
-    overlong: str = "truncate"
+    overlong: str = setting("truncate", CHOICE, choices=OVERLONG, flag="--overlong", order=12,
+                            help="samples longer than --seq-len")
     """Samples longer than the sequence length: `truncate` them or `drop` them (counted in events)."""
     completion_only_loss: bool = True
     """Chat and prompt/completion data: loss on the completion tokens only."""
@@ -90,43 +94,52 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class TrainingConfig:
-    learning_rate: float = 2e-4
+    """The hyperparameters: each field is a setting (`tuneplan.settings`): its flag, rule and help."""
+
+    learning_rate: float = setting(2e-4, NUMBER, lo=0, lo_open=True, at_most=MAX_LEARNING_RATE, flag="--lr",
+                                   order=3, help="peak learning rate")
     """Peak learning rate."""
-    lr_scheduler: str = "cosine"
+    lr_scheduler: str = setting("cosine", CHOICE, choices=SCHEDULERS)
     """`cosine`, `linear`, `constant` or `constant_with_warmup`."""
-    warmup_ratio: float = 0.03
+    warmup_ratio: float = setting(0.03, NUMBER, lo=0, hi=1, hi_open=True, flag="--warmup-ratio", order=4)
     """Share of the optimizer steps spent warming up the learning rate."""
-    epochs: float = 1.0
+    epochs: float = setting(1.0, NUMBER, lo=0, lo_open=True, at_most=MAX_EPOCHS, flag="--epochs", order=1)
     """Passes over the training rows (ignored when `max_steps` is set)."""
-    max_steps: int | None = None
+    max_steps: int | None = setting(None, COUNT, flag="--max-steps", order=2)
     """Optimizer steps to run; `None` to run `epochs` passes."""
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
+    weight_decay: float = setting(0.0, NUMBER, lo=0)
+    max_grad_norm: float = setting(1.0, NUMBER, lo=0)
     """Gradient clipping norm (0 to disable)."""
-    seed: int = 42
-    logging_steps: int = 1
+    seed: int = setting(42, COUNT, lo=0, hi=MAX_SEED, flag="--seed", order=10)
+    logging_steps: int = setting(1, COUNT, flag="--logging-steps", order=9)
     """Optimizer steps between `log` events."""
-    eval_steps: int | None = None
+    eval_steps: int | None = setting(None, COUNT)
     """Optimizer steps between eval losses (`None`: at the end of each epoch)."""
-    save_steps: int = 100
+    save_steps: int = setting(100, COUNT, flag="--save-steps", order=6, help="optimizer steps between checkpoints")
     """Optimizer steps between checkpoints."""
-    save_every: str | None = None
+    save_every: str | None = setting(None, DURATION, flag="--save-every", metavar="DURATION", order=7,
+                                     help="also checkpoint whenever this much time has passed, e.g. 30m, 1h "
+                                          "(spot instances)")
     """Wall-clock time between checkpoints as well (`"30m"`, `"1h"`, `"90s"`; `tuneplan.durations`),
     for machines that can vanish (spot instances); `None`: steps only."""
-    eval_batch: int | None = None
+    eval_batch: int | None = setting(None, COUNT)
     """Micro-batch of the eval loss (`None`: the training micro-batch); OOM recovery lowers
     this, never the training micro-batch, when evaluation runs out of memory."""
-    save_total_limit: int = 2
+    save_total_limit: int = setting(2, COUNT, flag="--save-total-limit", order=8, help="checkpoints kept")
     """Checkpoints kept (the oldest are deleted)."""
-    report_to: str = "none"
+    report_to: str = setting("none", CHOICE, choices=tuple(TRACKERS), flag="--report-to", order=15,
+                             help="experiment tracker the trainer logs to (default none; README ## Experiment "
+                                  "tracking)")
     """Experiment tracker the trainer logs to (its own `report_to`): one of `TRACKERS`."""
 
 
 @dataclass(frozen=True)
 class RecoveryConfig:
-    max_retries: int = 3
+    max_retries: int = setting(3, COUNT, lo=0, flag="--max-retries", order=13,
+                               help="out-of-memory re-plans allowed (default 3)")
     """Out-of-memory restarts allowed, each with a smaller configuration."""
-    allow_qlora: bool = False
+    allow_qlora: bool = setting(False, SWITCH, flag="--allow-qlora", order=14,
+                                help="let OOM recovery switch a LoRA run to QLoRA")
     """Whether OOM recovery may switch a LoRA run to QLoRA (changes the result's quality)."""
 
 
@@ -140,10 +153,13 @@ class PredictionConfig:
 
 @dataclass(frozen=True)
 class NotifyConfig:
-    url: str | None = None
+    url: str | None = setting(None, URL, flag="--notify", metavar="URL", group="alerts", order=16,
+                              help="webhook (JSON POST) or ntfy topic URL for done, failed, crashed, stalled, NaN "
+                                   "and re-plan alerts (default: the user config's; `off` for none)")
     """Where alerts go: a webhook (JSON POST) or an ntfy-style topic URL (plain text);
     `None` or empty: no alerts. `tuneplan/services/notify.py` sends them."""
-    stall_minutes: float = 10.0
+    stall_minutes: float = setting(10.0, NUMBER, lo=0, lo_open=True, flag="--stall-minutes", metavar="M",
+                                   group="alerts", order=17, help="alert when no step for this long (default 10)")
     """Alert when a training run makes no optimizer step for this long."""
 
 
@@ -194,7 +210,7 @@ class RunConfig:
     def validate(self) -> "RunConfig":
         """Raise `ConfigError` on the first invalid value; return self."""
         validate_setup(self.setup)
-        m, d, t, r = self.model, self.data, self.training, self.recovery
+        m, d = self.model, self.data
         _check(bool(m.source), "model.source", m.source, "must name a model (Hub id or local folder)")
         _check(bool(d.source), "data.source", d.source, "must name a dataset (file or Hub id)")
         for what, text in (("model.source", m.source), ("data.source", d.source), ("name (the run folder)", self.name)):
@@ -203,39 +219,8 @@ class RunConfig:
         from tuneplan.dataset_formats import FORMATS
         _check(d.format == "auto" or d.format in FORMATS, "data.format", d.format,
                f"must be auto or one of {', '.join(FORMATS)}")
-        _range(d.eval_fraction, "data.eval_fraction", 0, 1, hi_open=True)
-        _count(d.max_samples, "data.max_samples")
-        _check(d.overlong in OVERLONG, "data.overlong", d.overlong, f"must be one of {', '.join(OVERLONG)}")
-        _range(t.learning_rate, "training.learning_rate", 0, None, lo_open=True)
-        _check(t.learning_rate <= MAX_LEARNING_RATE, "training.learning_rate", t.learning_rate,
-               f"must be at most {MAX_LEARNING_RATE:g}")
-        _check(t.lr_scheduler in SCHEDULERS, "training.lr_scheduler", t.lr_scheduler,
-               f"must be one of {', '.join(SCHEDULERS)}")
-        _range(t.warmup_ratio, "training.warmup_ratio", 0, 1, hi_open=True)
-        _range(t.epochs, "training.epochs", 0, None, lo_open=True)
-        _check(t.epochs <= MAX_EPOCHS, "training.epochs", t.epochs, f"must be at most {MAX_EPOCHS:g}")
-        _count(t.max_steps, "training.max_steps")
-        _range(t.weight_decay, "training.weight_decay", 0, None)
-        _range(t.max_grad_norm, "training.max_grad_norm", 0, None)
-        _count(t.seed, "training.seed", lo=0, hi=MAX_SEED)
-        _count(t.logging_steps, "training.logging_steps")
-        _count(t.eval_steps, "training.eval_steps")
-        _count(t.save_steps, "training.save_steps")
-        _count(t.save_total_limit, "training.save_total_limit")
-        _count(t.eval_batch, "training.eval_batch")
-        if t.save_every is not None:
-            from tuneplan.durations import parse_duration
-
-            try:
-                parse_duration(t.save_every)
-            except ValueError as exc:
-                raise ConfigError(f"training.save_every {exc}") from None
-        _check(t.report_to in TRACKERS, "training.report_to", t.report_to, f"must be one of {', '.join(TRACKERS)}")
-        _count(r.max_retries, "recovery.max_retries", lo=0)
-        n = self.notify
-        _check(not n.url or n.url.startswith(("http://", "https://", "ntfy+http://", "ntfy+https://")), "notify.url",
-               n.url, "must be an http:// or https:// URL")
-        _range(n.stall_minutes, "notify.stall_minutes", 0, None, lo_open=True)
+        for section in SETTING_SECTIONS:  # every run setting's rule, as declared (`tuneplan.settings`)
+            check_settings(getattr(self, section), SETTINGS_OF[section], ConfigError)
         g = self.debug
         for name in ("step_sleep_seconds", "save_sleep_seconds"):
             value = getattr(g, name)
@@ -302,6 +287,14 @@ def _range(value: Any, name: str, lo: float, hi: float | None, *, lo_open: bool 
             else f"must be in {left}{lo:g}, {hi:g}{right}")
     ok = (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
     _check(ok, name, value, rule)
+
+
+SETTING_SECTIONS = ("data", "training", "recovery", "notify")
+"""The config tables whose fields carry run settings (`tuneplan.settings`)."""
+SETTINGS_OF = {"data": declared("data", DataConfig), "training": declared("training", TrainingConfig),
+               "recovery": declared("recovery", RecoveryConfig), "notify": declared("notify", NotifyConfig)}
+SETTINGS = tuple(s for section in SETTING_SECTIONS for s in SETTINGS_OF[section])
+"""Every run setting: `tuneplan train`'s hyperparameter and alert flags and their config keys."""
 
 
 # --- TOML -------------------------------------------------------------------------------------
@@ -507,6 +500,6 @@ def with_setup(config: RunConfig, **changes: Any) -> RunConfig:
 
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "TrainingConfig", "RecoveryConfig", "PredictionConfig",
-    "NotifyConfig", "DebugConfig", "TRACKERS", "RunConfig", "config_from_dict", "config_to_dict", "load_config", "save_config",
+    "NotifyConfig", "DebugConfig", "TRACKERS", "RunConfig", "SETTINGS", "SETTINGS_OF", "config_from_dict", "config_to_dict", "load_config", "save_config",
     "dump_config", "read_toml", "validate_setup", "with_setup",
 ]

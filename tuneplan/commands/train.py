@@ -39,31 +39,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--trust-remote-code", action="store_true", default=None,
                      help="run Python code shipped with the model (off unless given)")
     add_knob_arguments(parser)
-    hp = parser.add_argument_group("training")
-    hp.add_argument("--epochs", type=float)
-    hp.add_argument("--max-steps", type=int)
-    hp.add_argument("--lr", type=float, help="peak learning rate")
-    hp.add_argument("--warmup-ratio", type=float)
-    hp.add_argument("--eval-fraction", type=float, help="share of rows held out for the eval loss")
-    hp.add_argument("--save-steps", type=int, help="optimizer steps between checkpoints")
-    hp.add_argument("--save-every", metavar="DURATION",
-                    help="also checkpoint whenever this much time has passed, e.g. 30m, 1h (spot instances)")
-    hp.add_argument("--save-total-limit", type=int, help="checkpoints kept")
-    hp.add_argument("--logging-steps", type=int)
-    hp.add_argument("--seed", type=int)
-    hp.add_argument("--max-samples", type=int, help="use only the first N rows")
-    hp.add_argument("--overlong", choices=["truncate", "drop"], help="samples longer than --seq-len")
-    hp.add_argument("--max-retries", type=int, help="out-of-memory re-plans allowed (default 3)")
-    hp.add_argument("--allow-qlora", action="store_true", default=None,
-                    help="let OOM recovery switch a LoRA run to QLoRA")
-    from tuneplan.config import TRACKERS
+    from tuneplan.config import SETTINGS
+    from tuneplan.settings import add_flags
 
-    hp.add_argument("--report-to", choices=list(TRACKERS),
-                    help="experiment tracker the trainer logs to (default none; README ## Experiment tracking)")
-    alerts = parser.add_argument_group("alerts (README ## Alerts)")
-    alerts.add_argument("--notify", metavar="URL", help="webhook (JSON POST) or ntfy topic URL for done, failed, "
-                        "crashed, stalled, NaN and re-plan alerts (default: the user config's; `off` for none)")
-    alerts.add_argument("--stall-minutes", type=float, metavar="M", help="alert when no step for this long (default 10)")
+    # the hyperparameters and alerts: one flag per setting that has one (`tuneplan/config.py` declares them)
+    add_flags(parser, SETTINGS, {"training": "training", "alerts": "alerts (README ## Alerts)"})
     target = parser.add_argument_group("target (for planning)")
     target.add_argument("--gpu", help="plan for this GPU (default: the GPUs NVML finds)")
     target.add_argument("--vram", help="plan for this much GPU memory, e.g. 24GiB")
@@ -90,28 +70,11 @@ def given_setup(args: argparse.Namespace, file: "PartialSetup | None" = None) ->
 
 
 def settings(args: argparse.Namespace) -> dict:
-    """The hyperparameter and run-setting flags given, `section.field` -> value."""
-    pairs = (("data.eval_fraction", args.eval_fraction), ("data.max_samples", args.max_samples),
-             ("data.overlong", args.overlong),
-             ("training.epochs", args.epochs), ("training.max_steps", args.max_steps),
-             ("training.learning_rate", args.lr), ("training.warmup_ratio", args.warmup_ratio),
-             ("training.save_steps", args.save_steps), ("training.save_total_limit", args.save_total_limit),
-             ("training.save_every", getattr(args, "save_every", None)),
-             ("training.logging_steps", args.logging_steps), ("training.seed", args.seed),
-             ("training.report_to", args.report_to),
-             ("recovery.max_retries", args.max_retries), ("recovery.allow_qlora", args.allow_qlora),
-             ("notify.url", "" if args.notify == "off" else args.notify),
-             ("notify.stall_minutes", args.stall_minutes))
-    out = {k: v for k, v in pairs if v is not None}
-    if getattr(args, "save_every", None) is not None:
-        from tuneplan.durations import parse_duration
-        from tuneplan.errors import UserError
+    """The hyperparameter and run-setting flags given, `section.field` -> value (`tuneplan.settings`)."""
+    from tuneplan.config import SETTINGS
+    from tuneplan.settings import given
 
-        try:
-            parse_duration(args.save_every)
-        except ValueError as exc:
-            raise UserError(f"--save-every {exc}") from None
-    return out
+    return given(args, SETTINGS)
 
 
 def run_request(args: argparse.Namespace):
