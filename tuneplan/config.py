@@ -97,15 +97,20 @@ class TrainingConfig:
     """The hyperparameters: each field is a setting (`tuneplan.settings`): its flag, rule and help."""
 
     learning_rate: float = setting(2e-4, NUMBER, lo=0, lo_open=True, at_most=MAX_LEARNING_RATE, flag="--lr",
-                                   order=3, help="peak learning rate")
+                                   order=3, help="peak learning rate", review="learning rate", review_row=3,
+                                   review_help="learning rate: peak, after warmup (cosine schedule)")
     """Peak learning rate."""
     lr_scheduler: str = setting("cosine", CHOICE, choices=SCHEDULERS)
     """`cosine`, `linear`, `constant` or `constant_with_warmup`."""
     warmup_ratio: float = setting(0.03, NUMBER, lo=0, hi=1, hi_open=True, flag="--warmup-ratio", order=4)
     """Share of the optimizer steps spent warming up the learning rate."""
-    epochs: float = setting(1.0, NUMBER, lo=0, lo_open=True, at_most=MAX_EPOCHS, flag="--epochs", order=1)
+    epochs: float = setting(1.0, NUMBER, lo=0, lo_open=True, at_most=MAX_EPOCHS, flag="--epochs", order=1,
+                            review="epochs", review_row=1,
+                            review_help="epochs: passes over the dataset (ignored when max steps is set)")
     """Passes over the training rows (ignored when `max_steps` is set)."""
-    max_steps: int | None = setting(None, COUNT, flag="--max-steps", order=2)
+    max_steps: int | None = setting(None, COUNT, flag="--max-steps", order=2, review="max steps", review_row=2,
+                                    review_empty="(epochs)",
+                                    review_help="max steps: optimizer steps to run (empty: run the epochs)")
     """Optimizer steps to run; `None` to run `epochs` passes."""
     weight_decay: float = setting(0.0, NUMBER, lo=0)
     max_grad_norm: float = setting(1.0, NUMBER, lo=0)
@@ -129,7 +134,9 @@ class TrainingConfig:
     """Checkpoints kept (the oldest are deleted)."""
     report_to: str = setting("none", CHOICE, choices=tuple(TRACKERS), flag="--report-to", order=15,
                              help="experiment tracker the trainer logs to (default none; README ## Experiment "
-                                  "tracking)")
+                                  "tracking)", review="tracking", review_row=5,
+                             review_help="tracking: Left/Right picks the tracker the trainer logs to (its package "
+                                         "must be installed)")
     """Experiment tracker the trainer logs to (its own `report_to`): one of `TRACKERS`."""
 
 

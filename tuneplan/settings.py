@@ -53,6 +53,14 @@ class Setting:
     metavar: str | None = None
     order: int = 0
     """Place of the flag in `--help` (declaration order within a section)."""
+    review: str | None = None
+    """Label of its row on the wizard's review screen; None: not on it."""
+    review_row: int = 0
+    """Place of that row, top to bottom."""
+    review_help: str | None = None
+    """The review screen's one-line help while the row has focus."""
+    review_empty: str = ""
+    """What the row shows while empty (a setting whose default is None)."""
     key: str = ""
     """`section.field`, filled in by `declare`."""
 

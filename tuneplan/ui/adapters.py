@@ -194,17 +194,14 @@ class RunsAdapter:
 
         return runs_root(self.runs_root)
 
-    def build_config(self, plan: PlanView, dataset: Any, *, epochs: float | None = None,
-                     max_steps: int | None = None, learning_rate: float | None = None,
-                     report_to: str | None = None, on_cpu: bool = False) -> Any:
-        """The run configuration for `plan`. `on_cpu`: it launches on this machine, which has
+    def build_config(self, plan: PlanView, dataset: Any, *, on_cpu: bool = False, **training: Any) -> Any:
+        """The run configuration for `plan`, with the hyperparameters `training` (`TrainingConfig`
+        field -> value; None: the default). `on_cpu`: it launches on this machine, which has
         no NVIDIA GPU, so the launch rule of `tuneplan train` applies (float32 on the CPU:
         `tuneplan.app.for_this_machine`). Without it: the configuration for the plan's target."""
         from tuneplan import app
 
-        settings = {f"training.{k}": v for k, v in (("epochs", epochs), ("max_steps", max_steps),
-                                                    ("learning_rate", learning_rate), ("report_to", report_to))
-                    if v is not None}
+        settings = {f"training.{k}": v for k, v in training.items() if v is not None}
         setup = app.for_this_machine(plan.setup, 0)[0] if on_cpu else plan.setup
         config = app.run_config(plan.model.source, dataset.source if dataset is not None else "", setup, settings,
                                 prediction=plan.memory)
