@@ -20,7 +20,6 @@ Pure standard library plus `tomli_w` for writing. Validation names the field and
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 import types
@@ -31,8 +30,8 @@ from typing import Any, TypeVar
 
 from planner.setup import TUNEPLAN_STACK, CalibrationProfile, TrainSetup
 from tuneplan.errors import UserError, check_path
-from tuneplan.knobs import MAX_COUNT
 from tuneplan.knobs import validate_setup as _validate_knobs
+from tuneplan.settings import MAX_COUNT  # noqa: F401  (re-exported: the largest count every layer takes)
 from tuneplan.settings import CHOICE, COUNT, DURATION, NUMBER, SWITCH, URL, declared, setting
 from tuneplan.settings import check as check_settings
 
@@ -172,20 +171,20 @@ class NotifyConfig:
 
 @dataclass(frozen=True)
 class DebugConfig:
-    oom_at_step: int | None = None
+    oom_at_step: int | None = setting(None, COUNT)
     """Fault injection: raise an out-of-memory error at this optimizer step (tests)."""
-    oom_micro_batch_above: int | None = None
+    oom_micro_batch_above: int | None = setting(None, COUNT, lo=0)
     """Fault injection: with `oom_at_step`, only while the micro-batch exceeds this
     (so a re-planned run with a smaller micro-batch gets past it)."""
-    step_sleep_seconds: float = 0.0
+    step_sleep_seconds: float = setting(0.0, NUMBER, lo=0, at_most=3600)
     """Slow every optimizer step down by this much (tests of stop/save/resume)."""
-    poison_at_step: int | None = None
+    poison_at_step: int | None = setting(None, COUNT)
     """Fault injection: fill the trainable weights with NaN after this optimizer step, so the
     next loss is not finite (tests of the non-finite stop)."""
-    save_sleep_seconds: float = 0.0
+    save_sleep_seconds: float = setting(0.0, NUMBER, lo=0, at_most=3600)
     """Pause every save between writing its files and publishing them (tests of a kill during
     a save)."""
-    oom_eval_batch_above: int | None = None
+    oom_eval_batch_above: int | None = setting(None, COUNT, lo=0)
     """Fault injection: raise an out-of-memory error during evaluation while the eval
     micro-batch exceeds this."""
 
@@ -228,15 +227,6 @@ class RunConfig:
                f"must be auto or one of {', '.join(FORMATS)}")
         for section in SETTING_SECTIONS:  # every run setting's rule, as declared (`tuneplan.settings`)
             check_settings(getattr(self, section), SETTINGS_OF[section], ConfigError)
-        g = self.debug
-        for name in ("step_sleep_seconds", "save_sleep_seconds"):
-            value = getattr(g, name)
-            _range(value, f"debug.{name}", 0, None)
-            _check(value <= 3600, f"debug.{name}", value, "must be at most 3600")
-        _count(g.oom_at_step, "debug.oom_at_step")
-        _count(g.oom_micro_batch_above, "debug.oom_micro_batch_above", lo=0)
-        _count(g.oom_eval_batch_above, "debug.oom_eval_batch_above", lo=0)
-        _count(g.poison_at_step, "debug.poison_at_step")
         return self
 
     def effective_batch(self) -> int:
@@ -275,33 +265,13 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _count(value: Any, name: str, *, lo: int = 1, hi: int = MAX_COUNT) -> None:
-    """A whole number in [lo, hi], or None (not set)."""
-    if value is None:
-        return
-    _check(isinstance(value, int) and not isinstance(value, bool), name, value, "must be a whole number")
-    _check(value >= lo, name, value, "must be > 0" if lo == 1 else f"must be >= {lo}")
-    _check(value <= hi, name, value, f"must be at most {hi}")
-
-
-def _range(value: Any, name: str, lo: float, hi: float | None, *, lo_open: bool = False,
-           hi_open: bool = False) -> None:
-    """A finite number with lo < or <= value < or <= hi (hi None: no upper bound)."""
-    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name, value,
-           "must be a finite number")
-    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-    rule = (f"must be {'>' if lo_open else '>='} {lo:g}" if hi is None
-            else f"must be in {left}{lo:g}, {hi:g}{right}")
-    ok = (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
-    _check(ok, name, value, rule)
-
-
-SETTING_SECTIONS = ("data", "training", "recovery", "notify")
+SETTING_SECTIONS = ("data", "training", "recovery", "notify", "debug")
 """The config tables whose fields carry run settings (`tuneplan.settings`)."""
 SETTINGS_OF = {"data": declared("data", DataConfig), "training": declared("training", TrainingConfig),
-               "recovery": declared("recovery", RecoveryConfig), "notify": declared("notify", NotifyConfig)}
+               "recovery": declared("recovery", RecoveryConfig), "notify": declared("notify", NotifyConfig),
+               "debug": declared("debug", DebugConfig)}
 SETTINGS = tuple(s for section in SETTING_SECTIONS for s in SETTINGS_OF[section])
-"""Every run setting: `tuneplan train`'s hyperparameter and alert flags and their config keys."""
+"""Every run setting: its config key and rule, and `tuneplan train`'s flag where it has one."""
 
 
 # --- TOML -------------------------------------------------------------------------------------

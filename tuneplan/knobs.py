@@ -19,13 +19,14 @@ Core layer: standard library, `planner` and `tuneplan.errors` only.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from planner.setup import ALL_LINEAR, ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TrainSetup
 from tuneplan.errors import UserError
+from tuneplan.settings import COUNT as NUMBER_COUNT
+from tuneplan.settings import MAX_COUNT, NUMBER, Setting  # noqa: F401  (MAX_COUNT re-exported)
 
 AUTO = "auto"
 """A flag value meaning "the planner decides" (the same as leaving the flag out)."""
@@ -156,18 +157,10 @@ class Knob:
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not a valid config value of this knob (None: it is)."""
-        if self.kind == COUNT:
-            if not isinstance(value, int) or isinstance(value, bool):
-                return "must be a whole number"
-            if value < 1:
-                return "must be > 0"
-            if value > MAX_COUNT:
-                return f"must be at most {MAX_COUNT}"
-            return None
+        if self.kind == COUNT:  # the run settings' rules (`tuneplan.settings`), so both say the same
+            return _WHOLE.problem(value)
         if self.kind == FRACTION:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                return "must be a finite number"
-            return None if 0 <= value < 1 else "must be in [0, 1)"
+            return _FRACTION.problem(value)
         if self.kind == SWITCH:
             return None if isinstance(value, bool) else "must be true or false"
         if self.kind == TARGETS:
@@ -181,9 +174,8 @@ class Knob:
         return f"must be one of {', '.join(allowed)}"
 
 
-MAX_COUNT = 2**31 - 1
-"""Largest whole number a count takes (`tuneplan.config.MAX_COUNT` re-exports it): torch and
-the tokenizers index with 32-bit ints in places."""
+_WHOLE = Setting(NUMBER_COUNT)
+_FRACTION = Setting(NUMBER, lo=0, hi=1, hi_open=True)
 
 # The registry. Its order is the order of a re-fit's list of changes and of the flags in
 # --help. Every `TrainSetup` field is a knob; how other training stacks differ (the planner's

@@ -23,8 +23,8 @@ from typing import Any
 
 COUNT, NUMBER, CHOICE, DURATION, SWITCH, URL = "count", "number", "choice", "duration", "switch", "url"
 MAX_COUNT = 2**31 - 1
-"""Largest whole number a count takes (`tuneplan.knobs.MAX_COUNT`: torch and the tokenizers
-index with 32-bit ints in places)."""
+"""Largest whole number a count takes, knob or setting (`tuneplan.knobs` and `tuneplan.config`
+re-export it): torch and the tokenizers index with 32-bit ints in places."""
 URL_SCHEMES = ("http://", "https://", "ntfy+http://", "ntfy+https://")
 
 
