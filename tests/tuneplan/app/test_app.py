@@ -126,3 +126,16 @@ def test_the_package_imports_no_textual_and_no_torch():
             " print(bad)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_train_with_gpus_plans_that_many_cards():
+    """`train --gpu a100-80gb --gpus 2 --strategy fsdp` plans for two such cards (the old train
+    path let its own one-card default win over --gpus, and planned one GPU with FSDP)."""
+    from tuneplan.data import SAMPLE_CHAT
+
+    args = _train_args("--model", "llama-3.1-70b", "--dataset", str(SAMPLE_CHAT), "--gpu", "a100-80gb", "--force",
+                       "--gpus", "2", "--strategy", "fsdp")
+    config, notes = train.plan_config(*train.build(args), args)
+    assert (config.setup.num_gpus, config.setup.strategy) == (2, "fsdp")
+    one = _train_args("--model", "llama-3.1-70b", "--dataset", str(SAMPLE_CHAT), "--gpu", "a100-80gb", "--force")
+    assert train.plan_config(*train.build(one), one)[0].setup.num_gpus == 1
