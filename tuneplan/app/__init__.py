@@ -22,14 +22,14 @@ from tuneplan.app.resolving import (
 )
 from tuneplan.app.runs import (
     Prepared, apply_settings, assemble, bundled_model_dir, check_machine, check_model_access, check_tracker,
-    find_run, for_this_machine, launch, newest_run, plan_config, prepare, probe_config, request_save, request_stop,
-    resume, run_config, runs_root, save_preset,
+    create_run, find_run, for_this_machine, launch, newest_run, plan_config, prepare, probe_config, request_save, request_stop,
+    resume, run_config, runs_root, save_preset, start_run,
 )
 
 __all__ = [
     "RunRequest", "Target", "plan", "plan_request", "estimate", "is_bundled_tiny", "resolve_model",
     "resolve_hardware", "cpu_hardware", "parse_size", "size_note", "looks_like_size", "Prepared", "apply_settings",
     "assemble", "plan_config", "check_machine", "check_model_access", "for_this_machine", "prepare", "run_config",
-    "check_tracker", "launch", "resume", "runs_root", "find_run", "newest_run", "request_save", "request_stop",
+    "check_tracker", "launch", "create_run", "start_run", "resume", "runs_root", "find_run", "newest_run", "request_save", "request_stop",
     "save_preset", "probe_config", "bundled_model_dir", "preview_dataset", "format_histogram", "gpu_probe",
 ]

@@ -211,22 +211,33 @@ def _pinned(gpu_index: int | None) -> Iterator[None]:
                 os.environ[k] = v
 
 
-def launch(config: Any, *, runs_root: Path | str | None = None, gpu_index: int | None = None, detach: bool = True,
-           checked: bool = False) -> tuple[Path, Any]:
-    """Start the run (detached unless `detach` is False) in a fresh folder under the runs root:
-    (the run folder, the process). Unless `checked` (`prepare` did it): the model's access is
-    checked and the bundled sources resolved first. `gpu_index`: pin the run to that GPU."""
+def create_run(config: Any, *, runs_root: Path | str | None = None, checked: bool = False) -> Path:
+    """A fresh run folder under the runs root, checked (disk space, dataset) and holding the
+    configuration; nothing started yet. Unless `checked` (`prepare` did it): the model's access
+    is checked and the bundled sources resolved first."""
     from tuneplan.services import launcher, paths
     from tuneplan.services.bundled import resolve_sources
 
     if not checked:
         check_model_access(config)  # a gated model needs a Hub token first, as in `train`
         config = resolve_sources(config)  # tuneplan:tiny -> its built folder
-    root = paths.runs_root(runs_root)
+    return launcher.prepare_run(config, paths.runs_root(runs_root))
+
+
+def start_run(run_dir: Path, *, gpu_index: int | None = None, detach: bool = True) -> Any:
+    """Start the training process of a run folder `create_run` made (detached unless `detach`
+    is False); `gpu_index`: pin it to that GPU. The process."""
+    from tuneplan.services import launcher
+
     with _pinned(gpu_index):
-        run_dir = launcher.prepare_run(config, root)
-        proc = launcher.start_process(run_dir, detach=detach)
-    return run_dir, proc
+        return launcher.start_process(run_dir, detach=detach)
+
+
+def launch(config: Any, *, runs_root: Path | str | None = None, gpu_index: int | None = None, detach: bool = True,
+           checked: bool = False) -> tuple[Path, Any]:
+    """`create_run`, then `start_run`: (the run folder, the process)."""
+    run_dir = create_run(config, runs_root=runs_root, checked=checked)
+    return run_dir, start_run(run_dir, gpu_index=gpu_index, detach=detach)
 
 
 def resume(run: str | None, runs_dir: str | None = None, *, detach: bool = True) -> tuple[Path, Path, Any]:
@@ -319,6 +330,6 @@ def bundled_model_dir(*, build: bool = True) -> Path:
 
 
 __all__ = ["Prepared", "apply_settings", "assemble", "plan_config", "check_machine", "check_model_access",
-           "for_this_machine", "prepare", "run_config", "check_tracker", "launch", "resume", "runs_root",
+           "for_this_machine", "prepare", "run_config", "check_tracker", "launch", "create_run", "start_run", "resume", "runs_root",
            "find_run", "newest_run", "request_save", "request_stop", "save_preset", "probe_config",
            "bundled_model_dir"]

@@ -136,12 +136,12 @@ def run(args: argparse.Namespace) -> int:
     note = app.size_note(args.vram) if args.vram else None
     for line in ([note] if note else []) + list(prepared.notes):
         print(f"tuneplan: {line}", file=sys.stderr)
+    root = app.runs_root(args.runs_dir)
+    run_dir = app.create_run(config, runs_root=root, checked=True)
     warning = config.checkpoint_warning(config.training.max_steps)
     if warning:
         print(f"tuneplan: warning: {warning}", file=sys.stderr)
-    root = app.runs_root(args.runs_dir)
-    run_dir, proc = app.launch(config, runs_root=root, gpu_index=request.target.index, detach=not args.foreground,
-                               checked=True)
+    proc = app.start_run(run_dir, gpu_index=request.target.index, detach=not args.foreground)
     s = config.setup
     print(f"started run {run_dir.name} (pid {proc.pid}): {s.method}, micro-batch {s.micro_batch} x "
           f"accumulation {s.grad_accum}, seq len {s.seq_len}")
