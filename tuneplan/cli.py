@@ -18,6 +18,7 @@ from tuneplan.errors import EXIT_BAD_INPUT, UserError
 COMMANDS: dict[str, str] = {
     "plan": "dry-run: estimate memory, speed and cost and pick the fastest configuration that fits",
     "train": "plan and launch a detached training run",
+    "compare": "bake-off: short trials of LoRA, QLoRA and full fine-tuning on your data, evaluated side by side",
     "probe": "measure the plan on this machine for a few optimizer steps, beside the prediction",
     "runs": "list runs with status, progress and loss",
     "attach": "open the live dashboard of a run (default: the newest)",
@@ -26,6 +27,7 @@ COMMANDS: dict[str, str] = {
     "resume": "continue a stopped or crashed run from its last checkpoint",
     "chat": "talk to a trained adapter in the terminal",
     "export": "make a run servable: merged safetensors, an Ollama Modelfile, or the vLLM command",
+    "eval": "evaluate a run's tuned model beside its base on its held-out split (and lm-eval tasks)",
     "push": "upload a run's adapter (or merged model) to the Hugging Face Hub with a model card",
     "presets": "list, show, save and delete presets",
     "demo": "train a tiny model on the bundled dataset, end to end, on any machine",

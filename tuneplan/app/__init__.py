@@ -14,7 +14,7 @@ deferred, so importing this package stays cheap (`--help`).
 
 from __future__ import annotations
 
-from tuneplan.app.planning import estimate, is_bundled_tiny, plan, plan_request
+from tuneplan.app.planning import estimate, find_measured, is_bundled_tiny, plan, plan_request
 from tuneplan.app.requests import RunRequest, Target
 from tuneplan.app.resolving import (
     cpu_hardware, format_histogram, gpu_probe, looks_like_size, parse_size, preview_dataset, resolve_hardware,
@@ -27,7 +27,7 @@ from tuneplan.app.runs import (
 )
 
 __all__ = [
-    "RunRequest", "Target", "plan", "plan_request", "estimate", "is_bundled_tiny", "resolve_model",
+    "RunRequest", "Target", "plan", "plan_request", "estimate", "find_measured", "is_bundled_tiny", "resolve_model",
     "resolve_hardware", "cpu_hardware", "parse_size", "size_note", "looks_like_size", "Prepared", "apply_settings",
     "assemble", "plan_config", "check_machine", "check_model_access", "for_this_machine", "prepare", "run_config",
     "check_tracker", "launch", "create_run", "start_run", "resume", "runs_root", "find_run", "newest_run", "request_save", "request_stop",

@@ -34,7 +34,7 @@ def plan_request(request: RunRequest) -> Any:
         prefer_accuracy=request.prefer_accuracy, safety_margin=request.safety_margin,
         price_per_hour=request.price_per_hour, min_seq_len=request.min_seq_len, max_seq_len=request.max_seq_len,
         token=request.token, gpus=gpus, strategy=strategy, cpu_offload=bool(offload),
-        gpus_per_node=request.gpus_per_node,
+        gpus_per_node=request.gpus_per_node, measured=request.measured,
     )
 
 
@@ -44,6 +44,15 @@ def plan(request: RunRequest, *, probe: Any = None) -> Any:
     from tuneplan.services import planning
 
     return planning.plan(plan_request(request), probe=probe)
+
+
+def find_measured(model_source: str | None, dataset_source: str | None) -> Any:
+    """The newest finished bake-off (`tuneplan compare`) of this model and dataset under the runs
+    root, or None (`tuneplan.services.planning.find_measured`; a plan never fails for it)."""
+    from tuneplan.services.planning import PlanRequest
+    from tuneplan.services.planning import find_measured as find
+
+    return find(PlanRequest(model=model_source, dataset_source=dataset_source))
 
 
 def estimate(spec: Any, hardware: Any, setup: Any, *, dataset_tokens: int | None = None) -> dict[str, Any]:

@@ -61,6 +61,9 @@ class RunRequest:
     gpus_per_node: int = 8
     token: str | None = None
     """Hub token for gated repos (passed through, never stored)."""
+    measured: Any = None
+    """A bake-off's measured quality (`planner.bakeoff.BakeoffResult`) for the solver to weigh;
+    None: the newest `tuneplan compare` of this model and dataset, if any (`find_measured`)."""
     # -- where a run's configuration comes from (`tuneplan.app.runs.assemble`)
     config_file: str | None = None
     """A run configuration file (its `[setup]` keys are fixed knobs)."""

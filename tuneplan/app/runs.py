@@ -11,6 +11,7 @@ from the plan on screen (`run_config`) and launches it. Both start the run here.
 from __future__ import annotations
 
 import os
+import sys
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -66,6 +67,14 @@ def assemble(request: RunRequest) -> tuple[Any, Any]:
         if not request.trust_remote_code:  # refuse before the re-fit prints its notes
             asked = preset.config.model
             remote_code_request(model or asked.source, requested=asked.trust_remote_code, granted=False)
+        # knob flags over a preset are re-fitted with it, so its summary ("Kept: method ...") is the run's
+        over = request.setup.fixed()
+        if over:
+            from tuneplan.knobs import BY_NAME
+
+            print("tuneplan: re-fitting the preset with your flags over it: "
+                  + ", ".join(f"{BY_NAME[k].flag} {BY_NAME[k].show(v)}" for k, v in over.items()), file=sys.stderr)
+        preset = presets.with_knobs(preset, over)
         config = presets.load_preset_config(preset, gpu=request.target.gpu, vram_bytes=request.target.vram_bytes,
                                             gpu_index=request.target.index, safety_margin=request.safety_margin)
         # a named preset is a complete, already re-fitted configuration; a preset file fixes its [setup] keys
@@ -100,7 +109,7 @@ def plan_config(config: Any, given: Any, request: RunRequest, *, probe: Any = No
     if not given.auto():
         return config, []
     from tuneplan.app.planning import is_bundled_tiny, plan
-    from tuneplan.app.resolving import cpu_hardware, resolve_model
+    from tuneplan.app.resolving import resolve_model
     from tuneplan.config import PredictionConfig
     from tuneplan.errors import UserError
     from tuneplan.knobs import KNOBS, PartialSetup
@@ -111,13 +120,12 @@ def plan_config(config: Any, given: Any, request: RunRequest, *, probe: Any = No
             from tuneplan.services.gpu import default_probe
 
             probe = default_probe()
-        if not probe.probe():
-            # no GPU and no target: the bundled tiny model trains on the CPU; any other needs a GPU
-            if not is_bundled_tiny(resolve_model(config.model.source)):
-                raise UserError(f"no NVIDIA GPU here to train {config.model.source} on ({probe.status()}): plan "
-                                "for a card with `tuneplan plan --gpu NAME`, or train here anyway with --gpu NAME "
-                                "or --vram SIZE and --force")
-            target = replace(target, hardware=cpu_hardware())
+        # no GPU and no target: the bundled tiny model is planned for the CPU (the planning
+        # service's rule, as in `tuneplan plan`); any other needs a GPU
+        if not probe.probe() and not is_bundled_tiny(resolve_model(config.model.source)):
+            raise UserError(f"no NVIDIA GPU here to train {config.model.source} on ({probe.status()}): plan "
+                            "for a card with `tuneplan plan --gpu NAME`, or train here anyway with --gpu NAME "
+                            "or --vram SIZE and --force")
     fixed = PartialSetup({k.name: getattr(config.setup, k.name) for k in KNOBS if given.is_fixed(k.name)})
     outcome = plan(replace(request, model=config.model.source, dataset=config.data.source, setup=fixed,
                            settings={"training.epochs": config.training.epochs}, target=target,

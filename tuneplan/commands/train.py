@@ -51,8 +51,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "for and train on (default: the one with most free memory)")
     target.add_argument("--effective-batch", metavar="N",
                         help="sequences per optimizer step, kept constant (default 16, or --batch x --grad-accum)")
-    target.add_argument("--safety-margin", metavar="X", help="fraction of usable memory kept free (default 0.09: "
-                        "the memory model's measured error, planner/margins.py)")
+    from planner.margins import DEFAULT_SAFETY_MARGIN  # stdlib only: --help stays fast
+
+    target.add_argument("--safety-margin", metavar="X", help="fraction of usable memory kept free (default "
+                        f"{DEFAULT_SAFETY_MARGIN:g}: the memory model's measured error, planner/margins.py)")
     out = parser.add_argument_group("run")
     out.add_argument("--name", help="run folder name (default: <model>-<method>-<time>)")
     out.add_argument("--runs-dir", help="runs root (default: $TUNEPLAN_RUNS_DIR or the per-user data folder)")
@@ -151,10 +153,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  follow it: tuneplan attach {run_dir.name}{hint}   list runs: tuneplan runs{hint}")
         print(f"  stop it:   tuneplan stop {run_dir.name}{hint}")
         return 0
-    return follow(run_dir, proc, FINAL_PHASES)
+    return follow(run_dir, proc, FINAL_PHASES, runs_dir=args.runs_dir)
 
 
-def follow(run_dir: Path, proc, final_phases) -> int:
+def follow(run_dir: Path, proc, final_phases, *, runs_dir: str | None = None) -> int:
     """Print progress lines from the run's events until its process ends.
 
     Ctrl-C reaches the whole foreground group: the supervisor checkpoints at the end of the
@@ -165,16 +167,18 @@ def follow(run_dir: Path, proc, final_phases) -> int:
     import time
 
     from tuneplan.events import EventTail, read_status
+    from tuneplan.services.command_line import resume_command
 
     presses = 0
+    resume = resume_command(run_dir.name, runs_dir)  # what `tuneplan stop` says too
 
     def on_ctrl_c(_signum, _frame) -> None:
         nonlocal presses
         presses += 1
         if presses > 1:
             raise KeyboardInterrupt
-        print("tuneplan: stopping: checkpointing at the end of the current step (Ctrl-C again to leave)",
-              file=sys.stderr, flush=True)
+        print("tuneplan: stopping: checkpointing at the end of the current step (Ctrl-C again to leave); "
+              f"continue later with `{resume}`", file=sys.stderr, flush=True)
 
     def show_new() -> None:
         for e in tail.read_new():
@@ -190,10 +194,14 @@ def follow(run_dir: Path, proc, final_phases) -> int:
             time.sleep(0.3)
         show_new()
     except KeyboardInterrupt:
+        print(f"tuneplan: left {run_dir.name} while it checkpoints; continue later with `{resume}`",
+              file=sys.stderr, flush=True)
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
     status = read_status(run_dir)
+    if status is not None and status.phase == "stopped":
+        print(f"tuneplan: {run_dir.name} stopped at step {status.step}; continue with `{resume}`", file=sys.stderr)
     return 0 if status is not None and status.phase in ("done", "stopped") else 3
 
 

@@ -6,8 +6,9 @@ metadata is what the Hub reads for an adapter: `base_model`, `library_name: peft
 `base_model:adapter:<base>` tag PEFT's own cards carry (`peft/peft_model.py`,
 `create_or_update_model_card`), `lora`, `transformers`, `trl`, `sft`, the Hub datasets; a
 merged model is `library_name: transformers` with `base_model:finetune:<base>`. The body holds
-the training configuration, what the run measured (memory, speed; `presets.evidence_from_run`)
-and its final and eval loss.
+the training configuration, what the run measured (memory, speed; `presets.evidence_from_run`),
+its final and eval loss, and `tuneplan eval`'s results (base beside tuned) when `RUN/eval.json`
+exists.
 
 The token is the one `huggingface_hub` finds (`HF_TOKEN`, else the cached `hf auth login`); it
 is passed to the calls and never written anywhere. No torch here: a merge is the caller's
@@ -126,6 +127,7 @@ def model_card(run_dir: Path, config: RunConfig, *, base_model: str | None, merg
         f"- optimizer {s.optimizer}, learning rate {config.training.learning_rate:g} ({config.training.lr_scheduler}), "
         f"{s.compute_dtype}", "",
         "## Results", "", "| measured | |", "| --- | --- |", *measured, "",
+        *_evaluation(run_dir),
         "## Use", "", *usage, "",
         "## Training configuration", "",
         "The run's resolved configuration (`tuneplan train --config` reads it; local files are named, not located):",
@@ -133,6 +135,14 @@ def model_card(run_dir: Path, config: RunConfig, *, base_model: str | None, merg
         "```toml", tomli_w.dumps(table).rstrip(), "```", "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)).content
+
+
+def _evaluation(run_dir: Path) -> list[str]:
+    """The card's evaluation section from `RUN/eval.json` (`tuneplan eval`), when the run has one."""
+    from tuneplan.services.eval_results import card_section, read_eval
+
+    report = read_eval(run_dir)
+    return [*card_section(report), ""] if report is not None else []
 
 
 def folder_to_push(run_dir: Path, config: RunConfig, merged_dir: Path | None) -> Path:

@@ -210,33 +210,59 @@ class RunsAdapter:
         app.check_tracker(config.training.report_to)  # said on the screen, before a launch is tried
         return config.validate()
 
+    def read_eval(self, run_dir: Path) -> Any:
+        """The run's `tuneplan eval` report (`RUN/eval.json`), or None."""
+        from tuneplan.services.eval_results import read_eval
+
+        return read_eval(run_dir)
+
+    def start_eval(self, run_dir: Path, *, force: bool = False) -> Any:
+        """`tuneplan eval RUN` in its own process (`Popen`); output in `RUN/eval.log`."""
+        from tuneplan.services.eval_results import start_eval
+
+        return start_eval(run_dir, force=force)
+
+    def eval_error(self, run_dir: Path) -> str | None:
+        from tuneplan.services.eval_results import eval_error
+
+        return eval_error(run_dir)
+
     def config_text(self, config: Any) -> str:
         from tuneplan.config import dump_config
 
         return dump_config(config)
 
     def train_command(self, config: Any, target: Any = None) -> str:
-        """The `tuneplan train` command line that launches the same run: every knob the
-        planner would choose is given, so it runs as is without planning again. `target`: a
+        """The `tuneplan train` command line that launches the same run
+        (`tuneplan.services.command_line`, the builder `tuneplan plan` uses too). `target`: a
         dry-run target adds `--gpu KEY` / `--vram SIZE`, so `train` checks it runs there."""
+        from tuneplan.services.command_line import train_command
+
+        return train_command(config, target_flags(target))
+
+    def compare_argv(self, config: Any, target: Any = None) -> list[str]:
+        """`tuneplan compare` arguments for the bake-off of this configuration's model and
+        dataset (its trial length when max steps is set, its learning rate and seed).
+        `target`: a dry-run target adds `--gpu KEY` / `--vram SIZE`, as for `train_command`."""
+        t = config.training
+        argv = ["--model", config.model.source, "--dataset", config.data.source]
+        if t.max_steps is not None:
+            argv += ["--max-steps", str(t.max_steps)]
+        argv += ["--lr", f"{t.learning_rate:g}", "--seed", str(t.seed)]
+        return argv + target_flags(target)
+
+    def compare_command(self, config: Any, target: Any = None) -> str:
+        """The `tuneplan compare` command line of `compare_argv`."""
         import shlex
 
-        from tuneplan.config import SETTINGS_OF
-        from tuneplan.knobs import equivalent_flags
+        return " ".join(shlex.quote(p) for p in ["tuneplan", "compare", *self.compare_argv(config, target)])
 
-        flag = {s.name: s.flag for s in SETTINGS_OF["training"]}  # the hyperparameters' flags (`tuneplan.settings`)
-        t = config.training
-        parts = ["tuneplan", "train", "--model", config.model.source, "--dataset", config.data.source,
-                 *equivalent_flags(config.setup)]
-        if t.max_steps is not None:
-            parts += [flag["max_steps"], str(t.max_steps)]
-        else:
-            parts += [flag["epochs"], f"{t.epochs:g}"]
-        parts += [flag["learning_rate"], f"{t.learning_rate:g}"]
-        if t.report_to != "none":
-            parts += [flag["report_to"], t.report_to]
-        parts += target_flags(target)
-        return " ".join(shlex.quote(p) for p in parts)
+    def start_compare(self, config: Any) -> tuple[int, Path]:
+        """Start the bake-off on this machine as a detached job (`tuneplan.services.compare`):
+        (its pid, its log). It plans for the GPUs here (the CPU for the tiny model), as a launch does."""
+        from tuneplan.services import compare
+
+        return compare.start_detached(self.compare_argv(config), self.root())
 
     def save_preset(self, config: Any, name: str, *, gpu: str | None = None) -> Path:
         """Save the configuration as a user preset through the presets service (never over
@@ -343,8 +369,8 @@ class PlanningAdapter:
     def hardware(self, target: Any) -> Any:
         from planner.solver import Hardware
 
-        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes,
-                        source="catalog" if target.dry_run else "nvml")
+        source = "cpu" if target.gpu.is_cpu() else "catalog" if target.dry_run else "nvml"
+        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes, source=source)
 
     def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: Any) -> PlanView:
         """The solver's choice with the knobs the user edited kept (`fixed`: a
@@ -355,8 +381,10 @@ class PlanningAdapter:
 
         given = fixed if isinstance(fixed, PartialSetup) else PartialSetup(dict(fixed))
         # The wizard plans for the one card chosen (more GPUs appear as suggestions only).
+        # a bake-off of this model and dataset (`tuneplan compare`) is weighed and explained
+        measured = app.find_measured(model.source, getattr(dataset, "source", None))
         request = app.RunRequest(model=model.resolved, dataset=_dataset_stats(dataset), setup=given,
-                                 target=app.Target(hardware=self.hardware(target)), one_gpu=True)
+                                 target=app.Target(hardware=self.hardware(target)), one_gpu=True, measured=measured)
         outcome = app.plan(request)
         r = outcome.result
         c = r.choice
