@@ -35,6 +35,7 @@ def plan_request(request: RunRequest) -> Any:
         price_per_hour=request.price_per_hour, min_seq_len=request.min_seq_len, max_seq_len=request.max_seq_len,
         token=request.token, gpus=gpus, strategy=strategy, cpu_offload=bool(offload),
         gpus_per_node=request.gpus_per_node, measured=request.measured,
+        seq_len_max=request.setup.longest(), host_ram_bytes=request.host_ram_bytes,
     )
 
 

@@ -61,6 +61,9 @@ class RunRequest:
     gpus_per_node: int = 8
     token: str | None = None
     """Hub token for gated repos (passed through, never stored)."""
+    host_ram_bytes: int | None = None
+    """Host RAM the offloaded activations may use, in bytes (`--host-ram`); None: this machine's
+    available RAM when planning for the GPUs NVML finds here, else unknown."""
     measured: Any = None
     """A bake-off's measured quality (`planner.bakeoff.BakeoffResult`) for the solver to weigh;
     None: the newest `tuneplan compare` of this model and dataset, if any (`find_measured`)."""

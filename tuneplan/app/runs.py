@@ -112,7 +112,7 @@ def plan_config(config: Any, given: Any, request: RunRequest, *, probe: Any = No
     from tuneplan.app.resolving import resolve_model
     from tuneplan.config import PredictionConfig
     from tuneplan.errors import UserError
-    from tuneplan.knobs import KNOBS, PartialSetup
+    from tuneplan.knobs import KNOBS, LONGEST, PartialSetup
 
     target = request.target
     if not target.named() and target.hardware is None:
@@ -126,11 +126,18 @@ def plan_config(config: Any, given: Any, request: RunRequest, *, probe: Any = No
             raise UserError(f"no NVIDIA GPU here to train {config.model.source} on ({probe.status()}): plan "
                             "for a card with `tuneplan plan --gpu NAME`, or train here anyway with --gpu NAME "
                             "or --vram SIZE and --force")
-    fixed = PartialSetup({k.name: getattr(config.setup, k.name) for k in KNOBS if given.is_fixed(k.name)})
-    outcome = plan(replace(request, model=config.model.source, dataset=config.data.source, setup=fixed,
+    fixed = {k.name: getattr(config.setup, k.name) for k in KNOBS if given.is_fixed(k.name)}
+    if given.longest():  # `--seq-len max`: the planner searches the longest that fits
+        fixed["seq_len"] = LONGEST
+    host_ram = request.host_ram_bytes
+    if host_ram is None and target.named():  # planned for a named card, but the run (and its offloaded
+        from tuneplan.services.gpu import ram_bytes  # activations) is here
+
+        host_ram = ram_bytes()[1]
+    outcome = plan(replace(request, model=config.model.source, dataset=config.data.source, setup=PartialSetup(fixed),
                            settings={"training.epochs": config.training.epochs}, target=target,
                            # training runs here: a card or size named means one such GPU unless --gpus says more
-                           one_gpu=target.named()), probe=probe)
+                           one_gpu=target.named(), host_ram_bytes=host_ram), probe=probe)
     result = outcome.result
     if not result.fits:
         hint = f"; {result.suggestions[0]}" if result.suggestions else ""

@@ -133,12 +133,12 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.events import FINAL_PHASES
 
     request = run_request(args)
+    root = app.runs_root(args.runs_dir)  # a bad --runs-dir is one line, before anything is planned or said
     prepared = app.prepare(request, what=_target_text(args))
     config = prepared.config
     note = app.size_note(args.vram) if args.vram else None
     for line in ([note] if note else []) + list(prepared.notes):
         print(f"tuneplan: {line}", file=sys.stderr)
-    root = app.runs_root(args.runs_dir)
     run_dir = app.create_run(config, runs_root=root, checked=True)
     warning = config.checkpoint_warning(config.training.max_steps)
     if warning:
