@@ -40,7 +40,8 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from planner.gpus import GPU, bigger_cards
+from planner.bakeoff import BakeoffResult
+from planner.gpus import CPU_COMPUTE_DTYPE, GPU, bigger_cards
 from planner.gpus import format_gib as _gib
 from planner.margins import DEFAULT_SAFETY_MARGIN, margin_sentence  # derived from the model's measured error
 from planner.parallel import estimate_parallel_memory
@@ -128,6 +129,9 @@ class Constraints:
     found; for a catalog card one, with more GPUs named in the suggestions only)."""
     gpus_per_node: int = 8
     """GPUs per machine: a plan with more GPUs spans ceil(gpus / gpus_per_node) machines."""
+    measured: BakeoffResult | None = None
+    """A bake-off's measured quality for this model and dataset (`tuneplan compare`): it orders
+    the methods when `method` is `auto` and the reasons say what it measured."""
     inter_node_gbs: float | None = None
     """Network between machines in GB/s per direction (None: 100 Gb/s Ethernet)."""
     seq_len_max: bool = False
@@ -338,7 +342,10 @@ def _rope_sentence(spec: ModelSpec) -> str:
 def _methods(constraints: Constraints) -> list[str]:
     if constraints.method != "auto":
         return [constraints.method]
-    return ["full", "lora", "qlora"] if constraints.prefer_accuracy else ["lora", "qlora"]
+    order = ["full", "lora", "qlora"] if constraints.prefer_accuracy else ["lora", "qlora"]
+    if constraints.measured is not None:  # a bake-off's measured quality (planner/bakeoff.py)
+        order = constraints.measured.method_order(order)
+    return order
 
 
 def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
@@ -363,7 +370,16 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
 
     # -- precision and kernels the card supports ---------------------------------------------
     dtype = fixed.pop("compute_dtype", None)
-    if dtype is None:
+    if gpu.is_cpu():
+        # the one CPU rule, shared with the launch (tuneplan/services/machine.py)
+        if dtype not in (None, CPU_COMPUTE_DTYPE):
+            warnings.append(f"{gpu.name} trains in {CPU_COMPUTE_DTYPE}, not {dtype} (no fast 16-bit training "
+                            "on the CPU).")
+        else:
+            reasons.append(f"{gpu.name}: training computes in {CPU_COMPUTE_DTYPE} (no fast 16-bit training "
+                           "on the CPU).")
+        dtype = CPU_COMPUTE_DTYPE
+    elif dtype is None:
         dtype = "bfloat16" if gpu.bf16 else "float16"
         if not gpu.bf16:
             reasons.append(f"{gpu.name} has no bfloat16: training uses fp16 mixed precision (loss scaling).")
@@ -910,6 +926,8 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
     m = choice.memory
     if constraints.method != "auto":
         reasons.append(f"{_METHOD_NAMES[s.method]} as asked.")
+    elif s.method == "full" and not constraints.prefer_accuracy:
+        reasons.append("Full fine-tuning fits, and the bake-off measured it better than LoRA and QLoRA.")
     elif s.method == "full":
         reasons.append("Full fine-tuning fits and accuracy matters most, so all weights are trained.")
     elif s.method == "lora":
@@ -919,6 +937,13 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
         reasons.append(f"LoRA on the 16-bit model does not fit (it needs at least {_gib(lora_need)}); QLoRA keeps the "
                        f"frozen weights in 4-bit {s.quant_type.upper()} "
                        f"({_gib(m.components.get('quantized_weights', 0))}), so it does.")
+    if constraints.prefer_accuracy and s.method != "full" and constraints.method == "auto":
+        full_need = search.eval(_smallest_setup(replace(s, method="full"), "full", constraints.fixed,
+                                                s.effective_batch())).memory.device_bytes
+        reasons.append(f"--prefer-accuracy tries full fine-tuning first, but it does not fit (it needs at least "
+                       f"{_gib(full_need)}).")
+    if constraints.measured is not None:
+        reasons.extend(constraints.measured.reasons(s.method, asked=constraints.method != "auto"))
     fx = constraints.fixed
     if "grad_checkpointing" in fx:
         reasons.append(f"Gradient checkpointing {'on' if s.grad_checkpointing else 'off'}, as asked.")

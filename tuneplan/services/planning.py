@@ -89,6 +89,10 @@ class PlanRequest:
     """FSDP CPU offload (weights, gradients, optimizer in host memory)."""
     gpus_per_node: int = 8
     """GPUs per machine: more GPUs than this span several machines (planned on paper)."""
+    measured: Any = None
+    """A bake-off's measured quality (`planner.bakeoff.BakeoffResult`) for the solver to weigh
+    and explain. None: the newest finished `tuneplan compare` of this model and `dataset_source`
+    under the runs root, if there is one (`find_measured`)."""
     seq_len_max: bool = False
     """`--seq-len max`: the longest sequence that fits, the other knobs held (docs/long-context.md)."""
     host_ram_bytes: int | None = None
@@ -347,7 +351,9 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     model = resolve(request)
     spec = model.spec
     validate(request, spec)
+    request, cpu_notes = _bundled_tiny_on_cpu(request, model, probe)
     hardware, notes, detected = resolve_hardware(request, probe)
+    notes = cpu_notes + notes
     if hardware.source == "nvml" and request.gpus is not None and request.gpus > hardware.count:
         raise UserError(f"--gpus {request.gpus}: NVML sees {hardware.count} x {hardware.gpu.name} here; plan for "
                         f"another machine with --gpu {hardware.gpu.key if hardware.gpu.key != 'custom' else 'NAME'}")
@@ -387,6 +393,9 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
         gpus=gpus, strategy=request.strategy, cpu_offload=request.cpu_offload, max_gpus=max_gpus,
         gpus_per_node=request.gpus_per_node, seq_len_max=request.seq_len_max, host_ram_bytes=host_ram,
     )
+    measured = request.measured if request.measured is not None else find_measured(request)
+    if measured is not None:
+        constraints = replace(constraints, measured=measured)
     tiny_full = request.method == "auto" and is_bundled_tiny(model)
     if tiny_full:
         constraints = replace(constraints, method="full")
@@ -402,6 +411,37 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     all_notes = tuple(notes) + tuple(getattr(model, "notes", ()) or ())
     return PlanOutcome(request=request, model=model, hardware=hardware, result=result, notes=all_notes,
                        detected_gpus=detected)
+
+
+def find_measured(request: PlanRequest) -> Any:
+    """The newest finished bake-off (`tuneplan compare`) of the request's model and dataset in
+    the runs root ($TUNEPLAN_RUNS_DIR or the per-user folder); None when there is none or the
+    runs root cannot be read (a plan never fails for it)."""
+    if not request.model or not request.dataset_source:
+        return None
+    from tuneplan.services import compare, paths
+
+    try:
+        return compare.find_bakeoff(paths.runs_root(), request.model, request.dataset_source)
+    except (UserError, OSError):
+        return None
+
+
+def _bundled_tiny_on_cpu(request: PlanRequest, model: Any, probe: Any = None) -> tuple[PlanRequest, list[str]]:
+    """No GPU here and no card named: the bundled tiny model is planned for this machine's CPU,
+    where `tuneplan train` runs it (any other model needs a GPU or a --gpu/--vram target)."""
+    if (request.hardware is not None or request.gpu or request.vram_bytes is not None
+            or request.gpu_index is not None or not is_bundled_tiny(model)):
+        return request, []
+    from tuneplan.services.gpu import cpu_hardware, default_probe
+
+    probe = default_probe() if probe is None else probe
+    if probe.probe():
+        return request, []
+    hw = cpu_hardware()
+    return replace(request, hardware=hw), [f"No GPU found ({probe.status()}): planning for this machine's CPU, "
+                                           f"{hw.free_bytes / GiB:.1f} GiB of RAM available, as `tuneplan train` "
+                                           "runs the bundled tiny model here."]
 
 
 def is_bundled_tiny(model: Any) -> bool:

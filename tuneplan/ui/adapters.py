@@ -251,25 +251,36 @@ class RunsAdapter:
         return dump_config(config)
 
     def train_command(self, config: Any, target: Any = None) -> str:
-        """The `tuneplan train` command line that launches the same run: every knob the
-        planner would choose is given, so it runs as is without planning again. `target`: a
+        """The `tuneplan train` command line that launches the same run
+        (`tuneplan.services.command_line`, the builder `tuneplan plan` uses too). `target`: a
         dry-run target adds `--gpu KEY` / `--vram SIZE`, so `train` checks it runs there."""
+        from tuneplan.services.command_line import train_command
+
+        return train_command(config, target_flags(target))
+
+    def compare_argv(self, config: Any, target: Any = None) -> list[str]:
+        """`tuneplan compare` arguments for the bake-off of this configuration's model and
+        dataset (its trial length when max steps is set, its learning rate and seed).
+        `target`: a dry-run target adds `--gpu KEY` / `--vram SIZE`, as for `train_command`."""
+        t = config.training
+        argv = ["--model", config.model.source, "--dataset", config.data.source]
+        if t.max_steps is not None:
+            argv += ["--max-steps", str(t.max_steps)]
+        argv += ["--lr", f"{t.learning_rate:g}", "--seed", str(t.seed)]
+        return argv + target_flags(target)
+
+    def compare_command(self, config: Any, target: Any = None) -> str:
+        """The `tuneplan compare` command line of `compare_argv`."""
         import shlex
 
-        from tuneplan.knobs import equivalent_flags
+        return " ".join(shlex.quote(p) for p in ["tuneplan", "compare", *self.compare_argv(config, target)])
 
-        t = config.training
-        parts = ["tuneplan", "train", "--model", config.model.source, "--dataset", config.data.source,
-                 *equivalent_flags(config.setup)]
-        if t.max_steps is not None:
-            parts += ["--max-steps", str(t.max_steps)]
-        else:
-            parts += ["--epochs", f"{t.epochs:g}"]
-        parts += ["--lr", f"{t.learning_rate:g}"]
-        if t.report_to != "none":
-            parts += ["--report-to", t.report_to]
-        parts += target_flags(target)
-        return " ".join(shlex.quote(p) for p in parts)
+    def start_compare(self, config: Any) -> tuple[int, Path]:
+        """Start the bake-off on this machine as a detached job (`tuneplan.services.compare`):
+        (its pid, its log). It plans for the GPUs here (the CPU for the tiny model), as a launch does."""
+        from tuneplan.services import compare
+
+        return compare.start_detached(self.compare_argv(config), self.root())
 
     def save_preset(self, config: Any, name: str, *, gpu: str | None = None) -> Path:
         """Save the configuration as a user preset through the presets service (never over
@@ -406,8 +417,8 @@ class PlanningAdapter:
     def hardware(self, target: Any) -> Any:
         from planner.solver import Hardware
 
-        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes,
-                        source="catalog" if target.dry_run else "nvml")
+        source = "cpu" if target.gpu.is_cpu() else "catalog" if target.dry_run else "nvml"
+        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes, source=source)
 
     def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: Any) -> PlanView:
         """The solver's choice with the knobs the user edited kept (`fixed`: a
@@ -420,8 +431,11 @@ class PlanningAdapter:
         fixed = given.fixed()
         method = fixed.pop("method", "auto")
         # The wizard plans for the one card chosen (more GPUs appear as suggestions only).
+        # a bake-off of this model and dataset (`tuneplan compare`) is weighed and explained
+        measured = planning.find_measured(planning.PlanRequest(model=model.source,
+                                                               dataset_source=getattr(dataset, "source", None)))
         request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,
-                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1,
+                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1, measured=measured,
                                        seq_len_max=given.longest())
         outcome = planning.plan(request)
         r = outcome.result

@@ -156,7 +156,8 @@ def _fmt_event(e: dict[str, Any]) -> str | None:
     if kind == "eval":
         return f"eval: step {e.get('step')} eval_loss {_num(e.get('eval_loss'))}"
     if kind == "checkpoint":
-        return f"checkpoint: step {e.get('step')} -> {e.get('path')}"
+        # the folder's name: the run folder holds it (a full path would not fit a narrow tail)
+        return f"checkpoint: step {e.get('step')} -> {Path(str(e.get('path'))).name}"
     if kind == "data":
         parts = [f"{k} {e[k]}" for k in ("format", "examples", "dropped_too_long", "truncated") if k in e]
         return "data: " + ", ".join(parts)

@@ -17,7 +17,7 @@ from textual.screen import Screen
 from textual.widgets import Footer, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
-from tuneplan.ui.formatting import duration, gib, rate
+from tuneplan.ui.formatting import duration, gib, last_lines, rate
 from tuneplan.ui.messages import GpuSampled, RunUpdated
 from tuneplan.ui.run_view import RunFollower, RunSnapshot
 from tuneplan.ui.widgets.dialogs import ConfirmDialog, HelpDialog
@@ -245,18 +245,21 @@ class DashboardScreen(Screen):
             self._plot_timer = self.set_timer(PLOT_SECONDS, self._replot)
         self.query_one("#stats", Static).update(self._stats_text(s))
         self._render_tail(s)
+        box = self.query_one("#checkpoints", Static)
         cps = Text("checkpoints\n", style="bold")
         # the events list every checkpoint saved; save_total_limit (or a user) deletes old ones
         kept = [(step, path) for step, path in s.checkpoints if _on_disk(s.run_dir, path)]
-        for step, path in kept[-6:]:
-            name = Path(path).name
-            cps.append((name if str(step) in name else f"step {step}: {name}") + "\n")
         gone = len(s.checkpoints) - len(kept)
+        names = [name if str(step) in name else f"step {step}: {name}"
+                 for step, name in ((step, Path(path).name) for step, path in kept)]
+        rows = max(TAIL_LINES, box.content_size.height) - 1 - (1 if gone else 0)
+        if names:
+            cps.append("\n".join(last_lines(names, box.content_size.width or None, rows)) + "\n")
         if gone:
             cps.append(f"{gone} deleted\n", style="dim")  # by save_total_limit or by hand
         if not s.checkpoints:
             cps.append("none yet", style="dim")
-        self.query_one("#checkpoints", Static).update(cps)
+        box.update(cps)
 
     def _replot(self) -> None:
         self._plot_timer = None
@@ -313,13 +316,11 @@ class DashboardScreen(Screen):
             err = (s.measured_peak_bytes - s.predicted_peak_bytes) / s.predicted_peak_bytes
             t.append(f"  ({err:+.1%})")
         elif s.measured_peak_bytes is None:
-            t.append("  (measured on CUDA runs after step 2)", style="dim")
+            t.append("  (CUDA runs, after step 2)", style="dim")
         if len(s.gpu_rows) > 1:
             t.append("\n")
             t.append_text(self._ranks_text(s))
-        t.no_wrap = True
-        t.overflow = "ellipsis"
-        return t
+        return t  # wrapped at spaces by the widget (dashboard_screen.tcss), never cut in a word
 
     @staticmethod
     def _ranks_text(s: RunSnapshot) -> Text:
@@ -357,13 +358,15 @@ class DashboardScreen(Screen):
             error.update(Text(f"run {s.phase}: {s.error or 'no error recorded (the process vanished)'}",
                               style="bold red"))
             t.append("train.log tail:\n", style="bold")
-            lines = list(s.log_lines)[-(height - 1):]
+            source = s.log_lines
         elif self.show_log:
             t.append("train.log (l: events)\n", style="bold")
-            lines = list(s.log_lines)[-(height - 1):]
+            source = s.log_lines
         else:
             t.append("events (l: train.log)\n", style="bold")
-            lines = list(s.event_lines)[-(height - 1):]
+            source = s.event_lines
+        # the newest lines, wrapped at spaces to the tail's width: never cut inside a word
+        lines = last_lines(list(source), tail.content_size.width or None, height - 1)
         t.append("\n".join(lines) if lines else "(nothing yet)", style="" if lines else "dim")
         tail.update(t)
 
