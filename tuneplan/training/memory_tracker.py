@@ -39,6 +39,9 @@ STATIC = ("quantized_weights", "unquantized_weights", "adapter_weights", "gradie
 PHASES = ("other", "forward", "loss", "backward", "clip", "optimizer")
 HOST = "host"
 """The category of storages on `LiveTensorTracker.host_device` (host RAM, outside the peak)."""
+UNIFIED = "unified_memory"
+"""Storages an emulated CUDA run keeps in CUDA managed memory, outside the caching allocator and
+so outside the peak (`LiveTensorTracker.to_unified`)."""
 
 
 @dataclasses.dataclass
@@ -76,6 +79,8 @@ class LiveTensorTracker(TorchDispatchMode):
         self.host_current = 0
         self.host_peak = 0
         self.host_size = lambda nbytes: nbytes  # what the host allocator takes for a request
+        self.unified_current = 0
+        self.unified_peak = 0
 
     # -- storage bookkeeping -----------------------------------------------------------
     def _freed(self, key: int, _ref=None) -> None:
@@ -83,6 +88,8 @@ class LiveTensorTracker(TorchDispatchMode):
         self._refs.pop(key, None)
         if e is not None and e.category == HOST:
             self.host_current -= e.nbytes
+        elif e is not None and e.category == UNIFIED:
+            self.unified_current -= e.nbytes
         elif e is not None:
             self.current -= e.nbytes
             self.by_cat[e.category] -= e.nbytes
@@ -106,6 +113,8 @@ class LiveTensorTracker(TorchDispatchMode):
                 self.host_current += nbytes
                 self.host_peak = max(self.host_peak, self.host_current)
             return
+        if e is not None and e.category in (HOST, UNIFIED):  # outside the peak, stays there
+            return
         if e is not None:
             if nbytes != e.nbytes:  # resized in place (out= ops)
                 self.current += nbytes - e.nbytes
@@ -123,6 +132,18 @@ class LiveTensorTracker(TorchDispatchMode):
         self.current += nbytes
         self.by_cat[cat] = self.by_cat.get(cat, 0) + nbytes
         self._check_peak()
+
+    def to_unified(self, t: torch.Tensor) -> None:
+        """Move `t`'s storage out of the peak into managed memory (`UNIFIED`)."""
+        self.track(t)
+        e = self.live.get(id(t.untyped_storage()))
+        if e is None or e.category in (HOST, UNIFIED):
+            return
+        self.current -= e.nbytes
+        self.by_cat[e.category] -= e.nbytes
+        e.category = UNIFIED
+        self.unified_current += e.nbytes
+        self.unified_peak = max(self.unified_peak, self.unified_current)
 
     def allocate_static(self, nbytes: int, category: str) -> None:
         """Count `nbytes` that a CUDA run holds to the end (e.g. a cuBLAS workspace)."""
