@@ -12,12 +12,24 @@ verification/cuda_semantics.py) and compares the peak of live bytes (what
     python bench/bench_trace_cuda.py --cases llama-3.1-8b:lora:off:1:all --out /tmp/one.jsonl
     python bench/bench_trace_cuda.py --plans llama-3.1-8b@a100-80gb --out /tmp/plans.jsonl   # a plan's exact setup
 
-Traces are slow (about a minute per 8B case, several for 70B, on one core): results are
+Traces are slow (about a minute per 8B case, several for 70B, on one core; fake tensors cost
+nothing per element, but every op costs about 0.1-0.3 ms of Python dispatch, and the tiled MLP
+multiplies the MLP's ops by its shards: measured on one core, llama-3.1-8b cut to 2 layers at
+131k tokens takes 34 s of CPU, 28.8k ops in 3.4 s untiled, 89k ops in 9.7 s at 524k untiled;
+the full 8B at 32k 55 s of CPU; so a 70B at 128k, 80 layers x 16 shards, is about 10 minutes
+of CPU and a 325k 8B about 25. Wall times on the shared 2-core machine: 8B 32k 222 s, 8B 128k
+800 s, 70B 32k 640 s, 70B 128k 803 s, the 70B 48 GiB plan (4864 tokens, untiled) 2218 s): results are
 appended to `--out` as they come, cases already there are skipped, and `--report` recomputes
 the predictions from the stored traces with the current planner. Case syntax:
 `model:method:ckpt(on|off):micro_batch:targets(all|attn)[:seq_len[:arch]]`; a plan case
 `plan:model@gpu[@more plan arguments]` traces the setup `tuneplan plan --model model --gpu gpu
-...` chooses (packing and the fused loss included) on that card's architecture.
+...` chooses (packing and the fused loss included) on that card's architecture; a long-context
+case `long:model:seq_len[:arch]` traces Unsloth's long-context setup (QLoRA r32 on all linear
+layers, micro-batch 1, rows of exactly seq_len tokens) with every long-context knob on:
+activation offloading, tiled MLP, trl's chunked loss, checkpointing, LoRA dropout 0. Any case
+ending in `~L<n>` runs the model cut to its first n decoder layers (trace and prediction alike:
+a quick look at per-layer effects, e.g. `long:llama-3.1-8b:131072~L3`); such cases stay out of
+the CSV.
 """
 
 from __future__ import annotations
@@ -54,13 +66,32 @@ def grid() -> list[str]:
         for method in ("lora", "qlora"):
             for ckpt in ("off", "on"):
                 out.append(f"llama-3.1-8b:{method}:{ckpt}:1:all:{seq}")
-    return out
+    return out + LONG_CONTEXT
+
+
+# Long context (issue 20): Unsloth's setup at 32k and 128k on an 8B and a 70B, and the longest
+# sequence `tuneplan plan --seq-len max` finds for it on an 80 GB card and a 48 GiB one.
+_UNSLOTH = "--method qlora --lora-r 32 --lora-targets all-linear --batch 1 --seq-len max"
+LONG_CONTEXT = [f"long:{m}:{s}" for m in ("llama-3.1-8b", "llama-3.1-70b") for s in (32768, 131072)] + [
+    f"plan:llama-3.1-8b@a100-80gb@{_UNSLOTH}", f"plan:llama-3.1-70b@a100-80gb@{_UNSLOTH}",
+    f"plan:llama-3.1-70b@a100-80gb@{_UNSLOTH} --vram 48GiB"]
+
+
+def long_setup(seq_len: int):
+    """The long-context setup of a `long:` case (see the module doc)."""
+    from planner.setup import TrainSetup
+
+    return TrainSetup(method="qlora", lora_rank=32, lora_alpha=32, lora_dropout=0.0, lora_targets="all-linear",
+                      micro_batch=1, seq_len=seq_len, packing=False, grad_checkpointing=True, fused_ce=True,
+                      offload_activations=True, tiled_mlp=True, optimizer="adamw")
 
 
 def parse_case(case: str):
     from planner.setup import ATTENTION_TARGETS, TrainSetup
 
     parts = case.split(":")
+    if parts[0] == "long":
+        return parts[1], long_setup(int(parts[2])), parts[3] if len(parts) > 3 else "hopper"
     model, method, ckpt, mb, targets = parts[:5]
     seq = int(parts[5]) if len(parts) > 5 else 2048
     arch = parts[6] if len(parts) > 6 else "hopper"
@@ -101,17 +132,42 @@ def gpu_for(arch: str):
     return GPU(key=arch, name=arch, memory_bytes=80 * GiB, bf16=True, arch=arch)
 
 
-def predict(model: str, setup, arch: str):
+def model_config(model: str, layers: int | None = None) -> dict:
+    """The catalog model's config.json, cut to its first `layers` decoder layers if given."""
+    from planner import catalog
+
+    config = dict(catalog.get(model).config)
+    if layers:
+        config["num_hidden_layers"] = layers
+        for key in ("layer_types",):  # per-layer lists follow the cut
+            if isinstance(config.get(key), list):
+                config[key] = config[key][:layers]
+    return config
+
+
+def split_layers(case: str) -> tuple[str, int | None]:
+    """(`case` without its `~L<n>` suffix, n or None)."""
+    if "~L" in case:
+        base, n = case.rsplit("~L", 1)
+        return base, int(n)
+    return case, None
+
+
+def predict(model: str, setup, arch: str, layers: int | None = None):
     from planner import catalog
     from planner.memory import estimate_memory
 
-    return estimate_memory(catalog.load_spec(catalog.get(model).name), setup, gpu_for(arch), padded_rows=False)
+    spec = catalog.load_spec(catalog.get(model).name)
+    if layers:
+        from planner.spec import spec_from_config
+
+        spec = spec_from_config(model_config(model, layers), f"{model}~L{layers}")
+    return estimate_memory(spec, setup, gpu_for(arch), padded_rows=False)
 
 
 def run(cases: list[str], out: Path) -> None:
     import torch
 
-    from planner import catalog
     from verification.memory_trace import trace_fake
 
     torch.set_num_threads(1)
@@ -121,17 +177,19 @@ def run(cases: list[str], out: Path) -> None:
     for case in cases:
         if case in done:
             continue
-        if case.startswith("plan:"):
-            model, setup, arch = plan_setup(*case[len("plan:"):].split("@"))
+        name, layers = split_layers(case)
+        if name.startswith("plan:"):
+            model, setup, arch = plan_setup(*name[len("plan:"):].split("@"))
         else:
-            model, setup, arch = parse_case(case)
+            model, setup, arch = parse_case(name)
         t = time.perf_counter()
         try:
-            r = trace_fake(dict(catalog.get(model).config), setup, semantics="cuda", arch=arch)
+            r = trace_fake(model_config(model, layers), setup, semantics="cuda", arch=arch)
         except Exception as e:  # keep going: one family's failure must not stop the grid
             print(f"{case}: trace failed: {type(e).__name__}: {e}", flush=True)
             continue
         rec = {"case": case, "model": model, "arch": arch, "setup": asdict(setup), "peak_bytes": r.peak_bytes,
+               "host_peak_bytes": r.host_peak_bytes, "layers": layers,
                "peak_where": r.peak_where, "peak_breakdown": r.peak_breakdown, "static": r.static,
                "phases": r.phases, "marks": r.marks, "mark_ops": r.mark_ops,
                "backends": r.meta.get("sdpa_backends"), "seconds": round(time.perf_counter() - t, 1)}
@@ -158,7 +216,7 @@ def report(out: Path) -> tuple[float, float]:
     print(f"{'case':<40} {'trace GiB':>10} {'plan GiB':>10} {'error':>7}  {'trace peak at':<20} {'plan peak at'}")
     for rec in rows:
         setup = TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in rec["setup"].items()})
-        if rec["case"].startswith("plan:"):
+        if rec["case"].startswith("plan:") and not rec.get("layers"):
             from planner import catalog
             from planner.gpus import get_gpu
             from planner.memory import estimate_memory
@@ -166,12 +224,16 @@ def report(out: Path) -> tuple[float, float]:
             gpu = get_gpu(rec["case"].split("@")[1])
             est = estimate_memory(catalog.load_spec(rec["model"]), setup, gpu)
         else:
-            est = predict(rec["model"], setup, rec["arch"])
+            est = predict(rec["model"], setup, rec["arch"], rec.get("layers"))
         err = est.torch_peak_bytes / rec["peak_bytes"] - 1
         errs.append(err)
         where = next((k[len("peak_phase_"):] for k in est.details if k.startswith("peak_phase_")), "?")
         print(f"{rec['case']:<40} {rec['peak_bytes'] / GiB:>10.3f} {est.torch_peak_bytes / GiB:>10.3f} "
               f"{err:>+7.2%}  {rec['peak_where']:<20} {where}")
+        if rec.get("host_peak_bytes"):  # activation offloading: the host RAM it holds
+            host = est.details.get("host_activation_bytes", 0)
+            print(f"{'  host RAM (offloaded)':<40} {rec['host_peak_bytes'] / GiB:>10.3f} {host / GiB:>10.3f} "
+                  f"{host / rec['host_peak_bytes'] - 1:>+7.2%}")
     if not errs:
         return 0.0, 0.0
     med = statistics.median(abs(e) for e in errs)
@@ -180,17 +242,25 @@ def report(out: Path) -> tuple[float, float]:
     return med, worst
 
 
+CSV_FIELDS = ["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_where", "trace_host_peak_bytes"]
+
+
 def write_csv(out: Path, path: Path) -> None:
-    """case, model, arch, setup (JSON), traced peak bytes, peak phase: what the tests need."""
+    """case, model, arch, setup (JSON), traced peak bytes, peak phase, host bytes (activation
+    offloading): what the tests need. Rows already in `path` for cases `out` does not hold are
+    kept (the grid is traced in parts)."""
     import csv
 
-    rows = _records(out)
+    rows = {r["case"]: [r["case"], r["model"], r["arch"], json.dumps(r["setup"], sort_keys=True), r["peak_bytes"],
+                        r["peak_where"], r.get("host_peak_bytes", 0)] for r in _records(out) if not r.get("layers")}
+    kept = []
+    if path.exists():
+        with path.open(newline="") as fh:
+            kept = [[row.get(k) or 0 for k in CSV_FIELDS] for row in csv.DictReader(fh) if row["case"] not in rows]
     with path.open("w", newline="") as fh:
         w = csv.writer(fh)
-        w.writerow(["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_where"])
-        for r in rows:
-            w.writerow([r["case"], r["model"], r["arch"], json.dumps(r["setup"], sort_keys=True), r["peak_bytes"],
-                        r["peak_where"]])
+        w.writerow(CSV_FIELDS)
+        w.writerows(kept + list(rows.values()))
 
 
 def main() -> int:

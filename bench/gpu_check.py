@@ -2,7 +2,7 @@
 
 Run (from the repository root, on the GPU machine; nothing is downloaded):
 
-    python bench/gpu_check.py                  # the matrix on this machine's GPU, about 6-8 min on one H200
+    python bench/gpu_check.py                  # the matrix on this machine's GPU, about 8-10 min on one H200
     python bench/gpu_check.py --dry-run        # any machine: the matrix with its predictions, one tiny CPU case
     python bench/gpu_check.py --only 8b-lora-ckpt-mb1,70b-qlora-ckpt-mb1
 
@@ -17,7 +17,9 @@ GPU and time, plus each case's probe.json.
 
 Matrix: Llama-3.1-8B LoRA and QLoRA x checkpointing on/off x micro-batch 1/4 at 2048 tokens;
 Llama-3.1-70B QLoRA with checkpointing; one MoE (Qwen3-30B-A3B LoRA, checkpointing); the
-solver's own choice for Llama-3.1-8B on this card.
+solver's own choice for Llama-3.1-8B on this card; one long-context case (Llama-3.1-8B QLoRA
+r32 on all linear layers at 32k tokens with activation offloading, the tiled MLP, the chunked
+loss and checkpointing: tuneplan/training/long_context.py).
 """
 
 from __future__ import annotations
@@ -40,13 +42,17 @@ MEMORY_TOLERANCE = 0.10
 to within 5% of the CPU trace; the allocator's reserve and the driver's context carry more)."""
 SPEED_TOLERANCE = 0.30
 """The throughput model's stated tolerance (README `## tuneplan plan`: +-30%)."""
-TOTAL_BUDGET_S = 480
-"""The whole matrix on one H200 (8 minutes)."""
+TOTAL_BUDGET_S = 600
+"""The whole matrix on one H200 (10 minutes)."""
 TARGET_GPU = "h200"
 """The card the predictions are shown for with --dry-run (no GPU here)."""
 BASE = TrainSetup(method="lora", compute_dtype="bfloat16", lora_rank=16, lora_alpha=32, lora_dropout=0.05,
                   micro_batch=1, grad_accum=1, seq_len=2048, packing=False, grad_checkpointing=True,
                   optimizer="adamw", attn="sdpa", fused_ce=True)
+
+LONG_CONTEXT = replace(BASE, method="qlora", lora_rank=32, lora_alpha=32, lora_dropout=0.0, lora_targets="all-linear",
+                       seq_len=32768, grad_checkpointing=True, fused_ce=True, offload_activations=True,
+                       tiled_mlp=True)
 
 
 @dataclass
@@ -76,6 +82,8 @@ def matrix() -> list[Case]:
     # peft adapts the fused experts and the router (all-linear); no dropout on them (modeling.py)
     cases.append(Case("moe-qwen3-30b-a3b-lora-ckpt-mb1", "qwen3-30b-a3b", replace(BASE, lora_dropout=0.0), 150))
     cases.append(Case("8b-solver-choice", "llama-3.1-8b", None, 90))
+    # long context (issue 20): Unsloth's setup with every long-context knob on, at 32k tokens
+    cases.append(Case("long-8b-qlora-32k", "llama-3.1-8b", LONG_CONTEXT, 150))
     return cases
 
 

@@ -20,6 +20,7 @@ Pure standard library plus `tomli_w` for writing. Validation names the field and
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 import types
@@ -30,6 +31,7 @@ from typing import Any, TypeVar
 
 from planner.setup import TUNEPLAN_STACK, CalibrationProfile, TrainSetup
 from tuneplan.errors import UserError, check_path
+from tuneplan.files import CONFIG_MAX_BYTES, read_text_bounded
 from tuneplan.knobs import validate_setup as _validate_knobs
 from tuneplan.settings import MAX_COUNT  # noqa: F401  (re-exported: the largest count every layer takes)
 from tuneplan.settings import CHOICE, COUNT, DURATION, NUMBER, SWITCH, URL, declared, setting
@@ -59,6 +61,37 @@ MAX_EPOCHS = 1e6
 
 class ConfigError(UserError):
     """A configuration value the user must fix; the message names the field and the value."""
+
+
+NOTIFY_SCHEMES = ("http", "https", "ntfy+http", "ntfy+https")
+
+
+def notify_url_problem(url: str) -> str | None:
+    """What is wrong with an alert URL (None: nothing), read with `urllib.parse.urlsplit` and
+    checked part by part: the parser itself accepts an empty host, wraps no port but lets 0
+    through, and keeps `user:pass@`, spaces and line breaks, which either break the request
+    (CR/LF inject headers), go to another port, or send a password to the resolver."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "must not contain spaces, tabs or line breaks"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or outside 0-65535
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme.lower() not in NOTIFY_SCHEMES:
+        return "must be an http:// or https:// URL"
+    if "@" in parts.netloc:
+        return "must not hold a user name or password (user:pass@); put the token in the path, as webhooks do"
+    host = parts.hostname or ""
+    if not host:
+        return "has no host name"
+    if not all(c.isalnum() or c in ".-_:" for c in host):
+        return f"has a host name that is not one ({host!r})"
+    if port == 0:
+        return "has port 0, which no server listens on (use 1-65535)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -159,7 +192,7 @@ class PredictionConfig:
 
 @dataclass(frozen=True)
 class NotifyConfig:
-    url: str | None = setting(None, URL, flag="--notify", metavar="URL", group="alerts", order=16,
+    url: str | None = setting(None, URL, rule=notify_url_problem, flag="--notify", metavar="URL", group="alerts", order=16,
                               help="webhook (JSON POST) or ntfy topic URL for done, failed, crashed, stalled, NaN "
                                    "and re-plan alerts (default: the user config's; `off` for none)")
     """Where alerts go: a webhook (JSON POST) or an ntfy-style topic URL (plain text);
@@ -433,7 +466,7 @@ def read_toml_text(path: Path) -> tuple[dict[str, Any], str]:
     malformed file."""
     path = Path(check_path(path, "the configuration file name"))
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_bounded(path, CONFIG_MAX_BYTES)  # a FIFO or /dev/zero is refused, never read
         return tomllib.loads(text), text
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
@@ -466,7 +499,11 @@ def save_config(config: RunConfig, path: Path, *, overwrite: bool = False) -> No
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; pick another path")
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_config(config), encoding="utf-8")
+    # never through a symlink planted at the temporary name (O_NOFOLLOW); the rename replaces
+    # a link at `path` itself, never its target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(dump_config(config))
     tmp.replace(path)
 
 

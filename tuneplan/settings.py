@@ -25,7 +25,6 @@ COUNT, NUMBER, CHOICE, DURATION, SWITCH, URL = "count", "number", "choice", "dur
 MAX_COUNT = 2**31 - 1
 """Largest whole number a count takes, knob or setting (`tuneplan.knobs` and `tuneplan.config`
 re-export it): torch and the tokenizers index with 32-bit ints in places."""
-URL_SCHEMES = ("http://", "https://", "ntfy+http://", "ntfy+https://")
 
 
 @dataclass(frozen=True)
@@ -50,6 +49,9 @@ class Setting:
     hi_open: bool = False
     at_most: float | None = None
     """A sanity cap said on its own (`must be at most 10`), on top of the range."""
+    rule: Callable[[Any], str | None] | None = None
+    """`url`: what is wrong with a value that is set (None: nothing), e.g.
+    `tuneplan.config.notify_url_problem`."""
     metavar: str | None = None
     order: int = 0
     """Place of the flag in `--help` (declaration order within a section)."""
@@ -148,8 +150,18 @@ class Setting:
                 return str(exc)
             return None
         if self.kind == URL:
-            return None if not value or str(value).startswith(URL_SCHEMES) else "must be an http:// or https:// URL"
+            return self.rule(value) if value and self.rule is not None else None
         return None
+
+    def shown(self, value: Any) -> str:
+        """`value` as an error message quotes it: a URL without what sits before an '@' (a
+        password is never echoed), anything cut at 60 characters."""
+        if self.kind == URL and isinstance(value, str):
+            import re
+
+            value = re.sub(r"//[^/@]*@", "//***@", value)
+        text = repr(value)
+        return text if len(text) <= 60 else text[:57] + "..."
 
 
 def setting(default: Any, kind: str, **meta: Any) -> Any:
@@ -194,8 +206,7 @@ def check(obj: Any, settings: Iterable[Setting], error: Callable[[str], Exceptio
         value = getattr(obj, s.name)
         why = s.problem(value)
         if why:
-            text = repr(value)
-            got = "" if s.kind == DURATION else f" (got {text if len(text) <= 60 else text[:57] + '...'})"
+            got = "" if s.kind == DURATION else f" (got {s.shown(value)})"
             raise error(f"{s.key} {why}{got}")  # a duration's message names the value itself
 
 

@@ -55,6 +55,25 @@ from the CPU one by exactly these mechanisms:
   TORCH_CUBLASLT_UNIFIED_WORKSPACE=1). The forward runs on the Python thread, the backward on
   the autograd engine's CUDA device thread (torch/csrc/autograd/engine.cpp device threads):
   two handles, two workspaces.
+- `offload` (`offload_activations` only): on CUDA trl builds its activation-offloading manager
+  itself (`SFTConfig(activation_offloading=True)` -> trl/models/activation_offloading.py
+  `get_act_offloading_ctx_manager(model)`: pinned host buffers, a second stream, up to 5 packed
+  tensors kept on the card until their copy is done); on the CPU tuneplan builds the same
+  manager single-stream (tuneplan/training/long_context.py). The emulation builds it with trl's
+  CUDA options and runs trl's own pack/unpack code, with one change: the host buffers it
+  allocates (`torch.empty`/`empty_like(..., device="cpu", pin_memory=...)`) are put on the
+  meta device, which stands for host RAM. The tracker counts meta storages as host bytes
+  (`LiveTensorTracker.host_device`), outside the device peak, and trl's `.to(device)` in the
+  unpack hook then allocates the device copy the backward reads, as on a card. Each host
+  buffer counts what torch's pinned caching host allocator takes for it: the request rounded
+  up to a power of two (aten/src/ATen/core/CachingHostAllocator.h `allocate`,
+  `c10::llvm::PowerOf2Ceil`).
+- `paged`: bitsandbytes' paged optimizers (`paged-adamw-8bit`, `paged-adamw-32bit`) keep the
+  state of every tensor of at least 1e5 elements in CUDA managed memory (bitsandbytes/optim/
+  optimizer.py `Optimizer8bit.get_state_buffer` -> `functional.get_paged`, cudaMallocManaged),
+  outside the caching allocator, so outside `max_memory_allocated`; on the CPU they fall back
+  to ordinary tensors. The emulation allocates them as on the CPU and moves them out of the
+  peak (`LiveTensorTracker.to_unified`, `TraceResult.unified_peak_bytes`).
 """
 
 from __future__ import annotations
@@ -66,7 +85,8 @@ from pathlib import Path
 
 import torch
 
-MECHANISMS = ("sdpa", "sdpa_workspace", "autocast", "dropout", "foreach", "bnb_gemm", "trl_triton", "cublas")
+MECHANISMS = ("sdpa", "sdpa_workspace", "autocast", "dropout", "foreach", "bnb_gemm", "trl_triton", "cublas",
+              "offload", "paged")
 
 # (SM count, compute capability) of the card each architecture stands for: A100, H100/H200,
 # L40S, B200, T4 (NVIDIA data sheets). Used by the CUDA rules that depend on the card.
@@ -231,6 +251,30 @@ def bnb_gemm_workspace(args, kwargs, arch: str) -> int:
 _GEMMS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "addmv", "mv", "dot", "_scaled_mm"}
 
 
+HOST_DEVICE = "meta"
+"""The device that stands for host RAM in the emulation (see `offload`)."""
+
+
+class _HostOnMeta:
+    """trl's activation-offloading module sees this instead of `torch`: host (`device="cpu"`)
+    buffers are allocated on `HOST_DEVICE`, unpinned; everything else is torch itself."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _host(kwargs):
+        if str(kwargs.get("device")) == "cpu":
+            kwargs = {**kwargs, "device": HOST_DEVICE, "pin_memory": False}
+        return kwargs
+
+    def empty(self, *args, **kwargs):
+        return torch.empty(*args, **self._host(kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return torch.empty_like(*args, **self._host(kwargs))
+
+
 class CudaEmulation:
     """The dispatch-level half of the emulation, called by `LiveTensorTracker` after each op:
     kernel workspaces (counted while the op runs) and the cuBLAS workspaces (kept)."""
@@ -238,9 +282,16 @@ class CudaEmulation:
     def __init__(self, arch: str, mechanisms):
         self.arch = arch
         self.on = frozenset(mechanisms)
+        self.host_device = HOST_DEVICE if "offload" in self.on else None
         self.handles: set[str] = set()
         self.lt_handles: set[str] = set()
         self.backends: list[str] = []
+        self.tracker = None  # set by the trace: `paged` moves optimizer states out of its peak
+
+    @staticmethod
+    def host_nbytes(nbytes: int) -> int:
+        """Pinned host bytes of a request (see `offload`): the next power of two."""
+        return 0 if nbytes <= 0 else 1 << (int(nbytes) - 1).bit_length()
 
     def after(self, tracker, func, args, kwargs) -> None:
         name = func.__name__.split(".")[0]
@@ -274,8 +325,10 @@ def cuda_semantics(arch: str = "hopper", mechanisms=MECHANISMS):
     on = emu.on
     undo: list = []
 
+    missing = object()
+
     def patch(obj, name, value):
-        undo.append((obj, name, getattr(obj, name)))
+        undo.append((obj, name, getattr(obj, name, missing)))
         setattr(obj, name, value)
 
     lib = None
@@ -333,9 +386,40 @@ def cuda_semantics(arch: str = "hopper", mechanisms=MECHANISMS):
                 patch(clp, "_forward_tile", in_place)
                 patch(clp, "_backward_tile", in_place)
                 patch(clp, "_addmm_fp32", in_place)
+        if "offload" in on:
+            import trl.models.activation_offloading as act
+
+            from tuneplan.training import long_context
+
+            # trl's defaults, as `SFTTrainer` builds the manager on CUDA (sft_trainer.py)
+            patch(long_context, "CPU_OFFLOAD_OPTIONS", {"use_pin_memory": True, "use_streams": True})
+            patch(act, "torch", _HostOnMeta())
+            # trl tells storages apart by `data_ptr()` (deduplication, parameter storages); a
+            # fake tensor's storage is a meta storage whose pointer is 0: give each its own
+            orig_ptr = torch.UntypedStorage.data_ptr
+
+            def data_ptr(storage):
+                return id(storage) if storage.device.type == "meta" else orig_ptr(storage)
+
+            patch(torch.UntypedStorage, "data_ptr", data_ptr)
+            # trl synchronises its two streams on exit; CPU streams are already in order
+            patch(torch.cpu.Stream, "synchronize", lambda stream: None)
+        if "paged" in on:
+            import bitsandbytes.optim.optimizer as bnb_opt
+
+            def get_state_buffer(opt, p, dtype=torch.float32):
+                buf = torch.zeros_like(p, dtype=dtype, device=p.device)
+                if opt.is_paged and p.numel() >= 1e5 and emu.tracker is not None:  # get_paged on CUDA
+                    emu.tracker.to_unified(buf)
+                return buf
+
+            patch(bnb_opt.Optimizer8bit, "get_state_buffer", get_state_buffer)
         yield emu
     finally:
         if lib is not None:
             lib._destroy()
         for obj, name, value in reversed(undo):
-            setattr(obj, name, value)
+            if value is missing:
+                delattr(obj, name)
+            else:
+                setattr(obj, name, value)

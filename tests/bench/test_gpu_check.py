@@ -29,6 +29,8 @@ def test_a_small_card_skips_what_it_cannot_hold_with_the_reason():
     cases = gc.matrix()
     names = [c.name for c in cases]
     assert "70b-qlora-ckpt-mb1" in names and "8b-solver-choice" in names and any("moe" in n for n in names)
+    long = next(c for c in cases if c.name == "long-8b-qlora-32k")
+    assert long.setup.offload_activations and long.setup.tiled_mlp and long.setup.seq_len == 32768
     assert sum(n.startswith("8b-") and "solver" not in n for n in names) == 8
     hw = Hardware(gpu=get_gpu("rtx-4090"), source="catalog")
     gc.prepare(cases, hw)
@@ -56,7 +58,10 @@ def test_dry_run_prints_the_matrix_and_runs_one_tiny_case(tmp_path):
     mds = list((tmp_path / "results").glob("gpu_check-dry-run-*.md"))
     assert len(csvs) == len(mds) == 1
     rows = {r["case"]: r for r in csv.DictReader(csvs[0].open())}
-    assert len(rows) == 12 and rows["70b-qlora-ckpt-mb1"]["status"] == "predicted"
+    assert len(rows) == 13 and rows["70b-qlora-ckpt-mb1"]["status"] == "predicted"
+    # the long-context case: planned with its offloaded activations, on the card with room to spare
+    assert rows["long-8b-qlora-32k"]["status"] == "predicted"
+    assert 8 * 1024**3 < int(rows["long-8b-qlora-32k"]["device_bytes_predicted"]) < 40 * 1024**3
     assert int(rows["70b-qlora-ckpt-mb1"]["device_bytes_predicted"]) > 40 * 1024**3  # 70B in 4-bit and more
     tiny = rows["tiny-cpu-random"]
     assert tiny["status"] == "measured" and int(tiny["torch_peak_bytes_measured"]) > 0

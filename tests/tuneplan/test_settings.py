@@ -65,6 +65,7 @@ def test_each_flag_reaches_its_config_key(s):
     ("training.report_to", "tb", "training.report_to must be one of none, tensorboard"),
     ("recovery.max_retries", -1, "recovery.max_retries must be >= 0 (got -1)"),
     ("notify.url", "ftp://x", "notify.url must be an http:// or https:// URL (got 'ftp://x')"),
+    ("notify.url", "https://u:secret@x.org/h", "notify.url must not hold a user name or password"),
     ("data.eval_fraction", 1, "data.eval_fraction must be in [0, 1) (got 1)"),
 ])
 def test_each_rule_names_the_key_and_the_value(key, value, message):

@@ -86,3 +86,62 @@ def test_bnb_dequantizes_the_whole_weight_above_the_fused_kernel_limit():
 
     assert bnb_dequantizes(2048, 4096, 4096, 64, torch.bfloat16, "hopper")  # > 1536 rows
     assert not bnb_dequantizes(4, 4096, 4096, 64, torch.bfloat16, "hopper")  # the fused kernel
+
+
+_LONG = replace(SMALL_SETUP, method="qlora", micro_batch=1, seq_len=1024, grad_checkpointing=True, fused_ce=True,
+                lora_targets="all-linear", lora_dropout=0.0)
+
+
+def test_offloaded_layer_inputs_leave_the_card_and_are_counted_in_host_ram():
+    """`offload`: trl's own pack/unpack hooks move each checkpointed layer input (and what the
+    head saves) into host RAM; the device keeps what trl's stash keeps. Without the mechanism
+    (the CPU's single-stream manager) the copies stay in the one memory."""
+    from trace_models import FAMILIES
+    from verification.cuda_semantics import MECHANISMS
+
+    cfg = FAMILIES["llama"]
+    layers, hidden, tokens = cfg["num_hidden_layers"], cfg["hidden_size"], _LONG.seq_len
+    plain = _trace("llama", _LONG, semantics="cuda", arch="hopper")
+    off = _trace("llama", replace(_LONG, offload_activations=True), semantics="cuda", arch="hopper")
+    layer_input = tokens * hidden * 2  # bf16
+    assert plain.host_peak_bytes == 0
+    # every layer input in pinned host RAM (a power of two each), and the head's tensors
+    assert off.host_peak_bytes >= layers * layer_input
+    assert off.peak_bytes <= plain.peak_bytes
+    cpu_side = _cuda("llama", replace(_LONG, offload_activations=True), *[m for m in MECHANISMS if m != "offload"],
+                     arch="hopper")
+    assert cpu_side.host_peak_bytes == 0
+
+
+def test_the_tiled_mlp_runs_its_real_code_in_the_trace():
+    """With checkpointing off a layer saves its MLP's intermediates; tiled, it saves only the
+    MLP input (the shards run under no_grad), so the activations left at the end of the
+    forward shrink by at least the gate/up/act tensors of every layer."""
+    from trace_models import FAMILIES
+
+    cfg = FAMILIES["llama"]
+    setup = replace(_LONG, grad_checkpointing=False)
+    plain = _trace("llama", setup, semantics="cuda", arch="hopper")
+    tiled = _trace("llama", replace(setup, tiled_mlp=True), semantics="cuda", arch="hopper")
+    assert any("tiled MLP" in n for n in tiled.meta["notes"])
+    end = "step2.forward_end"
+    intermediates = cfg["num_hidden_layers"] * 3 * setup.seq_len * cfg["intermediate_size"] * 2
+    assert plain.marks[end]["forward"] - tiled.marks[end]["forward"] >= intermediates
+
+
+def test_paged_optimizer_states_leave_the_peak():
+    """`paged`: bitsandbytes keeps the paged optimizer's state of every tensor of 1e5 elements
+    or more in CUDA managed memory, outside the caching allocator's peak (LoRA r32 on a hidden
+    size of 4096: A and B are 131,072 elements each)."""
+    from trace_models import FAMILIES
+    from verification.cuda_semantics import MECHANISMS
+    from verification.memory_trace import trace_fake
+
+    cfg = dict(FAMILIES["llama"], hidden_size=4096, intermediate_size=4096, num_hidden_layers=1,
+               num_attention_heads=32, num_key_value_heads=8)
+    setup = replace(_S, method="lora", optimizer="paged-adamw-8bit", lora_rank=32, lora_targets=("q_proj",),
+                    seq_len=64, micro_batch=1)
+    on = trace_fake(cfg, setup, semantics="cuda", arch="hopper")
+    off = trace_fake(cfg, setup, semantics="cuda", arch="hopper", mechanisms=[m for m in MECHANISMS if m != "paged"])
+    assert off.unified_peak_bytes == 0 and on.unified_peak_bytes > 0
+    assert off.static["optimizer_states"] - on.static["optimizer_states"] == on.unified_peak_bytes

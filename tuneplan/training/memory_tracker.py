@@ -37,6 +37,11 @@ from planner.setup import TrainSetup
 
 STATIC = ("quantized_weights", "unquantized_weights", "adapter_weights", "gradients", "optimizer_states")
 PHASES = ("other", "forward", "loss", "backward", "clip", "optimizer")
+HOST = "host"
+"""The category of storages on `LiveTensorTracker.host_device` (host RAM, outside the peak)."""
+UNIFIED = "unified_memory"
+"""Storages an emulated CUDA run keeps in CUDA managed memory, outside the caching allocator and
+so outside the peak (`LiveTensorTracker.to_unified`)."""
 
 
 @dataclasses.dataclass
@@ -68,12 +73,24 @@ class LiveTensorTracker(TorchDispatchMode):
         # called after every op as `emulation.after(tracker, func, args, kwargs)`: the CUDA
         # semantics of the verification trace (verification/cuda_semantics.py); None here
         self.emulation: Any = None
+        # the device that stands for host RAM in an emulated trace (activation offloading's
+        # host copies): its storages count in `host_current` / `host_peak`, not in the peak
+        self.host_device: str | None = None
+        self.host_current = 0
+        self.host_peak = 0
+        self.host_size = lambda nbytes: nbytes  # what the host allocator takes for a request
+        self.unified_current = 0
+        self.unified_peak = 0
 
     # -- storage bookkeeping -----------------------------------------------------------
     def _freed(self, key: int, _ref=None) -> None:
         e = self.live.pop(key, None)
         self._refs.pop(key, None)
-        if e is not None:
+        if e is not None and e.category == HOST:
+            self.host_current -= e.nbytes
+        elif e is not None and e.category == UNIFIED:
+            self.unified_current -= e.nbytes
+        elif e is not None:
             self.current -= e.nbytes
             self.by_cat[e.category] -= e.nbytes
 
@@ -88,6 +105,16 @@ class LiveTensorTracker(TorchDispatchMode):
         key = id(st)
         e = self.live.get(key)
         nbytes = st.nbytes()
+        if self.host_device is not None and t.device.type == self.host_device:
+            if e is None:
+                nbytes = self.host_size(nbytes)
+                self.live[key] = _Entry(nbytes, HOST, self._op)
+                self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
+                self.host_current += nbytes
+                self.host_peak = max(self.host_peak, self.host_current)
+            return
+        if e is not None and e.category in (HOST, UNIFIED):  # outside the peak, stays there
+            return
         if e is not None:
             if nbytes != e.nbytes:  # resized in place (out= ops)
                 self.current += nbytes - e.nbytes
@@ -105,6 +132,18 @@ class LiveTensorTracker(TorchDispatchMode):
         self.current += nbytes
         self.by_cat[cat] = self.by_cat.get(cat, 0) + nbytes
         self._check_peak()
+
+    def to_unified(self, t: torch.Tensor) -> None:
+        """Move `t`'s storage out of the peak into managed memory (`UNIFIED`)."""
+        self.track(t)
+        e = self.live.get(id(t.untyped_storage()))
+        if e is None or e.category in (HOST, UNIFIED):
+            return
+        self.current -= e.nbytes
+        self.by_cat[e.category] -= e.nbytes
+        e.category = UNIFIED
+        self.unified_current += e.nbytes
+        self.unified_peak = max(self.unified_peak, self.unified_current)
 
     def allocate_static(self, nbytes: int, category: str) -> None:
         """Count `nbytes` that a CUDA run holds to the end (e.g. a cuBLAS workspace)."""
@@ -129,6 +168,8 @@ class LiveTensorTracker(TorchDispatchMode):
             self.peak = self.current
             self.peak_breakdown = {k: v for k, v in self.by_cat.items() if v}
             self.peak_where = key
+            if self.step >= 2:  # the step the planner predicts: what the peak is made of, op by op
+                self.mark("peak")
 
     def set_phase(self, phase: str) -> None:
         self.phase = phase

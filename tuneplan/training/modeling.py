@@ -19,7 +19,8 @@ The planner (`planner/memory.py`) predicts the memory of exactly this path, and
    models also adapts the fused experts and the router), `attention`, or names (see
    `lora_targets`). peft cannot apply dropout to MoE tensors (`lora.ParamWrapper`), so dropout
    is 0 whenever they are adapted, with a note. Method `full`: every parameter trainable, no
-   peft.
+   peft. Long context (`tiled_mlp`): every decoder layer's MLP is then routed through the
+   tiled MLP of `tuneplan/training/long_context.py`.
 
 Known library behaviour downstream of this module (documented in docs/training-path.md):
 trl's `SFTTrainer` casts the trainable parameters of a 4-bit model to bf16 when it is
@@ -237,7 +238,24 @@ def lora_targets(model, setup: TrainSetup) -> tuple[list[str] | str, list[str]]:
 
 
 def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
-    """Steps 2-3 on a loaded model: freeze, checkpointing, LoRA (or all-trainable for `full`)."""
+    """Steps 2-3 on a loaded model: freeze, checkpointing, LoRA (or all-trainable for `full`),
+    then the tiled MLP when `setup.tiled_mlp` (training/long_context.py)."""
+    from tuneplan.training import long_context
+
+    implied = long_context.effective_setup(setup)
+    if implied is not setup:
+        _note(notes, "gradient checkpointing on: activation offloading keeps the checkpointed layer inputs "
+                     "in host RAM, so it implies checkpointing")
+        setup = implied
+    model = _prepare(model, setup, notes)
+    if getattr(setup, "tiled_mlp", False):
+        n = long_context.apply_tiled_mlp(model)
+        _note(notes, f"tiled MLP: {n} decoder-layer MLPs run shard by shard along the sequence "
+                     f"(ceil(tokens / hidden_size) shards), recomputed in backward")
+    return model
+
+
+def _prepare(model, setup: TrainSetup, notes: list[str]):
     model.config.use_cache = False
     if setup.method == "full":
         for p in model.parameters():

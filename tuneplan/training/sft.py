@@ -36,6 +36,10 @@ trainer. The planner (`planner/memory.py`) predicts exactly this path and
    multi-turn conversations whose template can mark assistant spans stay whole
    conversations (`messages` rows) trained with `assistant_only_loss` (every assistant turn).
 
+6. Long context (training/long_context.py): `offload_activations` -> trl's
+   `activation_offloading` (pinned host RAM, a second CUDA stream; on the CPU the same manager
+   built for the CPU device); `tiled_mlp` is applied by modeling.py.
+
 Known library behaviour (not ours, documented in docs/training-path.md by modeling.py's
 owner): trl casts the trainable parameters of a 4-bit model to bf16 in `__init__`.
 """
@@ -77,7 +81,9 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
     (a temporary folder is used for trl's bookkeeping)."""
     from trl import SFTConfig
 
-    s, t = run_config.setup, run_config.training
+    from tuneplan.training.long_context import effective_setup
+
+    s, t = effective_setup(run_config.setup), run_config.training  # offloading implies checkpointing
     saving = output_dir is not None
     if output_dir is None:
         output_dir = tempfile.mkdtemp(prefix="tuneplan-trainer-")
@@ -96,6 +102,9 @@ def sft_config(run_config: RunConfig, *, output_dir: str | None = None, has_eval
         packing_strategy=packing_strategy(s, attn_implementation),
         padding_free=False,  # implied by bfd packing; off without packing (needs flash-attention)
         gradient_checkpointing=s.grad_checkpointing,
+        # long context: trl's offloading of saved tensors to pinned host RAM on CUDA; on the CPU
+        # build_trainer installs the same manager itself (training/long_context.py)
+        activation_offloading=bool(s.offload_activations) and _cuda_available(),
         gradient_checkpointing_kwargs={"use_reentrant": False} if s.grad_checkpointing else None,
         bf16=s.compute_dtype == "bfloat16",
         fp16=s.compute_dtype == "float16",
@@ -203,6 +212,14 @@ def build_trainer(run_config: RunConfig, model, tokenizer, train_ds, eval_ds=Non
         callbacks=list(callbacks or []),
     )
     trainer.fused_ce = run_config.setup.fused_ce
+    if run_config.setup.offload_activations:
+        if not args.activation_offloading:  # the CPU: trl's manager, built for the CPU device
+            from tuneplan.training.long_context import offload_manager
+
+            trainer.maybe_activation_offload_context = offload_manager(trainer.model)
+        log.info("activation offloading: saved tensors (the checkpointed layer inputs) go to host RAM%s",
+                 " (pinned, on a second CUDA stream)" if args.activation_offloading
+                 else " (CPU: a copy in the same RAM, same code path)")
     if output_dir is not None:
         from pathlib import Path
 

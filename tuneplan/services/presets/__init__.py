@@ -37,8 +37,8 @@ from tuneplan.services.presets.refit import (
     SEQ_STEP, Refit, load_preset_config, local_hardware, refit, target_hardware, with_knobs,
 )
 from tuneplan.services.presets.store import (
-    PRESETS_DIR_ENV, PresetEntry, delete_preset, find_preset, list_presets, preset_from_run_config, project_dir,
-    save_config_as_preset, search_path, shipped_dir, user_dir, write_preset_text,
+    PRESETS_DIR_ENV, PresetEntry, deletable, delete_preset, find_preset, list_presets, preset_from_run_config,
+    project_dir, save_config_as_preset, search_path, shipped_dir, user_dir, write_preset_text,
 )
 # the bundled sources live in their own module; named here too, as the presets' sources
 from tuneplan.services.bundled import (
@@ -48,7 +48,7 @@ from tuneplan.services.bundled import (
 __all__ = [
     "FORMAT_VERSION", "Preset", "PresetConstraints", "PresetEvidence", "PresetError", "Refit",
     "find_preset", "list_presets", "load_preset_file", "preset_from_toml", "refit", "load_preset_config",
-    "save_from_run", "save_config_as_preset", "delete_preset", "search_path", "shipped_dir", "user_dir",
+    "save_from_run", "save_config_as_preset", "delete_preset", "deletable", "search_path", "shipped_dir", "user_dir",
     "project_dir", "resolve_sources", "tiny_model_dir", "local_hardware", "cpu_hardware", "dump_preset",
     "check_no_secret", "evidence_from_run", "target_hardware", "write_preset_text", "preset_from_run_config",
     "portable_sources", "cache_dir", "PresetEntry", "CPU", "TINY_MODEL", "SAMPLE_DATA", "PRESETS_DIR_ENV",

@@ -1,0 +1,168 @@
+"""The long-context path (tuneplan/training/long_context.py): the tiled MLP gives the plain
+MLP's gradients, trl's activation offloading runs on the CPU, and a real tiny run with every
+long-context knob on trains, resumes and matches the losses of the same run without them."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from tiny_runs import tiny_config
+
+
+def _tiny_llama(seed=0):
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=100)
+    torch.manual_seed(seed)
+    return LlamaForCausalLM(cfg)
+
+
+def test_shards_follow_ceil_tokens_over_hidden():
+    from tuneplan.training.long_context import mlp_shard_tokens, mlp_shards
+
+    assert mlp_shards(4096, 4096) == 1 and mlp_shards(4097, 4096) == 2
+    assert mlp_shards(131072, 4096) == 32 and mlp_shard_tokens(131072, 4096) == 4096
+    assert mlp_shards(131072, 8192) == 16  # 70B
+    assert mlp_shards(100, 32) == 4 and mlp_shard_tokens(100, 32) == 25
+    assert mlp_shards(1, 4096) == 1
+
+
+@pytest.mark.parametrize("full", [False, True])
+def test_tiled_mlp_with_offloading_gives_the_plain_gradients(full):
+    """Checkpointing on both sides; one side tiles its MLPs (4 shards of 25 positions) and
+    offloads the saved tensors through trl's manager built for the CPU."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tuneplan.training import long_context as lc
+
+    plain, tiled = _tiny_llama(), _tiny_llama()
+    models = []
+    for m in (plain, tiled):
+        m.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        m.config.use_cache = False
+        if not full:
+            m = get_peft_model(m, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+            m.enable_input_require_grads()
+        m.train()
+        models.append(m)
+    plain, tiled = models
+    tiled.load_state_dict(plain.state_dict())
+    assert lc.apply_tiled_mlp(tiled) == 2
+    ids = torch.randint(0, 100, (2, 100), generator=torch.Generator().manual_seed(1))
+    loss_plain = plain(input_ids=ids, labels=ids).loss
+    loss_plain.backward()
+    manager = lc.offload_manager(tiled)
+    with manager:
+        loss_tiled = tiled(input_ids=ids, labels=ids).loss
+        loss_tiled.backward()
+    assert manager.tensor_id > 0  # the hooks saw the checkpointed inputs
+    torch.testing.assert_close(loss_tiled, loss_plain, rtol=1e-6, atol=1e-6)
+    grads = {n: p.grad for n, p in plain.named_parameters() if p.requires_grad}
+    assert grads
+    for n, p in tiled.named_parameters():
+        if p.requires_grad:
+            torch.testing.assert_close(p.grad, grads[n], rtol=1e-4, atol=1e-6, msg=lambda m, n=n: f"{n}: {m}")
+
+
+def test_the_recomputation_draws_the_forward_dropout_masks():
+    """Dropout draws its masks shard by shard; the backward's recomputation restores the RNG, so
+    the gradient is the one of the output the forward produced: y = dropout(x) * w gives
+    dL/dw = sum(y / w) for L = sum(y)."""
+    import torch
+
+    from tuneplan.training.long_context import TiledMLP
+
+    w = torch.nn.Parameter(torch.tensor(1.5))
+    x = torch.randn(2, 96, 8, requires_grad=True)  # 12 shards of 8 positions
+
+    def fn(part):
+        return torch.nn.functional.dropout(part, 0.5, training=True) * w
+
+    y = TiledMLP.apply(fn, x, w)
+    y.sum().backward()
+    torch.testing.assert_close(w.grad, (y.detach() / w.detach()).sum())
+    torch.testing.assert_close(x.grad, (y.detach() != 0).float() * 2 * 1.5)
+
+
+def test_offloading_implies_checkpointing_in_the_model_and_the_trainer():
+    """A setup with offloading on and checkpointing off (the planner counts offloading as
+    checkpointed: planner/memory.py) trains checkpointed, and says so."""
+    from planner.setup import TrainSetup
+    from tiny_runs import tiny_config
+    from tuneplan.training.modeling import prepare_for_training
+    from tuneplan.training.sft import sft_config
+
+    setup = TrainSetup(method="full", grad_checkpointing=False, offload_activations=True)
+    notes: list[str] = []
+    model = prepare_for_training(_tiny_llama(), setup, notes)
+    assert model.is_gradient_checkpointing
+    assert any("implies checkpointing" in n for n in notes)
+    config = tiny_config("unused", setup=dict(grad_checkpointing=False, offload_activations=True))
+    assert sft_config(config).gradient_checkpointing
+    assert not sft_config(tiny_config("unused")).gradient_checkpointing  # knobs off: as before
+
+
+def test_knobs_off_leave_the_model_as_it_was():
+    from planner.setup import TrainSetup
+    from tuneplan.training.modeling import prepare_for_training
+
+    model = prepare_for_training(_tiny_llama(), TrainSetup(method="full", grad_checkpointing=True), [])
+    assert not any(getattr(m, "_tuneplan_tiled", False) for m in model.modules())
+    assert all("forward" not in vars(m) for m in model.modules())
+
+
+def _losses(run_dir):
+    from tuneplan.events import read_events
+
+    return {e["step"]: e["loss"] for e in read_events(run_dir) if e["kind"] == "log"}
+
+
+@pytest.mark.slow
+def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_model, runs_root):
+    """Offloading + tiled MLP + trl's chunked loss + checkpointing against no checkpointing and
+    transformers' loss: packed rows of 4 x 256 tokens (16 MLP shards of the tiny model's
+    hidden size 64), 8 steps, then the same run resumed from its step-4 checkpoint."""
+    import torch
+
+    from tuneplan.services.launcher import prepare_run
+    from tuneplan.training.runner import run_worker
+
+    def train(run_dir):
+        # the adapters are initialised from the global RNG before the trainer seeds it: start
+        # every in-process run from the same state, as every real run starts in a new process
+        torch.manual_seed(0)
+        return run_worker(run_dir, install_signals=False)
+
+    common = dict(seq_len=256, packing=True, lora_dropout=0.0)
+    training = dict(max_steps=8, save_steps=4, logging_steps=2)
+    plain_cfg = tiny_config(tiny_model, setup=dict(common, grad_checkpointing=False, fused_ce=False),
+                            training=training)
+    long_cfg = tiny_config(tiny_model, setup=dict(common, grad_checkpointing=True, fused_ce=True,
+                                                  offload_activations=True, tiled_mlp=True), training=training)
+    plain_dir = prepare_run(plain_cfg, runs_root)
+    assert train(plain_dir).exit_code == 0
+    long_dir = prepare_run(long_cfg, runs_root)
+    long = train(long_dir)
+    assert long.exit_code == 0
+    from trl.models.activation_offloading import OffloadActivations
+
+    assert isinstance(long.trainer.maybe_activation_offload_context, OffloadActivations)
+    assert sum(getattr(m, "_tuneplan_tiled", False) for m in long.trainer.model.modules()) == 2
+    plain, longer = _losses(plain_dir), _losses(long_dir)
+    assert sorted(plain) == sorted(longer) == [2, 4, 6, 8]
+    for step in plain:
+        assert longer[step] == pytest.approx(plain[step], rel=1e-5), (step, plain, longer)
+    assert longer[8] < longer[2]  # it learns
+
+    resumed_cfg = replace(long_cfg, resume_from=str(long_dir / "checkpoints" / "checkpoint-4"))
+    resumed_dir = prepare_run(resumed_cfg, runs_root)
+    assert train(resumed_dir).exit_code == 0
+    resumed = _losses(resumed_dir)
+    assert sorted(resumed) == [6, 8]
+    for step in resumed:
+        assert resumed[step] == pytest.approx(longer[step], rel=1e-5), (step, resumed, longer)
