@@ -208,6 +208,7 @@ def test_no_disk_space(tmp_path, runs_root, tiny_model):
     assert "not enough disk space" in line
 
 
+@pytest.mark.slow
 def test_failure_in_the_training_process_is_final_not_healthy(tiny_model, runs_root, tmp_path):
     """A problem only the child can see (corrupt weights behind a valid config.json) -> phase
     failed with the error and a log tail; `runs` says so."""
