@@ -157,9 +157,9 @@ def _params(model_dir) -> str:
 
 def loss_curve(run_dir) -> list[float]:
     """The logged training losses of a run, in order."""
-    from tuneplan.events import read_events
+    from tuneplan.events import LogEvent, read_events
 
-    return [e["loss"] for e in read_events(run_dir) if e.get("kind") == "log" and isinstance(e.get("loss"), (int, float))]
+    return [e.loss for e in read_events(run_dir) if isinstance(e, LogEvent) and e.loss is not None]
 
 
 def _summary(run_dir, started: float, hint: str, *, waited: bool) -> int:

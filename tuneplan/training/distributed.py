@@ -296,11 +296,11 @@ def worker_command(run_dir: Path, setup: Any, *, python: str | None = None) -> t
         # run what really runs: DDP over gloo.
         from dataclasses import replace
 
-        from tuneplan.events import append_event, make_event
+        from tuneplan.events import MessageEvent, append_event
 
         run_setup = replace(setup, strategy="ddp")
-        append_event(run_dir, make_event(
-            "message", level="warning",
+        append_event(run_dir, MessageEvent(
+            level="warning",
             text=f"FSDP needs GPUs: accelerate runs CPU ranks as MULTI_CPU (gloo) and ignores FSDP there, so this "
                  f"CPU run trains with DDP over {setup.num_gpus} processes (a full replica each)"))
     cfg = write_accelerate_config(run_dir, run_setup, main_process_port=free_port(), cpu=cpu)

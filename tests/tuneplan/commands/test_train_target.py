@@ -123,3 +123,7 @@ def test_bundled_tiny_model_plans_for_the_cpu_in_full(capsys, nvml, runs_root, m
     (run_dir,) = [p for p in runs_root.iterdir() if p.is_dir()]
     setup = load_config(run_dir / "config.toml").setup
     assert setup.method == "full" and setup.compute_dtype == "float32"
+    # the saved model's card is a full fine-tune's: no LoRA line, no peft snippet, loads the final folder
+    card = (run_dir / "model" / "README.md").read_text()
+    assert "LoRA" not in card and "peft" not in card
+    assert f'AutoModelForCausalLM.from_pretrained("{run_dir / "model"}")' in card

@@ -64,7 +64,7 @@ def test_push_uploads_the_adapter_and_a_card(trained_lora_run, tmp_path):
 
     events = list(read_events(run_dir))
     final = read_status(run_dir).loss
-    eval_loss = [e for e in events if e["kind"] == "eval"][-1]["eval_loss"]
+    eval_loss = [e for e in events if e.kind == "eval"][-1].eval_loss
     assert f"| final training loss | {final:.4f} |" in card and f"| eval loss | {eval_loss:.4f} |" in card
     assert "| tokens/s (median of the log) |" in card and "| peak memory, `max_memory_allocated` |" in card
     assert "micro_batch = 4" in card and "lora_rank = 8" in card and "[training]" in card
