@@ -20,14 +20,13 @@ failed send is printed to `train.log` and written as a `message` event; only the
 is named (a webhook URL can hold a secret). No torch here.
 
 Where the URL comes from: `--notify URL` on `tuneplan train` (`notify.url` in a run config),
-else the user config file (`user_config_path()`, `[notify] url = ...`, `stall_minutes = ...`).
+else the user config file (`paths.user_config_file()`, `[notify] url = ...`, `stall_minutes = ...`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import threading
 import time
@@ -38,13 +37,12 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tuneplan.config import NotifyConfig, RunConfig, load_config
+from tuneplan.services.paths import user_config_file
 from tuneplan.events import (
     ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, EnvironmentEvent, EvalEvent, Event, EventTail, LogEvent, MessageEvent,
     PhaseEvent, ReplanEvent, append_event, created_at, effective_phase, read_status,
 )
 
-USER_CONFIG_ENV = "TUNEPLAN_CONFIG"
-"""Path of the user config file (default: platformdirs' user config folder + `config.toml`)."""
 SEND_TIMEOUT_SECONDS = 5.0
 """Per request: a dead endpoint costs the sender thread at most this long per alert."""
 FINISH_WAIT_SECONDS = 15.0
@@ -57,20 +55,11 @@ CURVE_POINTS = 6
 """Loss values in the done summary (evenly spaced over the logged steps, first and last kept)."""
 
 
-def user_config_path() -> Path:
-    env = os.environ.get(USER_CONFIG_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return platformdirs.user_config_path("tuneplan") / "config.toml"
-
-
 def user_notify() -> NotifyConfig:
     """The `[notify]` table of the user config file (defaults when there is none)."""
     from tuneplan.config import ConfigError, read_toml_text, section_from_table, where_in
 
-    path = user_config_path()
+    path = user_config_file()
     if not path.is_file():
         return NotifyConfig()
     data, text = read_toml_text(path)

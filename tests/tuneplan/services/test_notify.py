@@ -16,7 +16,7 @@ from tuneplan.events import (
     EnvironmentEvent, EvalEvent, LogEvent, PhaseEvent, Status, append_event, write_status,
 )
 from tuneplan.run_process import process_record
-from tuneplan.services import notify
+from tuneplan.services import notify, paths
 
 
 def _alert(kind="done"):
@@ -66,7 +66,7 @@ def test_a_dead_endpoint_never_blocks_and_is_logged(tmp_path, capsys):
 
 def test_user_config_supplies_the_url(tmp_path, monkeypatch):
     cfg = tmp_path / "config.toml"
-    monkeypatch.setenv(notify.USER_CONFIG_ENV, str(cfg))
+    monkeypatch.setenv(paths.USER_CONFIG_ENV, str(cfg))
     run = RunConfig(model=ModelConfig(source="m"), data=DataConfig(source="d.jsonl"))
     assert notify.with_user_default(run).notify.url is None  # no file: no alerts
     cfg.write_text('[notify]\nurl = "https://ntfy.sh/my-runs"\nstall_minutes = 20\n')

@@ -36,8 +36,9 @@ from tuneplan.services.presets.file_format import (
 from tuneplan.services.presets.refit import (
     SEQ_STEP, Refit, load_preset_config, local_hardware, refit, target_hardware,
 )
+from tuneplan.services.paths import CACHE_DIR_ENV, PRESETS_DIR_ENV, cache_dir
 from tuneplan.services.presets.store import (
-    CACHE_DIR_ENV, PRESETS_DIR_ENV, SAMPLE_DATA, PresetEntry, cache_dir, delete_preset, find_preset, list_presets,
+    SAMPLE_DATA, PresetEntry, delete_preset, find_preset, list_presets,
     portable_sources, preset_from_run_config, project_dir, resolve_sources, save_config_as_preset, search_path,
     shipped_dir, tiny_model_dir, user_dir, write_preset_text,
 )
