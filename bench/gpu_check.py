@@ -39,7 +39,7 @@ MEMORY_TOLERANCE = 0.10
 """Error on a memory figure above which a row is flagged (the planner's memory model is tested
 to within 5% of the CPU trace; the allocator's reserve and the driver's context carry more)."""
 SPEED_TOLERANCE = 0.30
-"""The throughput model's stated tolerance (README `## tuneplan plan`: +-30%)."""
+"""The throughput model's stated tolerance (docs/planning.md: +-30%)."""
 TOTAL_BUDGET_S = 480
 """The whole matrix on one H200 (8 minutes)."""
 TARGET_GPU = "h200"

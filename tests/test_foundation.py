@@ -62,6 +62,19 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands
 
 
+def test_the_readme_is_short_and_links_every_page_of_docs():
+    """The README is a five-minute page; the manual is docs/, every page of it linked from the
+    README, and every link between them leads to a file."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    linked = set(re.findall(r"\]\((docs/[^)#]+)", readme))
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert pages and pages <= linked, pages - linked
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which is not there"
+
+
 def test_ci_runs_the_static_checks_and_the_layers_hold():
     """CI runs scripts/lint.sh; the import-linter contracts of pyproject.toml hold (the layers
     go one way: planner < core < services < training | ui < commands)."""

@@ -29,7 +29,7 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_flags(parser, title="knobs (left out or `auto`: chosen by the planner)",
               help_overrides={"num_gpus": "GPUs to train on through accelerate (default: all GPUs of one model "
-                                          "NVML finds here; with --gpu/--vram: 1). See README ## Multi-GPU"})
+                                          "NVML finds here; with --gpu/--vram: 1). See docs/multi-gpu.md"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -61,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tuneplan.config import TRACKERS
 
     hp.add_argument("--report-to", choices=list(TRACKERS),
-                    help="experiment tracker the trainer logs to (default none; README ## Experiment tracking)")
-    alerts = parser.add_argument_group("alerts (README ## Alerts)")
+                    help="experiment tracker the trainer logs to (default none; docs/tracking-and-alerts.md)")
+    alerts = parser.add_argument_group("alerts (docs/tracking-and-alerts.md)")
     alerts.add_argument("--notify", metavar="URL", help="webhook (JSON POST) or ntfy topic URL for done, failed, "
                         "crashed, stalled, NaN and re-plan alerts (default: the user config's; `off` for none)")
     alerts.add_argument("--stall-minutes", type=float, metavar="M", help="alert when no step for this long (default 10)")

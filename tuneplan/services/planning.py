@@ -106,7 +106,7 @@ class PlanOutcome:
     """GPUs NVML found (0 when the hardware came from --gpu / --vram)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The `--json` object (schema documented in the README, `## tuneplan plan`)."""
+        """The `--json` object (schema documented in docs/planning.md)."""
         return plan_to_dict(self)
 
 

@@ -218,7 +218,7 @@ def write_accelerate_config(run_dir: Path, setup: Any, **kwargs: Any) -> Path:
     """Write `RUN_DIR/accelerate.yaml` for the run (rewritten per attempt: after an OOM
     re-plan it still describes the run); return its path."""
     path = Path(run_dir) / ACCELERATE_CONFIG_FILE
-    header = ("# accelerate config written by tuneplan for this run (see README, ## Multi-GPU).\n"
+    header = ("# accelerate config written by tuneplan for this run (see docs/multi-gpu.md).\n"
               "# On several machines: copy the run directory to each, set num_machines, machine_rank\n"
               "# (0 on the main machine), main_process_ip and main_process_port, then start the same\n"
               "# `python -m accelerate.commands.launch --config_file ... -m tuneplan.training.runner RUN_DIR "

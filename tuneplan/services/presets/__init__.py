@@ -4,7 +4,7 @@ A preset is a partial run configuration (`tuneplan.config`: model, data, setup k
 training hyperparameters, recovery) plus the constraints to keep when it is re-fitted
 (effective batch, shortest acceptable sequence length, the GPU it was made for) and, when it
 was saved from a finished run, the evidence of that run (GPU, driver and library versions,
-measured peak memory, tokens/s). The format is documented in the README (`## Presets`).
+measured peak memory, tokens/s). The format is documented in docs/presets.md.
 
     preset = find_preset("llama-3.1-8b-lora-24gb")       # search order below
     fit = refit(preset, vram_bytes=16 * GiB)             # re-plan with the real planner
