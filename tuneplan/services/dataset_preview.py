@@ -134,7 +134,8 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
     """(rows up to `limit`, total rows if known, whether total is exact)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows, total = [], 0
+        rows: list[dict[str, Any]] = []
+        total = 0
         with open(path, encoding="utf-8") as f:
             for lineno, line in enumerate(f, 1):
                 if not line.strip():
@@ -177,7 +178,7 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
             raise UserError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
         pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
-        rows: list[dict[str, Any]] = []
+        rows = []
         for batch in pf.iter_batches(batch_size=min(limit, 1024)):
             rows.extend(batch.to_pylist())
             if len(rows) >= limit:

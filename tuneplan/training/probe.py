@@ -191,11 +191,13 @@ def measure(source: str | None, setup: TrainSetup, *, config_dict: dict | None =
         say("building the model with random weights from config.json (no download)")
         model, notes = load_random_for_training(config_dict, setup, seed=seed)
         tokenizer = simple_tokenizer(model.get_input_embeddings().weight.shape[0])
-    else:
+    elif source is not None:
         from tuneplan.training.modeling import load_for_training
 
         say(f"loading {source}")
         model, tokenizer, notes = load_for_training(source, setup, trust_remote_code=trust_remote_code)
+    else:
+        raise ValueError("measure() needs a source, or random_weights with the model's config_dict")
     m.load_seconds = time.perf_counter() - t
     m.notes.extend(notes)
     vocab = model.get_input_embeddings().weight.shape[0]

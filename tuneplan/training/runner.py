@@ -35,6 +35,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tuneplan import run_process
 from tuneplan.config import RunConfig, load_config, save_config
@@ -46,6 +47,11 @@ from tuneplan.events import (
     read_status, write_status,
 )
 from tuneplan.training.oom import first_line, oom_as_out_of_memory_error
+
+if TYPE_CHECKING:  # the supervisor imports this module and never loads torch or transformers
+    from transformers import Trainer, TrainerCallback
+
+    from tuneplan.training.callbacks import RunControl
 
 EXIT_OK = 0
 EXIT_FAILED = 3
@@ -164,7 +170,7 @@ def write_model_card(directory: Path, run_dir: Path, config: RunConfig, status: 
     (directory / "README.md").write_text(card, encoding="utf-8")
 
 
-def _install_signals(control) -> None:
+def _install_signals(control: RunControl) -> None:
     """SIGTERM/SIGINT: checkpoint at the end of the current step, then stop; SIGHUP ignored."""
     signal.signal(signal.SIGTERM, lambda *_: control.request_stop("SIGTERM"))
     signal.signal(signal.SIGINT, lambda *_: control.request_stop("SIGINT"))
@@ -193,12 +199,13 @@ class _Attempt:
     data, build the trainer, train, save. `run()` returns the result of an attempt that ended
     (done, or stopped); the failure handlers record the others with their `Failure`."""
 
-    def __init__(self, run_dir: Path, status: Status, control) -> None:
+    def __init__(self, run_dir: Path, status: Status, control: RunControl) -> None:
         self.run_dir = run_dir
         self.status = status
         self.control = control
-        self.trainer = None
-        self.tokenizer = None
+        self.trainer: Trainer | None = None
+        self.tokenizer: Any = None
+        """The model's tokenizer (a transformers tokenizer; its class depends on the model)."""
         self.notes: list[str] = []
 
     def result(self, exit_code: int) -> WorkerResult:
@@ -224,13 +231,13 @@ class _Attempt:
             return self.result(EXIT_OK)
         callback.phase("tokenizing", f"dataset {config.data.source}")
         data = self.prepare_data(config)
-        self.build_trainer(config, model, data, callback)
+        trainer = self.build_trainer(config, model, data, callback)
         if self._stopped_before_training():
             return self.result(EXIT_OK)
-        if not self.train(config):
+        if not self.train(config, trainer):
             return self.result(EXIT_OK)  # stopped, with a checkpoint
         callback.phase("saving")
-        self.save(config)
+        self.save(config, trainer)
         loss = f"final loss {self.status.loss:.4f}" if self.status.loss is not None else "finished"
         _finish(self.run_dir, self.status, "done", message=f"{loss} after {self.status.step} steps")
         return self.result(EXIT_OK)
@@ -257,24 +264,25 @@ class _Attempt:
             train_examples=len(data.train), eval_examples=len(data.eval) if data.eval is not None else 0))
         return data
 
-    def build_trainer(self, config: RunConfig, model, data, callback) -> None:
+    def build_trainer(self, config: RunConfig, model: Any, data: Any, callback: TrainerCallback) -> Trainer:
         from tuneplan.training import tracking
         from tuneplan.training.sft import build_trainer
 
         tracking.prepare_environment(self.run_dir, config)
-        self.trainer = build_trainer(config, model, self.tokenizer, data.train, data.eval, [callback],
-                                     output_dir=str(self.run_dir / CHECKPOINTS_DIR))
+        trainer = self.trainer = build_trainer(config, model, self.tokenizer, data.train, data.eval, [callback],
+                                               output_dir=str(self.run_dir / CHECKPOINTS_DIR))
         if config.training.report_to != "none":
-            self.trainer.add_callback(tracking.PlanToTrackerCallback(self.trainer, config))
+            trainer.add_callback(tracking.PlanToTrackerCallback(trainer, config))
+        return trainer
 
-    def train(self, config: RunConfig) -> bool:
+    def train(self, config: RunConfig, trainer: Trainer) -> bool:
         """Train (or resume); False when a stop ended it before the last step (checkpoint saved)."""
-        trainer, status = self.trainer, self.status
+        status = self.status
         resume = config.resume_from if config.resume_from and Path(config.resume_from).is_dir() else None
         if resume:
             _event(self.run_dir, MessageEvent(level="info", text=f"resuming from {resume}"))
-        finished = _finished_checkpoint(resume, trainer)
-        if finished is not None:  # killed during its final save: save again, train nothing
+        finished = _finished_checkpoint(resume, trainer) if resume else None
+        if resume and finished is not None:  # killed during its final save: save again, train nothing
             trainer._load_from_checkpoint(resume)
             status.step, status.max_steps = finished, finished
             _event(self.run_dir, MessageEvent(
@@ -289,9 +297,9 @@ class _Attempt:
             return False
         return True
 
-    def save(self, config: RunConfig) -> None:
+    def save(self, config: RunConfig, trainer: Trainer) -> None:
         out = self.run_dir / (MODEL_DIR if config.setup.method == "full" else ADAPTER_DIR)
-        save_final(self.trainer, self.tokenizer, out, config, self.status, self.notes)
+        save_final(trainer, self.tokenizer, out, config, self.status, self.notes)
         _event(self.run_dir, MessageEvent(level="info", text=f"saved {out.name}/ ({config.setup.method})"))
 
     # -- how an attempt fails -------------------------------------------------------------------

@@ -32,10 +32,10 @@ def evidence_from_run(run_dir: Path) -> tuple[PresetEvidence, str | None]:
     probes = [e for e in events if isinstance(e, MemoryProbeEvent)]
     env = next((e for e in reversed(events) if isinstance(e, EnvironmentEvent)), None)
     tps = [e.tokens_per_second for e in logs if e.tokens_per_second is not None]
-    peaks = [e.torch_peak_bytes for e in probes] + [e.torch_allocated_peak_bytes for e in logs]
-    reserved = [e.torch_reserved_bytes for e in probes] + [e.torch_reserved_peak_bytes for e in logs]
-    peaks = [p for p in peaks if p is not None]
-    reserved = [p for p in reserved if p is not None]
+    peaks = [p for p in [e.torch_peak_bytes for e in probes] + [e.torch_allocated_peak_bytes for e in logs]
+             if p is not None]
+    reserved = [p for p in [e.torch_reserved_bytes for e in probes] + [e.torch_reserved_peak_bytes for e in logs]
+                if p is not None]
     predicted = next((e.predicted_device_bytes for e in probes if e.predicted_device_bytes), None)
     fields_: dict[str, Any] = dict(
         run=run_dir.name, recorded=time.strftime("%Y-%m-%d", time.gmtime()),

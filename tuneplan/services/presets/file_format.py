@@ -146,7 +146,7 @@ def _section(cls: type, table: Any, section: str, path: str, text: str) -> tuple
     `[setup]` holds only the knobs of tuneplan's training path."""
     known = SETUP_KEYS if cls is TrainSetup else None
     try:
-        obj = section_from_table(cls, table, section, lambda key: _where(path, text, section, key), known=known)
+        obj: Any = section_from_table(cls, table, section, lambda key: _where(path, text, section, key), known=known)
     except ConfigError as exc:
         raise PresetError(str(exc)) from None
     return obj, set(table)
