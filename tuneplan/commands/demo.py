@@ -175,7 +175,7 @@ def _summary(run_dir, started: float, hint: str, *, waited: bool) -> int:
             curve = f"loss {losses[0]:.3f} -> {losses[-1]:.3f} ({trend})"
         else:  # a short run logs fewer losses than a trend needs (training.logging_steps)
             curve = f"loss {losses[-1]:.3f}" if losses else "no loss logged yet"
-        _say(f"demo: run {run_dir.name} done in {took:.0f} s: {curve} over {status.step} steps")
+        _say(f"demo: run {run_dir.name} done in {took:.0f} s: {curve} over {status.step if status else 0} steps")
         _say(f"      saved {'model' if (run_dir / 'model').is_dir() else 'adapter'}, checkpoints and events: {run_dir}")
         _say(f"      replay it: tuneplan attach {run_dir.name}{hint}    list runs: tuneplan runs{hint}")
         return 0

@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from tuneplan.commands.arguments import whole_number
 from tuneplan.config import MAX_COUNT
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     plan.add_arguments(parser)  # the plan flags, --preset and --json, as `tuneplan plan` has them
 
-    def one_line_error(message: str) -> None:
+    def one_line_error(message: str) -> NoReturn:
         print(f"tuneplan: error: probe: {message}", file=sys.stderr)
         sys.exit(2)
 

@@ -258,7 +258,7 @@ def advise(spec: Any, hardware: Any, setup: TrainSetup, prediction: Prediction, 
         p = predict(spec, hardware, s, on_cpu=on_cpu)
         if on_cpu:
             return int(used + (p.torch_peak_bytes - prediction.torch_peak_bytes) * ratio), p
-        return int(p.device_bytes * ratio), p
+        return int((p.device_bytes or p.torch_peak_bytes) * ratio), p
 
     free = usable - used
     where = "of RAM available" if on_cpu else "usable"
@@ -293,17 +293,17 @@ def advise(spec: Any, hardware: Any, setup: TrainSetup, prediction: Prediction, 
                    f"{size(budget)}{_speed_note(p, prediction)}.")
         grown = True
     limit = spec.max_position_embeddings or setup.seq_len
-    best = None
+    longest: tuple[TrainSetup, int, Prediction] | None = None
     seq = setup.seq_len * 2
     while seq <= limit:
         s = replace(setup, seq_len=seq)
         n, p = need(s)
         if n > budget:
             break
-        best = (s, n, p)
+        longest = (s, n, p)
         seq *= 2
-    if best is not None:
-        s, n, p = best
+    if longest is not None:
+        s, n, p = longest
         out.append(f"Or a longer sequence: {s.seq_len} tokens (from {setup.seq_len}) fits at this micro-batch, "
                    f"predicted {size(n)} with this probe's correction.")
         grown = True
