@@ -16,7 +16,7 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tuneplan.events import Event
@@ -137,7 +137,7 @@ def build(args: argparse.Namespace):
                                   ("save_every", getattr(args, "save_every", None)),
                                   ("logging_steps", args.logging_steps), ("seed", args.seed),
                                   ("report_to", args.report_to)) if v is not None}
-    notify = {k: v for k, v in (("url", "" if args.notify == "off" else args.notify),
+    notify: dict[str, Any] = {k: v for k, v in (("url", "" if args.notify == "off" else args.notify),
                                 ("stall_minutes", args.stall_minutes)) if v is not None}
     recovery = {k: v for k, v in (("max_retries", args.max_retries), ("allow_qlora", args.allow_qlora))
                 if v is not None}

@@ -10,10 +10,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tuneplan.ui.app_base import WizardScreen
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import gib
 from tuneplan.ui.messages import TargetChosen
@@ -31,7 +31,7 @@ class GpusProbed(Message):
         self.status = status
 
 
-class HardwareScreen(Screen):
+class HardwareScreen(WizardScreen[None]):
     """Pick a detected GPU, or plan for a card you don't have (dry run)."""
 
     CSS_PATH = "hardware_screen.tcss"
@@ -135,7 +135,7 @@ class HardwareScreen(Screen):
 
         try:
             if parse_memory(text) is None and cards.highlighted is not None and cards.option_count:
-                text = cards.get_option_at_index(cards.highlighted).id
+                text = cards.get_option_at_index(cards.highlighted).id or text  # every card has an id
             target = dry_run_target(text)
         except UserError as exc:
             self.query_one("#error", Static).update(Text(str(exc), style="bold red"))
@@ -144,7 +144,8 @@ class HardwareScreen(Screen):
 
     @on(OptionList.OptionSelected, "#cards")
     def _choose_card(self, event: OptionList.OptionSelected) -> None:
-        self.post_message(TargetChosen(dry_run_target(event.option.id)))
+        if event.option.id is not None:  # every card is added with its catalog key as id
+            self.post_message(TargetChosen(dry_run_target(event.option.id)))
 
     @on(DataTable.RowSelected, "#gpus")
     def _choose_gpu(self, event: DataTable.RowSelected) -> None:

@@ -12,10 +12,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+from tuneplan.ui.app_base import WizardScreen
 from tuneplan.knobs import COUNT, KNOBS, SCREEN_KNOBS, TARGETS, Knob, PartialSetup
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count, duration, gib, money, rate
@@ -59,7 +59,7 @@ def shown_value(knob: Knob, value: Any) -> Any:
     return value
 
 
-class PlanScreen(Screen):
+class PlanScreen(WizardScreen[None]):
     """The solver's choice; edit any knob and the estimate follows on each keypress."""
 
     CSS_PATH = "plan_screen.tcss"
@@ -187,6 +187,8 @@ class PlanScreen(Screen):
     @on(Choice.Changed)
     def _choice_changed(self, event: Choice.Changed) -> None:
         knob, value = event.choice.id, event.value
+        if knob is None:  # every knob's Choice has the knob's name as id
+            return
         # `attention` stays the group the planner resolves per model (phi-3: qkv_proj, o_proj)
         # Only this knob changes (the optimizer the solver would pair with it comes from Ctrl+R).
         self._edit(**{knob: value})
