@@ -10,7 +10,7 @@ import pytest
 
 from planner.setup import TrainSetup
 from tiny_runs import tiny_config
-from tuneplan.events import ADAPTER_DIR, read_events, read_status
+from tuneplan.events import ADAPTER_DIR, parse_event, read_events, read_status
 from tuneplan.training import distributed
 
 
@@ -116,7 +116,7 @@ def test_two_process_ddp_lora_run_on_cpu(tiny_model, runs_root, monkeypatch):
     status = read_status(run_dir)
     assert status.phase == "done" and status.step == 16 and status.error is None
     lines = (run_dir / "events.jsonl").read_text().splitlines()
-    events = [json.loads(line) for line in lines]  # every line is one whole JSON object
+    events = [parse_event(json.loads(line)) for line in lines]  # every line is one whole JSON object
     phases = [e.phase for e in events if e.kind == "phase"]
     assert phases == ["queued", "loading", "tokenizing", "training", "evaluating", "saving", "done"]
     logs = [e for e in events if e.kind == "log"]
@@ -124,7 +124,7 @@ def test_two_process_ddp_lora_run_on_cpu(tiny_model, runs_root, monkeypatch):
     assert logs[-1].loss < logs[0].loss - 0.2, [e.loss for e in logs]
     memory = [e for e in events if e.kind == "memory"]
     assert {e.rank for e in memory} == {0, 1}
-    assert all(e["rss_bytes"] > 0 for e in memory)
+    assert all((e.rss_bytes or 0) > 0 for e in memory)
     for rank in (0, 1):
         assert [e.step for e in memory if e.rank == rank] == [e.step for e in logs]
     assert [e.step for e in events if e.kind == "checkpoint"] == [8, 16]
