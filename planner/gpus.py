@@ -44,6 +44,16 @@ PRICE_SOURCES = (
 )
 
 
+CPU_ARCH = "cpu"
+"""`GPU.arch` of a machine's CPU used as the training device."""
+
+CPU_COMPUTE_DTYPE = "float32"
+"""What training computes in on a CPU: the one rule for the plan and for the run
+(`tuneplan.services.machine`). The HF Trainer's `bf16=True` on the CPU means torch's CPU
+autocast, far slower than float32 on most CPUs (torch docs, "Automatic Mixed Precision", CPU
+ops list), and its fp16 GradScaler is CUDA-only."""
+
+
 @dataclass(frozen=True)
 class GPU:
     """One GPU model. Sizes in bytes, rates per second."""
@@ -57,7 +67,8 @@ class GPU:
     bf16: bool
     """Whether the card computes in bfloat16 (compute capability >= 8.0)."""
     arch: str
-    """`volta`, `turing`, `ampere`, `ada`, `hopper`, `blackwell`: decides kernels and workspace sizes."""
+    """`volta`, `turing`, `ampere`, `ada`, `hopper`, `blackwell`: decides kernels and workspace sizes;
+    `cpu` (CPU_ARCH) for a machine's CPU used as the training device."""
     bf16_tflops: float | None = None
     """Dense bf16 (fp16 where no bf16) tensor TFLOP/s with fp32 accumulation, no sparsity, as
     the card sustains it (the datasheet rate, derated for 70-75 W boards: LOW_POWER_SUSTAINED)."""
@@ -73,6 +84,10 @@ class GPU:
     """`consumer`, `workstation` or `datacenter` (cloud cards count as datacenter)."""
     aliases: tuple[str, ...] = ()
     """Extra loose names that resolve to this card (matched after normalisation)."""
+
+    def is_cpu(self) -> bool:
+        """Whether this is a CPU used as the training device (no CUDA)."""
+        return self.arch == CPU_ARCH
 
     def memory_gib(self) -> float:
         """Total memory in GiB (for display)."""

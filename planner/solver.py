@@ -29,7 +29,7 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
-from planner.gpus import GPU, bigger_cards
+from planner.gpus import CPU_COMPUTE_DTYPE, GPU, bigger_cards
 from planner.gpus import format_gib as _gib
 from planner.margins import DEFAULT_SAFETY_MARGIN, margin_sentence  # derived from the model's measured error
 from planner.parallel import estimate_parallel_memory
@@ -310,7 +310,16 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
 
     # -- precision and kernels the card supports ---------------------------------------------
     dtype = fixed.pop("compute_dtype", None)
-    if dtype is None:
+    if gpu.is_cpu():
+        # the one CPU rule, shared with the launch (tuneplan/services/machine.py)
+        if dtype not in (None, CPU_COMPUTE_DTYPE):
+            warnings.append(f"{gpu.name} trains in {CPU_COMPUTE_DTYPE}, not {dtype} (no fast 16-bit training "
+                            "on the CPU).")
+        else:
+            reasons.append(f"{gpu.name}: training computes in {CPU_COMPUTE_DTYPE} (no fast 16-bit training "
+                           "on the CPU).")
+        dtype = CPU_COMPUTE_DTYPE
+    elif dtype is None:
         dtype = "bfloat16" if gpu.bf16 else "float16"
         if not gpu.bf16:
             reasons.append(f"{gpu.name} has no bfloat16: training uses fp16 mixed precision (loss scaling).")

@@ -40,7 +40,7 @@ TRAIN_NUMBERS = {  # flag -> the words an error about it may use (argparse: the 
 }
 # values that are fine for a flag (so they are not probes of it)
 VALID = {("plan", "--lora-dropout"): {"-1"}, ("train", "--lora-dropout"): set()}
-RUN_COMMANDS = ["attach", "stop", "save", "resume", "chat", "export"]
+RUN_COMMANDS = ["attach", "stop", "save", "resume", "chat", "export", "eval"]
 
 
 def _train_base(tmp_path, model_dir) -> list[str]:

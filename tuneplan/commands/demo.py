@@ -85,8 +85,10 @@ def run(args: argparse.Namespace) -> int:
     config = fit.config
     if args.max_steps is not None:
         config = replace(config, training=replace(config.training, max_steps=args.max_steps))
-    if hw.gpu.key == P.CPU and s.compute_dtype != "float32":
-        config = replace(config, setup=replace(config.setup, compute_dtype="float32"))
+    if hw.gpu.key == P.CPU:  # the one CPU rule (float32), as `train` applies it
+        from tuneplan.services.machine import setup_for_this_machine
+
+        config = replace(config, setup=setup_for_this_machine(config.setup, 0)[0])
 
     # 3. a real detached run
     root = paths.runs_root(args.runs_dir)

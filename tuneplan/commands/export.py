@@ -76,14 +76,16 @@ def run(args: argparse.Namespace) -> int:
         if note:
             print(f"tuneplan: {note}")
         s = config.setup
+        # no --max-model-len: vLLM serves the model's own context (its config.json); the training
+        # length is said, not imposed (a prompt longer than it is still one the base model reads)
+        context = export_formats.model_context(weights if s.method == "full" else config.model.source)
         if s.method == "full":
-            cmd = export_formats.vllm_command(str(weights.resolve()), None, name, None, max_model_len=s.seq_len,
+            cmd = export_formats.vllm_command(str(weights.resolve()), None, name, None,
                                               trust_remote_code=config.model.trust_remote_code)
             print(f"a full fine-tune needs no adapter; serve the model folder {weights}:")
         else:
             try:
                 cmd = export_formats.vllm_command(config.model.source, weights, name, s.lora_rank,
-                                                  max_model_len=s.seq_len,
                                                   trust_remote_code=config.model.trust_remote_code)
             except ValueError as exc:
                 raise UserError(str(exc)) from None
@@ -91,6 +93,9 @@ def run(args: argparse.Namespace) -> int:
             if s.method == "qlora":
                 print("  (a QLoRA adapter: vLLM serves it on the 16-bit base, not the 4-bit one it trained against)")
         print(f"  {cmd}")
+        ctx = f"the model's context, {context:,} tokens" if context else "the model's context (its config.json)"
+        print(f"  (vLLM serves up to {ctx}; this run trained on sequences of up to {s.seq_len:,} tokens; add "
+              f"--max-model-len {s.seq_len} to cap requests at that)")
         if s.method != "full":
             print(f"  then ask for model \"{name}\": curl localhost:8000/v1/chat/completions -H 'Content-Type: "
                   f"application/json' -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
@@ -103,7 +108,8 @@ def run(args: argparse.Namespace) -> int:
         if out.exists() and any(out.iterdir()):
             raise UserError(f"{out} already exists and is not empty; pass another --out")
         out.mkdir(parents=True, exist_ok=True)
-        merged_msg = f"a full fine-tune: the Modelfile points at {weights}"
+        merged_msg = (f"a full fine-tune: the Modelfile points at {weights} by a relative path (keep the two "
+                      "folders together)")
     else:
         default = run_dir / ("ollama" if fmt == "ollama" else "merged")
         weights = out = export_merged(run_dir, args.out or default, dtype=args.dtype)

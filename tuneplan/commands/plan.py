@@ -43,8 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--min-seq-len", metavar="N", help="shortest sequence length to consider when suggesting shorter ones")
     a("--max-seq-len", metavar="N", help="cap on the sequence length taken from the dataset")
     a("--prefer-accuracy", action="store_true", help="full fine-tuning first if it fits; no truncation")
-    a("--safety-margin", metavar="X",
-      help="fraction of usable memory kept free (default 0.09: the memory model's measured error, planner/margins.py)")
+    from planner.margins import DEFAULT_SAFETY_MARGIN  # stdlib only: --help stays fast
+
+    a("--safety-margin", metavar="X", help=f"fraction of usable memory kept free (default {DEFAULT_SAFETY_MARGIN:g}: "
+      "the memory model's measured error, planner/margins.py)")
     a("--price", metavar="USD", help="price per GPU-hour for the cost (default: catalog price)")
     a("--json", action="store_true", help="print one JSON object instead of the table")
     a("--preset", metavar="NAME", help="re-fit a preset to --gpu/--vram or this machine (see `tuneplan presets`)")
@@ -138,11 +140,18 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.commands._output import _gib, render
     from tuneplan.commands.terminal import fill, output_width
 
+    from tuneplan.services.command_line import plan_train_parts
+
     request = build_request(args)
     outcome = plan(request)
     r = outcome.result
+    command = plan_train_parts(outcome, _target_flags(args, outcome))
     if args.json:
-        print(json.dumps(outcome.to_dict(), indent=2))
+        import shlex
+
+        out = outcome.to_dict()
+        out["command"] = shlex.join(command) if command else None
+        print(json.dumps(out, indent=2))
     else:
         print(render(outcome, output_width()))
     err_width = output_width(sys.stderr)
@@ -160,8 +169,30 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_DOES_NOT_FIT
     per = " per GPU" if r.choice.setup.num_gpus > 1 or r.choice.setup.strategy == "fsdp" else ""
     print(fill(f"tuneplan plan: fits: {r.choice.describe()} ({_gib(r.choice.memory.device_bytes)}{per} of "
-               f"{_gib(r.usable_bytes)})", err_width), file=sys.stderr)
+               f"{_gib(r.usable_bytes)})", err_width), file=sys.stderr, flush=True)
+    if not args.json and command:
+        print_command(command, request)
     return EXIT_OK
+
+
+def _target_flags(args: argparse.Namespace, outcome: Any) -> list[str]:
+    """The flags that name the plan's card to `train` (it checks the run is there): the
+    catalog key of --gpu and the --vram given; none for the GPUs NVML finds here."""
+    flags = ["--gpu", outcome.hardware.gpu.key] if args.gpu else []
+    return flags + (["--vram", args.vram] if args.vram else [])
+
+
+def print_command(parts: list[str], request: Any) -> None:
+    """The last lines of a plan: the `tuneplan train` command that trains it."""
+    from tuneplan.commands.terminal import fill, output_width
+    from tuneplan.services.command_line import DATASET_PLACEHOLDER, wrap_command
+
+    width = output_width()
+    print("\nTrain this plan with:")
+    print(wrap_command(parts, width))
+    if not request.dataset_source:
+        print(fill(f"({DATASET_PLACEHOLDER}: your dataset, a .jsonl/.json/.csv/.parquet file or Hub dataset id; "
+                   "plan with --dataset for its sequence length and time)", width, "  ", "   "))
 
 
 # -- `tuneplan plan --preset NAME` -------------------------------------------------------------
@@ -196,8 +227,12 @@ def plan_with_preset(args: argparse.Namespace) -> int:
     margin = _float(getattr(args, "safety_margin", None), "--safety-margin", allow_zero=True)
     fit = P.refit(preset, gpu=args.gpu, vram_bytes=parse_size(args.vram) if args.vram else None,
                   gpu_index=gpu_index, safety_margin=margin)
+    import shlex
+
+    command = shlex.join(["tuneplan", "train", "--preset", preset.name, *_target_flags(args, fit.outcome)])
     if args.json:
         out = fit.outcome.to_dict()
+        out["command"] = command if fit.fits else None
         out["preset"] = {
             "name": preset.name, "origin": preset.origin, "path": str(preset.path) if preset.path else None,
             "fits": fit.fits, "changes": {k: [a if not isinstance(a, tuple) else list(a),
@@ -218,6 +253,6 @@ def plan_with_preset(args: argparse.Namespace) -> int:
     if not fit.fits:
         print(fill(f"tuneplan plan: preset {preset.name} does not fit here", err_width), file=sys.stderr)
         return EXIT_DOES_NOT_FIT
-    print(fill(f"tuneplan plan: preset {preset.name}: {fit.change_text()}; train it with: "
-               f"tuneplan train --preset {preset.name}", err_width), file=sys.stderr)
+    print(fill(f"tuneplan plan: preset {preset.name}: {fit.change_text()}; train it with: {command}", err_width),
+          file=sys.stderr)
     return EXIT_OK

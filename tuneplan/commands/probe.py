@@ -117,7 +117,7 @@ def _planned(args: argparse.Namespace, hardware, random_weights: bool):
         config = P.resolve_sources(config, build=not random_weights)
         resolved = planning.resolve(planning.PlanRequest(model=config.model.source))
         return (resolved.name, config.setup, resolved, config.model.source, margin, f"config {args.config}", [],
-                config.model.trust_remote_code)
+                config.model.trust_remote_code, _p99(config.data.source, resolved))
     if args.preset:
         _refuse_knobs(args, "--preset")
         preset = P.find_preset(args.preset)
@@ -127,7 +127,8 @@ def _planned(args: argparse.Namespace, hardware, random_weights: bool):
             raise does_not_fit(f"preset {preset.name} does not fit {hardware.gpu.name}: "
                                f"{fit.reasons[0] if fit.reasons else 'see tuneplan plan --preset ' + preset.name}")
         return (preset.name, fit.config.setup, fit.outcome.model, fit.config.model.source, margin,
-                f"preset {preset.name}", notes, fit.config.model.trust_remote_code)
+                f"preset {preset.name}", notes, fit.config.model.trust_remote_code,
+                _p99(fit.config.data.source, fit.outcome.model))
     from tuneplan.commands.plan import build_request
 
     request = build_request(args)
@@ -137,8 +138,52 @@ def _planned(args: argparse.Namespace, hardware, random_weights: bool):
     if not result.fits:
         hint = f"; {result.suggestions[0]}" if result.suggestions else ""
         raise does_not_fit(f"no configuration of {outcome.model.name} fits {hardware.gpu.name}{hint}")
+    stats = outcome.request.dataset
     return (outcome.model.name, result.choice.setup, outcome.model, outcome.model.source, margin, "flags",
-            list(outcome.notes) + [f"planned: {result.choice.describe()}"], False)
+            list(outcome.notes) + [f"planned: {result.choice.describe()}"], False, stats and stats.p99_tokens)
+
+
+def _p99(source: str, model) -> int | None:
+    """The 99th-percentile example length (tokens) of a config's / preset's dataset, or None
+    when it names none or it cannot be read here (the advice then suggests no longer sequence)."""
+    from tuneplan.errors import UserError
+    from tuneplan.services import planning
+
+    if not source:
+        return None
+    try:
+        return planning.dataset_stats(source, model)[0].p99_tokens
+    except (UserError, OSError):
+        return None
+
+
+def _apply(args: argparse.Namespace, planned, dataset: str | None):
+    """setup -> the `tuneplan train` command that trains it, started as this probe was given:
+    `--preset NAME` and the knobs that change; a `--config` file's run in full (the wizard probes
+    a configuration written to a temporary file, which is gone when its report is read); else
+    every knob of the plan."""
+    import shlex
+
+    from tuneplan.services.command_line import DATASET_PLACEHOLDER, changed_flags, train_command
+
+    if args.preset:
+        return lambda s: shlex.join(["tuneplan", "train", "--preset", args.preset, *changed_flags(planned, s)])
+    from tuneplan.config import DataConfig, ModelConfig, RunConfig, TrainingConfig
+
+    if args.config:
+        from tuneplan.config import load_config
+
+        config = load_config(Path(args.config))
+        if args.model:
+            config = replace(config, model=replace(config.model, source=args.model))
+        return lambda s: train_command(replace(config, setup=s))
+
+    def command(s) -> str:
+        epochs = getattr(args, "epochs", None)
+        return train_command(RunConfig(model=ModelConfig(source=args.model),
+                                       data=DataConfig(source=dataset or DATASET_PLACEHOLDER), setup=s,
+                                       training=TrainingConfig(epochs=float(epochs) if epochs else 1.0)))
+    return command
 
 
 def run(args: argparse.Namespace) -> int:
@@ -161,13 +206,18 @@ def run(args: argparse.Namespace) -> int:
 
     cuda = torch.cuda.is_available()
     hardware, notes = _hardware(args, cuda)
-    model, setup, resolved, source, margin, how, plan_notes, remote = _planned(args, hardware, args.random_weights)
+    model, setup, resolved, source, margin, how, plan_notes, remote, p99 = _planned(args, hardware,
+                                                                                    args.random_weights)
+    planned = setup
     if setup.num_gpus > 1 or setup.strategy == "fsdp":
         raise UserError(f"the probe measures one GPU; this plan uses {setup.num_gpus} ({setup.strategy}): "
                         "plan it with --gpus 1, or probe one GPU's share with tuneplan train")
-    if not cuda and setup.compute_dtype != "float32":
-        setup = replace(setup, compute_dtype="float32")  # CPU training has no fast 16-bit autocast
-        notes.append("CPU: trained in float32 (the CPU has no fast 16-bit mixed precision)")
+    if not cuda:  # the launch's CPU rule (float32), as `train` applies it
+        from tuneplan.services.machine import setup_for_this_machine
+
+        setup, dtype_note = setup_for_this_machine(setup, 0)
+        if dtype_note:
+            notes.append(dtype_note)
     for line in notes + plan_notes:
         print(f"tuneplan probe: {line}", file=sys.stderr)
     prediction = probing.predict(resolved.spec, hardware, setup, on_cpu=not cuda)
@@ -194,7 +244,8 @@ def run(args: argparse.Namespace) -> int:
                                  safety_margin=margin, prediction=prediction, measured=measured,
                                  notes=notes + plan_notes + m.notes, source=how)
     report.advice = probing.advise(resolved.spec, hardware, setup, prediction, measured, safety_margin=margin,
-                                   on_cpu=not cuda)
+                                   on_cpu=not cuda, dataset_p99=p99,
+                                   apply=_apply(args, planned, getattr(args, "dataset", None)))
     path, replaced = probing.write_report(report, Path(args.out))
     if args.json:
         print(json.dumps(report.to_dict(), indent=2))
@@ -205,7 +256,14 @@ def run(args: argparse.Namespace) -> int:
         for line in report.render().splitlines():
             body = line.lstrip()
             indent = line[:len(line) - len(body)]
-            if width is None or len(line) <= width or not body:
+            if body.startswith("- " + probing.APPLY) and width is not None and len(line) > width:
+                import shlex
+
+                from tuneplan.services.command_line import wrap_command
+
+                print(f"{indent}- {probing.APPLY.strip()}")  # the command on its own lines, pasteable
+                print(wrap_command(shlex.split(body[len("- " + probing.APPLY):]), width, indent + "  "))
+            elif width is None or len(line) <= width or not body:
                 print(line)
             else:  # long sentences of the advice: wrapped at spaces, bullets hang
                 print("\n".join(wrap(body, width, indent, indent + "  ")))

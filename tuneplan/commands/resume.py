@@ -26,5 +26,5 @@ def run(args: argparse.Namespace) -> int:
     print(f"resumed {run_dir.name} from {ckpt.name} (pid {proc.pid}): micro-batch {s.micro_batch} x "
           f"accumulation {s.grad_accum} = effective batch {s.effective_batch()}")
     if args.foreground:
-        return follow(run_dir, proc, FINAL_PHASES)
+        return follow(run_dir, proc, FINAL_PHASES, runs_dir=args.runs_dir)
     return 0

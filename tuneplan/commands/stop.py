@@ -21,8 +21,10 @@ def run(args: argparse.Namespace) -> int:
 
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
     runs.request_stop(run_dir)
+    from tuneplan.services.command_line import resume_command
+
     print(f"stopping {run_dir.name}: it saves a checkpoint at the end of the current step; "
-          f"continue later with `tuneplan resume {run_dir.name}`")
+          f"continue later with `{resume_command(run_dir.name, args.runs_dir)}`")
     if args.wait:
         status = launcher.wait_for_phase(run_dir, FINAL_PHASES, args.timeout)
         phase = status.phase if status else "unknown"

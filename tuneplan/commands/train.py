@@ -112,7 +112,7 @@ def build(args: argparse.Namespace):
         config = config_from_dict(data, where=str(args.config), text=text)
         file = PartialSetup.from_setup(config.setup, data.get("setup") or {})
     elif args.preset:
-        from tuneplan.services.presets import find_preset
+        from tuneplan.services.presets import find_preset, with_knobs
 
         preset = find_preset(args.preset)
         if not args.trust_remote_code:  # refuse before the re-fit prints its notes
@@ -120,6 +120,14 @@ def build(args: argparse.Namespace):
 
             asked = preset.config.model
             remote_code_request(args.model or asked.source, requested=asked.trust_remote_code, granted=False)
+        # knob flags over a preset are re-fitted with it, so its summary ("Kept: method ...") is the run's
+        over = PartialSetup.from_args(args).fixed()
+        if over:
+            from tuneplan.knobs import BY_NAME
+
+            print("tuneplan: re-fitting the preset with your flags over it: "
+                  + ", ".join(f"{BY_NAME[k].flag} {BY_NAME[k].show(v)}" for k, v in over.items()), file=sys.stderr)
+        preset = with_knobs(preset, over)
         config = load_preset(preset, args)
         # a named preset is a complete, already re-fitted configuration; a preset file fixes its [setup] keys
         keys = preset.setup_keys if Path(args.preset).suffix else PLANNED
@@ -187,22 +195,18 @@ def plan_config(config, given, args: argparse.Namespace):
     fixed = {k: getattr(config.setup, k) for k in FIXABLE if given.is_fixed(k)}
     method = "auto" if "method" in auto else config.setup.method
     mb, ga = config.setup.micro_batch, config.setup.grad_accum
-    hardware = None
     if not (args.gpu or args.vram):
         from tuneplan.services.gpu import default_probe
 
         probe = default_probe()
-        if not probe.probe():
-            # no GPU and no target: the bundled tiny model trains on the CPU; any other needs a GPU
-            if not planning.is_bundled_tiny(planning.resolve(planning.PlanRequest(model=config.model.source))):
-                raise UserError(f"no NVIDIA GPU here to train {config.model.source} on ({probe.status()}): plan "
-                                "for a card with `tuneplan plan --gpu NAME`, or train here anyway with --gpu NAME "
-                                "or --vram SIZE and --force")
-            from tuneplan.services.presets import cpu_hardware
-
-            hardware = cpu_hardware()
+        # no GPU and no target: the bundled tiny model is planned for the CPU (the planning
+        # service's rule, as in `tuneplan plan`); any other needs a GPU
+        if not probe.probe() and not planning.is_bundled_tiny(
+                planning.resolve(planning.PlanRequest(model=config.model.source))):
+            raise UserError(f"no NVIDIA GPU here to train {config.model.source} on ({probe.status()}): plan "
+                            "for a card with `tuneplan plan --gpu NAME`, or train here anyway with --gpu NAME "
+                            "or --vram SIZE and --force")
     request = planning.PlanRequest(
-        hardware=hardware,
         model=config.model.source, gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None,
         method=method, fixed=fixed, epochs=config.training.epochs, dataset_source=config.data.source,
         effective_batch=mb * ga if given.is_fixed("micro_batch") and given.is_fixed("grad_accum") else None,
@@ -268,10 +272,10 @@ def run(args: argparse.Namespace) -> int:
         print(f"  follow it: tuneplan attach {run_dir.name}{hint}   list runs: tuneplan runs{hint}")
         print(f"  stop it:   tuneplan stop {run_dir.name}{hint}")
         return 0
-    return follow(run_dir, proc, FINAL_PHASES)
+    return follow(run_dir, proc, FINAL_PHASES, runs_dir=args.runs_dir)
 
 
-def follow(run_dir: Path, proc, final_phases) -> int:
+def follow(run_dir: Path, proc, final_phases, *, runs_dir: str | None = None) -> int:
     """Print progress lines from the run's events until its process ends.
 
     Ctrl-C reaches the whole foreground group: the supervisor checkpoints at the end of the
@@ -282,16 +286,18 @@ def follow(run_dir: Path, proc, final_phases) -> int:
     import time
 
     from tuneplan.events import EventTail, read_status
+    from tuneplan.services.command_line import resume_command
 
     presses = 0
+    resume = resume_command(run_dir.name, runs_dir)  # what `tuneplan stop` says too
 
     def on_ctrl_c(_signum, _frame) -> None:
         nonlocal presses
         presses += 1
         if presses > 1:
             raise KeyboardInterrupt
-        print("tuneplan: stopping: checkpointing at the end of the current step (Ctrl-C again to leave)",
-              file=sys.stderr, flush=True)
+        print("tuneplan: stopping: checkpointing at the end of the current step (Ctrl-C again to leave); "
+              f"continue later with `{resume}`", file=sys.stderr, flush=True)
 
     def show_new() -> None:
         for e in tail.read_new():
@@ -307,10 +313,14 @@ def follow(run_dir: Path, proc, final_phases) -> int:
             time.sleep(0.3)
         show_new()
     except KeyboardInterrupt:
+        print(f"tuneplan: left {run_dir.name} while it checkpoints; continue later with `{resume}`",
+              file=sys.stderr, flush=True)
         return 130
     finally:
         signal.signal(signal.SIGINT, previous)
     status = read_status(run_dir)
+    if status is not None and status.phase == "stopped":
+        print(f"tuneplan: {run_dir.name} stopped at step {status.step}; continue with `{resume}`", file=sys.stderr)
     return 0 if status is not None and status.phase in ("done", "stopped") else 3
 
 

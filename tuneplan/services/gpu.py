@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Any
 
-from planner.gpus import GPU, match_nvml
+from planner.gpus import CPU_ARCH, GPU, match_nvml
 
 
 @dataclass(frozen=True)
@@ -318,5 +318,5 @@ def cpu_hardware() -> Any:
 
     total, available = ram_bytes()
     gpu = GPU(key=CPU_KEY, name=f"this machine's CPU ({os.cpu_count() or 1} cores, no GPU)", memory_bytes=total,
-              bf16=False, arch="cpu", segment="cpu")
+              bf16=False, arch=CPU_ARCH, segment="cpu")
     return Hardware(gpu=gpu, free_bytes=min(available, total), source="cpu")

@@ -16,13 +16,12 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any, Sequence
 
-from planner.gpus import format_gib
+from planner.gpus import CPU_COMPUTE_DTYPE, format_gib
 from tuneplan.errors import UserError
 
-CPU_DTYPE = "float32"
-"""What a run computes in on a machine without an NVIDIA GPU. The HF Trainer's `bf16=True` on
-the CPU means torch's CPU autocast, far slower than float32 on most CPUs (torch docs,
-"Automatic Mixed Precision", CPU ops list); the shipped tiny-cpu preset says the same."""
+CPU_DTYPE = CPU_COMPUTE_DTYPE
+"""What a run computes in on a machine without an NVIDIA GPU: the planner's CPU rule
+(`planner.gpus.CPU_COMPUTE_DTYPE`), so a plan for the CPU and the run it launches agree."""
 
 
 def check_target_here(gpu: str | None, vram_bytes: int | None, probe: Any = None, *,

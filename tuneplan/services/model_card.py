@@ -7,7 +7,8 @@ The metadata is what the Hub reads: `base_model`, `library_name` (`peft` for an 
 `create_or_update_model_card`), `lora`, `transformers`, `trl`, `sft`, the Hub datasets. The
 body: what the run was (the LoRA line only for an adapter), what it measured (memory, speed;
 `presets.evidence_from_run`), its final and eval loss, how to load it (peft for an adapter,
-transformers otherwise), the notes of the run and its resolved configuration.
+transformers otherwise), `tuneplan eval`'s results (base beside tuned) when `RUN/eval.json`
+exists, the notes of the run and its resolved configuration.
 """
 
 from __future__ import annotations
@@ -131,6 +132,7 @@ def model_card(run_dir: Path, config: RunConfig, *, load_from: str, public: bool
         f"- optimizer {s.optimizer}, learning rate {config.training.learning_rate:g} ({config.training.lr_scheduler}), "
         f"{s.compute_dtype}", "",
         "## Results", "", "| measured | |", "| --- | --- |", *measured, "",
+        *(_evaluation(run_dir) if public else []),  # the run's own card gets it from `tuneplan eval`
         "## Use", "", *usage, "",
     ]
     if notes:
@@ -142,3 +144,11 @@ def model_card(run_dir: Path, config: RunConfig, *, load_from: str, public: bool
         "", "```toml", tomli_w.dumps(table).rstrip(), "```", "",
     ]
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)).content
+
+
+def _evaluation(run_dir: Path) -> list[str]:
+    """The card's evaluation section from `RUN/eval.json` (`tuneplan eval`), when the run has one."""
+    from tuneplan.services.eval_results import card_section, read_eval
+
+    report = read_eval(run_dir)
+    return [*card_section(report), ""] if report is not None else []

@@ -337,7 +337,9 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     model = resolve(request)
     spec = model.spec
     validate(request, spec)
+    request, cpu_notes = _bundled_tiny_on_cpu(request, model, probe)
     hardware, notes, detected = resolve_hardware(request, probe)
+    notes = cpu_notes + notes
     if hardware.source == "nvml" and request.gpus is not None and request.gpus > hardware.count:
         raise UserError(f"--gpus {request.gpus}: NVML sees {hardware.count} x {hardware.gpu.name} here; plan for "
                         f"another machine with --gpu {hardware.gpu.key if hardware.gpu.key != 'custom' else 'NAME'}")
@@ -383,6 +385,23 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     all_notes = tuple(notes) + tuple(getattr(model, "notes", ()) or ())
     return PlanOutcome(request=request, model=model, hardware=hardware, result=result, notes=all_notes,
                        detected_gpus=detected)
+
+
+def _bundled_tiny_on_cpu(request: PlanRequest, model: Any, probe: Any = None) -> tuple[PlanRequest, list[str]]:
+    """No GPU here and no card named: the bundled tiny model is planned for this machine's CPU,
+    where `tuneplan train` runs it (any other model needs a GPU or a --gpu/--vram target)."""
+    if (request.hardware is not None or request.gpu or request.vram_bytes is not None
+            or request.gpu_index is not None or not is_bundled_tiny(model)):
+        return request, []
+    from tuneplan.services.gpu import cpu_hardware, default_probe
+
+    probe = default_probe() if probe is None else probe
+    if probe.probe():
+        return request, []
+    hw = cpu_hardware()
+    return replace(request, hardware=hw), [f"No GPU found ({probe.status()}): planning for this machine's CPU, "
+                                           f"{hw.free_bytes / GiB:.1f} GiB of RAM available, as `tuneplan train` "
+                                           "runs the bundled tiny model here."]
 
 
 def is_bundled_tiny(model: Any) -> bool:

@@ -19,7 +19,7 @@ import sys
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from planner.gpus import GiB, format_gib
 from planner.setup import TrainSetup
@@ -225,11 +225,19 @@ def describe(s: TrainSetup) -> str:
 
 
 # -- advice --------------------------------------------------------------------------------------
+APPLY = "Apply it: "
+"""Starts an advice item that is a command line (`tuneplan train ...`), not a sentence."""
+
+
 def advise(spec: Any, hardware: Any, setup: TrainSetup, prediction: Prediction, measured: dict[str, Any], *,
-           safety_margin: float, on_cpu: bool = False) -> list[str]:
+           safety_margin: float, on_cpu: bool = False, dataset_p99: int | None = None,
+           apply: Callable[[TrainSetup], str] | None = None) -> list[str]:
     """Plain sentences: grow the micro-batch / sequence where the measurement leaves room
     (each alternative re-predicted by the planner and corrected by this probe's error), or what
-    to change where the margin is too thin."""
+    to change where the margin is too thin. A longer sequence is suggested only up to the
+    dataset's 99th-percentile example (`dataset_p99`, tokens; rounded up as the planner rounds):
+    a longer one trains padding. `apply(setup)`: the command line that trains `setup`; each
+    change suggested is followed by an item `APPLY + command`."""
     usable = hardware.usable_bytes()
     budget = int(usable * (1 - safety_margin))
     out: list[str] = []
@@ -271,6 +279,8 @@ def advise(spec: Any, hardware: Any, setup: TrainSetup, prediction: Prediction, 
             if n <= budget:
                 out.append(f"Change: {change}. Predicted {size(n)} with this probe's correction, which leaves the "
                            f"margin{_speed_note(p, prediction)}.")
+                if apply is not None:
+                    out.append(APPLY + apply(s))
                 break
         else:
             out.append("None of micro-batch 1, checkpointing, an 8-bit paged optimizer or QLoRA brings it under the "
@@ -291,21 +301,36 @@ def advise(spec: Any, hardware: Any, setup: TrainSetup, prediction: Prediction, 
         change, s, n, p = best
         out.append(f"The planner says {change} fits: predicted {size(n)} with this probe's correction, under "
                    f"{size(budget)}{_speed_note(p, prediction)}.")
+        if apply is not None:
+            out.append(APPLY + apply(s))
         grown = True
     limit = spec.max_position_embeddings or setup.seq_len
+    if dataset_p99 is not None:
+        from planner.solver import SEQ_ROUND
+
+        limit = min(limit, -(-dataset_p99 // SEQ_ROUND) * SEQ_ROUND)  # the plan's own rounding (choose_seq_len)
     longest: tuple[TrainSetup, int, Prediction] | None = None
     seq = setup.seq_len * 2
-    while seq <= limit:
-        s = replace(setup, seq_len=seq)
+    while setup.seq_len < limit:
+        s = replace(setup, seq_len=min(seq, limit))
         n, p = need(s)
         if n > budget:
             break
         longest = (s, n, p)
+        if seq >= limit:
+            break
         seq *= 2
-    if longest is not None:
+    if dataset_p99 is None and longest is not None:
+        out.append(f"A longer sequence than {setup.seq_len} tokens would fit, but helps only if your examples are "
+                   "longer: probe with --dataset to measure them.")
+        grown = True
+    elif longest is not None:
         s, n, p = longest
-        out.append(f"Or a longer sequence: {s.seq_len} tokens (from {setup.seq_len}) fits at this micro-batch, "
-                   f"predicted {size(n)} with this probe's correction.")
+        out.append(f"Or a longer sequence: {s.seq_len} tokens (from {setup.seq_len}; the dataset's 99th-percentile "
+                   f"example is {dataset_p99}) fits at this micro-batch, predicted {size(n)} with this probe's "
+                   "correction.")
+        if apply is not None:
+            out.append(APPLY + apply(s))
         grown = True
     if not grown:
         out.append("No larger micro-batch or longer sequence fits under the margin; keep this configuration.")

@@ -17,6 +17,8 @@ its own for the architectures it knows) and the output says so.
 
 from __future__ import annotations
 
+import json
+import os
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -146,7 +148,9 @@ def write_modelfile(out: Path, weights: Path, tokenizer) -> tuple[Path, str | No
     except ValueError as exc:
         pieces, note = None, (f"the chat template cannot be written as an Ollama template ({exc}); the Modelfile "
                               "has no TEMPLATE, so Ollama uses its own for a known architecture: check it")
-    frm = "." if Path(weights).resolve() == Path(out).resolve() else str(Path(weights).resolve())
+    # relative to the Modelfile's folder (the printed commands `cd` there first), so the export
+    # names no absolute path of this machine and moves with the run folder
+    frm = os.path.relpath(Path(weights).resolve(), Path(out).resolve())
     lines = ["# Ollama Modelfile written by `tuneplan export --format ollama`", f"FROM {frm}"]
     if pieces is not None:
         template = pieces.go_template()
@@ -162,6 +166,38 @@ def ollama_commands(out: Path, name: str, *, quantize: str | None = "q4_K_M") ->
     """The commands that import and run the model in Ollama."""
     q = f" -q {quantize}" if quantize else ""
     return [f"cd {shlex.quote(str(out))}", f"ollama create {name} -f Modelfile{q}", f"ollama run {name}"]
+
+
+def model_context(source: str | Path) -> int | None:
+    """The context length (tokens) of a model: its `config.json` in a local folder, the
+    catalog's copy for a catalog name, or the local Hub cache's for a Hub id; None when none of
+    these has it (nothing is downloaded)."""
+    from planner.spec import spec_from_config
+
+    config: dict | None = None
+    folder = Path(source)
+    if (folder / "config.json").is_file():
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    else:
+        from planner import catalog
+
+        entry = catalog.find(str(source))
+        if entry is not None:
+            return entry.spec().max_position_embeddings
+        try:
+            from huggingface_hub import try_to_load_from_cache
+
+            cached = try_to_load_from_cache(str(source), "config.json")
+        except Exception:  # not a repo id: no cached config
+            cached = None
+        if isinstance(cached, str):
+            config = json.loads(Path(cached).read_text(encoding="utf-8"))
+    if not config:
+        return None
+    try:
+        return spec_from_config(config, str(source)).max_position_embeddings
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def vllm_max_lora_rank(rank: int) -> int:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -90,3 +91,61 @@ class PlanToTrackerCallback(TrainerCallback):
             # mlflow params hold at most 500 characters each (`mlflow.utils.validation`)
             mlflow.log_params({f"tuneplan.{k}": str(v)[:500] for k, v in flat(self.plan).items()})
             mlflow.log_dict(self.plan, "tuneplan_plan.json")
+
+
+def eval_metrics(report) -> dict[str, float]:
+    """`tuneplan eval`'s numbers, flat: `eval/base/loss`, `eval/tuned/rouge_l`, `eval/tuned/TASK/METRIC`."""
+    out: dict[str, float] = {}
+    for side, scores in (("base", report.base), ("tuned", report.adapter)):
+        for key in ("loss", "perplexity", "exact_match", "token_f1", "rouge_l"):
+            value = getattr(scores, key)
+            if isinstance(value, (int, float)) and math.isfinite(value):
+                out[f"eval/{side}/{key}"] = float(value)
+        for task, metrics in scores.tasks.items():
+            for metric, value in metrics.items():
+                out[f"eval/{side}/{task}/{metric}"] = float(value)
+    return out
+
+
+def log_evaluation(run_dir: Path, config: RunConfig, report) -> None:
+    """`tuneplan eval`'s results in the run's tracker (`training.report_to`), after training:
+    TensorBoard scalars and a text table in `RUN/tensorboard`; for trackio, W&B and MLflow a
+    run of the same name in project "tuneplan" (the trainer's run cannot be reopened from here)."""
+    report_to = config.training.report_to
+    if report_to == "none":
+        return
+    metrics = eval_metrics(report)
+    name = config.name or Path(run_dir).name
+    from tuneplan.events import read_status
+    from tuneplan.services.eval_results import table_lines
+
+    status = read_status(run_dir)
+    step = status.step if status is not None else 0
+    if report_to == "tensorboard":
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(log_dir=str(Path(run_dir) / TENSORBOARD_DIR / "eval"))
+        try:
+            for key, value in metrics.items():
+                writer.add_scalar(key, value, step)
+            writer.add_text("tuneplan/eval", "```\n" + "\n".join(table_lines(report)) + "\n```", step)
+        finally:
+            writer.close()
+    elif report_to == "trackio":
+        import trackio
+
+        trackio.init(project="tuneplan", name=f"{name}-eval", config={"tuneplan_run": name})
+        trackio.log(metrics, step=step)
+        trackio.finish()
+    elif report_to == "wandb":
+        import wandb
+
+        run = wandb.init(project="tuneplan", name=f"{name}-eval", job_type="eval", group=name)
+        run.log(metrics, step=step)
+        run.finish()
+    elif report_to == "mlflow":
+        import mlflow
+
+        with mlflow.start_run(run_name=f"{name}-eval"):
+            mlflow.log_metrics({k.replace("/", "."): v for k, v in metrics.items()}, step=step)
+            mlflow.log_dict(report.to_dict(), "tuneplan_eval.json")

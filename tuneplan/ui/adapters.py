@@ -228,31 +228,35 @@ class RunsAdapter:
         check_tracker(training.report_to)  # said on the screen, before a launch is tried
         return config.validate()
 
+    def read_eval(self, run_dir: Path) -> Any:
+        """The run's `tuneplan eval` report (`RUN/eval.json`), or None."""
+        from tuneplan.services.eval_results import read_eval
+
+        return read_eval(run_dir)
+
+    def start_eval(self, run_dir: Path, *, force: bool = False) -> Any:
+        """`tuneplan eval RUN` in its own process (`Popen`); output in `RUN/eval.log`."""
+        from tuneplan.services.eval_results import start_eval
+
+        return start_eval(run_dir, force=force)
+
+    def eval_error(self, run_dir: Path) -> str | None:
+        from tuneplan.services.eval_results import eval_error
+
+        return eval_error(run_dir)
+
     def config_text(self, config: Any) -> str:
         from tuneplan.config import dump_config
 
         return dump_config(config)
 
     def train_command(self, config: Any, target: Any = None) -> str:
-        """The `tuneplan train` command line that launches the same run: every knob the
-        planner would choose is given, so it runs as is without planning again. `target`: a
+        """The `tuneplan train` command line that launches the same run
+        (`tuneplan.services.command_line`, the builder `tuneplan plan` uses too). `target`: a
         dry-run target adds `--gpu KEY` / `--vram SIZE`, so `train` checks it runs there."""
-        import shlex
+        from tuneplan.services.command_line import train_command
 
-        from tuneplan.knobs import equivalent_flags
-
-        t = config.training
-        parts = ["tuneplan", "train", "--model", config.model.source, "--dataset", config.data.source,
-                 *equivalent_flags(config.setup)]
-        if t.max_steps is not None:
-            parts += ["--max-steps", str(t.max_steps)]
-        else:
-            parts += ["--epochs", f"{t.epochs:g}"]
-        parts += ["--lr", f"{t.learning_rate:g}"]
-        if t.report_to != "none":
-            parts += ["--report-to", t.report_to]
-        parts += target_flags(target)
-        return " ".join(shlex.quote(p) for p in parts)
+        return train_command(config, target_flags(target))
 
     def save_preset(self, config: Any, name: str, *, gpu: str | None = None) -> Path:
         """Save the configuration as a user preset through the presets service (never over
@@ -389,8 +393,8 @@ class PlanningAdapter:
     def hardware(self, target: Any) -> Any:
         from planner.solver import Hardware
 
-        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes,
-                        source="catalog" if target.dry_run else "nvml")
+        source = "cpu" if target.gpu.is_cpu() else "catalog" if target.dry_run else "nvml"
+        return Hardware(gpu=target.gpu, count=target.count, free_bytes=target.free_bytes, source=source)
 
     def plan(self, model: ModelChoice, target: Any, dataset: Any, fixed: Any) -> PlanView:
         """The solver's choice with the knobs the user edited kept (`fixed`: a

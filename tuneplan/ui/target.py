@@ -69,3 +69,14 @@ def dry_run_target(text: str) -> Target:
         hint = f"did you mean {', '.join(exc.suggestions)}? " if exc.suggestions else ""
         raise UserError(f"unknown GPU '{text}': {hint}or type a memory size like 24GiB") from None
     return Target(gpu=gpu, label=f"{gpu.name} (dry run)", dry_run=True)
+
+
+def cpu_target() -> Target:
+    """This machine's CPU as the target, on a machine without an NVIDIA GPU: the planner plans
+    for its available RAM in float32 (`planner.gpus.CPU_COMPUTE_DTYPE`), as `tuneplan train`
+    and `plan --preset` do there (`tuneplan.services.gpu.cpu_hardware`). Not a dry run: a
+    launch trains here."""
+    from tuneplan.services.gpu import cpu_hardware
+
+    hw = cpu_hardware()
+    return Target(gpu=hw.gpu, label=hw.gpu.name, free_bytes=hw.free_bytes)

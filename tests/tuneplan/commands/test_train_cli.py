@@ -134,6 +134,8 @@ def test_foreground_ctrl_c_checkpoints_and_stops(tiny_model, runs_root, tmp_path
     assert status.phase == "stopped" and 2 <= status.step < 200
     assert status.last_checkpoint.endswith(f"checkpoint-{status.step}")
     assert "stopping" in err and "[stopped]" in out, out + err
+    # as `tuneplan stop` does, it says how to continue (issue 19, item 12)
+    assert "continue later with `tuneplan resume fg`" in err and "continue with `tuneplan resume fg`" in err, err
 
 
 # --- OOM recovery -----------------------------------------------------------------------------------

@@ -100,3 +100,27 @@ def test_push_merged_and_the_one_line_errors(trained_lora_run, tmp_path):
     assert bad_repo.returncode == 2 and "--repo must be a Hub id" in bad_repo.stderr
     assert "me/x" not in hub.repos
     _no_token_anywhere(run_dir, proc.stdout, proc.stderr)
+
+
+def test_the_card_carries_tuneplan_evals_results(tmp_path):
+    """With `RUN/eval.json` (`tuneplan eval`), the pushed card shows base beside tuned."""
+    import shutil
+    from pathlib import Path
+
+    from tuneplan.config import load_config
+    from tuneplan.services import eval_results
+    from tuneplan.services.model_card import model_card
+
+    run_dir = tmp_path / "tiny-done"
+    shutil.copytree(Path(__file__).resolve().parents[2] / "data" / "runs" / "tiny-done", run_dir)
+    config = load_config(run_dir / "config.toml")
+    assert "## Evaluation" not in model_card(run_dir, config, load_from="me/x", public=True)
+    base = eval_results.ModelScores(loss=3.5, perplexity=33.1, scored_tokens=40, exact_match=0.0, generated=5)
+    tuned = eval_results.ModelScores(loss=1.25, perplexity=3.49, scored_tokens=40, exact_match=0.6, generated=5)
+    eval_results.write_eval(run_dir, eval_results.EvalReport(
+        run="tiny-done", base_model="m", weights="adapter", method="lora", data_format="chat", held_out_examples=5,
+        base=base, adapter=tuned))
+    card = model_card(run_dir, config, load_from="me/x", public=True)
+    assert "## Evaluation" in card and "5 held-out examples" in card
+    assert "| loss | 3.5000 | 1.2500 | -2.2500 |" in card and "| exact match | 0.0% | 60.0% | +60.0 pts |" in card
+    assert card.index("## Results") < card.index("## Evaluation") < card.index("## Use")

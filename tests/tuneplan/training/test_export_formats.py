@@ -65,8 +65,8 @@ def test_vllm_and_safetensors_exports(trained_lora_run, tmp_path, capsys):
     printed = capsys.readouterr().out
     base = load_config(run_dir / "config.toml").model.source
     name = run_dir.name.lower()
-    assert (f"vllm serve {base} --enable-lora --max-lora-rank 8 --lora-modules {name}={run_dir / 'adapter'} "
-            "--max-model-len 64") in printed
+    assert f"vllm serve {base} --enable-lora --max-lora-rank 8 --lora-modules {name}={run_dir / 'adapter'}\n" in printed
+    assert "trained on sequences of up to 64 tokens; add --max-model-len 64" in printed  # said, not imposed
     assert sorted(p.name for p in run_dir.iterdir()) == before  # the adapter as is: nothing written
     # --merge keeps working, and is --format safetensors
     assert main(["export", str(run_dir), "--merge", "--dtype", "float32", "--out", str(tmp_path / "m")]) == 0

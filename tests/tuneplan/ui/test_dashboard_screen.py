@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import pytest
@@ -151,3 +152,56 @@ async def test_multi_gpu_run_shows_a_row_per_rank(tmp_path, recorded_run):
         stats = text_of(screen, "#stats")
         for rank, e in last.items():
             assert f"{rank}:cpu {e.rss_bytes / 2**30:.1f} GiB rss" in stats
+
+
+async def test_a_done_run_shows_its_eval_and_e_asks_before_replacing_it(tmp_path, recorded_run):
+    from tuneplan.services import eval_results
+
+    from eval_reports import sample_report
+
+    run_dir = recorded_run("tiny-done")
+    eval_results.write_eval(run_dir, sample_report(run="tiny-done"))
+    app = create_app(make_services(tmp_path, nvml=FakeNVML([rtx_4090()])), run_dir=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: "held-out loss" in text_of(screen, "#eval"))
+        line = text_of(screen, "#eval")
+        assert line.startswith(eval_results.summary(sample_report())) and "tuneplan eval tiny-done --show" in line
+        assert screen.check_action("evaluate", ()) is True
+        await pilot.press("e")  # an eval exists: replacing it is asked first
+        assert isinstance(app.screen, ConfirmDialog)
+        await pilot.press("escape")
+        assert not screen._eval_running
+
+
+async def test_a_crashed_run_offers_no_eval(tmp_path, recorded_run):
+    app = create_app(make_services(tmp_path, nvml=FakeNVML([rtx_4090()])), run_dir=recorded_run("tiny-crashed"))
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.snapshot is not None and screen._eval_checked)
+        assert screen.check_action("evaluate", ()) is False
+        await pilot.press("e")
+        await pilot.pause(0.1)
+        assert not screen._eval_running and not screen.query_one("#eval", Static).display
+
+
+@pytest.mark.slow
+async def test_e_evaluates_a_done_run_and_shows_the_result(tmp_path, trained_lora_run):
+    import shutil
+
+    src, _ = trained_lora_run
+    run_dir = tmp_path / "runs" / src.name
+    shutil.copytree(src, run_dir)
+    app = create_app(make_services(tmp_path, nvml=FakeNVML([rtx_4090()])), run_dir=run_dir)
+    async with app.run_test(size=(80, 24)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.snapshot is not None and screen._eval_checked)
+        assert not screen.query_one("#eval", Static).display  # not evaluated yet: nothing shown
+        await pilot.press("e")
+        await wait_for(pilot, lambda: screen._eval_running)
+        assert "evaluating" in text_of(screen, "#eval")
+        await wait_for(pilot, lambda: not screen._eval_running, timeout=240)
+        shown = text_of(screen, "#eval")
+        assert "held-out loss" in shown, (run_dir / "eval.log").read_text()
+    report = json.loads((run_dir / "eval.json").read_text(encoding="utf-8"))
+    assert f"{report['base']['loss']:.4f} -> {report['adapter']['loss']:.4f}" in shown

@@ -28,7 +28,7 @@ async def test_no_driver_offers_dry_run_by_card_name(tmp_path):
         assert isinstance(screen, HardwareScreen)
         await wait_for(pilot, lambda: screen.query_one("#dry").display)
         status = str(screen.query_one("#status", Static).render())
-        assert "No NVIDIA GPU" in status and "dry-run" in status
+        assert "No NVIDIA GPU" in status and "dry run" in status
         await pilot.press(*"3060", "enter")
         await wait_for(pilot, lambda: isinstance(app.screen, ModelScreen))
     (msg,) = seen
@@ -82,3 +82,24 @@ async def test_zero_size_is_an_error_not_a_card(tmp_path):
         assert "> 0" in error and "0GiB" in error
         await pilot.pause()
         assert not seen and isinstance(app.screen, HardwareScreen)
+
+
+async def test_no_gpu_offers_this_machines_cpu_first(tmp_path):
+    """No NVIDIA GPU: Enter plans for this machine's CPU (as `train` does for the tiny model)
+    instead of a card the user does not have; typing a card still works (the test above)."""
+    from tuneplan.ui.adapters import ModelsAdapter, PlanningAdapter
+
+    app = create_app(make_services(tmp_path))
+    seen: list[TargetChosen] = []
+    async with app.run_test(size=(80, 24), message_hook=_hook(seen)) as pilot:
+        screen = app.screen
+        await wait_for(pilot, lambda: screen.query_one("#dry").display and screen.cpu is not None)
+        assert "this machine's CPU" in str(screen.query_one("#status", Static).render())
+        await pilot.press("enter")
+        await wait_for(pilot, lambda: isinstance(app.screen, ModelScreen))
+    (msg,) = seen
+    target = msg.target
+    assert target.gpu.is_cpu() and not target.dry_run and target.index is None
+    plan = PlanningAdapter().plan(ModelsAdapter().resolve("tuneplan:tiny"), target, None, {})
+    assert plan.fits and plan.setup.compute_dtype == "float32" and plan.setup.method == "full"
+    assert plan.raw.hardware.source == "cpu"

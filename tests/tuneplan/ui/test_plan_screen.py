@@ -58,7 +58,8 @@ async def test_editing_a_knob_re_estimates_and_goes_red(tmp_path):
         screen.query_one("#method", Choice).focus()
         await pilot.press("left")  # qlora -> lora
         assert screen.plan.setup.method == "lora"
-        await pilot.press("ctrl+u")  # back to the solver's plan
+        await pilot.press("ctrl+z", "y")  # back to the solver's plan, confirmed
+        await pilot.pause()
         assert screen.plan is solved and seq.value == str(solved.setup.seq_len)
         await pilot.press("ctrl+n")
         await wait_for(pilot, lambda: isinstance(app.screen, ReviewScreen))
@@ -76,7 +77,8 @@ async def test_alternatives_table_and_replan_keeps_edits(tmp_path):
         table.focus()
         await pilot.press("enter")  # use the highlighted alternative
         assert screen.plan.setup == alt.setup and not screen.plan.solver
-        await pilot.press("ctrl+u")
+        await pilot.press("ctrl+z", "y")
+        await pilot.pause()
         rank = screen.query_one("#lora_rank", Input)
         rank.focus()
         rank.value = "64"

@@ -9,7 +9,11 @@ from tuneplan.ui.screens.dataset_screen import DatasetScreen
 from ui_helpers import FakeNVML, make_services, rtx_4090, wait_for
 
 
-def test_hardware_without_gpu_offers_dry_run(snap_compare, tmp_path):
+def test_hardware_without_gpu_offers_dry_run(snap_compare, tmp_path, monkeypatch):
+    from tuneplan.services import gpu as gpu_service
+
+    # the RAM figure of the "this machine (CPU)" row: fixed at the psutil boundary, not this machine's
+    monkeypatch.setattr(gpu_service, "ram_bytes", lambda: (32 * 1024**3, 24 * 1024**3))
     app = create_app(make_services(tmp_path))
 
     async def ready(pilot):

@@ -34,7 +34,7 @@ from tuneplan.services.presets.file_format import (
     check_no_secret, dump_preset, load_preset_file, preset_from_toml,
 )
 from tuneplan.services.presets.refit import (
-    SEQ_STEP, Refit, load_preset_config, local_hardware, refit, target_hardware,
+    SEQ_STEP, Refit, load_preset_config, local_hardware, refit, target_hardware, with_knobs,
 )
 from tuneplan.services.paths import CACHE_DIR_ENV, PRESETS_DIR_ENV, cache_dir
 from tuneplan.services.presets.store import (
@@ -50,5 +50,5 @@ __all__ = [
     "project_dir", "resolve_sources", "tiny_model_dir", "local_hardware", "cpu_hardware", "dump_preset",
     "check_no_secret", "evidence_from_run", "target_hardware", "write_preset_text", "preset_from_run_config",
     "portable_sources", "cache_dir", "PresetEntry", "CPU", "TINY_MODEL", "SAMPLE_DATA", "PRESETS_DIR_ENV",
-    "CACHE_DIR_ENV", "SETUP_KEYS", "REFITTED", "SHOWN", "SEQ_STEP", "NAME_RE", "TOKEN_ENV", "TOKEN_RE",
+    "CACHE_DIR_ENV", "with_knobs", "SETUP_KEYS", "REFITTED", "SHOWN", "SEQ_STEP", "NAME_RE", "TOKEN_ENV", "TOKEN_RE",
 ]

@@ -174,6 +174,26 @@ def _base_fixed(preset: Preset) -> dict[str, Any]:
     return fixed
 
 
+def with_knobs(preset: Preset, knobs: dict[str, Any]) -> Preset:
+    """`preset` with `knobs` (the user's flags, `train --preset NAME --method lora`) set over its
+    `[setup]`: the re-fit keeps them, re-fitted knobs among them included, so what it says it
+    kept is what the run trains."""
+    from tuneplan.config import with_setup
+    from tuneplan.knobs import REFITTED
+
+    if not knobs:
+        return preset
+    config = with_setup(preset.config, **knobs)
+    constraints = preset.constraints
+    if "micro_batch" in knobs or "grad_accum" in knobs:
+        # the batch given is the batch trained: with the preset's other factor, as a flag over a file sets it
+        knobs = {**knobs, "micro_batch": config.setup.micro_batch, "grad_accum": config.setup.grad_accum}
+        constraints = replace(constraints, effective_batch=config.setup.effective_batch())
+    keep = tuple(dict.fromkeys((*constraints.keep, *(k for k in knobs if k in REFITTED))))
+    return replace(preset, config=config, setup_keys=preset.setup_keys | set(knobs),
+                   constraints=replace(constraints, keep=keep))
+
+
 def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = None, gpu_index: int | None = None,
           hardware: Any = None, probe: Any = None, safety_margin: float | None = None,
           build_sources: bool = False) -> Refit:

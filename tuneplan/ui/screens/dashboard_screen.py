@@ -18,7 +18,7 @@ from textual.widgets import Footer, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
 from tuneplan.ui.app_base import WizardScreen
-from tuneplan.ui.formatting import duration, gib, rate
+from tuneplan.ui.formatting import duration, gib, last_lines, rate
 from tuneplan.ui.messages import GpuSampled, RunUpdated
 from tuneplan.ui.run_view import RunFollower, RunSnapshot
 from tuneplan.ui.widgets.dialogs import ConfirmDialog, HelpDialog
@@ -34,6 +34,7 @@ HELP = [
     ("s", "save a checkpoint now (the run continues)"),
     ("x", "stop the run: checkpoint, then exit (asks first)"),
     ("l", "switch the tail between events and train.log"),
+    ("e", "when the run is done: evaluate it beside its base model (`tuneplan eval RUN`)"),
     ("d / q", "detach: leave the dashboard, the run continues"),
     ("?", "this help"),
     ("", "reattach any time: tuneplan attach [RUN]"),
@@ -48,6 +49,16 @@ class RunFollowFailed(Message):
         self.error = error
 
 
+class EvalUpdated(Message):
+    """What the eval line shows now: a report's summary, "evaluating...", or an error."""
+
+    def __init__(self, text: str, *, running: bool = False, failed: bool = False) -> None:
+        super().__init__()
+        self.text = text
+        self.running = running
+        self.failed = failed
+
+
 class DashboardScreen(WizardScreen[None]):
     """Loss/LR plots, progress, throughput, GPU, memory, event/log tail and checkpoints."""
 
@@ -56,6 +67,7 @@ class DashboardScreen(WizardScreen[None]):
         Binding("s", "save", "Save now"),
         Binding("x", "stop", "Stop"),
         Binding("l", "toggle_tail", "Log/events"),
+        Binding("e", "evaluate", "Evaluate"),
         Binding("d", "detach", "Detach"),
         Binding("q", "detach", "Detach", show=False),
         Binding("question_mark", "help", "Help"),
@@ -74,6 +86,9 @@ class DashboardScreen(WizardScreen[None]):
         self._plotted_version = -1
         self._plotted_at = 0.0
         self._plot_timer: Timer | None = None
+        self._eval_checked = False
+        self._eval_running = False
+        self._eval_exists = False
 
     # -- layout --------------------------------------------------------------------------
     def compose(self) -> ComposeResult:
@@ -86,6 +101,7 @@ class DashboardScreen(WizardScreen[None]):
             yield PlotextPlot(id="loss-plot")
             yield PlotextPlot(id="lr-plot")
         yield Static(id="stats")
+        yield Static(id="eval")
         yield Static(id="error")
         with Horizontal(id="bottom"):
             yield Static(id="tail")
@@ -135,11 +151,53 @@ class DashboardScreen(WizardScreen[None]):
                 return
             self._stop_event.wait(GPU_SECONDS)
 
+    @work(thread=True, exclusive=True, exit_on_error=False, group="eval")
+    def load_eval(self) -> None:
+        """The summary of `RUN/eval.json` when the run has one (nothing shown otherwise)."""
+        from tuneplan.services.eval_results import summary
+
+        report = self.app.services.runs.read_eval(self.run_dir)
+        if report is not None:
+            self.post_message(EvalUpdated(f"{summary(report)}  (tuneplan eval {self.run_dir.name} --show)"))
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="eval")
+    def run_eval(self, force: bool) -> None:
+        """`tuneplan eval RUN` as its own process; its result (or its one error line) comes back."""
+        from tuneplan.services.eval_results import summary
+
+        runs = self.app.services.runs
+        try:
+            proc = runs.start_eval(self.run_dir, force=force)
+        except OSError as exc:
+            self.post_message(EvalUpdated(f"eval could not start: {exc}", failed=True))
+            return
+        self.post_message(EvalUpdated(f"evaluating: base vs tuned on the held-out split "
+                                      f"(tuneplan eval {self.run_dir.name}; log in eval.log)...", running=True))
+        rc = proc.wait()
+        report = runs.read_eval(self.run_dir) if rc == 0 else None
+        if report is not None:
+            self.post_message(EvalUpdated(f"{summary(report)}  (tuneplan eval {self.run_dir.name} --show)"))
+        else:
+            self.post_message(EvalUpdated(f"eval failed: {runs.eval_error(self.run_dir) or f'exit code {rc}'}",
+                                          failed=True))
+
     # -- rendering -----------------------------------------------------------------------
     @on(RunUpdated)
     def _on_run_updated(self, message: RunUpdated) -> None:
         self.snapshot = message.snapshot
         self._render_snapshot()
+        if self.snapshot.finished and not self._eval_checked:
+            self._eval_checked = True
+            self.refresh_bindings()  # `e` shows once the run is done
+            self.load_eval()
+
+    @on(EvalUpdated)
+    def _on_eval_updated(self, message: EvalUpdated) -> None:
+        self._eval_running = message.running
+        self._eval_exists = self._eval_exists or not (message.running or message.failed)
+        line = self.query_one("#eval", Static)
+        line.display = True
+        line.update(Text(message.text, style="bold red" if message.failed else "dim" if message.running else ""))
 
     @on(RunFollowFailed)
     def _on_follow_failed(self, message: RunFollowFailed) -> None:
@@ -188,18 +246,21 @@ class DashboardScreen(WizardScreen[None]):
             self._plot_timer = self.set_timer(PLOT_SECONDS, self._replot)
         self.query_one("#stats", Static).update(self._stats_text(s))
         self._render_tail(s)
+        box = self.query_one("#checkpoints", Static)
         cps = Text("checkpoints\n", style="bold")
         # the events list every checkpoint saved; save_total_limit (or a user) deletes old ones
         kept = [(step, path) for step, path in s.checkpoints if _on_disk(s.run_dir, path)]
-        for step, path in kept[-6:]:
-            name = Path(path).name
-            cps.append((name if str(step) in name else f"step {step}: {name}") + "\n")
         gone = len(s.checkpoints) - len(kept)
+        names = [name if str(step) in name else f"step {step}: {name}"
+                 for step, name in ((step, Path(path).name) for step, path in kept)]
+        rows = max(TAIL_LINES, box.content_size.height) - 1 - (1 if gone else 0)
+        if names:
+            cps.append("\n".join(last_lines(names, box.content_size.width or None, rows)) + "\n")
         if gone:
             cps.append(f"{gone} deleted\n", style="dim")  # by save_total_limit or by hand
         if not s.checkpoints:
             cps.append("none yet", style="dim")
-        self.query_one("#checkpoints", Static).update(cps)
+        box.update(cps)
 
     def _replot(self) -> None:
         self._plot_timer = None
@@ -256,13 +317,11 @@ class DashboardScreen(WizardScreen[None]):
             err = (s.measured_peak_bytes - s.predicted_peak_bytes) / s.predicted_peak_bytes
             t.append(f"  ({err:+.1%})")
         elif s.measured_peak_bytes is None:
-            t.append("  (measured on CUDA runs after step 2)", style="dim")
+            t.append("  (CUDA runs, after step 2)", style="dim")
         if len(s.gpu_rows) > 1:
             t.append("\n")
             t.append_text(self._ranks_text(s))
-        t.no_wrap = True
-        t.overflow = "ellipsis"
-        return t
+        return t  # wrapped at spaces by the widget (dashboard_screen.tcss), never cut in a word
 
     @staticmethod
     def _ranks_text(s: RunSnapshot) -> Text:
@@ -300,13 +359,15 @@ class DashboardScreen(WizardScreen[None]):
             error.update(Text(f"run {s.phase}: {s.error or 'no error recorded (the process vanished)'}",
                               style="bold red"))
             t.append("train.log tail:\n", style="bold")
-            lines = list(s.log_lines)[-(height - 1):]
+            source = s.log_lines
         elif self.show_log:
             t.append("train.log (l: events)\n", style="bold")
-            lines = list(s.log_lines)[-(height - 1):]
+            source = s.log_lines
         else:
             t.append("events (l: train.log)\n", style="bold")
-            lines = list(s.event_lines)[-(height - 1):]
+            source = s.event_lines
+        # the newest lines, wrapped at spaces to the tail's width: never cut inside a word
+        lines = last_lines(list(source), tail.content_size.width or None, height - 1)
         t.append("\n".join(lines) if lines else "(nothing yet)", style="" if lines else "dim")
         tail.update(t)
 
@@ -340,6 +401,30 @@ class DashboardScreen(WizardScreen[None]):
         self.app.push_screen(ConfirmDialog(f"Stop run {self.run_dir.name}?\n"
                                            "It saves a checkpoint, then exits; "
                                            "`tuneplan resume` continues it."), answered)
+
+    def check_action(self, action: str, parameters: tuple[object, ...]) -> bool | None:
+        if action == "evaluate":  # shown in the footer only once the run is done (or stopped)
+            return self.snapshot is not None and self.snapshot.phase in ("done", "stopped")
+        return True
+
+    def action_evaluate(self) -> None:
+        s = self.snapshot
+        if s is None or s.phase not in ("done", "stopped"):
+            self.notify("Evaluate a run once it is done.", severity="warning")
+            return
+        if self._eval_running:
+            self.notify("The evaluation is running: its result shows here.", severity="warning")
+            return
+        if not self._eval_exists:
+            self.run_eval(False)
+            return
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.run_eval(True)
+
+        self.app.push_screen(ConfirmDialog(f"Evaluate {self.run_dir.name} again?\n"
+                                           "The new results replace eval.json."), answered)
 
     def action_toggle_tail(self) -> None:
         self.show_log = not self.show_log

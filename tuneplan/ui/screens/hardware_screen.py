@@ -15,9 +15,10 @@ from textual.widgets.option_list import Option
 
 from tuneplan.ui.app_base import WizardScreen
 from tuneplan.errors import UserError
+from tuneplan.services.machine import CPU_DTYPE
 from tuneplan.ui.formatting import gib
 from tuneplan.ui.messages import TargetChosen
-from tuneplan.ui.target import Target, catalog_matches, dry_run_target
+from tuneplan.ui.target import Target, catalog_matches, cpu_target, dry_run_target
 from tuneplan.ui.widgets.dialogs import HelpDialog
 from tuneplan.ui.widgets.step_bar import StepBar
 
@@ -29,6 +30,11 @@ class GpusProbed(Message):
         super().__init__()
         self.gpus = gpus
         self.status = status
+
+
+CPU_OPTION = "this-machine-cpu"
+"""The card list's id of this machine's CPU (offered when NVML finds no GPU)."""
+CPU_LABEL = "this machine (CPU)"
 
 
 class HardwareScreen(WizardScreen[None]):
@@ -45,6 +51,8 @@ class HardwareScreen(WizardScreen[None]):
         super().__init__()
         self.force_dry_run = dry_run
         self.gpus: list[Any] = []
+        self.cpu: Target | None = None
+        """This machine's CPU, offered first when NVML finds no GPU."""
 
     def compose(self) -> ComposeResult:
         yield StepBar(1)
@@ -78,8 +86,11 @@ class HardwareScreen(WizardScreen[None]):
         self.app.state.local_gpus = len(self.gpus)
         status = self.query_one("#status", Static)
         if not self.gpus:
+            self.cpu = cpu_target()
             status.update(Text.assemble(("No NVIDIA GPU here: ", "bold"), message.status,
-                                        "\nPlan in dry-run mode for a card you will rent or own."))
+                                        "\nEnter plans for this machine's CPU (tiny models: tuneplan:tiny), or "
+                                        "type a card you will rent or own (dry run)."))
+            self._fill_cards(self.query_one("#card-input", Input).value)
             self._open_dry_run()
             return
         g0 = self.gpus[0]
@@ -105,6 +116,9 @@ class HardwareScreen(WizardScreen[None]):
     def _fill_cards(self, query: str) -> None:
         cards = self.query_one("#cards", OptionList)
         cards.clear_options()
+        if self.cpu is not None and query.strip().lower() in CPU_LABEL.lower():  # empty, "cpu", "this"...
+            cards.add_option(Option(f"{CPU_LABEL:<32} {gib(self.cpu.free_bytes)} RAM free, {CPU_DTYPE}",
+                                    id=CPU_OPTION))
         for g in catalog_matches(query, limit=30):
             bf16 = "" if g.bf16 else "  no bf16"
             price = f"${g.price_per_hour:.2f}/h" if g.price_per_hour is not None else ""
@@ -136,7 +150,7 @@ class HardwareScreen(WizardScreen[None]):
         try:
             if parse_memory(text) is None and cards.highlighted is not None and cards.option_count:
                 text = cards.get_option_at_index(cards.highlighted).id or text  # every card has an id
-            target = dry_run_target(text)
+            target = self.cpu if (text == CPU_OPTION and self.cpu is not None) else dry_run_target(text)
         except UserError as exc:
             self.query_one("#error", Static).update(Text(str(exc), style="bold red"))
             return
@@ -144,6 +158,9 @@ class HardwareScreen(WizardScreen[None]):
 
     @on(OptionList.OptionSelected, "#cards")
     def _choose_card(self, event: OptionList.OptionSelected) -> None:
+        if event.option.id == CPU_OPTION and self.cpu is not None:
+            self.post_message(TargetChosen(self.cpu))
+            return
         if event.option.id is not None:  # every card is added with its catalog key as id
             self.post_message(TargetChosen(dry_run_target(event.option.id)))
 
@@ -158,7 +175,7 @@ class HardwareScreen(WizardScreen[None]):
 
     def action_help(self) -> None:
         self.app.push_screen(HelpDialog("Hardware", [
-            ("Enter", "plan for the highlighted GPU / card"),
+            ("Enter", "plan for the highlighted GPU / card (no GPU here: this machine's CPU first)"),
             ("Up/Down", "move"), ("Ctrl+D", "dry run: plan for a card you don't have"),
             ("Esc", "quit"),
         ]))

@@ -15,13 +15,13 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
+from tuneplan.knobs import COUNT, KNOBS, LORA, SCREEN_KNOBS, TARGETS, Knob, PartialSetup
 from tuneplan.ui.app_base import WizardScreen
-from tuneplan.knobs import COUNT, KNOBS, SCREEN_KNOBS, TARGETS, Knob, PartialSetup
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count, duration, gib, money, rate
 from tuneplan.ui.messages import PlanAccepted
 from tuneplan.ui.widgets.choice import Choice
-from tuneplan.ui.widgets.dialogs import HelpDialog
+from tuneplan.ui.widgets.dialogs import ConfirmDialog, HelpDialog
 from tuneplan.ui.widgets.memory_bar import MemoryBar
 from tuneplan.ui.widgets.step_bar import StepBar
 
@@ -31,6 +31,9 @@ from tuneplan.ui.widgets.step_bar import StepBar
 KNOB_HELP = {**{k.name: k.screen_help for k in KNOBS if k.screen_help},
              "alternatives": "alternatives: Enter uses the highlighted configuration"}
 INT_KNOBS = {k.name: k.screen for k in SCREEN_KNOBS if k.kind == COUNT}
+NOT_USED = "not used (full FT)"
+"""What a LoRA row shows under full fine-tuning: it stays in place, greyed and skipped by the
+focus, so the rows never jump when the method changes (and no edit there can do nothing)."""
 
 
 class PlanComputed(Message):
@@ -67,7 +70,11 @@ class PlanScreen(WizardScreen[None]):
         Binding("ctrl+n", "accept", "Review"),
         Binding("enter", "accept", "Review", show=False),  # on a choice knob (Inputs submit: same)
         Binding("ctrl+r", "resolve", "Re-plan"),
-        Binding("ctrl+u", "reset", "Undo edits"),
+        # not Ctrl+U: in every field that clears the text (Textual's Input); undo asks first
+        Binding("ctrl+z", "reset", "Undo edits"),
+        # before the scrolling body's own Up/Down (which would scroll instead of moving)
+        Binding("up", "move(-1)", "Previous knob", show=False, priority=True),
+        Binding("down", "move(1)", "Next knob", show=False, priority=True),
         Binding("escape", "app.pop_screen", "Back"),
         Binding("f1", "help", "Help"),
         Binding("pagedown", "scroll(1)", "Scroll", show=False),
@@ -80,7 +87,7 @@ class PlanScreen(WizardScreen[None]):
         self.model = model
         self.dataset = dataset
         self.solved: Any = None
-        """The solver's plan (what Ctrl+U returns to)."""
+        """The solver's plan (what Ctrl+Z returns to)."""
         self.plan: Any = None
         """What is shown: the solver's plan or an estimate of edited knobs."""
         self.fixed: dict[str, Any] = {}
@@ -192,6 +199,8 @@ class PlanScreen(WizardScreen[None]):
         # `attention` stays the group the planner resolves per model (phi-3: qkv_proj, o_proj)
         # Only this knob changes (the optimizer the solver would pair with it comes from Ctrl+R).
         self._edit(**{knob: value})
+        if knob == "method" and self.plan is not None:
+            self._sync_used(self.plan.setup)
 
     @on(DataTable.RowSelected, "#alternatives")
     def _use_alternative(self, event: DataTable.RowSelected) -> None:
@@ -266,6 +275,25 @@ class PlanScreen(WizardScreen[None]):
                 self._sync_input(knob.name, value)
             else:
                 self.query_one(f"#{knob.name}", Choice).set_value(shown_value(knob, value))
+        self._sync_used(s)
+
+    def _sync_used(self, s: Any) -> None:
+        """LoRA rows under full fine-tuning: kept in place, disabled, saying why."""
+        unused = s.method == "full"
+        for knob in SCREEN_KNOBS:
+            if knob.group != LORA:
+                continue
+            widget = self.query_one(f"#{knob.name}")
+            widget.disabled = unused
+            if isinstance(widget, Input):
+                widget.placeholder = NOT_USED if unused else ""
+                if unused:
+                    with widget.prevent(Input.Changed):
+                        widget.value = ""
+                elif not widget.value:
+                    self._sync_input(knob.name, getattr(s, knob.name))
+            elif isinstance(widget, Choice):
+                widget.unused = NOT_USED if unused else None
 
     # -- actions -------------------------------------------------------------------------
     def action_accept(self) -> None:
@@ -282,9 +310,47 @@ class PlanScreen(WizardScreen[None]):
         self.solve(PartialSetup(dict(self.fixed)))  # the edited knobs fixed, the rest the solver's
 
     def action_reset(self) -> None:
-        self.fixed.clear()
-        if self.solved is not None:
-            self._show(self.solved, sync_knobs=True)
+        """Undo every edit, back to the solver's plan, once the user confirms it."""
+        if self.solved is None:
+            return
+        if not self.fixed and self.plan is self.solved:
+            self.notify("No edits to undo: this is the solver's plan.")
+            return
+        edited = ", ".join(dict.fromkeys(INT_KNOBS.get(k) or k.replace("_", " ") for k in self.fixed)) or "knobs"
+        focused = self.focused
+
+        def answered(yes: bool | None) -> None:
+            if yes:
+                self.fixed.clear()
+                self._show(self.solved, sync_knobs=True)
+                self.notify("Back to the solver's plan.")
+            if focused is not None and focused.is_attached and focused.focusable:
+                focused.focus()
+
+        self.app.push_screen(ConfirmDialog(f"Undo your edits ({edited}) and go back to the solver's plan?"),
+                             answered)
+
+    def action_move(self, delta: int) -> None:
+        """Up/Down: the previous or next knob row that is in use (Down from the last one: the
+        alternatives table)."""
+        rows = [self.query_one(f"#{k.name}") for k in SCREEN_KNOBS]
+        rows = [w for w in rows if w.focusable]
+        table = self.query_one("#alternatives", DataTable)
+        if self.focused is table:  # the table's own cursor; Up from its first row: the last knob
+            if delta < 0 and table.cursor_row <= 0 and rows:
+                rows[-1].focus()
+            else:
+                table.action_cursor_up() if delta < 0 else table.action_cursor_down()
+            return
+        if self.focused not in rows:
+            body = self.query_one("#body", VerticalScroll)
+            body.scroll_up() if delta < 0 else body.scroll_down()
+            return
+        i = rows.index(self.focused) + delta
+        if 0 <= i < len(rows):
+            rows[i].focus()
+        elif i >= len(rows):
+            self.query_one("#alternatives", DataTable).focus()
 
     def action_scroll(self, direction: int) -> None:
         body = self.query_one("#body", VerticalScroll)
@@ -292,9 +358,11 @@ class PlanScreen(WizardScreen[None]):
 
     def action_help(self) -> None:
         self.app.push_screen(HelpDialog("Plan", [
-            ("Tab", "next knob / the alternatives table"),
+            ("Up/Down, Tab", "previous / next knob, then the alternatives table"),
             ("Left/Right", "change a choice knob"), ("digits", "edit a number: estimate follows"),
+            ("Ctrl+U", "clear a number field"),
             ("Enter", "review and launch (on an alternative: use it)"),
-            ("Ctrl+R", "re-plan, keeping the knobs you edited"), ("Ctrl+U", "back to the solver's plan"),
+            ("Ctrl+R", "re-plan, keeping the knobs you edited"),
+            ("Ctrl+Z", "undo your edits: back to the solver's plan (asks first)"),
             ("Ctrl+N", "review and launch"), ("Esc", "back"),
         ]))

@@ -16,6 +16,7 @@ from textual.widgets import Footer, Input, Label, Static
 from tuneplan.ui.app_base import WizardScreen
 from tuneplan.config import TRACKERS
 from tuneplan.errors import UserError
+from tuneplan.services.machine import CPU_DTYPE
 from tuneplan.ui.messages import RunLaunched
 from tuneplan.ui.widgets.choice import Choice
 from tuneplan.ui.widgets.dialogs import HelpDialog
@@ -146,7 +147,7 @@ class ReviewScreen(WizardScreen[None]):
             w.append(f"This configuration does not fit {self.plan.target.label}: it would run out of "
                      "memory there.\n", style="bold red")
         if self.app.state.local_gpus == 0:
-            w.append("This machine has no NVIDIA GPU: a launch here trains on the CPU in float32 "
+            w.append(f"This machine has no NVIDIA GPU: a launch here trains on the CPU in {CPU_DTYPE} "
                      "(fine for tiny models only).\n", style="yellow")
         elif self.plan.target.dry_run:
             w.append(f"Dry run for {self.plan.target.gpu.name}: a launch here trains on this machine's "
@@ -176,8 +177,8 @@ class ReviewScreen(WizardScreen[None]):
             here = "this machine's GPU is not that card"
         note.append(f"Here {here}: `train` stops unless --force", style="yellow")
         plan_dtype = self.plan.setup.compute_dtype
-        if self.app.state.local_gpus == 0 and plan_dtype != "float32":
-            note.append(f", then trains on the CPU in float32, not {plan_dtype}", style="yellow")
+        if self.app.state.local_gpus == 0 and plan_dtype != CPU_DTYPE:
+            note.append(f", then trains on the CPU in {CPU_DTYPE}, not {plan_dtype}", style="yellow")
         note.append(".\n", style="yellow")
         return note
 

@@ -17,6 +17,7 @@ class Choice(Widget, can_focus=True):
     DEFAULT_CSS = """
     Choice { height: 1; width: 1fr; }
     Choice:focus { text-style: bold reverse; }
+    Choice:disabled { color: $text-disabled; }
     """
     BINDINGS = [
         Binding("left", "step(-1)", "Prev", show=False),
@@ -25,6 +26,8 @@ class Choice(Widget, can_focus=True):
     ]
 
     index: reactive[int] = reactive(0)
+    unused: reactive[str | None] = reactive(None)
+    """Shown instead of the value while the row does not apply (set with `disabled`)."""
 
     class Changed(Message):
         def __init__(self, choice: "Choice", value: Any) -> None:
@@ -57,6 +60,8 @@ class Choice(Widget, can_focus=True):
         self.refresh()
 
     def render(self) -> Text:
+        if self.unused is not None:
+            return Text(self.unused, style="dim italic")
         return Text(f"< {self.options[self.index][0]} >")
 
     def action_step(self, delta: int) -> None:
