@@ -90,6 +90,20 @@ def main() -> None:
     print(f"widest search (qwen2.5-72b on h100, full+LoRA+QLoRA, effective batch 64): median "
           f"{statistics.median(runs) * 1e3:.1f} ms ({r.evaluated} estimates)")
 
+    # the long-context path (docs/long-context.md): the --seq-len max search of the must-show plans
+    fixed = {"lora_rank": 32, "lora_targets": "all-linear", "micro_batch": 1}
+    for name in ("llama-3.1-8b", "llama-3.1-70b"):
+        spec = load_spec(name)
+        runs = []
+        for _ in range(5):
+            t0 = time.perf_counter()
+            r = solve(spec, Hardware(card), Constraints(method="qlora", fixed=fixed, seq_len_max=True))
+            runs.append(time.perf_counter() - t0)
+        print(f"--seq-len max, {name} QLoRA r32 all-linear batch 1 on a100-80gb: median "
+              f"{statistics.median(runs) * 1e3:.1f} ms ({r.evaluated} estimates; seq {r.choice.setup.seq_len}, "
+              f"{r.choice.memory.device_bytes / 2**30:.1f} GiB, host "
+              f"{r.choice.memory.details.get('host_activation_bytes', 0) / 2**30:.0f} GiB)")
+
     from planner.throughput import CALIBRATION
 
     print("throughput calibration (predicted vs published tokens/s per GPU):")

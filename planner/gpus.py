@@ -327,6 +327,26 @@ def interconnect_gbs(gpu: GPU) -> float | None:
     return bw * NO_P2P_FRACTION if gpu.segment == "consumer" else bw
 
 
+# -- host link -------------------------------------------------------------------------------
+# Between the card and host memory (activation offloading, FSDP CPU offload), per direction:
+# the card's PCIe x16 link as its datasheet states it (the `_PCIE_GBS` generations above: T4,
+# V100 Gen3; A100 (SXM4 and PCIe), A10/A40/L4/L40/L40S, RTX 30/40 and RTX A-series Gen4; H100,
+# H200, B200, RTX 5090 Gen5), except GH200, whose Hopper GPU reaches its Grace CPU's memory over
+# NVLink-C2C at 900 GB/s total, 450 per direction (NVIDIA GH200 datasheet).
+_HOST_LINK_GBS = {"gh200": 450.0}
+HOST_COPY_EFFICIENCY = 0.8
+"""Share of the link a pinned host<->device copy reaches: NVIDIA's cuda-samples `bandwidthTest`
+(pinned, 32 MiB transfers) reads about 25-26 GB/s on PCIe Gen4 x16 (32 GB/s) and 12-13 GB/s on
+Gen3 x16 (16 GB/s); the same fraction as HOST_LINK_GBS (25 GB/s) of planner/throughput.py."""
+
+
+def host_link_gbs(gpu: GPU) -> float | None:
+    """Per-direction GB/s (1e9 bytes) of pinned copies between this card and host memory (see
+    above); None when the card's architecture is unknown."""
+    link = _HOST_LINK_GBS.get(gpu.key) or _PCIE_GBS.get(gpu.arch)
+    return None if link is None else link * HOST_COPY_EFFICIENCY
+
+
 def bigger_cards(than_bytes: int, *, bf16: bool | None = None) -> list[GPU]:
     """Catalog cards with more memory than `than_bytes`, smallest (then cheapest) first."""
     cards = [g for g in GPUS if g.memory_bytes > than_bytes and (bf16 is None or g.bf16 == bf16)]

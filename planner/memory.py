@@ -52,7 +52,7 @@ Pure arithmetic (stdlib only), well under 1 ms per estimate.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from planner.setup import COMPONENTS, TENSOR_COMPONENTS, TUNEPLAN_STACK, CalibrationProfile, MemoryEstimate, TrainSetup
 from planner.spec import resolve_lora_targets
@@ -82,6 +82,47 @@ BNB_PAGED_MIN_NUMEL = 100_000
 # (`_CHUNKED_LOGPROB_CHUNK_SIZE`): the tile of the chunked log-prob LM head.
 TRL_TOKEN_CHUNK = 4096
 TRL_VOCAB_CHUNK = 32768
+
+# trl/models/activation_offloading.py `OffloadActivations` (from torchtune), as
+# `get_act_offloading_ctx_manager` builds it: every tensor autograd saves outside a checkpointed
+# region (with non-reentrant checkpointing: each decoder layer's input, which torch/utils/checkpoint.py
+# `_CheckpointFrame.save_inputs` saves as a SavedVariable under the outer hooks; what a layer
+# saves inside goes to the checkpoint's own hook) that is on the GPU, not a parameter and at least
+# `min_offload_size` bytes is copied to pinned CPU memory on a side stream; the GPU tensor stays in
+# `fwd_stash` until `max_fwd_stash_size` later packs. A tensor whose storage is still in the stash
+# is not copied again but kept on the GPU (the storage de-duplication), and in the backward an
+# unpacked tensor lives until the next autograd node that unpacks one runs its hook.
+OFFLOAD_MIN_BYTES = 1024
+OFFLOAD_FWD_STASH = 5
+OFFLOAD_BWD_LIVE = 2
+"""Unpacked layer inputs on the GPU during the backward: the layer being recomputed and the one
+before it, released by the next node's hook (`bwd_tensor_stash`)."""
+
+
+def pinned_bytes(n: int) -> int:
+    """Host bytes torch's pinned-memory allocator takes for a tensor of n bytes: the caching host
+    allocator rounds every request up to a power of two (aten/src/ATen/core/CachingHostAllocator.h
+    `allocate`: `c10::llvm::PowerOf2Ceil(size)` while size <= `pinned_max_round_threshold`, which
+    is unlimited by default, c10/core/AllocatorConfig.h)."""
+    return 0 if n <= 0 else 1 << (int(n) - 1).bit_length()
+
+
+def tiled_mlp_shards(setup: TrainSetup, hidden: int) -> tuple[int, int]:
+    """(shards, tokens per shard) of the tiled MLP over one micro-batch.
+
+    tuneplan/training/long_context.py `TiledMLP` (the rule of Arctic Long Sequence Training,
+    DeepSpeed `TiledMLP` and `liger_kernel.ops.tiled_mlp`): the MLP input is split along its
+    sequence dimension into ceil(positions / hidden_size) shards of ceil(positions / shards)
+    positions. Padding-free packing flattens the micro-batch into one row of b x s positions
+    (SDPA/flash); unpacked rows and eager attention's wrapped rows keep b rows of s, so a shard
+    then holds b x ceil(s / shards) tokens."""
+    b, s = setup.micro_batch, setup.seq_len
+    flat = setup.packing and setup.attn != "eager"
+    positions = b * s if flat else s
+    shards = max(1, -(-positions // max(1, hidden)))
+    step = -(-positions // shards)
+    return shards, step * (1 if flat else b)
+
 
 # CUDA context of a process that initialised torch + cuBLAS: with lazy module loading (CUDA
 # >= 11.7, the torch default) a few hundred MiB, growing with the architecture's kernel
@@ -654,9 +695,62 @@ def _layer_activations(spec, layer, lora, setup: TrainSetup, p: _Path, b: int, s
                 out.w_mlp = max(out.w_mlp, w)
         biggest = max((m.in_features * m.out_features for m in layer if m.quantizable()), default=0)
         out.dequant = _dequant_bytes(biggest, setup, p)
+    # the RMSNorm backward (its fp32 temporaries, `_norm_backward`) runs after the half it feeds has
+    # released its saved tensors, all but the norm's own fp32 copy
+    attn_norm_saved = attn_norms * _norm_saved(T, h, full, a)
+    mlp_norm_saved = (norms - norms // 2) * _norm_saved(T, h, full, a)
+    if attn_norms > 0:
+        out.w_attn = max(out.w_attn, _norm_backward(T, h) - (out.saved_attn - attn_norm_saved))
+    out.w_mlp = max(out.w_mlp, _norm_backward(T, h) - (out.saved_mlp - mlp_norm_saved))
     # grad of the residual stream flowing through the layer
     out.w_attn += 2 * T * h * a
     out.w_mlp += 2 * T * h * a
+    return out
+
+
+def _norm_backward(tokens: int, width: int) -> int:
+    """Bytes the backward of one RMSNorm over `tokens x width` holds at its worst moment.
+
+    transformers `LlamaRMSNorm.forward` computes in fp32 (`x32 = x.to(float32)`, `x32 *
+    rsqrt(x32.pow(2).mean(-1) + eps)`); autograd then runs, in order: `MulBackward0` (the grad of x32
+    through the product, fp32, kept for accumulation), the mean's backward (the rsqrt grad expanded
+    and divided: an fp32 tensor) and `pow_backward` (torch/csrc/autograd/FunctionsManual.cpp:
+    `grad * (exponent * self.pow(exponent - 1))`, two more fp32 temporaries): four fp32 tokens x
+    width tensors at once (the CUDA-semantics trace's peak op at 32k tokens with a tiled MLP:
+    `div.Scalar`, `pow.Tensor_Scalar`, `mul.Scalar` next to the first product's `mul.Tensor`)."""
+    return 4 * tokens * width * 4
+
+
+def _tiled(full: _Layer, shard: _Layer, spec, setup: TrainSetup, p: _Path, T: int, S: int) -> _Layer:
+    """A dense decoder layer whose MLP runs tiled (liger_kernel/ops/tiled_mlp.py
+    `LigerTiledMLPFunction`, DeepSpeed `TiledMLP`): `full` is the layer over all T tokens,
+    `shard` the same layer over the S tokens of one shard; the attention half and the norms are
+    those of `full`.
+
+    tuneplan/training/long_context.py `TiledMLP` (the design of Arctic Long Sequence Training,
+    DeepSpeed `TiledMLP`, `liger_kernel.ops.tiled_mlp`). forward: `ctx.save_for_backward(x)` keeps
+    only the MLP input; the shards run under `torch.no_grad()` (one shard's intermediates at a
+    time), each copied into one preallocated output. backward: `x_grad = torch.empty_like(x)`;
+    each shard re-runs its forward with grad enabled and `torch.autograd.grad`s it at once, so one
+    shard's saved tensors and backward working set exist next to x_grad and the incoming gradient
+    (the residual gradient, as in an untiled layer)."""
+    a, h = p.act, spec.hidden_size
+    mlp_norms = max(2, getattr(spec, "norms_per_layer", 2))
+    mlp_norms -= mlp_norms // 2
+    full_ft = setup.method == "full"
+    norm_T = mlp_norms * _norm_saved(T, h, full_ft, a)
+    norm_S = mlp_norms * _norm_saved(S, h, full_ft, a)
+    inner_saved = max(0, shard.saved_mlp - norm_S)  # one shard's MLP + MLP-LoRA saved tensors
+    inner_work = max(0, shard.w_mlp - 2 * S * h * a)  # its backward, less the residual gradient
+    inter = spec.intermediate_size
+    out = _Layer(saved_attn=full.saved_attn, fwd_attn=full.fwd_attn, w_attn=full.w_attn, dequant=full.dequant)
+    out.saved_mlp = norm_T + T * h * a
+    # forward: the output (T x h) + one shard's act(gate), up and their product (three
+    # S x intermediate tensors under no_grad), its LoRA transients and its output part
+    out.fwd_mlp = T * h * a + S * h * a + 3 * S * inter * a + shard.fwd_mlp
+    # backward: x_grad and one shard at a time; or the post-MLP-input norm's backward (the MLP
+    # input released by then)
+    out.w_mlp = max(T * h * a + inner_saved + inner_work, _norm_backward(T, h) - T * h * a) + 2 * T * h * a
     return out
 
 
@@ -781,6 +875,25 @@ def _loss_impl(setup: TrainSetup, p: _Path) -> str:
     return "trl" if setup.fused_ce else "transformers"
 
 
+def _offloaded_host_bytes(spec, setup: TrainSetup, p: _Path, L: int, T: int, b: int) -> int:
+    """Pinned host bytes of one step's offloaded tensors (trl `OffloadActivations.pack_tensor`:
+    `torch.empty_like(activation, pin_memory=True, device="cpu")`, each rounded by
+    `pinned_bytes`): every decoder layer's input, the embedding's int64 token ids, the final
+    RMSNorm's fp32 copy of the hidden states and its fp32 rsqrt (transformers `LlamaRMSNorm`), and
+    what the loss saves: trl's chunked LM head its labelled hidden rows and two fp32 statistics
+    (trl/kernels/chunked_logprob.py; the LM head is called through its weight, so the
+    `lm_head` no-offload hook of `get_act_offloading_ctx_manager` does not fire), transformers'
+    loss its fp32 log-softmax output (the `lm_head` module itself is exempt)."""
+    h, a = spec.hidden_size, p.act
+    blocks = [T * h * a] * L + [T * 8, T * h * 4, T * 4]
+    if _loss_impl(setup, p) == "trl":
+        n = max(1, T - b)
+        blocks += [n * h * a, n * 4, n * 4]
+    else:
+        blocks.append(T * spec.vocab_size * 4)
+    return sum(pinned_bytes(x) for x in blocks if x >= OFFLOAD_MIN_BYTES)
+
+
 def _attention_kind(spec, setup: TrainSetup, notes: list) -> str:
     attn = setup.attn
     if spec.model_type == "gemma2" and attn != "eager":
@@ -814,6 +927,10 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     """
     if setup.micro_batch <= 0 or setup.seq_len <= 0:
         raise ValueError(f"micro_batch and seq_len must be > 0 (got {setup.micro_batch}, {setup.seq_len})")
+    if setup.offload_activations and not setup.grad_checkpointing:
+        # what is offloaded are the checkpointed layer inputs: the training path turns
+        # checkpointing on with offloading (planner/setup.py `offload_activations`)
+        setup = replace(setup, grad_checkpointing=True)
     p = _resolve(setup, profile)
     details: dict[str, int] = {}
     notes: list[str] = []
@@ -846,6 +963,12 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     # identity of the module records keys the cache (value hashing would cost more than it saves)
     memo: dict = {}
     per_layer = []
+    shards, shard_tokens = tiled_mlp_shards(setup, h)
+    if setup.tiled_mlp:
+        details["tiled_mlp_shards"] = shards
+        details["tiled_mlp_shard_tokens"] = shard_tokens
+        if spec.num_experts:
+            notes.append("tiled MLP applies to dense MLPs only: the routed experts run untiled.")
     layer_types = getattr(spec, "layer_types", ()) or ()
     window = getattr(spec, "sliding_window", None)
     for i, (layer, lora) in enumerate(zip(spec.layers, lora_layers)):
@@ -857,8 +980,13 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         key = (id(layer), tuple(map(id, lora)), i > 0 or input_grad0, masked or sliding)
         hit = memo.get(key)
         if hit is None:
-            hit = memo[key] = _layer_activations(spec, layer, lora, setup, p, b, s, attn, key[3],
-                                                 input_grad=key[2], device=device, dropout=dropout)
+            hit = _layer_activations(spec, layer, lora, setup, p, b, s, attn, key[3],
+                                     input_grad=key[2], device=device, dropout=dropout)
+            if setup.tiled_mlp and not any(getattr(m, "kind", "linear") == "expert" for m in layer):
+                shard = _layer_activations(spec, layer, lora, setup, p, 1, shard_tokens, attn, key[3],
+                                           input_grad=key[2], device=device, dropout=dropout)
+                hit = _tiled(hit, shard, spec, setup, p, T, shard_tokens)
+            memo[key] = hit
         per_layer.append(hit)
     any_sliding = any(k[3] for k in memo) and not masked
     per_layer = per_layer or [_Layer()]
@@ -908,10 +1036,24 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     biggest_layer = max(per_layer, key=lambda x: x.saved)
     dequant = max(x.dequant for x in per_layer)
 
-    if setup.grad_checkpointing:
+    checkpointing = setup.grad_checkpointing
+    offload = setup.offload_activations
+    layer_input = T * h * a
+    if checkpointing:
         # torch/utils/checkpoint.py non-reentrant: only each layer's inputs (hidden states)
         # survive the forward; the backward recomputes one layer at a time.
-        layer_inputs = L * T * h * a
+        layer_inputs = L * layer_input
+        if offload:
+            # trl `OffloadActivations` (see OFFLOAD_*): the layer inputs go to pinned host memory;
+            # the forward keeps the last `max_fwd_stash_size` of them (one of them the running
+            # layer's input) plus the output it is writing, the backward the input being
+            # recomputed and the one before it. LoRA/QLoRA: the first layer's input stays as well:
+            # transformers `enable_input_require_grads` (a forward hook on the input embeddings:
+            # `output.requires_grad_(True)`, for checkpointing a frozen base) makes the embedding
+            # output a leaf, and its AccumulateGrad node in the graph holds it until the backward ends
+            leaf = layer_input if (setup.method != "full" and L > OFFLOAD_FWD_STASH + 1) else 0
+            layer_inputs = min(L, OFFLOAD_FWD_STASH + 1) * layer_input + leaf
+            details["offloaded_layer_inputs"] = L * layer_input
         saved = layer_inputs + head_saved
         bwd_layer = biggest_layer.saved + biggest_layer.bwd_working
         fwd_layer = max(x.fwd_transient for x in per_layer) + dequant * (T > BNB_FUSED_MAX_TOKENS)
@@ -932,14 +1074,27 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     g_acc = grads if setup.grad_accum > 1 else 0  # accumulated grads of earlier micro-batches
     # the head (final norm, loss inputs) runs its backward first: freed in the layer phases
     layers_saved = saved - head_saved
-    if setup.grad_checkpointing:
+    loss_saved = saved
+    if offload:
+        # the loss runs after the last pack of a layer input: the stash then holds the head's
+        # tensors (final norm, the loss's hidden rows), which `head_saved` counts, and the last
+        # layer's output; the backward brings the inputs back one layer at a time (and the
+        # first layer's input, a leaf, stays: see above)
+        leaf = layer_input if setup.method != "full" else 0
+        loss_saved = layer_input + leaf + head_saved
+        layers_saved = min(L, OFFLOAD_BWD_LIVE) * layer_input + (leaf if L > OFFLOAD_BWD_LIVE else 0)
+    if offload:
+        # every layer's backward holds what the top one does (the leaf first input and the inputs
+        # brought back), next to almost all of the gradients near the bottom
+        bottom_saved = mask_bytes + layers_saved
+    elif checkpointing:
         bottom_saved = mask_bytes + T * h * a
     else:
         bottom_saved = mask_bytes + per_layer[0].saved
     bottom_grads = max(g_acc, grads * (L - 1) // L)  # the last layer has not produced its grads yet
     phases = {
         "forward": (g_acc, saved, fwd_layer),
-        "loss_backward": (g_acc, saved, loss_peak),
+        "loss_backward": (g_acc, loss_saved, loss_peak),
         # backward through the top layer: every activation still saved
         "layer_backward_top": (max(g_acc, head_grads), layers_saved + mask_bytes, bwd_layer),
         # backward through the bottom layer: almost all gradients exist
@@ -956,7 +1111,9 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
     if any(m.bias for layer in spec.layers[:1] for m in layer):
         # the forward's addmm takes a cuBLASLt workspace; the backward thread's only when it
         # re-runs the forward (checkpointing)
-        cublas += CUBLASLT_WORKSPACE_BYTES * (2 if setup.grad_checkpointing else 1)
+        cublas += CUBLASLT_WORKSPACE_BYTES * (2 if checkpointing else 1)
+    if offload:
+        details["host_activation_bytes"] = _offloaded_host_bytes(spec, setup, p, L, T, b)
     details["cuda_context"] = context
     details["cublas_workspace"] = cublas
     # the workspaces are allocated by the first GEMMs of step 1 and kept: max_memory_allocated

@@ -51,6 +51,15 @@ class TrainSetup:
     cpu_offload: bool = False
     """FSDP only: sharded weights, gradients and optimizer states live in host memory
     (`fsdp_offload_params`; planner/parallel.py, tuneplan/training/distributed.py)."""
+    offload_activations: bool = False
+    """Long context: the checkpointed decoder-layer inputs are kept in pinned host RAM between
+    forward and backward (torch `saved_tensors_hooks`, trl/torchtune activation offloading), so
+    the card holds one layer's recomputation at a time. Implies `grad_checkpointing`
+    (planner/memory.py `offload_*`, docs/long-context.md)."""
+    tiled_mlp: bool = False
+    """Long context: each decoder layer's MLP runs shard by shard along the sequence and is
+    recomputed in backward (Arctic Long Sequence Training / `liger_kernel.ops.tiled_mlp`), so its
+    intermediates exist for one shard only (planner/memory.py, docs/long-context.md)."""
 
     def effective_batch(self) -> int:
         """Sequences per optimizer step across all GPUs."""

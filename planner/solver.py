@@ -12,7 +12,17 @@ What it searches (everything the user did not fix):
 - loss: the fused (chunked) linear cross-entropy of our training path by default (same
   loss, no full logits); transformers' loss only when fixed by the user.
 The sequence length is not searched: it comes from the user, the dataset (p99 of the token
-lengths, rounded up), or 2048, never above the model's context.
+lengths, rounded up), or 2048, never above the model's context; unless the user asks for the
+longest that fits (`Constraints.seq_len_max`, `--seq-len max`): then it is the longest multiple
+of SEQ_ROUND tokens whose least-memory configuration fits (bisection), reported with a warning
+when it passes the model's context (RoPE scaling).
+
+The long-context path (docs/long-context.md), tried only when nothing fits without it, cheapest
+first: (1) attention linear in the sequence (SDPA with padding-free packing builds a quadratic
+block mask: rows unpacked at micro-batch 1 instead, or flash when asked); (2) tiled MLP and/or
+checkpointed layer inputs offloaded to pinned host RAM, whichever is fastest; (3) LoRA dropout
+0 (dropout copies each adapted layer's input). A plan whose offloaded activations exceed the
+host RAM the caller gives (`Constraints.host_ram_bytes`) does not fit.
 
 How it picks, among configurations whose `device_bytes` fit the usable memory less the
 safety margin: LoRA over QLoRA when both fit (a 16-bit base is faster and has no
@@ -25,10 +35,12 @@ a full 70B search takes a few dozen estimates.
 
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Any, Mapping
 
+from planner.bakeoff import BakeoffResult
 from planner.gpus import CPU_COMPUTE_DTYPE, GPU, bigger_cards
 from planner.gpus import format_gib as _gib
 from planner.margins import DEFAULT_SAFETY_MARGIN, margin_sentence  # derived from the model's measured error
@@ -46,6 +58,8 @@ CKPT_SPEEDUP_TO_SWITCH = 1.15
 """Checkpointing is chosen over a configuration without it only when it is this much faster."""
 SEQ_ROUND = 128
 MAX_MICRO_BATCH = 64
+MAX_SEQ_SEARCH = 1 << 24
+"""Longest sequence `--seq-len max` tries (16M tokens)."""
 
 _METHOD_NAMES = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
 
@@ -115,8 +129,16 @@ class Constraints:
     found; for a catalog card one, with more GPUs named in the suggestions only)."""
     gpus_per_node: int = 8
     """GPUs per machine: a plan with more GPUs spans ceil(gpus / gpus_per_node) machines."""
+    measured: BakeoffResult | None = None
+    """A bake-off's measured quality for this model and dataset (`tuneplan compare`): it orders
+    the methods when `method` is `auto` and the reasons say what it measured."""
     inter_node_gbs: float | None = None
     """Network between machines in GB/s per direction (None: 100 Gb/s Ethernet)."""
+    seq_len_max: bool = False
+    """Search the longest sequence that fits (`--seq-len max`), the other knobs held."""
+    host_ram_bytes: int | None = None
+    """Host RAM the offloaded activations may use, in bytes (the caller measures it: psutil in
+    tuneplan.services); None: unknown, not checked (the plan states the need)."""
 
 
 MAX_AUTO_GPUS = 64
@@ -136,6 +158,10 @@ class Candidate:
     def tokens_per_second(self) -> float:
         return self.throughput.tokens_per_second or 0.0
 
+    def host_bytes(self) -> int:
+        """Pinned host RAM of the offloaded activations, in bytes (0 without offloading)."""
+        return int(self.memory.details.get("host_activation_bytes", 0))
+
     def describe(self) -> str:
         """One line: `QLoRA r16, seq 2048, micro-batch 2 x 8, checkpointing, adamw`."""
         s = self.setup
@@ -144,6 +170,10 @@ class Candidate:
                  "checkpointing" if s.grad_checkpointing else "no checkpointing", s.optimizer]
         if not s.fused_ce:
             parts.append("unfused loss")
+        if s.offload_activations:
+            parts.append("offloaded activations")
+        if s.tiled_mlp:
+            parts.append("tiled MLP")
         if s.num_gpus > 1 or s.strategy == "fsdp":
             parts.insert(0, f"{s.num_gpus} GPU{'s' if s.num_gpus > 1 else ''} {s.strategy.upper()}")
         return ", ".join(parts)
@@ -185,6 +215,10 @@ class PlanResult:
     single_gpu_need_bytes: int | None = None
     """When the plan uses several GPUs because one cannot hold it: what the smallest
     one-GPU configuration needs (device bytes)."""
+    host_ram_bytes: int | None = None
+    """Host RAM the offloaded activations were checked against (None: unknown)."""
+    host_ram_short_bytes: int | None = None
+    """When only the host RAM kept a configuration from fitting: the pinned host bytes it needs."""
 
     def headroom_bytes(self) -> int:
         """Usable memory left beside the chosen configuration's device_bytes (may be < 0)."""
@@ -193,19 +227,36 @@ class PlanResult:
 
 class _Search:
     def __init__(self, spec: ModelSpec, gpu: GPU, budget: int, *, cpu_offload: bool = False, nodes: int = 1,
-                 inter_node_gbs: float | None = None):
+                 inter_node_gbs: float | None = None, host_ram: int | None = None):
         self.spec, self.gpu, self.budget = spec, gpu, budget
         self.cpu_offload, self.nodes, self.inter_node_gbs = cpu_offload, nodes, inter_node_gbs
+        self.host_ram = host_ram
         self.cache: dict[TrainSetup, Candidate] = {}
+
+    def memory(self, setup: TrainSetup) -> MemoryEstimate:
+        offload = (self.cpu_offload or setup.cpu_offload) and setup.strategy == "fsdp"
+        return estimate_parallel_memory(self.spec, setup, self.gpu, cpu_offload=offload)
+
+    def fits_memory(self, mem: MemoryEstimate) -> bool:
+        """The card's budget, and the host RAM for offloaded activations when it is known."""
+        host = mem.details.get("host_activation_bytes", 0)
+        return mem.device_bytes <= self.budget and (self.host_ram is None or host <= self.host_ram)
+
+    def host_short(self, seq_len: int) -> Candidate | None:
+        """Of the configurations of `seq_len` tried that fit the card but not the host RAM, the
+        one that needs the least host RAM (None: the host RAM kept none of them out)."""
+        short = [c for c in self.cache.values() if not c.fits and c.setup.seq_len == seq_len
+                 and c.memory.device_bytes <= self.budget]
+        return min(short, key=lambda c: c.host_bytes()) if short else None
 
     def eval(self, setup: TrainSetup) -> Candidate:
         c = self.cache.get(setup)
         if c is None:
             offload = (self.cpu_offload or setup.cpu_offload) and setup.strategy == "fsdp"
-            mem = estimate_parallel_memory(self.spec, setup, self.gpu, cpu_offload=offload)
+            mem = self.memory(setup)
             thr = estimate_throughput(self.spec, setup, self.gpu, nodes=self.nodes,
                                       inter_node_gbs=self.inter_node_gbs, cpu_offload=offload)
-            c = Candidate(setup, mem, thr, mem.device_bytes <= self.budget)
+            c = Candidate(setup, mem, thr, self.fits_memory(mem))
             self.cache[setup] = c
         return c
 
@@ -256,7 +307,7 @@ def choose_seq_len(spec: ModelSpec, constraints: Constraints, stats: DatasetStat
     if fixed is not None:
         if fixed > context:
             warnings.append(f"sequence length {fixed} is beyond {spec.name}'s context of {context} tokens; "
-                            f"planning with {context}.")
+                            f"planning with {context}. {_rope_sentence(spec)}")
             return context
         if stats is not None and stats.p99_tokens and stats.p99_tokens > fixed:
             warnings.append(f"sequence length {fixed} is below the dataset's 99th-percentile example "
@@ -282,10 +333,19 @@ def choose_seq_len(spec: ModelSpec, constraints: Constraints, stats: DatasetStat
     return seq
 
 
+def _rope_sentence(spec: ModelSpec) -> str:
+    return (f"Positions past {spec.max_position_embeddings} (max_position_embeddings) need RoPE scaling: "
+            "set `rope_scaling` in the model's config.json (e.g. YaRN or a larger factor) before training "
+            "on them.")
+
+
 def _methods(constraints: Constraints) -> list[str]:
     if constraints.method != "auto":
         return [constraints.method]
-    return ["full", "lora", "qlora"] if constraints.prefer_accuracy else ["lora", "qlora"]
+    order = ["full", "lora", "qlora"] if constraints.prefer_accuracy else ["lora", "qlora"]
+    if constraints.measured is not None:  # a bake-off's measured quality (planner/bakeoff.py)
+        order = constraints.measured.method_order(order)
+    return order
 
 
 def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
@@ -346,8 +406,12 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
         # needs fp32 master weights, which our training path does not keep.
         warnings.append(f"full fine-tuning on {gpu.name} (no bfloat16) would train fp16 weights with fp16 mixed "
                         "precision, which the trainer refuses; use LoRA/QLoRA on this card.")
-    seq = choose_seq_len(spec, constraints, dataset_stats, warnings, reasons)
+    seq = DEFAULT_SEQ_LEN if constraints.seq_len_max else choose_seq_len(spec, constraints, dataset_stats, warnings,
+                                                                         reasons)
     fixed.pop("seq_len", None)
+    if fixed.get("offload_activations") and fixed.get("grad_checkpointing") is False:
+        raise ValueError("offload_activations needs gradient checkpointing (it offloads the checkpointed layer "
+                         "inputs): --grad-checkpointing on, or --offload-activations off")
     base = replace(TrainSetup(), compute_dtype=dtype, attn=attn, seq_len=seq, fused_ce=True,
                    num_gpus=n, strategy=strategy, cpu_offload=constraints.cpu_offload and strategy == "fsdp",
                    **{k: v for k, v in fixed.items() if k not in ("micro_batch", "grad_accum", "grad_checkpointing",
@@ -355,7 +419,8 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     usable = hardware.usable_bytes()
     budget = int(usable * (1.0 - constraints.safety_margin))
     search = _Search(spec, gpu, budget, cpu_offload=constraints.cpu_offload and strategy == "fsdp", nodes=nodes,
-                     inter_node_gbs=constraints.inter_node_gbs)
+                     inter_node_gbs=constraints.inter_node_gbs, host_ram=constraints.host_ram_bytes)
+    methods = _methods(constraints)
 
     # -- batch geometry (per GPU: the effective batch is micro-batch x accumulation x GPUs) -----
     mb_fixed, ga_fixed = fixed.get("micro_batch"), fixed.get("grad_accum")
@@ -376,7 +441,6 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
 
     ckpts = [fixed["grad_checkpointing"]] if "grad_checkpointing" in fixed else [False, True]
     fused = [fixed["fused_ce"]] if "fused_ce" in fixed else [True]
-    methods = _methods(constraints)
 
     def optimizers(method: str, tried_fit: bool) -> list[str]:
         if "optimizer" in fixed:
@@ -385,23 +449,46 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
             return ["adamw", "paged-adamw-8bit"]
         return ["adamw"] if tried_fit else ["paged-adamw-8bit"]
 
-    groups: dict[tuple, list[Candidate]] = {}
-    for method in methods:
-        for ck in ckpts:
-            for fce in fused:
-                first_opts = optimizers(method, True)
-                any_fit = False
-                for opt in first_opts:
-                    b = replace(base, method=method, grad_checkpointing=ck, fused_ce=fce, optimizer=opt)
-                    found = search.largest_fitting(b, mbs, effective, ga_for)
-                    groups[(method, ck, fce, opt)] = found
-                    any_fit = any_fit or bool(found)
-                if not any_fit and "optimizer" not in fixed and method != "full":
-                    for opt in optimizers(method, False):
-                        b = replace(base, method=method, grad_checkpointing=ck, fused_ce=fce, optimizer=opt)
-                        groups[(method, ck, fce, opt)] = search.largest_fitting(b, mbs, effective, ga_for)
+    # the long-context path is planned for one GPU (several GPUs shard what they hold instead);
+    # knobs the user fixes apply everywhere
+    rungs = _long_context_rungs(base, fixed, mbs, methods) if (n == 1 and strategy == "single") else []
+    if constraints.seq_len_max:
+        seq = _longest_seq(search, base, methods, fixed, rungs, effective, ga_for, reasons, warnings, spec)
+        base = replace(base, seq_len=seq)
 
+    def search_groups(variants) -> dict[tuple, list[Candidate]]:
+        out: dict[tuple, list[Candidate]] = {}
+        for vi, (over, v_mbs) in enumerate(variants):
+            v_ckpts = [True] if over.get("grad_checkpointing") else ckpts
+            for method in methods:
+                for ck in v_ckpts:
+                    for fce in fused:
+                        any_fit = False
+                        for opt in optimizers(method, True):
+                            b = replace(replace(base, **over), method=method, grad_checkpointing=ck, fused_ce=fce,
+                                        optimizer=opt)
+                            found = search.largest_fitting(b, v_mbs, effective, ga_for)
+                            out[(vi, method, ck, fce, opt)] = found
+                            any_fit = any_fit or bool(found)
+                        if not any_fit and "optimizer" not in fixed and method != "full":
+                            for opt in optimizers(method, False):
+                                b = replace(replace(base, **over), method=method, grad_checkpointing=ck,
+                                            fused_ce=fce, optimizer=opt)
+                                out[(vi, method, ck, fce, opt)] = search.largest_fitting(b, v_mbs, effective, ga_for)
+        return out
+
+    groups = search_groups([({}, mbs)])
     fitting = [c for cands in groups.values() for c in cands]
+    rung = None
+    if not fitting and not _activations_could_fit(search, base, methods, fixed, effective):
+        rungs = []  # the weights alone do not fit: no activation saving helps, the standard answer stands
+    for name, variants in rungs:
+        if fitting:
+            break
+        # nothing fits the sequence as it is: the long-context path, cheapest step first
+        groups = search_groups(variants)
+        fitting = [c for cands in groups.values() for c in cands]
+        rung = name
     price = constraints.price_per_hour if constraints.price_per_hour is not None else gpu.price_per_hour
     tokens = (dataset_stats.total_tokens if dataset_stats and dataset_stats.total_tokens else None)
     assumed = tokens is None
@@ -410,23 +497,245 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     def finish(fits: bool, choice: Candidate, alts, suggestions) -> PlanResult:
         if choice.setup.method == "qlora" and spec.is_moe():
             warnings.append(_moe_qlora_sentence(spec, fits))
+        if choice.setup.seq_len > spec.max_position_embeddings and constraints.seq_len_max:
+            warnings.append(f"sequence length {choice.setup.seq_len} is beyond {spec.name}'s context of "
+                            f"{spec.max_position_embeddings} tokens. {_rope_sentence(spec)}")
+        short = search.host_short(base.seq_len) if not fits else None
+        host_short = short.host_bytes() if short is not None else None
+        if short is not None and host_short is not None:
+            suggestions = list(suggestions) + [
+                f"Offloading the activations needs {_gib(host_short)} of pinned host RAM "
+                f"({short.describe()}); {_gib(constraints.host_ram_bytes)} is available."]
         secs = training_seconds(choice.throughput.tokens_per_second, tokens, constraints.epochs) if fits else None
         return PlanResult(
             fits=fits, choice=choice, alternatives=tuple(alts), reasons=tuple(reasons), warnings=tuple(warnings),
             suggestions=tuple(suggestions), usable_bytes=usable, budget_bytes=budget, hardware=hardware,
             dataset_tokens=tokens, dataset_tokens_assumed=assumed, epochs=constraints.epochs, seconds=secs,
             cost=training_cost(secs, price, n), price_per_hour=price, evaluated=len(search.cache),
-            nodes=nodes, cpu_offload=search.cpu_offload,
+            nodes=nodes, cpu_offload=search.cpu_offload, host_ram_bytes=constraints.host_ram_bytes,
+            host_ram_short_bytes=host_short,
         )
 
     if not fitting:
-        smallest, suggestions = _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, budget)
+        smallest, suggestions = _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, budget,
+                                                rungs, effective, ga_for)
         return finish(False, smallest, [], suggestions)
 
     choice = _pick(fitting, methods, constraints, reasons)
     _explain_choice(choice, fitting, groups, methods, constraints, reasons, spec, budget, usable, search)
+    _explain_long_context(choice, rung, fixed, constraints, reasons, spec, search)
     alts = _alternatives(choice, groups)
     return finish(True, choice, alts, [])
+
+
+def _long_context_rungs(base: TrainSetup, fixed: Mapping[str, Any], mbs: list[int],
+                        methods: list[str]) -> list[tuple[str, list[tuple[dict, list[int]]]]]:
+    """The long-context path's steps, cheapest first: (name, [(knob overrides, micro-batches)]).
+
+    1. `linear`: attention memory linear in the sequence. trl's padding-free packing hands SDPA a
+       (b*s)^2 block mask (planner/memory.py `_mask_elems`), so packing goes off and the micro-batch
+       to 1: one unpadded row needs no mask and SDPA runs its flash kernel (transformers
+       masking_utils.py `_ignore_causal_mask_sdpa`). flash-attention-2 takes packed rows as varlen
+       offsets, so `--attn flash` keeps packing (the training path falls back to SDPA where the
+       flash_attn package is missing, tuneplan/training/modeling.py `resolve_attention`, so the
+       planner does not pick flash by itself).
+    2. `offload`: tiled MLP, activation offloading (with checkpointing), or both.
+    3. `dropout`: the same with LoRA dropout 0 (peft's dropout makes a copy of every adapted
+       module's input, planner/memory.py `_layer_activations`).
+    Knobs the user fixed are never changed; a step that would change nothing is left out."""
+    rungs: list[tuple[str, list[tuple[dict, list[int]]]]] = []
+    lin: dict[str, Any] = {}
+    lin_mbs = mbs
+    if base.attn == "sdpa" and base.packing and "packing" not in fixed:
+        lin = {"packing": False}
+        if "micro_batch" not in fixed:
+            lin_mbs = [1]
+        rungs.append(("linear", [(lin, lin_mbs)]))
+    offs = [fixed["offload_activations"]] if "offload_activations" in fixed else [False, True]
+    tiles = [fixed["tiled_mlp"]] if "tiled_mlp" in fixed else [False, True]
+    if fixed.get("grad_checkpointing") is False:
+        offs = [o for o in offs if not o]
+    combos = [(o, t) for t in tiles for o in offs if (o, t) != (base.offload_activations, base.tiled_mlp)]
+    variants = []
+    for o, t in combos:
+        over = {**lin, "offload_activations": o, "tiled_mlp": t}
+        if o:
+            over["grad_checkpointing"] = True
+        variants.append((over, lin_mbs))
+    if variants:
+        rungs.append(("offload", variants))
+    if "lora_dropout" not in fixed and base.lora_dropout > 0 and any(m != "full" for m in methods):
+        last = variants or [(dict(lin), lin_mbs)]
+        rungs.append(("dropout", [({**over, "lora_dropout": 0.0}, v_mbs) for over, v_mbs in last]))
+    return rungs
+
+
+_STATIC = ("runtime_overhead", "quantized_weights", "unquantized_weights", "adapter_weights")
+
+
+def _activations_could_fit(search: "_Search", base: TrainSetup, methods: list[str], fixed: Mapping[str, Any],
+                           effective: int) -> bool:
+    """Whether the weights, adapters and CUDA context of some allowed method leave room on the
+    card at all: the long-context path saves activations, nothing else."""
+    for m in methods:
+        c = search.eval(_smallest_setup(base, m, fixed, effective))
+        if sum(c.memory.components.get(k, 0) for k in _STATIC) < search.budget:
+            return True
+    return False
+
+
+def _least_memory(base: TrainSetup, method: str, fixed: Mapping[str, Any], rungs, effective: int,
+                  ga_for: int | None) -> TrainSetup:
+    """The configuration of `method` with the least memory the long-context path allows: every
+    step's overrides (the last step's most aggressive variant), micro-batch 1 or the fixed one,
+    checkpointing unless fixed off, 8-bit paged AdamW unless an optimizer is fixed."""
+    over: dict[str, Any] = {}
+    for _, variants in rungs:
+        for o, _mbs in variants:
+            for k, v in o.items():
+                if k in ("offload_activations", "tiled_mlp", "grad_checkpointing"):
+                    over[k] = over.get(k, False) or v
+                else:
+                    over[k] = v
+    mb = fixed.get("micro_batch", 1)
+    ga = ga_for if ga_for is not None else max(1, effective // mb)
+    s = replace(replace(base, **over), method=method, micro_batch=mb, grad_accum=ga,
+                grad_checkpointing=fixed.get("grad_checkpointing", True),
+                optimizer=fixed.get("optimizer", "paged-adamw-8bit"))
+    if method == "full":
+        s = replace(s, lora_dropout=base.lora_dropout)
+    return s
+
+
+def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed: Mapping[str, Any], rungs,
+                 effective: int, ga_for: int | None, reasons: list[str], warnings: list[str],
+                 spec: ModelSpec) -> int:
+    """`--seq-len max`: the longest multiple of SEQ_ROUND tokens at which the least-memory
+    configuration of one of `methods` (with and without the tiled MLP) fits (device budget and,
+    when known, host RAM). Memory grows with the sequence, so it doubles to bracket the limit,
+    then bisects (a few dozen memory estimates per configuration; no speed estimates)."""
+    def fits(setup: TrainSetup, seq: int) -> bool:
+        return search.fits_memory(search.memory(replace(setup, seq_len=seq)))
+
+    best, best_setup = 0, None
+    setups = []
+    for method in methods:
+        least = _least_memory(base, method, fixed, rungs, effective, ga_for)
+        setups.append(least)
+        if least.tiled_mlp and "tiled_mlp" not in fixed:
+            # one shard (a sequence up to the hidden size) costs more tiled than untiled: the
+            # untiled variant has its own, monotone, limit
+            setups.append(replace(least, tiled_mlp=False))
+    for setup in setups:
+        if not fits(setup, SEQ_ROUND):
+            continue
+        lo, hi = 1, 2  # in units of SEQ_ROUND: lo fits, hi unknown
+        while hi * SEQ_ROUND <= MAX_SEQ_SEARCH and fits(setup, hi * SEQ_ROUND):
+            lo, hi = hi, hi * 2
+        hi = min(hi, MAX_SEQ_SEARCH // SEQ_ROUND + 1)
+        fits_units = functools.partial(lambda st, u: fits(st, u * SEQ_ROUND), setup)
+        lo = _bisect(fits_units, lo, hi)
+        if setup.tiled_mlp:
+            # the tiled MLP's shard count steps up at multiples of the hidden size (planner/memory.py
+            # `tiled_mlp_shards`), and its shard, so the memory, drops there: past such a step a
+            # longer sequence can fit where a shorter one did not. Memory grows within a step and
+            # from one step's start to the next, so walk the steps while their start fits.
+            while True:
+                start = -(-_next_shard_step(replace(setup, seq_len=lo * SEQ_ROUND), spec.hidden_size) // SEQ_ROUND)
+                if start * SEQ_ROUND > MAX_SEQ_SEARCH or not fits(setup, start * SEQ_ROUND):
+                    break
+                end = _next_shard_step(replace(setup, seq_len=start * SEQ_ROUND), spec.hidden_size) // SEQ_ROUND + 1
+                lo = _bisect(fits_units, start, min(end, MAX_SEQ_SEARCH // SEQ_ROUND + 1))
+        if lo * SEQ_ROUND > best:
+            best, best_setup = lo * SEQ_ROUND, setup
+    if best_setup is None:
+        warnings.append(f"--seq-len max: not even {SEQ_ROUND} tokens fit; planning with {DEFAULT_SEQ_LEN}.")
+        return DEFAULT_SEQ_LEN
+    c = Candidate(replace(best_setup, seq_len=best), search.memory(replace(best_setup, seq_len=best)),
+                  estimate_throughput(search.spec, replace(best_setup, seq_len=best), search.gpu), True)
+    nxt = search.memory(replace(best_setup, seq_len=best + SEQ_ROUND))
+    over = "" if best + SEQ_ROUND > MAX_SEQ_SEARCH else (
+        f"; {best + SEQ_ROUND} tokens would need {_gib(nxt.device_bytes, 2)} of the {_gib(search.budget, 2)} budget"
+        + (f" and {_gib(nxt.details.get('host_activation_bytes', 0))} of host RAM"
+           if search.host_ram is not None and nxt.device_bytes <= search.budget else ""))
+    reasons.append(f"Sequence length {best}: the longest that fits (--seq-len max, searched in steps of {SEQ_ROUND} "
+                   f"tokens with the least-memory configuration, {c.describe()}){over}.")
+    return best
+
+
+def _bisect(fits, lo: int, hi: int) -> int:
+    """The largest n in [lo, hi) with fits(n), given fits(lo) and not fits(hi) (monotone between)."""
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def _next_shard_step(setup: TrainSetup, hidden: int) -> int:
+    """The shortest sequence longer than `setup.seq_len` whose tiled MLP has one shard more."""
+    from planner.memory import tiled_mlp_shards
+
+    shards, _ = tiled_mlp_shards(setup, hidden)
+    per_seq = setup.micro_batch if (setup.packing and setup.attn != "eager") else 1  # positions per token of seq
+    return shards * hidden // per_seq + 1
+
+
+def _explain_long_context(choice: Candidate, rung: str | None, fixed: Mapping[str, Any], constraints: Constraints,
+                          reasons: list[str], spec: ModelSpec, search: "_Search") -> None:
+    """Why the long-context knobs are on (or as asked), what attention runs, the host RAM and the
+    time they cost."""
+    s = choice.setup
+    T = s.micro_batch * s.seq_len
+    a = 4 if s.compute_dtype == "float32" else 2
+    L = spec.num_layers
+    if rung is not None:
+        reasons.append(f"Nothing fits at {s.seq_len} tokens with the standard path, so the long-context path is on "
+                       "(docs/long-context.md).")
+    if s.offload_activations or s.tiled_mlp or rung is not None or constraints.seq_len_max:
+        if s.attn == "flash":
+            att = "flash-attention-2 (packed rows as varlen offsets, no mask): memory linear in the sequence"
+        elif s.attn == "eager":
+            att = "eager attention: its scores grow with the square of the sequence length"
+        elif s.packing:
+            att = ("SDPA with padding-free packing: its block mask grows with the square of the tokens per "
+                   "micro-batch (--attn flash, or --packing off at micro-batch 1, avoid it)")
+        else:
+            att = ("SDPA on unpacked rows" + (" (one row per micro-batch: no mask, the flash kernel), memory linear "
+                                              "in the sequence" if s.micro_batch == 1 else
+                                              " (padded rows: a batch x seq^2 mask)"))
+        why = " (packing off: padding-free packing would hand SDPA a quadratic block mask)"             if (rung is not None and not s.packing and "packing" not in fixed) else ""
+        reasons.append(f"Attention: {att}{why}.")
+    if s.offload_activations:
+        host = choice.host_bytes()
+        have = (f", of {_gib(constraints.host_ram_bytes)} available" if constraints.host_ram_bytes is not None
+                else "; check the machine has it")
+        how = "as asked" if "offload_activations" in fixed else "because the checkpointed layer inputs do not fit"
+        reasons.append(f"Activation offloading is on ({how}): the {L} checkpointed layer inputs "
+                       f"({_gib(L * T * spec.hidden_size * a)}) wait in pinned host RAM, so the card holds one layer's "
+                       f"recomputation; it needs {_gib(host)} of host RAM{have}.")
+    if s.tiled_mlp:
+        from planner.memory import tiled_mlp_shards
+
+        shards, per = tiled_mlp_shards(s, spec.hidden_size)
+        how = "as asked" if "tiled_mlp" in fixed else "because one layer's MLP intermediates do not fit"
+        reasons.append(f"Tiled MLP is on ({how}): each MLP runs in {shards} shards of {per} tokens and is recomputed "
+                       f"in the backward, so its intermediates ({_gib(3 * T * spec.intermediate_size * a)} untiled) "
+                       "exist for one shard at a time.")
+    if rung == "dropout" and s.method != "full":
+        reasons.append(f"LoRA dropout 0 (instead of {TrainSetup().lora_dropout:g}): dropout copies the input of every "
+                       "adapted module, too much at this length (--lora-dropout to fix it).")
+    if (s.offload_activations or s.tiled_mlp) and choice.throughput.micro_batch_seconds:
+        plain = estimate_throughput(spec, replace(s, offload_activations=False, tiled_mlp=False), search.gpu)
+        if plain.micro_batch_seconds:
+            extra = choice.throughput.micro_batch_seconds - plain.micro_batch_seconds
+            copy = choice.throughput.parts.get("offload", 0.0)
+            reasons.append(f"Their time: +{extra:.2f} s per micro-batch of {choice.throughput.micro_batch_seconds:.2f} s "
+                           f"({extra / choice.throughput.micro_batch_seconds:.0%})"
+                           + (f", of which {copy:.2f} s host copies not hidden behind compute" if copy else "")
+                           + (", the rest the tiled MLP's extra forward" if s.tiled_mlp and copy else "") + ".")
 
 
 def _moe_qlora_sentence(spec: ModelSpec, fits: bool) -> str:
@@ -617,6 +926,8 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
     m = choice.memory
     if constraints.method != "auto":
         reasons.append(f"{_METHOD_NAMES[s.method]} as asked.")
+    elif s.method == "full" and not constraints.prefer_accuracy:
+        reasons.append("Full fine-tuning fits, and the bake-off measured it better than LoRA and QLoRA.")
     elif s.method == "full":
         reasons.append("Full fine-tuning fits and accuracy matters most, so all weights are trained.")
     elif s.method == "lora":
@@ -626,6 +937,13 @@ def _explain_choice(choice: Candidate, fitting, groups, methods, constraints, re
         reasons.append(f"LoRA on the 16-bit model does not fit (it needs at least {_gib(lora_need)}); QLoRA keeps the "
                        f"frozen weights in 4-bit {s.quant_type.upper()} "
                        f"({_gib(m.components.get('quantized_weights', 0))}), so it does.")
+    if constraints.prefer_accuracy and s.method != "full" and constraints.method == "auto":
+        full_need = search.eval(_smallest_setup(replace(s, method="full"), "full", constraints.fixed,
+                                                s.effective_batch())).memory.device_bytes
+        reasons.append(f"--prefer-accuracy tries full fine-tuning first, but it does not fit (it needs at least "
+                       f"{_gib(full_need)}).")
+    if constraints.measured is not None:
+        reasons.extend(constraints.measured.reasons(s.method, asked=constraints.method != "auto"))
     fx = constraints.fixed
     if "grad_checkpointing" in fx:
         reasons.append(f"Gradient checkpointing {'on' if s.grad_checkpointing else 'off'}, as asked.")
@@ -690,13 +1008,17 @@ def _smallest_setup(base: TrainSetup, method: str, fixed: Mapping[str, Any], eff
     )
 
 
-def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, budget):
+def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, budget, rungs=(), effective=None,
+                    ga_for=None):
     """The smallest configuration of the allowed methods, and what would make it fit."""
     tries = []
     for m in methods:
         tries.append(search.eval(_smallest_setup(base, m, fixed, constraints.effective_batch)))
         if "optimizer" not in fixed and m != "full":
             tries.append(search.eval(replace(_smallest_setup(base, m, fixed, constraints.effective_batch), optimizer="paged-adamw-8bit")))
+        if rungs:  # the long-context path's least-memory configuration was tried too
+            tries.append(search.eval(_least_memory(base, m, fixed, rungs, effective or constraints.effective_batch,
+                                                   ga_for)))
     smallest = min(tries, key=lambda c: c.memory.device_bytes)
     need = smallest.memory.device_bytes
     s = smallest.setup

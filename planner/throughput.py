@@ -24,6 +24,14 @@ FLOPs per token (N = parameters of the matmuls a token passes through):
   backends), s for eager/math attention that computes the full square; sliding-window layers
   attend to at most `sliding_window` tokens. Backward of flash attention is 2.5x its forward
   (it recomputes QK^T; Dao 2023, FlashAttention-2, sec. 3).
+- tiled MLP (long context): the MLP forward runs once more per step, shard by shard, in the
+  backward (tuneplan/training/long_context.py `TiledMLP`; Arctic Long Sequence Training,
+  Bekman et al. 2025, arXiv:2506.13996): +2N of the dense MLPs, and each shard's call
+  dequantizes the 4-bit MLP weights again;
+- activation offloading (long context): the checkpointed layer inputs cross the host link
+  twice (trl `OffloadActivations`): the forward copies run on a side stream behind the compute,
+  the backward waits for each copy (its unpack hook makes the compute stream wait), at the
+  card's pinned-copy rate (planner/gpus.py `host_link_gbs`);
 - QLoRA: bitsandbytes' 4-bit `Linear4bit` dequantizes the whole weight to the compute dtype
   before every matmul of a large token count (`bitsandbytes/autograd/_functions.py`
   `MatMul4Bit`: `dequantize_4bit` then `torch.nn.functional.linear`, forward and backward):
@@ -45,7 +53,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from planner.gpus import DEFAULT_INTER_NODE_GBS, GPU, interconnect_gbs
+from planner.gpus import DEFAULT_INTER_NODE_GBS, GPU, host_link_gbs, interconnect_gbs
+from planner.memory import tiled_mlp_shards  # the shard rule the training path uses
 from planner.setup import TrainSetup
 from planner.spec import ModelSpec, resolve_lora_targets
 
@@ -137,6 +146,9 @@ class _SpecSums:
     modules: int  # linear modules in all layers
     expert_flops: float = 0.0  # of linear_flops, the routed experts' share
     expert_token_share: float = 1.0  # tokens one expert's GEMM sees / tokens in the batch (k / E)
+    mlp_flops: float = 0.0  # of linear_flops, the dense MLPs' share (what a tiled MLP recomputes)
+    mlp_quantizable: int = 0  # of quantizable_params, the dense MLPs'
+    mlp_modules: int = 0  # dense MLP linear modules in all layers
 
 
 @dataclass(frozen=True)
@@ -145,6 +157,9 @@ class _TargetSums:
     in_out: int  # sum of (in + out) x rank factor over the instances one token passes through
     modules: int  # adapted modules
     traffic: int  # element-wise bytes per token of the LoRA branches (forward)
+    mlp_in_out: int = 0  # of in_out, the dense MLP modules'
+    mlp_modules: int = 0  # of modules, the dense MLP ones
+    mlp_traffic: int = 0  # of traffic, the dense MLP ones'
 
 
 # Specs are long-lived (the catalog caches them): keep per-spec sums keyed by identity.
@@ -156,10 +171,11 @@ def _spec_sums(spec: ModelSpec) -> _SpecSums:
     hit = _SPEC_CACHE.get(id(spec))
     if hit is not None and hit[0] is spec:
         return hit[1]
-    flops = expert = 0.0
+    flops = expert = mlp = 0.0
     share = 1.0
-    params = quant = modules = 0
+    params = quant = modules = mlp_quant = mlp_modules = 0
     for layer in spec.layers:
+        dense = not any(getattr(m, "kind", "linear") == "expert" for m in layer)
         for m in layer:
             is_expert = getattr(m, "kind", "linear") == "expert"
             n = m.active if is_expert else m.count
@@ -169,10 +185,15 @@ def _spec_sums(spec: ModelSpec) -> _SpecSums:
                 share = m.active / m.count
             p = m.in_features * m.out_features * m.count
             params += p
-            if not hasattr(m, "quantizable") or m.quantizable():
+            quantizable = not hasattr(m, "quantizable") or m.quantizable()
+            if quantizable:
                 quant += p
             modules += 1
-    sums = _SpecSums(flops, params, quant, modules, expert, share)
+            if dense and _dense_mlp(m):
+                mlp += 2.0 * m.in_features * m.out_features * n
+                mlp_quant += p if quantizable else 0
+                mlp_modules += 1
+    sums = _SpecSums(flops, params, quant, modules, expert, share, mlp, mlp_quant, mlp_modules)
     if len(_SPEC_CACHE) > 256:
         _SPEC_CACHE.clear()
     _SPEC_CACHE[id(spec)] = (spec, sums)
@@ -186,8 +207,9 @@ def _target_sums(spec: ModelSpec, setup: TrainSetup) -> _TargetSums:
     hit = _TARGET_CACHE.get(key)
     if hit is not None and hit[0] is spec:
         return hit[1]
-    per_rank = in_out = modules = traffic = 0
+    per_rank = in_out = modules = traffic = mlp_io = mlp_mod = mlp_tr = 0
     for layer in _targets(spec, setup):
+        dense = not any(getattr(m, "kind", "linear") == "expert" for m in layer)
         for m in layer:
             factor = getattr(m, "lora_rank_factor", 1)
             # a token passes through `active` routed experts, through every other instance
@@ -197,11 +219,24 @@ def _target_sums(spec: ModelSpec, setup: TrainSetup) -> _TargetSums:
             modules += 1
             # peft LoRA: dropout on an fp32 copy of the input, A/B outputs, scaled add
             traffic += (3 * 4 * m.in_features + 2 * 2 * m.out_features) * n
-    sums = _TargetSums(per_rank, in_out, modules, traffic)
+            if dense and _dense_mlp(m):
+                mlp_io += factor * (m.in_features + m.out_features) * n
+                mlp_mod += 1
+                mlp_tr += (3 * 4 * m.in_features + 2 * 2 * m.out_features) * n
+    sums = _TargetSums(per_rank, in_out, modules, traffic, mlp_io, mlp_mod, mlp_tr)
     if len(_TARGET_CACHE) > 1024:
         _TARGET_CACHE.clear()
     _TARGET_CACHE[key] = (spec, sums)
     return sums
+
+
+_ATTN_NAMES = ("q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj")
+
+
+def _dense_mlp(m) -> bool:
+    """A linear module of an MLP (what a tiled MLP shards, in layers without experts): not
+    attention, not an expert."""
+    return getattr(m, "kind", "linear") != "expert" and m.name not in _ATTN_NAMES
 
 
 def _uses_eager(spec: ModelSpec, setup: TrainSetup) -> bool:
@@ -245,7 +280,11 @@ def flops_per_token(spec: ModelSpec, setup: TrainSetup) -> FlopsPerToken:
         forward = linear + head + attn + adapter
         backward = (linear + head) + attn_bwd + 2.0 * adapter
         model = 2.0 * (linear + head) + 3.0 * attn + 3.0 * adapter
-    recompute = (linear + attn + adapter) if setup.grad_checkpointing else 0.0
+    checkpointing = setup.grad_checkpointing or setup.offload_activations  # offloading implies it
+    recompute = (linear + attn + adapter) if checkpointing else 0.0
+    if setup.tiled_mlp:
+        # the tiled MLP's backward reruns the dense MLPs' forward (with their adapters)
+        recompute += _spec_sums(spec).mlp_flops + 2.0 * setup.lora_rank * _target_sums(spec, setup).mlp_in_out
     return FlopsPerToken(forward=forward, backward=backward, recompute=recompute,
                          attention_forward=attn, model_flops=model)
 
@@ -381,7 +420,8 @@ def _estimate_one(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
     e_mm = gemm_efficiency(tokens)
     act = _act_bytes(setup)
 
-    passes = 2 + (1 if setup.grad_checkpointing else 0)  # forward, backward, recompute
+    checkpointing = setup.grad_checkpointing or setup.offload_activations  # offloading implies it
+    passes = 2 + (1 if checkpointing else 0)  # forward, backward, recompute
     sums = _spec_sums(spec)
     tsums = _target_sums(spec, setup)
     frozen_linear_params = sums.linear_params
@@ -390,7 +430,7 @@ def _estimate_one(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
 
     # Matmuls: compute-bound above a few hundred tokens, weight-read-bound below (roofline).
     attn_flops = fl.attention_forward * (1 + (2.0 if _uses_eager(spec, setup) else 2.5)
-                                         + (1 if setup.grad_checkpointing else 0))
+                                         + (1 if checkpointing else 0))
     mm_flops = fl.total() - attn_flops
     weight_bytes = (frozen_linear_params + head_params) * 2 * passes
     # Routed experts (transformers' grouped_mm experts) multiply only the tokens routed to
@@ -411,17 +451,45 @@ def _estimate_one(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
     if _uses_eager(spec, setup):
         per_layer += EAGER_SCORE_BYTES * spec.num_heads * setup.seq_len  # the s x s square, per token
     fwd_bytes = spec.num_layers * per_layer + lora_bytes
-    ew_bytes = fwd_bytes * (1 + BACKWARD_TRAFFIC_RATIO + (1 if setup.grad_checkpointing else 0))
+    ew_bytes = fwd_bytes * (1 + BACKWARD_TRAFFIC_RATIO + (1 if checkpointing else 0))
     t_ew = ew_bytes * tokens / (bw * E_BW)
+    tiled = setup.tiled_mlp and sums.mlp_flops > 0
+    if tiled:
+        # one more forward of the MLPs' element-wise ops (act, product) and their LoRA branches
+        t_ew += (spec.num_layers * INTERMEDIATE_TRAFFIC * spec.intermediate_size * act + tsums.mlp_traffic) \
+            * tokens / (bw * E_BW)
     loss_passes = FUSED_LOSS_TRAFFIC if setup.fused_ce else LOSS_TRAFFIC_FP32
     t_loss = spec.vocab_size * 4 * loss_passes * tokens / (bw * E_BW)
 
     # QLoRA dequantization: read 4-bit + absmax, write the compute-dtype weight, every pass.
-    t_dequant = quant_params * (0.5 + 0.07 + act) * passes / (bw * E_DEQUANT) if quant_params else 0.0
+    shards = 1
+    mlp_quant = sums.mlp_quantizable if (tiled and setup.method == "qlora") else 0
+    if tiled:
+        shards = tiled_mlp_shards(setup, spec.hidden_size)[0]
+    # a tiled MLP dequantizes its 4-bit weights once per shard and pass, and once more for the
+    # backward's recomputation
+    dequant_calls = (quant_params - mlp_quant) * passes + mlp_quant * shards * (passes + 1)
+    t_dequant = dequant_calls * (0.5 + 0.07 + act) / (bw * E_DEQUANT) if quant_params else 0.0
 
     t_gpu = t_mm + t_attn + t_ew + t_loss + t_dequant
     base_modules = sums.modules + 4 * spec.num_layers  # + norms, attention, activation
     t_host = HOST_SECONDS_PER_MODULE_CALL * (base_modules + 3 * modules) * (passes / 2.0)
+    if tiled:
+        # every MLP module (and its adapter's three calls) runs once per shard, one pass more
+        mlp_calls = sums.mlp_modules + 3 * tsums.mlp_modules + spec.num_layers
+        t_host += HOST_SECONDS_PER_MODULE_CALL * mlp_calls * (shards * (passes + 1) - passes) / 2.0
+    t_offload = 0.0
+    if setup.offload_activations:
+        link = host_link_gbs(gpu)
+        if link:
+            # each layer input (and the loss head's saved hidden rows) down in the forward, up in
+            # the backward; the forward copies overlap the forward compute (side stream), the
+            # backward ones do not (the compute stream waits on each)
+            moved = (spec.num_layers + 1) * tokens * spec.hidden_size * act
+            one_way = moved / (link * 1e9)
+            forward = t_gpu * fl.forward / max(fl.total(), 1.0)
+            t_offload = max(0.0, one_way - forward) + one_way
+    t_gpu += t_offload
     t_micro = max(t_gpu, t_host)
     bound = "host" if t_host > t_gpu else ("memory" if (t_ew + t_loss + t_dequant) > t_mm + t_attn else "compute")
 
@@ -437,7 +505,7 @@ def _estimate_one(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
         tokens_per_second=tps, micro_batch_seconds=t_micro, optimizer_step_seconds=step,
         flops=fl, mfu=mfu, bound=bound,
         parts={"matmul": t_mm, "attention": t_attn, "elementwise": t_ew, "loss": t_loss,
-               "dequant": t_dequant, "host": t_host},
+               "dequant": t_dequant, "host": t_host, "offload": t_offload},
     )
 
 

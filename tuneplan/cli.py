@@ -19,6 +19,7 @@ from tuneplan.errors import EXIT_BAD_INPUT, UserError
 COMMANDS: dict[str, str] = {
     "plan": "dry-run: estimate memory, speed and cost and pick the fastest configuration that fits",
     "train": "plan and launch a detached training run",
+    "compare": "bake-off: short trials of LoRA, QLoRA and full fine-tuning on your data, evaluated side by side",
     "probe": "measure the plan on this machine for a few optimizer steps, beside the prediction",
     "runs": "list runs with status, progress and loss",
     "attach": "open the live dashboard of a run (default: the newest)",

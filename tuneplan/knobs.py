@@ -29,6 +29,8 @@ from tuneplan.errors import UserError
 
 AUTO = "auto"
 """A flag value meaning "the planner decides" (the same as leaving the flag out)."""
+LONGEST = "max"
+"""`--seq-len max`: the planner searches the longest sequence that fits (a knob with `longest`)."""
 
 COUNT, FRACTION, SWITCH, CHOICE, TARGETS = "count", "fraction", "switch", "choice", "targets"
 LORA, QLORA, PARALLEL = "lora", "qlora", "parallel"
@@ -80,6 +82,9 @@ class Knob:
     screen_choices: tuple[tuple[str, Any], ...] = ()
     """The row's options as (shown, value) when `screen_options` cannot derive them from the
     kind and `choices` (the method: its own order and labels)."""
+    longest: bool = False
+    """A count that also takes `max`: the planner searches the largest value that fits
+    (`--seq-len max`); in a `PartialSetup` it stays `LONGEST` and counts as not fixed."""
 
     @property
     def dest(self) -> str:
@@ -88,7 +93,7 @@ class Knob:
 
     def metavar(self) -> str:
         if self.kind == COUNT:
-            return "N" if self.name != "num_gpus" else "auto|N"
+            return "auto|N|max" if self.longest else ("N" if self.name != "num_gpus" else "auto|N")
         if self.kind == FRACTION:
             return "X"
         if self.kind == SWITCH:
@@ -119,6 +124,8 @@ class Knob:
         raw = str(text).strip()
         if raw.lower() == AUTO:
             return None
+        if self.longest and raw.lower() == LONGEST:
+            return LONGEST
         if self.kind == COUNT:
             return parse_count(text, self.flag)
         if self.kind == FRACTION:
@@ -193,8 +200,9 @@ KNOBS: tuple[Knob, ...] = (
          choices=METHODS, planned=True, short="method", screen="method", screen_row=1,
          screen_choices=(("LoRA", "lora"), ("QLoRA 4-bit", "qlora"), ("full", "full")),
          screen_help="method: LoRA (16-bit base), QLoRA (4-bit base) or full; Left/Right"),
-    Knob("seq_len", "--seq-len", COUNT, "sequence length", "tokens per sequence (default: dataset p99 or 2048)",
-         planned=True, short="sequence length", screen="sequence length", screen_row=2,
+    Knob("seq_len", "--seq-len", COUNT, "sequence length", "tokens per sequence (default: dataset p99 or 2048; "
+         "max: the longest that fits, docs/long-context.md)",
+         planned=True, short="sequence length", screen="sequence length", screen_row=2, longest=True,
          screen_help="sequence length: tokens per packed row; type a number"),
     Knob("micro_batch", "--batch", COUNT, "micro-batch", "micro-batch: sequences per forward/backward on one GPU",
          planned=True, refitted=True, short="micro-batch", screen="micro-batch", screen_row=3,
@@ -218,6 +226,12 @@ KNOBS: tuple[Knob, ...] = (
          refitted=True, short="fused loss"),
     Knob("packing", "--packing", SWITCH, "packing", "pack examples into full rows, padding-free (default: on)",
          planned=True),
+    Knob("offload_activations", "--offload-activations", SWITCH, "activation offload",
+         "keep checkpointed layer inputs in host RAM (long context; implies checkpointing; default: auto, "
+         "only when the sequence needs it)", planned=True, refitted=True, short="activation offload"),
+    Knob("tiled_mlp", "--tiled-mlp", SWITCH, "tiled MLP",
+         "compute the MLP shard by shard along the sequence, recomputed in backward (long context; "
+         "default: auto, only when the sequence needs it)", planned=True, refitted=True, short="tiled MLP"),
     Knob("quant_type", "--quant-type", CHOICE, "4-bit format", "QLoRA 4-bit format (default nf4)",
          choices=("nf4", "fp4"), group=QLORA),
     Knob("double_quant", "--double-quant", SWITCH, "4-bit format", "QLoRA double quantization (default on)",
@@ -337,11 +351,16 @@ class PartialSetup:
         return PartialSetup({**base.values, **self.values})
 
     def fixed(self) -> dict[str, Any]:
-        """Knob -> value for the knobs given a value."""
-        return {k: v for k, v in self.values.items() if v is not None}
+        """Knob -> value for the knobs given a value (`max` is the planner's search, not a value)."""
+        return {k: v for k, v in self.values.items() if v is not None and v != LONGEST}
 
     def is_fixed(self, name: str) -> bool:
-        return self.values.get(name) is not None
+        v = self.values.get(name)
+        return v is not None and v != LONGEST
+
+    def longest(self) -> bool:
+        """Whether the sequence length was given as `max` (the planner searches the longest)."""
+        return self.values.get("seq_len") == LONGEST
 
     def auto(self) -> list[str]:
         """The knobs the planner chooses: in `PLANNED` and not given a value."""
@@ -379,6 +398,6 @@ def validate_setup(s: TrainSetup, prefix: str = "setup", error: Callable[[str], 
             raise (error or UserError)(f"{prefix}.{k.name} {why} (got {shown})")
 
 
-__all__ = ["AUTO", "KNOBS", "BY_NAME", "Knob", "PartialSetup", "RUN_KNOBS", "PLANNED", "FIXABLE", "REFITTED",
+__all__ = ["AUTO", "LONGEST", "KNOBS", "BY_NAME", "Knob", "PartialSetup", "RUN_KNOBS", "PLANNED", "FIXABLE", "REFITTED",
            "SHOWN", "SCREEN_KNOBS", "LORA_KNOBS", "QLORA_KNOBS", "FLAGS", "parse_targets", "targets_text", "add_flags",
            "given_flags", "equivalent_flags", "validate_setup", "ALL_LINEAR"]

@@ -96,12 +96,19 @@ def _plain_knob_rows(outcome) -> list[tuple[str, str, str]]:
     if s.method == "qlora":
         rows.append((label("quant_type"), f"{s.quant_type}{', double quant' if s.double_quant else ''}",
                      "you" if fixed & set(QLORA_KNOBS) else "default"))
+    from planner.setup import TrainSetup
+
+    default = TrainSetup()
     if s.method != "full":
-        rows.append((label("lora_rank"), f"r {s.lora_rank}, alpha {s.lora_alpha}, dropout {s.lora_dropout}, "
-                     f"{targets_text(s.lora_targets)}", "you" if fixed & set(LORA_KNOBS) else "default"))
+        dropout_by_solver = "lora_dropout" not in fixed and s.lora_dropout != default.lora_dropout
+        lora_src = "you" if fixed & set(LORA_KNOBS) else ("solver" if dropout_by_solver else "default")
+        rows.append((label("lora_rank"), f"r {s.lora_rank}, alpha {s.lora_alpha}, dropout {s.lora_dropout}"
+                     f"{' (solver)' if dropout_by_solver and lora_src == 'you' else ''}, "
+                     f"{targets_text(s.lora_targets)}", lora_src))
     rows += [
         (label("seq_len"), str(s.seq_len), "you" if "seq_len" in fixed else
-         ("dataset" if (outcome.request.dataset and outcome.request.dataset.p99_tokens)
+         ("solver (max)" if getattr(outcome.request, "seq_len_max", False) else
+          "dataset" if (outcome.request.dataset and outcome.request.dataset.p99_tokens)
           or outcome.request.dataset_source else "default")),
         (label("micro_batch"), str(s.micro_batch), src("micro_batch")),
         (label("grad_accum"), f"{s.grad_accum} (effective batch {s.effective_batch()})", src("grad_accum")),
@@ -111,9 +118,20 @@ def _plain_knob_rows(outcome) -> list[tuple[str, str, str]]:
         (label("fused_ce"), "fused linear cross-entropy" if s.fused_ce else "transformers (full fp32 logits)",
          src("fused_ce")),
         (label("packing"), "on (examples packed, padding-free)" if s.packing else "off (one example per row, padded)",
-         "you" if "packing" in fixed else "default"),
+         "you" if "packing" in fixed else ("solver" if s.packing != default.packing else "default")),
         (label("compute_dtype"), s.compute_dtype, "you" if "compute_dtype" in fixed else "solver"),
     ]
+    # the long-context knobs get a row when they are on or asked for (docs/long-context.md)
+    if s.offload_activations or "offload_activations" in fixed:
+        host = outcome.result.choice.host_bytes()
+        rows.append((label("offload_activations"), f"on ({_gib(host)} pinned host RAM)" if s.offload_activations
+                     else "off", src("offload_activations")))
+    if s.tiled_mlp or "tiled_mlp" in fixed:
+        from planner.memory import tiled_mlp_shards
+
+        shards, per = tiled_mlp_shards(s, outcome.model.spec.hidden_size)
+        rows.append((label("tiled_mlp"), f"on ({shards} shards of {per} tokens)" if s.tiled_mlp else "off",
+                     src("tiled_mlp")))
     return rows
 
 

@@ -43,6 +43,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--min-seq-len", metavar="N", help="shortest sequence length to consider when suggesting shorter ones")
     a("--max-seq-len", metavar="N", help="cap on the sequence length taken from the dataset")
     a("--prefer-accuracy", action="store_true", help="full fine-tuning first if it fits; no truncation")
+    a("--host-ram", metavar="SIZE", help="host RAM for offloaded activations (default: this machine's available "
+      "RAM when planning for its GPUs, else unchecked and stated)")
     from planner.margins import DEFAULT_SAFETY_MARGIN  # stdlib only: --help stays fast
 
     a("--safety-margin", metavar="X", help=f"fraction of usable memory kept free (default {DEFAULT_SAFETY_MARGIN:g}: "
@@ -101,7 +103,8 @@ def build_request(args: argparse.Namespace):
     if not args.model:
         raise UserError("no model given: --model NAME (a catalog name such as llama-3.1-8b, a Hub id or a folder)")
     # every knob flag read once (`tuneplan.knobs`); the method and the GPU knobs are request fields
-    fixed: dict[str, Any] = PartialSetup.from_args(args).fixed()
+    given = PartialSetup.from_args(args)
+    fixed: dict[str, Any] = given.fixed()
     method = fixed.pop("method", AUTO)
     gpus = fixed.pop("num_gpus", None)
     strategy = fixed.pop("strategy", AUTO)
@@ -127,7 +130,9 @@ def build_request(args: argparse.Namespace):
         price_per_hour=_float(args.price, "--price", allow_zero=True),
         min_seq_len=_int(args.min_seq_len, "--min-seq-len"), max_seq_len=_int(args.max_seq_len, "--max-seq-len"),
         gpus=gpus, strategy=strategy, cpu_offload=bool(offload),
-        gpus_per_node=_int(args.gpus_per_node, "--gpus-per-node") or 8,
+        gpus_per_node=_int(args.gpus_per_node, "--gpus-per-node") or 8, seq_len_max=given.longest(),
+        host_ram_bytes=parse_size(args.host_ram, "--host-ram") if getattr(args, "host_ram", None) is not None
+        else None,
     )
 
 
@@ -163,6 +168,10 @@ def run(args: argparse.Namespace) -> int:
     for w in r.warnings:
         print(fill(f"tuneplan plan: warning: {w}", err_width), file=sys.stderr)
     if not r.fits:
+        if r.host_ram_short_bytes is not None:
+            print(fill(f"tuneplan plan: does not fit: the offloaded activations need {_gib(r.host_ram_short_bytes)} "
+                       f"of host RAM, {_gib(r.host_ram_bytes)} available", err_width), file=sys.stderr)
+            return EXIT_DOES_NOT_FIT
         print(fill(f"tuneplan plan: does not fit: {outcome.model.name} needs {_gib(r.choice.memory.device_bytes)} "
                    f"at least, {_gib(r.budget_bytes)} usable on {outcome.hardware.gpu.name}", err_width),
               file=sys.stderr)

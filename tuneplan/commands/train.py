@@ -206,7 +206,13 @@ def plan_config(config, given, args: argparse.Namespace):
             raise UserError(f"no NVIDIA GPU here to train {config.model.source} on ({probe.status()}): plan "
                             "for a card with `tuneplan plan --gpu NAME`, or train here anyway with --gpu NAME "
                             "or --vram SIZE and --force")
+    host_ram = None
+    if args.gpu or args.vram:  # planned for a named card, but the run (and its offloaded activations) is here
+        from tuneplan.services.gpu import ram_bytes
+
+        host_ram = ram_bytes()[1]
     request = planning.PlanRequest(
+        seq_len_max=given.longest(), host_ram_bytes=host_ram,
         model=config.model.source, gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None,
         method=method, fixed=fixed, epochs=config.training.epochs, dataset_source=config.data.source,
         effective_batch=mb * ga if given.is_fixed("micro_batch") and given.is_fixed("grad_accum") else None,

@@ -89,6 +89,15 @@ class PlanRequest:
     """FSDP CPU offload (weights, gradients, optimizer in host memory)."""
     gpus_per_node: int = 8
     """GPUs per machine: more GPUs than this span several machines (planned on paper)."""
+    measured: Any = None
+    """A bake-off's measured quality (`planner.bakeoff.BakeoffResult`) for the solver to weigh
+    and explain. None: the newest finished `tuneplan compare` of this model and `dataset_source`
+    under the runs root, if there is one (`find_measured`)."""
+    seq_len_max: bool = False
+    """`--seq-len max`: the longest sequence that fits, the other knobs held (docs/long-context.md)."""
+    host_ram_bytes: int | None = None
+    """Host RAM the offloaded activations may use, in bytes (`--host-ram`); None: this machine's
+    available RAM (psutil) when planning for the GPUs NVML finds here, else unknown."""
 
 
 @dataclass(frozen=True)
@@ -267,6 +276,13 @@ def validate(request: PlanRequest, spec: Any) -> None:
         _check_positive(name, stats, name, hi=MAX_TOKENS)
     if request.cpu_offload and request.strategy == "ddp":
         raise UserError("--cpu-offload needs --strategy fsdp (DDP keeps a full replica on every GPU)")
+    if fixed.get("offload_activations") and fixed.get("grad_checkpointing") is False:
+        raise UserError("--offload-activations on needs gradient checkpointing (it offloads the checkpointed "
+                        "layer inputs): drop --grad-checkpointing off, or --offload-activations off")
+    if request.seq_len_max and fixed.get("seq_len") is not None:
+        raise UserError("--seq-len is both a number and max: give one")
+    if request.host_ram_bytes is not None and request.host_ram_bytes <= 0:
+        raise UserError(f"--host-ram must be > 0 (got {request.host_ram_bytes})")
     if request.gpus == 1 and request.strategy == "ddp":
         raise UserError("--strategy ddp needs --gpus 2 or more (one GPU has nothing to replicate to)")
     # contradictions
@@ -363,13 +379,25 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
             gpus = 1
         else:
             max_gpus = request.gpus_per_node
+    host_ram = request.host_ram_bytes
+    if host_ram is None and hardware.source == "nvml":
+        # the plan is for this machine: its offloaded activations live in this machine's RAM
+        from tuneplan.services.gpu import ram_bytes
+
+        try:
+            host_ram = ram_bytes()[1]
+        except (ImportError, OSError):
+            host_ram = None
     constraints = Constraints(
         method=request.method, fixed=fixed, min_seq_len=request.min_seq_len, max_seq_len=request.max_seq_len,
         effective_batch=effective, epochs=request.epochs, prefer_accuracy=request.prefer_accuracy,
         safety_margin=request.safety_margin, price_per_hour=request.price_per_hour,
         gpus=gpus, strategy=request.strategy, cpu_offload=request.cpu_offload, max_gpus=max_gpus,
-        gpus_per_node=request.gpus_per_node,
+        gpus_per_node=request.gpus_per_node, seq_len_max=request.seq_len_max, host_ram_bytes=host_ram,
     )
+    measured = request.measured if request.measured is not None else find_measured(request)
+    if measured is not None:
+        constraints = replace(constraints, measured=measured)
     tiny_full = request.method == "auto" and is_bundled_tiny(model)
     if tiny_full:
         constraints = replace(constraints, method="full")
@@ -385,6 +413,20 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     all_notes = tuple(notes) + tuple(getattr(model, "notes", ()) or ())
     return PlanOutcome(request=request, model=model, hardware=hardware, result=result, notes=all_notes,
                        detected_gpus=detected)
+
+
+def find_measured(request: PlanRequest) -> Any:
+    """The newest finished bake-off (`tuneplan compare`) of the request's model and dataset in
+    the runs root ($TUNEPLAN_RUNS_DIR or the per-user folder); None when there is none or the
+    runs root cannot be read (a plan never fails for it)."""
+    if not request.model or not request.dataset_source:
+        return None
+    from tuneplan.services import compare, paths
+
+    try:
+        return compare.find_bakeoff(paths.runs_root(), request.model, request.dataset_source)
+    except (UserError, OSError):
+        return None
 
 
 def _bundled_tiny_on_cpu(request: PlanRequest, model: Any, probe: Any = None) -> tuple[PlanRequest, list[str]]:
@@ -474,6 +516,8 @@ def plan_to_dict(o: PlanOutcome) -> dict[str, Any]:
             "budget_bytes": r.budget_bytes,
             "headroom_bytes": r.headroom_bytes(),
             "safety_margin": o.request.safety_margin,
+            "host_activation_bytes": int(c.memory.details.get("host_activation_bytes", 0)),
+            "host_ram_bytes": r.host_ram_bytes,
             "notes": list(c.memory.notes),
         },
         "gpu": {

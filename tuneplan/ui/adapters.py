@@ -258,6 +258,30 @@ class RunsAdapter:
 
         return train_command(config, target_flags(target))
 
+    def compare_argv(self, config: Any, target: Any = None) -> list[str]:
+        """`tuneplan compare` arguments for the bake-off of this configuration's model and
+        dataset (its trial length when max steps is set, its learning rate and seed).
+        `target`: a dry-run target adds `--gpu KEY` / `--vram SIZE`, as for `train_command`."""
+        t = config.training
+        argv = ["--model", config.model.source, "--dataset", config.data.source]
+        if t.max_steps is not None:
+            argv += ["--max-steps", str(t.max_steps)]
+        argv += ["--lr", f"{t.learning_rate:g}", "--seed", str(t.seed)]
+        return argv + target_flags(target)
+
+    def compare_command(self, config: Any, target: Any = None) -> str:
+        """The `tuneplan compare` command line of `compare_argv`."""
+        import shlex
+
+        return " ".join(shlex.quote(p) for p in ["tuneplan", "compare", *self.compare_argv(config, target)])
+
+    def start_compare(self, config: Any) -> tuple[int, Path]:
+        """Start the bake-off on this machine as a detached job (`tuneplan.services.compare`):
+        (its pid, its log). It plans for the GPUs here (the CPU for the tiny model), as a launch does."""
+        from tuneplan.services import compare
+
+        return compare.start_detached(self.compare_argv(config), self.root())
+
     def save_preset(self, config: Any, name: str, *, gpu: str | None = None) -> Path:
         """Save the configuration as a user preset through the presets service (never over
         an existing one). `gpu`: the catalog key the plan was made for."""
@@ -407,8 +431,12 @@ class PlanningAdapter:
         fixed = given.fixed()
         method = fixed.pop("method", "auto")
         # The wizard plans for the one card chosen (more GPUs appear as suggestions only).
+        # a bake-off of this model and dataset (`tuneplan compare`) is weighed and explained
+        measured = planning.find_measured(planning.PlanRequest(model=model.source,
+                                                               dataset_source=getattr(dataset, "source", None)))
         request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,
-                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1)
+                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1, measured=measured,
+                                       seq_len_max=given.longest())
         outcome = planning.plan(request)
         r = outcome.result
         c = r.choice

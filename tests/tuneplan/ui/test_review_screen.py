@@ -152,3 +152,25 @@ async def test_tracking_choice_goes_into_the_config_and_the_command(tmp_path, mo
         await pilot.press("right", "right")  # trackio -> wandb (not installed here)
         warning = str(screen.query_one("#warning", Static).render())
         assert "needs the wandb package" in warning and "pip install wandb" in warning
+
+
+@pytest.mark.asyncio
+async def test_bake_off_key_shows_the_compare_command_and_starts_it_detached(tmp_path):
+    import time
+
+    plan, dataset, data = tiny_plan(tmp_path)
+    async with review_screen(tmp_path, plan, dataset) as (pilot, screen):
+        await pilot.press(*"7")  # max steps: the trial length
+        data.unlink()  # the job then stops at its input check, in one line, before any trial starts
+        await pilot.press("ctrl+b")
+        await wait_for(pilot, lambda: not screen.comparing)
+        text = str(screen.query_one("#compare", Static).render())
+        assert "tuneplan compare --model" in text and "--max-steps 7" in text and "--vram 4GiB" in text
+        assert "Bake-off started (pid" in text and isinstance(pilot.app.screen, ReviewScreen)
+    log = next((tmp_path / "runs" / "compare").glob("compare-*.log"))
+    deadline = time.monotonic() + 60
+    while "error" not in log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    lines = log.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("tuneplan: error:") and "data.jsonl" in lines[0]
+    assert not [p for p in (tmp_path / "runs" / "compare").iterdir() if p.is_dir()]  # no comparison was made

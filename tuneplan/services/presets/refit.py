@@ -218,8 +218,8 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
     effective = preset.effective_batch()
     base = _base_fixed(preset)
 
-    def attempt(method: str, seq: int, micro_batch: int | None = None):
-        fixed = {**base, "seq_len": seq}
+    def attempt(method: str, seq: int, micro_batch: int | None = None, keep: dict[str, Any] | None = None):
+        fixed = {**base, "seq_len": seq, **(keep or {})}
         if micro_batch is not None:
             fixed.update(micro_batch=micro_batch, grad_accum=effective // micro_batch)
         if method != "qlora":
@@ -249,7 +249,9 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
         for mb in sorted((d for d in range(1, effective + 1) if effective % d == 0), reverse=True):
             if mb > max(s.micro_batch, 1) or mb <= chosen.micro_batch:
                 continue
-            o = attempt(chosen.method, chosen.seq_len, mb)
+            # a bigger micro-batch, not the long-context path (tiled MLP, offloading), buys nothing here
+            o = attempt(chosen.method, chosen.seq_len, mb, keep={"offload_activations": chosen.offload_activations,
+                                                                 "tiled_mlp": chosen.tiled_mlp})
             if o.result.fits:
                 outcome = o
                 break
@@ -281,7 +283,8 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
             why = ("32-bit AdamW states do not fit beside the rest" if new.optimizer != "adamw"
                    else "32-bit AdamW states fit")
             reasons.append(f"{said(('optimizer',))}: {why} on {here}.")
-        geometry = ("micro_batch", "grad_accum", "grad_checkpointing", "attn", "fused_ce")
+        geometry = ("micro_batch", "grad_accum", "grad_checkpointing", "attn", "fused_ce", "offload_activations",
+                    "tiled_mlp")
         if said(geometry):
             if new.method != s.method:
                 why_hw = f"the fastest that fits with {_METHOD[new.method]} on {here}"

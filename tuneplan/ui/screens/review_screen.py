@@ -47,14 +47,25 @@ class ProbeFinished(Message):
         self.ok = ok
 
 
+class CompareStarted(Message):
+    """The bake-off job started (or one line why it did not)."""
+
+    def __init__(self, text: str, ok: bool) -> None:
+        super().__init__()
+        self.text = text
+        self.ok = ok
+
+
 class ReviewScreen(WizardScreen[None]):
     """Ctrl+P probes first (a few steps on this machine, measured beside the prediction),
-    Ctrl+L launches (then the dashboard opens), Ctrl+S saves a preset."""
+    Ctrl+L launches (then the dashboard opens), Ctrl+B starts the LoRA-vs-QLoRA bake-off
+    (`tuneplan compare`, detached), Ctrl+S saves a preset."""
 
     CSS_PATH = "review_screen.tcss"
     BINDINGS = [
         Binding("ctrl+p", "probe", "Probe first"),
         Binding("ctrl+l", "launch", "Launch"),
+        Binding("ctrl+b", "compare", "Bake-off"),
         Binding("ctrl+s", "save_preset", "Save preset"),
         Binding("escape", "app.pop_screen", "Back"),
         Binding("f1", "help", "Help"),
@@ -66,6 +77,8 @@ class ReviewScreen(WizardScreen[None]):
         self.dataset = dataset
         self.launching = False
         self.probing = False
+        self.comparing = False
+        self.compare_intro = ""
 
     def compose(self) -> ComposeResult:
         yield StepBar(5)
@@ -84,6 +97,7 @@ class ReviewScreen(WizardScreen[None]):
             yield Static(id="field-help")
             yield Static(id="warning")
             yield Static(id="probe")
+            yield Static(id="compare")
             yield Static(id="command")
             yield Static(id="config")
         yield Footer()
@@ -280,6 +294,40 @@ class ReviewScreen(WizardScreen[None]):
         style = "" if message.ok else "bold red"
         self.query_one("#probe", Static).update(Text(message.text + "\n", style=style))
 
+    def action_compare(self) -> None:
+        if self.comparing or self.launching:
+            return
+        config = self._config_or_notify()
+        if config is None:
+            return
+        self.comparing = True
+        command = self.app.services.runs.compare_command(self.build_config(for_launch=False), target=self.plan.target)
+        self.compare_intro = (f"Bake-off: short trials of LoRA, QLoRA and full fine-tuning on this machine, evaluated "
+                              f"side by side; the command for the planned card:\n{command}\n")
+        self.query_one("#compare", Static).update(Text(self.compare_intro + "Starting it here...", style="bold"))
+        self.start_compare(config)
+
+    @work(thread=True, exclusive=True, exit_on_error=False, group="compare")
+    def start_compare(self, config: Any) -> None:
+        try:
+            pid, log = self.app.services.runs.start_compare(config)
+        except UserError as exc:
+            self.post_message(CompareStarted(f"Bake-off failed to start: {exc}", False))
+        except Exception as exc:
+            self.post_message(CompareStarted(f"Bake-off failed to start: {type(exc).__name__}: {exc}".splitlines()[0],
+                                             False))
+        else:
+            self.post_message(CompareStarted(
+                f"Bake-off started (pid {pid}), detached: its trials appear in `tuneplan runs`; the table when it "
+                f"is done: `tuneplan compare --show latest`; log: {log}", True))
+
+    @on(CompareStarted)
+    def _compare_started(self, message: CompareStarted) -> None:
+        self.comparing = False
+        text = Text(self.compare_intro)
+        text.append(message.text + "\n", style="" if message.ok else "bold red")
+        self.query_one("#compare", Static).update(text)
+
     @on(RunLaunchFailed)
     def _failed(self, message: RunLaunchFailed) -> None:
         self.launching = False
@@ -289,6 +337,7 @@ class ReviewScreen(WizardScreen[None]):
         self.app.push_screen(HelpDialog("Review", [
             ("Ctrl+P", "probe first: a few steps here, measured beside the prediction"),
             ("Ctrl+L", "launch the run (detached) and open its dashboard"),
+            ("Ctrl+B", "bake-off: LoRA vs QLoRA (and full) trials here, evaluated (tuneplan compare)"),
             ("Ctrl+S", "save this configuration as a preset (type a name first)"),
             ("Left/Right", "tracking: the experiment tracker (none, tensorboard, trackio, wandb, mlflow)"),
             ("Tab", "next field"), ("Esc", "back to the plan"),
