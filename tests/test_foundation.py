@@ -146,7 +146,7 @@ def test_wheel_ships_presets(tmp_path):
     src.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(ROOT / name, src / name)
-    for name in ("planner", "tuneplan", "presets", "verification"):
+    for name in ("planner", "tuneplan", "verification"):
         shutil.copytree(ROOT / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     subprocess.run(
         [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(tmp_path), str(src)],
@@ -154,8 +154,8 @@ def test_wheel_ships_presets(tmp_path):
     )
     wheel = next(tmp_path.glob("tuneplan-*.whl"))
     names = zipfile.ZipFile(wheel).namelist()
-    shipped = {Path(n).name for n in names if n.startswith("presets/") and n.endswith(".toml")}
-    expected = {p.name for p in (ROOT / "presets").glob("*.toml")}
+    shipped = {Path(n).name for n in names if n.startswith("tuneplan/data/presets/") and n.endswith(".toml")}
+    expected = {p.name for p in (ROOT / "tuneplan" / "data" / "presets").glob("*.toml")}
     assert expected and expected <= shipped
     assert any(n.startswith("planner/") for n in names)
     assert any(n.startswith("tuneplan/") for n in names)

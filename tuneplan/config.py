@@ -21,6 +21,7 @@ Pure standard library plus `tomli_w` for writing. Validation names the field and
 from __future__ import annotations
 
 import math
+import os
 import re
 import sys
 import types
@@ -31,6 +32,7 @@ from typing import Any, TypeVar
 
 from planner.setup import TUNEPLAN_STACK, CalibrationProfile, TrainSetup
 from tuneplan.errors import UserError, check_path
+from tuneplan.files import CONFIG_MAX_BYTES, read_text_bounded
 from tuneplan.knobs import MAX_COUNT
 from tuneplan.knobs import validate_setup as _validate_knobs
 
@@ -233,8 +235,10 @@ class RunConfig:
         _check(t.report_to in TRACKERS, "training.report_to", t.report_to, f"must be one of {', '.join(TRACKERS)}")
         _count(r.max_retries, "recovery.max_retries", lo=0)
         n = self.notify
-        _check(not n.url or n.url.startswith(("http://", "https://", "ntfy+http://", "ntfy+https://")), "notify.url",
-               n.url, "must be an http:// or https:// URL")
+        problem = notify_url_problem(n.url) if n.url else None
+        # shown without what sits before an '@' (a password is never echoed)
+        shown = re.sub(r"//[^/@]*@", "//***@", n.url) if n.url else n.url
+        _check(problem is None, "notify.url", shown, problem or "")
         _range(n.stall_minutes, "notify.stall_minutes", 0, None, lo_open=True)
         g = self.debug
         for name in ("step_sleep_seconds", "save_sleep_seconds"):
@@ -271,6 +275,37 @@ def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:
     """Raise `ConfigError` naming the first invalid knob of a `TrainSetup` (each knob's rule
     is in `tuneplan.knobs`)."""
     _validate_knobs(s, prefix, error=ConfigError)
+
+
+NOTIFY_SCHEMES = ("http", "https", "ntfy+http", "ntfy+https")
+
+
+def notify_url_problem(url: str) -> str | None:
+    """What is wrong with an alert URL (None: nothing), read with `urllib.parse.urlsplit` and
+    checked part by part: the parser itself accepts an empty host, wraps no port but lets 0
+    through, and keeps `user:pass@`, spaces and line breaks, which either break the request
+    (CR/LF inject headers), go to another port, or send a password to the resolver."""
+    from urllib.parse import urlsplit
+
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        return "must not contain spaces, tabs or line breaks"
+    try:
+        parts = urlsplit(url)
+        port = parts.port  # ValueError: not a number, or outside 0-65535
+    except ValueError as exc:
+        return f"is not a valid URL ({exc})"
+    if parts.scheme.lower() not in NOTIFY_SCHEMES:
+        return "must be an http:// or https:// URL"
+    if "@" in parts.netloc:
+        return "must not hold a user name or password (user:pass@); put the token in the path, as webhooks do"
+    host = parts.hostname or ""
+    if not host:
+        return "has no host name"
+    if not all(c.isalnum() or c in ".-_:" for c in host):
+        return f"has a host name that is not one ({host!r})"
+    if port == 0:
+        return "has port 0, which no server listens on (use 1-65535)"
+    return None
 
 
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:
@@ -463,7 +498,7 @@ def read_toml_text(path: Path) -> tuple[dict[str, Any], str]:
     malformed file."""
     path = Path(check_path(path, "the configuration file name"))
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_bounded(path, CONFIG_MAX_BYTES)  # a FIFO or /dev/zero is refused, never read
         return tomllib.loads(text), text
     except FileNotFoundError:
         raise ConfigError(f"{path}: no such file") from None
@@ -496,7 +531,11 @@ def save_config(config: RunConfig, path: Path, *, overwrite: bool = False) -> No
     if path.exists() and not overwrite:
         raise ConfigError(f"{path} already exists; pick another path")
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(dump_config(config), encoding="utf-8")
+    # never through a symlink planted at the temporary name (O_NOFOLLOW); the rename replaces
+    # a link at `path` itself, never its target
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(dump_config(config))
     tmp.replace(path)
 
 

@@ -22,10 +22,12 @@ assistant turn; otherwise only the last assistant turn is trained, and the run l
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, Literal
+import os
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import IO, Any, Literal
 
 from tuneplan.errors import UserError
+from tuneplan.files import FileRefused, open_binary
 
 # format -> the columns that identify it (all required), in detection order: the first
 # format whose columns are all present wins.
@@ -239,6 +241,58 @@ def check_text(row: Any, where: str) -> None:
             check_text(value, where)
 
 
+DATASET_LINE_MAX_BYTES = 16 << 20
+"""Longest JSONL line read: one training example is at most a few hundred KB of text (128k
+tokens is about 0.5 MB), so a longer line is not an example (a file of one 50 MB line, or a
+binary file with no newline) and is refused before it fills memory."""
+DATASET_JSON_MAX_BYTES = 1 << 30
+"""Largest `.json` dataset parsed whole (the json module holds the text and every object at
+once, several times the file's size); larger datasets belong in JSONL, read line by line."""
+
+
+def open_dataset(path: str | os.PathLike) -> IO[bytes]:
+    """A local dataset file opened for reading, only if it is a regular file: a FIFO (which
+    would block the read forever) or a device such as /dev/zero (which never ends) is refused
+    in one line."""
+    try:
+        return open_binary(path)
+    except FileNotFoundError:
+        raise DatasetFormatError(f"dataset file {os.fspath(path)!r} does not exist") from None
+    except FileRefused as exc:
+        raise DatasetFormatError(f"dataset {os.fspath(path)!r} {exc.strerror}; give a .jsonl, .json, .csv or "
+                                 ".parquet file") from None
+
+
+def jsonl_lines(f: IO[bytes], name: str) -> Iterator[tuple[int, str]]:
+    """(line number, text) of each line of a JSONL file, each read with a bound
+    (`DATASET_LINE_MAX_BYTES` characters: a longer line is refused in one line naming it).
+    Decoded as UTF-8 a block at a time, as a text file is: a binary file fails at its first
+    block, not at its first line break."""
+    import io
+
+    text = io.TextIOWrapper(f, encoding="utf-8")
+    lineno = 0
+    while True:
+        line = text.readline(DATASET_LINE_MAX_BYTES + 1)
+        if not line:
+            return
+        lineno += 1
+        if len(line) > DATASET_LINE_MAX_BYTES:
+            raise DatasetFormatError(f"{name} line {lineno}: longer than {DATASET_LINE_MAX_BYTES >> 20} MiB, "
+                                     "which no training example is; split it into one example per line")
+        yield lineno, line
+
+
+def read_json_dataset(f: IO[bytes], name: str) -> Any:
+    """A whole `.json` dataset, refused in one line above `DATASET_JSON_MAX_BYTES`."""
+    size = os.fstat(f.fileno()).st_size
+    if size > DATASET_JSON_MAX_BYTES:
+        raise DatasetFormatError(f"{name}: {size / (1 << 30):.1f} GiB is too large to parse as one JSON document "
+                                 f"(the limit is {DATASET_JSON_MAX_BYTES >> 30} GiB); convert it to JSONL, one "
+                                 "example per line")
+    return json.loads(f.read(DATASET_JSON_MAX_BYTES + 1).decode("utf-8"))
+
+
 def read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, dict[str, Any]]]:
     """`_read_local_rows`, with corrupt files and invalid text as one-line errors."""
     with reading_errors(path):
@@ -258,27 +312,28 @@ def _read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, 
 
     path = os.path.expanduser(path)
     name = os.path.basename(path)
-    if not os.path.isfile(path):
-        raise DatasetFormatError(f"dataset file {path!r} does not exist")
     suffix = os.path.splitext(path)[1].lower()
     rows: list[tuple[str, dict[str, Any]]] = []
     if suffix == ".parquet":  # the file format puts "PAR1" at both ends (parquet-format README, "File format")
-        with open(path, "rb") as f:
+        with open_dataset(path) as f:
             head = f.read(4)
-            f.seek(max(0, os.path.getsize(path) - 4))
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 4))
             if head != b"PAR1" or f.read(4) != b"PAR1":
                 raise DatasetFormatError(f"{name}: not a Parquet file (no PAR1 magic bytes at its start and end)")
         return rows
-    with open(path, encoding="utf-8", newline="" if suffix == ".csv" else None) as f:
+    with open_dataset(path) as binary:
         if suffix == ".csv":
-            for i, row in enumerate(csv.DictReader(f), start=2):  # line 1 is the header
+            import io
+
+            text = io.TextIOWrapper(binary, encoding="utf-8", newline="")
+            for i, row in enumerate(csv.DictReader(text), start=2):  # line 1 is the header
                 rows.append((f"{name} line {i}", dict(row)))
                 if limit is not None and len(rows) >= limit:
                     break
             return rows
         if suffix == ".json":
             try:
-                data = json.load(f)
+                data = read_json_dataset(binary, name)
             except json.JSONDecodeError as exc:
                 raise DatasetFormatError(f"{name} line {exc.lineno}: not valid JSON ({json_error(exc)})") from None
             if isinstance(data, dict) and len(data) == 1 and isinstance(next(iter(data.values())), list):
@@ -286,7 +341,7 @@ def _read_local_rows(path: str, *, limit: int | None = None) -> list[tuple[str, 
             if not isinstance(data, list) or not all(isinstance(r, dict) for r in data):
                 raise DatasetFormatError(f"{name}: expected a JSON list of objects (one per example)")
             return [(f"{name} item {i + 1}", r) for i, r in enumerate(data[:limit] if limit else data)]
-        for lineno, line in enumerate(f, start=1):
+        for lineno, line in jsonl_lines(binary, name):
             if not line.strip():
                 continue
             try:

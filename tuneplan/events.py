@@ -71,6 +71,8 @@ from typing import Any, Callable, ClassVar, Iterator
 
 from tuneplan.errors import NON_FINITE_PREFIX
 
+from tuneplan.files import EVENTS_TAIL_BYTES, STATUS_MAX_BYTES, open_append, open_binary, open_regular, read_bounded, read_head
+
 SCHEMA_VERSION = 1
 PHASES = ("queued", "loading", "tokenizing", "training", "evaluating", "saving",
           "done", "failed", "stopped", "crashed")
@@ -487,7 +489,7 @@ def append_event(run_dir: Path, event: Event) -> None:
 
 
 def _append_whole(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0), 0o644)
+    fd = open_append(path)  # never through a symlink, never into a FIFO or device
     try:
         start = os.fstat(fd).st_size
         written = os.write(fd, data)  # raises when nothing at all could be written
@@ -501,6 +503,10 @@ def _append_whole(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+MAX_LINE_BYTES = 4 << 20
+"""An events.jsonl line longer than this is skipped unread (a real event is under a few KB)."""
+
+
 class EventTail:
     """Incremental reader of `events.jsonl`: each `read_new()` returns only the events
     appended since the last call (cost independent of the file's length so far), typed.
@@ -511,6 +517,7 @@ class EventTail:
         self.path = Path(run_dir) / EVENTS_FILE
         self._offset = 0
         self._partial = b""
+        self._skipping = False
         self.malformed = 0
 
     def read_new(self) -> list[Event]:
@@ -520,8 +527,8 @@ class EventTail:
         """The new events one at a time, reading `chunk_bytes` at a time: memory stays bounded
         by the chunk, not by the file (a long run's events.jsonl holds hundreds of MB)."""
         try:
-            f = open(self.path, "rb")
-        except FileNotFoundError:
+            f = open_binary(self.path, follow_symlinks=False)
+        except OSError:  # missing, or not a regular file (FileRefused): no events to show
             return
         with f:
             f.seek(self._offset)
@@ -533,6 +540,11 @@ class EventTail:
                 data = self._partial + chunk
                 lines = data.split(b"\n")
                 self._partial = lines.pop()  # incomplete last line (or b"")
+                if self._skipping and lines:  # the rest of an over-long line
+                    lines.pop(0)
+                    self._skipping = False
+                if len(self._partial) > MAX_LINE_BYTES:  # no event is this long (a sparse or junk file)
+                    self._partial, self._skipping = b"", True
                 for raw in lines:
                     if not raw.strip():
                         continue
@@ -686,7 +698,9 @@ def write_status(run_dir: Path, status: Status) -> None:
     tmp = path.with_name(f".{STATUS_FILE}.{os.getpid()}.tmp")
     text = dumps(status.to_dict(), indent=1)
     try:
-        tmp.write_text(text, encoding="utf-8")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0), 0o644)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
         os.replace(tmp, path)
     except OSError as exc:
         try:
@@ -699,7 +713,7 @@ def write_status(run_dir: Path, status: Status) -> None:
 
 
 def _overwrite_in_place(path: Path, data: bytes) -> None:
-    fd = os.open(path, os.O_WRONLY)
+    fd = open_regular(path, os.O_WRONLY, follow_symlinks=False)
     try:
         if len(data) > os.fstat(fd).st_size:  # growing needs new blocks: keep the essentials
             slim = json.loads(data)
@@ -716,7 +730,7 @@ def load_status(run_dir: Path) -> Status | None:
     line: what is wrong) when the file cannot be read or understood."""
     path = Path(run_dir) / STATUS_FILE
     try:
-        raw = path.read_bytes()
+        raw = read_bounded(path, STATUS_MAX_BYTES, follow_symlinks=False)
     except FileNotFoundError:
         return None
     except OSError as exc:
@@ -797,7 +811,7 @@ def created_at(run_dir: Path) -> float:
     """When a run was created: the time of its first event (the launcher's `queued`), else
     the folder's modification time. Unlike config.toml's mtime, a resume does not change it."""
     try:
-        with open(Path(run_dir) / EVENTS_FILE, "rb") as f:
-            return float(json.loads(f.readline())["time"])
-    except (OSError, ValueError, KeyError, TypeError):
+        head = read_head(Path(run_dir) / EVENTS_FILE, EVENTS_TAIL_BYTES, follow_symlinks=False)
+        return float(json.loads(head.split(b"\n", 1)[0])["time"])
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return Path(run_dir).stat().st_mtime

@@ -24,6 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from tuneplan.files import FileRefused, open_regular
+
 LOCK_FILE = "run.lock"
 LOCK_FD_ENV = "TUNEPLAN_RUN_LOCK_FD"
 """Environment variable through which the launcher hands its locked fd to the supervisor."""
@@ -41,6 +43,8 @@ def process_record(pid: int, *, armed: bool = False) -> dict[str, Any] | None:
     `armed`: the process has installed its SIGTERM handler (a stop may signal it)."""
     import psutil
 
+    if not _valid_pid(pid):
+        return None
     try:
         p = psutil.Process(pid)
         cmdline = p.cmdline()
@@ -63,7 +67,9 @@ def is_same_process(record: Any) -> bool:
 
     try:
         pid, start, cmdline = int(record["pid"]), float(record["start_time"]), list(record["cmdline"])
-    except (TypeError, ValueError, KeyError):
+    except (TypeError, ValueError, KeyError, OverflowError):
+        return False
+    if not _valid_pid(pid):  # 0, -1: psutil raises ValueError; os.kill would signal a whole group
         return False
     try:
         p = psutil.Process(pid)
@@ -72,6 +78,12 @@ def is_same_process(record: Any) -> bool:
         return abs(p.create_time() - start) <= START_TIME_TOLERANCE and p.cmdline() == cmdline
     except (psutil.Error, OSError):
         return False
+
+
+def _valid_pid(pid: Any) -> bool:
+    """A pid that can name one process: a positive int below the kernel's maximum (`pid_max`
+    is at most 2**22 on Linux, `proc(5)`; 2**31 leaves room for other systems)."""
+    return isinstance(pid, int) and not isinstance(pid, bool) and 0 < pid < 2**31
 
 
 def live_records(pids: list[int], records: list[Any]) -> list[dict[str, Any]]:
@@ -85,11 +97,13 @@ def live_records(pids: list[int], records: list[Any]) -> list[dict[str, Any]]:
 
 def _open_lock(run_dir: Path) -> int:
     path = Path(run_dir) / LOCK_FILE
-    try:
-        return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:  # a regular file, never through a symlink: the lock names this run's file only
+        return open_regular(path, os.O_RDWR | os.O_CREAT, follow_symlinks=False)
+    except FileRefused:
+        raise
     except OSError as exc:
         if exc.errno in (errno.EROFS, errno.EACCES, errno.EPERM) and path.exists():
-            return os.open(path, os.O_RDONLY | os.O_CLOEXEC)  # flock works on a read-only fd
+            return open_regular(path, follow_symlinks=False)  # flock works on a read-only fd
         raise
 
 
@@ -115,8 +129,8 @@ def lock_is_held(run_dir: Path) -> bool | None:
     lock file (a run from before the lock existed, or never started)."""
     path = Path(run_dir) / LOCK_FILE
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError:
+        fd = open_regular(path, follow_symlinks=False)
+    except OSError:  # missing, or not a regular file (nobody's lock)
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
@@ -139,3 +153,61 @@ def inherited_lock_fd(run_dir: Path) -> int | None:
     except (ValueError, OSError):
         return None
     return fd if (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino) else None
+
+
+def _lock_identity(run_dir: Path) -> tuple[int, int] | None:
+    """(device, inode) of the run's lock file: a regular file, not a symlink; None otherwise."""
+    import stat
+
+    try:
+        st = os.lstat(Path(run_dir) / LOCK_FILE)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino) if stat.S_ISREG(st.st_mode) else None
+
+
+def _open_file_identities(pid: int) -> set[tuple[int, int]] | None:
+    """(device, inode) of every file a process holds open; None when they cannot be read (a
+    process of another user, or gone). Linux: `/proc/PID/fd/N` (each a link the kernel
+    resolves to the open file itself, even when renamed); elsewhere psutil's `open_files`."""
+    out: set[tuple[int, int]] = set()
+    fd_dir = f"/proc/{pid}/fd"
+    if os.path.isdir("/proc/self/fd"):
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            return None
+        for name in names:
+            try:
+                st = os.stat(f"{fd_dir}/{name}")
+            except OSError:
+                continue
+            out.add((st.st_dev, st.st_ino))
+        return out
+    import psutil
+
+    try:
+        files = psutil.Process(pid).open_files()
+    except (psutil.Error, OSError, ValueError):
+        return None
+    for f in files:
+        try:
+            st = os.stat(f.path)
+        except OSError:
+            continue
+        out.add((st.st_dev, st.st_ino))
+    return out
+
+
+def holds_run_lock(pid: int, run_dir: Path) -> bool:
+    """Whether process `pid` holds this run's lock file open while the lock is taken: the proof
+    that it is this run's trainer before anything signals it. A run folder's `status.json` can
+    name any live process with its real start time and command line (both readable in /proc),
+    but not make that process hold the run's `run.lock` open; and only this user (or root) can
+    read which files a process holds. A run without a lock, or whose lock is free, has no
+    process to signal."""
+    if not _valid_pid(pid) or lock_is_held(run_dir) is not True:
+        return False
+    ident = _lock_identity(run_dir)
+    held = _open_file_identities(pid)
+    return ident is not None and held is not None and ident in held

@@ -88,3 +88,58 @@ def test_absurd_or_incomplete_config_json(change, word, model_dir, capsys):
 
 def test_the_sample_dataset_still_plans(model_dir, capsys):
     assert main(["plan", "--model", str(model_dir), "--vram", "8GiB", "--dataset", str(SAMPLE_CHAT)]) == 0
+
+
+# --- issue 19, item 6: a dataset that is not a file, or never ends -----------------------------
+
+@pytest.fixture
+def no_hang():
+    """A blocked read (a FIFO waits for a writer forever) fails the test after 30 s instead of
+    stalling the suite: SIGALRM interrupts the system call."""
+    import signal
+
+    class Hung(BaseException):  # not an Exception: no `except Exception` on the way may swallow it
+        pass
+
+    def hung(*_):
+        signal.alarm(5)  # and the next blocked call too
+        raise Hung("hung on a bad file")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("kind, word", [("fifo", "FIFO"), ("dev-zero", "character device"),
+                                        ("one-50mb-line", "longer than 16 MiB"),
+                                        ("fifo-json", "FIFO"), ("dev-zero-csv", "character device")])
+@pytest.mark.parametrize("command", ["plan", "train"])
+def test_a_dataset_that_is_a_fifo_a_device_or_one_huge_line_is_one_line(kind, word, command, tmp_path, model_dir,
+                                                                        capsys, monkeypatch, no_hang):
+    import os
+    import resource
+
+    monkeypatch.setenv("TUNEPLAN_FAKE_FREE_BYTES", "1")  # never launch
+    suffix = {"fifo-json": ".json", "dev-zero-csv": ".csv"}.get(kind, ".jsonl")
+    path = tmp_path / f"data{suffix}"
+    if kind.startswith("fifo"):
+        os.mkfifo(path)
+    elif kind.startswith("dev-zero"):
+        path.symlink_to("/dev/zero")
+    else:
+        with open(path, "w") as f:
+            f.write('{"text": "' + "x" * (50 << 20) + '"}\n')
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if command == "plan":
+        argv = ["plan", "--model", str(model_dir), "--vram", "8GiB", "--dataset", str(path)]
+    else:
+        argv = ["train", "--model", str(model_dir), "--dataset", str(path), "--runs-dir", str(tmp_path / "runs"),
+                "--method", "lora", "--seq-len", "64", "--batch", "1", "--grad-accum", "1",
+                "--grad-checkpointing", "off", "--optimizer", "adamw", "--attn", "sdpa", "--fused-ce", "on",
+                "--packing", "off", "--compute-dtype", "float32"]
+    line = _one_line(argv, capsys)
+    assert word in line, line
+    grew_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grew_kib < 200 * 1024, grew_kib  # bounded: /dev/zero never ends, the line is 50 MB

@@ -254,3 +254,99 @@ def test_a_run_whose_lock_nobody_holds_is_listed_as_crashed(tmp_path):
     finally:
         sleeper.kill()
         sleeper.wait()
+
+
+# --- issue 19, items 2 and 7: run files that are not files, or links, or huge --------------------
+
+DONE = ROOT / "tests" / "data" / "runs" / "tiny-done"
+
+
+def _tuneplan_in(runs_root: Path, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
+    """A real `tuneplan` process; a hang is a failure (timeout), not a stuck suite."""
+    env = {**os.environ, "TUNEPLAN_RUNS_DIR": str(runs_root), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
+    return subprocess.run([sys.executable, "-m", "tuneplan", *argv], capture_output=True, text=True, env=env,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def no_hang():
+    """A call that blocks (a FIFO opened for reading waits for a writer forever) fails the test
+    after 20 s instead of stalling the suite: SIGALRM interrupts the blocked system call."""
+    import signal
+
+    class Hung(BaseException):  # not an Exception: no `except Exception` on the way may swallow it
+        pass
+
+    def hung(*_):
+        signal.alarm(5)  # and the next blocked call too
+        raise Hung("hung on a bad file")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+@pytest.mark.parametrize("bad", ["fifo", "dev-zero"])
+@pytest.mark.parametrize("name", ["status.json", "config.toml", "events.jsonl"])
+def test_a_run_file_that_is_a_fifo_or_dev_zero_never_hangs_a_command(tmp_path, name, bad, capsys, monkeypatch,
+                                                                     no_hang):
+    import shutil
+
+    from tuneplan.cli import main
+
+    root = tmp_path / "runs"
+    run = root / "r"
+    shutil.copytree(DONE, run)
+    (run / name).unlink()
+    if bad == "fifo":
+        os.mkfifo(run / name)
+    else:
+        (run / name).symlink_to("/dev/zero")
+    monkeypatch.setenv("TUNEPLAN_RUNS_DIR", str(root))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert main(["runs"]) == 0 and "r " in capsys.readouterr().out
+    for argv in (["stop", "r"], ["save", "r"], ["resume", "r"], ["export", "r", "--format", "safetensors"],
+                 ["push", "r", "--repo", "me/x"]):
+        code = main(argv)
+        err = capsys.readouterr().err
+        lines = err.strip().splitlines()
+        assert code == 2 and len(lines) == 1 and "Traceback" not in err, (argv, err)
+
+
+def test_runs_reads_only_the_ends_of_a_2_gib_sparse_events_file(tmp_path):
+    import resource
+    import shutil
+
+    root = tmp_path / "runs"
+    run = root / "r"
+    shutil.copytree(DONE, run)
+    with open(run / "events.jsonl", "r+b") as f:
+        f.truncate(2 << 30)  # a 2 GiB hole after the real events: no newline in it
+    start = time.monotonic()
+    out = _tuneplan_in(root, "runs")
+    took = time.monotonic() - start
+    assert out.returncode == 0 and "r " in out.stdout and "6.160 -> " in out.stdout, out.stdout + out.stderr
+    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB
+    assert peak_kib < 400 * 1024, peak_kib  # the file is 2 GiB: it was not read
+    assert took < 20, took
+
+
+def test_run_files_are_never_written_through_a_symlink(tmp_path):
+    """`resume` appends to events.jsonl and train.log: a link planted there (to a file of the
+    user's elsewhere) is refused, and the target is not touched."""
+    from tuneplan.events import MessageEvent, append_event
+    from tuneplan.files import FileRefused
+
+    run = _run_folder(tmp_path, "r", Status(phase="stopped"))
+    elsewhere = tmp_path / "bashrc"
+    elsewhere.write_text("export PATH=...\n")
+    (run / "events.jsonl").symlink_to(elsewhere)
+    with pytest.raises(FileRefused, match="symlink"):
+        append_event(run, MessageEvent(text="x"))
+    assert elsewhere.read_text() == "export PATH=...\n"
+    (run / "status.json").unlink()
+    (run / "status.json").symlink_to(elsewhere)
+    with pytest.raises(StatusUnreadable, match="symlink"):
+        load_status(run)

@@ -56,9 +56,9 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(f"--merge is --format safetensors; give one of --merge or --format {fmt}")
     if args.out is not None:
         from tuneplan.errors import check_path
+        from tuneplan.training.inference import check_out_folder
 
-        if Path(check_path(args.out, "--out")).expanduser().is_file():
-            raise UserError(f"--out {args.out} is a file, not a folder: pass a new folder")
+        check_out_folder(Path(check_path(args.out, "--out")).expanduser())
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
     from tuneplan.events import Failure, read_status
 
@@ -97,16 +97,20 @@ def run(args: argparse.Namespace) -> int:
         print(f"  (vLLM serves up to {ctx}; this run trained on sequences of up to {s.seq_len:,} tokens; add "
               f"--max-model-len {s.seq_len} to cap requests at that)")
         if s.method != "full":
-            print(f"  then ask for model \"{name}\": curl localhost:8000/v1/chat/completions -H 'Content-Type: "
-                  f"application/json' -d '{{\"model\": \"{name}\", \"messages\": [{{\"role\": \"user\", "
-                  f"\"content\": \"Hello\"}}]}}'")
+            import json
+            import shlex
+
+            body = json.dumps({"model": name, "messages": [{"role": "user", "content": "Hello"}]})
+            print(f"  then ask for model {json.dumps(name)}: curl localhost:8000/v1/chat/completions "
+                  f"-H 'Content-Type: application/json' -d {shlex.quote(body)}")
         return 0
 
     if fmt == "ollama" and config.setup.method == "full":
         weights = run_dir / MODEL_DIR
+        from tuneplan.training.inference import check_out_folder
+
         out = Path(args.out) if args.out else run_dir / "ollama"
-        if out.exists() and any(out.iterdir()):
-            raise UserError(f"{out} already exists and is not empty; pass another --out")
+        check_out_folder(out)
         out.mkdir(parents=True, exist_ok=True)
         merged_msg = (f"a full fine-tune: the Modelfile points at {weights} by a relative path (keep the two "
                       "folders together)")

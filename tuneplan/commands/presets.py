@@ -118,7 +118,9 @@ def _show(args: argparse.Namespace) -> int:
                 f"final loss {ev.final_loss:.4f}" if ev.final_loss is not None else None]
         print("# measured: " + ", ".join(b for b in bits if b))
     print()
-    print(preset.path.read_text(encoding="utf-8").rstrip() if preset.path else "")
+    from tuneplan.files import CONFIG_MAX_BYTES, read_text_bounded
+
+    print(read_text_bounded(preset.path, CONFIG_MAX_BYTES).rstrip() if preset.path else "")
     warn_remote_code(preset)
     return 0
 
@@ -150,9 +152,7 @@ def _delete(args: argparse.Namespace) -> int:
     from tuneplan.services import presets as P
 
     preset = P.find_preset(args.name)
-    if preset.origin == "shipped":
-        raise UserError(f"preset {preset.name} is shipped with tuneplan and cannot be deleted; save your own "
-                        "under the same name to hide it")
+    P.deletable(preset)  # the user's own presets only (a path may name any preset file)
     if not args.yes:
         if not sys.stdin.isatty():
             raise UserError(f"deleting preset {preset.name} ({preset.path}) needs confirmation: add --yes")

@@ -26,6 +26,7 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.events import CONFIG_FILE
     from tuneplan.services import hub_push, paths, runs
 
+    hub_push.check_repo_id(args.repo)  # before anything is merged
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
     config = load_config(run_dir / CONFIG_FILE)
     merged_dir = None
@@ -42,4 +43,6 @@ def run(args: argparse.Namespace) -> int:
                            base_model=args.base_model)
     print(f"pushed {len(result.files)} files to {result.url}{' (private)' if args.private else ''}")
     print(f"  commit: {result.commit_url}")
+    if result.skipped:
+        print(f"  skipped {len(result.skipped)}: {', '.join(result.skipped)}")
     return 0

@@ -256,6 +256,7 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.services import launcher, machine, paths
 
     config, given = build(args)
+    root = paths.runs_root(args.runs_dir)  # a bad --runs-dir is refused before any planning is printed
     gpus, notes = check_machine(args)
     check_model_access(config)
     config, plan_notes = plan_config(config, given, args)
@@ -263,7 +264,6 @@ def run(args: argparse.Namespace) -> int:
     config = replace(config, setup=setup)
     for note in notes + plan_notes + ([dtype_note] if dtype_note else []):
         print(f"tuneplan: {note}", file=sys.stderr)
-    root = paths.runs_root(args.runs_dir)
     run_dir = launcher.prepare_run(config, root)
     warning = config.checkpoint_warning(config.training.max_steps)
     if warning:

@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Protocol
 
 from tuneplan.errors import UserError, check_path
-from tuneplan.dataset_formats import check_text, json_error, reading_errors
+from tuneplan.dataset_formats import (
+    check_text, json_error, jsonl_lines, open_dataset, read_json_dataset, reading_errors,
+)
 
 MAX_ROWS = 5000
 """Rows read for the statistics (the count of a larger local JSONL/CSV is still exact)."""
@@ -136,8 +138,8 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
     if suffix == ".jsonl":
         rows: list[dict[str, Any]] = []
         total = 0
-        with open(path, encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with open_dataset(path) as f:  # a regular file only; each line read with a bound
+            for lineno, line in jsonl_lines(f, str(path)):
                 if not line.strip():
                     continue
                 total += 1
@@ -152,7 +154,8 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
         return rows, total, True
     if suffix == ".json":
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            with open_dataset(path) as f:
+                data = read_json_dataset(f, str(path))
         except json.JSONDecodeError as exc:
             raise UserError(f"{path}: line {exc.lineno} is not valid JSON ({json_error(exc)})") from None
         if isinstance(data, dict):
@@ -165,7 +168,9 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
         return rows[:limit], len(rows), True
     if suffix == ".csv":
         rows, total = [], 0
-        with open(path, encoding="utf-8", newline="") as f:
+        import io
+
+        with open_dataset(path) as binary, io.TextIOWrapper(binary, encoding="utf-8", newline="") as f:
             for row in csv.DictReader(f):
                 total += 1
                 if len(rows) < limit:
@@ -176,6 +181,7 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
             import pyarrow.parquet as pq
         except ImportError:
             raise UserError(f"{path}: reading Parquet needs pyarrow (pip install pyarrow)") from None
+        open_dataset(path).close()  # a regular file (pyarrow would read a FIFO or device)
         pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
         rows = []
@@ -317,7 +323,7 @@ def preview_dataset(source: str, *, model_source: str | None = None, hub: HubFil
         raise UserError("dataset: give a local .jsonl/.json/.csv/.parquet file or a Hub dataset id")
     path = Path(check_path(source, "the dataset name")).expanduser()
     notes: list[str] = []
-    if path.exists():
+    if path.exists() or path.is_symlink():  # a FIFO or device too: open_dataset says what it is
         if path.is_dir():
             files = sorted(p for p in path.iterdir() if p.suffix.lower() in DATA_SUFFIXES)
             if not files:

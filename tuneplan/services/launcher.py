@@ -220,7 +220,9 @@ def start_process(run_dir: Path, *, detach: bool = True, lock_fd: int | None = N
     if lock_fd is None:
         lock_fd = lock_run(run_dir)
     try:
-        with open(run_dir / LOG_FILE, "ab") as log:
+        from tuneplan.files import open_append
+
+        with os.fdopen(open_append(run_dir / LOG_FILE), "ab") as log:  # never through a planted symlink
             proc = subprocess.Popen(
                 [sys.executable, "-m", "tuneplan.training.runner", str(run_dir)],
                 stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,

@@ -37,14 +37,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from tuneplan.config import NotifyConfig, RunConfig, load_config
-from tuneplan.services.paths import user_config_file
 from tuneplan.events import (
     ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, EnvironmentEvent, EvalEvent, Event, EventTail, LogEvent, MessageEvent,
     PhaseEvent, ReplanEvent, append_event, created_at, effective_phase, read_status,
 )
-
+from tuneplan.services.paths import user_config_file
 SEND_TIMEOUT_SECONDS = 5.0
-"""Per request: a dead endpoint costs the sender thread at most this long per alert."""
+"""Per socket operation (connect, each read): a dead endpoint fails this fast."""
+SEND_DEADLINE_SECONDS = 10.0
+"""Per alert, in all: a server that trickles its answer a byte at a time resets the per-read
+timeout forever, so the connection is shut down at this deadline whatever it is doing."""
+RESPONSE_MAX_BYTES = 64 << 10
+"""Of the endpoint's answer at most this much is read (nothing in it is used; a 1 GiB body must
+not grow the supervisor)."""
 FINISH_WAIT_SECONDS = 15.0
 """At the run's end the supervisor waits this long at most for the queued alerts to go out."""
 POLL_SECONDS = 1.0
@@ -112,6 +117,7 @@ class Notifier:
         self.timeout = timeout
         self.sent: list[str] = []
         self._queue: queue.Queue[Alert | None] = queue.Queue()
+        self._sending: Alert | None = None
         self._thread = threading.Thread(target=self._loop, name="tuneplan-notify", daemon=True)
         self._thread.start()
 
@@ -119,8 +125,67 @@ class Notifier:
         self._queue.put(alert)
 
     def close(self, wait: float = FINISH_WAIT_SECONDS) -> None:
+        """Send what is queued, waiting at most `wait` seconds; every alert that did not go out
+        by then is logged in the run as undelivered."""
         self._queue.put(None)
         self._thread.join(wait)
+        if self._thread.is_alive():
+            left = [self._sending] if self._sending is not None else []
+            while True:
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is not None:
+                    left.append(item)
+            for alert in left:
+                self._undelivered(alert, f"not sent within {wait:.0f} s before the supervisor exited")
+
+    def _undelivered(self, alert: Alert, why: str) -> None:
+        """Say in train.log and in the run's events that an alert did not arrive (only the URL's
+        host is named: a webhook URL can hold a secret)."""
+        host = urlsplit(self.url).hostname or "?"
+        text = f"alert {alert.kind} to {host} failed: {why}".splitlines()[0]
+        print(f"tuneplan: {text}", flush=True)
+        if self.run_dir is not None:
+            try:
+                append_event(self.run_dir, MessageEvent(level="warning", text=text))
+            except OSError:
+                pass
+
+    def _post(self, alert: Alert) -> None:
+        """One request with a total deadline (`SEND_DEADLINE_SECONDS`) and a bounded read."""
+        import socket
+
+        sockets: list[socket.socket] = []
+
+        def shut() -> None:
+            for sock in sockets:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)  # wakes a recv blocked in another thread
+                except OSError:
+                    pass
+
+        timer = threading.Timer(SEND_DEADLINE_SECONDS, shut)
+        timer.daemon = True
+        timer.start()
+        start = time.monotonic()
+        try:
+            with _opener(sockets).open(self._request(alert), timeout=self.timeout) as resp:
+                got = 0
+                while got < RESPONSE_MAX_BYTES and time.monotonic() - start < SEND_DEADLINE_SECONDS:
+                    chunk = resp.read1(RESPONSE_MAX_BYTES - got)
+                    if not chunk:
+                        break  # the whole answer (nothing in it is used; enough of it is enough)
+                    got += len(chunk)
+        except OSError:
+            if time.monotonic() - start >= SEND_DEADLINE_SECONDS:
+                raise TimeoutError(f"no complete answer within {SEND_DEADLINE_SECONDS:.0f} s") from None
+            raise
+        finally:
+            timer.cancel()
+        if time.monotonic() - start >= SEND_DEADLINE_SECONDS:
+            raise TimeoutError(f"no complete answer within {SEND_DEADLINE_SECONDS:.0f} s")
 
     def _request(self, alert: Alert) -> urllib.request.Request:
         if is_ntfy(self.url):
@@ -140,19 +205,40 @@ class Notifier:
             alert = self._queue.get()
             if alert is None:
                 return
+            self._sending = alert
             try:
-                with urllib.request.urlopen(self._request(alert), timeout=self.timeout) as resp:
-                    resp.read()
+                self._post(alert)
                 self.sent.append(alert.kind)
             except Exception as exc:  # a dead endpoint must never reach the run: log it and go on
-                host = urlsplit(self.url).hostname or "?"
-                text = f"alert {alert.kind} to {host} failed: {type(exc).__name__}: {exc}".splitlines()[0]
-                print(f"tuneplan: {text}", flush=True)
-                if self.run_dir is not None:
-                    try:
-                        append_event(self.run_dir, MessageEvent(level="warning", text=text))
-                    except OSError:
-                        pass
+                self._undelivered(alert, f"{type(exc).__name__}: {exc}")
+            finally:
+                self._sending = None
+
+
+def _opener(sockets: list) -> urllib.request.OpenerDirector:
+    """urllib's opener (proxies from the environment as usual) whose HTTP and HTTPS connections
+    record their sockets in `sockets`, so a deadline can shut them down."""
+    import http.client
+
+    class HTTP(http.client.HTTPConnection):
+        def connect(self) -> None:
+            super().connect()
+            sockets.append(self.sock)
+
+    class HTTPS(http.client.HTTPSConnection):
+        def connect(self) -> None:
+            super().connect()
+            sockets.append(self.sock)
+
+    class HTTPHandler(urllib.request.HTTPHandler):
+        def http_open(self, req):
+            return self.do_open(HTTP, req)
+
+    class HTTPSHandler(urllib.request.HTTPSHandler):
+        def https_open(self, req):
+            return self.do_open(HTTPS, req, context=self._context)
+
+    return urllib.request.build_opener(HTTPHandler, HTTPSHandler)
 
 
 def _fmt_duration(seconds: float) -> str:

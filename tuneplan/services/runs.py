@@ -22,6 +22,7 @@ from tuneplan.events import (
     MessageEvent, PhaseEvent, Status, StatusUnreadable, append_event, created_at, effective_phase, last_checkpoint,
     live_pids, load_status, parse_event, read_status, write_status,
 )
+from tuneplan.files import EVENTS_TAIL_BYTES, read_head
 from tuneplan.run_process import lock_is_held
 from tuneplan.services import paths
 
@@ -51,23 +52,24 @@ class RunSummary:
 
 
 def _first_loss(run_dir: Path) -> float | None:
-    """Loss of the first `log` event, reading only as far as it (events.jsonl can be long).
+    """Loss of the first `log` event, found in the first MiB of events.jsonl (a run's first log
+    step comes after a handful of short events; the file can be GBs, or not a file at all).
     Lines that are not UTF-8 JSON objects are skipped."""
     import json
 
     try:
-        with open(Path(run_dir) / EVENTS_FILE, "rb") as f:
-            for line in f:
-                if b'"log"' not in line:
-                    continue
-                try:
-                    event = parse_event(json.loads(line))
-                except (ValueError, RecursionError):  # not JSON, or a malformed event
-                    continue
-                if isinstance(event, LogEvent) and event.loss is not None:
-                    return float(event.loss)
+        head = read_head(Path(run_dir) / EVENTS_FILE, EVENTS_TAIL_BYTES, follow_symlinks=False)
     except OSError:
-        pass
+        return None
+    for line in head.split(b"\n"):
+        if b'"log"' not in line:
+            continue
+        try:
+            event = parse_event(json.loads(line))
+        except (ValueError, RecursionError):  # not JSON, or a malformed event
+            continue
+        if isinstance(event, LogEvent) and event.loss is not None:
+            return float(event.loss)
     return None
 
 
@@ -165,12 +167,16 @@ def request_stop(run_dir: Path) -> list[int]:
     the others. Returns the pids signalled."""
     run_dir = Path(run_dir)
     status = _status_or_error(run_dir)
-    from tuneplan.run_process import live_records
+    from tuneplan.run_process import holds_run_lock, live_records
 
     records = live_records(status.pids, status.processes) if status is not None and \
         status.phase not in FINAL_PHASES else []
-    if not records or lock_is_held(run_dir) is False:
-        raise UserError(f"run {run_dir.name} is not running ({effective_phase(status)})")
+    # only a process that holds this run's lock is its trainer: a status.json can name any
+    # process, and a run without a lock file has none (`run_process.holds_run_lock`)
+    records = [r for r in records if holds_run_lock(r["pid"], run_dir)]
+    if not records:
+        phase = effective_phase(status)
+        raise UserError(f"run {run_dir.name} is not running ({'crashed' if phase not in FINAL_PHASES else phase})")
     try:
         (run_dir / STOP_REQUEST_FILE).touch()
     except OSError:

@@ -164,8 +164,9 @@ def write_modelfile(out: Path, weights: Path, tokenizer) -> tuple[Path, str | No
 
 def ollama_commands(out: Path, name: str, *, quantize: str | None = "q4_K_M") -> list[str]:
     """The commands that import and run the model in Ollama."""
-    q = f" -q {quantize}" if quantize else ""
-    return [f"cd {shlex.quote(str(out))}", f"ollama create {name} -f Modelfile{q}", f"ollama run {name}"]
+    q = f" -q {shlex.quote(quantize)}" if quantize else ""
+    return [f"cd {shlex.quote(str(out))}", f"ollama create {shlex.quote(name)} -f Modelfile{q}",
+            f"ollama run {shlex.quote(name)}"]
 
 
 def model_context(source: str | Path) -> int | None:

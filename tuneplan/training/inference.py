@@ -12,11 +12,13 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from pathlib import Path
 
 from tuneplan.config import RunConfig, load_config
 from tuneplan.errors import UserError
 from tuneplan.events import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, last_checkpoint
+from tuneplan.files import format_bytes
 
 
 def _adapter_dir(run_dir: Path, config: RunConfig) -> tuple[Path, str | None]:
@@ -179,8 +181,7 @@ def export_merged(run_dir: Path, out: Path | None = None, *, dtype: str = "auto"
     if note:
         print(f"tuneplan: {note}")
     out = Path(out) if out else run_dir / "merged"
-    if out.exists() and any(out.iterdir()):
-        raise UserError(f"{out} already exists and is not empty; pass another --out")
+    check_out_folder(out)
     name = merged_dtype(config, dtype)
     torch_dt = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}[name]
     size = merged_size_bytes(config, torch.finfo(torch_dt).bits // 8)
@@ -188,20 +189,24 @@ def export_merged(run_dir: Path, out: Path | None = None, *, dtype: str = "auto"
         ram = available_ram_bytes() if ram_bytes is None else ram_bytes
         # The base is loaded once in 16 bits and merged in place; the adapter and buffers are small.
         if ram is not None and ram < size * 1.1:
-            raise UserError(f"not enough free RAM to merge: {ram / 2**30:.1f} GiB available, the {name} model "
-                            f"needs about {size * 1.1 / 2**30:.1f} GiB")
-        have = (free_bytes or disk_free)(out.parent if not out.exists() else out)
+            raise UserError(f"not enough free RAM to merge: {format_bytes(ram)} available, the {name} model "
+                            f"needs about {format_bytes(size * 1.1)}")
+        have = (free_bytes or disk_free)(_existing_parent(out))
         if have < size + 2**26:
-            raise UserError(f"not enough disk space in {out.parent}: {have / 2**30:.1f} GiB free, the merged "
-                            f"model needs about {size / 2**30:.1f} GiB")
+            raise UserError(f"not enough disk space in {out.parent}: {format_bytes(have)} free, the merged "
+                            f"model needs about {format_bytes(size + 2**26)}")
     from peft import PeftModel
 
     base = AutoModelForCausalLM.from_pretrained(config.model.source, dtype=torch_dt, device_map={"": "cpu"},
                                                 trust_remote_code=config.model.trust_remote_code)
     merged = PeftModel.from_pretrained(base, adapter).merge_and_unload()
-    tmp = out.with_name(f".{out.name}.partial")
-    if tmp.exists():
-        shutil.rmtree(tmp)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        # a folder of our own, named uniquely beside `out` (same file system, so the rename is
+        # atomic): a user's `.NAME.partial` is never touched, and a long NAME still fits
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name[:64]}.", suffix=".partial", dir=out.parent))
+    except OSError as exc:
+        raise UserError(f"cannot write to {out.parent}: {exc.strerror or exc}; pass another --out") from None
     try:
         merged.save_pretrained(tmp, safe_serialization=True)
         AutoTokenizer.from_pretrained(adapter).save_pretrained(tmp)
@@ -211,7 +216,49 @@ def export_merged(run_dir: Path, out: Path | None = None, *, dtype: str = "auto"
         if out.exists():
             out.rmdir()
         os.replace(tmp, out)
-    except BaseException:
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
+        reason = _write_failure(exc)
+        if reason is not None:
+            raise UserError(f"writing the merged model to {out} failed ({reason}); nothing was left behind: "
+                            "free space or pass another --out") from None
         raise
     return out
+
+
+def check_out_folder(out: Path) -> None:
+    """Refuse (one line) an export folder that is a symlink, a file, or a folder with files in
+    it: the export writes a new folder and never writes through a link or over a user's files."""
+    if out.is_symlink():
+        raise UserError(f"{out} is a symlink; pass a new folder as --out (the export never writes through a link)")
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} is a file, not a folder: pass a new folder as --out")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} already exists and is not empty; pass another --out")
+
+
+def _existing_parent(path: Path) -> Path:
+    """`path` or its nearest existing parent folder (where free space is measured)."""
+    for p in (path, *path.parents):
+        if p.is_dir():
+            return p
+    return Path(".")
+
+
+def _write_failure(exc: BaseException) -> str | None:
+    """What went wrong when a write failed because of the disk, in words (None for anything
+    else). safetensors and torch report I/O errors as their own exceptions, with the OS error
+    in the text (`IoError(Os { code: 28, kind: StorageFull, ... })`)."""
+    import errno as errno_
+
+    names = {errno_.ENOSPC: "ENOSPC: no space left on the device", errno_.EDQUOT: "EDQUOT: disk quota exceeded",
+             errno_.EROFS: "EROFS: read-only file system", errno_.EFBIG: "EFBIG: file too large",
+             errno_.ENAMETOOLONG: "ENAMETOOLONG: file name too long", errno_.EACCES: "EACCES: permission denied"}
+    if isinstance(exc, OSError):
+        return names.get(exc.errno or 0, exc.strerror or str(exc))
+    if isinstance(exc, Exception):
+        text = str(exc)
+        for code, words in names.items():
+            if f"code: {code}," in text or os.strerror(code) in text:
+                return words
+    return None

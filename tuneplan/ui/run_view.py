@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tuneplan import events as ev
+from tuneplan.files import CONFIG_MAX_BYTES, open_binary, read_text_bounded
 
 MAX_POINTS = 400
 """Plot series keep at most this many points (every other point dropped when exceeded); a
@@ -24,6 +25,8 @@ EMA_ALPHA = 0.1
 """Weight of the newest loss in the smoothed curve (an exponential moving average: about the
 last 10 logged steps; per-step loss of small batches is noisy)."""
 LOG_LINES = 200
+LOG_READ_MAX_BYTES = 1 << 20
+"""At most this much of train.log is read at a time (a log that grew by GBs shows its end)."""
 EVENT_LINES = 200
 LIVENESS_SECONDS = 2.0
 """How often a running run's pids are checked for a silent death."""
@@ -81,9 +84,11 @@ class _LineTail:
                 self._offset, self._partial = 0, b""
             if size == self._offset:
                 return False
-            with open(self.path, "rb") as f:
+            if size - self._offset > LOG_READ_MAX_BYTES:  # a huge log: only its end is shown
+                self._offset, self._partial = size - LOG_READ_MAX_BYTES, b""
+            with open_binary(self.path, follow_symlinks=False) as f:  # a FIFO or device: refused, never read
                 f.seek(self._offset)
-                chunk = f.read()
+                chunk = f.read(LOG_READ_MAX_BYTES)
         except OSError:
             return False
         self._offset += len(chunk)
@@ -271,8 +276,8 @@ def _config_facts(run_dir: Path) -> tuple[str, int | None, float | None]:
     else:  # pragma: no cover
         import tomli as tomllib
     try:
-        data = tomllib.loads((run_dir / ev.CONFIG_FILE).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
+        data = tomllib.loads(read_text_bounded(run_dir / ev.CONFIG_FILE, CONFIG_MAX_BYTES, follow_symlinks=False))
+    except (OSError, ValueError, RecursionError):
         return "", None, None
     model = str(data.get("model", {}).get("source", "?"))
     model = Path(model).name if "/" in model and not model.count("/") == 1 else model

@@ -406,3 +406,68 @@ def test_listing_and_planning_presets_load_no_torch_or_textual():
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert "HEAVY []" in out.stdout
+
+
+# --- issue 19, items 3 and 7: deleting only the user's presets; shipped presets as package data;
+# one bad preset file never hangs or breaks the others ----------------------------------------------
+
+def test_delete_by_path_refuses_a_preset_outside_the_users_folders(isolated, capsys):
+    other = isolated / "someone-elses"
+    path = _write(other, "theirs", "not mine")
+    assert main(["presets", "delete", str(path), "--yes"]) == 2
+    assert path.exists() and "not in your presets folders" in capsys.readouterr().err
+    mine = _write(isolated / "user-presets", "mine", "mine")
+    assert main(["presets", "delete", str(mine), "--yes"]) == 0 and not mine.exists()
+
+
+def test_delete_by_path_refuses_a_shipped_preset(capsys):
+    shipped = P.shipped_dir() / "tiny-cpu.toml"
+    assert shipped.is_file()
+    assert main(["presets", "delete", str(shipped), "--yes"]) == 2
+    assert shipped.is_file() and "shipped with tuneplan" in capsys.readouterr().err
+
+
+def test_a_presets_folder_in_the_working_directory_does_not_hide_the_shipped_ones(isolated):
+    """`python -m tuneplan` puts the working directory on sys.path: a `./presets/` there (a
+    project's own presets) must not be taken for the shipped ones."""
+    import subprocess
+    import sys
+
+    _write(Path.cwd() / "presets", "mine", "a project preset")
+    out = subprocess.run([sys.executable, "-m", "tuneplan", "plan", "--preset", "tiny-cpu"], capture_output=True,
+                         text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    assert out.returncode == 0, out.stderr
+    listing = subprocess.run([sys.executable, "-m", "tuneplan", "presets", "list", "--json"], capture_output=True,
+                             text=True, timeout=120, env={**__import__("os").environ, "PYTHONPATH": str(ROOT)})
+    origins = {(p["name"], p["origin"]) for p in json.loads(listing.stdout)["presets"]}
+    assert ("mine", "project") in origins and ("tiny-cpu", "shipped") in origins
+
+
+def test_a_fifo_device_or_deeply_nested_preset_is_listed_as_unreadable_and_breaks_nothing(isolated, capsys):
+    import os
+    import subprocess
+    import sys
+
+    user = isolated / "user-presets"
+    user.mkdir()
+    os.mkfifo(user / "fifo.toml")
+    (user / "zero.toml").symlink_to("/dev/zero")
+    (user / "deep.toml").write_text("a = " + "[" * 1000 + "]" * 1000 + "\n")  # 2 KB
+    _write(user, "fine", "still listed")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+
+    def run(*argv):
+        return subprocess.run([sys.executable, "-m", "tuneplan", *argv], capture_output=True, text=True,
+                              timeout=60, env=env)  # a hang is a failure, not a stuck suite
+
+    listing = run("presets", "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    by_name = {p["name"]: p for p in json.loads(listing.stdout)["presets"]}
+    assert "FIFO" in by_name["fifo"]["error"] and "character device" in by_name["zero"]["error"]
+    assert "nested too deeply" in by_name["deep"]["error"]
+    assert by_name["fine"]["error"] is None and by_name["tiny-cpu"]["error"] is None
+    for argv, word in ((["presets", "show", "deep"], "nested too deeply"), (["presets", "show", "fifo"], "FIFO"),
+                       (["plan", "--preset", "tiny-cpux"], "did you mean tiny-cpu")):
+        out = run(*argv)
+        lines = out.stderr.strip().splitlines()
+        assert out.returncode == 2 and len(lines) == 1 and word in lines[0], out.stderr

@@ -124,3 +124,46 @@ def test_the_card_carries_tuneplan_evals_results(tmp_path):
     assert "## Evaluation" in card and "5 held-out examples" in card
     assert "| loss | 3.5000 | 1.2500 | -2.2500 |" in card and "| exact match | 0.0% | 60.0% | +60.0 pts |" in card
     assert card.index("## Results") < card.index("## Evaluation") < card.index("## Use")
+
+
+# --- issue 19, items 2 and 8: only the run's own regular files go up; ids the Hub refuses ---------
+
+def _adapter_run(tmp_path):
+    """A finished LoRA run folder as push sees it: config.toml and adapter/ (no training needed)."""
+    from tiny_runs import tiny_config
+    from tuneplan.config import save_config
+
+    run = tmp_path / "runs" / "r"
+    (run / "adapter").mkdir(parents=True)
+    save_config(tiny_config(tmp_path / "no-model"), run / "config.toml")
+    (run / "adapter" / "adapter_model.safetensors").write_bytes(b"weights")
+    (run / "adapter" / "adapter_config.json").write_text("{}")
+    return run
+
+
+def test_push_uploads_no_symlink_and_says_what_it_skipped(tmp_path):
+    run = _adapter_run(tmp_path)
+    secret = tmp_path / "home" / ".ssh" / "id_rsa"
+    secret.parent.mkdir(parents=True)
+    secret.write_text("-----BEGIN OPENSSH PRIVATE KEY----- not for the Hub")
+    (run / "adapter" / "x").symlink_to(secret)
+    (run / "adapter" / "sub").symlink_to(secret.parent, target_is_directory=True)
+    os.mkfifo(run / "adapter" / "pipe")
+    with FakeHub() as hub:
+        proc = _push(run, hub, tmp_path, "--repo", "me/tiny-adapter")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    files = hub.repos["me/tiny-adapter"]["files"]
+    assert set(files) == {"adapter_model.safetensors", "adapter_config.json", "README.md"}
+    assert not any(b"PRIVATE KEY" in data for data in files.values())
+    assert "skipped 3: pipe (not a regular file), sub/ (a symlink to a folder), x (a symlink)" in proc.stdout
+
+
+@pytest.mark.parametrize("repo", ["me/x.", "me/x.git", "me/x--y", "me/x..y", "me/-x"])
+def test_push_refuses_repo_ids_the_hub_rejects_in_one_line(tmp_path, repo):
+    run = _adapter_run(tmp_path)
+    with FakeHub() as hub:
+        proc = _push(run, hub, tmp_path, "--repo", repo)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert repo in lines[0] and "Hub" in lines[0]
+    assert not hub.repos

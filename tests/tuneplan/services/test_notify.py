@@ -10,7 +10,9 @@ import time
 
 import pytest
 
-from tests.local_http import Recorder
+from http.server import BaseHTTPRequestHandler
+
+from tests.local_http import LoopbackServer, Recorder
 from tuneplan.config import ConfigError, NotifyConfig, RunConfig, ModelConfig, DataConfig, save_config
 from tuneplan.events import (
     EnvironmentEvent, EvalEvent, LogEvent, PhaseEvent, Status, append_event, write_status,
@@ -178,3 +180,93 @@ def test_done_summary_prices_the_card_the_run_trained_on(tmp_path):
     assert text.splitlines()[0] == "loss 2.900 -> 2.700 -> 2.500 -> 2.400 -> 2.200 -> 2.000 (steps 1, 3, 5, 6, 8, 10; min 2.000)"
     assert "eval loss 2.5000 at step 10" in text and "1006 tokens/s (median)" in text
     assert details["loss_curve"][-1] == [10, 2.0] and details["final_loss"] == 2.0
+
+
+# --- issue 19, item 5: URLs checked part by part; bounded answers; a total deadline; every lost
+# alert logged -------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("url, word", [
+    ("http:///hook", "no host"), ("http://h:0/hook", "port 0"), ("http://h:99999/hook", "out of range"),
+    ("http://h/hook\r\nX-Injected: 1", "line breaks"), ("http://h/a b", "spaces"),
+    ("http://user:secret@h/hook", "password"), ("ftp://h/x", "http"), ("http://h:abc/x", "valid URL"),
+])
+def test_notify_urls_the_parser_would_take_are_refused_in_one_line(url, word, tmp_path, capsys, monkeypatch):
+    from tuneplan.cli import main
+    from tuneplan.data import SAMPLE_CHAT
+
+    monkeypatch.setenv("TUNEPLAN_FAKE_FREE_BYTES", "1")  # never launch
+    code = main(["train", "--model", "tuneplan:tiny", "--dataset", str(SAMPLE_CHAT), "--runs-dir",
+                 str(tmp_path / "runs"), "--notify", url])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "notify.url" in lines[0] and word in lines[0], err
+    assert "secret" not in err  # a password is never echoed
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").iterdir())
+
+
+class _Endless(LoopbackServer):
+    """Answers 200 with a 1 GiB body, sent as fast as the client takes it (`trickle`: one byte
+    every `trickle` seconds, forever)."""
+
+    def __init__(self, trickle: float | None = None):
+        self.written = 0
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self):
+                self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(1 << 30))
+                    self.end_headers()
+                    block = b"x" if trickle else b"\0" * (1 << 20)
+                    while server.written < (1 << 30):
+                        self.wfile.write(block)
+                        self.wfile.flush()
+                        server.written += len(block)
+                        if trickle:
+                            time.sleep(trickle)
+                except OSError:  # the client hung up
+                    pass
+
+            def log_message(self, *args):
+                pass
+
+        self.serve(Handler)
+
+
+def test_a_huge_answer_is_read_only_as_far_as_the_cap(tmp_path):
+    import resource
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with _Endless() as big:
+        n = notify.Notifier(big.url, run_dir=tmp_path, timeout=2)
+        n.send(_alert())
+        n.close(wait=20)
+    assert n.sent == ["done"]
+    grew_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grew_kib < 100 * 1024, grew_kib  # the body is 1 GiB
+
+
+def test_a_trickling_server_times_out_as_a_whole_and_the_lost_alert_is_logged(tmp_path, capsys, monkeypatch):
+    (tmp_path / "events.jsonl").touch()
+    monkeypatch.setattr(notify, "SEND_DEADLINE_SECONDS", 1.5)
+    with _Endless(trickle=0.2) as slow:  # every read gets a byte within the 2 s per-read timeout
+        n = notify.Notifier(slow.url, run_dir=tmp_path, timeout=2)
+        t0 = time.monotonic()
+        n.send(_alert("done"))
+        n.close(wait=10)
+        took = time.monotonic() - t0
+    assert n.sent == [] and took < 6, took
+    logged = [json.loads(line)["text"] for line in (tmp_path / "events.jsonl").read_text().splitlines()]
+    assert logged == ["alert done to 127.0.0.1 failed: TimeoutError: no complete answer within 2 s"]
+    # alerts the supervisor cannot wait for are logged too, not dropped in silence
+    monkeypatch.setattr(notify, "SEND_DEADLINE_SECONDS", 30)
+    with _Endless(trickle=0.2) as slow:
+        n = notify.Notifier(slow.url, run_dir=tmp_path, timeout=2)
+        n.send(_alert("stopped"))
+        n.send(_alert("done"))
+        n.close(wait=1)
+    logged = [json.loads(line)["text"] for line in (tmp_path / "events.jsonl").read_text().splitlines()][1:]
+    assert [t.split(" failed")[0] for t in logged] == ["alert stopped to 127.0.0.1", "alert done to 127.0.0.1"]
+    assert all("not sent within 1 s" in t for t in logged)

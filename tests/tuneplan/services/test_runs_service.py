@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -87,3 +88,85 @@ def test_controls_refuse_a_run_that_is_not_running(tmp_path):
 def test_run_names_stay_inside_the_runs_root(tmp_path, name):
     with pytest.raises(UserError, match="may contain only"):
         paths.new_run_dir(tmp_path, name, model="m", method="lora")
+
+
+# --- issue 19, item 1: stop signals only the run's own trainer -----------------------------------
+
+def _forged_run(tmp_path, pid: int, *, record: dict | None = None):
+    """A run folder whose status.json names `pid` as its armed trainer, with the real start
+    time and command line a forger reads from /proc."""
+    from tuneplan.run_process import process_record
+
+    run = tmp_path / "forged"
+    run.mkdir(exist_ok=True)
+    (run / "config.toml").write_text("")
+    record = record if record is not None else dict(process_record(pid), armed=True)
+    write_status(run, Status(phase="training", pids=[pid], processes=[record]))
+    return run
+
+
+@pytest.fixture
+def stranger():
+    proc = subprocess.Popen(["sleep", "600"])
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def test_stop_never_signals_a_live_stranger_of_a_run_without_a_lock(tmp_path, stranger):
+    run = _forged_run(tmp_path, stranger.pid)
+    assert not (run / "run.lock").exists()
+    with pytest.raises(UserError, match="not running"):
+        runs.request_stop(run)
+    assert stranger.poll() is None and not (run / "stop.request").exists()
+
+
+def test_stop_never_signals_a_stranger_while_someone_else_holds_the_lock(tmp_path, stranger):
+    """The lock is held (here by this test process), but the recorded process does not hold the
+    lock file open: it is not the run's trainer."""
+    from tuneplan.run_process import acquire_lock, holds_run_lock
+
+    run = _forged_run(tmp_path, stranger.pid)
+    fd = acquire_lock(run)
+    try:
+        assert not holds_run_lock(stranger.pid, run)
+        assert holds_run_lock(os.getpid(), run)  # this process holds it: the proof works
+        with pytest.raises(UserError, match="not running"):
+            runs.request_stop(run)
+        assert stranger.poll() is None
+    finally:
+        os.close(fd)
+
+
+def test_stop_signals_the_process_that_holds_the_lock(tmp_path):
+    """The positive case on a real child that inherited the locked fd, as the supervisor does."""
+    from tuneplan.run_process import acquire_lock
+
+    run = tmp_path / "mine"
+    run.mkdir()
+    fd = acquire_lock(run)
+    child = subprocess.Popen(["sleep", "600"], pass_fds=(fd,))
+    os.close(fd)
+    try:
+        _forged_run(tmp_path, child.pid)  # writes `forged`; use our own folder instead
+        from tuneplan.run_process import process_record
+
+        write_status(run, Status(phase="training", pids=[child.pid],
+                                 processes=[dict(process_record(child.pid), armed=True)]))
+        assert runs.request_stop(run) == [child.pid]
+        assert child.wait(10) == -15
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.parametrize("pid", [-1, 0])
+def test_a_pid_of_minus_one_or_zero_is_nobody(tmp_path, pid):
+    run = _forged_run(tmp_path, pid, record={"pid": pid, "start_time": 0.0, "cmdline": ["x"], "armed": True})
+    assert effective_phase(runs.read_status(run)) == "crashed"
+    with pytest.raises(UserError, match="not running"):
+        runs.request_stop(run)
+    with pytest.raises(UserError, match="not running"):
+        runs.request_save(run)
+    with pytest.raises(UserError, match="no checkpoint"):
+        runs.prepare_resume(run)

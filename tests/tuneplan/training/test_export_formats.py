@@ -94,3 +94,92 @@ def test_qlora_exports_say_the_merge_goes_into_the_16_bit_base(tmp_path, capsys)
     assert "16-bit base (bfloat16)" in note and "not into the 4-bit base" in note
     assert main(["export", str(run_dir)]) == 2  # no format: one line, exit 2
     assert "--format ollama|vllm|safetensors" in capsys.readouterr().err
+
+
+# --- issue 19, item 4: export never removes a user's folder, and says in one line what stops it ---
+
+@pytest.fixture
+def adapter_run(tiny_model, tmp_path):
+    """A LoRA run folder holding a real (untrained: peft's initial) adapter on the tiny model:
+    enough to merge and export, no training needed."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tiny_runs import tiny_config
+    from tuneplan.config import save_config
+
+    run = tmp_path / "runs" / "r"
+    run.mkdir(parents=True)
+    save_config(tiny_config(tiny_model), run / "config.toml")
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(tiny_model),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"]))
+    model.save_pretrained(run / "adapter")
+    AutoTokenizer.from_pretrained(tiny_model).save_pretrained(run / "adapter")
+    return run
+
+
+def _export_one_line(capsys, *argv) -> str:
+    capsys.readouterr()
+    code = main(["export", *argv])
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and "Traceback" not in err, (code, err)
+    return lines[0]
+
+
+@pytest.mark.slow
+def test_export_keeps_a_users_partial_folder_and_refuses_a_symlink_out(adapter_run, tmp_path, capsys):
+    users = tmp_path / ".x.partial"
+    users.mkdir()
+    (users / "notes.txt").write_text("mine")
+    assert main(["export", str(adapter_run), "--format", "safetensors", "--out", str(tmp_path / "x")]) == 0
+    assert (users / "notes.txt").read_text() == "mine" and (tmp_path / "x" / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".partial") and p != users]
+    target = tmp_path / "elsewhere"
+    target.mkdir()
+    (tmp_path / "link").symlink_to(target)
+    assert "symlink" in _export_one_line(capsys, str(adapter_run), "--format", "safetensors",
+                                         "--out", str(tmp_path / "link"))
+    long = tmp_path / ("n" * 250)
+    assert main(["export", str(adapter_run), "--format", "safetensors", "--out", str(long)]) == 0
+    assert (long / "model.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_export_on_a_full_disk_is_one_line_and_leaves_nothing(adapter_run, tmp_path):
+    from tests.disk_faults import fill, mounted_tmpfs
+    from tuneplan.errors import UserError
+    from tuneplan.training.inference import export_merged
+
+    with pytest.raises(UserError) as err:
+        export_merged(adapter_run, tmp_path / "y", free_bytes=lambda _p: 1000)
+    assert "1000 B free" in str(err.value) and "0.0 GiB" not in str(err.value)
+    with mounted_tmpfs(tmp_path, "4m") as mnt:
+        fill(mnt)
+        with pytest.raises(UserError, match="ENOSPC") as err:
+            export_merged(adapter_run, mnt / "out", free_bytes=lambda _p: 1 << 40)  # the disk fills during the merge
+        assert "\n" not in str(err.value)
+        assert not [p for p in mnt.iterdir() if p.name.endswith(".partial") or p.name == "out"]
+
+
+def test_printed_commands_are_shell_quoted(tmp_path, capsys):
+    import shlex
+
+    from planner.setup import TrainSetup
+    from tuneplan.config import DataConfig, ModelConfig, RunConfig, save_config
+    from tuneplan.training.export_formats import ollama_commands
+
+    evil = "x; touch /tmp/PWNED #"
+    create = ollama_commands(tmp_path / "o", evil)[1]
+    assert shlex.split(create) == ["ollama", "create", evil, "-f", "Modelfile", "-q", "q4_K_M"]
+    config = RunConfig(model=ModelConfig(source="org/base"), data=DataConfig(source="d.jsonl"),
+                       setup=TrainSetup(method="lora", lora_rank=8), name="r")
+    run_dir = tmp_path / "r"
+    (run_dir / "adapter").mkdir(parents=True)
+    save_config(config, run_dir / "config.toml")
+    assert main(["export", str(run_dir), "--format", "vllm", "--name", evil]) == 0
+    curl = next(line for line in capsys.readouterr().out.splitlines() if "curl " in line)
+    words = shlex.split(curl.split(": curl ", 1)[1])
+    import json
+
+    assert json.loads(words[words.index("-d") + 1])["model"] == evil and "touch" not in words

@@ -38,7 +38,7 @@ from tuneplan.services.presets.refit import (
 )
 from tuneplan.services.paths import CACHE_DIR_ENV, PRESETS_DIR_ENV, cache_dir
 from tuneplan.services.presets.store import (
-    SAMPLE_DATA, PresetEntry, delete_preset, find_preset, list_presets,
+    SAMPLE_DATA, PresetEntry, deletable, delete_preset, find_preset, list_presets,
     portable_sources, preset_from_run_config, project_dir, resolve_sources, save_config_as_preset, search_path,
     shipped_dir, tiny_model_dir, user_dir, write_preset_text,
 )
@@ -46,7 +46,7 @@ from tuneplan.services.presets.store import (
 __all__ = [
     "FORMAT_VERSION", "Preset", "PresetConstraints", "PresetEvidence", "PresetError", "Refit",
     "find_preset", "list_presets", "load_preset_file", "preset_from_toml", "refit", "load_preset_config",
-    "save_from_run", "save_config_as_preset", "delete_preset", "search_path", "shipped_dir", "user_dir",
+    "save_from_run", "save_config_as_preset", "delete_preset", "deletable", "search_path", "shipped_dir", "user_dir",
     "project_dir", "resolve_sources", "tiny_model_dir", "local_hardware", "cpu_hardware", "dump_preset",
     "check_no_secret", "evidence_from_run", "target_hardware", "write_preset_text", "preset_from_run_config",
     "portable_sources", "cache_dir", "PresetEntry", "CPU", "TINY_MODEL", "SAMPLE_DATA", "PRESETS_DIR_ENV",

@@ -161,6 +161,8 @@ def preset_from_toml(text: str, path: str = "<preset>", *, origin: str = "file")
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise PresetError(f"{path}: not valid TOML ({exc})") from None
+    except RecursionError:  # tomllib parses nested arrays recursively: 2 KB of '[' is enough
+        raise PresetError(f"{path}: nested too deeply to be a preset") from None
     if "version" in data and "format_version" not in data:
         return _preset_from_run_config_dict(data, text, path, origin)
     version = data.get("format_version")
@@ -281,12 +283,16 @@ def _header_lines(text: str) -> Iterable[str]:
 def load_preset_file(path: Path, origin: str = "file") -> Preset:
     """Read and validate one preset file."""
     path = Path(path)
+    from tuneplan.files import CONFIG_MAX_BYTES, read_text_bounded
+
     try:
-        text = path.read_text(encoding="utf-8")
+        text = read_text_bounded(path, CONFIG_MAX_BYTES)  # a FIFO or /dev/zero is refused, never read
     except FileNotFoundError:
         raise PresetError(f"{path}: no such preset file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PresetError(f"{path}: cannot read it ({exc})") from None
+    except UnicodeDecodeError:
+        raise PresetError(f"{path}: cannot read it (not UTF-8 text)") from None
+    except OSError as exc:
+        raise PresetError(f"{path}: cannot read it ({exc.strerror or exc})") from None
     return preset_from_toml(text, str(path), origin=origin)
 
 

@@ -37,19 +37,11 @@ def user_dir() -> Path:
 
 
 def shipped_dir() -> Path:
-    """The presets shipped with tuneplan: the `presets` data folder installed beside the
-    `tuneplan` package (wheel or editable checkout), else wherever the `presets` namespace
-    package is found."""
-    beside = Path(__file__).resolve().parents[2] / "presets"
-    if beside.is_dir():
-        return beside
-    import importlib.util
+    """The presets shipped with tuneplan: package data of `tuneplan.data`
+    (`importlib.resources`), never a `presets` folder that happens to be importable."""
+    from tuneplan.data import SHIPPED_PRESETS
 
-    spec = importlib.util.find_spec("presets")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        if any(Path(location).glob("*.toml")):
-            return Path(location)
-    return beside
+    return SHIPPED_PRESETS
 
 
 def search_path() -> list[tuple[str, Path]]:
@@ -98,6 +90,8 @@ def list_presets() -> list[PresetEntry]:
                 preset, error = load_preset_file(path, origin), None
             except UserError as exc:
                 preset, error = None, str(exc)
+            except Exception as exc:  # whatever else is wrong with one file must not hide the others
+                preset, error = None, f"{path}: unreadable ({type(exc).__name__})"
             out.append(PresetEntry(name, origin, path, preset, error, seen.get(name)))
             seen.setdefault(name, origin)
     order = {o: i for i, (o, _) in enumerate(search_path())}
@@ -120,7 +114,7 @@ def find_preset(name: str) -> Preset:
         raise UserError(f"preset name {name!r} may use only letters, digits, '.', '_' and '-'")
     for origin, folder in search_path():
         path = folder / f"{name}.toml"
-        if path.is_file():
+        if os.path.lexists(path):  # a FIFO or device too: loading it says what is wrong in one line
             preset = load_preset_file(path, origin)
             return preset
     names = sorted({e.name for e in list_presets()})
@@ -245,12 +239,25 @@ def save_config_as_preset(config: RunConfig, name: str, description: str = "", *
     return write_preset_text(text, (folder or user_dir()) / f"{name}.toml", force=force)
 
 
+def deletable(preset: Preset) -> None:
+    """Refuse (one line) to delete a preset that is not the user's own: only a file that lies
+    directly in the user presets folder or the project's `./presets/` may go. A path given on
+    the command line can name any file that parses as a preset (a shipped one inside the
+    installed package, one in another project); `presets delete` is for the user's presets,
+    and anything else is deleted with `rm`, knowingly."""
+    assert preset.path is not None
+    if preset.origin == "shipped" or _same(preset.path.parent, shipped_dir()):
+        raise UserError(f"preset {preset.name} is shipped with tuneplan and cannot be deleted; save your own "
+                        "under the same name to shadow it")
+    if not any(_same(preset.path.parent, folder) for origin, folder in search_path() if origin != "shipped"):
+        raise UserError(f"{preset.path} is not in your presets folders ({user_dir()} or ./presets/); "
+                        "`presets delete` deletes only those (remove other files yourself)")
+
+
 def delete_preset(name: str) -> Path:
     """Delete the preset file `name` resolves to (project or user presets only)."""
     preset = find_preset(name)
-    if preset.origin == "shipped":
-        raise UserError(f"preset {preset.name} is shipped with tuneplan and cannot be deleted; save your own "
-                        "under the same name to shadow it")
+    deletable(preset)
     assert preset.path is not None
     preset.path.unlink()
     return preset.path
