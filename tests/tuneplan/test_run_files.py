@@ -336,7 +336,7 @@ def test_runs_reads_only_the_ends_of_a_2_gib_sparse_events_file(tmp_path):
 def test_run_files_are_never_written_through_a_symlink(tmp_path):
     """`resume` appends to events.jsonl and train.log: a link planted there (to a file of the
     user's elsewhere) is refused, and the target is not touched."""
-    from tuneplan.events import append_event, make_event
+    from tuneplan.events import MessageEvent, append_event
     from tuneplan.files import FileRefused
 
     run = _run_folder(tmp_path, "r", Status(phase="stopped"))
@@ -344,7 +344,7 @@ def test_run_files_are_never_written_through_a_symlink(tmp_path):
     elsewhere.write_text("export PATH=...\n")
     (run / "events.jsonl").symlink_to(elsewhere)
     with pytest.raises(FileRefused, match="symlink"):
-        append_event(run, make_event("message", text="x"))
+        append_event(run, MessageEvent(text="x"))
     assert elsewhere.read_text() == "export PATH=...\n"
     (run / "status.json").unlink()
     (run / "status.json").symlink_to(elsewhere)

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn, overload
 
 AUTO = "auto"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Values are validated in run() (one-line errors, exit 2), not by argparse's choices.
-    def one_line_error(message: str) -> None:
+    def one_line_error(message: str) -> NoReturn:
         print(f"tuneplan: error: plan: {message}", file=sys.stderr)
         sys.exit(2)
 
@@ -75,6 +75,10 @@ def _gpu_index(value: str | None) -> int | None:
         raise UserError(f"--gpu-index must be a whole number (got {value!r})") from None
 
 
+@overload
+def _float(value: str, flag: str, *, allow_zero: bool = False) -> float: ...
+@overload
+def _float(value: None, flag: str, *, allow_zero: bool = False) -> None: ...
 def _float(value: str | None, flag: str, *, allow_zero: bool = False) -> float | None:
     from tuneplan.errors import UserError
 

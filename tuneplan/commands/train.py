@@ -16,9 +16,10 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
+    from tuneplan.events import Event
     from tuneplan.knobs import PartialSetup
 
 
@@ -28,7 +29,7 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_flags(parser, title="knobs (left out or `auto`: chosen by the planner)",
               help_overrides={"num_gpus": "GPUs to train on through accelerate (default: all GPUs of one model "
-                                          "NVML finds here; with --gpu/--vram: 1). See README ## Multi-GPU"})
+                                          "NVML finds here; with --gpu/--vram: 1). See docs/multi-gpu.md"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,8 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tuneplan.config import TRACKERS
 
     hp.add_argument("--report-to", choices=list(TRACKERS),
-                    help="experiment tracker the trainer logs to (default none; README ## Experiment tracking)")
-    alerts = parser.add_argument_group("alerts (README ## Alerts)")
+                    help="experiment tracker the trainer logs to (default none; docs/tracking-and-alerts.md)")
+    alerts = parser.add_argument_group("alerts (docs/tracking-and-alerts.md)")
     alerts.add_argument("--notify", metavar="URL", help="webhook (JSON POST) or ntfy topic URL for done, failed, "
                         "crashed, stalled, NaN and re-plan alerts (default: the user config's; `off` for none)")
     alerts.add_argument("--stall-minutes", type=float, metavar="M", help="alert when no step for this long (default 10)")
@@ -144,7 +145,7 @@ def build(args: argparse.Namespace):
                                   ("save_every", getattr(args, "save_every", None)),
                                   ("logging_steps", args.logging_steps), ("seed", args.seed),
                                   ("report_to", args.report_to)) if v is not None}
-    notify = {k: v for k, v in (("url", "" if args.notify == "off" else args.notify),
+    notify: dict[str, Any] = {k: v for k, v in (("url", "" if args.notify == "off" else args.notify),
                                 ("stall_minutes", args.stall_minutes)) if v is not None}
     recovery = {k: v for k, v in (("max_retries", args.max_retries), ("allow_qlora", args.allow_qlora))
                 if v is not None}
@@ -329,31 +330,14 @@ def follow(run_dir: Path, proc, final_phases, *, runs_dir: str | None = None) ->
     return 0 if status is not None and status.phase in ("done", "stopped") else 3
 
 
-def format_event(e: dict) -> str | None:
-    kind = e.get("kind")
-    if kind == "phase":
-        msg = f": {e['message']}" if e.get("message") else ""
-        return f"[{e.get('phase')}]{msg}"
-    if kind == "log":
-        loss = e.get("loss")  # null: not a finite number (the run stops on it)
-        parts = [f"step {e.get('step')}/{e.get('max_steps')}",
-                 f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss not finite"]
-        if e.get("tokens_per_second"):
-            parts.append(f"{e['tokens_per_second']:.0f} tok/s")
-        if e.get("eta_seconds") is not None:
-            parts.append(f"eta {e['eta_seconds']:.0f}s")
-        return "  " + ", ".join(parts)
-    if kind == "eval":
-        loss = e.get("eval_loss")
-        shown = f"{loss:.4f}" if isinstance(loss, (int, float)) else "not finite"
-        return f"  eval loss {shown} at step {e.get('step')}"
-    if kind == "checkpoint":
-        return f"  checkpoint {Path(e.get('path', '')).name}"
-    if kind == "replan":
-        changes = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in (e.get("changes") or {}).items())
-        return f"[replan {e.get('attempt')}] {e.get('reason')}: {changes}"
-    if kind == "message" and e.get("level") in ("warning", "error"):
-        return f"  {e.get('level')}: {e.get('text')}"
-    return None
+def format_event(e: Event) -> str | None:
+    """The progress line of an event for `train --foreground` and `demo` (its one `describe()`),
+    indented under the phase lines; None for the details a progress stream leaves out."""
+    from tuneplan.events import PhaseEvent, ReplanEvent
 
-
+    if e.is_detail():
+        return None
+    line = e.describe()
+    if line is None:
+        return None
+    return line if isinstance(e, (PhaseEvent, ReplanEvent)) else "  " + line

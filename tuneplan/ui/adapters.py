@@ -208,7 +208,7 @@ class RunsAdapter:
         from tuneplan.services.machine import setup_for_this_machine
 
         training = TrainingConfig()
-        changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps),
+        changes: dict[str, Any] = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps),
                                      ("learning_rate", learning_rate), ("report_to", report_to)) if v is not None}
         if changes:
             training = replace(training, **changes)

@@ -14,16 +14,12 @@ from tuneplan.config import (
 )
 from tuneplan.data import TINY_MODEL
 from tuneplan.errors import UserError, check_path
+from tuneplan.services import paths
+from tuneplan.services.paths import cache_dir
 from tuneplan.services.presets.file_format import (
     NAME_RE, Preset, PresetConstraints, PresetEvidence, check_no_secret, dump_preset, load_preset_file,
 )
 
-
-PRESETS_DIR_ENV = "TUNEPLAN_PRESETS_DIR"
-"""Overrides the user presets folder (the wizard's review screen saves there too)."""
-
-CACHE_DIR_ENV = "TUNEPLAN_CACHE_DIR"
-"""Overrides the cache folder that holds the built tiny model."""
 
 SAMPLE_DATA = "tuneplan:sample-chat"
 """`data.source` of the bundled sample chat dataset."""
@@ -36,13 +32,8 @@ def project_dir() -> Path:
 
 
 def user_dir() -> Path:
-    """User presets: `$TUNEPLAN_PRESETS_DIR`, else platformdirs' user config folder + `presets`."""
-    env = os.environ.get(PRESETS_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return platformdirs.user_config_path("tuneplan") / "presets"
+    """User presets (`services/paths.py`: `$TUNEPLAN_PRESETS_DIR`, else the user config folder)."""
+    return paths.user_presets_dir()
 
 
 def shipped_dir() -> Path:
@@ -133,15 +124,6 @@ def find_preset(name: str) -> Preset:
 
 
 # -- bundled sources (tiny model, sample dataset) ------------------------------------------------
-def cache_dir() -> Path:
-    env = os.environ.get(CACHE_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return platformdirs.user_cache_path("tuneplan")
-
-
 def _tiny_key() -> str:
     import hashlib
 
