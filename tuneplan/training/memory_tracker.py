@@ -110,7 +110,7 @@ class LiveTensorTracker(TorchDispatchMode):
             if e is None:
                 nbytes = self.host_size(nbytes)
                 self.live[key] = _Entry(nbytes, HOST, self._op)
-                self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
+                self._refs[key] = weakref.ref(st, functools.partial(self._freed, key))
                 self.host_current += nbytes
                 self.host_peak = max(self.host_peak, self.host_current)
             return
