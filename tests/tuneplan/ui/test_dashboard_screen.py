@@ -111,11 +111,18 @@ async def test_save_now_and_stop_with_confirmation(tmp_path):
     import subprocess
     import sys
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    import os
+
+    from tuneplan.run_process import acquire_lock, process_record
+
+    run_dir = tmp_path / "runs" / "live"
+    run_dir.mkdir(parents=True)
+    # the child stands in for a trainer: it holds the run's lock (only such a process is signalled)
+    # and records itself
+    fd = acquire_lock(run_dir)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(fd,))
+    os.close(fd)
     try:
-        run_dir = tmp_path / "runs" / "live"
-        run_dir.mkdir(parents=True)
-        from tuneplan.run_process import process_record  # the child stands in for a trainer that records itself
 
         ev.write_status(run_dir, ev.Status(phase="training", pids=[child.pid], max_steps=5,
                                            processes=[process_record(child.pid, armed=True)]))
