@@ -165,8 +165,8 @@ class TrainingConfig:
     save_total_limit: int = setting(2, COUNT, flag="--save-total-limit", order=8, help="checkpoints kept")
     """Checkpoints kept (the oldest are deleted)."""
     report_to: str = setting("none", CHOICE, choices=tuple(TRACKERS), flag="--report-to", order=15,
-                             help="experiment tracker the trainer logs to (default none; README ## Experiment "
-                                  "tracking)", review="tracking", review_row=5,
+                             help="experiment tracker the trainer logs to (default none; "
+                                  "docs/tracking-and-alerts.md)", review="tracking", review_row=5,
                              review_help="tracking: Left/Right picks the tracker the trainer logs to (its package "
                                          "must be installed)")
     """Experiment tracker the trainer logs to (its own `report_to`): one of `TRACKERS`."""

@@ -236,7 +236,7 @@ KNOBS: tuple[Knob, ...] = (
          "attention | all-linear | q_proj,v_proj,... (default all-linear)", group=LORA, screen="LoRA targets",
          screen_row=6,
          screen_help="LoRA targets: all linear layers or attention only; Left/Right"),
-    Knob("num_gpus", "--gpus", COUNT, "GPUs", "GPUs to train on (default auto; README ## Multi-GPU)",
+    Knob("num_gpus", "--gpus", COUNT, "GPUs", "GPUs to train on (default auto; docs/multi-gpu.md)",
          group=PARALLEL),
     Knob("strategy", "--strategy", CHOICE, "GPUs", "multi-GPU strategy (default auto: DDP when a replica fits "
          "one GPU, else FSDP)", choices=("ddp", "fsdp"), file_choices=("single",), group=PARALLEL),

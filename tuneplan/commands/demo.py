@@ -104,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
         from tuneplan.ui.app import create_app
         from tuneplan.ui.services import default_services
 
-        app = create_app(default_services(root if args.runs_dir else None), run_dir=run_dir)
-        result = app.run()
+        dashboard = create_app(default_services(root if args.runs_dir else None), run_dir=run_dir)
+        result = dashboard.run()
         print_detached(result)
         return _summary(run_dir, started, hint, waited=False)
     _say("               following it here (no dashboard); Ctrl-C leaves it running")
@@ -158,9 +158,9 @@ def _params(model_dir) -> str:
 
 def loss_curve(run_dir) -> list[float]:
     """The logged training losses of a run, in order."""
-    from tuneplan.events import read_events
+    from tuneplan.events import LogEvent, read_events
 
-    return [e["loss"] for e in read_events(run_dir) if e.get("kind") == "log" and isinstance(e.get("loss"), (int, float))]
+    return [e.loss for e in read_events(run_dir) if isinstance(e, LogEvent) and e.loss is not None]
 
 
 def _summary(run_dir, started: float, hint: str, *, waited: bool) -> int:
@@ -176,7 +176,7 @@ def _summary(run_dir, started: float, hint: str, *, waited: bool) -> int:
             curve = f"loss {losses[0]:.3f} -> {losses[-1]:.3f} ({trend})"
         else:  # a short run logs fewer losses than a trend needs (training.logging_steps)
             curve = f"loss {losses[-1]:.3f}" if losses else "no loss logged yet"
-        _say(f"demo: run {run_dir.name} done in {took:.0f} s: {curve} over {status.step} steps")
+        _say(f"demo: run {run_dir.name} done in {took:.0f} s: {curve} over {status.step if status else 0} steps")
         _say(f"      saved {'model' if (run_dir / 'model').is_dir() else 'adapter'}, checkpoints and events: {run_dir}")
         _say(f"      replay it: tuneplan attach {run_dir.name}{hint}    list runs: tuneplan runs{hint}")
         return 0

@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 AUTO = "auto"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Values are validated in run() (one-line errors, exit 2), not by argparse's choices.
-    def one_line_error(message: str) -> None:
+    def one_line_error(message: str) -> NoReturn:
         print(f"tuneplan: error: plan: {message}", file=sys.stderr)
         sys.exit(2)
 

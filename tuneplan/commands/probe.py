@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from tuneplan.commands.arguments import whole_number
 from tuneplan.config import MAX_COUNT
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     plan.add_arguments(parser)  # the plan flags, --preset and --json, as `tuneplan plan` has them
 
-    def one_line_error(message: str) -> None:
+    def one_line_error(message: str) -> NoReturn:
         print(f"tuneplan: error: probe: {message}", file=sys.stderr)
         sys.exit(2)
 
@@ -226,8 +227,9 @@ def run(args: argparse.Namespace) -> int:
         m = measure(source, setup, config_dict=dict(resolved.config), random_weights=args.random_weights,
                     steps=steps, warmup_steps=warmup, trust_remote_code=args.trust_remote_code or remote, log=log)
     except torch.OutOfMemoryError as exc:
-        first = (str(exc).strip().splitlines() or ["out of memory"])[0]
-        print(f"tuneplan: error: probe ran out of memory ({first[:160]}): this configuration does not fit "
+        from tuneplan.training.oom import first_line
+
+        print(f"tuneplan: error: probe ran out of memory ({first_line(exc)[:160]}): this configuration does not fit "
               f"here; predicted {size(prediction.device_bytes or prediction.torch_peak_bytes)}", file=sys.stderr)
         return EXIT_PROBE_FAILED
     measured = m.to_dict()

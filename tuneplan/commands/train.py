@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from tuneplan.events import Event
     from tuneplan.knobs import PartialSetup
 
 
@@ -27,7 +28,7 @@ def add_knob_arguments(parser: argparse.ArgumentParser) -> None:
 
     add_flags(parser, title="knobs (left out or `auto`: chosen by the planner)",
               help_overrides={"num_gpus": "GPUs to train on through accelerate (default: all GPUs of one model "
-                                          "NVML finds here; with --gpu/--vram: 1). See README ## Multi-GPU"})
+                                          "NVML finds here; with --gpu/--vram: 1). See docs/multi-gpu.md"})
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,7 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     from tuneplan.settings import add_flags
 
     # the hyperparameters and alerts: one flag per setting that has one (`tuneplan/config.py` declares them)
-    add_flags(parser, SETTINGS, {"training": "training", "alerts": "alerts (README ## Alerts)"})
+    add_flags(parser, SETTINGS, {"training": "training", "alerts": "alerts (docs/tracking-and-alerts.md)"})
     target = parser.add_argument_group("target (for planning)")
     target.add_argument("--gpu", help="plan for this GPU (default: the GPUs NVML finds)")
     target.add_argument("--vram", help="plan for this much GPU memory, e.g. 24GiB")
@@ -205,31 +206,14 @@ def follow(run_dir: Path, proc, final_phases, *, runs_dir: str | None = None) ->
     return 0 if status is not None and status.phase in ("done", "stopped") else 3
 
 
-def format_event(e: dict) -> str | None:
-    kind = e.get("kind")
-    if kind == "phase":
-        msg = f": {e['message']}" if e.get("message") else ""
-        return f"[{e.get('phase')}]{msg}"
-    if kind == "log":
-        loss = e.get("loss")  # null: not a finite number (the run stops on it)
-        parts = [f"step {e.get('step')}/{e.get('max_steps')}",
-                 f"loss {loss:.4f}" if isinstance(loss, (int, float)) else "loss not finite"]
-        if e.get("tokens_per_second"):
-            parts.append(f"{e['tokens_per_second']:.0f} tok/s")
-        if e.get("eta_seconds") is not None:
-            parts.append(f"eta {e['eta_seconds']:.0f}s")
-        return "  " + ", ".join(parts)
-    if kind == "eval":
-        loss = e.get("eval_loss")
-        shown = f"{loss:.4f}" if isinstance(loss, (int, float)) else "not finite"
-        return f"  eval loss {shown} at step {e.get('step')}"
-    if kind == "checkpoint":
-        return f"  checkpoint {Path(e.get('path', '')).name}"
-    if kind == "replan":
-        changes = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in (e.get("changes") or {}).items())
-        return f"[replan {e.get('attempt')}] {e.get('reason')}: {changes}"
-    if kind == "message" and e.get("level") in ("warning", "error"):
-        return f"  {e.get('level')}: {e.get('text')}"
-    return None
+def format_event(e: Event) -> str | None:
+    """The progress line of an event for `train --foreground` and `demo` (its one `describe()`),
+    indented under the phase lines; None for the details a progress stream leaves out."""
+    from tuneplan.events import PhaseEvent, ReplanEvent
 
-
+    if e.is_detail():
+        return None
+    line = e.describe()
+    if line is None:
+        return None
+    return line if isinstance(e, (PhaseEvent, ReplanEvent)) else "  " + line

@@ -16,21 +16,10 @@ from pathlib import Path
 from tuneplan.config import RunConfig
 from tuneplan.data import TINY_MODEL
 from tuneplan.errors import UserError
-
-CACHE_DIR_ENV = "TUNEPLAN_CACHE_DIR"
-"""Overrides the cache folder that holds the built tiny model."""
+from tuneplan.services.paths import CACHE_DIR_ENV, cache_dir  # noqa: F401  (the user folders: services/paths.py)
 
 SAMPLE_DATA = "tuneplan:sample-chat"
 """`data.source` of the bundled sample chat dataset."""
-
-
-def cache_dir() -> Path:
-    env = os.environ.get(CACHE_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return platformdirs.user_cache_path("tuneplan")
 
 
 def _tiny_key() -> str:

@@ -114,7 +114,7 @@ class PlanOutcome:
     """GPUs NVML found (0 when the hardware came from --gpu / --vram)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The `--json` object (schema documented in the README, `## tuneplan plan`)."""
+        """The `--json` object (schema documented in docs/planning.md)."""
         return plan_to_dict(self)
 
 
@@ -150,7 +150,7 @@ def size_note(text: str, what: str = "--vram") -> str | None:
     """A note when `text` used a decimal-looking unit (GB, MB, ...): how it was read."""
     m = _SIZE.match(str(text))
     unit = (m.group(2) or "").lower() if m else ""
-    if unit not in ("kb", "mb", "gb", "tb"):
+    if m is None or unit not in ("kb", "mb", "gb", "tb"):
         return None
     binary = unit[0].upper() + "iB"
     return (f"{what} {text.strip()} read as {float(m.group(1)):g} {binary}: GPU makers' {unit.upper()} are "
@@ -338,6 +338,8 @@ def dataset_stats(source: str, model: Any) -> tuple[DatasetStats, list[str]]:
 
     preview = preview_dataset(source, model_source=model.source, hub=RealHubFiles())
     t = preview.tokens
+    if t is None:  # preview_dataset refuses an empty dataset first; a preview always measures rows
+        raise UserError(f"{source}: no example to measure")
     notes = [f"Dataset {source}: {preview.format} format, token lengths by {t.method}."] + list(preview.notes)
     total = t.total_tokens
     if preview.num_examples and t.count and preview.num_examples > t.count:
@@ -352,6 +354,7 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     spec = model.spec
     validate(request, spec)
     request, cpu_notes = _bundled_tiny_on_cpu(request, model, probe)
+    notes: list[str]
     if request.hardware is not None:
         hardware, notes, detected = request.hardware, [], 0
     else:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import weakref
 from typing import Any
 
@@ -83,7 +84,7 @@ class LiveTensorTracker(TorchDispatchMode):
         self.unified_peak = 0
 
     # -- storage bookkeeping -----------------------------------------------------------
-    def _freed(self, key: int, _ref=None) -> None:
+    def _freed(self, key: int, _ref: object = None) -> None:
         e = self.live.pop(key, None)
         self._refs.pop(key, None)
         if e is not None and e.category == HOST:
@@ -109,7 +110,7 @@ class LiveTensorTracker(TorchDispatchMode):
             if e is None:
                 nbytes = self.host_size(nbytes)
                 self.live[key] = _Entry(nbytes, HOST, self._op)
-                self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
+                self._refs[key] = weakref.ref(st, functools.partial(self._freed, key))
                 self.host_current += nbytes
                 self.host_peak = max(self.host_peak, self.host_current)
             return
@@ -128,7 +129,7 @@ class LiveTensorTracker(TorchDispatchMode):
             return
         cat = category or self.phase
         self.live[key] = _Entry(nbytes, cat, self._op)
-        self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
+        self._refs[key] = weakref.ref(st, functools.partial(self._freed, key))
         self.current += nbytes
         self.by_cat[cat] = self.by_cat.get(cat, 0) + nbytes
         self._check_peak()
@@ -199,8 +200,8 @@ class LiveTensorTracker(TorchDispatchMode):
 
 
 # -- baseline classification ------------------------------------------------------------
-def _quant_state_tensors(qs) -> list[torch.Tensor]:
-    out = []
+def _quant_state_tensors(qs: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
     if qs is None:
         return out
     for name in ("absmax", "code", "offset"):

@@ -8,7 +8,7 @@ Screens call these objects and never NVML, subprocesses or the planner's interna
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -29,7 +29,7 @@ class ServiceBundle:
     """Hub boundary for dataset previews and tokenizer files (None: the real Hub)."""
     runs_root: Path | None = None
     """Where runs live (None: the launcher's default)."""
-    clock: Callable[[], float] = field(default=None)  # type: ignore[assignment]
+    clock: Callable[[], float] | None = None
     """Wall clock (tests may pin it); defaults to time.time."""
 
     def now(self) -> float:

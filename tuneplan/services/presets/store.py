@@ -13,14 +13,13 @@ from tuneplan.config import (
     RunConfig,
 )
 from tuneplan.errors import UserError, check_path
+from tuneplan.services import paths
 from tuneplan.services.bundled import portable_sources
 from tuneplan.services.presets.file_format import (
     NAME_RE, Preset, PresetConstraints, PresetEvidence, check_no_secret, dump_preset, load_preset_file,
 )
 
 
-PRESETS_DIR_ENV = "TUNEPLAN_PRESETS_DIR"
-"""Overrides the user presets folder (the wizard's review screen saves there too)."""
 
 # -- where presets live --------------------------------------------------------------------------
 def project_dir() -> Path:
@@ -29,13 +28,8 @@ def project_dir() -> Path:
 
 
 def user_dir() -> Path:
-    """User presets: `$TUNEPLAN_PRESETS_DIR`, else platformdirs' user config folder + `presets`."""
-    env = os.environ.get(PRESETS_DIR_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return platformdirs.user_config_path("tuneplan") / "presets"
+    """User presets (`services/paths.py`: `$TUNEPLAN_PRESETS_DIR`, else the user config folder)."""
+    return paths.user_presets_dir()
 
 
 def shipped_dir() -> Path:

@@ -10,9 +10,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer, Input, LoadingIndicator, Static
 
+from tuneplan.ui.app_base import WizardScreen
 from tuneplan.errors import UserError
 from tuneplan.ui.messages import DatasetChosen
 from tuneplan.ui.widgets.dialogs import HelpDialog
@@ -38,7 +38,7 @@ def _sample_dataset() -> str:
         return ""
 
 
-class DatasetScreen(Screen):
+class DatasetScreen(WizardScreen[None]):
     """Enter previews the dataset; Enter again continues; Ctrl+S skips (plan without it)."""
 
     CSS_PATH = "dataset_screen.tcss"

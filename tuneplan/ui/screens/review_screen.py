@@ -11,9 +11,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
+from tuneplan.ui.app_base import WizardScreen
 from tuneplan.config import SETTINGS, TrainingConfig
 from tuneplan.errors import UserError
 from tuneplan.services.machine import CPU_DTYPE
@@ -56,7 +56,7 @@ class CompareStarted(Message):
         self.ok = ok
 
 
-class ReviewScreen(Screen):
+class ReviewScreen(WizardScreen[None]):
     """Ctrl+P probes first (a few steps on this machine, measured beside the prediction),
     Ctrl+L launches (then the dashboard opens), Ctrl+B starts the LoRA-vs-QLoRA bake-off
     (`tuneplan compare`, detached), Ctrl+S saves a preset."""
