@@ -145,7 +145,7 @@ class TrainingConfig:
                                     review_help="max steps: optimizer steps to run (empty: run the epochs)")
     """Optimizer steps to run; `None` to run `epochs` passes."""
     weight_decay: float = setting(0.0, NUMBER, lo=0)
-    max_grad_norm: float = setting(1.0, NUMBER, lo=0)
+    max_grad_norm: float = setting(1.0, NUMBER, lo=0, flag="--max-grad-norm", order=4, help="gradient clipping norm (0: off)")
     """Gradient clipping norm (0 to disable)."""
     seed: int = setting(42, COUNT, lo=0, hi=MAX_SEED, flag="--seed", order=10)
     logging_steps: int = setting(1, COUNT, flag="--logging-steps", order=9)
