@@ -17,7 +17,8 @@ nothing per element, but every op costs about 0.1-0.3 ms of Python dispatch, and
 multiplies the MLP's ops by its shards: measured on one core, llama-3.1-8b cut to 2 layers at
 131k tokens takes 34 s of CPU, 28.8k ops in 3.4 s untiled, 89k ops in 9.7 s at 524k untiled;
 the full 8B at 32k 55 s of CPU; so a 70B at 128k, 80 layers x 16 shards, is about 10 minutes
-of CPU and a 442k 8B about 25): results are
+of CPU and a 325k 8B about 25. Wall times on the shared 2-core machine: 8B 32k 222 s, 8B 128k
+800 s, 70B 32k 640 s, 70B 128k 803 s, the 70B 48 GiB plan (4864 tokens, untiled) 2218 s): results are
 appended to `--out` as they come, cases already there are skipped, and `--report` recomputes
 the predictions from the stored traces with the current planner. Case syntax:
 `model:method:ckpt(on|off):micro_batch:targets(all|attn)[:seq_len[:arch]]`; a plan case

@@ -213,9 +213,9 @@ def dashboard_cpu(seconds: float, history: int) -> None:
         with open(run_dir / ev.LOG_FILE, "a") as log:
             while not stop.is_set():
                 step += 1
-                ev.append_event(run_dir, ev.make_event("log", step=step, max_steps=max_steps,
-                                                       loss=3.0 / (1 + step / 1000), learning_rate=1e-4,
-                                                       tokens_per_second=5000.0, eta_seconds=1000.0))
+                ev.append_event(run_dir, ev.LogEvent(step=step, max_steps=max_steps, loss=3.0 / (1 + step / 1000),
+                                                     learning_rate=1e-4, tokens_per_second=5000.0,
+                                                     eta_seconds=1000.0))
                 log.write(f"step {step}\n")
                 log.flush()
                 stop.wait(0.1)

@@ -41,9 +41,9 @@ MEMORY_TOLERANCE = 0.10
 """Error on a memory figure above which a row is flagged (the planner's memory model is tested
 to within 5% of the CPU trace; the allocator's reserve and the driver's context carry more)."""
 SPEED_TOLERANCE = 0.30
-"""The throughput model's stated tolerance (README `## tuneplan plan`: +-30%)."""
+"""The throughput model's stated tolerance (docs/planning.md: +-30%)."""
 TOTAL_BUDGET_S = 600
-"""The whole matrix on one H200 (10 minutes)."""
+"""The whole matrix on one H200 (10 minutes; give --budget for less)."""
 TARGET_GPU = "h200"
 """The card the predictions are shown for with --dry-run (no GPU here)."""
 BASE = TrainSetup(method="lora", compute_dtype="bfloat16", lora_rank=16, lora_alpha=32, lora_dropout=0.05,
@@ -96,14 +96,15 @@ def hardware(dry_run: bool):
     if dry_run:
         gpu = get_gpu(TARGET_GPU)
         return Hardware(gpu=gpu, source="catalog"), f"dry run: predictions for {gpu.name} (no GPU used)"
-    hw, notes, _ = planning.resolve_hardware(planning.PlanRequest(gpus=1))
+    hw, notes, _ = planning.resolve_hardware(gpus=1)
     return hw, "; ".join(notes)
 
 
 def predict(case: Case, hw) -> None:
     from tuneplan.services import planning, probing
+    from tuneplan.services.models import resolve_model
 
-    resolved = planning.resolve(planning.PlanRequest(model=case.model))
+    resolved = resolve_model(case.model)
     if case.setup is None:
         outcome = planning.plan(planning.PlanRequest(resolved=resolved, hardware=hw, gpus=1))
         case.setup = outcome.result.choice.setup
@@ -206,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python bench/gpu_check.py", description=__doc__.split("\n")[0])
     ap.add_argument("--dry-run", action="store_true", help="print the matrix with predictions; run one tiny CPU case")
     ap.add_argument("--results-dir", default=str(ROOT / "bench" / "results"))
-    ap.add_argument("--budget", type=float, default=TOTAL_BUDGET_S, help="seconds for the whole matrix (default 480)")
+    ap.add_argument("--budget", type=float, default=TOTAL_BUDGET_S, help=f"seconds for the whole matrix (default {TOTAL_BUDGET_S})")
     ap.add_argument("--only", help="comma-separated case names")
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--warmup-steps", type=int, default=1)

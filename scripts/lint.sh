@@ -11,5 +11,5 @@ echo "lint: import layers (lint-imports)"
 lint-imports
 echo "lint: ruff"
 ruff check planner tuneplan verification tests bench scripts
-echo "lint: mypy (planner/, its calibration and the core modules)"
+echo "lint: mypy (planner/, its calibration and tuneplan/)"
 mypy

@@ -37,6 +37,6 @@ if ! python -c "import torch" >/dev/null 2>&1; then
 else
   say "torch is already installed"
 fi
-step "installing tuneplan (editable) with its training and test dependencies (about a minute)" \
-  python -m pip install --quiet -e ".[train,dev]"
+step "installing tuneplan (editable) with its training, evaluation and test dependencies (about a minute)" \
+  python -m pip install --quiet -e ".[train,dev,eval]"
 say "done: activate with '. .venv/bin/activate', then run 'tuneplan --help' (pip's output: $LOG)"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -61,6 +62,19 @@ def test_ci_runs_the_readme_test_command():
     assert len(commands) == 2, commands
 
 
+def test_the_readme_is_short_and_links_every_page_of_docs():
+    """The README is a five-minute page; the manual is docs/, every page of it linked from the
+    README, and every link between them leads to a file."""
+    readme = (ROOT / "README.md").read_text()
+    assert len(readme.splitlines()) < 200
+    linked = set(re.findall(r"\]\((docs/[^)#]+)", readme))
+    pages = {f"docs/{p.name}" for p in (ROOT / "docs").glob("*.md")}
+    assert pages and pages <= linked, pages - linked
+    for page in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)#:]+)(?:#[^)]*)?\)", page.read_text()):
+            assert (page.parent / target).exists(), f"{page.name} links {target}, which is not there"
+
+
 def test_ci_runs_the_static_checks_and_the_layers_hold():
     """CI runs scripts/lint.sh; the import-linter contracts of pyproject.toml hold (the layers
     go one way: planner < core < services < training | ui < commands)."""
@@ -76,6 +90,21 @@ def test_ci_runs_the_static_checks_and_the_layers_hold():
 def test_test_script_fails_when_no_test_ran():
     script = (ROOT / "scripts" / "test.sh").read_text()
     assert '"$rc" -eq 5' in script and "exit 1" in script
+
+
+def test_the_fast_loop_leaves_out_only_the_slow_tests():
+    """`scripts/test.sh --fast` deselects the tests marked `slow` (real training processes) and
+    keeps the rest; it reuses .venv as it is, so this runs where .venv exists (CI, a dev tree)."""
+    if not (ROOT / ".venv" / "bin" / "python").exists():
+        pytest.skip("no .venv here: scripts/test.sh --fast would set it up first")
+    target = "tests/tuneplan/commands/test_train_target.py"
+    env = {**os.environ, "TUNEPLAN_TEST_WORKERS": "0"}
+    out = subprocess.run(["bash", "scripts/test.sh", "--fast", "--collect-only", "-q", target],
+                         capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "test_bundled_tiny_model_plans_for_the_cpu_in_full" not in out.stdout  # trains: slow
+    assert "test_gated_model_without_token_is_refused_before_launch" in out.stdout
+    assert re.search(r"\b[1-9]\d* deselected", out.stdout), out.stdout[-500:]
 
 
 # development-only modules: the memory model's verification, never shipped

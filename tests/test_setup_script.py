@@ -62,7 +62,7 @@ def test_steps_are_announced_and_pip_noise_goes_to_the_log(tmp_path):
     assert any("installing tuneplan" in line for line in lines)
     assert NOISE not in out.stdout + out.stderr
     assert NOISE in (repo / ".venv" / "setup.log").read_text()
-    assert "torch==2.13.0" in calls and '-e .[train,dev]' in calls
+    assert "torch==2.13.0" in calls and '-e .[train,dev,eval]' in calls
 
 
 @pytest.mark.skipif(shutil.which("bash") is None, reason="needs bash")

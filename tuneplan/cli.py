@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from typing import NoReturn
 
 from tuneplan import __version__
 from tuneplan.errors import EXIT_BAD_INPUT, UserError
@@ -38,7 +39,7 @@ COMMANDS: dict[str, str] = {
 class _OneLineParser(argparse.ArgumentParser):
     """argparse that reports a bad flag in one line (plus a pointer to --help), exit 2."""
 
-    def error(self, message: str):  # type: ignore[override]
+    def error(self, message: str) -> NoReturn:
         sys.stderr.write(f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
         sys.exit(EXIT_BAD_INPUT)
 

@@ -20,7 +20,6 @@ Pure standard library plus `tomli_w` for writing. Validation names the field and
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import sys
@@ -33,8 +32,10 @@ from typing import Any, TypeVar
 from planner.setup import TUNEPLAN_STACK, CalibrationProfile, TrainSetup
 from tuneplan.errors import UserError, check_path
 from tuneplan.files import CONFIG_MAX_BYTES, read_text_bounded
-from tuneplan.knobs import MAX_COUNT
 from tuneplan.knobs import validate_setup as _validate_knobs
+from tuneplan.settings import MAX_COUNT  # noqa: F401  (re-exported: the largest count every layer takes)
+from tuneplan.settings import CHOICE, COUNT, DURATION, NUMBER, SWITCH, URL, declared, setting
+from tuneplan.settings import check as check_settings
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -60,221 +61,6 @@ MAX_EPOCHS = 1e6
 
 class ConfigError(UserError):
     """A configuration value the user must fix; the message names the field and the value."""
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    source: str = ""
-    """Catalog name, Hub id (`org/name`) or local folder holding `config.json` and weights."""
-    revision: str | None = None
-    """Hub revision (branch, tag or commit); `None` for the default branch."""
-    trust_remote_code: bool = False
-    """Run Python code shipped with the model. Off unless the user asks."""
-
-
-@dataclass(frozen=True)
-class DataConfig:
-    source: str = ""
-    """Local JSONL/JSON/CSV/Parquet file, or a Hub dataset id."""
-    split: str = "train"
-    """Split of a Hub dataset (local files have one split)."""
-    format: str = "auto"
-    """`auto` (detect from the columns) or one of `dataset_formats.FORMATS`."""
-    eval_fraction: float = 0.0
-    """Share of the rows held out for the eval loss (0 for none)."""
-    max_samples: int | None = None
-    """Use only the first N rows (`None` for all)."""
-    overlong: str = "truncate"
-    """Samples longer than the sequence length: `truncate` them or `drop` them (counted in events)."""
-    completion_only_loss: bool = True
-    """Chat and prompt/completion data: loss on the completion tokens only."""
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    learning_rate: float = 2e-4
-    """Peak learning rate."""
-    lr_scheduler: str = "cosine"
-    """`cosine`, `linear`, `constant` or `constant_with_warmup`."""
-    warmup_ratio: float = 0.03
-    """Share of the optimizer steps spent warming up the learning rate."""
-    epochs: float = 1.0
-    """Passes over the training rows (ignored when `max_steps` is set)."""
-    max_steps: int | None = None
-    """Optimizer steps to run; `None` to run `epochs` passes."""
-    weight_decay: float = 0.0
-    max_grad_norm: float = 1.0
-    """Gradient clipping norm (0 to disable)."""
-    seed: int = 42
-    logging_steps: int = 1
-    """Optimizer steps between `log` events."""
-    eval_steps: int | None = None
-    """Optimizer steps between eval losses (`None`: at the end of each epoch)."""
-    save_steps: int = 100
-    """Optimizer steps between checkpoints."""
-    save_every: str | None = None
-    """Wall-clock time between checkpoints as well (`"30m"`, `"1h"`, `"90s"`; `tuneplan.durations`),
-    for machines that can vanish (spot instances); `None`: steps only."""
-    eval_batch: int | None = None
-    """Micro-batch of the eval loss (`None`: the training micro-batch); OOM recovery lowers
-    this, never the training micro-batch, when evaluation runs out of memory."""
-    save_total_limit: int = 2
-    """Checkpoints kept (the oldest are deleted)."""
-    report_to: str = "none"
-    """Experiment tracker the trainer logs to (its own `report_to`): one of `TRACKERS`."""
-
-
-@dataclass(frozen=True)
-class RecoveryConfig:
-    max_retries: int = 3
-    """Out-of-memory restarts allowed, each with a smaller configuration."""
-    allow_qlora: bool = False
-    """Whether OOM recovery may switch a LoRA run to QLoRA (changes the result's quality)."""
-
-
-@dataclass(frozen=True)
-class PredictionConfig:
-    torch_peak_bytes: int | None = None
-    """The planner's `max_memory_allocated` prediction for the second optimizer step, in bytes."""
-    device_bytes: int | None = None
-    """The planner's nvidia-smi-level prediction, in bytes."""
-
-
-@dataclass(frozen=True)
-class NotifyConfig:
-    url: str | None = None
-    """Where alerts go: a webhook (JSON POST) or an ntfy-style topic URL (plain text);
-    `None` or empty: no alerts. `tuneplan/services/notify.py` sends them."""
-    stall_minutes: float = 10.0
-    """Alert when a training run makes no optimizer step for this long."""
-
-
-@dataclass(frozen=True)
-class DebugConfig:
-    oom_at_step: int | None = None
-    """Fault injection: raise an out-of-memory error at this optimizer step (tests)."""
-    oom_micro_batch_above: int | None = None
-    """Fault injection: with `oom_at_step`, only while the micro-batch exceeds this
-    (so a re-planned run with a smaller micro-batch gets past it)."""
-    step_sleep_seconds: float = 0.0
-    """Slow every optimizer step down by this much (tests of stop/save/resume)."""
-    poison_at_step: int | None = None
-    """Fault injection: fill the trainable weights with NaN after this optimizer step, so the
-    next loss is not finite (tests of the non-finite stop)."""
-    save_sleep_seconds: float = 0.0
-    """Pause every save between writing its files and publishing them (tests of a kill during
-    a save)."""
-    oom_eval_batch_above: int | None = None
-    """Fault injection: raise an out-of-memory error during evaluation while the eval
-    micro-batch exceeds this."""
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """What to fine-tune."""
-    data: DataConfig = field(default_factory=DataConfig)
-    """What to train on."""
-    setup: TrainSetup = field(default_factory=TrainSetup)
-    """Every knob the planner decides (method, LoRA, batch, sequence length, ...)."""
-    training: TrainingConfig = field(default_factory=TrainingConfig)
-    """Hyperparameters."""
-    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
-    """Out-of-memory recovery."""
-    prediction: PredictionConfig = field(default_factory=PredictionConfig)
-    """The planner's prediction, kept to compare with the measured memory."""
-    notify: NotifyConfig = field(default_factory=NotifyConfig)
-    """Alerts for unattended runs."""
-    debug: DebugConfig = field(default_factory=DebugConfig)
-    """Fault injection for tests."""
-    name: str | None = None
-    """Run name (the run directory's name); `None` to derive one."""
-    resume_from: str | None = None
-    """Checkpoint folder to resume from (set by `tuneplan resume` and OOM recovery)."""
-    version: int = CONFIG_VERSION
-
-    def validate(self) -> "RunConfig":
-        """Raise `ConfigError` on the first invalid value; return self."""
-        validate_setup(self.setup)
-        m, d, t, r = self.model, self.data, self.training, self.recovery
-        _check(bool(m.source), "model.source", m.source, "must name a model (Hub id or local folder)")
-        _check(bool(d.source), "data.source", d.source, "must name a dataset (file or Hub id)")
-        for what, text in (("model.source", m.source), ("data.source", d.source), ("name (the run folder)", self.name)):
-            if text is not None:
-                check_path(text, what)
-        from tuneplan.dataset_formats import FORMATS
-        _check(d.format == "auto" or d.format in FORMATS, "data.format", d.format,
-               f"must be auto or one of {', '.join(FORMATS)}")
-        _range(d.eval_fraction, "data.eval_fraction", 0, 1, hi_open=True)
-        _count(d.max_samples, "data.max_samples")
-        _check(d.overlong in OVERLONG, "data.overlong", d.overlong, f"must be one of {', '.join(OVERLONG)}")
-        _range(t.learning_rate, "training.learning_rate", 0, None, lo_open=True)
-        _check(t.learning_rate <= MAX_LEARNING_RATE, "training.learning_rate", t.learning_rate,
-               f"must be at most {MAX_LEARNING_RATE:g}")
-        _check(t.lr_scheduler in SCHEDULERS, "training.lr_scheduler", t.lr_scheduler,
-               f"must be one of {', '.join(SCHEDULERS)}")
-        _range(t.warmup_ratio, "training.warmup_ratio", 0, 1, hi_open=True)
-        _range(t.epochs, "training.epochs", 0, None, lo_open=True)
-        _check(t.epochs <= MAX_EPOCHS, "training.epochs", t.epochs, f"must be at most {MAX_EPOCHS:g}")
-        _count(t.max_steps, "training.max_steps")
-        _range(t.weight_decay, "training.weight_decay", 0, None)
-        _range(t.max_grad_norm, "training.max_grad_norm", 0, None)
-        _count(t.seed, "training.seed", lo=0, hi=MAX_SEED)
-        _count(t.logging_steps, "training.logging_steps")
-        _count(t.eval_steps, "training.eval_steps")
-        _count(t.save_steps, "training.save_steps")
-        _count(t.save_total_limit, "training.save_total_limit")
-        _count(t.eval_batch, "training.eval_batch")
-        if t.save_every is not None:
-            from tuneplan.durations import parse_duration
-
-            try:
-                parse_duration(t.save_every)
-            except ValueError as exc:
-                raise ConfigError(f"training.save_every {exc}") from None
-        _check(t.report_to in TRACKERS, "training.report_to", t.report_to, f"must be one of {', '.join(TRACKERS)}")
-        _count(r.max_retries, "recovery.max_retries", lo=0)
-        n = self.notify
-        problem = notify_url_problem(n.url) if n.url else None
-        # shown without what sits before an '@' (a password is never echoed)
-        shown = re.sub(r"//[^/@]*@", "//***@", n.url) if n.url else n.url
-        _check(problem is None, "notify.url", shown, problem or "")
-        _range(n.stall_minutes, "notify.stall_minutes", 0, None, lo_open=True)
-        g = self.debug
-        for name in ("step_sleep_seconds", "save_sleep_seconds"):
-            value = getattr(g, name)
-            _range(value, f"debug.{name}", 0, None)
-            _check(value <= 3600, f"debug.{name}", value, "must be at most 3600")
-        _count(g.oom_at_step, "debug.oom_at_step")
-        _count(g.oom_micro_batch_above, "debug.oom_micro_batch_above", lo=0)
-        _count(g.oom_eval_batch_above, "debug.oom_eval_batch_above", lo=0)
-        _count(g.poison_at_step, "debug.poison_at_step")
-        return self
-
-    def effective_batch(self) -> int:
-        return self.setup.effective_batch()
-
-    def save_every_seconds(self) -> float | None:
-        """`training.save_every` in seconds (None: checkpoints by steps only)."""
-        from tuneplan.durations import parse_duration
-
-        return parse_duration(self.training.save_every) if self.training.save_every is not None else None
-
-    def checkpoint_warning(self, max_steps: int | None) -> str | None:
-        """A warning when the step schedule leaves no checkpoint before the end of a run of
-        `max_steps` optimizer steps and no time-based one is asked for: a crash or a preempted
-        machine would lose the whole run."""
-        t = self.training
-        if max_steps is None or t.save_every is not None or t.save_steps < max_steps:
-            return None
-        return (f"no checkpoint before the end: training.save_steps ({t.save_steps}) >= the run's {max_steps} steps, "
-                f"so a crash or a preempted machine loses the whole run; lower --save-steps or add --save-every 30m")
-
-
-def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:
-    """Raise `ConfigError` naming the first invalid knob of a `TrainSetup` (each knob's rule
-    is in `tuneplan.knobs`)."""
-    _validate_knobs(s, prefix, error=ConfigError)
 
 
 NOTIFY_SCHEMES = ("http", "https", "ntfy+http", "ntfy+https")
@@ -308,6 +94,200 @@ def notify_url_problem(url: str) -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class ModelConfig:
+    source: str = ""
+    """Catalog name, Hub id (`org/name`) or local folder holding `config.json` and weights."""
+    revision: str | None = None
+    """Hub revision (branch, tag or commit); `None` for the default branch."""
+    trust_remote_code: bool = False
+    """Run Python code shipped with the model. Off unless the user asks."""
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    source: str = ""
+    """Local JSONL/JSON/CSV/Parquet file, or a Hub dataset id."""
+    split: str = "train"
+    """Split of a Hub dataset (local files have one split)."""
+    format: str = "auto"
+    """`auto` (detect from the columns) or one of `dataset_formats.FORMATS`."""
+    eval_fraction: float = setting(0.0, NUMBER, lo=0, hi=1, hi_open=True, flag="--eval-fraction", order=5,
+                                   help="share of rows held out for the eval loss")
+    """Share of the rows held out for the eval loss (0 for none)."""
+    max_samples: int | None = setting(None, COUNT, flag="--max-samples", order=11, help="use only the first N rows")
+    """Use only the first N rows (`None` for all)."""
+    overlong: str = setting("truncate", CHOICE, choices=OVERLONG, flag="--overlong", order=12,
+                            help="samples longer than --seq-len")
+    """Samples longer than the sequence length: `truncate` them or `drop` them (counted in events)."""
+    completion_only_loss: bool = True
+    """Chat and prompt/completion data: loss on the completion tokens only."""
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """The hyperparameters: each field is a setting (`tuneplan.settings`): its flag, rule and help."""
+
+    learning_rate: float = setting(2e-4, NUMBER, lo=0, lo_open=True, at_most=MAX_LEARNING_RATE, flag="--lr",
+                                   order=3, help="peak learning rate", review="learning rate", review_row=3,
+                                   review_help="learning rate: peak, after warmup (cosine schedule)")
+    """Peak learning rate."""
+    lr_scheduler: str = setting("cosine", CHOICE, choices=SCHEDULERS)
+    """`cosine`, `linear`, `constant` or `constant_with_warmup`."""
+    warmup_ratio: float = setting(0.03, NUMBER, lo=0, hi=1, hi_open=True, flag="--warmup-ratio", order=4)
+    """Share of the optimizer steps spent warming up the learning rate."""
+    epochs: float = setting(1.0, NUMBER, lo=0, lo_open=True, at_most=MAX_EPOCHS, flag="--epochs", order=1,
+                            review="epochs", review_row=1,
+                            review_help="epochs: passes over the dataset (ignored when max steps is set)")
+    """Passes over the training rows (ignored when `max_steps` is set)."""
+    max_steps: int | None = setting(None, COUNT, flag="--max-steps", order=2, review="max steps", review_row=2,
+                                    review_empty="(epochs)",
+                                    review_help="max steps: optimizer steps to run (empty: run the epochs)")
+    """Optimizer steps to run; `None` to run `epochs` passes."""
+    weight_decay: float = setting(0.0, NUMBER, lo=0)
+    max_grad_norm: float = setting(1.0, NUMBER, lo=0, flag="--max-grad-norm", order=4, help="gradient clipping norm (0: off)")
+    """Gradient clipping norm (0 to disable)."""
+    seed: int = setting(42, COUNT, lo=0, hi=MAX_SEED, flag="--seed", order=10)
+    logging_steps: int = setting(1, COUNT, flag="--logging-steps", order=9)
+    """Optimizer steps between `log` events."""
+    eval_steps: int | None = setting(None, COUNT)
+    """Optimizer steps between eval losses (`None`: at the end of each epoch)."""
+    save_steps: int = setting(100, COUNT, flag="--save-steps", order=6, help="optimizer steps between checkpoints")
+    """Optimizer steps between checkpoints."""
+    save_every: str | None = setting(None, DURATION, flag="--save-every", metavar="DURATION", order=7,
+                                     help="also checkpoint whenever this much time has passed, e.g. 30m, 1h "
+                                          "(spot instances)")
+    """Wall-clock time between checkpoints as well (`"30m"`, `"1h"`, `"90s"`; `tuneplan.durations`),
+    for machines that can vanish (spot instances); `None`: steps only."""
+    eval_batch: int | None = setting(None, COUNT)
+    """Micro-batch of the eval loss (`None`: the training micro-batch); OOM recovery lowers
+    this, never the training micro-batch, when evaluation runs out of memory."""
+    save_total_limit: int = setting(2, COUNT, flag="--save-total-limit", order=8, help="checkpoints kept")
+    """Checkpoints kept (the oldest are deleted)."""
+    report_to: str = setting("none", CHOICE, choices=tuple(TRACKERS), flag="--report-to", order=15,
+                             help="experiment tracker the trainer logs to (default none; "
+                                  "docs/tracking-and-alerts.md)", review="tracking", review_row=5,
+                             review_help="tracking: Left/Right picks the tracker the trainer logs to (its package "
+                                         "must be installed)")
+    """Experiment tracker the trainer logs to (its own `report_to`): one of `TRACKERS`."""
+
+
+@dataclass(frozen=True)
+class RecoveryConfig:
+    max_retries: int = setting(3, COUNT, lo=0, flag="--max-retries", order=13,
+                               help="out-of-memory re-plans allowed (default 3)")
+    """Out-of-memory restarts allowed, each with a smaller configuration."""
+    allow_qlora: bool = setting(False, SWITCH, flag="--allow-qlora", order=14,
+                                help="let OOM recovery switch a LoRA run to QLoRA")
+    """Whether OOM recovery may switch a LoRA run to QLoRA (changes the result's quality)."""
+
+
+@dataclass(frozen=True)
+class PredictionConfig:
+    torch_peak_bytes: int | None = None
+    """The planner's `max_memory_allocated` prediction for the second optimizer step, in bytes."""
+    device_bytes: int | None = None
+    """The planner's nvidia-smi-level prediction, in bytes."""
+
+
+@dataclass(frozen=True)
+class NotifyConfig:
+    url: str | None = setting(None, URL, rule=notify_url_problem, flag="--notify", metavar="URL", group="alerts", order=16,
+                              help="webhook (JSON POST) or ntfy topic URL for done, failed, crashed, stalled, NaN "
+                                   "and re-plan alerts (default: the user config's; `off` for none)")
+    """Where alerts go: a webhook (JSON POST) or an ntfy-style topic URL (plain text);
+    `None` or empty: no alerts. `tuneplan/services/notify.py` sends them."""
+    stall_minutes: float = setting(10.0, NUMBER, lo=0, lo_open=True, flag="--stall-minutes", metavar="M",
+                                   group="alerts", order=17, help="alert when no step for this long (default 10)")
+    """Alert when a training run makes no optimizer step for this long."""
+
+
+@dataclass(frozen=True)
+class DebugConfig:
+    oom_at_step: int | None = setting(None, COUNT)
+    """Fault injection: raise an out-of-memory error at this optimizer step (tests)."""
+    oom_micro_batch_above: int | None = setting(None, COUNT, lo=0)
+    """Fault injection: with `oom_at_step`, only while the micro-batch exceeds this
+    (so a re-planned run with a smaller micro-batch gets past it)."""
+    step_sleep_seconds: float = setting(0.0, NUMBER, lo=0, at_most=3600)
+    """Slow every optimizer step down by this much (tests of stop/save/resume)."""
+    poison_at_step: int | None = setting(None, COUNT)
+    """Fault injection: fill the trainable weights with NaN after this optimizer step, so the
+    next loss is not finite (tests of the non-finite stop)."""
+    save_sleep_seconds: float = setting(0.0, NUMBER, lo=0, at_most=3600)
+    """Pause every save between writing its files and publishing them (tests of a kill during
+    a save)."""
+    oom_eval_batch_above: int | None = setting(None, COUNT, lo=0)
+    """Fault injection: raise an out-of-memory error during evaluation while the eval
+    micro-batch exceeds this."""
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    """What to fine-tune."""
+    data: DataConfig = field(default_factory=DataConfig)
+    """What to train on."""
+    setup: TrainSetup = field(default_factory=TrainSetup)
+    """Every knob the planner decides (method, LoRA, batch, sequence length, ...)."""
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+    """Hyperparameters."""
+    recovery: RecoveryConfig = field(default_factory=RecoveryConfig)
+    """Out-of-memory recovery."""
+    prediction: PredictionConfig = field(default_factory=PredictionConfig)
+    """The planner's prediction, kept to compare with the measured memory."""
+    notify: NotifyConfig = field(default_factory=NotifyConfig)
+    """Alerts for unattended runs."""
+    debug: DebugConfig = field(default_factory=DebugConfig)
+    """Fault injection for tests."""
+    name: str | None = None
+    """Run name (the run directory's name); `None` to derive one."""
+    resume_from: str | None = None
+    """Checkpoint folder to resume from (set by `tuneplan resume` and OOM recovery)."""
+    version: int = CONFIG_VERSION
+
+    def validate(self) -> "RunConfig":
+        """Raise `ConfigError` on the first invalid value; return self."""
+        validate_setup(self.setup)
+        m, d = self.model, self.data
+        _check(bool(m.source), "model.source", m.source, "must name a model (Hub id or local folder)")
+        _check(bool(d.source), "data.source", d.source, "must name a dataset (file or Hub id)")
+        for what, text in (("model.source", m.source), ("data.source", d.source), ("name (the run folder)", self.name)):
+            if text is not None:
+                check_path(text, what)
+        from tuneplan.dataset_formats import FORMATS
+        _check(d.format == "auto" or d.format in FORMATS, "data.format", d.format,
+               f"must be auto or one of {', '.join(FORMATS)}")
+        for section in SETTING_SECTIONS:  # every run setting's rule, as declared (`tuneplan.settings`)
+            check_settings(getattr(self, section), SETTINGS_OF[section], ConfigError)
+        return self
+
+    def effective_batch(self) -> int:
+        return self.setup.effective_batch()
+
+    def save_every_seconds(self) -> float | None:
+        """`training.save_every` in seconds (None: checkpoints by steps only)."""
+        from tuneplan.durations import parse_duration
+
+        return parse_duration(self.training.save_every) if self.training.save_every is not None else None
+
+    def checkpoint_warning(self, max_steps: int | None) -> str | None:
+        """A warning when the step schedule leaves no checkpoint before the end of a run of
+        `max_steps` optimizer steps and no time-based one is asked for: a crash or a preempted
+        machine would lose the whole run."""
+        t = self.training
+        if max_steps is None or t.save_every is not None or t.save_steps < max_steps:
+            return None
+        return (f"no checkpoint before the end: training.save_steps ({t.save_steps}) >= the run's {max_steps} steps, "
+                f"so a crash or a preempted machine loses the whole run; lower --save-steps or add --save-every 30m")
+
+
+def validate_setup(s: TrainSetup, prefix: str = "setup") -> None:
+    """Raise `ConfigError` naming the first invalid knob of a `TrainSetup` (each knob's rule
+    is in `tuneplan.knobs`)."""
+    _validate_knobs(s, prefix, error=ConfigError)
+
+
 def _check(ok: bool, name: str, value: Any, rule: str) -> None:
     if not ok:
         raise ConfigError(f"{name} {rule} (got {_shown(value)})")
@@ -318,25 +298,13 @@ def _shown(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _count(value: Any, name: str, *, lo: int = 1, hi: int = MAX_COUNT) -> None:
-    """A whole number in [lo, hi], or None (not set)."""
-    if value is None:
-        return
-    _check(isinstance(value, int) and not isinstance(value, bool), name, value, "must be a whole number")
-    _check(value >= lo, name, value, "must be > 0" if lo == 1 else f"must be >= {lo}")
-    _check(value <= hi, name, value, f"must be at most {hi}")
-
-
-def _range(value: Any, name: str, lo: float, hi: float | None, *, lo_open: bool = False,
-           hi_open: bool = False) -> None:
-    """A finite number with lo < or <= value < or <= hi (hi None: no upper bound)."""
-    _check(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value), name, value,
-           "must be a finite number")
-    left, right = "(" if lo_open else "[", ")" if hi_open else "]"
-    rule = (f"must be {'>' if lo_open else '>='} {lo:g}" if hi is None
-            else f"must be in {left}{lo:g}, {hi:g}{right}")
-    ok = (value > lo if lo_open else value >= lo) and (hi is None or (value < hi if hi_open else value <= hi))
-    _check(ok, name, value, rule)
+SETTING_SECTIONS = ("data", "training", "recovery", "notify", "debug")
+"""The config tables whose fields carry run settings (`tuneplan.settings`)."""
+SETTINGS_OF = {"data": declared("data", DataConfig), "training": declared("training", TrainingConfig),
+               "recovery": declared("recovery", RecoveryConfig), "notify": declared("notify", NotifyConfig),
+               "debug": declared("debug", DebugConfig)}
+SETTINGS = tuple(s for section in SETTING_SECTIONS for s in SETTINGS_OF[section])
+"""Every run setting: its config key and rule, and `tuneplan train`'s flag where it has one."""
 
 
 # --- TOML -------------------------------------------------------------------------------------
@@ -546,6 +514,6 @@ def with_setup(config: RunConfig, **changes: Any) -> RunConfig:
 
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "TrainingConfig", "RecoveryConfig", "PredictionConfig",
-    "NotifyConfig", "DebugConfig", "TRACKERS", "RunConfig", "config_from_dict", "config_to_dict", "load_config", "save_config",
+    "NotifyConfig", "DebugConfig", "TRACKERS", "RunConfig", "SETTINGS", "SETTINGS_OF", "config_from_dict", "config_to_dict", "load_config", "save_config",
     "dump_config", "read_toml", "validate_setup", "with_setup",
 ]

@@ -24,7 +24,8 @@ class NonFiniteTraining(UserError):
 
 
 NON_FINITE_PREFIX = "non-finite"
-"""How the error of such a run starts in `status.json`, so export and presets can refuse it."""
+"""How the error of such a run starts in `status.json` (its words; readers decide on
+`status.failure`, `events.Failure.NON_FINITE`)."""
 
 
 NAME_MAX = 255

@@ -36,6 +36,11 @@ Every event has `kind` and `time` (unix seconds). Kinds:
 Unknown keys are kept; readers ignore kinds they do not know. Files are strict JSON: a number
 that is not finite (a NaN loss) is written as null (`strict_json`).
 
+In code each kind is a small frozen dataclass (`PhaseEvent`, `LogEvent`, ... below): writers build
+one and `append_event` serialises it to the line above; `parse_event` (and `EventTail`,
+`read_events`) turn a line back into one, checking every known field's type. Each has one
+`describe()`, the line that `tuneplan train --foreground`, the dashboard and the alerts show.
+
 Control files a user command drops into the run directory (the training process polls them
 once per optimizer step): `save.request` (checkpoint at the next step, then delete the file),
 `stop.request` (checkpoint and stop; written by `tuneplan stop` next to its SIGTERM, so a
@@ -57,9 +62,14 @@ import math
 import os
 import re
 import time
-from dataclasses import asdict, dataclass, field
+import types
+import typing
+from dataclasses import asdict, dataclass, field, fields
+from enum import Enum
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, ClassVar, Iterator
+
+from tuneplan.errors import NON_FINITE_PREFIX
 
 from tuneplan.files import EVENTS_TAIL_BYTES, STATUS_MAX_BYTES, open_append, open_binary, open_regular, read_bounded, read_head
 
@@ -99,11 +109,6 @@ def dumps(value: Any, **kwargs: Any) -> str:
     return json.dumps(strict_json(value), allow_nan=False, **kwargs)
 
 
-def make_event(kind: str, **fields: Any) -> dict[str, Any]:
-    """A new event dict with `kind` and `time` (unix seconds, to the millisecond) set."""
-    return {"kind": kind, "time": round(time.time(), 3), **fields}
-
-
 MEASURED_FIELDS = ("tokens_per_second", "samples_per_second", "elapsed_seconds", "eta_seconds")
 """Timings: wall-clock measurements that vary by more than a percent from step to step."""
 
@@ -124,11 +129,362 @@ def compact(fields: dict[str, Any], digits: int = 7, measured_digits: int = 4) -
     return out
 
 
-def append_event(run_dir: Path, event: dict[str, Any]) -> None:
+# --- typed events --------------------------------------------------------------------------------
+
+class MalformedEvent(ValueError):
+    """An event of a known kind with a field of the wrong type (one line: which field)."""
+
+
+def _fmt(v: float | int | None, spec: str) -> str:
+    """A number from an event (`None` or not finite: `not finite`, the strict-JSON null)."""
+    if v is None or (isinstance(v, float) and not math.isfinite(v)):
+        return "not finite"
+    return format(v, spec)
+
+
+def _gib(v: int | None) -> str:
+    from planner.gpus import format_gib
+
+    return format_gib(v, 2)
+
+
+@dataclass(frozen=True, kw_only=True)
+class Event:
+    """One line of `events.jsonl`. `time` is unix seconds (None when a line has none); `extra`
+    keeps the keys this version does not know, so a line read and written again loses nothing."""
+
+    KIND: ClassVar[str] = ""
+    time: float | None = field(default_factory=lambda: round(time.time(), 3))
+    extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    @property
+    def kind(self) -> str:
+        return self.KIND
+
+    def describe(self) -> str | None:
+        """The one line people read about this event (None: nothing to say)."""
+        return None
+
+    def is_detail(self) -> bool:
+        """A detail the full record shows (the dashboard's event list) and a progress stream
+        (`train --foreground`, `demo`) leaves out: informational messages, where the run trains,
+        per-rank memory."""
+        return False
+
+    def to_dict(self) -> dict[str, Any]:
+        """The JSON object of its line: `kind`, `time`, the fields that are set (None is left
+        out: readers treat a missing key as unknown), then the kept unknown keys."""
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            if f.name == "extra":
+                continue
+            value = getattr(self, f.name)
+            if value is not None:
+                out[f.name] = value
+        out.update(self.extra)
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class PhaseEvent(Event):
+    KIND: ClassVar[str] = "phase"
+    phase: str
+    """One of PHASES."""
+    message: str | None = None
+
+    def describe(self) -> str:
+        return f"[{self.phase}]" + (f": {self.message}" if self.message else "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class LogEvent(Event):
+    """Training metrics at a logging step. `loss`/`grad_norm` None (null in the file): not a
+    finite number (the run stops on it)."""
+
+    KIND: ClassVar[str] = "log"
+    step: int | None = None
+    max_steps: int | None = None
+    epoch: float | None = None
+    num_epochs: float | None = None
+    loss: float | None = None
+    learning_rate: float | None = None
+    grad_norm: float | None = None
+    tokens_per_second: float | None = None
+    samples_per_second: float | None = None
+    elapsed_seconds: float | None = None
+    eta_seconds: float | None = None
+    torch_allocated_peak_bytes: int | None = None
+    """torch.cuda.max_memory_allocated, in bytes (CUDA runs)."""
+    torch_reserved_peak_bytes: int | None = None
+    rank: int | None = None
+
+    def describe(self) -> str:
+        parts = [f"step {self.step}/{self.max_steps}", f"loss {_fmt(self.loss, '.4f')}"]
+        if self.tokens_per_second:
+            parts.append(f"{self.tokens_per_second:.0f} tok/s")
+        if self.eta_seconds is not None:
+            parts.append(f"eta {self.eta_seconds:.0f}s")
+        return ", ".join(parts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class EvalEvent(Event):
+    KIND: ClassVar[str] = "eval"
+    step: int | None = None
+    eval_loss: float | None = None
+
+    def describe(self) -> str:
+        return f"eval loss {_fmt(self.eval_loss, '.4f')} at step {self.step}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryProbeEvent(Event):
+    """Measured vs predicted after the second optimizer step (bytes)."""
+
+    KIND: ClassVar[str] = "memory_probe"
+    step: int | None = None
+    device: str | None = None
+    """`cuda` or `cpu`."""
+    torch_peak_bytes: int | None = None
+    torch_reserved_bytes: int | None = None
+    process_bytes: int | None = None
+    """This process's nvidia-smi memory (NVML; None where NVML does not list it)."""
+    rss_peak_bytes: int | None = None
+    """CPU runs: the process's peak resident memory (host memory, no GPU)."""
+    predicted_torch_peak_bytes: int | None = None
+    predicted_device_bytes: int | None = None
+    rank: int | None = None
+
+    def describe(self) -> str:
+        if self.device == "cpu":
+            return f"memory: CPU RSS peak {_gib(self.rss_peak_bytes)} (host memory; no GPU)"
+        return (f"memory: measured peak {_gib(self.torch_peak_bytes)}, "
+                f"predicted {_gib(self.predicted_torch_peak_bytes)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class MemoryEvent(Event):
+    """One rank's memory at a logging step (several GPUs; each rank writes its own), bytes."""
+
+    KIND: ClassVar[str] = "memory"
+    step: int | None = None
+    rank: int | None = None
+    local_rank: int | None = None
+    device: str | None = None
+    """`cuda:N` or `cpu`."""
+    torch_allocated_peak_bytes: int | None = None
+    torch_reserved_peak_bytes: int | None = None
+    rss_bytes: int | None = None
+
+    def is_detail(self) -> bool:
+        return True
+
+    def describe(self) -> str:
+        if self.rss_bytes is not None or self.torch_allocated_peak_bytes is None:
+            return f"memory of rank {self.rank} ({self.device}) at step {self.step}: RSS {_gib(self.rss_bytes)}"
+        return (f"memory of rank {self.rank} ({self.device}) at step {self.step}: peak "
+                f"{_gib(self.torch_allocated_peak_bytes)}, reserved {_gib(self.torch_reserved_peak_bytes)}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class CheckpointEvent(Event):
+    KIND: ClassVar[str] = "checkpoint"
+    step: int | None = None
+    path: str | None = None
+
+    def describe(self) -> str:
+        return f"checkpoint {Path(self.path or '').name} (step {self.step})"
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataEvent(Event):
+    """Dataset facts. `multi_turn`: conversations with several assistant turns;
+    `every_assistant_turn`: whether all of them are trained (else the last one)."""
+
+    KIND: ClassVar[str] = "data"
+    examples: int | None = None
+    dropped_too_long: int | None = None
+    truncated: int | None = None
+    format: str | None = None
+    train_examples: int | None = None
+    eval_examples: int | None = None
+    multi_turn: int | None = None
+    every_assistant_turn: bool | None = None
+
+    def describe(self) -> str:
+        parts = [f"{self.examples} examples ({self.format})"]
+        if self.train_examples is not None:
+            parts.append(f"{self.train_examples} train, {self.eval_examples or 0} eval")
+        parts.append(f"{self.dropped_too_long or 0} dropped as too long, {self.truncated or 0} truncated")
+        return "data: " + "; ".join(parts)
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReplanEvent(Event):
+    """An out-of-memory recovery: `changes` maps a knob to [old, new]; the effective batch is
+    kept by design; `resume_from` is the checkpoint path (None: from the start)."""
+
+    KIND: ClassVar[str] = "replan"
+    attempt: int | None = None
+    reason: str | None = None
+    changes: dict[str, Any] = field(default_factory=dict)
+    effective_batch: int | None = None
+    resume_from: str | None = None
+
+    def change_text(self) -> str:
+        """`micro_batch 4 -> 2, grad_accum 1 -> 2` (pairs that are not [old, new] are left out)."""
+        return ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in self.changes.items()
+                         if isinstance(v, (list, tuple)) and len(v) == 2)
+
+    def describe(self) -> str:
+        line = f"[replan {self.attempt}] {self.reason or 'out of memory'}"
+        if self.changes:
+            line += f": {self.change_text()}"
+        if self.effective_batch is not None:
+            line += f"; effective batch {self.effective_batch} kept"
+        return line + f"; resuming from {Path(self.resume_from).name if self.resume_from else 'the start'}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class MessageEvent(Event):
+    """Free text for the log tail; `level` is info, warning or error."""
+
+    KIND: ClassVar[str] = "message"
+    text: str
+    level: str = "info"
+    rank: int | None = None
+
+    def is_detail(self) -> bool:
+        return self.level == "info"
+
+    def describe(self) -> str:
+        return self.text if self.level == "info" else f"{self.level}: {self.text}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class EnvironmentEvent(Event):
+    """Where an attempt trains (a preset's evidence). Library versions are `<library>_version`
+    keys (kept in `extra`; `versions()` lists them)."""
+
+    KIND: ClassVar[str] = "environment"
+    device: str | None = None
+    gpu_name: str | None = None
+    gpu_memory_bytes: int | None = None
+    driver_version: str | None = None
+    cuda_version: str | None = None
+
+    @classmethod
+    def of(cls, facts: dict[str, Any]) -> "EnvironmentEvent":
+        """The event for `facts` (`runner.environment_facts()`): library versions go to `extra`."""
+        event = parse_event({"kind": cls.KIND, "time": round(time.time(), 3), **facts})
+        assert isinstance(event, cls)
+        return event
+
+    def is_detail(self) -> bool:
+        return True
+
+    def versions(self) -> dict[str, str]:
+        return {k[: -len("_version")]: str(v) for k, v in self.extra.items() if k.endswith("_version")}
+
+    def describe(self) -> str:
+        if self.gpu_name in (None, "cpu"):
+            where = "the CPU"
+        else:
+            where = f"{self.gpu_name} ({_gib(self.gpu_memory_bytes)})"
+            where += "".join(f", {k} {v}" for k, v in (("driver", self.driver_version), ("CUDA", self.cuda_version)) if v)
+        torch = self.versions().get("torch")
+        return f"training on {where}" + (f", torch {torch}" if torch else "")
+
+
+@dataclass(frozen=True, kw_only=True)
+class OtherEvent(Event):
+    """A kind this version does not know (a newer writer): kept, never described."""
+
+    name: str = ""
+
+    @property
+    def kind(self) -> str:
+        return self.name
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.name, **({"time": self.time} if self.time is not None else {}), **self.extra}
+
+
+EVENT_TYPES: dict[str, type[Event]] = {cls.KIND: cls for cls in (
+    PhaseEvent, LogEvent, EvalEvent, MemoryProbeEvent, MemoryEvent, CheckpointEvent, DataEvent, ReplanEvent,
+    MessageEvent, EnvironmentEvent)}
+"""Every kind this version writes and reads, by its `kind` string."""
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _num(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
+_CHECK_OF_TYPE: dict[Any, Callable[[Any], bool]] = {
+    int: _int, float: _num, str: lambda v: isinstance(v, str), bool: lambda v: isinstance(v, bool),
+    dict: lambda v: isinstance(v, dict), list: lambda v: isinstance(v, list),
+}
+
+
+def _field_checks(cls: type[Event]) -> dict[str, Callable[[Any], bool]]:
+    """Field name -> a check of its JSON value, from the dataclass's annotations (None is
+    always accepted: an unknown value)."""
+    hints = typing.get_type_hints(cls)
+    checks = {}
+    for f in fields(cls):
+        if f.name == "extra":
+            continue
+        tp = hints[f.name]
+        if typing.get_origin(tp) in (typing.Union, types.UnionType):
+            tp = next(a for a in typing.get_args(tp) if a is not type(None))
+        checks[f.name] = _CHECK_OF_TYPE[typing.get_origin(tp) or tp]
+    return checks
+
+
+_FIELD_CHECKS = {kind: _field_checks(cls) for kind, cls in EVENT_TYPES.items()}
+
+
+def parse_event(data: Any) -> Event | None:
+    """The typed event of one parsed line; None for a line that is not a JSON object. A known
+    kind with a field of the wrong type raises `MalformedEvent`; an unknown kind is an
+    `OtherEvent` (readers skip it)."""
+    if not isinstance(data, dict):
+        return None
+    kind = data.get("kind")
+    cls = EVENT_TYPES.get(kind) if isinstance(kind, str) else None
+    when = data.get("time")
+    when = when if _num(when) else None
+    if cls is None:
+        return OtherEvent(name=str(kind), time=when,
+                          extra={k: v for k, v in data.items() if k not in ("kind", "time")})
+    checks = _FIELD_CHECKS[cls.KIND]
+    known: dict[str, Any] = {}
+    extra: dict[str, Any] = {}
+    for key, value in data.items():
+        if key in ("kind", "time"):
+            continue
+        check = checks.get(key)
+        if check is None:
+            extra[key] = value
+        elif value is not None:
+            if not check(value):
+                raise MalformedEvent(f"{cls.KIND} event field {key} has the wrong type (got {value!r:.40})")
+            known[key] = value
+    try:
+        return cls(time=when, extra=extra, **known)
+    except TypeError:  # a required field is missing
+        raise MalformedEvent(f"{cls.KIND} event lacks a required field") from None
+
+
+def append_event(run_dir: Path, event: Event) -> None:
     """Append one event as a single line (one write call, so readers never see half a line
     from a single writer). A write the disk cuts short (ENOSPC, EFBIG) is taken back before
     the error is raised: a half line would swallow the next event appended after it."""
-    line = dumps(event, separators=(",", ":")) + "\n"
+    line = dumps(event.to_dict(), separators=(",", ":")) + "\n"
     _append_whole(Path(run_dir) / EVENTS_FILE, line.encode("utf-8"))
 
 
@@ -153,18 +509,21 @@ MAX_LINE_BYTES = 4 << 20
 
 class EventTail:
     """Incremental reader of `events.jsonl`: each `read_new()` returns only the events
-    appended since the last call (cost independent of the file's length so far)."""
+    appended since the last call (cost independent of the file's length so far), typed.
+    Lines that are not JSON objects are passed over; events of a known kind with a field of
+    the wrong type are counted in `malformed` and passed over too."""
 
     def __init__(self, run_dir: Path):
         self.path = Path(run_dir) / EVENTS_FILE
         self._offset = 0
         self._partial = b""
         self._skipping = False
+        self.malformed = 0
 
-    def read_new(self) -> list[dict[str, Any]]:
+    def read_new(self) -> list[Event]:
         return list(self.iter_new())
 
-    def iter_new(self, chunk_bytes: int = 1 << 20) -> Iterator[dict[str, Any]]:
+    def iter_new(self, chunk_bytes: int = 1 << 20) -> Iterator[Event]:
         """The new events one at a time, reading `chunk_bytes` at a time: memory stays bounded
         by the chunk, not by the file (a long run's events.jsonl holds hundreds of MB)."""
         try:
@@ -190,14 +549,56 @@ class EventTail:
                     if not raw.strip():
                         continue
                     try:
-                        yield json.loads(raw)
+                        event = parse_event(json.loads(raw))
+                    except MalformedEvent:
+                        self.malformed += 1
+                        continue
                     except (ValueError, RecursionError):  # not JSON, not UTF-8, or absurdly nested
                         continue
+                    if event is not None:
+                        yield event
 
 
-def read_events(run_dir: Path) -> Iterator[dict[str, Any]]:
+def read_events(run_dir: Path) -> Iterator[Event]:
     """All complete events of a run, in order."""
     yield from EventTail(run_dir).iter_new()
+
+
+class Failure(str, Enum):
+    """Why a run failed, as a type: `status.json`'s `failure` (the words for people are in
+    `error`). The supervisor, `export` and the alerts decide on this, never on the error's text."""
+
+    OUT_OF_MEMORY = "out_of_memory"
+    """A training step ran out of memory: the supervisor re-plans (`training/recovery.py`)."""
+    OUT_OF_MEMORY_EVAL = "out_of_memory_eval"
+    """Evaluation ran out of memory: the supervisor lowers the eval batch only."""
+    NON_FINITE = "non_finite"
+    """The loss or gradient norm stopped being a finite number: the weights are lost."""
+    BAD_INPUT = "bad_input"
+    """Something the user can fix (a `UserError` in the training process)."""
+    DISK = "disk"
+    """The disk refused a write (ENOSPC, EROFS, EFBIG, EDQUOT)."""
+    ERROR = "error"
+    """An exception in the training process (a library failure or a bug; traceback in train.log)."""
+    DIED = "died"
+    """The training process ended without saying why (killed, segfault), or never started."""
+
+    @property
+    def out_of_memory(self) -> bool:
+        return self in (Failure.OUT_OF_MEMORY, Failure.OUT_OF_MEMORY_EVAL)
+
+
+def _legacy_failure(error: str) -> Failure | None:
+    """The failure of a status.json written before `failure` existed, from its error's words
+    (the only place they are read): `out of memory while evaluating ...`, `out of memory ...`,
+    `non-finite ...`; None for any other text."""
+    if error.startswith("out of memory while evaluating"):
+        return Failure.OUT_OF_MEMORY_EVAL
+    if error.startswith("out of memory"):
+        return Failure.OUT_OF_MEMORY
+    if error.startswith(NON_FINITE_PREFIX):
+        return Failure.NON_FINITE
+    return None
 
 
 @dataclass
@@ -224,9 +625,20 @@ class Status:
     processes: list[dict[str, Any]] = field(default_factory=list)
     """One `tuneplan.run_process.process_record` per pid: start time and command line, so a
     reused pid is never taken for the run's process."""
+    failure: Failure | None = None
+    """Why the run failed (with `error`, its words); None while it has not."""
+
+    def fail(self, failure: Failure, error: str) -> None:
+        """Record a failure: its type and its one line for people."""
+        self.failure, self.error = failure, error
+
+    def clear_failure(self) -> None:
+        self.failure, self.error = None, None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        data["failure"] = self.failure.value if self.failure is not None else None
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Status":
@@ -241,19 +653,19 @@ class Status:
                 raise StatusUnreadable(f"{STATUS_FILE} field {key} has the wrong type (got {value!r:.40})")
         if "phase" in known and known["phase"] not in PHASES:
             raise StatusUnreadable(f"{STATUS_FILE} phase {known['phase']!r:.40} is not one of {', '.join(PHASES)}")
+        if known.get("failure") is not None:
+            try:
+                known["failure"] = Failure(known["failure"])
+            except ValueError:
+                raise StatusUnreadable(f"{STATUS_FILE} failure {known['failure']!r:.40} is not one of "
+                                       f"{', '.join(f.value for f in Failure)}") from None
+        elif "failure" not in known and isinstance(known.get("error"), str):  # written before `failure`
+            known["failure"] = _legacy_failure(known["error"])
         return cls(**known)
 
 
 class StatusUnreadable(ValueError):
     """`status.json` exists but cannot be understood; the message says why (one line)."""
-
-
-def _int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _num(v: Any) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool)
 
 
 def _opt(check):
@@ -268,6 +680,7 @@ _FIELD_TYPES = {
     "started_at": _opt(_num), "updated_at": _opt(_num), "schema_version": _int, "attempt": _int,
     "effective_batch": _opt(_int), "run_name": _opt(lambda v: isinstance(v, str)),
     "processes": lambda v: isinstance(v, list) and all(isinstance(x, dict) for x in v),
+    "failure": _opt(lambda v: isinstance(v, str)),
 }
 """What each `status.json` field must hold (a reader never formats a string as a number)."""
 

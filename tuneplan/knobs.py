@@ -19,13 +19,14 @@ Core layer: standard library, `planner` and `tuneplan.errors` only.
 from __future__ import annotations
 
 import argparse
-import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 from planner.setup import ALL_LINEAR, ATTENTIONS, DTYPES, METHODS, OPTIMIZERS, TrainSetup
 from tuneplan.errors import UserError
+from tuneplan.settings import COUNT as NUMBER_COUNT
+from tuneplan.settings import MAX_COUNT, NUMBER, Setting  # noqa: F401  (MAX_COUNT re-exported)
 
 AUTO = "auto"
 """A flag value meaning "the planner decides" (the same as leaving the flag out)."""
@@ -163,18 +164,10 @@ class Knob:
 
     def problem(self, value: Any) -> str | None:
         """Why `value` is not a valid config value of this knob (None: it is)."""
-        if self.kind == COUNT:
-            if not isinstance(value, int) or isinstance(value, bool):
-                return "must be a whole number"
-            if value < 1:
-                return "must be > 0"
-            if value > MAX_COUNT:
-                return f"must be at most {MAX_COUNT}"
-            return None
+        if self.kind == COUNT:  # the run settings' rules (`tuneplan.settings`), so both say the same
+            return _WHOLE.problem(value)
         if self.kind == FRACTION:
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
-                return "must be a finite number"
-            return None if 0 <= value < 1 else "must be in [0, 1)"
+            return _FRACTION.problem(value)
         if self.kind == SWITCH:
             return None if isinstance(value, bool) else "must be true or false"
         if self.kind == TARGETS:
@@ -188,9 +181,8 @@ class Knob:
         return f"must be one of {', '.join(allowed)}"
 
 
-MAX_COUNT = 2**31 - 1
-"""Largest whole number a count takes (`tuneplan.config.MAX_COUNT` re-exports it): torch and
-the tokenizers index with 32-bit ints in places."""
+_WHOLE = Setting(NUMBER_COUNT)
+_FRACTION = Setting(NUMBER, lo=0, hi=1, hi_open=True)
 
 # The registry. Its order is the order of a re-fit's list of changes and of the flags in
 # --help. Every `TrainSetup` field is a knob; how other training stacks differ (the planner's
@@ -247,7 +239,7 @@ KNOBS: tuple[Knob, ...] = (
          "attention | all-linear | q_proj,v_proj,... (default all-linear)", group=LORA, screen="LoRA targets",
          screen_row=6,
          screen_help="LoRA targets: all linear layers or attention only; Left/Right"),
-    Knob("num_gpus", "--gpus", COUNT, "GPUs", "GPUs to train on (default auto; README ## Multi-GPU)",
+    Knob("num_gpus", "--gpus", COUNT, "GPUs", "GPUs to train on (default auto; docs/multi-gpu.md)",
          group=PARALLEL),
     Knob("strategy", "--strategy", CHOICE, "GPUs", "multi-GPU strategy (default auto: DDP when a replica fits "
          "one GPU, else FSDP)", choices=("ddp", "fsdp"), file_choices=("single",), group=PARALLEL),
@@ -271,6 +263,29 @@ SCREEN_KNOBS = tuple(sorted((k for k in KNOBS if k.screen), key=lambda k: k.scre
 LORA_KNOBS = tuple(k.name for k in KNOBS if k.group == LORA)
 QLORA_KNOBS = tuple(k.name for k in KNOBS if k.group == QLORA)
 FLAGS = {k.name: k.flag for k in KNOBS}
+
+
+# -- the effective batch: the one rule that ties micro-batch and accumulation --------------------
+def effective_batch(micro_batch: int | None = None, grad_accum: int | None = None, given: int | None = None) -> int:
+    """Sequences per optimizer step (per GPU) a plan keeps constant while it trades micro-batch for
+    accumulation: `given` (`--effective-batch`, a preset's constraint); else micro-batch x
+    accumulation when both are fixed; else the planner's default (16), rounded down to a multiple
+    of a fixed accumulation (at least one micro-batch per step)."""
+    from planner.solver import DEFAULT_EFFECTIVE_BATCH
+
+    if given is not None:
+        return given
+    if micro_batch and grad_accum:
+        return micro_batch * grad_accum
+    if grad_accum and DEFAULT_EFFECTIVE_BATCH % grad_accum:
+        return grad_accum * max(1, DEFAULT_EFFECTIVE_BATCH // grad_accum)
+    return DEFAULT_EFFECTIVE_BATCH
+
+
+def accumulation(effective: int, micro_batch: int) -> int:
+    """The gradient accumulation that keeps `effective` sequences per step at `micro_batch`
+    (the nearest whole number, at least 1): a micro-batch edit moves the accumulation."""
+    return max(1, round(effective / micro_batch))
 
 
 def parse_count(text: Any, flag: str) -> int:
@@ -373,20 +388,39 @@ class PartialSetup:
         return replace(setup, **self.fixed())
 
 
+def says_something(knob: Knob, setup: TrainSetup) -> bool:
+    """Whether `knob`'s value in `setup` means anything: LoRA knobs only for LoRA/QLoRA, 4-bit
+    knobs only for QLoRA, the GPU knobs only when the setup is not one GPU's."""
+    if knob.group == LORA and setup.method == "full" or knob.group == QLORA and setup.method != "qlora":
+        return False
+    value = getattr(setup, knob.name)
+    if knob.group == PARALLEL:
+        return not (value == getattr(TrainSetup(), knob.name) or (knob.name == "strategy" and value == "single"))
+    return True
+
+
 def equivalent_flags(setup: TrainSetup) -> list[str]:
-    """The knob flags that give exactly `setup` (every knob the planner would choose is given,
-    LoRA knobs only for LoRA/QLoRA, 4-bit knobs only for QLoRA, the GPU knobs only when the
-    setup is not one GPU's)."""
+    """The knob flags that give exactly `setup`: every knob the planner would choose is given,
+    and every other knob that says something (`says_something`)."""
     parts: list[str] = []
-    defaults = TrainSetup()
     for k in KNOBS:
-        if k.group == LORA and setup.method == "full" or k.group == QLORA and setup.method != "qlora":
-            continue
-        value = getattr(setup, k.name)
-        if k.group == PARALLEL and (value == getattr(defaults, k.name) or (k.name == "strategy" and value == "single")):
-            continue
-        parts += [k.flag, k.show(value)]
+        if says_something(k, setup):
+            parts += [k.flag, k.show(getattr(setup, k.name))]
     return parts
+
+
+REFIT_SEARCHED = ("method", "seq_len")
+"""Kept by a preset re-fit, but stepped down when nothing fits (a shorter sequence, then QLoRA
+instead of LoRA, as the preset's constraints allow): the re-fit passes them itself."""
+
+
+def kept_on_refit(setup: TrainSetup, keep: Iterable[str] = ()) -> dict[str, Any]:
+    """The knobs a preset re-fit keeps fixed, knob -> the preset's value: everything but the
+    re-fitted knobs (`REFITTED`, unless listed in `keep`) and `REFIT_SEARCHED`, where the value
+    says something (`says_something`). A new knob is kept unless it is declared `refitted`."""
+    keep = set(keep)
+    return {k.name: getattr(setup, k.name) for k in KNOBS
+            if (k.name in keep or not (k.refitted or k.name in REFIT_SEARCHED)) and says_something(k, setup)}
 
 
 def validate_setup(s: TrainSetup, prefix: str = "setup", error: Callable[[str], Exception] | None = None) -> None:
@@ -403,4 +437,5 @@ def validate_setup(s: TrainSetup, prefix: str = "setup", error: Callable[[str], 
 
 __all__ = ["AUTO", "LONGEST", "KNOBS", "BY_NAME", "Knob", "PartialSetup", "RUN_KNOBS", "PLANNED", "FIXABLE", "REFITTED",
            "SHOWN", "SCREEN_KNOBS", "LORA_KNOBS", "QLORA_KNOBS", "FLAGS", "parse_targets", "targets_text", "add_flags",
+           "effective_batch", "accumulation", "says_something", "kept_on_refit", "REFIT_SEARCHED",
            "given_flags", "equivalent_flags", "validate_setup", "ALL_LINEAR"]

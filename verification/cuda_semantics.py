@@ -68,6 +68,12 @@ from the CPU one by exactly these mechanisms:
   buffer counts what torch's pinned caching host allocator takes for it: the request rounded
   up to a power of two (aten/src/ATen/core/CachingHostAllocator.h `allocate`,
   `c10::llvm::PowerOf2Ceil`).
+- `paged`: bitsandbytes' paged optimizers (`paged-adamw-8bit`, `paged-adamw-32bit`) keep the
+  state of every tensor of at least 1e5 elements in CUDA managed memory (bitsandbytes/optim/
+  optimizer.py `Optimizer8bit.get_state_buffer` -> `functional.get_paged`, cudaMallocManaged),
+  outside the caching allocator, so outside `max_memory_allocated`; on the CPU they fall back
+  to ordinary tensors. The emulation allocates them as on the CPU and moves them out of the
+  peak (`LiveTensorTracker.to_unified`, `TraceResult.unified_peak_bytes`).
 """
 
 from __future__ import annotations
@@ -80,7 +86,7 @@ from pathlib import Path
 import torch
 
 MECHANISMS = ("sdpa", "sdpa_workspace", "autocast", "dropout", "foreach", "bnb_gemm", "trl_triton", "cublas",
-              "offload")
+              "offload", "paged")
 
 # (SM count, compute capability) of the card each architecture stands for: A100, H100/H200,
 # L40S, B200, T4 (NVIDIA data sheets). Used by the CUDA rules that depend on the card.
@@ -280,6 +286,7 @@ class CudaEmulation:
         self.handles: set[str] = set()
         self.lt_handles: set[str] = set()
         self.backends: list[str] = []
+        self.tracker = None  # set by the trace: `paged` moves optimizer states out of its peak
 
     @staticmethod
     def host_nbytes(nbytes: int) -> int:
@@ -403,6 +410,16 @@ def cuda_semantics(arch: str = "hopper", mechanisms=MECHANISMS):
             # passes that point, and it is freed when its last reference goes, which is what the
             # trace counts; the binding refuses a CPU stream, so it is a no-op here
             patch(torch.Tensor, "record_stream", lambda tensor, stream: None)
+        if "paged" in on:
+            import bitsandbytes.optim.optimizer as bnb_opt
+
+            def get_state_buffer(opt, p, dtype=torch.float32):
+                buf = torch.zeros_like(p, dtype=dtype, device=p.device)
+                if opt.is_paged and p.numel() >= 1e5 and emu.tracker is not None:  # get_paged on CUDA
+                    emu.tracker.to_unified(buf)
+                return buf
+
+            patch(bnb_opt.Optimizer8bit, "get_state_buffer", get_state_buffer)
         yield emu
     finally:
         if lib is not None:

@@ -66,6 +66,9 @@ class TraceResult:
     """Named moment -> category -> creating op (e.g. `mm.default`) -> live bytes (top 12)."""
     meta: dict[str, Any] = dataclasses.field(default_factory=dict)
     """What was traced: setup, config, device, library versions."""
+    unified_peak_bytes: int = 0
+    """Max of the bytes in CUDA managed memory (bitsandbytes' paged optimizer states, CUDA
+    semantics): outside `peak_bytes`, as outside `max_memory_allocated`."""
     host_peak_bytes: int = 0
     """Max of the bytes held in host RAM by activation offloading (CUDA semantics; 0 on the
     CPU, where the offloaded copies are in the one memory and counted in `peak_bytes`)."""
@@ -91,6 +94,7 @@ def _result(tr: LiveTensorTracker, meta: dict) -> TraceResult:
         mark_ops=tr.mark_ops,
         meta=meta,
         host_peak_bytes=tr.host_peak,
+        unified_peak_bytes=tr.unified_peak,
     )
 
 
@@ -350,6 +354,8 @@ def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None =
         classify_model(tr, trainer.model)
         tr.emulation = emu
         tr.host_device = getattr(emu, "host_device", None)
+        if emu is not None:
+            emu.tracker = tr
         if tr.host_device is not None:
             tr.host_size = emu.host_nbytes
         with phase_hooks(tr, trainer, trainer.model), _fake_scalars(), _fake_packing(trainer, setup, tr), tr:

@@ -10,6 +10,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from planner.gpus import GiB, get_gpu
 from planner.solver import Hardware
 
@@ -44,6 +46,7 @@ def test_a_small_card_skips_what_it_cannot_hold_with_the_reason():
     assert by["8b-solver-choice"].status == "pending" and by["8b-solver-choice"].predicted["device_bytes"] < 24 * GiB
 
 
+@pytest.mark.slow
 def test_dry_run_prints_the_matrix_and_runs_one_tiny_case(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(ROOT), "TUNEPLAN_CACHE_DIR": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run([sys.executable, str(ROOT / "bench" / "gpu_check.py"), "--dry-run", "--results-dir",

@@ -57,14 +57,14 @@ def test_the_long_context_cases_agree_with_the_trace_within_one_percent():
     planner agree within 1% on the device peak and on the host RAM the offload holds."""
     rows = list(_grid_rows(long_context=True))
     cases = {case for case, _, _ in rows}
-    # traced so far (bench/bench_trace_cuda.py LONG_CONTEXT lists the rest: a 70B trace at 128k
-    # and the --seq-len max answers take hours of CPU on a shared machine, see its doc)
-    assert {"long:llama-3.1-8b:32768", "long:llama-3.1-8b:131072"} <= cases
-    # the chunked RMSNorm (the long-context path's norm) and transformers' norm, both traced
-    assert {row["case"] for _, est, row in rows if json.loads(row["setup"]).get("chunked_norm")} >= \
-        {"long:llama-3.1-8b:32768", "long:llama-3.1-8b:131072"}
-    assert {"long-transformers-norm:llama-3.1-8b:32768", "long-transformers-norm:llama-3.1-70b:32768"} <= cases
-    assert any(":llama-3.1-70b" in c or "plan:llama-3.1-70b@" in c for c in cases)
+    # every long-context case traced: with the chunked RMSNorm (the long-context path's norm) as
+    # `long:`, and with transformers' norm as `long-transformers-norm:` (the same cases traced before
+    # the chunked norm existed)
+    chunked = {row["case"] for _, est, row in rows if json.loads(row["setup"]).get("chunked_norm")}
+    assert {"long:llama-3.1-8b:32768", "long:llama-3.1-8b:131072", "long:llama-3.1-70b:32768"} <= chunked
+    for model in ("llama-3.1-8b", "llama-3.1-70b"):
+        for seq in (32768, 131072):
+            assert f"long-transformers-norm:{model}:{seq}" in cases
     off = []
     for case, est, row in rows:
         device = est.torch_peak_bytes / int(row["trace_peak_bytes"]) - 1

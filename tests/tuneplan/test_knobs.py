@@ -103,3 +103,16 @@ def test_the_wizard_rows_are_declared_with_their_knobs():
     assert knobs.BY_NAME["method"].screen_options()[1] == ("QLoRA 4-bit", "qlora")
     assert knobs.BY_NAME["grad_checkpointing"].screen_options() == (("on", True), ("off", False))
     assert [v for _, v in knobs.BY_NAME["lora_targets"].screen_options()] == ["all-linear", "attention"]
+
+
+def test_the_effective_batch_rule():
+    """One rule for the plan, `train`, the preset re-fit and the plan screen: given, else
+    micro-batch x accumulation, else 16 (a multiple of a fixed accumulation); a micro-batch edit
+    moves the accumulation to keep it."""
+    from tuneplan.knobs import accumulation, effective_batch
+
+    assert effective_batch() == 16 and effective_batch(given=48) == 48
+    assert effective_batch(4, 2) == 8 and effective_batch(4, 2, given=8) == 8
+    assert effective_batch(grad_accum=3) == 15 and effective_batch(grad_accum=32) == 32
+    assert effective_batch(micro_batch=5) == 16
+    assert accumulation(16, 4) == 4 and accumulation(16, 3) == 5 and accumulation(16, 64) == 1

@@ -264,8 +264,16 @@ DONE = ROOT / "tests" / "data" / "runs" / "tiny-done"
 def _tuneplan_in(runs_root: Path, *argv: str, timeout: float = 30) -> subprocess.CompletedProcess:
     """A real `tuneplan` process; a hang is a failure (timeout), not a stuck suite."""
     env = {**os.environ, "TUNEPLAN_RUNS_DIR": str(runs_root), "PYTHONPATH": str(ROOT), "HF_HUB_OFFLINE": "1"}
-    return subprocess.run([sys.executable, "-m", "tuneplan", *argv], capture_output=True, text=True, env=env,
-                          timeout=timeout)
+    command = [sys.executable, "-m", "tuneplan", *argv]
+    if argv[-1] == "--peak-rss":  # run it under a fresh parent whose only child it is, and print its peak
+        # RSS (this test process's RUSAGE_CHILDREN also counts earlier children, e.g. training runs)
+        command = [sys.executable, "-c", _PEAK_RSS, *command[:-1]]
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=timeout)
+
+
+_PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]).returncode; "
+             "print('peak-rss-kib', resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=sys.stderr); "
+             "sys.exit(rc)")
 
 
 @pytest.fixture
@@ -316,7 +324,6 @@ def test_a_run_file_that_is_a_fifo_or_dev_zero_never_hangs_a_command(tmp_path, n
 
 
 def test_runs_reads_only_the_ends_of_a_2_gib_sparse_events_file(tmp_path):
-    import resource
     import shutil
 
     root = tmp_path / "runs"
@@ -325,10 +332,10 @@ def test_runs_reads_only_the_ends_of_a_2_gib_sparse_events_file(tmp_path):
     with open(run / "events.jsonl", "r+b") as f:
         f.truncate(2 << 30)  # a 2 GiB hole after the real events: no newline in it
     start = time.monotonic()
-    out = _tuneplan_in(root, "runs")
+    out = _tuneplan_in(root, "runs", "--peak-rss")
     took = time.monotonic() - start
     assert out.returncode == 0 and "r " in out.stdout and "6.160 -> " in out.stdout, out.stdout + out.stderr
-    peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss  # Linux: KiB
+    peak_kib = int(out.stderr.rsplit("peak-rss-kib ", 1)[1])  # of that process alone (Linux: KiB)
     assert peak_kib < 400 * 1024, peak_kib  # the file is 2 GiB: it was not read
     assert took < 20, took
 
@@ -336,7 +343,7 @@ def test_runs_reads_only_the_ends_of_a_2_gib_sparse_events_file(tmp_path):
 def test_run_files_are_never_written_through_a_symlink(tmp_path):
     """`resume` appends to events.jsonl and train.log: a link planted there (to a file of the
     user's elsewhere) is refused, and the target is not touched."""
-    from tuneplan.events import append_event, make_event
+    from tuneplan.events import MessageEvent, append_event
     from tuneplan.files import FileRefused
 
     run = _run_folder(tmp_path, "r", Status(phase="stopped"))
@@ -344,7 +351,7 @@ def test_run_files_are_never_written_through_a_symlink(tmp_path):
     elsewhere.write_text("export PATH=...\n")
     (run / "events.jsonl").symlink_to(elsewhere)
     with pytest.raises(FileRefused, match="symlink"):
-        append_event(run, make_event("message", text="x"))
+        append_event(run, MessageEvent(text="x"))
     assert elsewhere.read_text() == "export PATH=...\n"
     (run / "status.json").unlink()
     (run / "status.json").symlink_to(elsewhere)

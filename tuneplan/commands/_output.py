@@ -156,7 +156,7 @@ def render(outcome, width: int | None = None, given_by: str = "you", changed=())
     are the essentials (fits or not, the configuration, the memory total against the card, the
     top reason, speed); the configuration table, the breakdown and the alternatives follow."""
     from tuneplan.commands.terminal import wrap
-    from tuneplan.ui.formatting import count  # one number format for the CLI and the screens
+    from tuneplan.formatting import count  # one number format for the CLI and the screens
 
     r = outcome.result
     c = r.choice

@@ -13,24 +13,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def resolve_run_dir(run: str | None, runs_dir: str | None) -> Path:
-    """The run directory `run` names (a path, or a name under the runs root)."""
-    from tuneplan.errors import UserError, check_path
-    from tuneplan.ui.adapters import RunsAdapter
+    """The run directory `run` names (a path, or a name under the runs root; None: the newest)."""
+    from tuneplan.app import find_run
 
-    if run and Path(check_path(run, "the run name")).expanduser().is_dir():
-        return Path(run).expanduser().resolve()
-    runs = RunsAdapter(Path(runs_dir) if runs_dir else None)
-    if run:
-        return Path(runs.find(run))
-    newest = runs.newest()
-    if newest is None:
-        raise UserError(f"no runs in {runs.root()}: start one with `tuneplan` or `tuneplan train`")
-    return Path(newest)
+    return find_run(run, Path(runs_dir) if runs_dir else None)
 
 
 def run(args: argparse.Namespace) -> int:
     run_dir = resolve_run_dir(args.run, args.runs_dir)
-    from tuneplan.commands.wizard import require_terminal
+    from tuneplan.commands.terminal import require_terminal
     from tuneplan.errors import UserError
     from tuneplan.events import StatusUnreadable, load_status
 

@@ -129,13 +129,15 @@ def prepare_trial(argv: list[str]) -> tuple[Any, list[str], int]:
 
 
 def launch_trial(config: Any, root: Path) -> Path:
-    """Start one trial as a normal detached run: the one launch function of this command."""
-    from tuneplan.services import launcher
+    """Start one trial as a normal detached run (`tuneplan.app.launch`, as `train` starts one):
+    the one launch function of this command."""
+    from tuneplan.app import launch
 
-    return launcher.launch(config, runs_root=root)
+    return launch(config, runs_root=root, checked=True)[0]
 
 
 def _plan_trials(args: argparse.Namespace, methods: tuple[str, ...], root: Path) -> tuple[Path, dict[str, Any]]:
+    from tuneplan import app
     from tuneplan.commands import train
     from tuneplan.errors import UserError
     from tuneplan.services import compare as C
@@ -145,12 +147,12 @@ def _plan_trials(args: argparse.Namespace, methods: tuple[str, ...], root: Path)
     # the inputs every trial shares, checked once: bad ones are errors, not skipped trials
     first = _train_args(base + ["--method", methods[0], "--max-steps", "1"])
     config, _ = train.build(first)
-    planning.resolve(planning.PlanRequest(model=config.model.source))  # an unknown model: one line
+    app.resolve_model(config.model.source)  # an unknown model: one line
     from tuneplan.services.launcher import check_dataset
 
     check_dataset(config)  # a missing or malformed local dataset: one line
     gpus, _ = train.check_machine(first)
-    train.check_model_access(config)
+    app.check_model_access(config)
     planned: dict[str, tuple[Any, list[str]] | str] = {}
     for method in methods:
         try:

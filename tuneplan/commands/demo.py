@@ -37,8 +37,8 @@ def _say(text: str = "") -> None:
 def run(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
+    from tuneplan import app
     from tuneplan.errors import UserError
-    from tuneplan.services import launcher, paths
     from tuneplan.services import presets as P
 
     # offline, whatever the environment says: the demo needs nothing from the network
@@ -91,9 +91,8 @@ def run(args: argparse.Namespace) -> int:
         config = replace(config, setup=setup_for_this_machine(config.setup, 0)[0])
 
     # 3. a real detached run
-    root = paths.runs_root(args.runs_dir)
-    run_dir = launcher.prepare_run(replace(config, name=None), root)
-    proc = launcher.start_process(run_dir, detach=True)
+    root = app.runs_root(args.runs_dir)
+    run_dir, proc = app.launch(replace(config, name=None), runs_root=root, checked=True)
     _say(f"[4/4] run      {run_dir.name} started, detached (pid {proc.pid}): {config.training.max_steps} steps, "
          f"micro-batch {s.micro_batch} x {s.grad_accum}, sequence length {s.seq_len}")
     _say(f"               folder: {run_dir}")
@@ -105,8 +104,8 @@ def run(args: argparse.Namespace) -> int:
         from tuneplan.ui.app import create_app
         from tuneplan.ui.services import default_services
 
-        app = create_app(default_services(root if args.runs_dir else None), run_dir=run_dir)
-        result = app.run()
+        dashboard = create_app(default_services(root if args.runs_dir else None), run_dir=run_dir)
+        result = dashboard.run()
         print_detached(result)
         return _summary(run_dir, started, hint, waited=False)
     _say("               following it here (no dashboard); Ctrl-C leaves it running")
@@ -159,9 +158,9 @@ def _params(model_dir) -> str:
 
 def loss_curve(run_dir) -> list[float]:
     """The logged training losses of a run, in order."""
-    from tuneplan.events import read_events
+    from tuneplan.events import LogEvent, read_events
 
-    return [e["loss"] for e in read_events(run_dir) if e.get("kind") == "log" and isinstance(e.get("loss"), (int, float))]
+    return [e.loss for e in read_events(run_dir) if isinstance(e, LogEvent) and e.loss is not None]
 
 
 def _summary(run_dir, started: float, hint: str, *, waited: bool) -> int:
@@ -177,7 +176,7 @@ def _summary(run_dir, started: float, hint: str, *, waited: bool) -> int:
             curve = f"loss {losses[0]:.3f} -> {losses[-1]:.3f} ({trend})"
         else:  # a short run logs fewer losses than a trend needs (training.logging_steps)
             curve = f"loss {losses[-1]:.3f}" if losses else "no loss logged yet"
-        _say(f"demo: run {run_dir.name} done in {took:.0f} s: {curve} over {status.step} steps")
+        _say(f"demo: run {run_dir.name} done in {took:.0f} s: {curve} over {status.step if status else 0} steps")
         _say(f"      saved {'model' if (run_dir / 'model').is_dir() else 'adapter'}, checkpoints and events: {run_dir}")
         _say(f"      replay it: tuneplan attach {run_dir.name}{hint}    list runs: tuneplan runs{hint}")
         return 0

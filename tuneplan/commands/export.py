@@ -60,13 +60,12 @@ def run(args: argparse.Namespace) -> int:
 
         check_out_folder(Path(check_path(args.out, "--out")).expanduser())
     run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
-    from tuneplan.errors import NON_FINITE_PREFIX
-    from tuneplan.events import read_status
+    from tuneplan.events import Failure, read_status
 
     status = read_status(run_dir)
-    if status is not None and status.phase == "failed" and (status.error or "").startswith(NON_FINITE_PREFIX):
-        raise UserError(f"run {run_dir.name} failed with {status.error.split(':')[0]}: its weights are not "
-                        "numbers, there is nothing to export")
+    if status is not None and status.phase == "failed" and status.failure is Failure.NON_FINITE:
+        raise UserError(f"run {run_dir.name} failed with {(status.error or 'a non-finite loss').split(':')[0]}: its "
+                        "weights are not numbers, there is nothing to export")
     config = load_config(run_dir / CONFIG_FILE)
     name = args.name or run_dir.name.lower()
     from tuneplan.training import export_formats

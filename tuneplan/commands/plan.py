@@ -10,14 +10,14 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 AUTO = "auto"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Values are validated in run() (one-line errors, exit 2), not by argparse's choices.
-    def one_line_error(message: str) -> None:
+    def one_line_error(message: str) -> NoReturn:
         print(f"tuneplan: error: plan: {message}", file=sys.stderr)
         sys.exit(2)
 
@@ -54,79 +54,37 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     a("--preset", metavar="NAME", help="re-fit a preset to --gpu/--vram or this machine (see `tuneplan presets`)")
 
 
-# -- argument conversion (one-line UserErrors) -------------------------------------------------
-def _int(value: str | None, flag: str) -> int | None:
-    """A whole number > 0, or None when not given (one-line UserError naming `flag`)."""
-    from tuneplan.knobs import parse_count
-
-    return None if value is None else parse_count(value, flag)
-
-
-def _gpu_index(value: str | None) -> int | None:
-    """`--gpu-index`: an NVML index (0 is the first GPU), or None when not given; whether NVML
-    has that GPU is `planning.resolve_hardware`'s to say (it lists the ones it sees)."""
-    from tuneplan.errors import UserError
-
-    if value is None:
-        return None
-    try:
-        return int(value)
-    except ValueError:
-        raise UserError(f"--gpu-index must be a whole number (got {value!r})") from None
-
-
-def _float(value: str | None, flag: str, *, allow_zero: bool = False) -> float | None:
-    from tuneplan.errors import UserError
-
-    if value is None:
-        return None
-    try:
-        x = float(value)
-    except ValueError:
-        raise UserError(f"{flag} must be a number (got {value!r})") from None
-    if x < 0 or (x == 0 and not allow_zero) or x != x:
-        raise UserError(f"{flag} must be {'>=' if allow_zero else '>'} 0 (got {value})")
-    return x
+# -- argument conversion (one-line UserErrors): the readers `train` and `probe` share ----------
+from tuneplan.commands.arguments import count as _int  # noqa: E402
+from tuneplan.commands.arguments import gpu_index as _gpu_index  # noqa: E402
+from tuneplan.commands.arguments import number as _float  # noqa: E402
 
 
 def build_request(args: argparse.Namespace):
-    """argparse namespace -> PlanRequest (raises UserError on bad values)."""
-    from planner.solver import DEFAULT_SAFETY_MARGIN, DatasetStats
+    """argparse namespace -> `tuneplan.app.RunRequest` (raises UserError on bad values)."""
+    from planner.solver import DatasetStats
+    from tuneplan.app import RunRequest, parse_size
+    from tuneplan.commands.arguments import safety_margin, target
     from tuneplan.errors import UserError
     from tuneplan.knobs import PartialSetup
-    from tuneplan.services.planning import PlanRequest, parse_size
 
     if not args.model:
         raise UserError("no model given: --model NAME (a catalog name such as llama-3.1-8b, a Hub id or a folder)")
-    # every knob flag read once (`tuneplan.knobs`); the method and the GPU knobs are request fields
-    given = PartialSetup.from_args(args)
-    fixed: dict[str, Any] = given.fixed()
-    method = fixed.pop("method", AUTO)
-    gpus = fixed.pop("num_gpus", None)
-    strategy = fixed.pop("strategy", AUTO)
-    offload = fixed.pop("cpu_offload", False)
-
+    setup = PartialSetup.from_args(args)  # every knob flag read once (`tuneplan.knobs`)
     tokens = _int(args.dataset_tokens, "--dataset-tokens")
     p99 = _int(args.p99_len, "--p99-len")
     dataset = DatasetStats(total_tokens=tokens, p99_tokens=p99) if (tokens or p99) else None
     if args.dataset is not None and dataset is not None:
         raise UserError("--dataset measures lengths and tokens itself: drop --dataset-tokens/--p99-len, or --dataset")
-    margin = _float(args.safety_margin, "--safety-margin", allow_zero=True)
-    gpu_index = _gpu_index(args.gpu_index)
-    if gpu_index is not None and (args.gpu or args.vram):
-        raise UserError("--gpu-index picks an NVML GPU: drop --gpu/--vram, or drop --gpu-index")
-    if args.gpu is not None and not args.gpu.strip():
-        raise UserError("--gpu is empty: name a card such as rtx-4090 or a100-80gb")
-    return PlanRequest(
-        model=args.model, gpu=args.gpu, vram_bytes=parse_size(args.vram) if args.vram is not None else None,
-        gpu_index=gpu_index, method=method, fixed=fixed, dataset_source=args.dataset,
+    margin = safety_margin(args.safety_margin)
+    where = target(args)
+    return RunRequest(
+        model=args.model, dataset=dataset if dataset is not None else args.dataset, setup=setup, target=where,
         effective_batch=_int(args.effective_batch, "--effective-batch"),
-        epochs=_float(args.epochs, "--epochs") or 1.0, dataset=dataset, prefer_accuracy=args.prefer_accuracy,
-        safety_margin=DEFAULT_SAFETY_MARGIN if margin is None else margin,
-        price_per_hour=_float(args.price, "--price", allow_zero=True),
+        settings={"training.epochs": _float(args.epochs, "--epochs") or 1.0}, prefer_accuracy=args.prefer_accuracy,
+        safety_margin=margin, price_per_hour=_float(args.price, "--price", allow_zero=True),
         min_seq_len=_int(args.min_seq_len, "--min-seq-len"), max_seq_len=_int(args.max_seq_len, "--max-seq-len"),
-        gpus=gpus, strategy=strategy, cpu_offload=bool(offload),
-        gpus_per_node=_int(args.gpus_per_node, "--gpus-per-node") or 8, seq_len_max=given.longest(),
+        gpus_per_node=_int(args.gpus_per_node, "--gpus-per-node") or 8,
         host_ram_bytes=parse_size(args.host_ram, "--host-ram") if getattr(args, "host_ram", None) is not None
         else None,
     )
@@ -135,10 +93,9 @@ def build_request(args: argparse.Namespace):
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "preset", None):  # a preset is re-fitted first
         return plan_with_preset(args)
-    from tuneplan.errors import EXIT_DOES_NOT_FIT, EXIT_OK
-    from tuneplan.services.planning import plan
-
+    from tuneplan.app import plan, size_note
     from tuneplan.commands._output import _gib, render
+    from tuneplan.errors import EXIT_DOES_NOT_FIT, EXIT_OK
     from tuneplan.commands.terminal import fill, output_width
 
     from tuneplan.services.command_line import plan_train_parts
@@ -156,8 +113,6 @@ def run(args: argparse.Namespace) -> int:
     else:
         print(render(outcome, output_width()))
     err_width = output_width(sys.stderr)
-    from tuneplan.services.planning import size_note
-
     note = size_note(args.vram) if args.vram else None
     if note:
         print(fill(f"tuneplan plan: note: {note}", err_width), file=sys.stderr)
@@ -176,7 +131,7 @@ def run(args: argparse.Namespace) -> int:
     print(fill(f"tuneplan plan: fits: {r.choice.describe()} ({_gib(r.choice.memory.device_bytes)}{per} of "
                f"{_gib(r.usable_bytes)})", err_width), file=sys.stderr, flush=True)
     if not args.json and command:
-        print_command(command, request)
+        print_command(command, outcome.request)
     return EXIT_OK
 
 
@@ -188,7 +143,8 @@ def _target_flags(args: argparse.Namespace, outcome: Any) -> list[str]:
 
 
 def print_command(parts: list[str], request: Any) -> None:
-    """The last lines of a plan: the `tuneplan train` command that trains it."""
+    """The last lines of a plan: the `tuneplan train` command that trains it (`request`: the
+    planning service's request the plan was made for)."""
     from tuneplan.commands.terminal import fill, output_width
     from tuneplan.services.command_line import DATASET_PLACEHOLDER, wrap_command
 
@@ -217,9 +173,9 @@ KNOB_FLAGS = _knob_flags()
 def plan_with_preset(args: argparse.Namespace) -> int:
     """`tuneplan plan --preset NAME [--gpu CARD | --vram SIZE] [--json]`: the re-fit, then the plan."""
     from tuneplan.commands._output import render, warn_remote_code
+    from tuneplan.app import parse_size
     from tuneplan.errors import EXIT_DOES_NOT_FIT, EXIT_OK, UserError
     from tuneplan.services import presets as P
-    from tuneplan.services.planning import parse_size
 
     given = [k for k in KNOB_FLAGS if getattr(args, k, None) not in (None, False, "auto")]
     if given:

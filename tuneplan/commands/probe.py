@@ -22,6 +22,7 @@ import os
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import NoReturn
 
 from tuneplan.commands.arguments import whole_number
 from tuneplan.config import MAX_COUNT
@@ -34,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     plan.add_arguments(parser)  # the plan flags, --preset and --json, as `tuneplan plan` has them
 
-    def one_line_error(message: str) -> None:
+    def one_line_error(message: str) -> NoReturn:
         print(f"tuneplan: error: probe: {message}", file=sys.stderr)
         sys.exit(2)
 
@@ -67,18 +68,17 @@ def _refuse_knobs(args: argparse.Namespace, what: str) -> None:
 
 def _hardware(args: argparse.Namespace, cuda: bool):
     """The hardware the prediction is made for: --gpu/--vram as given, else this machine."""
-    from tuneplan.commands.plan import _gpu_index
-    from tuneplan.services import planning, presets
+    from tuneplan import app
+    from tuneplan.commands.arguments import gpu_index
 
-    index = _gpu_index(args.gpu_index)  # read first: a bad value is an error here, not ignored off a GPU
+    index = gpu_index(args.gpu_index)  # read first: a bad value is an error here, not ignored off a GPU
     if args.gpu or args.vram:
-        request = planning.PlanRequest(gpu=args.gpu, vram_bytes=planning.parse_size(args.vram) if args.vram else None)
-        hw, notes, _ = planning.resolve_hardware(request)
+        hw, notes, _ = app.resolve_hardware(args.gpu, app.parse_size(args.vram) if args.vram else None)
         return hw, notes + [f"predicted for {hw.gpu.name} (--gpu/--vram) and measured on this machine"]
     if not cuda:
-        hw = presets.cpu_hardware()
+        hw = app.cpu_hardware()
         return hw, [f"no CUDA GPU here: probing on the CPU ({size(hw.usable_bytes())} of RAM available)"]
-    hw, notes, _ = planning.resolve_hardware(planning.PlanRequest(gpu_index=index, gpus=1))
+    hw, notes, _ = app.resolve_hardware(index=index, gpus=1)
     return hw, notes
 
 
@@ -90,8 +90,9 @@ def size(n):
 
 def _planned(args: argparse.Namespace, hardware, random_weights: bool):
     """(model label, setup, resolved model, load source, safety margin, source label, notes)."""
+    from tuneplan import app
+    from tuneplan.commands.arguments import safety_margin
     from tuneplan.errors import EXIT_DOES_NOT_FIT, UserError
-    from tuneplan.services import planning
     from tuneplan.services import presets as P
 
     def does_not_fit(text: str) -> UserError:
@@ -101,11 +102,7 @@ def _planned(args: argparse.Namespace, hardware, random_weights: bool):
 
     if args.config and args.preset:
         raise UserError("give either --config or --preset, not both")
-    margin = planning.DEFAULT_SAFETY_MARGIN
-    if args.safety_margin is not None:
-        from tuneplan.commands.plan import _float
-
-        margin = _float(args.safety_margin, "--safety-margin", allow_zero=True)
+    margin = safety_margin(args.safety_margin)
     if args.config:
         from tuneplan.config import load_config
 
@@ -114,7 +111,7 @@ def _planned(args: argparse.Namespace, hardware, random_weights: bool):
         if args.model:
             config = replace(config, model=replace(config.model, source=args.model))
         config = P.resolve_sources(config, build=not random_weights)
-        resolved = planning.resolve(planning.PlanRequest(model=config.model.source))
+        resolved = app.resolve_model(config.model.source)
         return (resolved.name, config.setup, resolved, config.model.source, margin, f"config {args.config}", [],
                 config.model.trust_remote_code, _p99(config.data.source, resolved))
     if args.preset:
@@ -131,8 +128,7 @@ def _planned(args: argparse.Namespace, hardware, random_weights: bool):
     from tuneplan.commands.plan import build_request
 
     request = build_request(args)
-    request = replace(request, hardware=hardware, gpus=1, gpu=None, vram_bytes=None)
-    outcome = planning.plan(request)
+    outcome = app.plan(replace(request, target=app.Target(hardware=hardware), one_gpu=True))
     result = outcome.result
     if not result.fits:
         hint = f"; {result.suggestions[0]}" if result.suggestions else ""
@@ -231,8 +227,9 @@ def run(args: argparse.Namespace) -> int:
         m = measure(source, setup, config_dict=dict(resolved.config), random_weights=args.random_weights,
                     steps=steps, warmup_steps=warmup, trust_remote_code=args.trust_remote_code or remote, log=log)
     except torch.OutOfMemoryError as exc:
-        first = (str(exc).strip().splitlines() or ["out of memory"])[0]
-        print(f"tuneplan: error: probe ran out of memory ({first[:160]}): this configuration does not fit "
+        from tuneplan.training.oom import first_line
+
+        print(f"tuneplan: error: probe ran out of memory ({first_line(exc)[:160]}): this configuration does not fit "
               f"here; predicted {size(prediction.device_bytes or prediction.torch_peak_bytes)}", file=sys.stderr)
         return EXIT_PROBE_FAILED
     measured = m.to_dict()

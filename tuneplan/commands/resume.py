@@ -18,10 +18,9 @@ def run(args: argparse.Namespace) -> int:
     from tuneplan.commands.train import follow
     from tuneplan.config import load_config
     from tuneplan.events import CONFIG_FILE, FINAL_PHASES
-    from tuneplan.services import launcher, paths, runs
+    from tuneplan.app import resume
 
-    run_dir = runs.find_run(args.run, paths.runs_root(args.runs_dir))
-    ckpt, proc = launcher.resume(run_dir, detach=not args.foreground)
+    run_dir, ckpt, proc = resume(args.run, args.runs_dir, detach=not args.foreground)
     s = load_config(run_dir / CONFIG_FILE).setup
     print(f"resumed {run_dir.name} from {ckpt.name} (pid {proc.pid}): micro-batch {s.micro_batch} x "
           f"accumulation {s.grad_accum} = effective batch {s.effective_batch()}")

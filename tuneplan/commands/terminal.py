@@ -49,3 +49,16 @@ def wrap(text: str, width: int | None, first: str = "", rest: str | None = None)
 def fill(text: str, width: int | None, first: str = "", rest: str | None = None) -> str:
     """`wrap`, joined with newlines."""
     return "\n".join(wrap(text, width, first, rest))
+
+
+def require_terminal(what: str) -> None:
+    """A one-line refusal when stdin or stdout is not a terminal (a pipe, a file, cron): a
+    full-screen app would write escape codes into the file and wait for keys that never come.
+    textual-serve runs the app without a terminal on purpose and says so in TEXTUAL_DRIVER."""
+    from tuneplan.errors import UserError
+
+    if os.environ.get("TEXTUAL_DRIVER"):
+        return
+    if not (sys.stdin.isatty() and sys.stdout.isatty()):
+        raise UserError(f"{what} needs a terminal (stdin and stdout are not one here); use `tuneplan plan` and "
+                        "`tuneplan train` in scripts, or `tuneplan serve` for a browser tab")

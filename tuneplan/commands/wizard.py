@@ -14,23 +14,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """No options: `tuneplan` alone opens the wizard (the CLI has no `wizard` subcommand)."""
 
 
-def require_terminal(what: str) -> None:
-    """A one-line refusal when stdin or stdout is not a terminal (a pipe, a file, cron): a
-    full-screen app would write escape codes into the file and wait for keys that never come.
-    textual-serve runs the app without a terminal on purpose and says so in TEXTUAL_DRIVER."""
-    import os
-    import sys
-
-    from tuneplan.errors import UserError
-
-    if os.environ.get("TEXTUAL_DRIVER"):
-        return
-    if not (sys.stdin.isatty() and sys.stdout.isatty()):
-        raise UserError(f"{what} needs a terminal (stdin and stdout are not one here); use `tuneplan plan` and "
-                        "`tuneplan train` in scripts, or `tuneplan serve` for a browser tab")
-
-
 def run(args: argparse.Namespace) -> int:
+    from tuneplan.commands.terminal import require_terminal
+
     require_terminal("the wizard")
     from tuneplan.commands.attach import print_detached
     from tuneplan.ui.app import create_app

@@ -18,16 +18,19 @@ from tuneplan.knobs import equivalent_flags
 def train_command_parts(config: Any, target: Sequence[str] = ()) -> list[str]:
     """The command as argv. `target`: flags naming the card the plan was made for (`--gpu KEY`,
     `--vram SIZE`), so `train` checks the run is there; empty for the GPUs NVML finds here."""
+    from tuneplan.config import SETTINGS_OF
+
+    flag = {s.name: s.flag for s in SETTINGS_OF["training"]}  # the hyperparameters' flags (`tuneplan.settings`)
     t = config.training
     parts = ["tuneplan", "train", "--model", config.model.source, "--dataset", config.data.source,
              *equivalent_flags(config.setup)]
     if t.max_steps is not None:
-        parts += ["--max-steps", str(t.max_steps)]
+        parts += [flag["max_steps"], str(t.max_steps)]
     else:
-        parts += ["--epochs", f"{t.epochs:g}"]
-    parts += ["--lr", f"{t.learning_rate:g}"]
+        parts += [flag["epochs"], f"{t.epochs:g}"]
+    parts += [flag["learning_rate"], f"{t.learning_rate:g}"]
     if t.report_to != "none":
-        parts += ["--report-to", t.report_to]
+        parts += [flag["report_to"], t.report_to]
     return parts + list(target)
 
 

@@ -133,7 +133,7 @@ def source_key(source: str | None, kind: str) -> str:
     if not text:
         return ""
     from tuneplan.data import SAMPLE_CHAT, TINY_MODEL
-    from tuneplan.services.presets import SAMPLE_DATA
+    from tuneplan.services.bundled import SAMPLE_DATA
 
     if text in (TINY_MODEL, SAMPLE_DATA):
         return text
@@ -160,35 +160,35 @@ def measure_run(run_dir: Path) -> dict[str, Any]:
     seconds per optimizer step after the first step, which includes warm-up), the epochs one
     step covers, the final loss, and the peak memory measured beside the prediction (CUDA: the
     torch peak; CPU: the process's peak RSS, beside the predicted device bytes)."""
-    from tuneplan.events import effective_phase
+    from tuneplan.events import LogEvent, MemoryProbeEvent, effective_phase
 
     status = read_status(run_dir)
-    logs, probe = [], None
+    logs: list[LogEvent] = []
+    probe: MemoryProbeEvent | None = None
     for e in read_events(run_dir):
-        if e.get("kind") == "log" and isinstance(e.get("step"), int):
+        if isinstance(e, LogEvent) and e.step is not None:
             logs.append(e)
-        elif e.get("kind") == "memory_probe" and probe is None:
+        elif isinstance(e, MemoryProbeEvent) and probe is None:
             probe = e
     out: dict[str, Any] = {"phase": effective_phase(status), "error": status.error if status else None,
                            "step": status.step if status else 0, "loss": status.loss if status else None}
-    steady = [e for e in logs if e["step"] > 1] or logs
-    speeds = [e["tokens_per_second"] for e in steady if isinstance(e.get("tokens_per_second"), (int, float))]
+    steady = [e for e in logs if (e.step or 0) > 1] or logs
+    speeds = [e.tokens_per_second for e in steady if e.tokens_per_second is not None]
     out["tokens_per_second"] = statistics.median(speeds) if speeds else None
     # seconds per step from consecutive log events of one attempt: a resumed run's clock starts
     # again at 0 (a pair across the resume goes backwards and is left out), as does its warm-up
-    timed = [e for e in steady if isinstance(e.get("elapsed_seconds"), (int, float))]
-    per_step = [(b["elapsed_seconds"] - a["elapsed_seconds"]) / (b["step"] - a["step"])
-                for a, b in zip(timed, timed[1:]) if b["step"] > a["step"] and b["elapsed_seconds"] > a["elapsed_seconds"]]
+    timed = [(e.step or 0, e.elapsed_seconds) for e in steady if e.elapsed_seconds is not None]
+    per_step = [(t1 - t0) / (s1 - s0) for (s0, t0), (s1, t1) in zip(timed, timed[1:]) if s1 > s0 and t1 > t0]
     out["seconds_per_step"] = statistics.median(per_step) if per_step else (
-        timed[-1]["elapsed_seconds"] / timed[-1]["step"] if timed and timed[-1]["elapsed_seconds"] > 0 else None)
-    last = next((e for e in reversed(logs) if isinstance(e.get("epoch"), (int, float)) and e["epoch"] > 0), None)
-    out["epochs_per_step"] = last["epoch"] / last["step"] if last else None
+        timed[-1][1] / timed[-1][0] if timed and timed[-1][1] > 0 and timed[-1][0] else None)
+    last = next((e for e in reversed(logs) if e.epoch is not None and e.epoch > 0), None)
+    out["epochs_per_step"] = last.epoch / last.step if last is not None and last.epoch and last.step else None
     if probe is not None:
-        if isinstance(probe.get("torch_peak_bytes"), int):
-            out.update(peak_bytes=probe["torch_peak_bytes"], predicted_bytes=probe.get("predicted_torch_peak_bytes"),
+        if probe.torch_peak_bytes is not None:
+            out.update(peak_bytes=probe.torch_peak_bytes, predicted_bytes=probe.predicted_torch_peak_bytes,
                        peak_kind="torch peak")
         else:
-            out.update(peak_bytes=probe.get("rss_peak_bytes"), predicted_bytes=probe.get("predicted_device_bytes"),
+            out.update(peak_bytes=probe.rss_peak_bytes, predicted_bytes=probe.predicted_device_bytes,
                        peak_kind="process RSS vs predicted device")
     return out
 
@@ -311,8 +311,9 @@ def render(folder: Path, record: dict[str, Any]) -> str:
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]
     line = lambda r: "  " + "  ".join(v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(r, widths)))
     out = head + ["", line(cols)] + [line(r) for r in rows]
-    kinds = {(t.get("measured") or {}).get("peak_kind") for t in record.get("trials", [])} - {None}
-    notes = [f"  peak mem: measured/predicted ({', '.join(sorted(kinds))})" if kinds else
+    found = ((t.get("measured") or {}).get("peak_kind") for t in record.get("trials", []))
+    kinds = sorted({str(k) for k in found if k is not None})
+    notes = [f"  peak mem: measured/predicted ({', '.join(kinds)})" if kinds else
              "  peak mem: measured/predicted"]
     if metric_name:
         notes.append(f"  metric: {metric_name} on the held-out prompts (higher is better)")

@@ -136,7 +136,8 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
     """(rows up to `limit`, total rows if known, whether total is exact)."""
     suffix = path.suffix.lower()
     if suffix == ".jsonl":
-        rows, total = [], 0
+        rows: list[dict[str, Any]] = []
+        total = 0
         with open_dataset(path) as f:  # a regular file only; each line read with a bound
             for lineno, line in jsonl_lines(f, str(path)):
                 if not line.strip():
@@ -183,7 +184,7 @@ def _read_rows(path: Path, limit: int) -> tuple[list[dict[str, Any]], int | None
         open_dataset(path).close()  # a regular file (pyarrow would read a FIFO or device)
         pf = pq.ParquetFile(path)
         total = pf.metadata.num_rows
-        rows: list[dict[str, Any]] = []
+        rows = []
         for batch in pf.iter_batches(batch_size=min(limit, 1024)):
             rows.extend(batch.to_pylist())
             if len(rows) >= limit:

@@ -100,7 +100,8 @@ class GpuProbe:
     """Lazy, non-raising access to NVML. One instance per process is enough (thread-safe)."""
 
     def __init__(self, nvml: ModuleType | Any | None = None):
-        self._nvml = nvml
+        self._nvml: Any = nvml
+        """`pynvml` (nvidia-ml-py, which ships no type hints) or a fake of it; None until `_init`."""
         self._ready = False
         self._reason: str | None = None
         self._lock = threading.Lock()

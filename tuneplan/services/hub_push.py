@@ -1,14 +1,9 @@
 """`tuneplan push`: upload a run's adapter (or merged model) to the Hugging Face Hub.
 
 Through `huggingface_hub` (`HfApi.create_repo` + `HfApi.create_commit`): every file of the
-folder, and a `README.md` model card built here in place of the run's local one. The card's
-metadata is what the Hub reads for an adapter: `base_model`, `library_name: peft`, the
-`base_model:adapter:<base>` tag PEFT's own cards carry (`peft/peft_model.py`,
-`create_or_update_model_card`), `lora`, `transformers`, `trl`, `sft`, the Hub datasets; a
-merged model is `library_name: transformers` with `base_model:finetune:<base>`. The body holds
-the training configuration, what the run measured (memory, speed; `presets.evidence_from_run`),
-its final and eval loss, and `tuneplan eval`'s results (base beside tuned) when `RUN/eval.json`
-exists.
+folder, and a `README.md` model card (`services/model_card.py`, the builder of the run's local
+card too, with `tuneplan eval`'s results when `RUN/eval.json` exists) in place of the run's
+local one, naming local paths by their last part.
 
 The token is the one `huggingface_hub` finds (`HF_TOKEN`, else the cached `hf auth login`); it
 is passed to the calls and never written anywhere. No torch here: a merge is the caller's
@@ -17,16 +12,13 @@ is passed to the calls and never written anywhere. No torch here: a merge is the
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from tuneplan.config import RunConfig, config_to_dict, load_config
+from tuneplan.config import RunConfig, load_config
 from tuneplan.errors import UserError
-from tuneplan.events import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, read_events
-
-REPO_ID_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]{0,95}")
+from tuneplan.events import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR
+from tuneplan.services.model_card import REPO_ID_RE, is_hub_id, model_card
 
 
 @dataclass(frozen=True)
@@ -94,109 +86,12 @@ def files_to_upload(folder: Path, run_dir: Path) -> tuple[list[Path], list[str]]
     return sorted(keep), sorted(skipped)
 
 
-def _is_hub_id(source: str) -> bool:
-    return bool(REPO_ID_RE.fullmatch(source)) and not Path(source).expanduser().exists()
-
-
 def base_model_id(config: RunConfig, override: str | None = None) -> str | None:
     """The base model's Hub id: `--base-model`, else the run's model source when it is a Hub id
     (a catalog name was resolved to its Hub id at launch), else None (a local folder)."""
     if override:
         return check_repo_id(override, "--base-model")
-    return config.model.source if _is_hub_id(config.model.source) else None
-
-
-def _short(source: str) -> str:
-    """A local path shown by its name only (the card is public; the path says nothing there)."""
-    return source if _is_hub_id(source) else Path(source).name
-
-
-def _gib(n: Any) -> str:
-    from planner.gpus import format_gib
-
-    return format_gib(n, 2) if isinstance(n, int) else "-"
-
-
-def model_card(run_dir: Path, config: RunConfig, *, base_model: str | None, merged: bool, repo_id: str = "REPO") -> str:
-    """The README.md for the Hub: YAML metadata, then what the run was and what it measured."""
-    import tomli_w
-    from huggingface_hub import ModelCard, ModelCardData
-
-    from tuneplan import __version__
-    from tuneplan.dataset_formats import is_local_source
-    from tuneplan.services.presets import evidence_from_run
-
-    s = config.setup
-    evidence, _ = evidence_from_run(run_dir)
-    evals = [e for e in read_events(run_dir) if e.get("kind") == "eval"]
-    eval_loss = evals[-1].get("eval_loss") if evals else None
-    dataset = config.data.source
-    hub_dataset = None if is_local_source(dataset) or dataset.startswith("tuneplan:") else dataset
-    tags = ["tuneplan", "trl", "sft", "transformers"]
-    if merged or s.method == "full":
-        library = "transformers"
-        if base_model:
-            tags.append(f"base_model:finetune:{base_model}")
-    else:
-        library = "peft"
-        tags += ["lora"] + (["qlora"] if s.method == "qlora" else [])
-        if base_model:
-            tags.append(f"base_model:adapter:{base_model}")
-    data = ModelCardData(base_model=base_model, library_name=library, pipeline_tag="text-generation", tags=tags,
-                         datasets=[hub_dataset] if hub_dataset else None)
-    what = ("a LoRA adapter merged into its base model" if merged else
-            "a full fine-tune" if s.method == "full" else
-            f"a {'QLoRA' if s.method == 'qlora' else 'LoRA'} adapter")
-    base_text = f"[`{base_model}`](https://huggingface.co/{base_model})" if base_model else f"`{_short(config.model.source)}`"
-    table = {k: v for k, v in config_to_dict(config).items() if k not in ("debug", "notify", "prediction", "resume_from")}
-    table["model"] = {**table.get("model", {}), "source": base_model or _short(config.model.source)}
-    table["data"] = {**table.get("data", {}), "source": _short(dataset)}
-    measured = [
-        f"| steps | {evidence.steps if evidence.steps is not None else '-'} |",
-        f"| final training loss | {f'{evidence.final_loss:.4f}' if evidence.final_loss is not None else '-'} |",
-        f"| eval loss | {f'{eval_loss:.4f}' if isinstance(eval_loss, (int, float)) else '-'} |",
-        f"| tokens/s (median of the log) | {f'{evidence.tokens_per_second:.0f}' if evidence.tokens_per_second else '-'} |",
-        f"| GPU | {evidence.gpu_name or '-'} |",
-        f"| peak memory, `max_memory_allocated` | {_gib(evidence.peak_memory_bytes)} |",
-        f"| peak memory, `max_memory_reserved` | {_gib(evidence.peak_reserved_bytes)} |",
-        f"| predicted by tuneplan (nvidia-smi) | {_gib(config.prediction.device_bytes)} |",
-    ]
-    usage = (["```python", "from transformers import AutoModelForCausalLM, AutoTokenizer",
-              f'model = AutoModelForCausalLM.from_pretrained("{repo_id}")', f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")',
-              "```"] if merged or s.method == "full" else
-             ["```python", "from peft import AutoPeftModelForCausalLM", "from transformers import AutoTokenizer",
-              f'model = AutoPeftModelForCausalLM.from_pretrained("{repo_id}")',
-              f'tokenizer = AutoTokenizer.from_pretrained("{repo_id}")', "```"])
-    body = [
-        f"# {config.name or run_dir.name}", "",
-        f"{what[0].upper() + what[1:]} of {base_text}, fine-tuned with [tuneplan](https://pypi.org/project/tuneplan/) "
-        f"{__version__} (trl SFTTrainer{', peft' if s.method != 'full' else ''}).", "",
-        f"- dataset: {f'[`{hub_dataset}`](https://huggingface.co/datasets/{hub_dataset})' if hub_dataset else f'`{_short(dataset)}` (local file)'}",
-        f"- method: {s.method}" + (f" ({s.quant_type} 4-bit base, merged into the 16-bit base)" if merged and s.method == "qlora"
-                                   else f" ({s.quant_type} 4-bit base)" if s.method == "qlora" else ""),
-        *( [f"- LoRA: rank {s.lora_rank}, alpha {s.lora_alpha}, dropout {s.lora_dropout}, targets "
-            f"{s.lora_targets if isinstance(s.lora_targets, str) else ', '.join(s.lora_targets)}"] if s.method != "full" else []),
-        f"- batch: micro-batch {s.micro_batch} x accumulation {s.grad_accum} x GPUs {s.num_gpus} = {s.effective_batch()} "
-        f"sequences of up to {s.seq_len} tokens",
-        f"- optimizer {s.optimizer}, learning rate {config.training.learning_rate:g} ({config.training.lr_scheduler}), "
-        f"{s.compute_dtype}", "",
-        "## Results", "", "| measured | |", "| --- | --- |", *measured, "",
-        *_evaluation(run_dir),
-        "## Use", "", *usage, "",
-        "## Training configuration", "",
-        "The run's resolved configuration (`tuneplan train --config` reads it; local files are named, not located):",
-        "",
-        "```toml", tomli_w.dumps(table).rstrip(), "```", "",
-    ]
-    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body)).content
-
-
-def _evaluation(run_dir: Path) -> list[str]:
-    """The card's evaluation section from `RUN/eval.json` (`tuneplan eval`), when the run has one."""
-    from tuneplan.services.eval_results import card_section, read_eval
-
-    report = read_eval(run_dir)
-    return [*card_section(report), ""] if report is not None else []
+    return config.model.source if is_hub_id(config.model.source) else None
 
 
 def folder_to_push(run_dir: Path, config: RunConfig, merged_dir: Path | None) -> Path:
@@ -226,7 +121,7 @@ def push(run_dir: Path, repo_id: str, *, private: bool = False, merged_dir: Path
     config = load_config(run_dir / CONFIG_FILE)
     folder = folder_to_push(run_dir, config, merged_dir)
     base = base_model_id(config, base_model)
-    card = model_card(run_dir, config, base_model=base, merged=merged_dir is not None, repo_id=repo_id)
+    card = model_card(run_dir, config, load_from=repo_id, public=True, base_model=base, merged=merged_dir is not None)
     files, skipped = files_to_upload(folder, merged_dir if merged_dir is not None else run_dir)
     ops = [CommitOperationAdd(path_in_repo=p.relative_to(folder).as_posix(), path_or_fileobj=str(p)) for p in files]
     ops.append(CommitOperationAdd(path_in_repo="README.md", path_or_fileobj=card.encode("utf-8")))

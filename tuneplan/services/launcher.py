@@ -29,7 +29,7 @@ from planner.gpus import format_gib
 from tuneplan.config import PredictionConfig, RunConfig, save_config
 from tuneplan.errors import UserError
 from tuneplan.events import (
-    CONFIG_FILE, DISK_ERRNOS, LOG_FILE, Status, append_event, make_event, read_status, write_status,
+    CONFIG_FILE, DISK_ERRNOS, LOG_FILE, Failure, PhaseEvent, Status, append_event, read_status, write_status,
 )
 from tuneplan import run_process
 from tuneplan.services import paths
@@ -186,7 +186,7 @@ def prepare_run(config: RunConfig, runs_root: Path, *, free_bytes: Callable[[Pat
         save_config(config, run_dir / CONFIG_FILE)
         write_status(run_dir, Status(phase="queued", run_name=run_dir.name, effective_batch=config.effective_batch(),
                                      max_steps=config.training.max_steps))
-        append_event(run_dir, make_event("phase", phase="queued", message=f"created by tuneplan train (pid {os.getpid()})"))
+        append_event(run_dir, PhaseEvent(phase="queued", message=f"created by tuneplan train (pid {os.getpid()})"))
     except BaseException:
         import shutil
 
@@ -252,10 +252,11 @@ def start_process(run_dir: Path, *, detach: bool = True, lock_fd: int | None = N
 def _mark_failed(run_dir: Path, reason: str) -> None:
     """Leave a run that never started as `failed` with the reason (so `resume` and `runs` see it)."""
     status = read_status(run_dir) or Status(run_name=Path(run_dir).name)
-    status.phase, status.error, status.pids, status.processes = "failed", reason, [], []
+    status.phase, status.pids, status.processes = "failed", [], []
+    status.fail(Failure.DIED, reason)
     try:
         write_status(run_dir, status)
-        append_event(run_dir, make_event("phase", phase="failed", message=reason))
+        append_event(run_dir, PhaseEvent(phase="failed", message=reason))
     except OSError:
         pass
 

@@ -38,6 +38,7 @@ from planner import catalog
 from planner.spec import SUPPORTED_MODEL_TYPES, ModelSpec, UnsupportedArchitecture, spec_from_config
 from tuneplan.data import TINY_MODEL, TINY_MODEL_CONFIG
 from tuneplan.errors import UserError, check_path
+from tuneplan.services.hub import hub_offline_mode
 
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.\-]*/[\w.\-]+$")
 """`owner/name` as the Hub accepts it (huggingface_hub `validate_repo_id` checks the rest)."""
@@ -121,7 +122,7 @@ def resolve_source(ref: str) -> str:
         folder, _ = _local_folder(found, text)
         return str(folder.resolve())
     if kind == "tiny":
-        from tuneplan.services.presets import tiny_model_dir
+        from tuneplan.services.bundled import tiny_model_dir
 
         return str(tiny_model_dir())
     if kind == "catalog":
@@ -166,7 +167,7 @@ def check_access(model: ResolvedModel, *, token: str | None = None, hub: Any = N
     if not (token or _saved_token_exists()):
         raise UserError(f"{model.hub_id} is a gated model and no Hub token is set: accept its licence at {url}, "
                         "then log in (`hf auth login`) or set HF_TOKEN")
-    if _offline():
+    if hub_offline_mode():
         return
     # downloading config.json asks the Hub with the token: a GatedRepoError means no access yet
     _resolve_hub(model.hub_id, token=token, trust_remote_code=model.trust_remote_code, hub=hub,
@@ -279,7 +280,7 @@ def is_bundled_tiny(config: Mapping[str, Any]) -> bool:
 
 def _resolve_bundled_tiny(trust_remote_code: bool) -> ResolvedModel:
     """`tuneplan:tiny`: planned from its config.json alone (the weights are built on first
-    training use, `tuneplan.services.presets.resolve_sources`)."""
+    training use, `tuneplan.services.bundled.resolve_sources`)."""
     config = json.loads(TINY_MODEL_CONFIG.read_text(encoding="utf-8"))
     spec = _spec(config, TINY_MODEL, trust_remote_code)
     return ResolvedModel(spec=spec, kind="bundled", source=TINY_MODEL, name=TINY_MODEL, config=config,
@@ -401,15 +402,6 @@ def _saved_token_exists() -> bool:
         return bool(os.environ.get("HF_TOKEN"))
 
 
-def _offline() -> bool:
-    try:
-        from huggingface_hub import constants
-
-        return bool(constants.is_offline_mode())
-    except Exception:  # pragma: no cover - very old huggingface_hub
-        return os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0", "false", "False")
-
-
 def _resolve_hub(repo_id: str, *, token: str | None, trust_remote_code: bool, hub: Any, check_parameters: bool) -> ResolvedModel:
     hub = hub if hub is not None else _default_hub()
     errors = _hub_errors()
@@ -470,7 +462,7 @@ def _resolve_hub(repo_id: str, *, token: str | None, trust_remote_code: bool, hu
     notes = _config_notes(spec, config)
 
     hub_parameters = license = gated = None
-    if check_parameters and not _offline() and not no_network:
+    if check_parameters and not hub_offline_mode() and not no_network:
         hub_parameters, license, gated = _hub_facts(hub, repo_id, token)
         if hub_parameters is not None:
             note = _mismatch_note(hub_parameters, spec, "the Hub's safetensors metadata")
@@ -508,7 +500,7 @@ def _no_network(download: Any) -> str | None:
     """Why the Hub cannot be reached right now (None: it can, or HF_HUB_OFFLINE already keeps
     the library on its cache). Asked only before the real library's download: a fake Hub
     boundary (tests) has no network to check."""
-    if _offline() or not str(getattr(download, "__module__", "")).startswith("huggingface_hub"):
+    if hub_offline_mode() or not str(getattr(download, "__module__", "")).startswith("huggingface_hub"):
         return None
     from tuneplan.services.hub import offline_reason
 
@@ -518,7 +510,7 @@ def _no_network(download: Any) -> str | None:
 def _offline_message(repo_id: str, detail: str = "") -> str:
     from tuneplan.services.hub import offline_fix
 
-    why = "HF_HUB_OFFLINE is set" if _offline() else "the Hugging Face Hub cannot be reached"
+    why = "HF_HUB_OFFLINE is set" if hub_offline_mode() else "the Hugging Face Hub cannot be reached"
     if detail.startswith("no network"):
         why += f" ({detail})"
     return (

@@ -20,14 +20,13 @@ failed send is printed to `train.log` and written as a `message` event; only the
 is named (a webhook URL can hold a secret). No torch here.
 
 Where the URL comes from: `--notify URL` on `tuneplan train` (`notify.url` in a run config),
-else the user config file (`user_config_path()`, `[notify] url = ...`, `stall_minutes = ...`).
+else the user config file (`paths.user_config_file()`, `[notify] url = ...`, `stall_minutes = ...`).
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import queue
 import threading
 import time
@@ -39,11 +38,10 @@ from urllib.parse import urlsplit
 
 from tuneplan.config import NotifyConfig, RunConfig, load_config
 from tuneplan.events import (
-    ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, EventTail, append_event, created_at, effective_phase, make_event, read_status,
+    ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, EnvironmentEvent, EvalEvent, Event, EventTail, LogEvent, MessageEvent,
+    PhaseEvent, ReplanEvent, append_event, created_at, effective_phase, read_status,
 )
-
-USER_CONFIG_ENV = "TUNEPLAN_CONFIG"
-"""Path of the user config file (default: platformdirs' user config folder + `config.toml`)."""
+from tuneplan.services.paths import user_config_file
 SEND_TIMEOUT_SECONDS = 5.0
 """Per socket operation (connect, each read): a dead endpoint fails this fast."""
 SEND_DEADLINE_SECONDS = 10.0
@@ -62,20 +60,11 @@ CURVE_POINTS = 6
 """Loss values in the done summary (evenly spaced over the logged steps, first and last kept)."""
 
 
-def user_config_path() -> Path:
-    env = os.environ.get(USER_CONFIG_ENV)
-    if env:
-        return Path(env).expanduser()
-    import platformdirs
-
-    return platformdirs.user_config_path("tuneplan") / "config.toml"
-
-
 def user_notify() -> NotifyConfig:
     """The `[notify]` table of the user config file (defaults when there is none)."""
     from tuneplan.config import ConfigError, read_toml_text, section_from_table, where_in
 
-    path = user_config_path()
+    path = user_config_file()
     if not path.is_file():
         return NotifyConfig()
     data, text = read_toml_text(path)
@@ -160,7 +149,7 @@ class Notifier:
         print(f"tuneplan: {text}", flush=True)
         if self.run_dir is not None:
             try:
-                append_event(self.run_dir, make_event("message", level="warning", text=text))
+                append_event(self.run_dir, MessageEvent(level="warning", text=text))
             except OSError:
                 pass
 
@@ -273,9 +262,9 @@ class RunWatcher:
         self.clock = clock
         self.tail = EventTail(self.run_dir)
         self.losses: list[tuple[int, float]] = []
-        self.evals: list[tuple[int, float]] = []
+        self.evals: list[EvalEvent] = []
         self.tokens_per_second: list[float] = []
-        self.environment: dict[str, Any] = {}
+        self.environment: EnvironmentEvent | None = None
         self.first_loss: float | None = None
         self.nan_sent = self.exploding_sent = self.stall_sent = False
         self.nan_step: int | None = None
@@ -317,49 +306,47 @@ class RunWatcher:
                 self._on_event(e)
             self._check_stall()
 
-    def _on_event(self, e: dict[str, Any]) -> None:
-        kind = e.get("kind")
-        if kind == "environment":
+    def _on_event(self, e: Event) -> None:
+        if isinstance(e, EnvironmentEvent):
             self.environment = e
-        elif kind == "eval" and isinstance(e.get("eval_loss"), (int, float)):
-            self.evals.append((e.get("step", 0), e["eval_loss"]))
-        elif kind == "replan":
-            changes = ", ".join(f"{k} {v[0]} -> {v[1]}" for k, v in (e.get("changes") or {}).items())
-            self._alert("replan", f"re-planned after running out of memory (attempt {e.get('attempt')})",
-                        f"{e.get('reason')}; new configuration: {changes}; effective batch "
-                        f"{e.get('effective_batch')} kept; resuming from "
-                        f"{Path(e['resume_from']).name if e.get('resume_from') else 'the start'}.",
-                        attempt=e.get("attempt"), changes=e.get("changes"))
-        elif kind == "log" and "loss" in e:
-            step, loss = e.get("step", 0), e["loss"]
-            self._progress(step)
-            if _finite(e.get("tokens_per_second")):
-                self.tokens_per_second.append(e["tokens_per_second"])
-            grad_norm = e.get("grad_norm")
-            if not _finite(loss) or (grad_norm is not None and not _finite(grad_norm)):
-                if not self.nan_sent:
-                    self.nan_sent, self.nan_step = True, step
-                    # events are strict JSON: a NaN/inf is written as null
-                    what = (f"loss is {'not finite' if loss is None else loss}" if not _finite(loss)
-                            else f"gradient norm is {'not finite' if grad_norm is None else grad_norm}")
-                    self._alert("nan", f"{what} at step {step}",
-                                f"The training {what} at step {step}: the run is no longer learning. "
-                                f"Stop it with `tuneplan stop {self.name}` and lower the learning rate.",
-                                step=step, loss=str(loss), grad_norm=str(grad_norm))
-                return
-            # a re-planned or resumed attempt repeats steps after its checkpoint: keep the newest
-            self.losses = [(s, v) for s, v in self.losses if s < step]
-            self.losses.append((step, loss))
-            if self.first_loss is None:
-                self.first_loss = loss
-            elif loss > EXPLODING_FACTOR * self.first_loss and not self.exploding_sent:
-                self.exploding_sent = True
-                self._alert("exploding", f"loss exploding at step {step}",
-                            f"Loss {loss:.4g} at step {step}, more than {EXPLODING_FACTOR:g}x its first value "
-                            f"{self.first_loss:.4g}. Consider `tuneplan stop {self.name}` and a lower learning rate.",
-                            step=step, loss=loss, first_loss=self.first_loss)
-        elif kind == "phase" and e.get("phase") == "training":
+        elif isinstance(e, EvalEvent) and e.eval_loss is not None:
+            self.evals.append(e)
+        elif isinstance(e, ReplanEvent):
+            self._alert("replan", f"re-planned after running out of memory (attempt {e.attempt})", e.describe(),
+                        attempt=e.attempt, changes=e.changes)
+        elif isinstance(e, LogEvent):
+            self._on_log(e)
+        elif isinstance(e, PhaseEvent) and e.phase == "training":
             self.last_progress = self.clock()  # a (re)started attempt: the stall clock starts again
+
+    def _on_log(self, e: LogEvent) -> None:
+        step, loss, grad_norm = e.step or 0, e.loss, e.grad_norm
+        self._progress(step)
+        tps = e.tokens_per_second
+        if tps is not None and _finite(tps):
+            self.tokens_per_second.append(float(tps))
+        # events are strict JSON: a NaN/inf is written as null (None here)
+        if loss is None or not _finite(loss) or (grad_norm is not None and not _finite(grad_norm)):
+            if not self.nan_sent:
+                self.nan_sent, self.nan_step = True, step
+                what = (f"loss is {'not finite' if loss is None else loss}" if loss is None or not _finite(loss)
+                        else f"gradient norm is {grad_norm}")
+                self._alert("nan", f"{what} at step {step}",
+                            f"The training {what} at step {step}: the run is no longer learning. "
+                            f"Stop it with `tuneplan stop {self.name}` and lower the learning rate.",
+                            step=step, loss=str(loss), grad_norm=str(grad_norm))
+            return
+        # a re-planned or resumed attempt repeats steps after its checkpoint: keep the newest
+        self.losses = [(s, v) for s, v in self.losses if s < step]
+        self.losses.append((step, loss))
+        if self.first_loss is None:
+            self.first_loss = loss
+        elif loss > EXPLODING_FACTOR * self.first_loss and not self.exploding_sent:
+            self.exploding_sent = True
+            self._alert("exploding", f"loss exploding at step {step}",
+                        f"Loss {loss:.4g} at step {step}, more than {EXPLODING_FACTOR:g}x its first value "
+                        f"{self.first_loss:.4g}. Consider `tuneplan stop {self.name}` and a lower learning rate.",
+                        step=step, loss=loss, first_loss=self.first_loss)
 
     def _progress(self, step: int) -> None:
         if step != self.last_step:
@@ -429,7 +416,7 @@ class RunWatcher:
         if self.nan_step is not None:
             lines.append(f"NaN from step {self.nan_step} on: the steps after it did not learn")
         if self.evals:
-            lines.append(f"eval loss {self.evals[-1][1]:.4f} at step {self.evals[-1][0]}")
+            lines.append(self.evals[-1].describe())
         tps = sorted(self.tokens_per_second)
         speed = f", {tps[len(tps) // 2]:.0f} tokens/s (median)" if tps else ""
         lines.append(f"{status.step} steps in {_fmt_duration(seconds)}{speed}")
@@ -442,19 +429,20 @@ class RunWatcher:
                      f"tuneplan push {self.name} --repo USER/NAME")
         details = {"steps": status.step, "seconds": round(seconds, 1), "final_loss": curve[-1][1] if curve else None,
                    "first_loss": curve[0][1] if curve else None,
-                   "eval_loss": self.evals[-1][1] if self.evals else None,
+                   "eval_loss": self.evals[-1].eval_loss if self.evals else None,
                    "loss_curve": [[st, v] for st, v in curve[-200:]], "cost_usd": cost, "output": str(out),
                    "tokens_per_second": tps[len(tps) // 2] if tps else None}
         return "\n".join(lines), details
 
     def _cost(self, seconds: float, config: RunConfig) -> tuple[float | None, str]:
         """GPU-hours x the catalog's price for the card the run trained on (`planner.gpus`)."""
-        gpu_name = self.environment.get("gpu_name")
-        if not gpu_name or gpu_name == "cpu":
+        env = self.environment
+        gpu_name = env.gpu_name if env is not None else None
+        if env is None or not gpu_name or gpu_name == "cpu":
             return None, "none (trained on the CPU)"
         from planner.gpus import PRICES_AS_OF, match_nvml
 
-        gpu = match_nvml(gpu_name, self.environment.get("gpu_memory_bytes"))
+        gpu = match_nvml(gpu_name, env.gpu_memory_bytes)
         if gpu is None or gpu.price_per_hour is None:
             return None, f"unknown (no catalog price for {gpu_name})"
         n = config.setup.num_gpus

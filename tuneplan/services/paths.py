@@ -1,10 +1,15 @@
-"""Where runs live, and the disk-space boundary.
+"""The user's folders (runs, presets, the config file, the cache), and the disk-space boundary.
 
-The runs root is, in order: the `--runs-dir` option, the `TUNEPLAN_RUNS_DIR` environment
-variable, or the per-user data directory (platformdirs: `~/.local/share/tuneplan/runs` on
-Linux, `~/Library/Application Support/tuneplan/runs` on macOS). Each run is one folder
-named `<model>-<method>-<YYYYmmdd-HHMMSS>` (a `-2`, `-3` suffix if taken); an existing run
-folder is never reused.
+Each comes from its environment variable when set, else from the platform's per-user folder
+(platformdirs; Linux shown): runs `TUNEPLAN_RUNS_DIR` or `~/.local/share/tuneplan/runs`
+(`--runs-dir` wins over both), user presets `TUNEPLAN_PRESETS_DIR` or
+`~/.config/tuneplan/presets`, the user config file `TUNEPLAN_CONFIG` or
+`~/.config/tuneplan/config.toml`, the cache (the built tiny model) `TUNEPLAN_CACHE_DIR` or
+`~/.cache/tuneplan`. On macOS the data and config folders are `~/Library/Application
+Support/tuneplan`, the cache `~/Library/Caches/tuneplan`.
+
+Each run is one folder named `<model>-<method>-<YYYYmmdd-HHMMSS>` (a `-2`, `-3` suffix if
+taken); an existing run folder is never reused.
 """
 
 from __future__ import annotations
@@ -19,20 +24,51 @@ from tuneplan.errors import UserError, check_path
 from tuneplan.events import CONFIG_FILE, created_at
 
 RUNS_DIR_ENV = "TUNEPLAN_RUNS_DIR"
+PRESETS_DIR_ENV = "TUNEPLAN_PRESETS_DIR"
+"""Overrides the user presets folder (the wizard's review screen saves there too)."""
+USER_CONFIG_ENV = "TUNEPLAN_CONFIG"
+"""Path of the user config file (`[notify]`, `tuneplan/services/notify.py`)."""
+CACHE_DIR_ENV = "TUNEPLAN_CACHE_DIR"
+"""Overrides the cache folder that holds the built tiny model."""
 FREE_BYTES_ENV = "TUNEPLAN_FAKE_FREE_BYTES"
 """Test hook: pretend the runs root's disk has this many free bytes (simulates a full disk)."""
+
+
+def _user_path(env: str, kind: str, *parts: str) -> Path:
+    """`$env` when set (`~` expanded), else platformdirs' per-user `kind` folder of tuneplan
+    (`data`, `config` or `cache`) joined with `parts`. Nothing is created here."""
+    value = os.environ.get(env)
+    if value:
+        return Path(value).expanduser()
+    import platformdirs
+
+    base = {"data": platformdirs.user_data_path, "config": platformdirs.user_config_path,
+            "cache": platformdirs.user_cache_path}[kind]("tuneplan")
+    return base.joinpath(*parts)
 
 
 def runs_root(override: str | os.PathLike | None = None) -> Path:
     """The folder that holds run directories (not created here)."""
     if override:
         return _folder(Path(check_path(override, "--runs-dir")).expanduser(), "--runs-dir")
-    env = os.environ.get(RUNS_DIR_ENV)
-    if env:
-        return _folder(Path(check_path(env, RUNS_DIR_ENV)).expanduser(), RUNS_DIR_ENV)
-    import platformdirs
+    if os.environ.get(RUNS_DIR_ENV):
+        return _folder(Path(check_path(os.environ[RUNS_DIR_ENV], RUNS_DIR_ENV)).expanduser(), RUNS_DIR_ENV)
+    return _user_path(RUNS_DIR_ENV, "data", "runs")
 
-    return platformdirs.user_data_path("tuneplan") / "runs"
+
+def user_presets_dir() -> Path:
+    """User presets: `$TUNEPLAN_PRESETS_DIR`, else the user config folder + `presets`."""
+    return _user_path(PRESETS_DIR_ENV, "config", "presets")
+
+
+def user_config_file() -> Path:
+    """The user config file: `$TUNEPLAN_CONFIG`, else the user config folder + `config.toml`."""
+    return _user_path(USER_CONFIG_ENV, "config", "config.toml")
+
+
+def cache_dir() -> Path:
+    """The cache (the built tiny model): `$TUNEPLAN_CACHE_DIR`, else the user cache folder."""
+    return _user_path(CACHE_DIR_ENV, "cache")
 
 
 def _folder(path: Path, what: str) -> Path:

@@ -19,7 +19,6 @@ from typing import Any, Mapping
 from planner.gpus import GPU, PRICES_AS_OF, GiB, UnknownGPU, get_gpu
 from planner.setup import COMPONENTS, METHODS, TrainSetup
 from planner.solver import (
-    DEFAULT_EFFECTIVE_BATCH,
     DEFAULT_SAFETY_MARGIN,
     Candidate,
     Constraints,
@@ -33,7 +32,7 @@ from tuneplan.config import MAX_COUNT, MAX_EPOCHS
 from tuneplan.errors import UserError
 
 from tuneplan.knobs import FIXABLE, LORA_KNOBS, QLORA_KNOBS  # noqa: F401  (re-exported)
-from tuneplan.knobs import BY_NAME
+from tuneplan.knobs import BY_NAME, effective_batch
 from tuneplan.knobs import FLAGS as _FLAGS
 from tuneplan.knobs import parse_targets  # noqa: F401  (re-exported: one reading of --lora-targets)
 STRATEGY_CHOICES = ("auto", "ddp", "fsdp")
@@ -115,7 +114,7 @@ class PlanOutcome:
     """GPUs NVML found (0 when the hardware came from --gpu / --vram)."""
 
     def to_dict(self) -> dict[str, Any]:
-        """The `--json` object (schema documented in the README, `## tuneplan plan`)."""
+        """The `--json` object (schema documented in docs/planning.md)."""
         return plan_to_dict(self)
 
 
@@ -151,7 +150,7 @@ def size_note(text: str, what: str = "--vram") -> str | None:
     """A note when `text` used a decimal-looking unit (GB, MB, ...): how it was read."""
     m = _SIZE.match(str(text))
     unit = (m.group(2) or "").lower() if m else ""
-    if unit not in ("kb", "mb", "gb", "tb"):
+    if m is None or unit not in ("kb", "mb", "gb", "tb"):
         return None
     binary = unit[0].upper() + "iB"
     return (f"{what} {text.strip()} read as {float(m.group(1)):g} {binary}: GPU makers' {unit.upper()} are "
@@ -176,58 +175,59 @@ def _generic_gpu(vram: int, bf16: bool = True) -> GPU:
     return GPU(key="custom", name=f"a {gib:.4g} GiB GPU", memory_bytes=vram, bf16=bf16, arch="unknown")
 
 
-def resolve_hardware(request: PlanRequest, probe: Any = None) -> tuple[Hardware, list[str], int]:
-    """The Hardware to plan for, notes about it, and how many GPUs NVML found."""
-    if request.hardware is not None:
-        return request.hardware, [], 0
-    if request.gpu:
-        gpu = resolve_gpu(request.gpu, vram_given=request.vram_bytes is not None)
-        if request.vram_bytes is not None:
-            if request.vram_bytes > gpu.memory_bytes:
-                raise UserError(f"--vram {request.vram_bytes / GiB:.1f} GiB is more than the {gpu.name}'s "
-                                f"{gpu.memory_bytes / GiB:.1f} GiB")
-            return Hardware(gpu=gpu, free_bytes=request.vram_bytes, source="vram"), [], 0
-        return Hardware(gpu=gpu, source="catalog"), [], 0
-    if request.vram_bytes is not None:
-        bf16 = request.fixed.get("compute_dtype") != "float16"
+def resolve_hardware(gpu: str | None = None, vram_bytes: int | None = None, index: int | None = None, *,
+                     gpus: int | None = None, bf16: bool = True, probe: Any = None) -> tuple[Hardware, list[str], int]:
+    """The Hardware to plan for, notes about it, and how many GPUs NVML found. `gpu`: a catalog
+    card; `vram_bytes`: a memory size (with `gpu`: free on that card; `bf16`: whether the bare
+    size is taken to support bfloat16); neither: the GPUs NVML finds (`index`: that one; else the
+    one with the most free memory, with the others of its model unless `gpus` is 1)."""
+    if gpu:
+        card = resolve_gpu(gpu, vram_given=vram_bytes is not None)
+        if vram_bytes is not None:
+            if vram_bytes > card.memory_bytes:
+                raise UserError(f"--vram {vram_bytes / GiB:.1f} GiB is more than the {card.name}'s "
+                                f"{card.memory_bytes / GiB:.1f} GiB")
+            return Hardware(gpu=card, free_bytes=vram_bytes, source="vram"), [], 0
+        return Hardware(gpu=card, source="catalog"), [], 0
+    if vram_bytes is not None:
         notes = ["Speed, time and cost need a GPU model: add --gpu NAME for them."]
-        return Hardware(gpu=_generic_gpu(request.vram_bytes, bf16), source="vram"), notes, 0
+        return Hardware(gpu=_generic_gpu(vram_bytes, bf16), source="vram"), notes, 0
     if probe is None:
         from tuneplan.services.gpu import default_probe
 
         probe = default_probe()
-    gpus = probe.probe()
-    if not gpus:
+    found = probe.probe()
+    if not found:
         raise UserError(f"no GPU to plan for: {probe.status()}; name a card with --gpu (e.g. --gpu rtx-4090) "
                         "or a memory size with --vram 24GiB")
-    if request.gpu_index is not None:
-        chosen = next((g for g in gpus if g.index == request.gpu_index), None)
+    if index is not None:
+        chosen = next((g for g in found if g.index == index), None)
         if chosen is None:
-            raise UserError(f"--gpu-index {request.gpu_index}: NVML sees GPUs {', '.join(str(g.index) for g in gpus)}")
+            raise UserError(f"--gpu-index {index}: NVML sees GPUs {', '.join(str(g.index) for g in found)}")
     else:
-        chosen = max(gpus, key=lambda g: g.free_bytes)
+        chosen = max(found, key=lambda g: g.free_bytes)
     notes = [f"Planning for GPU {chosen.index} ({chosen.name}) as NVML sees it: "
              f"{chosen.free_bytes / GiB:.1f} of {chosen.total_bytes / GiB:.1f} GiB free."]
     # several GPUs of the same model (and no --gpu-index): the plan may use all of them, each
     # with the least free memory among them
-    same = [g for g in gpus if g.name == chosen.name and g.total_bytes == chosen.total_bytes]
-    if request.gpu_index is not None or request.gpus == 1:
+    same = [g for g in found if g.name == chosen.name and g.total_bytes == chosen.total_bytes]
+    if index is not None or gpus == 1:
         same = [chosen]
     if len(same) > 1:
         free = min(g.free_bytes for g in same)
         notes[0] = (f"Planning for the {len(same)} x {chosen.name} NVML sees (GPUs "
                     f"{', '.join(str(g.index) for g in same)}): at least {free / GiB:.1f} of "
                     f"{chosen.total_bytes / GiB:.1f} GiB free on each.")
-        if len(same) < len(gpus):
-            notes.append(f"NVML found {len(gpus)} GPUs; the plan uses the {len(same)} of one model.")
+        if len(same) < len(found):
+            notes.append(f"NVML found {len(found)} GPUs; the plan uses the {len(same)} of one model.")
     else:
         free = chosen.free_bytes
-        if len(gpus) > 1:
-            notes.append(f"NVML found {len(gpus)} GPUs; the plan uses GPU {chosen.index}.")
+        if len(found) > 1:
+            notes.append(f"NVML found {len(found)} GPUs; the plan uses GPU {chosen.index}.")
     if chosen.catalog is None:
         notes.append(f"{chosen.name} is not in the GPU catalog: no speed, time or cost estimate.")
     hw = Hardware(gpu=chosen.as_planner_gpu(), count=len(same), free_bytes=free, source="nvml")
-    return hw, notes, len(gpus)
+    return hw, notes, len(found)
 
 
 # -- validation ----------------------------------------------------------------------------
@@ -338,6 +338,8 @@ def dataset_stats(source: str, model: Any) -> tuple[DatasetStats, list[str]]:
 
     preview = preview_dataset(source, model_source=model.source, hub=RealHubFiles())
     t = preview.tokens
+    if t is None:  # preview_dataset refuses an empty dataset first; a preview always measures rows
+        raise UserError(f"{source}: no example to measure")
     notes = [f"Dataset {source}: {preview.format} format, token lengths by {t.method}."] + list(preview.notes)
     total = t.total_tokens
     if preview.num_examples and t.count and preview.num_examples > t.count:
@@ -352,7 +354,13 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
     spec = model.spec
     validate(request, spec)
     request, cpu_notes = _bundled_tiny_on_cpu(request, model, probe)
-    hardware, notes, detected = resolve_hardware(request, probe)
+    notes: list[str]
+    if request.hardware is not None:
+        hardware, notes, detected = request.hardware, [], 0
+    else:
+        hardware, notes, detected = resolve_hardware(request.gpu, request.vram_bytes, request.gpu_index,
+                                                     gpus=request.gpus,
+                                                     bf16=request.fixed.get("compute_dtype") != "float16", probe=probe)
     notes = cpu_notes + notes
     if hardware.source == "nvml" and request.gpus is not None and request.gpus > hardware.count:
         raise UserError(f"--gpus {request.gpus}: NVML sees {hardware.count} x {hardware.gpu.name} here; plan for "
@@ -362,12 +370,7 @@ def plan(request: PlanRequest, *, probe: Any = None) -> PlanOutcome:
         request = replace(request, dataset=stats)
         notes = notes + data_notes
     fixed = dict(request.fixed)
-    effective = request.effective_batch
-    if effective is None:
-        mb, ga = fixed.get("micro_batch"), fixed.get("grad_accum")
-        effective = mb * ga if (mb and ga) else DEFAULT_EFFECTIVE_BATCH
-        if ga and not mb and effective % ga:
-            effective = ga * max(1, effective // ga)
+    effective = effective_batch(fixed.get("micro_batch"), fixed.get("grad_accum"), request.effective_batch)
     # --gpus auto on a catalog card / memory size: one card (who names a card has one card;
     # more cards come back as a suggestion), unless a multi-GPU strategy was asked for: then as
     # many GPUs as one machine holds, fewest first

@@ -266,7 +266,7 @@ def advise(spec: Any, hardware: Any, setup: TrainSetup, prediction: Prediction, 
         p = predict(spec, hardware, s, on_cpu=on_cpu)
         if on_cpu:
             return int(used + (p.torch_peak_bytes - prediction.torch_peak_bytes) * ratio), p
-        return int(p.device_bytes * ratio), p
+        return int((p.device_bytes or p.torch_peak_bytes) * ratio), p
 
     free = usable - used
     where = "of RAM available" if on_cpu else "usable"
@@ -309,23 +309,23 @@ def advise(spec: Any, hardware: Any, setup: TrainSetup, prediction: Prediction, 
         from planner.solver import SEQ_ROUND
 
         limit = min(limit, -(-dataset_p99 // SEQ_ROUND) * SEQ_ROUND)  # the plan's own rounding (choose_seq_len)
-    best = None
+    longest: tuple[TrainSetup, int, Prediction] | None = None
     seq = setup.seq_len * 2
     while setup.seq_len < limit:
         s = replace(setup, seq_len=min(seq, limit))
         n, p = need(s)
         if n > budget:
             break
-        best = (s, n, p)
+        longest = (s, n, p)
         if seq >= limit:
             break
         seq *= 2
-    if dataset_p99 is None and best is not None:
+    if dataset_p99 is None and longest is not None:
         out.append(f"A longer sequence than {setup.seq_len} tokens would fit, but helps only if your examples are "
                    "longer: probe with --dataset to measure them.")
         grown = True
-    elif best is not None:
-        s, n, p = best
+    elif longest is not None:
+        s, n, p = longest
         out.append(f"Or a longer sequence: {s.seq_len} tokens (from {setup.seq_len}; the dataset's 99th-percentile "
                    f"example is {dataset_p99}) fits at this micro-batch, predicted {size(n)} with this probe's "
                    "correction.")

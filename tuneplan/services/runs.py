@@ -18,9 +18,9 @@ from pathlib import Path
 from tuneplan.config import load_config, save_config
 from tuneplan.errors import UserError
 from tuneplan.events import (
-    CONFIG_FILE, DISK_ERRNOS, EVENTS_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, STOP_REQUEST_FILE, Status,
-    StatusUnreadable, append_event, created_at, effective_phase, last_checkpoint, live_pids, load_status, make_event,
-    read_status, write_status,
+    CONFIG_FILE, DISK_ERRNOS, EVENTS_FILE, FINAL_PHASES, SAVE_REQUEST_FILE, STOP_REQUEST_FILE, LogEvent,
+    MessageEvent, PhaseEvent, Status, StatusUnreadable, append_event, created_at, effective_phase, last_checkpoint,
+    live_pids, load_status, parse_event, read_status, write_status,
 )
 from tuneplan.files import EVENTS_TAIL_BYTES, read_head
 from tuneplan.run_process import lock_is_held
@@ -65,12 +65,11 @@ def _first_loss(run_dir: Path) -> float | None:
         if b'"log"' not in line:
             continue
         try:
-            event = json.loads(line)
-        except (ValueError, RecursionError):
+            event = parse_event(json.loads(line))
+        except (ValueError, RecursionError):  # not JSON, or a malformed event
             continue
-        loss = event.get("loss") if isinstance(event, dict) and event.get("kind") == "log" else None
-        if isinstance(loss, (int, float)) and not isinstance(loss, bool):
-            return float(loss)
+        if isinstance(event, LogEvent) and event.loss is not None:
+            return float(event.loss)
     return None
 
 
@@ -192,7 +191,7 @@ def request_stop(run_dir: Path) -> list[int]:
         except ProcessLookupError:
             pass
     try:
-        append_event(run_dir, make_event("message", level="info", text="stop requested (tuneplan stop)"))
+        append_event(run_dir, MessageEvent(level="info", text="stop requested (tuneplan stop)"))
     except OSError:
         pass
     return signalled
@@ -242,10 +241,11 @@ def prepare_resume(run_dir: Path) -> Path:
         (run_dir / STOP_REQUEST_FILE).unlink(missing_ok=True)  # a stop of the previous attempt is done
         (run_dir / SAVE_REQUEST_FILE).unlink(missing_ok=True)
         st = status or Status(run_name=run_dir.name)
-        st.phase, st.error, st.log_tail, st.pids, st.processes = "queued", None, [], [], []
+        st.phase, st.log_tail, st.pids, st.processes = "queued", [], [], []
+        st.clear_failure()
         st.step = int(ckpt.name.rsplit("-", 1)[1])  # steps after the checkpoint are redone
         write_status(run_dir, st)
-        append_event(run_dir, make_event("phase", phase="queued", message=f"resuming from {ckpt.name}"))
+        append_event(run_dir, PhaseEvent(phase="queued", message=f"resuming from {ckpt.name}"))
     except OSError as exc:
         raise UserError(f"cannot resume {run_dir.name}: writing {exc.filename or run_dir} failed "
                         f"({DISK_ERRNOS.get(exc.errno or 0, exc.strerror)}); fix the folder, then resume") from None

@@ -23,8 +23,10 @@ from transformers import TrainerCallback
 
 from tuneplan.config import RunConfig
 from tuneplan.errors import NON_FINITE_PREFIX, NonFiniteTraining
-from tuneplan.events import (SAVE_REQUEST_FILE, STOP_REQUEST_FILE, Status, append_event, compact, make_event,
-                             write_status)
+from tuneplan.events import (
+    SAVE_REQUEST_FILE, STOP_REQUEST_FILE, CheckpointEvent, EvalEvent, Event, LogEvent, MemoryEvent, MemoryProbeEvent,
+    MessageEvent, PhaseEvent, Status, append_event, compact, write_status,
+)
 from tuneplan.training import distributed
 
 
@@ -86,10 +88,10 @@ class RunEventsCallback(TrainerCallback):
         """Rank 0 (or one process): writes status.json and every event; other ranks only memory."""
 
     # -- helpers ------------------------------------------------------------------------------
-    def event(self, kind: str, **fields) -> None:
-        if not self.main and kind not in ("memory", "memory_probe"):
+    def event(self, event: Event) -> None:
+        if not self.main and not isinstance(event, (MemoryEvent, MemoryProbeEvent)):
             return
-        append_event(self.run_dir, make_event(kind, **fields))
+        append_event(self.run_dir, event)
 
     def _write_status(self, *, throttle: bool = False) -> None:
         """Rewrite status.json (rank 0). `throttle`: per-step updates at most every
@@ -105,7 +107,7 @@ class RunEventsCallback(TrainerCallback):
 
     def phase(self, phase: str, message: str | None = None) -> None:
         self.status.phase = phase
-        self.event("phase", phase=phase, **({"message": message} if message else {}))
+        self.event(PhaseEvent(phase=phase, message=message or None))
         self._write_status()
 
     # -- trainer hooks --------------------------------------------------------------------------
@@ -121,7 +123,7 @@ class RunEventsCallback(TrainerCallback):
         self.last_save_time = time.monotonic()
         warning = self.config.checkpoint_warning(state.max_steps)
         if warning and not state.global_step:
-            self.event("message", level="warning", text=warning)
+            self.event(MessageEvent(level="warning", text=warning))
 
     def on_step_begin(self, args, state, control, **kwargs):
         if self.evaluating:
@@ -155,8 +157,8 @@ class RunEventsCallback(TrainerCallback):
         stop, save_now, timed = distributed.sync_flags(self.control_flags.stop_requested, save_now, timed)
         if timed:
             control.should_save = True
-            self.event("message", level="info", text=f"time-based checkpoint (every {self.config.training.save_every}) "
-                                                     f"at step {state.global_step}")
+            self.event(MessageEvent(level="info", text=f"time-based checkpoint (every "
+                                                         f"{self.config.training.save_every}) at step {state.global_step}"))
         if stop and not self.control_flags.stop_requested:
             self.control_flags.request_stop("SIGTERM")
         if stop:
@@ -164,11 +166,11 @@ class RunEventsCallback(TrainerCallback):
             control.should_training_stop = True
         if save_now:
             control.should_save = True
-            self.event("message", level="info", text=f"checkpoint requested: saving at step {state.global_step}")
+            self.event(MessageEvent(level="info", text=f"checkpoint requested: saving at step {state.global_step}"))
         self._evaluation_ahead(control)
         if not self.probed and self.first_step is not None and state.global_step - self.first_step >= 2:
             self.probed = True
-            self.event("memory_probe", **memory_probe_fields(self.config, state.global_step, args.process_index))
+            self.event(MemoryProbeEvent(**memory_probe_fields(self.config, state.global_step, args.process_index)))
 
     def on_epoch_end(self, args, state, control, **kwargs):
         self._evaluation_ahead(control)
@@ -195,7 +197,7 @@ class RunEventsCallback(TrainerCallback):
         logs = logs or {}
         now = time.time()
         if "eval_loss" in logs:
-            self.event("eval", step=state.global_step, eval_loss=logs["eval_loss"])
+            self.event(EvalEvent(step=state.global_step, eval_loss=logs["eval_loss"]))
             return
         if "loss" not in logs:
             return
@@ -218,14 +220,14 @@ class RunEventsCallback(TrainerCallback):
             fields.update(torch_allocated_peak_bytes=torch.cuda.max_memory_allocated(),
                           torch_reserved_peak_bytes=torch.cuda.max_memory_reserved(), rank=args.process_index)
         logged = compact(fields)  # status.json repeats the logged numbers, digit for digit
-        self.event("log", **logged)
+        self.event(LogEvent(**logged))
         bad = [f"{k} {fields[k]}" for k in ("loss", "grad_norm")
                if isinstance(fields[k], (int, float)) and not math.isfinite(fields[k])]
         if bad:  # NaN/inf weights never recover: stop before a checkpoint or the final save keeps them
             raise NonFiniteTraining(f"{NON_FINITE_PREFIX} {' and '.join(bad)} at step {step}: the weights are "
                                     "lost; lower the learning rate or resume from a checkpoint before it")
         if distributed.world_size() > 1:  # every rank: its own memory, one dashboard row per GPU
-            self.event("memory", step=step, **distributed.memory_fields())
+            self.event(MemoryEvent(step=step, **distributed.memory_fields()))
         self.last_log_time, self.last_log_step, self.last_log_tokens = now, step, tokens
         self.status.step, self.status.epoch = step, logged.get("epoch")
         if isinstance(logged.get("loss"), (int, float)) and math.isfinite(logged["loss"]):
@@ -236,5 +238,5 @@ class RunEventsCallback(TrainerCallback):
         self.last_save_time = time.monotonic()
         path = Path(args.output_dir) / f"checkpoint-{state.global_step}"
         self.status.last_checkpoint = str(path)
-        self.event("checkpoint", step=state.global_step, path=str(path))
+        self.event(CheckpointEvent(step=state.global_step, path=str(path)))
         self._write_status()

@@ -26,9 +26,13 @@ import os
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from tuneplan.errors import UserError
 from tuneplan.events import CHECKPOINTS_DIR, DISK_ERRNOS, last_checkpoint
+
+if TYPE_CHECKING:
+    import torch
 
 PARTIAL_DIR = ".partial"
 """Under `checkpoints/`: where a checkpoint is written before it is published."""
@@ -172,6 +176,11 @@ def disk_fault_message(name: str, strerror: str, where: str, run_dir: Path) -> s
     return f"{name} ({strerror}) {where}; {kept}: {fix}, then `tuneplan resume {Path(run_dir).name}`"
 
 
+def trainable_parameters(model: torch.nn.Module) -> int:
+    """Parameters the optimizer updates (and a checkpoint saves with its states)."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
 class AtomicCheckpoints:
     """Trainer mixin: free-space check, write into a partial folder, fsync, rename, rotate.
     `run_dir`, `save_sleep_seconds` (fault injection: a pause between writing and publishing,
@@ -186,9 +195,6 @@ class AtomicCheckpoints:
             return self._partial_root
         return super()._get_output_dir(trial)
 
-    def _trainable_params(self) -> int:
-        return sum(p.numel() for p in self.model.parameters() if p.requires_grad)
-
     def _save_checkpoint(self, model, trial):
         from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
 
@@ -197,7 +203,7 @@ class AtomicCheckpoints:
         name = f"{PREFIX_CHECKPOINT_DIR}-{step}"
         main = self.args.should_save
         if main and self.run_dir is not None:
-            check_space(self.run_dir, step, self._trainable_params())
+            check_space(self.run_dir, step, trainable_parameters(self.model))
         partial_root = root / PARTIAL_DIR
         if main:
             shutil.rmtree(partial_root, ignore_errors=True)

@@ -218,7 +218,7 @@ def write_accelerate_config(run_dir: Path, setup: Any, **kwargs: Any) -> Path:
     """Write `RUN_DIR/accelerate.yaml` for the run (rewritten per attempt: after an OOM
     re-plan it still describes the run); return its path."""
     path = Path(run_dir) / ACCELERATE_CONFIG_FILE
-    header = ("# accelerate config written by tuneplan for this run (see README, ## Multi-GPU).\n"
+    header = ("# accelerate config written by tuneplan for this run (see docs/multi-gpu.md).\n"
               "# On several machines: copy the run directory to each, set num_machines, machine_rank\n"
               "# (0 on the main machine), main_process_ip and main_process_port, then start the same\n"
               "# `python -m accelerate.commands.launch --config_file ... -m tuneplan.training.runner RUN_DIR "
@@ -296,11 +296,11 @@ def worker_command(run_dir: Path, setup: Any, *, python: str | None = None) -> t
         # run what really runs: DDP over gloo.
         from dataclasses import replace
 
-        from tuneplan.events import append_event, make_event
+        from tuneplan.events import MessageEvent, append_event
 
         run_setup = replace(setup, strategy="ddp")
-        append_event(run_dir, make_event(
-            "message", level="warning",
+        append_event(run_dir, MessageEvent(
+            level="warning",
             text=f"FSDP needs GPUs: accelerate runs CPU ranks as MULTI_CPU (gloo) and ignores FSDP there, so this "
                  f"CPU run trains with DDP over {setup.num_gpus} processes (a full replica each)"))
     cfg = write_accelerate_config(run_dir, run_setup, main_process_port=free_port(), cpu=cpu)

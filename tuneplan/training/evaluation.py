@@ -40,8 +40,10 @@ from pathlib import Path
 from typing import Any
 
 from tuneplan.config import RunConfig, load_config
-from tuneplan.errors import NON_FINITE_PREFIX, UserError
-from tuneplan.events import ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, effective_phase, read_events, read_status
+from tuneplan.errors import UserError
+from tuneplan.events import (
+    ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, DataEvent, Failure, effective_phase, read_events, read_status,
+)
 from tuneplan.services.eval_results import (
     EvalReport, GenerationExample, ModelScores, refuse_overwrite, run_card_path, update_card_file, write_eval,
 )
@@ -137,9 +139,9 @@ def check_evaluable(run_dir: Path) -> tuple[RunConfig, str]:
     status = read_status(run_dir)
     phase = effective_phase(status)
     name = run_dir.name
-    if status is not None and status.phase == "failed" and (status.error or "").startswith(NON_FINITE_PREFIX):
-        raise UserError(f"run {name} failed with {status.error.split(':')[0]}: its weights are not numbers, "
-                        "there is nothing to evaluate")
+    if status is not None and status.phase == "failed" and status.failure is Failure.NON_FINITE:
+        raise UserError(f"run {name} failed with {(status.error or 'a non-finite loss').split(':')[0]}: its weights "
+                        "are not numbers, there is nothing to evaluate")
     if phase in ("crashed", "failed"):
         why = f" ({status.error})" if status is not None and status.error else ""
         raise UserError(f"run {name} {phase}{why}: it has no final weights to evaluate; "
@@ -361,10 +363,10 @@ def _held_out(run_dir: Path, config: RunConfig, tokenizer, notes: list[str]):
     if data.eval is None or len(data.eval) == 0:
         raise UserError(f"run {run_dir.name} has no held-out rows (data.eval_fraction = {config.data.eval_fraction} "
                         f"of {data.examples} examples); train with a larger --eval-fraction")
-    recorded = [e for e in read_events(run_dir) if e.get("kind") == "data"]
-    if recorded and recorded[-1].get("eval_examples") not in (None, len(data.eval)):
+    recorded = [e for e in read_events(run_dir) if isinstance(e, DataEvent)]
+    if recorded and recorded[-1].eval_examples not in (None, len(data.eval)):
         notes.append(f"the dataset changed since training: {len(data.eval)} held-out rows now, "
-                     f"{recorded[-1]['eval_examples']} then; the split may hold rows the run trained on")
+                     f"{recorded[-1].eval_examples} then; the split may hold rows the run trained on")
     return data.eval, ("text" if data.format == "text" else "chat")
 
 

@@ -71,6 +71,7 @@ def load_chat_model(run_dir: Path):
     # CPU: float32 (bf16 matmuls are slow there); CUDA: the run's compute dtype, 4-bit for QLoRA.
     dtype = torch_dtype(config.setup.compute_dtype) if device.type == "cuda" else torch.float32
     tokenizer = AutoTokenizer.from_pretrained(weights)
+    model: torch.nn.Module  # the full model, or the adapter on its base (a PeftModel)
     if config.setup.method == "full":
         model = AutoModelForCausalLM.from_pretrained(weights, dtype=dtype, device_map={"": device})
     else:

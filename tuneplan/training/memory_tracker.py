@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import weakref
 from typing import Any
 
@@ -39,6 +40,9 @@ STATIC = ("quantized_weights", "unquantized_weights", "adapter_weights", "gradie
 PHASES = ("other", "forward", "loss", "backward", "clip", "optimizer")
 HOST = "host"
 """The category of storages on `LiveTensorTracker.host_device` (host RAM, outside the peak)."""
+UNIFIED = "unified_memory"
+"""Storages an emulated CUDA run keeps in CUDA managed memory, outside the caching allocator and
+so outside the peak (`LiveTensorTracker.to_unified`)."""
 
 
 @dataclasses.dataclass
@@ -76,13 +80,17 @@ class LiveTensorTracker(TorchDispatchMode):
         self.host_current = 0
         self.host_peak = 0
         self.host_size = lambda nbytes: nbytes  # what the host allocator takes for a request
+        self.unified_current = 0
+        self.unified_peak = 0
 
     # -- storage bookkeeping -----------------------------------------------------------
-    def _freed(self, key: int, _ref=None) -> None:
+    def _freed(self, key: int, _ref: object = None) -> None:
         e = self.live.pop(key, None)
         self._refs.pop(key, None)
         if e is not None and e.category == HOST:
             self.host_current -= e.nbytes
+        elif e is not None and e.category == UNIFIED:
+            self.unified_current -= e.nbytes
         elif e is not None:
             self.current -= e.nbytes
             self.by_cat[e.category] -= e.nbytes
@@ -102,9 +110,11 @@ class LiveTensorTracker(TorchDispatchMode):
             if e is None:
                 nbytes = self.host_size(nbytes)
                 self.live[key] = _Entry(nbytes, HOST, self._op)
-                self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
+                self._refs[key] = weakref.ref(st, functools.partial(self._freed, key))
                 self.host_current += nbytes
                 self.host_peak = max(self.host_peak, self.host_current)
+            return
+        if e is not None and e.category in (HOST, UNIFIED):  # outside the peak, stays there
             return
         if e is not None:
             if nbytes != e.nbytes:  # resized in place (out= ops)
@@ -119,10 +129,22 @@ class LiveTensorTracker(TorchDispatchMode):
             return
         cat = category or self.phase
         self.live[key] = _Entry(nbytes, cat, self._op)
-        self._refs[key] = weakref.ref(st, lambda r, k=key: self._freed(k))
+        self._refs[key] = weakref.ref(st, functools.partial(self._freed, key))
         self.current += nbytes
         self.by_cat[cat] = self.by_cat.get(cat, 0) + nbytes
         self._check_peak()
+
+    def to_unified(self, t: torch.Tensor) -> None:
+        """Move `t`'s storage out of the peak into managed memory (`UNIFIED`)."""
+        self.track(t)
+        e = self.live.get(id(t.untyped_storage()))
+        if e is None or e.category in (HOST, UNIFIED):
+            return
+        self.current -= e.nbytes
+        self.by_cat[e.category] -= e.nbytes
+        e.category = UNIFIED
+        self.unified_current += e.nbytes
+        self.unified_peak = max(self.unified_peak, self.unified_current)
 
     def allocate_static(self, nbytes: int, category: str) -> None:
         """Count `nbytes` that a CUDA run holds to the end (e.g. a cuBLAS workspace)."""
@@ -178,8 +200,8 @@ class LiveTensorTracker(TorchDispatchMode):
 
 
 # -- baseline classification ------------------------------------------------------------
-def _quant_state_tensors(qs) -> list[torch.Tensor]:
-    out = []
+def _quant_state_tensors(qs: Any) -> list[torch.Tensor]:
+    out: list[torch.Tensor] = []
     if qs is None:
         return out
     for name in ("absmax", "code", "offset"):

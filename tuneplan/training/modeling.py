@@ -36,12 +36,15 @@ from __future__ import annotations
 
 import logging
 import tempfile
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from planner.setup import ALL_LINEAR, TrainSetup
 from tuneplan.errors import UserError
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger("tuneplan.training")
 
@@ -63,14 +66,17 @@ def _note(notes: list[str], text: str) -> None:
     notes.append(text)
 
 
-def _model_class(config) -> type | None:
+def _model_class(config) -> type[PreTrainedModel] | None:
     """The transformers causal-LM class for a config, or None (e.g. remote code)."""
+    from transformers import PreTrainedModel
     from transformers.models.auto.modeling_auto import MODEL_FOR_CAUSAL_LM_MAPPING
 
     try:
-        return MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
+        # the lazy mapping's own annotation says a tuple; its value is the model class
+        cls: object = MODEL_FOR_CAUSAL_LM_MAPPING[type(config)]
     except KeyError:
         return None
+    return cls if isinstance(cls, type) and issubclass(cls, PreTrainedModel) else None
 
 
 def resolve_attention(config, requested: str, device_type: str, notes: list[str]) -> str:
@@ -154,6 +160,7 @@ def _load_model(source: str | None, config, setup: TrainSetup, device: torch.dev
             if cls is None:
                 raise UserError(f"random weights need a model class transformers knows ({config.model_type})")
             return cls.from_pretrained(None, config=config, state_dict=state_dict, **kwargs)
+        assert source is not None, "a checkpoint load names its source (None only with state_dict)"
         return AutoModelForCausalLM.from_pretrained(source, config=config, **kwargs)
     except (OSError, ValueError) as e:  # missing weights, gated repo, unsupported option
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
@@ -168,8 +175,8 @@ def _peft_moe_aliases(model) -> set[str]:
         from peft.utils import transformers_weight_conversion as twc
     except ImportError:  # a peft without the v4->v5 conversion
         return set()
-    base = twc._MODEL_TO_CONVERSION_PATTERN.get(getattr(model.config, "model_type", None))
-    return set(twc._MOE_TARGET_MODULE_MAPPING.get(base, {}))
+    base = twc._MODEL_TO_CONVERSION_PATTERN.get(str(getattr(model.config, "model_type", "")))
+    return set(twc._MOE_TARGET_MODULE_MAPPING.get(base, {})) if base is not None else set()
 
 
 def _attention_names(model) -> list[str]:

@@ -33,6 +33,7 @@ import torch
 from transformers import TrainerCallback
 
 from planner.setup import TrainSetup
+from tuneplan.training.oom import oom_as_out_of_memory_error
 
 
 @dataclass
@@ -190,11 +191,13 @@ def measure(source: str | None, setup: TrainSetup, *, config_dict: dict | None =
         say("building the model with random weights from config.json (no download)")
         model, notes = load_random_for_training(config_dict, setup, seed=seed)
         tokenizer = simple_tokenizer(model.get_input_embeddings().weight.shape[0])
-    else:
+    elif source is not None:
         from tuneplan.training.modeling import load_for_training
 
         say(f"loading {source}")
         model, tokenizer, notes = load_for_training(source, setup, trust_remote_code=trust_remote_code)
+    else:
+        raise ValueError("measure() needs a source, or random_weights with the model's config_dict")
     m.load_seconds = time.perf_counter() - t
     m.notes.extend(notes)
     vocab = model.get_input_embeddings().weight.shape[0]
@@ -209,16 +212,12 @@ def measure(source: str | None, setup: TrainSetup, *, config_dict: dict | None =
         classify_model(tracker, trainer.model)  # after trl's casts, like the memory trace
     say(f"training {warmup_steps} warm-up + {steps} measured optimizer steps "
         f"(micro-batch {setup.micro_batch} x {setup.grad_accum}, {setup.seq_len} tokens)")
-    try:
+    with oom_as_out_of_memory_error():
         if tracker is not None:  # the memory trace's accounting: gradients and optimizer states too
             with phase_hooks(tracker, trainer, trainer.model), tracker:
                 trainer.train()
         else:
             trainer.train()
-    except RuntimeError as exc:  # some CUDA paths (bitsandbytes, cuBLAS) raise a plain RuntimeError
-        if "out of memory" in str(exc).lower() and not isinstance(exc, torch.OutOfMemoryError):
-            raise torch.OutOfMemoryError(str(exc)) from exc
-        raise
     m.step_times = [round(x, 4) for x in callback.times]
     measured = callback.times[warmup_steps:] or callback.times[-1:]
     if measured:

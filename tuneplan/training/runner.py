@@ -35,15 +35,23 @@ import sys
 import time
 import traceback
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tuneplan import run_process
 from tuneplan.config import RunConfig, load_config, save_config
 from tuneplan.training import distributed
 from tuneplan.errors import UserError
 from tuneplan.events import (
-    ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, FINAL_PHASES, LOG_FILE, MODEL_DIR, STOP_REQUEST_FILE, Status,
-    append_event, last_checkpoint, make_event, read_status, write_status,
+    ADAPTER_DIR, CHECKPOINTS_DIR, CONFIG_FILE, FINAL_PHASES, LOG_FILE, MODEL_DIR, STOP_REQUEST_FILE, DataEvent,
+    EnvironmentEvent, Event, Failure, MessageEvent, PhaseEvent, ReplanEvent, Status, append_event, last_checkpoint,
+    read_status, write_status,
 )
+from tuneplan.training.oom import first_line, oom_as_out_of_memory_error
+
+if TYPE_CHECKING:  # the supervisor imports this module and never loads torch or transformers
+    from transformers import Trainer, TrainerCallback
+
+    from tuneplan.training.callbacks import RunControl
 
 EXIT_OK = 0
 EXIT_FAILED = 3
@@ -71,16 +79,18 @@ def log_tail(run_dir: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return [line for line in out if line.strip()][-lines:]
 
 
-def _event(run_dir: Path, kind: str, **fields) -> None:
+def _event(run_dir: Path, event: Event) -> None:
     if not distributed.is_main_process():  # several ranks: rank 0 writes the run's events
         return
-    append_event(run_dir, make_event(kind, **fields))
+    append_event(run_dir, event)
 
 
-def _finish(run_dir: Path, status: Status, phase: str, *, error: str | None = None, message: str | None = None) -> None:
+def _finish(run_dir: Path, status: Status, phase: str, *, error: str | None = None,
+            failure: Failure | None = None, message: str | None = None) -> None:
     status.phase = phase
     if error is not None:
         status.error = error
+        status.failure = failure or status.failure
         try:
             sys.stdout.flush()
             sys.stderr.flush()
@@ -90,28 +100,30 @@ def _finish(run_dir: Path, status: Status, phase: str, *, error: str | None = No
     if not distributed.is_main_process():  # several ranks: rank 0 owns status.json
         return
     try:
-        _event(run_dir, "phase", phase=phase, **({"message": message or error} if (message or error) else {}))
+        _event(run_dir, PhaseEvent(phase=phase, message=message or error))
     except OSError:
         pass  # the status is what matters; the supervisor hears the error through its pipe
     write_status(run_dir, status)
 
 
-def _tell_supervisor(error: str, step: int) -> None:
-    """The worker's error and last completed step, sent down the supervisor's pipe (needs no disk)."""
+def _tell_supervisor(failure: Failure, error: str, step: int) -> None:
+    """The worker's failure, its words and the last completed step, sent down the supervisor's
+    pipe (needs no disk)."""
     raw = os.environ.get(ERROR_FD_ENV)
     if not raw or not distributed.is_main_process():
         return
     try:
-        os.write(int(raw), (json.dumps({"error": error, "step": step}) + "\n").encode("utf-8"))
+        said = {"failure": failure.value, "error": error, "step": step}
+        os.write(int(raw), (json.dumps(said) + "\n").encode("utf-8"))
     except (OSError, ValueError):
         pass
 
 
-def _finish_failed(run_dir: Path, status: Status, error: str) -> None:
+def _finish_failed(run_dir: Path, status: Status, failure: Failure, error: str) -> None:
     """Record a failure, first through the pipe (in case the disk refuses the status write)."""
-    _tell_supervisor(error, status.step)
+    _tell_supervisor(failure, error, status.step)
     try:
-        _finish(run_dir, status, "failed", error=error)
+        _finish(run_dir, status, "failed", error=error, failure=failure)
     except OSError:
         pass
 
@@ -147,147 +159,185 @@ def _setup_logging() -> None:
     transformers.utils.logging.set_verbosity_warning()
 
 
-def write_model_card(directory: Path, config: RunConfig, status: Status, notes: list[str]) -> None:
-    s, t = config.setup, config.training
-    from tuneplan import __version__
+def write_model_card(directory: Path, run_dir: Path, config: RunConfig, status: Status, notes: list[str],
+                     *, final_dir: Path) -> None:
+    """The final folder's README.md: the same card `tuneplan push` uploads (`services/model_card.py`),
+    naming local paths in full and loading from `final_dir` (where the folder is published)."""
+    from tuneplan.services.model_card import model_card
 
-    lines = [
-        f"# {status.run_name or directory.parent.name}",
-        "",
-        f"A {'LoRA adapter' if s.method != 'full' else 'fully fine-tuned model'} trained by tuneplan {__version__}.",
-        "",
-        f"- base model: `{config.model.source}`" + (f" (revision {config.model.revision})" if config.model.revision else ""),
-        f"- dataset: `{config.data.source}`",
-        f"- method: {s.method}" + (f" ({s.quant_type}, double quant {s.double_quant})" if s.method == "qlora" else ""),
-        f"- LoRA: rank {s.lora_rank}, alpha {s.lora_alpha}, dropout {s.lora_dropout}, targets {s.lora_targets}",
-        f"- batch: micro-batch {s.micro_batch} x accumulation {s.grad_accum} x GPUs {s.num_gpus} "
-        f"= effective {s.effective_batch()}; sequence length {s.seq_len}; packing {s.packing}",
-        f"- optimizer {s.optimizer}, learning rate {t.learning_rate} ({t.lr_scheduler}), compute dtype {s.compute_dtype}",
-        f"- steps: {status.step}" + (f", final training loss {status.loss:.4f}" if status.loss is not None else ""),
-        "",
-        "Use it with `tuneplan chat RUN` or merge it with `tuneplan export RUN --merge`; with peft:",
-        "",
-        "```python",
-        "from peft import AutoPeftModelForCausalLM",
-        f"model = AutoPeftModelForCausalLM.from_pretrained({str(directory)!r})",
-        "```",
-    ]
-    if notes:
-        lines += ["", "## Notes from the run", ""] + [f"- {n}" for n in notes]
-    (directory / "README.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    card = model_card(run_dir, config, load_from=str(final_dir), public=False, steps=status.step,
+                      final_loss=status.loss, notes=notes)
+    (directory / "README.md").write_text(card, encoding="utf-8")
 
 
-def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
-    """Train one attempt of a run in this process; the status and events say how it ended."""
-    import torch
+def _install_signals(control: RunControl) -> None:
+    """SIGTERM/SIGINT: checkpoint at the end of the current step, then stop; SIGHUP ignored."""
+    signal.signal(signal.SIGTERM, lambda *_: control.request_stop("SIGTERM"))
+    signal.signal(signal.SIGINT, lambda *_: control.request_stop("SIGINT"))
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
 
-    from tuneplan.training.callbacks import RunControl, RunEventsCallback
 
-    run_dir = Path(run_dir)
+def _attempt_status(run_dir: Path, *, armed: bool) -> Status:
+    """The status this attempt starts from: this process recorded beside its supervisor, the
+    previous attempt's failure cleared."""
     status = read_status(run_dir) or Status()
     status.run_name = status.run_name or run_dir.name
-    control = RunControl()
-    if install_signals:
-        signal.signal(signal.SIGTERM, lambda *_: control.request_stop("SIGTERM"))
-        signal.signal(signal.SIGINT, lambda *_: control.request_stop("SIGINT"))
-        signal.signal(signal.SIGHUP, signal.SIG_IGN)
     sup = os.environ.get(SUPERVISOR_PID_ENV)
     status.pids = ([int(sup)] if sup else []) + [os.getpid()]
-    mine = run_process.process_record(os.getpid(), armed=install_signals)
+    mine = run_process.process_record(os.getpid(), armed=armed)
     # keep the supervisor's record (it wrote it), add this worker's own
     status.processes = [r for r in status.processes if isinstance(r, dict) and sup and r.get("pid") == int(sup)]
     status.processes += [mine] if mine else []
     status.started_at = status.started_at or time.time()
-    status.error = None
+    status.clear_failure()
     status.log_tail = []
-    trainer = tokenizer = None
-    try:
-        config = load_config(run_dir / CONFIG_FILE)
-        status.effective_batch = config.effective_batch()
-        callback = RunEventsCallback(run_dir, config, status, control)
+    return status
+
+
+class _Attempt:
+    """One training attempt of a run in this process, step by step: load the model, prepare the
+    data, build the trainer, train, save. `run()` returns the result of an attempt that ended
+    (done, or stopped); the failure handlers record the others with their `Failure`."""
+
+    def __init__(self, run_dir: Path, status: Status, control: RunControl) -> None:
+        self.run_dir = run_dir
+        self.status = status
+        self.control = control
+        self.trainer: Trainer | None = None
+        self.tokenizer: Any = None
+        """The model's tokenizer (a transformers tokenizer; its class depends on the model)."""
+        self.notes: list[str] = []
+
+    def result(self, exit_code: int) -> WorkerResult:
+        return WorkerResult(exit_code, self.trainer, self.tokenizer)
+
+    def _stopped_before_training(self) -> bool:
+        if (self.run_dir / STOP_REQUEST_FILE).exists():
+            self.control.request_stop("tuneplan stop")
+        if self.control.stop_requested:
+            _finish(self.run_dir, self.status, "stopped", message=f"{self.control.stop_signal} before training started")
+        return self.control.stop_requested
+
+    def run(self) -> WorkerResult:
+        from tuneplan.training.callbacks import RunEventsCallback
+
+        config = load_config(self.run_dir / CONFIG_FILE)
+        self.status.effective_batch = config.effective_batch()
+        callback = RunEventsCallback(self.run_dir, config, self.status, self.control)
         callback.phase("loading", f"model {config.model.source} ({config.setup.method})")
         _setup_logging()
-        from tuneplan.training.data import prepare_data
+        model = self.load_model(config)
+        if self._stopped_before_training():
+            return self.result(EXIT_OK)
+        callback.phase("tokenizing", f"dataset {config.data.source}")
+        data = self.prepare_data(config)
+        trainer = self.build_trainer(config, model, data, callback)
+        if self._stopped_before_training():
+            return self.result(EXIT_OK)
+        if not self.train(config, trainer):
+            return self.result(EXIT_OK)  # stopped, with a checkpoint
+        callback.phase("saving")
+        self.save(config, trainer)
+        loss = f"final loss {self.status.loss:.4f}" if self.status.loss is not None else "finished"
+        _finish(self.run_dir, self.status, "done", message=f"{loss} after {self.status.step} steps")
+        return self.result(EXIT_OK)
+
+    def load_model(self, config: RunConfig):
         from tuneplan.training.modeling import load_for_training
+
+        model, self.tokenizer, self.notes = load_for_training(
+            config.model.source, config.setup, trust_remote_code=config.model.trust_remote_code,
+            device=distributed.load_device())
+        # the evidence `presets save` records
+        _event(self.run_dir, EnvironmentEvent.of(environment_facts()))
+        return model
+
+    def prepare_data(self, config: RunConfig):
+        from tuneplan.training.data import prepare_data
+
+        data = prepare_data(config, self.tokenizer, self.notes)
+        for note in self.notes:
+            _event(self.run_dir, MessageEvent(level="info", text=note))
+        _event(self.run_dir, DataEvent(
+            examples=data.examples, dropped_too_long=data.dropped_too_long, truncated=data.truncated,
+            format=data.format, multi_turn=data.multi_turn, every_assistant_turn=data.every_turn,
+            train_examples=len(data.train), eval_examples=len(data.eval) if data.eval is not None else 0))
+        return data
+
+    def build_trainer(self, config: RunConfig, model: Any, data: Any, callback: TrainerCallback) -> Trainer:
+        from tuneplan.training import tracking
         from tuneplan.training.sft import build_trainer
 
-        model, tokenizer, notes = load_for_training(config.model.source, config.setup,
-                                                    trust_remote_code=config.model.trust_remote_code,
-                                                    device=distributed.load_device())
-        _event(run_dir, "environment", **environment_facts())  # the evidence `presets save` records
-        if (run_dir / STOP_REQUEST_FILE).exists():
-            control.request_stop("tuneplan stop")
-        if control.stop_requested:
-            _finish(run_dir, status, "stopped", message=f"{control.stop_signal} before training started")
-            return WorkerResult(EXIT_OK)
-        callback.phase("tokenizing", f"dataset {config.data.source}")
-        data = prepare_data(config, tokenizer, notes)
-        for note in notes:
-            _event(run_dir, "message", level="info", text=note)
-        _event(run_dir, "data", examples=data.examples, dropped_too_long=data.dropped_too_long,
-               truncated=data.truncated, format=data.format, multi_turn=data.multi_turn,
-               every_assistant_turn=data.every_turn, train_examples=len(data.train),
-               eval_examples=len(data.eval) if data.eval is not None else 0)
-        from tuneplan.training import tracking
-
-        tracking.prepare_environment(run_dir, config)
-        trainer = build_trainer(config, model, tokenizer, data.train, data.eval, [callback],
-                                output_dir=str(run_dir / CHECKPOINTS_DIR))
+        tracking.prepare_environment(self.run_dir, config)
+        trainer = self.trainer = build_trainer(config, model, self.tokenizer, data.train, data.eval, [callback],
+                                               output_dir=str(self.run_dir / CHECKPOINTS_DIR))
         if config.training.report_to != "none":
             trainer.add_callback(tracking.PlanToTrackerCallback(trainer, config))
-        if control.stop_requested:
-            _finish(run_dir, status, "stopped", message=f"{control.stop_signal} before training started")
-            return WorkerResult(EXIT_OK, trainer, tokenizer)
+        return trainer
+
+    def train(self, config: RunConfig, trainer: Trainer) -> bool:
+        """Train (or resume); False when a stop ended it before the last step (checkpoint saved)."""
+        status = self.status
         resume = config.resume_from if config.resume_from and Path(config.resume_from).is_dir() else None
         if resume:
-            _event(run_dir, "message", level="info", text=f"resuming from {resume}")
-        finished = _finished_checkpoint(resume, trainer)
-        if finished is not None:  # killed during its final save: save again, train nothing
+            _event(self.run_dir, MessageEvent(level="info", text=f"resuming from {resume}"))
+        finished = _finished_checkpoint(resume, trainer) if resume else None
+        if resume and finished is not None:  # killed during its final save: save again, train nothing
             trainer._load_from_checkpoint(resume)
             status.step, status.max_steps = finished, finished
-            _event(run_dir, "message", level="info",
-                   text=f"{Path(resume).name} is the end of training ({finished} steps): only the final save is redone")
-        else:
-            try:
-                trainer.train(resume_from_checkpoint=resume)
-            except RuntimeError as exc:  # some CUDA paths (bitsandbytes, cuBLAS) raise a plain RuntimeError
-                if "out of memory" in str(exc).lower() and not isinstance(exc, torch.OutOfMemoryError):
-                    raise torch.OutOfMemoryError(str(exc)) from exc
-                raise
-        if control.stop_requested and trainer.state.global_step < trainer.state.max_steps:
-            _finish(run_dir, status, "stopped",
-                    message=f"{control.stop_signal}: checkpoint saved at step {status.step}")
-            return WorkerResult(EXIT_OK, trainer, tokenizer)
-        callback.phase("saving")
-        out = run_dir / (MODEL_DIR if config.setup.method == "full" else ADAPTER_DIR)
-        save_final(trainer, tokenizer, out, config, status, notes)
-        _event(run_dir, "message", level="info", text=f"saved {out.name}/ ({config.setup.method})")
-        loss = f"final loss {status.loss:.4f}" if status.loss is not None else "finished"
-        _finish(run_dir, status, "done", message=f"{loss} after {status.step} steps")
-        return WorkerResult(EXIT_OK, trainer, tokenizer)
-    except torch.OutOfMemoryError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else "out of memory"
+            _event(self.run_dir, MessageEvent(
+                level="info", text=f"{Path(resume).name} is the end of training ({finished} steps): "
+                                   "only the final save is redone"))
+            return True
+        with oom_as_out_of_memory_error():
+            trainer.train(resume_from_checkpoint=resume)
+        if self.control.stop_requested and trainer.state.global_step < trainer.state.max_steps:
+            _finish(self.run_dir, status, "stopped",
+                    message=f"{self.control.stop_signal}: checkpoint saved at step {status.step}")
+            return False
+        return True
+
+    def save(self, config: RunConfig, trainer: Trainer) -> None:
+        out = self.run_dir / (MODEL_DIR if config.setup.method == "full" else ADAPTER_DIR)
+        save_final(trainer, self.tokenizer, out, config, self.status, self.notes)
+        _event(self.run_dir, MessageEvent(level="info", text=f"saved {out.name}/ ({config.setup.method})"))
+
+    # -- how an attempt fails -------------------------------------------------------------------
+    def out_of_memory(self, exc: BaseException) -> WorkerResult:
+        """Recorded for the supervisor, which re-plans; any rank may run out of memory and says so."""
+        status = self.status
         # evaluation has its own micro-batch: running out of memory there says so, and the
         # supervisor lowers that one, never the training micro-batch
-        where = (f"while evaluating at step {status.step}" if status.phase == "evaluating"
-                 else f"at step {status.step + 1}")
-        # any rank may run out of memory: it says so itself (the supervisor re-plans on it)
-        append_event(run_dir, make_event("message", level="error", text=f"out of memory {where}: "
-                                         f"{first}", **({"rank": distributed.rank()} if distributed.world_size() > 1 else {})))
-        status.error = f"out of memory {where}"
-        write_status(run_dir, status)
-        return WorkerResult(EXIT_OOM, trainer, tokenizer)
-    except UserError as exc:
+        if status.phase == "evaluating":
+            failure, where = Failure.OUT_OF_MEMORY_EVAL, f"while evaluating at step {status.step}"
+        else:
+            failure, where = Failure.OUT_OF_MEMORY, f"at step {status.step + 1}"
+        rank = distributed.rank() if distributed.world_size() > 1 else None
+        append_event(self.run_dir, MessageEvent(level="error", text=f"out of memory {where}: {first_line(exc)}",
+                                                rank=rank))
+        status.fail(failure, f"out of memory {where}")
+        write_status(self.run_dir, status)
+        return self.result(EXIT_OOM)
+
+    def bad_input(self, exc: UserError) -> WorkerResult:
+        from tuneplan.errors import NonFiniteTraining
+        from tuneplan.training.checkpoints import DiskSpaceError
+
         _say(f"tuneplan: error: {exc}")
-        _finish_failed(run_dir, status, str(exc))
-        return WorkerResult(EXIT_FAILED, trainer, tokenizer)
-    except Exception as exc:  # a bug or a library failure: full traceback in train.log
+        failure = (Failure.NON_FINITE if isinstance(exc, NonFiniteTraining) else
+                   Failure.DISK if isinstance(exc, DiskSpaceError) else Failure.BAD_INPUT)
+        _finish_failed(self.run_dir, self.status, failure, str(exc))
+        return self.result(EXIT_FAILED)
+
+    def crashed(self, exc: Exception) -> WorkerResult:
+        """A bug or a library failure: the full traceback goes to train.log, one line to the status."""
         from tuneplan.training.checkpoints import CheckpointWriteError, disk_fault, disk_fault_message
 
         try:
             traceback.print_exc()
         except OSError:
             pass
+        status = self.status
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         where = {"loading": "while loading the model", "tokenizing": "while preparing the data",
                  "training": f"at step {status.step + 1}", "evaluating": "while evaluating",
@@ -296,11 +346,32 @@ def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
             where = str(exc).split(":", 1)[0]
         fault = disk_fault(exc)
         if fault is not None:
-            error = disk_fault_message(*fault, where, run_dir)
+            _finish_failed(self.run_dir, status, Failure.DISK, disk_fault_message(*fault, where, self.run_dir))
         else:
-            error = f"{where}: {type(exc).__name__}: {first} (see train.log)"
-        _finish_failed(run_dir, status, error)
-        return WorkerResult(EXIT_FAILED, trainer, tokenizer)
+            _finish_failed(self.run_dir, status, Failure.ERROR,
+                           f"{where}: {type(exc).__name__}: {first} (see train.log)")
+        return self.result(EXIT_FAILED)
+
+
+def run_worker(run_dir: Path, *, install_signals: bool = True) -> WorkerResult:
+    """Train one attempt of a run in this process; the status and events say how it ended."""
+    import torch
+
+    from tuneplan.training.callbacks import RunControl
+
+    run_dir = Path(run_dir)
+    control = RunControl()
+    if install_signals:
+        _install_signals(control)
+    attempt = _Attempt(run_dir, _attempt_status(run_dir, armed=install_signals), control)
+    try:
+        return attempt.run()
+    except torch.OutOfMemoryError as exc:
+        return attempt.out_of_memory(exc)
+    except UserError as exc:
+        return attempt.bad_input(exc)
+    except Exception as exc:
+        return attempt.crashed(exc)
 
 
 def _finished_checkpoint(resume: str | None, trainer) -> int | None:
@@ -332,7 +403,7 @@ def save_final(trainer, tokenizer, out: Path, config: RunConfig, status: Status,
     distributed.save_final_model(trainer, partial)
     if distributed.is_main_process():
         tokenizer.save_pretrained(partial)
-        write_model_card(partial, config, status, notes)
+        write_model_card(partial, out.parent, config, status, notes, final_dir=out)
         if config.debug.save_sleep_seconds:
             time.sleep(config.debug.save_sleep_seconds)
         publish(partial, out)
@@ -387,7 +458,7 @@ def replan(run_dir: Path, status: Status) -> bool:
         _finish(run_dir, status, "failed",
                 error=f"{reason}; gave up after {config.recovery.max_retries} re-plan(s) (recovery.max_retries)")
         return False
-    if "while evaluating" in reason:  # the eval micro-batch only: training keeps its batch geometry
+    if status.failure is Failure.OUT_OF_MEMORY_EVAL:  # the eval micro-batch only: training keeps its batch geometry
         eval_batch = config.training.eval_batch or config.setup.micro_batch
         nxt_eval = replan_eval_after_oom(eval_batch)
         if nxt_eval is None:
@@ -410,13 +481,13 @@ def replan(run_dir: Path, status: Status) -> bool:
     save_config(config, _attempt_config_path(run_dir, status.attempt))
     new_config = replace(config, setup=setup, training=training, resume_from=str(ckpt) if ckpt else None)
     save_config(new_config, run_dir / CONFIG_FILE, overwrite=True)
-    _event(run_dir, "replan", attempt=attempt, reason=reason, changes=changes,
-           effective_batch=setup.effective_batch(), resume_from=str(ckpt) if ckpt else None)
+    _event(run_dir, ReplanEvent(attempt=attempt, reason=reason, changes=changes,
+                                effective_batch=setup.effective_batch(), resume_from=str(ckpt) if ckpt else None))
     text = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changes.items())
     print(f"tuneplan: {reason}; re-planned (attempt {attempt}): {text}; effective batch "
           f"{setup.effective_batch()} kept; resuming from {ckpt.name if ckpt else 'the start'}", flush=True)
     status.attempt = attempt
-    status.error = None
+    status.clear_failure()
     status.phase = "queued"
     write_status(run_dir, status)
     return True
@@ -441,7 +512,8 @@ def _hold_lock(run_dir: Path) -> int | None:
 
 
 def _worker_error(read_fd: int) -> dict | None:
-    """The last word the worker sent down the pipe, `{"error", "step"}` (None if it sent nothing)."""
+    """The last word the worker sent down the pipe, `{"failure", "error", "step"}` (None if it
+    sent nothing); `failure` is a `Failure` (DIED when the worker did not name one)."""
     chunks = []
     while True:
         try:
@@ -454,8 +526,12 @@ def _worker_error(read_fd: int) -> dict | None:
     for line in reversed(b"".join(chunks).decode("utf-8", "replace").splitlines()):
         try:
             said = json.loads(line)
-            return {"error": str(said["error"]), "step": said.get("step")}
-        except (ValueError, KeyError, TypeError):
+            try:
+                failure = Failure(said.get("failure"))
+            except ValueError:
+                failure = Failure.DIED
+            return {"failure": failure, "error": str(said["error"]), "step": said.get("step")}
+        except (ValueError, KeyError, TypeError, AttributeError):
             continue
     return None
 
@@ -541,8 +617,8 @@ def _supervise(run_dir: Path) -> int:
         status = read_status(run_dir) or Status(run_name=run_dir.name)
         status.pids, status.processes = [os.getpid()], [me] if me else []
         # under accelerate launch a rank's OOM exit becomes the launcher's exit 1: the rank's
-        # status error says it
-        oom = rc == EXIT_OOM or (rc != 0 and (status.error or "").startswith("out of memory"))
+        # status says it
+        oom = rc == EXIT_OOM or (rc != 0 and status.failure is not None and status.failure.out_of_memory)
         if oom and not stopping:
             if replan(run_dir, status):
                 continue
@@ -555,8 +631,10 @@ def _supervise(run_dir: Path) -> int:
                 status.step = sent["step"]  # the worker got further than its last status write
             if error is not None:
                 _say(f"tuneplan: {error}")
+            failure = sent["failure"] if sent else Failure.DIED
             try:
                 _finish(run_dir, status, "stopped" if stopped else ("failed" if sent else "crashed"), error=error,
+                        failure=None if stopped else failure,
                         message="stopped before training started" if stopped and rc else None)
             except OSError:
                 pass  # a read-only run folder: `tuneplan runs` finds the reason itself (runs.folder_fault)

@@ -1,7 +1,8 @@
-"""Adapters from the real services to what the screens show (no textual here).
+"""Adapters from the application layer (`tuneplan.app`) to what the screens show (no textual here).
 
-Each adapter wraps one real service module; boundaries (NVML, the Hub) are injected into
-the services themselves, never replaced here.
+Each adapter turns the use cases the CLI shares into the screens' view objects; boundaries
+(NVML, the Hub) are injected into the services themselves, never replaced here. Nothing here
+imports `tuneplan.services`: starting a run is `tuneplan.app`'s, as for `tuneplan train`.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ class ModelHit:
 
 
 class ModelsAdapter:
-    """Catalog search (pure) and model resolution through `tuneplan.services.models`."""
+    """Catalog search (pure) and model resolution through `tuneplan.app.resolve_model`."""
 
     def __init__(self, hub: Any = None) -> None:
         self.hub = hub
@@ -74,7 +75,7 @@ class ModelsAdapter:
         from tuneplan.data import TINY_MODEL
 
         if not q or q in catalog.normalize(TINY_MODEL) or "tiny" in q:  # the bundled model, first
-            from tuneplan.services.models import resolve_model
+            from tuneplan.app import resolve_model
 
             hits.append(ModelHit(TINY_MODEL, "", resolve_model(TINY_MODEL).spec.parameter_count(), False,
                                  "bundled, random weights"))
@@ -96,17 +97,14 @@ class ModelsAdapter:
     def resolve(self, text: str) -> ModelChoice:
         """Catalog name, Hub id or local folder -> ModelChoice. Blocking (may fetch
         `config.json` from the Hub): call it from a worker. Raises UserError."""
-        from tuneplan.services import models
+        from tuneplan import app
 
-        kwargs = {"hub": self.hub} if self.hub is not None else {}
-        resolved = models.resolve_model(text, **kwargs)
+        resolved = app.resolve_model(text, hub=self.hub)
         choice = _choice_from_resolved(resolved)
         if resolved.kind == "bundled":  # its tokenizer lives in the built folder (built once, cached)
             from dataclasses import replace
 
-            from tuneplan.services.presets import tiny_model_dir
-
-            choice = replace(choice, tokenizer_source=str(tiny_model_dir(build=True)))
+            choice = replace(choice, tokenizer_source=str(app.bundled_model_dir(build=True)))
         return choice
 
 
@@ -185,47 +183,31 @@ class PlanView:
 # -- runs ----------------------------------------------------------------------------------
 
 class RunsAdapter:
-    """Run configuration, launch and control through T's `tuneplan.services.launcher` /
-    `runs` and `tuneplan.config`."""
+    """Run configuration, launch and control through `tuneplan.app` (what `tuneplan train`,
+    `attach`, `save` and `stop` use too)."""
 
     def __init__(self, runs_root: Path | None = None) -> None:
         self.runs_root = runs_root
 
     def root(self) -> Path:
-        from tuneplan.services.paths import runs_root
+        from tuneplan.app import runs_root
 
         return runs_root(self.runs_root)
 
-    def build_config(self, plan: PlanView, dataset: Any, *, epochs: float | None = None,
-                     max_steps: int | None = None, learning_rate: float | None = None,
-                     report_to: str | None = None, on_cpu: bool = False) -> Any:
-        """The run configuration for `plan`. `on_cpu`: it launches on this machine, which has
+    def build_config(self, plan: PlanView, dataset: Any, *, on_cpu: bool = False, **training: Any) -> Any:
+        """The run configuration for `plan`, with the hyperparameters `training` (`TrainingConfig`
+        field -> value; None: the default). `on_cpu`: it launches on this machine, which has
         no NVIDIA GPU, so the launch rule of `tuneplan train` applies (float32 on the CPU:
-        `tuneplan.services.machine`). Without it: the configuration for the plan's target."""
-        from dataclasses import replace
+        `tuneplan.app.for_this_machine`). Without it: the configuration for the plan's target."""
+        from tuneplan import app
 
-        from tuneplan.config import DataConfig, ModelConfig, PredictionConfig, RunConfig, TrainingConfig
-        from tuneplan.services.machine import setup_for_this_machine
-
-        training = TrainingConfig()
-        changes = {k: v for k, v in (("epochs", epochs), ("max_steps", max_steps),
-                                     ("learning_rate", learning_rate), ("report_to", report_to)) if v is not None}
-        if changes:
-            training = replace(training, **changes)
-        setup = setup_for_this_machine(plan.setup, 0)[0] if on_cpu else plan.setup
-        config = RunConfig(
-            model=ModelConfig(source=plan.model.source),
-            data=DataConfig(source=dataset.source if dataset is not None else ""),
-            setup=setup,
-            training=training,
-            prediction=PredictionConfig(torch_peak_bytes=plan.memory.torch_peak_bytes,
-                                        device_bytes=plan.memory.device_bytes),
-        )
+        settings = {f"training.{k}": v for k, v in training.items() if v is not None}
+        setup = app.for_this_machine(plan.setup, 0)[0] if on_cpu else plan.setup
+        config = app.run_config(plan.model.source, dataset.source if dataset is not None else "", setup, settings,
+                                prediction=plan.memory)
         if dataset is None:
             raise UserError("no dataset chosen: go back (Esc) to the dataset step to launch a run")
-        from tuneplan.services.tracking import check_tracker
-
-        check_tracker(training.report_to)  # said on the screen, before a launch is tried
+        app.check_tracker(config.training.report_to)  # said on the screen, before a launch is tried
         return config.validate()
 
     def read_eval(self, run_dir: Path) -> Any:
@@ -285,74 +267,44 @@ class RunsAdapter:
     def save_preset(self, config: Any, name: str, *, gpu: str | None = None) -> Path:
         """Save the configuration as a user preset through the presets service (never over
         an existing one). `gpu`: the catalog key the plan was made for."""
-        from tuneplan.services import presets
+        from tuneplan.app import save_preset
 
-        return presets.save_config_as_preset(config, name, "saved from the tuneplan wizard", gpu=gpu)
+        return save_preset(config, name, "saved from the tuneplan wizard", gpu=gpu)
 
     def probe(self, config: Any, gpu_index: int | None = None, *, timeout: float = 900.0) -> tuple[str, bool]:
         """`tuneplan probe --config ... --random-weights` in its own process (blocking: call it
         from a worker): a few optimizer steps of `config` on this machine, measured beside the
-        prediction. Returns (the report as text, whether it measured). Random weights: nothing
-        is downloaded, and the memory of a step does not depend on the weights' values."""
-        import tempfile
+        prediction. Returns (the report as text, whether it measured)."""
+        from tuneplan.app import probe_config
 
-        from tuneplan.config import save_config
-        from tuneplan.services import probing
-
-        with tempfile.TemporaryDirectory(prefix="tuneplan-probe-") as tmp:
-            path = Path(tmp) / "config.toml"
-            save_config(config, path)
-            args = ["--config", str(path), "--random-weights"]
-            env = {} if gpu_index is None else {"CUDA_VISIBLE_DEVICES": str(gpu_index), "CUDA_DEVICE_ORDER": "PCI_BUS_ID"}
-            data, line = probing.run_probe_process(args, Path(tmp) / probing.PROBE_FILE, timeout=timeout, env=env)
-        if data is None:
-            return f"Probe failed: {line}", False
-        return probing.report_from_dict(data).render(), True
+        return probe_config(config, gpu_index, timeout=timeout)
 
     def launch(self, config: Any, gpu_index: int | None = None) -> Path:
         """Start the run detached. `gpu_index` (NVML numbering) pins the run to that GPU: the
         child inherits CUDA_VISIBLE_DEVICES with CUDA ordering by PCI bus, as NVML orders."""
-        import os
+        from tuneplan.app import launch
 
-        from tuneplan.services import launcher
-        from tuneplan.services.presets import resolve_sources
-
-        from tuneplan.services.models import check_source_access
-
-        check_source_access(config.model.source)  # a gated model needs a Hub token first, as in `train`
-        config = resolve_sources(config)  # tuneplan:tiny -> its built folder
-        if gpu_index is None or "CUDA_VISIBLE_DEVICES" in os.environ:
-            return launcher.launch(config, runs_root=self.root())
-        saved = {k: os.environ.get(k) for k in ("CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER")}
-        os.environ.update(CUDA_VISIBLE_DEVICES=str(gpu_index), CUDA_DEVICE_ORDER="PCI_BUS_ID")
-        try:
-            return launcher.launch(config, runs_root=self.root())
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+        return launch(config, runs_root=self.root(), gpu_index=gpu_index)[0]
 
     def newest(self) -> Path | None:
-        from tuneplan.services import runs
+        from tuneplan.app import newest_run
 
-        return runs.newest_run(self.root())
+        return newest_run(self.root())
 
     def find(self, name: str) -> Path:
-        from tuneplan.services import runs
+        from tuneplan.app import find_run
 
-        return runs.find_run(name, self.root())
+        return find_run(name, self.root())
 
     def request_save(self, run_dir: Path) -> None:
-        from tuneplan.services import runs
+        from tuneplan.app import request_save
 
-        runs.request_save(run_dir)
+        request_save(run_dir)
 
     def request_stop(self, run_dir: Path) -> None:
-        from tuneplan.services import runs
+        from tuneplan.app import request_stop
 
-        runs.request_stop(run_dir)
+        request_stop(run_dir)
 
 
 def target_flags(target: Any) -> list[str]:
@@ -412,7 +364,7 @@ def _difference(alt: Any, choice: Any) -> str:
 
 
 class PlanningAdapter:
-    """The solver and single estimates through `tuneplan.services.planning` (P's service)."""
+    """The solver and single estimates through `tuneplan.app` (what `tuneplan plan` uses)."""
 
     def hardware(self, target: Any) -> Any:
         from planner.solver import Hardware
@@ -424,20 +376,16 @@ class PlanningAdapter:
         """The solver's choice with the knobs the user edited kept (`fixed`: a
         `tuneplan.knobs.PartialSetup`, or its knob -> value mapping), blocking for tens of ms:
         call it from a worker."""
+        from tuneplan import app
         from tuneplan.knobs import PartialSetup
-        from tuneplan.services import planning
 
         given = fixed if isinstance(fixed, PartialSetup) else PartialSetup(dict(fixed))
-        fixed = given.fixed()
-        method = fixed.pop("method", "auto")
         # The wizard plans for the one card chosen (more GPUs appear as suggestions only).
         # a bake-off of this model and dataset (`tuneplan compare`) is weighed and explained
-        measured = planning.find_measured(planning.PlanRequest(model=model.source,
-                                                               dataset_source=getattr(dataset, "source", None)))
-        request = planning.PlanRequest(resolved=model.resolved, hardware=self.hardware(target), method=method,
-                                       fixed=fixed, dataset=_dataset_stats(dataset), gpus=1, measured=measured,
-                                       seq_len_max=given.longest())
-        outcome = planning.plan(request)
+        measured = app.find_measured(model.source, getattr(dataset, "source", None))
+        request = app.RunRequest(model=model.resolved, dataset=_dataset_stats(dataset), setup=given,
+                                 target=app.Target(hardware=self.hardware(target)), one_gpu=True, measured=measured)
+        outcome = app.plan(request)
         r = outcome.result
         c = r.choice
         warnings = list(r.warnings) + list(outcome.notes)
@@ -460,7 +408,7 @@ class PlanningAdapter:
         Without dataset statistics time and cost assume the solver's default token count,
         so an edited plan compares with the solver's."""
         from planner.solver import DEFAULT_DATASET_TOKENS
-        from tuneplan.services import planning
+        from tuneplan import app
 
         hw = self.hardware(target)
         tokens = dataset_tokens(dataset, setup.seq_len)
@@ -469,7 +417,7 @@ class PlanningAdapter:
         if tokens is None:
             tokens = DEFAULT_DATASET_TOKENS
             warnings.append(f"time and cost assume {tokens / 1e6:.0f}M tokens (no dataset statistics)")
-        e = planning.estimate(model.spec, hw, setup, dataset_tokens=tokens)
+        e = app.estimate(model.spec, hw, setup, dataset_tokens=tokens)
         memory = e["memory"]
         if setup.seq_len > model.context_length:
             warnings.append(f"sequence length {setup.seq_len} is beyond the model's context {model.context_length}")

@@ -2,30 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from textual.app import App
 from textual.binding import Binding
 
+from tuneplan.ui.app_base import WizardApp, WizardState
 from tuneplan.ui.messages import DatasetChosen, ModelChosen, PlanAccepted, RunLaunched, TargetChosen
 from tuneplan.ui.services import ServiceBundle
 
 
-@dataclass
-class WizardState:
-    """What the wizard has gathered so far (each step fills one field)."""
-
-    target: Any = None
-    model: Any = None
-    dataset: Any = None
-    plan: Any = None
-    local_gpus: int | None = None
-    """NVIDIA GPUs on this machine (None: not probed yet); 0 means a launch trains on the CPU."""
-
-
-class TuneplanApp(App):
+class TuneplanApp(WizardApp):
     """`tuneplan` (the wizard) and `tuneplan attach` (the dashboard of one run)."""
 
     TITLE = "tuneplan"

@@ -1,44 +1,13 @@
-"""Number formatting for the screens (bytes inside, GiB only here)."""
+"""Number formatting for the screens: the core `tuneplan.formatting` (numbers, shared with the
+commands), under the name the screens import it by, and the screens' own line fitting."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-from planner.gpus import format_gib as gib  # noqa: F401 (one GiB format for every layer)
+from tuneplan.formatting import count, duration, gib, money, rate
 
-
-def duration(seconds: float | None) -> str:
-    if seconds is None or seconds != seconds or seconds < 0:
-        return "-"
-    s = int(round(seconds))
-    if s < 60:
-        return f"{s}s"
-    m, s = divmod(s, 60)
-    if m < 60:
-        return f"{m}m{s:02d}s"
-    h, m = divmod(m, 60)
-    if h < 48:
-        return f"{h}h{m:02d}m"
-    d, h = divmod(h, 24)
-    return f"{d}d{h:02d}h"
-
-
-def count(n: float | None) -> str:
-    """12345678 -> 12.3M"""
-    if n is None:
-        return "-"
-    for unit, size in (("T", 1e12), ("B", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.1f}{unit}"
-    return f"{n:.0f}"
-
-
-def rate(n: float | None, unit: str = "tok/s") -> str:
-    return "-" if n is None else f"{count(n)} {unit}"
-
-
-def money(n: float | None) -> str:
-    return "-" if n is None else f"${n:,.2f}"
+__all__ = ["count", "duration", "gib", "money", "rate", "last_lines", "short_word"]
 
 
 def last_lines(lines: Sequence[str], width: int | None, height: int, indent: str = "  ") -> list[str]:

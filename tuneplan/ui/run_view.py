@@ -14,9 +14,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from planner.gpus import format_gib
 from tuneplan import events as ev
 from tuneplan.files import CONFIG_MAX_BYTES, open_binary, read_text_bounded
 
@@ -32,6 +30,8 @@ LOG_READ_MAX_BYTES = 1 << 20
 EVENT_LINES = 200
 LIVENESS_SECONDS = 2.0
 """How often a running run's pids are checked for a silent death."""
+CHARTED = (ev.LogEvent, ev.MemoryEvent)
+"""Events the dashboard draws (plots, GPU rows) rather than lists as lines."""
 
 
 class _Series:
@@ -153,42 +153,6 @@ class RunSnapshot:
         return self.phase in ("failed", "crashed")
 
 
-def _fmt_event(e: dict[str, Any]) -> str | None:
-    kind = e.get("kind")
-    if kind == "phase":
-        msg = e.get("message")
-        return f"phase: {e.get('phase')}" + (f" ({msg})" if msg else "")
-    if kind == "eval":
-        return f"eval: step {e.get('step')} eval_loss {_num(e.get('eval_loss'))}"
-    if kind == "checkpoint":
-        # the folder's name: the run folder holds it (a full path would not fit a narrow tail)
-        return f"checkpoint: step {e.get('step')} -> {Path(str(e.get('path'))).name}"
-    if kind == "data":
-        parts = [f"{k} {e[k]}" for k in ("format", "examples", "dropped_too_long", "truncated") if k in e]
-        return "data: " + ", ".join(parts)
-    if kind == "replan":
-        changes = e.get("changes") or {}
-        text = ", ".join(f"{k} {v[0]}->{v[1]}" for k, v in changes.items() if isinstance(v, (list, tuple)) and len(v) == 2)
-        return f"replan #{e.get('attempt')}: {e.get('reason')}" + (f" ({text})" if text else "")
-    if kind == "memory_probe" and e.get("device") == "cpu":
-        return f"memory: CPU RSS peak {_gib(e.get('rss_peak_bytes'))} (host memory; no GPU)"
-    if kind == "memory_probe":
-        return (f"memory: measured peak {_gib(e.get('torch_peak_bytes'))}, "
-                f"predicted {_gib(e.get('predicted_torch_peak_bytes'))}")
-    if kind == "message":
-        return f"{e.get('level', 'info')}: {e.get('text')}"
-    return None
-
-
-def _num(v: Any) -> str:
-    return f"{v:.4g}" if isinstance(v, (int, float)) else "-"
-
-
-def _gib(v: Any) -> str:
-    """Event values are untrusted: anything but a number shows as `-`."""
-    return format_gib(v if isinstance(v, (int, float)) else None, 2)
-
-
 @dataclass(frozen=True)
 class GpuRow:
     """One rank's memory in a multi-GPU run (the `memory` events each rank writes), bytes."""
@@ -236,60 +200,58 @@ class RunView:
     gpu_memory: dict = field(default_factory=dict)
     """rank -> GpuRow (latest `memory` event of that rank)."""
 
-    def apply(self, e: dict[str, Any]) -> None:
-        """Fold one event into the view (unknown kinds are ignored)."""
-        kind = e.get("kind")
-        if kind == "phase":
-            self.phase = str(e.get("phase", self.phase))
-            self.phase_message = e.get("message")
-            if self.phase in ("failed", "crashed") and e.get("message"):
-                self.error = str(e["message"])
-        elif kind == "log":
-            step = e.get("step")
-            if isinstance(step, int):
-                self.step = step
-            for name in ("max_steps", "epoch", "num_epochs", "tokens_per_second",
-                         "elapsed_seconds", "eta_seconds"):
-                if e.get(name) is not None:
-                    setattr(self, name, e[name])
-            x = float(self.step)
-            if isinstance(e.get("loss"), (int, float)):
-                self.loss = float(e["loss"])
-                self.loss_series.append(x, self.loss)
-                self._ema = self.loss if self._ema is None else (
-                    EMA_ALPHA * self.loss + (1 - EMA_ALPHA) * self._ema)
-                self.smooth_series.append(x, self._ema)
-            if isinstance(e.get("learning_rate"), (int, float)):
-                self.learning_rate = float(e["learning_rate"])
-                self.lr_series.append(x, self.learning_rate)
-            peak = e.get("torch_allocated_peak_bytes")
-            if isinstance(peak, int):
-                self.measured_peak_bytes = max(peak, self.measured_peak_bytes or 0)
-        elif kind == "eval":
-            if isinstance(e.get("eval_loss"), (int, float)):
-                self.eval_loss = float(e["eval_loss"])
-                self.eval_series.append(float(e.get("step") or self.step), self.eval_loss)
-        elif kind == "checkpoint":
-            self.checkpoints.append((int(e.get("step") or 0), str(e.get("path", ""))))
+    def apply(self, e: ev.Event) -> None:
+        """Fold one event into the view (kinds it does not know are ignored)."""
+        if isinstance(e, ev.PhaseEvent):
+            self.phase = e.phase
+            self.phase_message = e.message
+            if self.phase in ("failed", "crashed") and e.message:
+                self.error = e.message
+        elif isinstance(e, ev.LogEvent):
+            self._apply_log(e)
+        elif isinstance(e, ev.EvalEvent):
+            if e.eval_loss is not None:
+                self.eval_loss = float(e.eval_loss)
+                self.eval_series.append(float(e.step or self.step), self.eval_loss)
+        elif isinstance(e, ev.CheckpointEvent):
+            self.checkpoints.append((e.step or 0, e.path or ""))
             del self.checkpoints[:-50]
-        elif kind == "memory" and isinstance(e.get("rank"), int):
-            self.gpu_memory[e["rank"]] = GpuRow(
-                rank=e["rank"], device=str(e.get("device", "?")), step=e.get("step"),
-                allocated_peak_bytes=e.get("torch_allocated_peak_bytes"),
-                reserved_peak_bytes=e.get("torch_reserved_peak_bytes"), rss_bytes=e.get("rss_bytes"))
-        elif kind == "replan":
-            line = _fmt_event(e)
+        elif isinstance(e, ev.MemoryEvent) and e.rank is not None:
+            self.gpu_memory[e.rank] = GpuRow(
+                rank=e.rank, device=e.device or "?", step=e.step, allocated_peak_bytes=e.torch_allocated_peak_bytes,
+                reserved_peak_bytes=e.torch_reserved_peak_bytes, rss_bytes=e.rss_bytes)
+        elif isinstance(e, ev.ReplanEvent):
+            self.replans.append(e.describe())
+            del self.replans[:-10]
+        elif isinstance(e, ev.MemoryProbeEvent):
+            if e.predicted_torch_peak_bytes is not None:
+                self.predicted_peak_bytes = e.predicted_torch_peak_bytes
+            if e.torch_peak_bytes is not None:
+                self.measured_peak_bytes = max(e.torch_peak_bytes, self.measured_peak_bytes or 0)
+        if not isinstance(e, CHARTED):
+            line = e.describe()
             if line:
-                self.replans.append(line)
-                del self.replans[:-10]
-        elif kind == "memory_probe":
-            if isinstance(e.get("predicted_torch_peak_bytes"), int):
-                self.predicted_peak_bytes = e["predicted_torch_peak_bytes"]
-            if isinstance(e.get("torch_peak_bytes"), int):
-                self.measured_peak_bytes = max(e["torch_peak_bytes"], self.measured_peak_bytes or 0)
-        line = _fmt_event(e)
-        if line:
-            self.event_lines.append(line)
+                self.event_lines.append(line)
+
+    def _apply_log(self, e: ev.LogEvent) -> None:
+        if e.step is not None:
+            self.step = e.step
+        for name in ("max_steps", "epoch", "num_epochs", "tokens_per_second", "elapsed_seconds", "eta_seconds"):
+            value = getattr(e, name)
+            if value is not None:
+                setattr(self, name, value)
+        x = float(self.step)
+        if e.loss is not None:
+            self.loss = float(e.loss)
+            self.loss_series.append(x, self.loss)
+            self._ema = self.loss if self._ema is None else (
+                EMA_ALPHA * self.loss + (1 - EMA_ALPHA) * self._ema)
+            self.smooth_series.append(x, self._ema)
+        if e.learning_rate is not None:
+            self.learning_rate = float(e.learning_rate)
+            self.lr_series.append(x, self.learning_rate)
+        if e.torch_allocated_peak_bytes is not None:
+            self.measured_peak_bytes = max(e.torch_allocated_peak_bytes, self.measured_peak_bytes or 0)
 
     def apply_status(self, status: ev.Status) -> None:
         """Status wins for the phase (it is what the launcher and the child last wrote); a
@@ -360,13 +322,9 @@ class RunFollower:
                 self.view.num_epochs = epochs
             changed = True
         for e in self._events.iter_new():  # streamed: a long history never sits in memory whole
-            if not isinstance(e, dict):
-                continue
-            try:
-                self.view.apply(e)
-            except (TypeError, ValueError, KeyError, AttributeError):
-                self.skipped += 1  # a malformed event (a newer schema?) never stops the follow
+            self.view.apply(e)
             changed = True
+        self.skipped = self._events.malformed  # a malformed event (a newer schema?) never stops the follow
         changed |= self._log.read_new()
         try:
             mtime = os.stat(self.run_dir / ev.STATUS_FILE).st_mtime_ns

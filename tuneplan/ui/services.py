@@ -8,7 +8,7 @@ Screens call these objects and never NVML, subprocesses or the planner's interna
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,16 +20,16 @@ class ServiceBundle:
     gpu: Any
     """`tuneplan.services.gpu.GpuProbe`: GPU probe and ~1 Hz samples (NVML boundary inside)."""
     models: Any
-    """`tuneplan.services.models`: catalog search and model resolution (Hub boundary inside)."""
+    """`tuneplan.ui.adapters.ModelsAdapter`: catalog search and model resolution (Hub boundary inside)."""
     planning: Any
-    """`tuneplan.services.planning`: the solver and single estimates."""
+    """`tuneplan.ui.adapters.PlanningAdapter`: the solver and single estimates (`tuneplan.app`)."""
     runs: Any
-    """`tuneplan.services.launcher` + `runs`: launch, list, stop, save."""
+    """`tuneplan.ui.adapters.RunsAdapter`: launch, list, stop, save (`tuneplan.app`)."""
     hub_files: Any = None
     """Hub boundary for dataset previews and tokenizer files (None: the real Hub)."""
     runs_root: Path | None = None
     """Where runs live (None: the launcher's default)."""
-    clock: Callable[[], float] = field(default=None)  # type: ignore[assignment]
+    clock: Callable[[], float] | None = None
     """Wall clock (tests may pin it); defaults to time.time."""
 
     def now(self) -> float:
@@ -40,11 +40,11 @@ class ServiceBundle:
 
 def default_services(runs_root: Path | None = None) -> ServiceBundle:
     """The real services, as the CLI uses them."""
-    from tuneplan.services.gpu import default_probe
+    from tuneplan.app import gpu_probe
     from tuneplan.ui import adapters
 
     return ServiceBundle(
-        gpu=default_probe(),
+        gpu=gpu_probe(),
         models=adapters.ModelsAdapter(),
         planning=adapters.PlanningAdapter(),
         runs=adapters.RunsAdapter(runs_root),

@@ -27,10 +27,10 @@ class Target:
 
 def parse_memory(text: str) -> int | None:
     """`12`, `12GB`, `11.5 GiB`, `24576MiB` -> bytes, with the planner's size rules
-    (`tuneplan.services.planning.parse_size`: GPU makers' GB read as GiB). None when `text` is
+    (`tuneplan.app.parse_size`: GPU makers' GB read as GiB). None when `text` is
     not shaped like a size: a bare number over 512 is a card name (`3060`, `4090`). A size that
     is not > 0 (`0GiB`) raises a one-line UserError: it is never taken for a card."""
-    from tuneplan.services.planning import looks_like_size, parse_size
+    from tuneplan.app import looks_like_size, parse_size
 
     if not looks_like_size(text):
         return None
@@ -76,7 +76,7 @@ def cpu_target() -> Target:
     for its available RAM in float32 (`planner.gpus.CPU_COMPUTE_DTYPE`), as `tuneplan train`
     and `plan --preset` do there (`tuneplan.services.gpu.cpu_hardware`). Not a dry run: a
     launch trains here."""
-    from tuneplan.services.gpu import cpu_hardware
+    from tuneplan.app import cpu_hardware
 
     hw = cpu_hardware()
     return Target(gpu=hw.gpu, label=hw.gpu.name, free_bytes=hw.free_bytes)

@@ -32,7 +32,7 @@ def test_demo_runs_headless_to_a_finished_run_with_falling_loss(tmp_path):
     (run,) = [p for p in runs.iterdir() if p.is_dir()]
     status = read_status(run)
     assert status.phase == "done" and status.step == 20
-    losses = [e["loss"] for e in read_events(run) if e["kind"] == "log"]
+    losses = [e.loss for e in read_events(run) if e.kind == "log"]
     assert len(losses) >= 3 and losses[-1] < losses[0]
     assert f"loss {losses[0]:.3f} -> {losses[-1]:.3f}" in text
     assert (run / "train.log").is_file() and any((run / "checkpoints").iterdir())

@@ -14,7 +14,8 @@ from planner.gpus import GiB
 from tuneplan.cli import main
 from tuneplan.errors import UserError
 from tuneplan.services import presets as P
-from tuneplan.services.planning import estimate, resolve, PlanRequest
+from tuneplan.services.models import resolve_model
+from tuneplan.services.planning import estimate
 
 SHIPPED = sorted(P.shipped_dir().glob("*.toml"))
 ROOT = Path(__file__).resolve().parents[3]
@@ -65,6 +66,31 @@ def test_a_preset_may_ask_for_fsdp_cpu_offload_and_the_refit_keeps_it(tmp_path):
     assert fit.fits and fit.config.setup.cpu_offload and fit.config.setup.strategy == "fsdp"
 
 
+def test_a_refit_keeps_every_knob_but_the_refitted_ones(tmp_path):
+    """The re-fit policy comes from the registry: every knob a preset sets that is not declared
+    `refitted` (nor the method and sequence length the re-fit may step down) stays as saved, so
+    a new knob cannot be dropped silently on a re-fit."""
+    from tuneplan.knobs import KNOBS, REFIT_SEARCHED, REFITTED
+
+    odd = {"packing": "false", "lora_dropout": "0.1", "lora_alpha": "8", "lora_rank": "4", "quant_type": '"fp4"',
+           "double_quant": "false", "lora_targets": '"attention"'}
+    source = next(p for p in SHIPPED if P.load_preset_file(p, "shipped").config.setup.method == "qlora")
+    text = source.read_text()
+    for key, value in odd.items():
+        text = "\n".join(f"{key} = {value}" if line.split("=")[0].strip() == key else line
+                         for line in text.splitlines())
+        if f"{key} = {value}" not in text:
+            text = text.replace("[setup]\n", f"[setup]\n{key} = {value}\n", 1)
+    path = tmp_path / "odd.toml"
+    path.write_text(text.replace(f'name = "{source.stem}"', 'name = "odd"'))
+    preset = P.load_preset_file(path, "file")
+    fit = P.refit(preset, gpu="a100-80gb")
+    kept = [k.name for k in KNOBS if k.name not in REFITTED + REFIT_SEARCHED and k.group != "parallel"]
+    assert set(odd) <= set(kept)
+    for name in kept:
+        assert getattr(fit.config.setup, name) == getattr(preset.config.setup, name), name
+
+
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.stem)
 def test_every_shipped_preset_plans_and_fits_on_the_gpu_it_names(path):
     preset = P.load_preset_file(path, "shipped")
@@ -83,7 +109,7 @@ def test_every_shipped_preset_plans_and_fits_on_the_gpu_it_names(path):
     # ... and, as saved, it fits on the card (estimated independently of the re-fit; the re-fit
     # above also kept the planner's safety margin)
     config = P.resolve_sources(preset.config, build=False)
-    spec = resolve(PlanRequest(model=config.model.source)).spec
+    spec = resolve_model(config.model.source).spec
     est = estimate(spec, target, preset.config.setup)
     assert est["memory"].device_bytes <= est["usable_bytes"], (est["memory"].device_bytes / GiB,
                                                               est["usable_bytes"] / GiB)

@@ -31,6 +31,7 @@ def probe(capsys, *argv):
     return code, out.out, out.err
 
 
+@pytest.mark.slow
 def test_preset_tiny_cpu_prints_predicted_vs_measured_with_advice_and_saves_evidence(env, capsys):
     # a user copy of the shipped preset (evidence is never written into a shipped file)
     (env / "user-presets").mkdir()

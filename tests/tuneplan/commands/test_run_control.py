@@ -36,8 +36,8 @@ def _one_line_error(out: subprocess.CompletedProcess, code: int = 2) -> str:
 
 def _log_steps_since_last_resume(run_dir: Path) -> list[int]:
     events = list(read_events(run_dir))
-    starts = [i for i, e in enumerate(events) if e["kind"] == "phase" and e.get("phase") == "queued"]
-    return [e["step"] for e in events[starts[-1]:] if e["kind"] == "log"]
+    starts = [i for i, e in enumerate(events) if e.kind == "phase" and e.phase == "queued"]
+    return [e.step for e in events[starts[-1]:] if e.kind == "log"]
 
 
 def _set_debug(run_dir: Path, **debug) -> None:
@@ -153,8 +153,8 @@ def test_two_concurrent_resumes_start_one_trainer(trained_lora_run, runs_root):
     assert status.phase == "done" and status.step == 24
     steps = _log_steps_since_last_resume(run)
     assert steps == list(range(14, 25, 2)), steps  # one trainer: no step twice, none backwards
-    resumed = [e for e in read_events(run) if e["kind"] == "phase" and e.get("phase") == "training"
-               and "resumed at step 12" in e.get("message", "")]
+    resumed = [e for e in read_events(run) if e.kind == "phase" and e.phase == "training"
+               and "resumed at step 12" in (e.message or "")]
     assert len(resumed) == 1  # one trainer started
 
 
@@ -249,8 +249,8 @@ def test_save_every_adds_time_based_checkpoints(tiny_model, runs_root, tmp_path)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "warning: no checkpoint" not in out.stderr  # a time-based schedule is a mid-run checkpoint
     events = list(read_events(runs_root / "timed"))
-    saved = [e["step"] for e in events if e["kind"] == "checkpoint"]
-    timed = [e for e in events if e["kind"] == "message" and "time-based checkpoint" in e["text"]]
+    saved = [e.step for e in events if e.kind == "checkpoint"]
+    timed = [e for e in events if e.kind == "message" and "time-based checkpoint" in e.text]
     assert len(timed) >= 2 and any(s < 10 for s in saved), saved
     assert load_config(runs_root / "timed" / "config.toml").training.save_every == "1s"
     bad = tuneplan(runs_root, "train", "--config", str(config), "--save-every", "30")  # no unit
@@ -267,8 +267,8 @@ def test_oom_during_evaluation_lowers_the_eval_batch_not_the_training_batch(tiny
     run = runs_root / "evaloom"
     status = read_status(run)
     assert status.phase == "done" and status.step == 4 and status.attempt == 1
-    (replan,) = [e for e in read_events(run) if e["kind"] == "replan"]
-    assert replan["changes"] == {"eval_batch": [4, 2]} and "while evaluating" in replan["reason"]
+    (replan,) = [e for e in read_events(run) if e.kind == "replan"]
+    assert replan.changes == {"eval_batch": [4, 2]} and "while evaluating" in replan.reason
     config = load_config(run / "config.toml")
     assert (config.setup.micro_batch, config.setup.grad_accum, config.training.eval_batch) == (4, 1, 2)
 

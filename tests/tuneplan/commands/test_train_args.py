@@ -56,9 +56,9 @@ def test_attention_targets_resolve_to_the_models_own_projections():
     config, notes = train.plan_config(*train.build(args), args)
     assert config.setup.lora_targets == "attention"
     from planner.spec import resolve_lora_targets
-    from tuneplan.services.planning import PlanRequest, resolve
+    from tuneplan.app import resolve_model
 
-    spec = resolve(PlanRequest(model="phi-3-mini")).spec
+    spec = resolve_model("phi-3-mini").spec
     adapted = {m.name for layer in resolve_lora_targets(spec, config.setup.lora_targets) for m in layer}
     assert adapted == {"qkv_proj", "o_proj"}
 

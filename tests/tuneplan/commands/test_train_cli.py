@@ -31,7 +31,7 @@ def _phase(run_dir):
 
 
 def _logs(run_dir):
-    return [e for e in read_events(run_dir) if e["kind"] == "log"]
+    return [e for e in read_events(run_dir) if e.kind == "log"]
 
 
 # --- detach -----------------------------------------------------------------------------------
@@ -64,7 +64,7 @@ def test_detached_run_survives_launcher_kill_and_sighup(tiny_model, runs_root, t
     assert status.phase == "done" and status.step == 16, status
     assert f"started run {run_dir.name}" in out and "tuneplan attach" in out
     logs = _logs(run_dir)
-    assert logs[-1]["loss"] < logs[0]["loss"]
+    assert logs[-1].loss < logs[0].loss
     listing = tuneplan(runs_root, "runs")
     assert run_dir.name in listing.stdout and "done" in listing.stdout and "16/16" in listing.stdout
     for path in run_dir.rglob("*"):  # the Hub token never lands in the run folder
@@ -85,14 +85,14 @@ def test_save_stop_resume_continue_the_step_count(tiny_model, runs_root, tmp_pat
     wait_for(lambda: read_status(run_dir).step >= 3, 120, "step 3")
     saved = tuneplan(runs_root, "save", "ctl")
     assert saved.returncode == 0, saved.stderr
-    first_ckpt = wait_for(lambda: [e for e in read_events(run_dir) if e["kind"] == "checkpoint"], 60, "the checkpoint")
+    first_ckpt = wait_for(lambda: [e for e in read_events(run_dir) if e.kind == "checkpoint"], 60, "the checkpoint")
     assert _phase(run_dir) == "training"  # saving does not stop the run
     stopped = tuneplan(runs_root, "stop", "ctl", "--wait", "--timeout", "120")
     assert stopped.returncode == 0, stopped.stdout + stopped.stderr
     status = read_status(run_dir)
     assert status.phase == "stopped" and 3 <= status.step < 30
     assert status.last_checkpoint.endswith(f"checkpoint-{status.step}")
-    assert first_ckpt[0]["step"] < status.step
+    assert first_ckpt[0].step < status.step
     stop_step = status.step
     assert "stopped" in tuneplan(runs_root, "runs").stdout
 
@@ -101,10 +101,10 @@ def test_save_stop_resume_continue_the_step_count(tiny_model, runs_root, tmp_pat
     assert "effective batch 4" in resumed.stdout
     status = wait_final(run_dir)
     assert status.phase == "done" and status.step == 30, status
-    steps = [e["step"] for e in _logs(run_dir)]
+    steps = [e.step for e in _logs(run_dir)]
     assert steps == list(range(1, 31)), steps  # no step twice, none missing
     # The same effective batch after the resume: epochs advance by 4 rows per step throughout.
-    per_step = {e["step"]: e["epoch"] for e in _logs(run_dir)}
+    per_step = {e.step: e.epoch for e in _logs(run_dir)}
     rate_before = per_step[stop_step] / stop_step
     rate_after = (per_step[30] - per_step[stop_step]) / (30 - stop_step)
     assert rate_after == pytest.approx(rate_before, rel=1e-6)
@@ -151,13 +151,13 @@ def test_injected_oom_replans_and_recovers_with_the_same_effective_batch(tiny_mo
     status = read_status(run_dir)
     assert status.phase == "done" and status.step == 12 and status.attempt == 1
     events = list(read_events(run_dir))
-    replans = [e for e in events if e["kind"] == "replan"]
+    replans = [e for e in events if e.kind == "replan"]
     assert len(replans) == 1
     r = replans[0]
-    assert r["changes"] == {"micro_batch": [4, 2], "grad_accum": [1, 2]} and r["effective_batch"] == 4
-    assert r["resume_from"].endswith("checkpoint-4") and "out of memory at step 6" in r["reason"]
+    assert r.changes == {"micro_batch": [4, 2], "grad_accum": [1, 2]} and r.effective_batch == 4
+    assert r.resume_from.endswith("checkpoint-4") and "out of memory at step 6" in r.reason
     assert "[replan 1]" in out.stdout  # shown to the user
-    steps = [e["step"] for e in events if e["kind"] == "log"]
+    steps = [e.step for e in events if e.kind == "log"]
     assert steps[-1] == 12 and steps.count(6) == 1  # step 6 was redone after the resume, once logged
     s = load_config(run_dir / "config.toml").setup
     assert (s.micro_batch, s.grad_accum) == (2, 2)
@@ -210,6 +210,7 @@ def test_no_disk_space(tmp_path, runs_root, tiny_model):
     assert "not enough disk space" in line
 
 
+@pytest.mark.slow
 def test_failure_in_the_training_process_is_final_not_healthy(tiny_model, runs_root, tmp_path):
     """A problem only the child can see (corrupt weights behind a valid config.json) -> phase
     failed with the error and a log tail; `runs` says so."""

@@ -93,6 +93,7 @@ def test_gated_model_with_a_token_without_access_is_refused(capsys, nvml, runs_r
     assert "no access yet" in line and "hf_tuneplan" not in line
 
 
+@pytest.mark.slow
 def test_force_trains_here_in_float32(capsys, nvml, runs_root, tiny_model):
     """--force on a machine without a GPU: planned for the target, trained on the CPU in the
     dtype every CPU launch uses (the wizard's rule too)."""
@@ -113,6 +114,7 @@ def test_no_gpu_and_no_target_refuses_a_real_model(capsys, nvml, runs_root, monk
     assert "no NVIDIA GPU here" in line and "--force" in line and "hf_tuneplan" not in line
 
 
+@pytest.mark.slow
 def test_bundled_tiny_model_plans_for_the_cpu_in_full(capsys, nvml, runs_root, monkeypatch, tmp_path):
     nvml(fail=True)
     monkeypatch.setenv("TUNEPLAN_CACHE_DIR", str(tmp_path / "cache"))
@@ -121,3 +123,7 @@ def test_bundled_tiny_model_plans_for_the_cpu_in_full(capsys, nvml, runs_root, m
     (run_dir,) = [p for p in runs_root.iterdir() if p.is_dir()]
     setup = load_config(run_dir / "config.toml").setup
     assert setup.method == "full" and setup.compute_dtype == "float32"
+    # the saved model's card is a full fine-tune's: no LoRA line, no peft snippet, loads the final folder
+    card = (run_dir / "model" / "README.md").read_text()
+    assert "LoRA" not in card and "peft" not in card
+    assert f'AutoModelForCausalLM.from_pretrained("{run_dir / "model"}")' in card

@@ -50,7 +50,7 @@ def test_done_and_replan_alerts_each_once(tiny_model, runs_root):
     assert by_kind["replan"]["details"]["changes"]["micro_batch"] == [4, 2]
     done = by_kind["done"]
     assert done["details"]["output"] == str(run_dir / "adapter") and (run_dir / "adapter").is_dir()
-    logged = [(e["step"], e["loss"]) for e in read_events(run_dir) if e["kind"] == "log"]
+    logged = [(e.step, e.loss) for e in read_events(run_dir) if e.kind == "log"]
     restart = max(i for i, (step, _) in enumerate(logged) if step == 1)  # the re-planned attempt's curve
     assert done["details"]["loss_curve"][:6] == [list(x) for x in logged[restart:restart + 6]]
     text = done["text"]

@@ -64,7 +64,7 @@ def test_push_uploads_the_adapter_and_a_card(trained_lora_run, tmp_path):
 
     events = list(read_events(run_dir))
     final = read_status(run_dir).loss
-    eval_loss = [e for e in events if e["kind"] == "eval"][-1]["eval_loss"]
+    eval_loss = [e for e in events if e.kind == "eval"][-1].eval_loss
     assert f"| final training loss | {final:.4f} |" in card and f"| eval loss | {eval_loss:.4f} |" in card
     assert "| tokens/s (median of the log) |" in card and "| peak memory, `max_memory_allocated` |" in card
     assert "micro_batch = 4" in card and "lora_rank = 8" in card and "[training]" in card
@@ -108,18 +108,19 @@ def test_the_card_carries_tuneplan_evals_results(tmp_path):
     from pathlib import Path
 
     from tuneplan.config import load_config
-    from tuneplan.services import eval_results, hub_push
+    from tuneplan.services import eval_results
+    from tuneplan.services.model_card import model_card
 
     run_dir = tmp_path / "tiny-done"
     shutil.copytree(Path(__file__).resolve().parents[2] / "data" / "runs" / "tiny-done", run_dir)
     config = load_config(run_dir / "config.toml")
-    assert "## Evaluation" not in hub_push.model_card(run_dir, config, base_model=None, merged=False)
+    assert "## Evaluation" not in model_card(run_dir, config, load_from="me/x", public=True)
     base = eval_results.ModelScores(loss=3.5, perplexity=33.1, scored_tokens=40, exact_match=0.0, generated=5)
     tuned = eval_results.ModelScores(loss=1.25, perplexity=3.49, scored_tokens=40, exact_match=0.6, generated=5)
     eval_results.write_eval(run_dir, eval_results.EvalReport(
         run="tiny-done", base_model="m", weights="adapter", method="lora", data_format="chat", held_out_examples=5,
         base=base, adapter=tuned))
-    card = hub_push.model_card(run_dir, config, base_model=None, merged=False)
+    card = model_card(run_dir, config, load_from="me/x", public=True)
     assert "## Evaluation" in card and "5 held-out examples" in card
     assert "| loss | 3.5000 | 1.2500 | -2.2500 |" in card and "| exact match | 0.0% | 60.0% | +60.0 pts |" in card
     assert card.index("## Results") < card.index("## Evaluation") < card.index("## Use")

@@ -14,9 +14,11 @@ from http.server import BaseHTTPRequestHandler
 
 from tests.local_http import LoopbackServer, Recorder
 from tuneplan.config import ConfigError, NotifyConfig, RunConfig, ModelConfig, DataConfig, save_config
-from tuneplan.events import Status, append_event, make_event, write_status
+from tuneplan.events import (
+    EnvironmentEvent, EvalEvent, LogEvent, PhaseEvent, Status, append_event, write_status,
+)
 from tuneplan.run_process import process_record
-from tuneplan.services import notify
+from tuneplan.services import notify, paths
 
 
 def _alert(kind="done"):
@@ -66,7 +68,7 @@ def test_a_dead_endpoint_never_blocks_and_is_logged(tmp_path, capsys):
 
 def test_user_config_supplies_the_url(tmp_path, monkeypatch):
     cfg = tmp_path / "config.toml"
-    monkeypatch.setenv(notify.USER_CONFIG_ENV, str(cfg))
+    monkeypatch.setenv(paths.USER_CONFIG_ENV, str(cfg))
     run = RunConfig(model=ModelConfig(source="m"), data=DataConfig(source="d.jsonl"))
     assert notify.with_user_default(run).notify.url is None  # no file: no alerts
     cfg.write_text('[notify]\nurl = "https://ntfy.sh/my-runs"\nstall_minutes = 20\n')
@@ -88,7 +90,7 @@ def _run_dir(tmp_path):
     save_config(run, tmp_path / "config.toml")
     me = os.getpid()  # a live process recorded as the run's (pid, start time, command line)
     write_status(tmp_path, Status(phase="training", pids=[me], processes=[process_record(me)], run_name="r1"))
-    append_event(tmp_path, make_event("phase", phase="queued"))
+    append_event(tmp_path, PhaseEvent(phase="queued"))
     return tmp_path
 
 
@@ -110,7 +112,7 @@ def test_watcher_rules_exploding_stall_and_resume(tmp_path):
     w = notify.RunWatcher(run_dir, sink, stall_seconds=60, clock=lambda: now[0])
     w.quiet = False
     for step, loss in ((1, 2.0), (2, 1.8), (3, 7.0), (4, 8.0)):
-        append_event(run_dir, make_event("log", step=step, loss=loss))
+        append_event(run_dir, LogEvent(step=step, loss=loss))
     w.poll()
     assert [a.kind for a in sink.alerts] == ["exploding"]  # once, at step 3
     now[0] = 59.0
@@ -119,7 +121,7 @@ def test_watcher_rules_exploding_stall_and_resume(tmp_path):
     w.poll()
     w.poll()
     assert [a.kind for a in sink.alerts] == ["exploding", "stalled"]
-    append_event(run_dir, make_event("log", step=5, loss=1.5))
+    append_event(run_dir, LogEvent(step=5, loss=1.5))
     now[0] = 100.0
     w.poll()
     now[0] = 170.0
@@ -159,12 +161,12 @@ def test_done_summary_prices_the_card_the_run_trained_on(tmp_path):
     run = replace(run, setup=replace(run.setup, num_gpus=2, strategy="ddp"))
     save_config(run, tmp_path / "config.toml")
     t0 = 1_800_000_000.0
-    append_event(tmp_path, {"kind": "phase", "time": t0, "phase": "queued"})
-    append_event(tmp_path, make_event("environment", device="cuda", gpu_name="NVIDIA H100 80GB HBM3",
-                                      gpu_memory_bytes=85520809984))
+    append_event(tmp_path, PhaseEvent(phase="queued", time=t0))
+    append_event(tmp_path, EnvironmentEvent(device="cuda", gpu_name="NVIDIA H100 80GB HBM3",
+                                            gpu_memory_bytes=85520809984))
     for step in range(1, 11):
-        append_event(tmp_path, make_event("log", step=step, loss=3.0 - step / 10, tokens_per_second=1000.0 + step))
-    append_event(tmp_path, make_event("eval", step=10, eval_loss=2.5))
+        append_event(tmp_path, LogEvent(step=step, loss=3.0 - step / 10, tokens_per_second=1000.0 + step))
+    append_event(tmp_path, EvalEvent(step=10, eval_loss=2.5))
     status = Status(phase="done", step=10, run_name="r1")
     write_status(tmp_path, status)
     status.updated_at = t0 + 5400  # 1.5 h

@@ -10,7 +10,7 @@ import pytest
 
 from planner.setup import TrainSetup
 from tiny_runs import tiny_config
-from tuneplan.events import ADAPTER_DIR, read_events, read_status
+from tuneplan.events import ADAPTER_DIR, parse_event, read_events, read_status
 from tuneplan.training import distributed
 
 
@@ -71,8 +71,8 @@ def test_fsdp_on_cpu_says_it_runs_ddp(tmp_path, monkeypatch):
     cmd, env = distributed.worker_command(tmp_path, TrainSetup(num_gpus=2, strategy="fsdp"))
     assert env == {"ACCELERATE_USE_CPU": "true"}
     assert _yaml_load(tmp_path / distributed.ACCELERATE_CONFIG_FILE)["distributed_type"] == "MULTI_GPU"
-    warning = [e for e in read_events(tmp_path) if e["kind"] == "message"]
-    assert warning and "FSDP needs GPUs" in warning[0]["text"] and "DDP" in warning[0]["text"]
+    warning = [e for e in read_events(tmp_path) if e.kind == "message"]
+    assert warning and "FSDP needs GPUs" in warning[0].text and "DDP" in warning[0].text
 
 
 @pytest.mark.slow  # imports torch (memory_fields)
@@ -116,18 +116,18 @@ def test_two_process_ddp_lora_run_on_cpu(tiny_model, runs_root, monkeypatch):
     status = read_status(run_dir)
     assert status.phase == "done" and status.step == 16 and status.error is None
     lines = (run_dir / "events.jsonl").read_text().splitlines()
-    events = [json.loads(line) for line in lines]  # every line is one whole JSON object
-    phases = [e["phase"] for e in events if e["kind"] == "phase"]
+    events = [parse_event(json.loads(line)) for line in lines]  # every line is one whole JSON object
+    phases = [e.phase for e in events if e.kind == "phase"]
     assert phases == ["queued", "loading", "tokenizing", "training", "evaluating", "saving", "done"]
-    logs = [e for e in events if e["kind"] == "log"]
-    assert [e["step"] for e in logs] == [2, 4, 6, 8, 10, 12, 14, 16]  # rank 0 only: no duplicates
-    assert logs[-1]["loss"] < logs[0]["loss"] - 0.2, [e["loss"] for e in logs]
-    memory = [e for e in events if e["kind"] == "memory"]
-    assert {e["rank"] for e in memory} == {0, 1}
-    assert all(e["rss_bytes"] > 0 for e in memory)
+    logs = [e for e in events if e.kind == "log"]
+    assert [e.step for e in logs] == [2, 4, 6, 8, 10, 12, 14, 16]  # rank 0 only: no duplicates
+    assert logs[-1].loss < logs[0].loss - 0.2, [e.loss for e in logs]
+    memory = [e for e in events if e.kind == "memory"]
+    assert {e.rank for e in memory} == {0, 1}
+    assert all((e.rss_bytes or 0) > 0 for e in memory)
     for rank in (0, 1):
-        assert [e["step"] for e in memory if e["rank"] == rank] == [e["step"] for e in logs]
-    assert [e["step"] for e in events if e["kind"] == "checkpoint"] == [8, 16]
+        assert [e.step for e in memory if e.rank == rank] == [e.step for e in logs]
+    assert [e.step for e in events if e.kind == "checkpoint"] == [8, 16]
     ckpt = run_dir / "checkpoints" / "checkpoint-16"
     assert (ckpt / "rng_state_0.pth").exists() and (ckpt / "rng_state_1.pth").exists()
     adapters = list(run_dir.rglob("adapter_model.safetensors"))
@@ -161,11 +161,11 @@ def test_out_of_memory_on_the_ranks_replans_and_resumes(tiny_model, runs_root, m
     status = read_status(run_dir)
     assert status.phase == "done" and status.step == 8 and status.attempt == 1
     events = list(read_events(run_dir))
-    replans = [e for e in events if e["kind"] == "replan"]
-    assert len(replans) == 1 and replans[0]["changes"] == {"micro_batch": [4, 2], "grad_accum": [1, 2]}
-    assert replans[0]["effective_batch"] == config.effective_batch() == 8
-    assert replans[0]["resume_from"].endswith("checkpoint-4")
-    assert [e["step"] for e in events if e["kind"] == "log"] == [2, 4, 6, 8]
+    replans = [e for e in events if e.kind == "replan"]
+    assert len(replans) == 1 and replans[0].changes == {"micro_batch": [4, 2], "grad_accum": [1, 2]}
+    assert replans[0].effective_batch == config.effective_batch() == 8
+    assert replans[0].resume_from.endswith("checkpoint-4")
+    assert [e.step for e in events if e.kind == "log"] == [2, 4, 6, 8]
     assert (run_dir / ADAPTER_DIR / "adapter_model.safetensors").exists()
 
 
@@ -198,13 +198,13 @@ def test_save_and_stop_are_agreed_by_both_ranks(tiny_model, runs_root, monkeypat
     wait_step(2)
     runs.request_save(run_dir)
     deadline = time.monotonic() + 120
-    while not [e for e in read_events(run_dir) if e["kind"] == "checkpoint"] and time.monotonic() < deadline:
+    while not [e for e in read_events(run_dir) if e.kind == "checkpoint"] and time.monotonic() < deadline:
         time.sleep(0.2)
     runs.request_stop(run_dir)
     assert proc.wait(timeout=240) == 0
     status = read_status(run_dir)
     assert status.phase == "stopped" and status.step < 60
-    saved = [e["step"] for e in read_events(run_dir) if e["kind"] == "checkpoint"]
+    saved = [e.step for e in read_events(run_dir) if e.kind == "checkpoint"]
     assert len(saved) == 2 and saved[-1] == status.step  # the requested save, then the one at stop
     for step in saved:
         ckpt = run_dir / "checkpoints" / f"checkpoint-{step}"

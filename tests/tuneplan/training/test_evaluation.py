@@ -185,7 +185,7 @@ def test_eval_loss_is_the_trainers_token_mean(lora_eval):
 
     run_dir, _ = lora_eval
     report = evaluation.evaluate_run(run_dir, write=False, max_new_tokens=1)
-    trainer_eval = [e for e in read_events(run_dir) if e.get("kind") == "eval"][-1]["eval_loss"]
+    trainer_eval = [e for e in read_events(run_dir) if e.kind == "eval"][-1].eval_loss
     assert report.adapter.loss == pytest.approx(trainer_eval, rel=0.05)
 
 
@@ -271,6 +271,6 @@ def test_a_packed_text_run_gets_loss_and_perplexity_only(tiny_model, tmp_path):
     from tuneplan.events import read_events
 
     # the trainer's last eval of the same packed rows (a mean over batches; one batch here)
-    trainer_eval = [e for e in read_events(run_dir) if e.get("kind") == "eval"][-1]["eval_loss"]
+    trainer_eval = [e for e in read_events(run_dir) if e.kind == "eval"][-1].eval_loss
     assert report.adapter.loss == pytest.approx(trainer_eval, rel=0.02)
     assert "exact match" not in "\n".join(eval_results.table_lines(report))

@@ -10,7 +10,7 @@ import math
 
 from tiny_runs import tiny_config
 from tuneplan.errors import EXIT_BAD_INPUT, NON_FINITE_PREFIX
-from tuneplan.events import EVENTS_FILE, STATUS_FILE, read_status
+from tuneplan.events import EVENTS_FILE, STATUS_FILE, Failure, parse_event, read_status
 
 
 def _strict(text: str):
@@ -41,15 +41,16 @@ def test_non_finite_loss_fails_the_run_with_the_reason(tiny_model, runs_root, ca
     assert result.exit_code != 0
     assert status.phase == "failed", status
     assert status.error.startswith(NON_FINITE_PREFIX) and "step" in status.error
+    assert status.failure is Failure.NON_FINITE
     assert status.step < 8 and not (run_dir / "adapter").exists()  # stopped, never saved as a result
     # strict JSON everywhere: no bare NaN / Infinity
     _strict((run_dir / STATUS_FILE).read_text())
     lines = (run_dir / EVENTS_FILE).read_text().splitlines()
-    events = [_strict(line) for line in lines]
-    assert not any(e.get("phase") == "done" for e in events)
-    logs = [e for e in events if e["kind"] == "log"]
-    assert logs and any(e.get("loss") is None or e.get("grad_norm") is None for e in logs)
-    assert all(e.get("loss") is None or math.isfinite(e["loss"]) for e in logs)
+    events = [parse_event(_strict(line)) for line in lines]
+    assert not any(e.kind == "phase" and e.phase == "done" for e in events)
+    logs = [e for e in events if e.kind == "log"]
+    assert logs and any(e.loss is None or e.grad_norm is None for e in logs)
+    assert all(e.loss is None or math.isfinite(e.loss) for e in logs)
     # the readers cope with the nulls
     from tuneplan.commands.train import format_event
     from tuneplan.ui.run_view import RunFollower

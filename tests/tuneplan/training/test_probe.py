@@ -46,11 +46,11 @@ def test_random_weights_quantize_on_load_like_real_weights(tiny_model):
 def test_every_real_run_keeps_its_memory_probe_event(trained_lora_run):
     run_dir, result = trained_lora_run
     assert result.exit_code == 0
-    probes = [e for e in read_events(run_dir) if e.get("kind") == "memory_probe"]
+    probes = [e for e in read_events(run_dir) if e.kind == "memory_probe"]
     assert len(probes) == 1
     e = probes[0]
-    assert e["step"] == 2 and e["device"] == "cpu" and e["rss_peak_bytes"] > 0
-    assert "predicted_torch_peak_bytes" in e and "predicted_device_bytes" in e
+    assert e.step == 2 and e.device == "cpu" and e.rss_peak_bytes > 0
+    assert e.predicted_torch_peak_bytes is not None and e.predicted_device_bytes is not None
 
 
 # Tiny configs of a fused-expert MoE (transformers 5 `gate_up_proj`) and of tied embeddings:

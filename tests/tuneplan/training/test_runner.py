@@ -23,21 +23,21 @@ def _train(tiny_model, runs_root, **changes):
 
 def _check_run_files(run_dir, max_steps):
     events = list(read_events(run_dir))
-    assert all(isinstance(e["time"], float) and e["kind"] for e in events)
-    phases = [e["phase"] for e in events if e["kind"] == "phase"]
+    assert all(isinstance(e.time, float) and e.kind for e in events)
+    phases = [e.phase for e in events if e.kind == "phase"]
     assert set(phases) <= set(PHASES)
     assert phases[:4] == ["queued", "loading", "tokenizing", "training"] and phases[-2:] == ["saving", "done"]
-    logs = [e for e in events if e["kind"] == "log"]
-    assert logs and all(LOG_KEYS <= set(e) for e in logs)
-    assert [e["step"] for e in logs] == sorted({e["step"] for e in logs}) and logs[-1]["step"] == max_steps
-    assert logs[-1]["tokens_per_second"] > 0 and logs[-1]["samples_per_second"] > 0
-    data = [e for e in events if e["kind"] == "data"]
-    assert data and data[0]["format"] == "messages" and data[0]["examples"] == 400
-    assert [e for e in events if e["kind"] == "eval"]
-    assert [e["step"] for e in events if e["kind"] == "checkpoint"] == [12, 24]
+    logs = [e for e in events if e.kind == "log"]
+    assert logs and all(LOG_KEYS <= set(e.to_dict()) for e in logs)
+    assert [e.step for e in logs] == sorted({e.step for e in logs}) and logs[-1].step == max_steps
+    assert logs[-1].tokens_per_second > 0 and logs[-1].samples_per_second > 0
+    data = [e for e in events if e.kind == "data"]
+    assert data and data[0].format == "messages" and data[0].examples == 400
+    assert [e for e in events if e.kind == "eval"]
+    assert [e.step for e in events if e.kind == "checkpoint"] == [12, 24]
     status = read_status(run_dir)
     assert status.phase == "done" and status.step == max_steps and status.error is None
-    assert status.last_checkpoint.endswith("checkpoint-24") and status.loss == logs[-1]["loss"]
+    assert status.last_checkpoint.endswith("checkpoint-24") and status.loss == logs[-1].loss
     json.loads((run_dir / "status.json").read_text())  # valid JSON on disk
     return logs
 
@@ -61,7 +61,7 @@ def test_lora_run_learns_records_and_reloads(tiny_model, trained_lora_run):
     run_dir, result = trained_lora_run
     assert result.exit_code == 0
     logs = _check_run_files(run_dir, 24)
-    assert logs[-1]["loss"] < logs[0]["loss"] - 0.2, [e["loss"] for e in logs]
+    assert logs[-1].loss < logs[0].loss - 0.2, [e.loss for e in logs]
 
     adapter = run_dir / ADAPTER_DIR
     assert (adapter / "adapter_model.safetensors").exists() and (adapter / "tokenizer.json").exists()
@@ -88,7 +88,7 @@ def test_qlora_nf4_run_learns_and_reloads(tiny_model, runs_root):
                                                              "grad_checkpointing": True, "packing": True})
     assert result.exit_code == 0, read_status(run_dir).error
     logs = _check_run_files(run_dir, 24)
-    assert logs[-1]["loss"] < logs[0]["loss"] - 0.2, [e["loss"] for e in logs]
+    assert logs[-1].loss < logs[0].loss - 0.2, [e.loss for e in logs]
     model = result.trainer.model
     assert any(type(m).__name__ == "Linear4bit" for m in model.modules())
     trained = _probe_logits(model, result.tokenizer)

@@ -28,7 +28,7 @@ def test_tensorboard_event_files_hold_the_loss_and_the_plan(tiny_model, runs_roo
     run_dir = prepare_run(config, runs_root)
     assert run_worker(run_dir, install_signals=False).exit_code == 0
 
-    logged = [(e["step"], e["loss"]) for e in read_events(run_dir) if e["kind"] == "log"]
+    logged = [(e.step, e.loss) for e in read_events(run_dir) if e.kind == "log"]
     acc = EventAccumulator(str(run_dir / TENSORBOARD_DIR), size_guidance={"tensors": 0, "scalars": 0})
     acc.Reload()
     scalars = [(s.step, s.value) for s in acc.Scalars("train/loss")]

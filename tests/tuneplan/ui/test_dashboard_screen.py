@@ -28,16 +28,16 @@ def _recorded(name):
     from ui_helpers import RUNS
 
     events = list(ev.read_events(RUNS / name))
-    logs = [e for e in events if e["kind"] == "log"]
+    logs = [e for e in events if e.kind == "log"]
     return events, logs
 
 
 async def test_replays_a_finished_run(tmp_path, recorded_run):
     run_dir = recorded_run("tiny-done")
     events, logs = _recorded("tiny-done")
-    saved = [e for e in events if e["kind"] == "checkpoint"]
+    saved = [e for e in events if e.kind == "checkpoint"]
     assert len(saved) > 1
-    (run_dir / "checkpoints" / f"checkpoint-{saved[-1]['step']}").mkdir(parents=True)  # older ones: deleted
+    (run_dir / "checkpoints" / f"checkpoint-{saved[-1].step}").mkdir(parents=True)  # older ones: deleted
     app = create_app(make_services(tmp_path, nvml=FakeNVML([rtx_4090()])), run_dir=run_dir)
     seen: list[RunUpdated] = []
     async with app.run_test(size=(80, 24), message_hook=lambda m: seen.append(m) if isinstance(m, RunUpdated) else None) as pilot:
@@ -46,18 +46,18 @@ async def test_replays_a_finished_run(tmp_path, recorded_run):
         await wait_for(pilot, lambda: screen.snapshot is not None and screen.gpu_sample is not None)
         s = screen.snapshot
         last = logs[-1]
-        assert s.phase == "done" and s.step == last["step"] and s.max_steps == last["max_steps"]
+        assert s.phase == "done" and s.step == last.step and s.max_steps == last.max_steps
         assert len(s.loss_series[0]) == len(logs)
         assert s.loss_series[1][-1] < s.loss_series[1][0]  # the recorded loss fell
-        assert len(s.eval_series[0]) == sum(e["kind"] == "eval" for e in events)
+        assert len(s.eval_series[0]) == sum(e.kind == "eval" for e in events)
         assert "[done]" in text_of(screen, "#title") and "lora" in text_of(screen, "#title")
-        assert f"step {last['step']}/{last['max_steps']}" in text_of(screen, "#progress-text")
+        assert f"step {last.step}/{last.max_steps}" in text_of(screen, "#progress-text")
         stats = text_of(screen, "#stats")
         assert "util 87%" in stats and "71°C" in stats and "312 W" in stats
-        assert f"loss {last['loss']:.4f}" in stats
+        assert f"loss {last.loss:.4f}" in stats
         listed = text_of(screen, "#checkpoints")
-        assert f"checkpoint-{saved[-1]['step']}" in listed  # on disk: listed
-        assert f"checkpoint-{saved[0]['step']}\n" not in listed  # deleted since: not listed, counted
+        assert f"checkpoint-{saved[-1].step}" in listed  # on disk: listed
+        assert f"checkpoint-{saved[0].step}\n" not in listed  # deleted since: not listed, counted
         assert f"{len(saved) - 1} deleted" in listed
         assert seen and seen[-1].snapshot is s
         # a finished run has nothing to save or stop
@@ -97,8 +97,8 @@ async def test_follows_a_growing_run_and_sees_a_silent_death(tmp_path):
         screen.poll_seconds = 0.05
         await wait_for(pilot, lambda: screen.snapshot is not None)
         for step in range(1, 11):
-            ev.append_event(run_dir, ev.make_event("log", step=step, max_steps=50, loss=3.0 - step / 10,
-                                                   learning_rate=1e-4, tokens_per_second=900.0))
+            ev.append_event(run_dir, ev.LogEvent(step=step, max_steps=50, loss=3.0 - step / 10,
+                                                 learning_rate=1e-4, tokens_per_second=900.0))
         await wait_for(pilot, lambda: screen.snapshot.step == 10)
         assert "step 10/50" in text_of(screen, "#progress-text")
         # the process disappears without writing a final status: shown as crashed
@@ -111,11 +111,18 @@ async def test_save_now_and_stop_with_confirmation(tmp_path):
     import subprocess
     import sys
 
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    import os
+
+    from tuneplan.run_process import acquire_lock, process_record
+
+    run_dir = tmp_path / "runs" / "live"
+    run_dir.mkdir(parents=True)
+    # the child stands in for a trainer: it holds the run's lock (only such a process is signalled)
+    # and records itself
+    fd = acquire_lock(run_dir)
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"], pass_fds=(fd,))
+    os.close(fd)
     try:
-        run_dir = tmp_path / "runs" / "live"
-        run_dir.mkdir(parents=True)
-        from tuneplan.run_process import process_record  # the child stands in for a trainer that records itself
 
         ev.write_status(run_dir, ev.Status(phase="training", pids=[child.pid], max_steps=5,
                                            processes=[process_record(child.pid, armed=True)]))
@@ -141,8 +148,8 @@ async def test_multi_gpu_run_shows_a_row_per_rank(tmp_path, recorded_run):
     events, _ = _recorded("tiny-ddp")
     last = {}
     for e in events:
-        if e["kind"] == "memory":
-            last[e["rank"]] = e
+        if e.kind == "memory":
+            last[e.rank] = e
     assert sorted(last) == [0, 1]
     app = create_app(make_services(tmp_path), run_dir=run_dir)
     async with app.run_test(size=(80, 24)) as pilot:
@@ -151,7 +158,7 @@ async def test_multi_gpu_run_shows_a_row_per_rank(tmp_path, recorded_run):
         assert [r.rank for r in screen.snapshot.gpu_rows] == [0, 1]
         stats = text_of(screen, "#stats")
         for rank, e in last.items():
-            assert f"{rank}:cpu {e['rss_bytes'] / 2**30:.1f} GiB rss" in stats
+            assert f"{rank}:cpu {e.rss_bytes / 2**30:.1f} GiB rss" in stats
 
 
 async def test_a_done_run_shows_its_eval_and_e_asks_before_replacing_it(tmp_path, recorded_run):

@@ -124,6 +124,6 @@ def test_wizard_launch_follow_detach_attach(tmp_path, tiny_model_dir):
         term.wait(r"Detached from")
     finally:
         term.close()
-    losses = [e["loss"] for e in ev.read_events(run_dir) if e.get("kind") == "log" and "loss" in e]
+    losses = [e.loss for e in ev.read_events(run_dir) if e.kind == "log" and e.loss is not None]
     assert losses[-1] < losses[0]
     assert json.loads((run_dir / ev.STATUS_FILE).read_text())["phase"] == "done"

@@ -50,9 +50,9 @@ def test_malformed_events_are_skipped_not_fatal(tmp_path):
 def test_oom_replans_are_counted_for_the_title(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
-    ev.append_event(run_dir, ev.make_event("replan", attempt=1, reason="CUDA out of memory at step 6",
-                                           changes={"micro_batch": [4, 2], "grad_accum": [4, 8]}))
+    ev.append_event(run_dir, ev.ReplanEvent(attempt=1, reason="CUDA out of memory at step 6",
+                                            changes={"micro_batch": [4, 2], "grad_accum": [4, 8]}))
     follower = RunFollower(run_dir)
     follower.poll()
     (line,) = follower.snapshot().replans
-    assert "micro_batch 4->2" in line and "grad_accum 4->8" in line
+    assert "micro_batch 4 -> 2" in line and "grad_accum 4 -> 8" in line

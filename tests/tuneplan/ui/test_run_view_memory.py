@@ -61,9 +61,9 @@ def test_attaching_to_a_300k_event_run_stays_small(tmp_path):
 def test_events_are_strict_json_and_compact():
     import json
 
-    line = ev.dumps(ev.make_event("log", **ev.compact({"loss": float("nan"), "grad_norm": float("inf"),
-                                                        "learning_rate": 1.0000000123e-4, "eta_seconds": None,
-                                                        "tokens_per_second": 1234.5678})))
+    line = ev.dumps(ev.LogEvent(**ev.compact({"loss": float("nan"), "grad_norm": float("inf"),
+                                              "learning_rate": 1.0000000123e-4, "eta_seconds": None,
+                                              "tokens_per_second": 1234.5678})).to_dict())
     event = json.loads(line, parse_constant=lambda name: (_ for _ in ()).throw(AssertionError(name)))
     assert event["loss"] is None and event["grad_norm"] is None  # not NaN / Infinity
     assert event["learning_rate"] == 1e-4 and event["tokens_per_second"] == 1235 and "eta_seconds" not in event

@@ -22,6 +22,7 @@ from ui_helpers import make_services, open_plan_screen, wait_for
 pytestmark = pytest.mark.asyncio(loop_scope="function")
 
 
+@pytest.mark.slow
 async def test_model_screen_lists_and_accepts_the_bundled_tiny_model(tmp_path, monkeypatch):
     monkeypatch.setenv("TUNEPLAN_CACHE_DIR", str(tmp_path / "cache"))
     app = create_app(make_services(tmp_path))

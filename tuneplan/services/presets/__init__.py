@@ -4,7 +4,7 @@ A preset is a partial run configuration (`tuneplan.config`: model, data, setup k
 training hyperparameters, recovery) plus the constraints to keep when it is re-fitted
 (effective batch, shortest acceptable sequence length, the GPU it was made for) and, when it
 was saved from a finished run, the evidence of that run (GPU, driver and library versions,
-measured peak memory, tokens/s). The format is documented in the README (`## Presets`).
+measured peak memory, tokens/s). The format is documented in docs/presets.md.
 
     preset = find_preset("llama-3.1-8b-lora-24gb")       # search order below
     fit = refit(preset, vram_bytes=16 * GiB)             # re-plan with the real planner
@@ -19,7 +19,7 @@ Files are read with `tomllib` only: nothing in them is executed or evaluated. A 
 never written into a preset: saving refuses any text that holds one. No torch, no textual.
 
 The package: `file_format` (the types, reading and writing a preset file), `store` (where
-presets live, find/list/save/delete, the bundled sources), `refit` (re-fitting to the hardware
+presets live, find/list/save/delete; the bundled sources are `tuneplan.services.bundled`), `refit` (re-fitting to the hardware
 at hand) and `evidence` (a finished run's measurements). Import from the package.
 """
 
@@ -36,11 +36,14 @@ from tuneplan.services.presets.file_format import (
 from tuneplan.services.presets.refit import (
     SEQ_STEP, Refit, load_preset_config, local_hardware, refit, target_hardware, with_knobs,
 )
+from tuneplan.services.paths import CACHE_DIR_ENV, PRESETS_DIR_ENV, cache_dir
 from tuneplan.services.presets.store import (
-    CACHE_DIR_ENV, PRESETS_DIR_ENV, SAMPLE_DATA, PresetEntry, cache_dir, deletable, delete_preset, find_preset,
-    list_presets,
-    portable_sources, preset_from_run_config, project_dir, resolve_sources, save_config_as_preset, search_path,
-    shipped_dir, tiny_model_dir, user_dir, write_preset_text,
+    PresetEntry, deletable, delete_preset, find_preset, list_presets, preset_from_run_config, project_dir,
+    save_config_as_preset, search_path, shipped_dir, user_dir, write_preset_text,
+)
+# the bundled sources live in their own module; named here too, as the presets' sources
+from tuneplan.services.bundled import (
+    SAMPLE_DATA, portable_sources, resolve_sources, tiny_model_dir,
 )
 
 __all__ = [

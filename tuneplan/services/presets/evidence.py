@@ -22,19 +22,21 @@ def evidence_from_run(run_dir: Path) -> tuple[PresetEvidence, str | None]:
     import statistics
     import time
 
-    from tuneplan.events import effective_phase, read_events, read_status
+    from tuneplan.events import (
+        EnvironmentEvent, LogEvent, MemoryProbeEvent, effective_phase, read_events, read_status,
+    )
 
     status = read_status(run_dir)
     events = list(read_events(run_dir))
-    logs = [e for e in events if e.get("kind") == "log"]
-    probes = [e for e in events if e.get("kind") == "memory_probe"]
-    env = next((e for e in reversed(events) if e.get("kind") == "environment"), None)
-    tps = [e["tokens_per_second"] for e in logs if isinstance(e.get("tokens_per_second"), (int, float))]
-    peaks = [e.get("torch_peak_bytes") for e in probes] + [e.get("torch_allocated_peak_bytes") for e in logs]
-    reserved = [e.get("torch_reserved_bytes") for e in probes] + [e.get("torch_reserved_peak_bytes") for e in logs]
-    peaks = [p for p in peaks if isinstance(p, int)]
-    reserved = [p for p in reserved if isinstance(p, int)]
-    predicted = next((e.get("predicted_device_bytes") for e in probes if e.get("predicted_device_bytes")), None)
+    logs = [e for e in events if isinstance(e, LogEvent)]
+    probes = [e for e in events if isinstance(e, MemoryProbeEvent)]
+    env = next((e for e in reversed(events) if isinstance(e, EnvironmentEvent)), None)
+    tps = [e.tokens_per_second for e in logs if e.tokens_per_second is not None]
+    peaks = [p for p in [e.torch_peak_bytes for e in probes] + [e.torch_allocated_peak_bytes for e in logs]
+             if p is not None]
+    reserved = [p for p in [e.torch_reserved_bytes for e in probes] + [e.torch_reserved_peak_bytes for e in logs]
+                if p is not None]
+    predicted = next((e.predicted_device_bytes for e in probes if e.predicted_device_bytes), None)
     fields_: dict[str, Any] = dict(
         run=run_dir.name, recorded=time.strftime("%Y-%m-%d", time.gmtime()),
         outcome=effective_phase(status) if status else None, steps=status.step if status else None,
@@ -44,10 +46,11 @@ def evidence_from_run(run_dir: Path) -> tuple[PresetEvidence, str | None]:
     )
     if env is not None:
         source = "run"
+        facts = env.to_dict()
         for k in ("gpu_name", "gpu_memory_bytes", "driver_version", "cuda_version", "torch_version",
                   "transformers_version", "peft_version", "trl_version", "bitsandbytes_version"):
-            if env.get(k) is not None:
-                fields_[k] = env[k]
+            if facts.get(k) is not None:
+                fields_[k] = facts[k]
     else:
         source = "saved"
         fields_.update(_environment_now(cuda_used=bool(peaks)))

@@ -131,7 +131,7 @@ _REQUIRED = (("format_version", None), ("name", None), ("model", "source"), ("se
 _NOT_IN_PRESETS = {
     "prediction": "the planner's prediction is made again for the hardware at hand",
     "debug": "fault injection belongs to tests, not to presets",
-    "notify": "alerts are set per run (--notify) or in the user config (README `## Alerts`)",
+    "notify": "alerts are set per run (--notify) or in the user config (docs/tracking-and-alerts.md)",
     "resume_from": "a preset starts a new run",
     "version": "presets use format_version (a run configuration file has version and no format_version)",
 }
@@ -146,7 +146,7 @@ def _section(cls: type, table: Any, section: str, path: str, text: str) -> tuple
     `[setup]` holds only the knobs of tuneplan's training path."""
     known = SETUP_KEYS if cls is TrainSetup else None
     try:
-        obj = section_from_table(cls, table, section, lambda key: _where(path, text, section, key), known=known)
+        obj: Any = section_from_table(cls, table, section, lambda key: _where(path, text, section, key), known=known)
     except ConfigError as exc:
         raise PresetError(str(exc)) from None
     return obj, set(table)
@@ -189,7 +189,7 @@ def preset_from_toml(text: str, path: str = "<preset>", *, origin: str = "file")
         else:
             present, what = isinstance(data.get(first), dict) and key in data[first], f"{first}.{key}"
         if not present:
-            raise PresetError(f"{path}: missing required field {what} (see the README's `## Presets`)")
+            raise PresetError(f"{path}: missing required field {what} (see docs/presets.md)")
     if data["format_version"] < 1:
         raise PresetError(f"{_where(path, text, None, 'format_version')}: format_version must be {FORMAT_VERSION} "
                           f"(got {data['format_version']})")
@@ -343,7 +343,7 @@ def dump_preset(name: str, description: str, config: RunConfig, constraints: Pre
         header = (f"# {description or name}\n"
                   f"# Use it with:  tuneplan plan --preset {name}    (re-fits it to this machine's GPU)\n"
                   f"#               tuneplan train --preset {name} [--dataset FILE]\n"
-                  "# Format: README `## Presets`. Saved by tuneplan; edit freely.\n")
+                  "# Format: docs/presets.md. Saved by tuneplan; edit freely.\n")
     text = header + "\n" + tomli_w.dumps(_toml_dict(name, description, config, constraints, evidence))
     preset_from_toml(text, f"<preset {name}>")  # what we write must read back
     return text

@@ -14,11 +14,12 @@ from tuneplan.config import (
     PredictionConfig, RunConfig,
 )
 from tuneplan.errors import UserError
-from tuneplan.knobs import SHOWN
+from tuneplan.knobs import SHOWN, accumulation, kept_on_refit
 from tuneplan.services.gpu import CPU_KEY as CPU
 from tuneplan.services.gpu import cpu_hardware
 from tuneplan.services.presets.file_format import _METHOD, Preset, fields_of
-from tuneplan.services.presets.store import find_preset, resolve_sources
+from tuneplan.services.bundled import resolve_sources
+from tuneplan.services.presets.store import find_preset
 
 
 SEQ_STEP = 128
@@ -28,7 +29,7 @@ SEQ_STEP = 128
 def target_hardware(preset: Preset) -> Any:
     """The hardware the preset was made for."""
     from planner.solver import Hardware
-    from tuneplan.services.planning import parse_size, resolve_hardware, PlanRequest
+    from tuneplan.services.planning import parse_size, resolve_hardware
 
     c = preset.constraints
     if c.gpu == CPU:
@@ -40,7 +41,7 @@ def target_hardware(preset: Preset) -> Any:
             return Hardware(gpu=gpu, free_bytes=vram, source="vram")
         return Hardware(gpu=gpu, source="catalog")
     if vram is not None:
-        return resolve_hardware(PlanRequest(vram_bytes=vram))[0]
+        return resolve_hardware(vram_bytes=vram)[0]
     return None
 
 
@@ -50,17 +51,17 @@ def local_hardware(preset: Preset | None = None, *, gpu: str | None = None, vram
 
     `gpu` / `vram_bytes` as in `tuneplan plan`; otherwise the GPUs NVML finds; with none: the
     CPU for a CPU preset, else the preset's own target GPU (said in the notes)."""
-    from tuneplan.services.planning import PlanRequest, resolve_hardware
+    from tuneplan.services.planning import resolve_hardware
 
     if gpu or vram_bytes is not None:
-        hw, notes, _ = resolve_hardware(PlanRequest(gpu=gpu, vram_bytes=vram_bytes))
+        hw, notes, _ = resolve_hardware(gpu, vram_bytes)
         return hw, notes
     if probe is None:
         from tuneplan.services.gpu import default_probe
 
         probe = default_probe()
     if probe.probe():
-        hw, notes, _ = resolve_hardware(PlanRequest(gpu_index=gpu_index), probe)
+        hw, notes, _ = resolve_hardware(index=gpu_index, probe=probe)
         return hw, notes
     status = probe.status()
     if preset is None or preset.constraints.gpu == CPU:
@@ -155,23 +156,14 @@ def _hardware_reason(target: Any, here: Any) -> str:
 
 
 def _base_fixed(preset: Preset) -> dict[str, Any]:
-    """Knobs the re-fit keeps: everything but REFITTED (unless listed in constraints.keep)."""
+    """Knobs the re-fit keeps: everything but REFITTED (unless listed in constraints.keep), from
+    the registry (`tuneplan.knobs.kept_on_refit`). A float32 precision the preset file asks for
+    is kept too: it is on purpose (CPU presets), where a GPU plan would choose 16 bits."""
     s = preset.config.setup
-    keep = set(preset.constraints.keep)
-    fixed: dict[str, Any] = {}
-    if s.method != "full":
-        fixed.update(lora_rank=s.lora_rank, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-                     lora_targets=s.lora_targets)
-    if s.method == "qlora":
-        fixed.update(quant_type=s.quant_type, double_quant=s.double_quant)
-    fixed["packing"] = s.packing
-    if s.cpu_offload:
-        fixed["cpu_offload"] = True  # FSDP offload to host memory: the solver plans FSDP with it
+    keep = list(preset.constraints.keep)
     if s.compute_dtype == "float32" and "compute_dtype" in preset.setup_keys:
-        fixed["compute_dtype"] = "float32"  # asked for on purpose (CPU presets)
-    for knob in keep:
-        fixed[knob] = getattr(s, knob)
-    return fixed
+        keep.append("compute_dtype")
+    return kept_on_refit(s, keep)
 
 
 def with_knobs(preset: Preset, knobs: dict[str, Any]) -> Preset:
@@ -206,14 +198,15 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
     (`constraints.allow_method_change`), then QLoRA with a shorter sequence; each is said.
     """
     from planner.solver import DEFAULT_SAFETY_MARGIN
-    from tuneplan.services.planning import PlanRequest, plan, resolve
+    from tuneplan.services.models import resolve_model
+    from tuneplan.services.planning import PlanRequest, plan
 
     notes: list[str] = []
     if hardware is None:
         hardware, notes = local_hardware(preset, gpu=gpu, vram_bytes=vram_bytes, gpu_index=gpu_index, probe=probe)
     config = resolve_sources(preset.config, build=build_sources)
     s = preset.config.setup
-    resolved = resolve(PlanRequest(model=config.model.source))
+    resolved = resolve_model(config.model.source)
     margin = DEFAULT_SAFETY_MARGIN if safety_margin is None else safety_margin
     effective = preset.effective_batch()
     base = _base_fixed(preset)
@@ -221,7 +214,7 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
     def attempt(method: str, seq: int, micro_batch: int | None = None, keep: dict[str, Any] | None = None):
         fixed = {**base, "seq_len": seq, **(keep or {})}
         if micro_batch is not None:
-            fixed.update(micro_batch=micro_batch, grad_accum=effective // micro_batch)
+            fixed.update(micro_batch=micro_batch, grad_accum=accumulation(effective, micro_batch))
         if method != "qlora":
             fixed.pop("quant_type", None)
             fixed.pop("double_quant", None)
@@ -353,14 +346,19 @@ def _shorter(attempt, method: str, seq: int, floor: int | None):
 
 
 def load_preset_config(name: "str | Preset", *, gpu: str | None = None, vram: str | None = None,
-                       echo: bool = True, build_sources: bool = True) -> RunConfig:
+                       vram_bytes: int | None = None, gpu_index: int | None = None,
+                       safety_margin: float | None = None, echo: bool = True, build_sources: bool = True) -> RunConfig:
     """What `tuneplan train --preset NAME` calls: the preset re-fitted for the hardware at
-    hand (or `gpu` / `vram`), as a run configuration with bundled sources resolved. Prints the
-    re-fit summary to stderr (`echo`). Raises UserError when it cannot fit."""
+    hand (or `gpu` / `vram`, a size as text, or `vram_bytes`), as a run configuration with
+    bundled sources resolved. Prints the re-fit summary to stderr (`echo`). Raises UserError
+    when it cannot fit."""
     from tuneplan.services.planning import parse_size
 
     preset = find_preset(name) if isinstance(name, str) else name
-    fit = refit(preset, gpu=gpu, vram_bytes=parse_size(vram) if vram else None, build_sources=build_sources)
+    if vram:
+        vram_bytes = parse_size(vram)
+    fit = refit(preset, gpu=gpu, vram_bytes=vram_bytes, gpu_index=gpu_index, safety_margin=safety_margin,
+                build_sources=build_sources)
     if echo:
         for line in fit.summary_lines():
             print(f"tuneplan: {line}", file=sys.stderr)

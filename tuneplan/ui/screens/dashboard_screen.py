@@ -13,10 +13,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal
 from textual.message import Message
-from textual.screen import Screen
+from textual.timer import Timer
 from textual.widgets import Footer, ProgressBar, Static
 from textual_plotext import PlotextPlot
 
+from tuneplan.ui.app_base import WizardScreen
 from tuneplan.ui.formatting import duration, gib, last_lines, rate
 from tuneplan.ui.messages import GpuSampled, RunUpdated
 from tuneplan.ui.run_view import RunFollower, RunSnapshot
@@ -58,7 +59,7 @@ class EvalUpdated(Message):
         self.failed = failed
 
 
-class DashboardScreen(Screen):
+class DashboardScreen(WizardScreen[None]):
     """Loss/LR plots, progress, throughput, GPU, memory, event/log tail and checkpoints."""
 
     CSS_PATH = "dashboard_screen.tcss"
@@ -84,7 +85,7 @@ class DashboardScreen(Screen):
         self._stop_event = threading.Event()
         self._plotted_version = -1
         self._plotted_at = 0.0
-        self._plot_timer = None
+        self._plot_timer: Timer | None = None
         self._eval_checked = False
         self._eval_running = False
         self._eval_exists = False

@@ -10,9 +10,9 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer, Input, LoadingIndicator, Static
 
+from tuneplan.ui.app_base import WizardScreen
 from tuneplan.errors import UserError
 from tuneplan.ui.messages import DatasetChosen
 from tuneplan.ui.widgets.dialogs import HelpDialog
@@ -38,7 +38,7 @@ def _sample_dataset() -> str:
         return ""
 
 
-class DatasetScreen(Screen):
+class DatasetScreen(WizardScreen[None]):
     """Enter previews the dataset; Enter again continues; Ctrl+S skips (plan without it)."""
 
     CSS_PATH = "dataset_screen.tcss"
@@ -94,7 +94,7 @@ class DatasetScreen(Screen):
 
     @work(thread=True, exclusive=True, exit_on_error=False)
     def load_preview(self, source: str) -> None:
-        from tuneplan.services.dataset_preview import preview_dataset
+        from tuneplan.app import preview_dataset
 
         services = self.app.services
         tokenizer_source = getattr(self.model, "tokenizer_source", None)
@@ -147,7 +147,7 @@ class DatasetScreen(Screen):
         return t
 
     def _histogram_text(self, p: Any) -> Text:
-        from tuneplan.services.dataset_preview import format_histogram
+        from tuneplan.app import format_histogram
 
         s = p.tokens
         t = Text()

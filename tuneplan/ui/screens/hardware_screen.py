@@ -10,10 +10,10 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tuneplan.ui.app_base import WizardScreen
 from tuneplan.errors import UserError
 from tuneplan.services.machine import CPU_DTYPE
 from tuneplan.ui.formatting import gib
@@ -37,7 +37,7 @@ CPU_OPTION = "this-machine-cpu"
 CPU_LABEL = "this machine (CPU)"
 
 
-class HardwareScreen(Screen):
+class HardwareScreen(WizardScreen[None]):
     """Pick a detected GPU, or plan for a card you don't have (dry run)."""
 
     CSS_PATH = "hardware_screen.tcss"
@@ -149,7 +149,7 @@ class HardwareScreen(Screen):
 
         try:
             if parse_memory(text) is None and cards.highlighted is not None and cards.option_count:
-                text = cards.get_option_at_index(cards.highlighted).id
+                text = cards.get_option_at_index(cards.highlighted).id or text  # every card has an id
             target = self.cpu if (text == CPU_OPTION and self.cpu is not None) else dry_run_target(text)
         except UserError as exc:
             self.query_one("#error", Static).update(Text(str(exc), style="bold red"))
@@ -161,7 +161,8 @@ class HardwareScreen(Screen):
         if event.option.id == CPU_OPTION and self.cpu is not None:
             self.post_message(TargetChosen(self.cpu))
             return
-        self.post_message(TargetChosen(dry_run_target(event.option.id)))
+        if event.option.id is not None:  # every card is added with its catalog key as id
+            self.post_message(TargetChosen(dry_run_target(event.option.id)))
 
     @on(DataTable.RowSelected, "#gpus")
     def _choose_gpu(self, event: DataTable.RowSelected) -> None:

@@ -9,10 +9,10 @@ from textual import on, work
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer, Input, LoadingIndicator, OptionList, Static
 from textual.widgets.option_list import Option
 
+from tuneplan.ui.app_base import WizardScreen
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count
 from tuneplan.ui.messages import ModelChosen
@@ -30,7 +30,7 @@ class ModelResolved(Message):
         self.error = error
 
 
-class ModelScreen(Screen):
+class ModelScreen(WizardScreen[None]):
     """Type to search the catalog; Enter looks the model up, Enter again continues."""
 
     CSS_PATH = "model_screen.tcss"
@@ -95,7 +95,7 @@ class ModelScreen(Screen):
         hits = self.query_one("#hits", OptionList)
         if (not text or self._looks_like_catalog_query(text)) and hits.highlighted is not None and hits.option_count:
             if not self.app.services.models.is_catalog_name(text):  # partial name: take the highlighted hit
-                text = hits.get_option_at_index(hits.highlighted).id
+                text = hits.get_option_at_index(hits.highlighted).id or text  # every hit has an id
                 self.query_one("#model-input", Input).value = text
         if not text:
             return
@@ -103,8 +103,11 @@ class ModelScreen(Screen):
 
     @on(OptionList.OptionSelected, "#hits")
     def _picked(self, event: OptionList.OptionSelected) -> None:
-        self.query_one("#model-input", Input).value = event.option.id
-        self._start_resolve(event.option.id)
+        picked = event.option.id
+        if picked is None:  # every hit is added with its model name as id
+            return
+        self.query_one("#model-input", Input).value = picked
+        self._start_resolve(picked)
 
     def _start_resolve(self, text: str) -> None:
         self.query_one("#spinner").display = True

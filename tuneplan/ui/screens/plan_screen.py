@@ -12,11 +12,11 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, Horizontal, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
-from tuneplan.knobs import COUNT, KNOBS, LORA, SCREEN_KNOBS, TARGETS, Knob, PartialSetup
+from tuneplan.knobs import COUNT, KNOBS, LORA, SCREEN_KNOBS, TARGETS, Knob, PartialSetup, accumulation
+from tuneplan.ui.app_base import WizardScreen
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count, duration, gib, money, rate
 from tuneplan.ui.messages import PlanAccepted
@@ -62,7 +62,7 @@ def shown_value(knob: Knob, value: Any) -> Any:
     return value
 
 
-class PlanScreen(Screen):
+class PlanScreen(WizardScreen[None]):
     """The solver's choice; edit any knob and the estimate follows on each keypress."""
 
     CSS_PATH = "plan_screen.tcss"
@@ -181,8 +181,7 @@ class PlanScreen(Screen):
             changes = {knob: value}
             if knob == "micro_batch":  # keep the effective batch: the accumulation follows
                 s = self.plan.setup
-                per_gpu = s.micro_batch * s.grad_accum
-                changes["grad_accum"] = max(1, round(per_gpu / value))
+                changes["grad_accum"] = accumulation(s.micro_batch * s.grad_accum, value)
             self._edit(**changes)
             if "grad_accum" in changes:
                 self._sync_input("grad_accum", self.plan.setup.grad_accum)
@@ -194,6 +193,8 @@ class PlanScreen(Screen):
     @on(Choice.Changed)
     def _choice_changed(self, event: Choice.Changed) -> None:
         knob, value = event.choice.id, event.value
+        if knob is None:  # every knob's Choice has the knob's name as id
+            return
         # `attention` stays the group the planner resolves per model (phi-3: qkv_proj, o_proj)
         # Only this knob changes (the optimizer the solver would pair with it comes from Ctrl+R).
         self._edit(**{knob: value})
@@ -290,7 +291,7 @@ class PlanScreen(Screen):
                         widget.value = ""
                 elif not widget.value:
                     self._sync_input(knob.name, getattr(s, knob.name))
-            else:
+            elif isinstance(widget, Choice):
                 widget.unused = NOT_USED if unused else None
 
     # -- actions -------------------------------------------------------------------------

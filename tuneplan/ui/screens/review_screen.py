@@ -11,25 +11,25 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Grid, VerticalScroll
 from textual.message import Message
-from textual.screen import Screen
 from textual.widgets import Footer, Input, Label, Static
 
-from tuneplan.config import TRACKERS
+from tuneplan.ui.app_base import WizardScreen
+from tuneplan.config import SETTINGS, TrainingConfig
 from tuneplan.errors import UserError
 from tuneplan.services.machine import CPU_DTYPE
+from tuneplan.settings import CHOICE, COUNT
 from tuneplan.ui.messages import RunLaunched
 from tuneplan.ui.widgets.choice import Choice
 from tuneplan.ui.widgets.dialogs import HelpDialog
 from tuneplan.ui.widgets.step_bar import StepBar
 
 
-FIELD_HELP = {
-    "epochs": "epochs: passes over the dataset (ignored when max steps is set)",
-    "max_steps": "max steps: optimizer steps to run (empty: run the epochs)",
-    "learning_rate": "learning rate: peak, after warmup (cosine schedule)",
-    "preset_name": "preset name: then Ctrl+S (or Enter) saves this configuration",
-    "report_to": "tracking: Left/Right picks the tracker the trainer logs to (its package must be installed)",
-}
+# the hyperparameter rows: which, in what order, their labels, help and defaults come from the
+# settings registry (`tuneplan/config.py`: `review=`); the preset name sits among them as row 4
+REVIEW_SETTINGS = tuple(sorted((s for s in SETTINGS if s.review), key=lambda s: s.review_row))
+PRESET_ROW = 4
+FIELD_HELP = {**{s.name: s.review_help for s in REVIEW_SETTINGS if s.review_help},
+              "preset_name": "preset name: then Ctrl+S (or Enter) saves this configuration"}
 
 
 class RunLaunchFailed(Message):
@@ -56,7 +56,7 @@ class CompareStarted(Message):
         self.ok = ok
 
 
-class ReviewScreen(Screen):
+class ReviewScreen(WizardScreen[None]):
     """Ctrl+P probes first (a few steps on this machine, measured beside the prediction),
     Ctrl+L launches (then the dashboard opens), Ctrl+B starts the LoRA-vs-QLoRA bake-off
     (`tuneplan compare`, detached), Ctrl+S saves a preset."""
@@ -84,16 +84,21 @@ class ReviewScreen(Screen):
         yield StepBar(5)
         with VerticalScroll(id="body", can_focus=False):
             with Grid(id="hyper"):
-                yield Label("epochs")
-                yield Input("1", type="number", id="epochs", compact=True)
-                yield Label("max steps")
-                yield Input("", placeholder="(epochs)", type="integer", id="max_steps", compact=True)
-                yield Label("learning rate")
-                yield Input("0.0002", type="number", id="learning_rate", compact=True)
-                yield Label("preset name")
-                yield Input("", placeholder="name, then Ctrl+S", id="preset_name", compact=True)
-                yield Label("tracking")
-                yield Choice([(name, name) for name in TRACKERS], "none", id="report_to")
+                defaults = TrainingConfig()
+                rows = sorted([(s.review_row, s) for s in REVIEW_SETTINGS] + [(PRESET_ROW, None)],
+                              key=lambda row: row[0])
+                for _, s in rows:  # each row's id is its setting, the `TrainingConfig` field
+                    if s is None:
+                        yield Label("preset name")
+                        yield Input("", placeholder="name, then Ctrl+S", id="preset_name", compact=True)
+                        continue
+                    yield Label(s.review or s.name)
+                    default = getattr(defaults, s.name)
+                    if s.kind == CHOICE:
+                        yield Choice([(c, c) for c in s.choices], default, id=s.name)
+                    else:
+                        yield Input("" if default is None else f"{default:g}", placeholder=s.review_empty,
+                                    type="integer" if s.kind == COUNT else "number", id=s.name, compact=True)
             yield Static(id="field-help")
             yield Static(id="warning")
             yield Static(id="probe")
@@ -118,18 +123,18 @@ class ReviewScreen(Screen):
         return self.app.services.runs.build_config(self.plan, self.dataset, on_cpu=on_cpu, **self._hyper())
 
     def _hyper(self) -> dict[str, Any]:
-        def val(name: str, cast):
-            text = self.query_one(f"#{name}", Input).value.strip()
-            if not text:
-                return None
+        """The review rows' values, `TrainingConfig` field -> value (None: empty, the default)."""
+        out: dict[str, Any] = {}
+        for s in REVIEW_SETTINGS:
+            if s.kind == CHOICE:
+                out[s.name] = self.query_one(f"#{s.name}", Choice).value
+                continue
+            text = self.query_one(f"#{s.name}", Input).value.strip()
             try:
-                return cast(text)
+                out[s.name] = None if not text else (int if s.kind == COUNT else float)(text)
             except ValueError:
-                raise UserError(f"{name.replace('_', ' ')}: not a number (got {text!r})") from None
-
-        return {"epochs": val("epochs", float), "max_steps": val("max_steps", int),
-                "learning_rate": val("learning_rate", float),
-                "report_to": self.query_one("#report_to", Choice).value}
+                raise UserError(f"{s.review}: not a number (got {text!r})") from None
+        return out
 
     @on(Input.Changed)
     def _changed(self, event: Input.Changed) -> None:
