@@ -119,7 +119,7 @@ def test_knobs_off_leave_the_model_as_it_was():
 def _losses(run_dir):
     from tuneplan.events import read_events
 
-    return {e["step"]: e["loss"] for e in read_events(run_dir) if e["kind"] == "log"}
+    return {e.step: e.loss for e in read_events(run_dir) if e.kind == "log"}
 
 
 @pytest.mark.slow
