@@ -38,3 +38,23 @@ def trained_lora_run(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("shared-runs")
     run_dir = prepare_run(tiny_config(tiny_model), root)
     return run_dir, run_worker(run_dir, install_signals=False)
+
+
+@pytest.fixture
+def no_hang():
+    """A call that blocks (a FIFO opened for reading waits for a writer forever) fails the test
+    after 30 s instead of stalling the suite: SIGALRM interrupts the blocked system call."""
+    import signal
+
+    class Hung(BaseException):  # not an Exception: no `except Exception` on the way may swallow it
+        pass
+
+    def hung(*_):
+        signal.alarm(5)  # and the next blocked call too
+        raise Hung("hung on a bad file")
+
+    old = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(30)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)

@@ -92,26 +92,6 @@ def test_the_sample_dataset_still_plans(model_dir, capsys):
 
 # --- issue 19, item 6: a dataset that is not a file, or never ends -----------------------------
 
-@pytest.fixture
-def no_hang():
-    """A blocked read (a FIFO waits for a writer forever) fails the test after 30 s instead of
-    stalling the suite: SIGALRM interrupts the system call."""
-    import signal
-
-    class Hung(BaseException):  # not an Exception: no `except Exception` on the way may swallow it
-        pass
-
-    def hung(*_):
-        signal.alarm(5)  # and the next blocked call too
-        raise Hung("hung on a bad file")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(30)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("kind, word", [("fifo", "FIFO"), ("dev-zero", "character device"),
                                         ("one-50mb-line", "longer than 16 MiB"),
                                         ("fifo-json", "FIFO"), ("dev-zero-csv", "character device")])

@@ -276,26 +276,6 @@ _PEAK_RSS = ("import resource, subprocess, sys; rc = subprocess.run(sys.argv[1:]
              "sys.exit(rc)")
 
 
-@pytest.fixture
-def no_hang():
-    """A call that blocks (a FIFO opened for reading waits for a writer forever) fails the test
-    after 20 s instead of stalling the suite: SIGALRM interrupts the blocked system call."""
-    import signal
-
-    class Hung(BaseException):  # not an Exception: no `except Exception` on the way may swallow it
-        pass
-
-    def hung(*_):
-        signal.alarm(5)  # and the next blocked call too
-        raise Hung("hung on a bad file")
-
-    old = signal.signal(signal.SIGALRM, hung)
-    signal.alarm(20)
-    yield
-    signal.alarm(0)
-    signal.signal(signal.SIGALRM, old)
-
-
 @pytest.mark.parametrize("bad", ["fifo", "dev-zero"])
 @pytest.mark.parametrize("name", ["status.json", "config.toml", "events.jsonl"])
 def test_a_run_file_that_is_a_fifo_or_dev_zero_never_hangs_a_command(tmp_path, name, bad, capsys, monkeypatch,

@@ -64,15 +64,8 @@ def new_compare_dir(runs_root: Path, model: str) -> Path:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise UserError(f"cannot create {root}: {exc.strerror or exc}; pick another --runs-dir") from None
-    stem = f"cmp-{paths.slug(Path(model).name or model)}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for i in range(1, 1000):
-        path = root / (stem if i == 1 else f"{stem}-{i}")
-        try:
-            path.mkdir()
-            return path
-        except FileExistsError:
-            continue
-    raise UserError(f"could not create a comparison folder under {root}")
+    return paths.new_folder(root, f"cmp-{paths.slug(Path(model).name or model)}-{time.strftime('%Y%m%d-%H%M%S')}",
+                            "comparison")
 
 
 def save(folder: Path, record: dict[str, Any]) -> None:

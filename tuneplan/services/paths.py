@@ -114,7 +114,11 @@ def new_run_dir(root: Path, name: str | None, *, model: str, method: str) -> Pat
         except FileExistsError:
             raise UserError(f"run {name!r} already exists in {root}; pick another --name") from None
         return path
-    stem = f"{slug(model)}-{method}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return new_folder(root, f"{slug(model)}-{method}-{time.strftime('%Y%m%d-%H%M%S')}", "run")
+
+
+def new_folder(root: Path, stem: str, what: str) -> Path:
+    """A folder `stem` (or `stem-2`, `stem-3`, ...) made fresh under `root`: never one that exists."""
     for i in range(1, 1000):
         path = root / (stem if i == 1 else f"{stem}-{i}")
         try:
@@ -122,7 +126,7 @@ def new_run_dir(root: Path, name: str | None, *, model: str, method: str) -> Pat
             return path
         except FileExistsError:
             continue
-    raise UserError(f"could not create a run folder under {root}")
+    raise UserError(f"could not create a {what} folder under {root}")
 
 
 def list_run_dirs(root: Path) -> list[Path]:

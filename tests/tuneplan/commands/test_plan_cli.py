@@ -10,22 +10,13 @@ from pathlib import Path
 import pytest
 
 from fake_nvml import FakeNVML, NVMLError, gpu_device
-from tuneplan import cli
+from plan_cli import run, run_json
 from tuneplan.services import gpu as gpu_service
 
 ROOT = Path(__file__).resolve().parents[3]
 MiB = 1024**2
 
 
-def run(capsys, *argv):
-    code = cli.main(["plan", *argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def run_json(capsys, *argv):
-    code, out, err = run(capsys, *argv, "--json")
-    return code, json.loads(out), err
 
 
 @pytest.fixture

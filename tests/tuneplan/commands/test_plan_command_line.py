@@ -9,16 +9,11 @@ import shlex
 
 import pytest
 
-from tuneplan import cli
+from plan_cli import run
 from tuneplan.cli import build_parser
 from tuneplan.commands import train
 from tuneplan.data import SAMPLE_CHAT
 
-
-def run(capsys, *argv):
-    code = cli.main(["plan", *argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
 
 
 def _command_lines(out: str) -> str:

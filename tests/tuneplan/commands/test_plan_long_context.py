@@ -5,27 +5,17 @@ planner's own search must reach; nothing here is a stored result."""
 from __future__ import annotations
 
 import argparse
-import json
 
 import pytest
 
 from fake_nvml import FakeNVML, gpu_device
-from tuneplan import cli
+from plan_cli import run, run_json
 from tuneplan.services import gpu as gpu_service
 
 GiB = 1024**3
 QLORA_R32 = ("--method", "qlora", "--lora-r", "32", "--lora-targets", "all-linear", "--batch", "1")
 
 
-def run(capsys, *argv):
-    code = cli.main(["plan", *argv])
-    out = capsys.readouterr()
-    return code, out.out, out.err
-
-
-def run_json(capsys, *argv):
-    code, out, err = run(capsys, *argv, "--json")
-    return code, json.loads(out), err
 
 
 @pytest.mark.parametrize("model, published", [("llama-3.1-8b", 342_733), ("llama-3.1-70b", 89_389)])
