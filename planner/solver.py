@@ -441,7 +441,10 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
     else:
         mbs, ga_for = _divisors(effective, MAX_MICRO_BATCH), None
 
-    ckpts = [fixed["grad_checkpointing"]] if "grad_checkpointing" in fixed else [False, True]
+    # offloading moves the checkpointed layer inputs, so it implies checkpointing (the trainer turns it
+    # on: tuneplan/training/long_context.effective_setup)
+    ckpts = [fixed["grad_checkpointing"]] if "grad_checkpointing" in fixed else \
+        [True] if fixed.get("offload_activations") else [False, True]
     fused = [fixed["fused_ce"]] if "fused_ce" in fixed else [True]
 
     def optimizers(method: str, tried_fit: bool) -> list[str]:

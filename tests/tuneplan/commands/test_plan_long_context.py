@@ -88,6 +88,8 @@ def test_long_context_knobs_are_flags_and_bad_combinations_are_one_line(capsys):
                              "--offload-activations", "on")
     assert code == 0 and data["config"]["tiled_mlp"] and data["config"]["offload_activations"]
     assert {"tiled_mlp", "offload_activations"} <= set(data["fixed"])
+    # offloading moves the checkpointed layer inputs: the plan checkpoints, as the trainer does
+    assert data["config"]["grad_checkpointing"]
     code, out, err = run(capsys, "--model", "llama-3.1-8b", "--gpu", "a100-80gb", "--offload-activations", "on",
                          "--grad-checkpointing", "off")
     assert code == 2 and len(err.strip().splitlines()) == 1 and "checkpointing" in err
