@@ -259,7 +259,7 @@ def write_csv(out: Path, path: Path) -> None:
         with path.open(newline="") as fh:
             kept = [[row.get(k) or 0 for k in CSV_FIELDS] for row in csv.DictReader(fh) if row["case"] not in rows]
     with path.open("w", newline="") as fh:
-        w = csv.writer(fh)
+        w = csv.writer(fh, lineterminator="\n")  # the stored grid keeps its LF lines
         w.writerow(CSV_FIELDS)
         w.writerows(kept + list(rows.values()))
 

@@ -62,6 +62,8 @@ def test_the_long_context_cases_agree_with_the_trace_within_one_percent():
     # the chunked norm existed)
     chunked = {row["case"] for _, est, row in rows if json.loads(row["setup"]).get("chunked_norm")}
     assert {"long:llama-3.1-8b:32768", "long:llama-3.1-8b:131072", "long:llama-3.1-70b:32768"} <= chunked
+    # and the planner's own longest sequence for Llama-3.1-70B on 48 GiB (`--seq-len max`), traced as planned
+    assert any(c.startswith("plan:llama-3.1-70b@") and c.endswith("--seq-len max --vram 48GiB") for c in chunked)
     for model in ("llama-3.1-8b", "llama-3.1-70b"):
         for seq in (32768, 131072):
             assert f"long-transformers-norm:{model}:{seq}" in cases
