@@ -124,6 +124,16 @@ def tiled_mlp_shards(setup: TrainSetup, hidden: int) -> tuple[int, int]:
     return shards, step * (1 if flat else b)
 
 
+def embedding_offload_applies(spec, setup: TrainSetup) -> bool:
+    """Whether `setup.offload_embedding` moves `spec`'s input embedding table off the card: LoRA or
+    QLoRA (the table is frozen; a full fine-tune trains it), an untied table (a tied one is also
+    the lm_head the loss multiplies by on the card) and one GPU (the long-context path). The rule
+    tuneplan/training/long_context.py `apply_host_embedding` follows (it also needs the table to
+    be a plain `nn.Embedding`, which every `spec` family in the catalog with an untied table has)."""
+    return (bool(getattr(setup, "offload_embedding", False)) and setup.method != "full"
+            and not spec.tie_word_embeddings and setup.num_gpus == 1)
+
+
 LLAMA_RMSNORM_MODEL_TYPES = frozenset({"llama", "mistral", "mixtral", "phi3", "qwen2", "qwen3", "qwen3_moe"})
 """`model_type`s whose norms run transformers' `LlamaRMSNorm.forward` (the same bytecode, checked
 at patch time by tuneplan/training/long_context.py `is_llama_rmsnorm`): the ones the chunked

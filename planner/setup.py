@@ -66,6 +66,14 @@ class TrainSetup:
     long_context.py `ChunkedRMSNorm`; planner/memory.py `norm_chunk_tokens`) instead of keeping
     an fp32 copy and four fp32 tokens x hidden tensors in their backward."""
 
+    offload_embedding: bool = False
+    """Long context: the frozen input embedding table stays in host RAM; each micro-batch's
+    token ids are looked up there and only the looked-up rows (micro-batch x seq x hidden)
+    are copied to the card (tuneplan/training/long_context.py `HostEmbedding`). Applies to
+    LoRA/QLoRA with an untied embedding on one GPU (planner/memory.py
+    `embedding_offload_applies`); a tied table is the lm_head too and must stay on the card.
+    The technique of Unsloth's `offload_embedding`."""
+
     def effective_batch(self) -> int:
         """Sequences per optimizer step across all GPUs."""
         return self.micro_batch * self.grad_accum * self.num_gpus

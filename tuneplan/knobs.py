@@ -227,6 +227,10 @@ KNOBS: tuple[Knob, ...] = (
     Knob("chunked_norm", "--chunked-norm", SWITCH, "chunked norm",
          "RMSNorm that keeps its input and one fp32 value per token, computed chunk by chunk (long context; "
          "default: auto, only when the sequence needs it)", planned=True, refitted=True, short="chunked norm"),
+    Knob("offload_embedding", "--offload-embedding", SWITCH, "embedding offload",
+         "keep the frozen input embedding table in host RAM, look tokens up there (long context; LoRA/QLoRA "
+         "with an untied embedding; default: auto, only when the sequence needs it)", planned=True, refitted=True,
+         short="embedding offload"),
     Knob("quant_type", "--quant-type", CHOICE, "4-bit format", "QLoRA 4-bit format (default nf4)",
          choices=("nf4", "fp4"), group=QLORA),
     Knob("double_quant", "--double-quant", SWITCH, "4-bit format", "QLoRA double quantization (default on)",

@@ -30,7 +30,7 @@ def test_flags_fix_knobs_and_hyperparameters():
     assert (config.training.learning_rate, config.training.max_steps) == (1e-4, 50)
     assert config.recovery.allow_qlora and config.recovery.max_retries == 1 and config.name == "r1"
     assert set(given.auto()) == {"attn", "packing", "compute_dtype", "offload_activations", "tiled_mlp",
-                                  "chunked_norm"}
+                                  "chunked_norm", "offload_embedding"}
 
 
 def test_knobs_left_out_go_to_the_planner_and_file_knobs_stay_fixed(tmp_path):
