@@ -295,6 +295,10 @@ def _quantized_tensor_bytes(n: int, setup: TrainSetup, storage_bytes: int) -> tu
 def _weights(spec, setup: TrainSetup, p: _Path, details: dict) -> tuple[int, int]:
     """(quantized bytes, unquantized bytes) of the frozen or trainable base weights."""
     embed = spec.embedding_params() * p.w
+    if embedding_offload_applies(spec, setup):
+        # tuneplan/training/long_context.py `HostEmbedding`: the table lives in host RAM
+        details["embed_tokens_host"] = embed
+        embed = 0
     head_params = _head_params(spec, setup, p)
     head = head_params * p.w
     if setup.method == "qlora" and p.profile.quantize_lm_head and head:
@@ -952,6 +956,13 @@ def _offloaded_host_bytes(spec, setup: TrainSetup, p: _Path, L: int, T: int, b: 
     return sum(pinned_bytes(x) for x in blocks if x >= OFFLOAD_MIN_BYTES)
 
 
+def _host_embedding_bytes(spec, setup: TrainSetup, p: _Path, T: int) -> int:
+    """Host bytes of the host-resident embedding (tuneplan/training/long_context.py `HostEmbedding`):
+    the table in ordinary pageable memory (no pinned rounding) plus, during the lookup, the token
+    ids copied down (int64) and the looked-up rows before they are copied up to the card."""
+    return spec.embedding_params() * p.w + T * 8 + T * spec.hidden_size * p.w
+
+
 def _attention_kind(spec, setup: TrainSetup, notes: list) -> str:
     attn = setup.attn
     if spec.model_type == "gemma2" and attn != "eager":
@@ -1199,6 +1210,8 @@ def estimate_memory(spec, setup: TrainSetup, gpu=None, *, device: str = "cuda",
         cublas += CUBLASLT_WORKSPACE_BYTES * (2 if checkpointing else 1)
     if offload:
         details["host_activation_bytes"] = _offloaded_host_bytes(spec, setup, p, L, T, b)
+    if "embed_tokens_host" in details:
+        details["host_embedding_bytes"] = _host_embedding_bytes(spec, setup, p, T)
     details["cuda_context"] = context
     details["cublas_workspace"] = cublas
     # the workspaces are allocated by the first GEMMs of step 1 and kept: max_memory_allocated

@@ -174,3 +174,9 @@ class MemoryEstimate:
     """Finer named items (e.g. `logits_fp32`, `embed_tokens`) for explanations, in bytes."""
     notes: tuple[str, ...] = ()
     """Sentences that explain notable items (e.g. 'eager attention: scores grow with seq^2')."""
+
+    def host_bytes(self) -> int:
+        """Host RAM the long-context path needs beside the card, in bytes: the offloaded
+        activations' pinned buffers (`details["host_activation_bytes"]`) and the host-resident
+        embedding table with its lookup (`details["host_embedding_bytes"]`); 0 without them."""
+        return int(self.details.get("host_activation_bytes", 0)) + int(self.details.get("host_embedding_bytes", 0))

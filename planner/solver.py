@@ -159,8 +159,9 @@ class Candidate:
         return self.throughput.tokens_per_second or 0.0
 
     def host_bytes(self) -> int:
-        """Pinned host RAM of the offloaded activations, in bytes (0 without offloading)."""
-        return int(self.memory.details.get("host_activation_bytes", 0))
+        """Host RAM of the long-context path, in bytes (`MemoryEstimate.host_bytes`: offloaded
+        activations, host-resident embedding; 0 without them)."""
+        return self.memory.host_bytes()
 
     def describe(self) -> str:
         """One line: `QLoRA r16, seq 2048, micro-batch 2 x 8, checkpointing, adamw`."""
@@ -176,6 +177,8 @@ class Candidate:
             parts.append("tiled MLP")
         if s.chunked_norm:
             parts.append("chunked norm")
+        if s.offload_embedding:
+            parts.append("host embedding")
         if s.num_gpus > 1 or s.strategy == "fsdp":
             parts.insert(0, f"{s.num_gpus} GPU{'s' if s.num_gpus > 1 else ''} {s.strategy.upper()}")
         return ", ".join(parts)
@@ -241,7 +244,7 @@ class _Search:
 
     def fits_memory(self, mem: MemoryEstimate) -> bool:
         """The card's budget, and the host RAM for offloaded activations when it is known."""
-        host = mem.details.get("host_activation_bytes", 0)
+        host = mem.host_bytes()
         return mem.device_bytes <= self.budget and (self.host_ram is None or host <= self.host_ram)
 
     def host_short(self, seq_len: int) -> Candidate | None:
@@ -577,6 +580,12 @@ def _long_context_rungs(base: TrainSetup, fixed: Mapping[str, Any], mbs: list[in
         variants.append((over, lin_mbs))
     if variants:
         rungs.append(("offload", variants))
+    if ("offload_embedding" not in fixed and not base.offload_embedding and spec is not None
+            and not spec.tie_word_embeddings and any(m != "full" for m in methods)):
+        # the frozen input embedding table into host RAM (planner/memory.py `embedding_offload_applies`):
+        # it takes the table off the card and costs one copy of the looked-up rows per micro-batch
+        variants = [({**over, "offload_embedding": True}, v_mbs) for over, v_mbs in (variants or [(dict(lin), lin_mbs)])]
+        rungs.append(("embedding", variants))
     if "lora_dropout" not in fixed and base.lora_dropout > 0 and any(m != "full" for m in methods):
         last = variants or [(dict(lin), lin_mbs)]
         rungs.append(("dropout", [({**over, "lora_dropout": 0.0}, v_mbs) for over, v_mbs in last]))
@@ -591,7 +600,10 @@ def _activations_could_fit(search: "_Search", base: TrainSetup, methods: list[st
     """Whether the weights, adapters and CUDA context of some allowed method leave room on the
     card at all: the long-context path saves activations, nothing else."""
     for m in methods:
-        c = search.eval(_smallest_setup(base, m, fixed, effective))
+        setup = _smallest_setup(base, m, fixed, effective)
+        if "offload_embedding" not in fixed:
+            setup = replace(setup, offload_embedding=True)  # the long-context path may take the table off the card
+        c = search.eval(setup)
         if sum(c.memory.components.get(k, 0) for k in _STATIC) < search.budget:
             return True
     return False
@@ -606,7 +618,7 @@ def _least_memory(base: TrainSetup, method: str, fixed: Mapping[str, Any], rungs
     for _, variants in rungs:
         for o, _mbs in variants:
             for k, v in o.items():
-                if k in ("offload_activations", "tiled_mlp", "chunked_norm", "grad_checkpointing"):
+                if k in ("offload_activations", "tiled_mlp", "chunked_norm", "offload_embedding", "grad_checkpointing"):
                     over[k] = over.get(k, False) or v
                 else:
                     over[k] = v
@@ -669,7 +681,7 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
     nxt = search.memory(replace(best_setup, seq_len=best + SEQ_ROUND))
     over = "" if best + SEQ_ROUND > MAX_SEQ_SEARCH else (
         f"; {best + SEQ_ROUND} tokens would need {_gib(nxt.device_bytes, 2)} of the {_gib(search.budget, 2)} budget"
-        + (f" and {_gib(nxt.details.get('host_activation_bytes', 0))} of host RAM"
+        + (f" and {_gib(nxt.host_bytes())} of host RAM"
            if search.host_ram is not None and nxt.device_bytes <= search.budget else ""))
     reasons.append(f"Sequence length {best}: the longest that fits (--seq-len max, searched in steps of {SEQ_ROUND} "
                    f"tokens with the least-memory configuration, {c.describe()}){over}.")
@@ -748,12 +760,28 @@ def _explain_long_context(choice: Candidate, rung: str | None, fixed: Mapping[st
                            "four).")
         else:
             reasons.append(f"Chunked RMSNorm changes nothing here: {spec.name}'s norm is not Llama's RMSNorm.")
+    if s.offload_embedding:
+        from planner.memory import embedding_offload_applies
+
+        if embedding_offload_applies(spec, s):
+            how = "as asked" if "offload_embedding" in fixed else "because the sequence does not fit with it on the card"
+            table = choice.memory.details.get("embed_tokens_host", 0)
+            have = (f", of {_gib(constraints.host_ram_bytes)} available" if constraints.host_ram_bytes is not None
+                    else "")
+            reasons.append(f"The input embedding table stays in host RAM ({how}): {_gib(table)} less on the card; each "
+                           f"micro-batch's tokens are looked up on the host and only their rows "
+                           f"({_gib(T * spec.hidden_size * a, 2)}) are copied up (host RAM in all, with the offloaded "
+                           f"activations: {_gib(choice.host_bytes())}{have}).")
+        else:
+            why = ("its embedding is tied to the lm_head, which the loss needs on the card" if spec.tie_word_embeddings
+                   else "full fine-tuning trains the table" if s.method == "full" else "it is planned for one GPU")
+            reasons.append(f"The host-resident embedding changes nothing here: {why}.")
     if rung == "dropout" and s.method != "full":
         reasons.append(f"LoRA dropout 0 (instead of {TrainSetup().lora_dropout:g}): dropout copies the input of every "
                        "adapted module, too much at this length (--lora-dropout to fix it).")
-    if (s.offload_activations or s.tiled_mlp) and choice.throughput.micro_batch_seconds:
-        plain = estimate_throughput(spec, replace(s, offload_activations=False, tiled_mlp=False, chunked_norm=False),
-                                    search.gpu)
+    if (s.offload_activations or s.tiled_mlp or s.offload_embedding) and choice.throughput.micro_batch_seconds:
+        plain = estimate_throughput(spec, replace(s, offload_activations=False, tiled_mlp=False, chunked_norm=False,
+                                                  offload_embedding=False), search.gpu)
         if plain.micro_batch_seconds:
             extra = choice.throughput.micro_batch_seconds - plain.micro_batch_seconds
             copy = choice.throughput.parts.get("offload", 0.0)

@@ -32,6 +32,8 @@ FLOPs per token (N = parameters of the matmuls a token passes through):
   twice (trl `OffloadActivations`): the forward copies run on a side stream behind the compute,
   the backward waits for each copy (its unpack hook makes the compute stream wait), at the
   card's pinned-copy rate (planner/gpus.py `host_link_gbs`);
+- host-resident embedding (long context): each micro-batch's token ids go down and the looked-up
+  rows (tokens x hidden, compute dtype) come up once, synchronously, at the same rate;
 - QLoRA: bitsandbytes' 4-bit `Linear4bit` dequantizes the whole weight to the compute dtype
   before every matmul of a large token count (`bitsandbytes/autograd/_functions.py`
   `MatMul4Bit`: `dequantize_4bit` then `torch.nn.functional.linear`, forward and backward):
@@ -54,7 +56,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from planner.gpus import DEFAULT_INTER_NODE_GBS, GPU, host_link_gbs, interconnect_gbs
-from planner.memory import chunked_norm_applies, norm_chunk_tokens, tiled_mlp_shards  # the rules the training path uses
+from planner.memory import chunked_norm_applies, embedding_offload_applies, norm_chunk_tokens, tiled_mlp_shards  # the rules the training path uses
 from planner.setup import TrainSetup
 from planner.spec import ModelSpec, resolve_lora_targets
 
@@ -497,7 +499,14 @@ def _estimate_one(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
             one_way = moved / (link * 1e9)
             forward = t_gpu * fl.forward / max(fl.total(), 1.0)
             t_offload = max(0.0, one_way - forward) + one_way
-    t_gpu += t_offload
+    t_embed = 0.0
+    if embedding_offload_applies(spec, setup):
+        link = host_link_gbs(gpu)
+        if link:
+            # tuneplan/training/long_context.py `HostEmbedding`: the token ids down and the looked-up
+            # rows up, on the compute stream (nothing to hide them behind: the forward starts with them)
+            t_embed = tokens * (8 + spec.hidden_size * act) / (link * 1e9)
+    t_gpu += t_offload + t_embed
     t_micro = max(t_gpu, t_host)
     bound = "host" if t_host > t_gpu else ("memory" if (t_ew + t_loss + t_dequant) > t_mm + t_attn else "compute")
 
@@ -513,7 +522,7 @@ def _estimate_one(spec: ModelSpec, setup: TrainSetup, gpu: GPU) -> Throughput:
         tokens_per_second=tps, micro_batch_seconds=t_micro, optimizer_step_seconds=step,
         flops=fl, mfu=mfu, bound=bound,
         parts={"matmul": t_mm, "attention": t_attn, "elementwise": t_ew, "loss": t_loss,
-               "dequant": t_dequant, "host": t_host, "offload": t_offload},
+               "dequant": t_dequant, "host": t_host, "offload": t_offload + t_embed},
     )
 
 

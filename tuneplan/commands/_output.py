@@ -123,7 +123,7 @@ def _plain_knob_rows(outcome) -> list[tuple[str, str, str]]:
     ]
     # the long-context knobs get a row when they are on or asked for (docs/long-context.md)
     if s.offload_activations or "offload_activations" in fixed:
-        host = outcome.result.choice.host_bytes()
+        host = int(outcome.result.choice.memory.details.get("host_activation_bytes", 0))
         rows.append((label("offload_activations"), f"on ({_gib(host)} pinned host RAM)" if s.offload_activations
                      else "off", src("offload_activations")))
     if s.tiled_mlp or "tiled_mlp" in fixed:
@@ -138,6 +138,13 @@ def _plain_knob_rows(outcome) -> list[tuple[str, str, str]]:
         per = norm_chunk_tokens(s.micro_batch * s.seq_len, outcome.model.spec.hidden_size)
         rows.append((label("chunked_norm"), f"on (chunks of {per} tokens)" if s.chunked_norm else "off",
                      src("chunked_norm")))
+    if s.offload_embedding or "offload_embedding" in fixed:
+        mem = outcome.result.choice.memory.details
+        if "embed_tokens_host" in mem:
+            on = f"on ({_gib(mem['embed_tokens_host'])} table in host RAM)"
+        else:
+            on = "on (changes nothing here: tied or trained embedding, or several GPUs)"
+        rows.append((label("offload_embedding"), on if s.offload_embedding else "off", src("offload_embedding")))
     return rows
 
 

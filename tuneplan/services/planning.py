@@ -518,6 +518,8 @@ def plan_to_dict(o: PlanOutcome) -> dict[str, Any]:
             "headroom_bytes": r.headroom_bytes(),
             "safety_margin": o.request.safety_margin,
             "host_activation_bytes": int(c.memory.details.get("host_activation_bytes", 0)),
+            "host_embedding_bytes": int(c.memory.details.get("host_embedding_bytes", 0)),
+            "host_bytes": c.memory.host_bytes(),
             "host_ram_bytes": r.host_ram_bytes,
             "notes": list(c.memory.notes),
         },
