@@ -652,25 +652,9 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
             # untiled variant has its own, monotone, limit
             setups.append(replace(least, tiled_mlp=False))
     for setup in setups:
-        if not fits(setup, SEQ_ROUND):
+        lo = _longest_units(setup, functools.partial(fits, setup), 1, MAX_SEQ_SEARCH // SEQ_ROUND, spec.hidden_size)
+        if lo is None:
             continue
-        lo, hi = 1, 2  # in units of SEQ_ROUND: lo fits, hi unknown
-        while hi * SEQ_ROUND <= MAX_SEQ_SEARCH and fits(setup, hi * SEQ_ROUND):
-            lo, hi = hi, hi * 2
-        hi = min(hi, MAX_SEQ_SEARCH // SEQ_ROUND + 1)
-        fits_units = functools.partial(lambda st, u: fits(st, u * SEQ_ROUND), setup)
-        lo = _bisect(fits_units, lo, hi)
-        if setup.tiled_mlp:
-            # the tiled MLP's shard count steps up at multiples of the hidden size (planner/memory.py
-            # `tiled_mlp_shards`), and its shard, so the memory, drops there: past such a step a
-            # longer sequence can fit where a shorter one did not. Memory grows within a step and
-            # from one step's start to the next, so walk the steps while their start fits.
-            while True:
-                start = -(-_next_shard_step(replace(setup, seq_len=lo * SEQ_ROUND), spec.hidden_size) // SEQ_ROUND)
-                if start * SEQ_ROUND > MAX_SEQ_SEARCH or not fits(setup, start * SEQ_ROUND):
-                    break
-                end = _next_shard_step(replace(setup, seq_len=start * SEQ_ROUND), spec.hidden_size) // SEQ_ROUND + 1
-                lo = _bisect(fits_units, start, min(end, MAX_SEQ_SEARCH // SEQ_ROUND + 1))
         if lo * SEQ_ROUND > best:
             best, best_setup = lo * SEQ_ROUND, setup
     if best_setup is None:
@@ -686,6 +670,35 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
     reasons.append(f"Sequence length {best}: the longest that fits (--seq-len max, searched in steps of {SEQ_ROUND} "
                    f"tokens with the least-memory configuration, {c.describe()}){over}.")
     return best
+
+
+def _longest_units(setup: TrainSetup, fits, lo: int, cap: int, hidden: int) -> int | None:
+    """The longest sequence, in units of SEQ_ROUND tokens between `lo` and `cap`, at which
+    `fits(tokens)` holds for `setup`; None when `lo` does not fit. Memory grows with the sequence,
+    so it doubles to bracket the limit, then bisects; with the tiled MLP it then walks the shard
+    steps: the shard count steps up at multiples of the hidden size (planner/memory.py
+    `tiled_mlp_shards`), and its shard, so the memory, drops there, so past such a step a longer
+    sequence can fit where a shorter one did not. Memory grows within a step and from one step's
+    start to the next, so the walk goes on while a step's start fits."""
+    if lo > cap or not fits(lo * SEQ_ROUND):
+        return None
+    hi = lo * 2  # lo fits, hi unknown
+    while hi <= cap and fits(hi * SEQ_ROUND):
+        lo, hi = hi, hi * 2
+    hi = min(hi, cap + 1)
+
+    def fits_units(u: int) -> bool:
+        return fits(u * SEQ_ROUND)
+
+    lo = _bisect(fits_units, lo, hi)
+    if setup.tiled_mlp:
+        while True:
+            start = -(-_next_shard_step(replace(setup, seq_len=lo * SEQ_ROUND), hidden) // SEQ_ROUND)
+            if start > cap or not fits(start * SEQ_ROUND):
+                break
+            end = _next_shard_step(replace(setup, seq_len=start * SEQ_ROUND), hidden) // SEQ_ROUND + 1
+            lo = _bisect(fits_units, start, min(end, cap + 1))
+    return lo
 
 
 def _bisect(fits, lo: int, hi: int) -> int:
@@ -1088,15 +1101,9 @@ def _explain_no_fit(spec, hardware, constraints, base, methods, fixed, search, b
             sug.append(f"QLoRA fits: {_gib(q.memory.device_bytes)} (use --method qlora or auto).")
     # a shorter sequence (named even when the user fixed one)
     lo_bound = constraints.min_seq_len or 256
-    best_seq = None
-    lo, hi = lo_bound // SEQ_ROUND, (s.seq_len - 1) // SEQ_ROUND
-    while lo <= hi:
-        mid = (lo + hi) // 2
-        c = search.eval(replace(s, seq_len=mid * SEQ_ROUND))
-        if c.fits:
-            best_seq, lo = mid * SEQ_ROUND, mid + 1
-        else:
-            hi = mid - 1
+    units = _longest_units(s, lambda n: search.eval(replace(s, seq_len=n)).fits, max(1, -(-lo_bound // SEQ_ROUND)),
+                           (s.seq_len - 1) // SEQ_ROUND, spec.hidden_size)
+    best_seq = units * SEQ_ROUND if units else None
     if best_seq:
         sug.append(f"A shorter sequence fits: up to {best_seq} tokens (--seq-len {best_seq}) with {_METHOD_NAMES[s.method]}.")
     if s.lora_rank > 8 and s.method != "full":

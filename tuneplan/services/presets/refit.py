@@ -245,7 +245,8 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
             # a bigger micro-batch, not the long-context path (tiled MLP, offloading), buys nothing here
             o = attempt(chosen.method, chosen.seq_len, mb, keep={"offload_activations": chosen.offload_activations,
                                                                  "tiled_mlp": chosen.tiled_mlp,
-                                                                 "chunked_norm": chosen.chunked_norm})
+                                                                 "chunked_norm": chosen.chunked_norm,
+                                                                 "offload_embedding": chosen.offload_embedding})
             if o.result.fits:
                 outcome = o
                 break
@@ -278,7 +279,7 @@ def refit(preset: Preset, *, gpu: str | None = None, vram_bytes: int | None = No
                    else "32-bit AdamW states fit")
             reasons.append(f"{said(('optimizer',))}: {why} on {here}.")
         geometry = ("micro_batch", "grad_accum", "grad_checkpointing", "attn", "fused_ce", "offload_activations",
-                    "tiled_mlp", "chunked_norm")
+                    "tiled_mlp", "chunked_norm", "offload_embedding")
         if said(geometry):
             if new.method != s.method:
                 why_hw = f"the fastest that fits with {_METHOD[new.method]} on {here}"
