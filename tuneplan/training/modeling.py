@@ -268,8 +268,11 @@ def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
                      f"in chunks of ceil(tokens / ceil(tokens / hidden_size)) tokens"
                      + ("" if n else " (none here: this model's norm is not Llama's RMSNorm)"))
     if getattr(setup, "offload_embedding", False):
-        moved = long_context.apply_host_embedding(model)
-        if moved:
+        # one GPU, as the planner counts it (planner.memory.embedding_offload_applies)
+        moved = long_context.apply_host_embedding(model) if setup.num_gpus == 1 else 0
+        if setup.num_gpus != 1:
+            _note(notes, f"embedding offload not applied: it is for one GPU (this run has {setup.num_gpus})")
+        elif moved:
             _note(notes, f"embedding offload: the input embedding table ({moved / 1024**3:.2f} GiB) stays in host RAM; "
                          "each batch's tokens are looked up there and only their rows are copied to the device")
         else:

@@ -356,6 +356,10 @@ def test_tied_subclassed_or_trained_embeddings_stay_on_the_card():
     assert "weight" in model.get_input_embeddings()._parameters
     assert any(n.startswith("embedding offload not applied: the input embedding is trained") for n in notes)
     notes = []
+    model = prepare_for_training(_tiny_llama(), TrainSetup(method="lora", offload_embedding=True, num_gpus=2), notes)
+    assert "weight" in model.get_input_embeddings()._parameters
+    assert "embedding offload not applied: it is for one GPU (this run has 2)" in notes
+    notes = []
     model = prepare_for_training(_tiny_llama(), TrainSetup(method="lora", offload_embedding=True), notes)
     assert type(model.get_input_embeddings()) is lc.HostEmbedding
     assert any(n.startswith("embedding offload: the input embedding table (0.00 GiB)") for n in notes)
