@@ -3,7 +3,7 @@ chunked RMSNorm and the host-resident input embedding.
 
 Each is switched by the setup (`TrainSetup.offload_activations`, `TrainSetup.tiled_mlp`,
 `TrainSetup.chunked_norm`, `TrainSetup.offload_embedding`) and changes nothing when off. The planner models exactly what is written here (planner/memory.py);
-docs/long-context-training.md describes it for users.
+docs/long-context.md describes it for users.
 
 **Activation offloading** (`offload_activations`, implies `grad_checkpointing`: `effective_setup`). trl's own
 `activation_offloading` (trl/models/activation_offloading.py, from torchtune): a
