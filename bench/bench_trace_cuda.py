@@ -23,7 +23,9 @@ appended to `--out` as they come, cases already there are skipped, and `--report
 the predictions from the stored traces with the current planner. Case syntax:
 `model:method:ckpt(on|off):micro_batch:targets(all|attn)[:seq_len[:arch]]`; a plan case
 `plan:model@gpu[@more plan arguments]` traces the setup `tuneplan plan --model model --gpu gpu
-...` chooses (packing and the fused loss included) on that card's architecture; a long-context
+...` chooses (packing, the fused loss and every long-context knob it turns on included, the host
+embedding `offload_embedding` too: its table then counts in the host bytes, not the device peak)
+on that card's architecture; a long-context
 case `long:model:seq_len[:arch]` traces Unsloth's long-context setup (QLoRA r32 on all linear
 layers, micro-batch 1, rows of exactly seq_len tokens) with every long-context knob on:
 activation offloading, tiled MLP, chunked RMSNorm, trl's chunked loss, checkpointing, LoRA
@@ -231,9 +233,9 @@ def report(out: Path) -> tuple[float, float]:
         where = next((k[len("peak_phase_"):] for k in est.details if k.startswith("peak_phase_")), "?")
         print(f"{rec['case']:<40} {rec['peak_bytes'] / GiB:>10.3f} {est.torch_peak_bytes / GiB:>10.3f} "
               f"{err:>+7.2%}  {rec['peak_where']:<20} {where}")
-        if rec.get("host_peak_bytes"):  # activation offloading: the host RAM it holds
-            host = est.details.get("host_activation_bytes", 0)
-            print(f"{'  host RAM (offloaded)':<40} {rec['host_peak_bytes'] / GiB:>10.3f} {host / GiB:>10.3f} "
+        if rec.get("host_peak_bytes"):  # activation offloading, the host embedding: the host RAM they hold
+            host = est.details.get("host_activation_bytes", 0) + est.details.get("host_embedding_bytes", 0)
+            print(f"{'  host RAM (offload)':<40} {rec['host_peak_bytes'] / GiB:>10.3f} {host / GiB:>10.3f} "
                   f"{host / rec['host_peak_bytes'] - 1:>+7.2%}")
     if not errs:
         return 0.0, 0.0
@@ -248,7 +250,7 @@ CSV_FIELDS = ["case", "model", "arch", "setup", "trace_peak_bytes", "trace_peak_
 
 def write_csv(out: Path, path: Path) -> None:
     """case, model, arch, setup (JSON), traced peak bytes, peak phase, host bytes (activation
-    offloading): what the tests need. Rows already in `path` for cases `out` does not hold are
+    offloading, the host embedding's table and lookup): what the tests need. Rows already in `path` for cases `out` does not hold are
     kept (the grid is traced in parts)."""
     import csv
 

@@ -43,7 +43,8 @@ SMALL_SETUP = TrainSetup(seq_len=128, micro_batch=2, lora_rank=16, packing=False
 def case_id(family: str, s: TrainSetup) -> str:
     t = s.lora_targets if isinstance(s.lora_targets, str) else "+".join(s.lora_targets)
     extra = "".join(["-packed" if s.packing else "", "-fusedce" if s.fused_ce else "",
-                     f"-{s.optimizer}" if s.optimizer != "adamw" else ""])
+                     f"-{s.optimizer}" if s.optimizer != "adamw" else "",
+                     "-hostemb" if getattr(s, "offload_embedding", False) else ""])
     return (f"{family}-{s.method}-b{s.micro_batch}-s{s.seq_len}-r{s.lora_rank}-{t}"
             f"-{'ckpt' if s.grad_checkpointing else 'nockpt'}{extra}")
 

@@ -64,10 +64,21 @@ from the CPU one by exactly these mechanisms:
   allocates (`torch.empty`/`empty_like(..., device="cpu", pin_memory=...)`) are put on the
   meta device, which stands for host RAM. The tracker counts meta storages as host bytes
   (`LiveTensorTracker.host_device`), outside the device peak, and trl's `.to(device)` in the
-  unpack hook then allocates the device copy the backward reads, as on a card. Each host
-  buffer counts what torch's pinned caching host allocator takes for it: the request rounded
-  up to a power of two (aten/src/ATen/core/CachingHostAllocator.h `allocate`,
-  `c10::llvm::PowerOf2Ceil`).
+  unpack hook then allocates the device copy the backward reads, as on a card. Each pinned host
+  buffer (a `pin_memory=True` request, trl's CUDA default) counts what torch's pinned caching
+  host allocator takes for it: the request rounded up to a power of two
+  (aten/src/ATen/core/CachingHostAllocator.h `allocate`, `c10::llvm::PowerOf2Ceil`); every
+  other host storage counts its own bytes (`CudaEmulation.host_nbytes`).
+- `embed_host` (`offload_embedding` only): on a card `apply_host_embedding` (tuneplan/training/
+  long_context.py `HostEmbedding`) keeps the frozen input embedding table in ordinary (pageable,
+  unpinned) host RAM, copies each batch's token ids there, looks them up there and copies only
+  the looked-up rows to the card; on the CPU the host is the device and those copies are no-ops.
+  The emulation points `long_context.HOST_DEVICE` at the meta device, so the table, the ids'
+  host copy and the looked-up rows are host storages (`LiveTensorTracker.host_device`), counted
+  exactly (pageable memory: no rounding; only the pinned buffers of `offload` are rounded), and
+  the `.to(input_ids.device)` of the rows allocates their device copy, as on a card. The device
+  peak loses the table's bytes; `TraceResult.host_peak_bytes` holds the table plus, while the
+  embedding runs, the ids (8 bytes a token) and the rows (tokens x hidden in the table dtype).
 - `paged`: bitsandbytes' paged optimizers (`paged-adamw-8bit`, `paged-adamw-32bit`) keep the
   state of every tensor of at least 1e5 elements in CUDA managed memory (bitsandbytes/optim/
   optimizer.py `Optimizer8bit.get_state_buffer` -> `functional.get_paged`, cudaMallocManaged),
@@ -86,7 +97,7 @@ from pathlib import Path
 import torch
 
 MECHANISMS = ("sdpa", "sdpa_workspace", "autocast", "dropout", "foreach", "bnb_gemm", "trl_triton", "cublas",
-              "offload", "paged")
+              "offload", "embed_host", "paged")
 
 # (SM count, compute capability) of the card each architecture stands for: A100, H100/H200,
 # L40S, B200, T4 (NVIDIA data sheets). Used by the CUDA rules that depend on the card.
@@ -252,27 +263,34 @@ _GEMMS = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "addmv", "mv", "dot", "_sca
 
 
 HOST_DEVICE = "meta"
-"""The device that stands for host RAM in the emulation (see `offload`)."""
+"""The device that stands for host RAM in the emulation (see `offload`, `embed_host`)."""
 
 
 class _HostOnMeta:
     """trl's activation-offloading module sees this instead of `torch`: host (`device="cpu"`)
-    buffers are allocated on `HOST_DEVICE`, unpinned; everything else is torch itself."""
+    buffers are allocated on `HOST_DEVICE` (the fake tensors cannot be pinned), and a request for
+    pinned memory is allocated inside `emu.pinned()`, so the tracker counts it as the pinned host
+    allocator does; everything else is torch itself."""
+
+    def __init__(self, emu: CudaEmulation):
+        self._emu = emu
 
     def __getattr__(self, name):
         return getattr(torch, name)
 
-    @staticmethod
-    def _host(kwargs):
-        if str(kwargs.get("device")) == "cpu":
-            kwargs = {**kwargs, "device": HOST_DEVICE, "pin_memory": False}
-        return kwargs
+    def _alloc(self, fn, args, kwargs):
+        if str(kwargs.get("device")) != "cpu":
+            return fn(*args, **kwargs)
+        pinned = bool(kwargs.get("pin_memory", False))
+        kwargs = {**kwargs, "device": HOST_DEVICE, "pin_memory": False}
+        with self._emu.pinned() if pinned else contextlib.nullcontext():
+            return fn(*args, **kwargs)
 
     def empty(self, *args, **kwargs):
-        return torch.empty(*args, **self._host(kwargs))
+        return self._alloc(torch.empty, args, kwargs)
 
     def empty_like(self, *args, **kwargs):
-        return torch.empty_like(*args, **self._host(kwargs))
+        return self._alloc(torch.empty_like, args, kwargs)
 
 
 class CudaEmulation:
@@ -282,16 +300,32 @@ class CudaEmulation:
     def __init__(self, arch: str, mechanisms):
         self.arch = arch
         self.on = frozenset(mechanisms)
-        self.host_device = HOST_DEVICE if "offload" in self.on else None
+        self.host_device = HOST_DEVICE if {"offload", "embed_host"} & self.on else None
+        self._pinning = 0  # > 0 while a pinned host buffer is allocated (`_HostOnMeta`)
         self.handles: set[str] = set()
         self.lt_handles: set[str] = set()
         self.backends: list[str] = []
         self.tracker = None  # set by the trace: `paged` moves optimizer states out of its peak
 
     @staticmethod
-    def host_nbytes(nbytes: int) -> int:
+    def pinned_nbytes(nbytes: int) -> int:
         """Pinned host bytes of a request (see `offload`): the next power of two."""
         return 0 if nbytes <= 0 else 1 << (int(nbytes) - 1).bit_length()
+
+    @contextlib.contextmanager
+    def pinned(self):
+        """Host storages allocated inside are pinned (rounded by `host_nbytes`)."""
+        self._pinning += 1
+        try:
+            yield
+        finally:
+            self._pinning -= 1
+
+    def host_nbytes(self, nbytes: int) -> int:
+        """Host bytes of a new host storage (the tracker's `host_size`): a pinned buffer's
+        (`pinned_nbytes`) while one is allocated, else its own bytes (pageable memory: the host
+        embedding's table, ids and rows)."""
+        return self.pinned_nbytes(nbytes) if self._pinning else int(nbytes)
 
     def after(self, tracker, func, args, kwargs) -> None:
         name = func.__name__.split(".")[0]
@@ -393,7 +427,7 @@ def cuda_semantics(arch: str = "hopper", mechanisms=MECHANISMS):
 
             # trl's defaults, as `SFTTrainer` builds the manager on CUDA (sft_trainer.py)
             patch(long_context, "CPU_OFFLOAD_OPTIONS", {"use_pin_memory": True, "use_streams": True})
-            patch(act, "torch", _HostOnMeta())
+            patch(act, "torch", _HostOnMeta(emu))
             # trl tells storages apart by `data_ptr()` (deduplication, parameter storages); a
             # fake tensor's storage is a meta storage whose pointer is 0: give each its own
             orig_ptr = torch.UntypedStorage.data_ptr
@@ -410,6 +444,11 @@ def cuda_semantics(arch: str = "hopper", mechanisms=MECHANISMS):
             # passes that point, and it is freed when its last reference goes, which is what the
             # trace counts; the binding refuses a CPU stream, so it is a no-op here
             patch(torch.Tensor, "record_stream", lambda tensor, stream: None)
+        if "embed_host" in on:
+            from tuneplan.training import long_context
+
+            # the host embedding's table (and its lookups) in host RAM, not the card's memory
+            patch(long_context, "HOST_DEVICE", HOST_DEVICE)
         if "paged" in on:
             import bitsandbytes.optim.optimizer as bnb_opt
 

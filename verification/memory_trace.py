@@ -70,8 +70,9 @@ class TraceResult:
     """Max of the bytes in CUDA managed memory (bitsandbytes' paged optimizer states, CUDA
     semantics): outside `peak_bytes`, as outside `max_memory_allocated`."""
     host_peak_bytes: int = 0
-    """Max of the bytes held in host RAM by activation offloading (CUDA semantics; 0 on the
-    CPU, where the offloaded copies are in the one memory and counted in `peak_bytes`)."""
+    """Max of the bytes held in host RAM by activation offloading and the host embedding's table
+    and lookups (CUDA semantics; 0 on the CPU, where they are in the one memory and counted in
+    `peak_bytes`)."""
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), indent=1, sort_keys=True)
@@ -351,13 +352,13 @@ def trace_fake(config, setup: TrainSetup, *, steps: int = 2, meta: dict | None =
         model, notes = build_fake_model(cfg, setup, device_type="cuda" if semantics == "cuda" else "cpu")
         trainer = build_trainer(run_config_for(setup, steps), model, tokenizer, ds)
         tr = LiveTensorTracker()
-        classify_model(tr, trainer.model)
         tr.emulation = emu
         tr.host_device = getattr(emu, "host_device", None)
         if emu is not None:
             emu.tracker = tr
         if tr.host_device is not None:
             tr.host_size = emu.host_nbytes
+        classify_model(tr, trainer.model)  # after `host_device`: a host embedding's table counts as host RAM
         with phase_hooks(tr, trainer, trainer.model), _fake_scalars(), _fake_packing(trainer, setup, tr), tr:
             trainer.train()
     info = {"setup": dataclasses.asdict(setup), "device": "fake-cpu" if emu is None else f"fake-cuda-{arch}",

@@ -162,3 +162,31 @@ def test_paged_optimizer_states_leave_the_peak():
     off = trace_fake(cfg, setup, semantics="cuda", arch="hopper", mechanisms=[m for m in MECHANISMS if m != "paged"])
     assert off.unified_peak_bytes == 0 and on.unified_peak_bytes > 0
     assert off.static["optimizer_states"] - on.static["optimizer_states"] == on.unified_peak_bytes
+
+
+def test_the_host_embedding_table_leaves_the_device_for_pageable_host_ram():
+    """`embed_host`: with `offload_embedding` the input embedding table (a 64k vocabulary on a
+    hidden size of 256: 32 MiB in bf16) is moved by `build_fake_model` -> `prepare_for_training`
+    to the host; every phase's device peak drops by exactly its bytes, and host RAM holds the
+    table plus, while the embedding runs, the ids' host copy (8 bytes a token) and the looked-up
+    rows (tokens x hidden x 2), counted exactly (pageable memory: no power-of-two rounding).
+    Without the mechanism (the CPU, where the host is the device) nothing moves."""
+    from trace_models import FAMILIES
+    from verification.cuda_semantics import MECHANISMS
+    from verification.memory_trace import trace_fake
+
+    cfg = dict(FAMILIES["llama"], vocab_size=65536)
+    setup = replace(SMALL_SETUP, method="lora", grad_checkpointing=True)
+    b, s, hidden = setup.micro_batch, setup.seq_len, cfg["hidden_size"]
+    table = cfg["vocab_size"] * hidden * 2
+    plain = trace_fake(cfg, setup, semantics="cuda", arch="hopper")
+    host = trace_fake(cfg, replace(setup, offload_embedding=True), semantics="cuda", arch="hopper")
+    assert any(n.startswith("embedding offload: the input embedding table") for n in host.meta["notes"])
+    assert plain.host_peak_bytes == 0
+    assert host.peak_bytes == plain.peak_bytes - table
+    assert {k: v["total"] + table for k, v in host.phases.items()} == {k: v["total"] for k, v in plain.phases.items()}
+    assert host.static["unquantized_weights"] == plain.static["unquantized_weights"] - table
+    assert host.host_peak_bytes == table + b * s * 8 + b * s * hidden * 2
+    cpu_side = trace_fake(cfg, replace(setup, offload_embedding=True), semantics="cuda", arch="hopper",
+                          mechanisms=[m for m in MECHANISMS if m != "embed_host"])
+    assert cpu_side.host_peak_bytes == 0 and cpu_side.peak_bytes == plain.peak_bytes

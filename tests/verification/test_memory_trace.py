@@ -16,7 +16,9 @@ from trace_models import FAMILIES, SMALL_SETUP, case_id, few_threads  # noqa: E4
 _S = SMALL_SETUP
 
 FAKE_CASES = [("llama", replace(_S, method="lora")), ("llama", replace(_S, method="qlora", fused_ce=True)),
-              ("gemma2", replace(_S, method="qlora", micro_batch=1)), ("mixtral", replace(_S, method="lora"))]
+              ("gemma2", replace(_S, method="qlora", micro_batch=1)), ("mixtral", replace(_S, method="lora")),
+              # the host embedding on the CPU: the table moves to the same memory, as a plain tensor
+              ("llama", replace(_S, method="lora", offload_embedding=True))]
 
 
 @pytest.mark.slow

@@ -1,9 +1,9 @@
-"""The long-context path of the training step: activation offloading, the tiled MLP and the
-chunked RMSNorm.
+"""The long-context path of the training step: activation offloading, the tiled MLP, the
+chunked RMSNorm and the host-resident input embedding.
 
 Each is switched by the setup (`TrainSetup.offload_activations`, `TrainSetup.tiled_mlp`,
-`TrainSetup.chunked_norm`) and changes nothing when off. The planner models exactly what is written here (planner/memory.py);
-docs/long-context-training.md describes it for users.
+`TrainSetup.chunked_norm`, `TrainSetup.offload_embedding`) and changes nothing when off. The planner models exactly what is written here (planner/memory.py);
+docs/long-context.md describes it for users.
 
 **Activation offloading** (`offload_activations`, implies `grad_checkpointing`: `effective_setup`). trl's own
 `activation_offloading` (trl/models/activation_offloading.py, from torchtune): a
@@ -66,6 +66,10 @@ from typing import Any
 import torch
 
 from planner.memory import norm_chunk_tokens
+
+HOST_DEVICE = "cpu"
+"""Where `apply_host_embedding` keeps the table: host RAM (the CUDA-semantics trace stands it for
+by its own host device, verification/cuda_semantics.py `embed_host`)."""
 
 # The MLP of a decoder layer: `...layers.<i>.mlp` (Llama, Mistral, Qwen, Gemma, Phi-3, Mixtral's
 # `block_sparse_moe` is not an `mlp` and is left alone).
@@ -322,3 +326,81 @@ def apply_chunked_norm(model: torch.nn.Module) -> int:
             module._tuneplan_chunked = True
             n += 1
     return n
+
+
+# -- host embedding ----------------------------------------------------------------------------
+class HostEmbedding(torch.nn.Embedding):
+    """An `nn.Embedding` whose frozen table is a plain tensor in host RAM (`_host_weight`, not a
+    parameter): the lookup runs there and only the looked-up rows go to the ids' device. Made by
+    `apply_host_embedding` (a class swap in place); see the module doc."""
+
+    @property
+    def weight(self) -> torch.Tensor:  # type: ignore[override]  # read-only: no setter
+        return self.__dict__["_host_weight"]
+
+    def forward(self, input):
+        table = self.__dict__["_host_weight"]
+        ids = input.to(table.device)
+        out = torch.nn.functional.embedding(ids, table, self.padding_idx, self.max_norm, self.norm_type,
+                                            self.scale_grad_by_freq, self.sparse)
+        del ids
+        return out.to(input.device)
+
+    def _save_to_state_dict(self, destination, prefix, keep_vars):
+        super()._save_to_state_dict(destination, prefix, keep_vars)
+        destination[prefix + "weight"] = self.__dict__["_host_weight"]
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        key = prefix + "weight"
+        if key in state_dict:
+            value = state_dict[key]
+            table = self.__dict__["_host_weight"]
+            if tuple(value.shape) != tuple(table.shape):
+                error_msgs.append(f"size mismatch for {key}: copying a param with shape {tuple(value.shape)}, "
+                                  f"the host table has shape {tuple(table.shape)}.")
+            else:
+                with torch.no_grad():
+                    table.copy_(value)
+        elif strict:
+            missing_keys.append(key)
+        rest = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(rest, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+
+
+def host_embedding_refusal(model: torch.nn.Module) -> str | None:
+    """Why `apply_host_embedding` leaves `model`'s input embedding on the card, or None."""
+    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if emb is None:
+        return "the model has no input embedding"
+    if type(emb) is HostEmbedding:
+        return "already in host RAM"
+    if type(emb) is not torch.nn.Embedding:
+        return f"the input embedding is a {type(emb).__name__}, not a plain nn.Embedding"
+    weight = emb.weight
+    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if out is not None and getattr(out, "weight", None) is weight:
+        return "the input embedding is tied to the output embedding (the lm_head the loss uses on the card)"
+    if weight.requires_grad:
+        return "the input embedding is trained (full fine-tuning)"
+    return None
+
+
+def apply_host_embedding(model: torch.nn.Module) -> int:
+    """Move the frozen, untied `nn.Embedding` input table of `model` to `HOST_DEVICE` as a
+    `HostEmbedding` (see the module doc); returns the table's bytes, 0 when it does not apply
+    (`host_embedding_refusal` says why)."""
+    if host_embedding_refusal(model) is not None:
+        return 0
+    emb = model.get_input_embeddings()
+    param = emb._parameters.pop("weight")
+    on_cuda = param.device.type == "cuda"
+    table = param.detach().to(HOST_DEVICE)
+    nbytes = table.numel() * table.element_size()
+    del param
+    emb.__dict__["_host_weight"] = table
+    emb.__class__ = HostEmbedding
+    if on_cuda and table.device.type != "cuda":
+        torch.cuda.empty_cache()  # the card's copy is free now: give its block back
+    return nbytes

@@ -213,7 +213,8 @@ def _quant_state_tensors(qs: Any) -> list[torch.Tensor]:
 
 
 def classify_model(tracker: LiveTensorTracker, model: torch.nn.Module) -> None:
-    """Register the model's parameters, buffers and 4-bit quant state with their category."""
+    """Register the model's parameters, buffers, 4-bit quant state and host embedding table (a
+    frozen weight; in host RAM when on `tracker.host_device`) with their category."""
     for p in model.parameters():
         if type(p).__name__ == "Params4bit" or getattr(p, "is_fake_params4bit", False):
             tracker.track(p, "quantized_weights")
@@ -225,6 +226,10 @@ def classify_model(tracker: LiveTensorTracker, model: torch.nn.Module) -> None:
             tracker.track(p, "unquantized_weights")
     for b in model.buffers():
         tracker.track(b, "unquantized_weights")
+    for m in model.modules():  # a host embedding's frozen table (long_context.HostEmbedding): not a parameter
+        table = m.__dict__.get("_host_weight")
+        if isinstance(table, torch.Tensor):
+            tracker.track(table, "unquantized_weights")
 
 
 def classify_optimizer(tracker: LiveTensorTracker, optimizer) -> None:

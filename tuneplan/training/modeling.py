@@ -21,7 +21,8 @@ The planner (`planner/memory.py`) predicts the memory of exactly this path, and
    is 0 whenever they are adapted, with a note. Method `full`: every parameter trainable, no
    peft. Long context (`tiled_mlp`): every decoder layer's MLP is then routed through the
    tiled MLP of `tuneplan/training/long_context.py`; (`chunked_norm`) its Llama-style RMSNorms
-   through the chunked RMSNorm there.
+   through the chunked RMSNorm there; (`offload_embedding`, LoRA/QLoRA) the frozen, untied
+   input embedding table moves to host RAM (`HostEmbedding` there).
 
 Known library behaviour downstream of this module (documented in docs/training-path.md):
 trl's `SFTTrainer` casts the trainable parameters of a 4-bit model to bf16 when it is
@@ -247,8 +248,8 @@ def lora_targets(model, setup: TrainSetup) -> tuple[list[str] | str, list[str]]:
 
 def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
     """Steps 2-3 on a loaded model: freeze, checkpointing, LoRA (or all-trainable for `full`),
-    then the tiled MLP when `setup.tiled_mlp` and the chunked RMSNorm when `setup.chunked_norm`
-    (training/long_context.py)."""
+    then the tiled MLP when `setup.tiled_mlp`, the chunked RMSNorm when `setup.chunked_norm` and
+    the host-resident input embedding when `setup.offload_embedding` (training/long_context.py)."""
     from tuneplan.training import long_context
 
     implied = long_context.effective_setup(setup)
@@ -266,6 +267,16 @@ def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
         _note(notes, f"chunked RMSNorm: {n} norms keep their input and one fp32 value per token, computed "
                      f"in chunks of ceil(tokens / ceil(tokens / hidden_size)) tokens"
                      + ("" if n else " (none here: this model's norm is not Llama's RMSNorm)"))
+    if getattr(setup, "offload_embedding", False):
+        # one GPU, as the planner counts it (planner.memory.embedding_offload_applies)
+        moved = long_context.apply_host_embedding(model) if setup.num_gpus == 1 else 0
+        if setup.num_gpus != 1:
+            _note(notes, f"embedding offload not applied: it is for one GPU (this run has {setup.num_gpus})")
+        elif moved:
+            _note(notes, f"embedding offload: the input embedding table ({moved / 1024**3:.2f} GiB) stays in host RAM; "
+                         "each batch's tokens are looked up there and only their rows are copied to the device")
+        else:
+            _note(notes, "embedding offload not applied: " + (long_context.host_embedding_refusal(model) or "?"))
     return model
 
 

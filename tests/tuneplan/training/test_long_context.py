@@ -1,6 +1,7 @@
 """The long-context path (tuneplan/training/long_context.py): the tiled MLP gives the plain
-MLP's gradients, trl's activation offloading runs on the CPU, and a real tiny run with every
-long-context knob on trains, resumes and matches the losses of the same run without them."""
+MLP's gradients, trl's activation offloading runs on the CPU, the host embedding looks tokens up
+as `nn.Embedding` does, and a real tiny run with every long-context knob on trains, resumes and
+matches the losses of the same run without them."""
 
 from __future__ import annotations
 
@@ -11,12 +12,12 @@ import pytest
 from tiny_runs import tiny_config
 
 
-def _tiny_llama(seed=0):
+def _tiny_llama(seed=0, **config):
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-                      num_key_value_heads=2, vocab_size=100)
+                      num_key_value_heads=2, vocab_size=100, **config)
     torch.manual_seed(seed)
     return LlamaForCausalLM(cfg)
 
@@ -124,7 +125,7 @@ def _losses(run_dir):
 
 @pytest.mark.slow
 def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_model, runs_root):
-    """Offloading + tiled MLP + chunked RMSNorm + trl's chunked loss + checkpointing against no
+    """Offloading + tiled MLP + chunked RMSNorm + host embedding + trl's chunked loss + checkpointing against no
     checkpointing and transformers' loss: packed rows of 4 x 256 tokens (16 MLP shards and 16 norm
     chunks of the tiny model's hidden size 64), 8 steps, then the same run resumed from its step-4 checkpoint."""
     import torch
@@ -139,11 +140,12 @@ def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_m
         return run_worker(run_dir, install_signals=False)
 
     common = dict(seq_len=256, packing=True, lora_dropout=0.0)
-    training = dict(max_steps=8, save_steps=4, logging_steps=2)
+    training = dict(max_steps=8, save_steps=4, logging_steps=2, eval_steps=4)  # in-process evaluation too
     plain_cfg = tiny_config(tiny_model, setup=dict(common, grad_checkpointing=False, fused_ce=False),
                             training=training)
     long_cfg = tiny_config(tiny_model, setup=dict(common, grad_checkpointing=True, fused_ce=True,
-                                                  offload_activations=True, tiled_mlp=True, chunked_norm=True),
+                                                  offload_activations=True, tiled_mlp=True, chunked_norm=True,
+                                                  offload_embedding=True),
                          training=training)
     plain_dir = prepare_run(plain_cfg, runs_root)
     assert train(plain_dir).exit_code == 0
@@ -156,11 +158,25 @@ def test_every_long_context_knob_trains_resumes_and_matches_the_plain_run(tiny_m
     assert sum(getattr(m, "_tuneplan_tiled", False) for m in long.trainer.model.modules()) == 2
     # the two layers' norms and the final one, 16 chunks of 64 positions
     assert sum(getattr(m, "_tuneplan_chunked", False) for m in long.trainer.model.modules()) == 5
+    # the tiny model's table is untied (tuneplan/data/tiny_llama_config.json): it left the parameters
+    from tuneplan.events import read_events
+    from tuneplan.training.long_context import HostEmbedding
+
+    emb = long.trainer.model.get_input_embeddings()
+    assert type(emb) is HostEmbedding and "weight" not in emb._parameters
+    table = emb.weight.numel() * 4  # fp32
+    texts = [getattr(e, "text", "") for e in read_events(long_dir)]
+    assert any(t.startswith("embedding offload: the input embedding table") for t in texts), texts
+    assert all(p is not emb.weight for p in long.trainer.model.parameters()) and table > 0
     plain, longer = _losses(plain_dir), _losses(long_dir)
     assert sorted(plain) == sorted(longer) == [2, 4, 6, 8]
     for step in plain:
         assert longer[step] == pytest.approx(plain[step], rel=1e-5), (step, plain, longer)
     assert longer[8] < longer[2]  # it learns
+    evals = [{e.step: e.eval_loss for e in read_events(d) if e.kind == "eval"} for d in (plain_dir, long_dir)]
+    assert sorted(evals[0]) == sorted(evals[1]) == [4, 8]
+    for step in evals[0]:
+        assert evals[1][step] == pytest.approx(evals[0][step], rel=1e-5), (step, evals)
 
     resumed_cfg = replace(long_cfg, resume_from=str(long_dir / "checkpoints" / "checkpoint-4"))
     resumed_dir = prepare_run(resumed_cfg, runs_root)
@@ -227,3 +243,123 @@ def test_chunked_norm_routes_llama_norms_and_leaves_gemma_alone():
     ids = torch.randint(0, 100, (1, 40), generator=torch.Generator().manual_seed(1))
     plain = _tiny_llama()
     torch.testing.assert_close(llama(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=1e-5, atol=1e-5)
+
+
+# -- host embedding ----------------------------------------------------------------------------
+def _frozen(model):
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_host_embedding_looks_tokens_up_as_nn_embedding_does(dtype):
+    """The same rows (bit for bit) and logits, the padding index kept; the table leaves the
+    parameters (and `model.to()`'s reach) but stays in `state_dict` under its key."""
+    import torch
+
+    from tuneplan.training import long_context as lc
+
+    dt = getattr(torch, dtype)
+    plain = _frozen(_tiny_llama(pad_token_id=0).to(dt))
+    host = _frozen(_tiny_llama(pad_token_id=0).to(dt))
+    emb = host.get_input_embeddings()
+    keys = list(host.state_dict())
+    table = emb.weight
+    assert lc.apply_host_embedding(host) == 100 * 32 * table.element_size()
+    assert host.get_input_embeddings() is emb and type(emb) is lc.HostEmbedding
+    assert emb.padding_idx == 0 and emb.weight is not table and torch.equal(emb.weight, table)
+    assert emb.weight.device == torch.device(lc.HOST_DEVICE) and emb.weight.dtype == dt
+    assert "weight" not in emb._parameters and all(p is not emb.weight for p in host.parameters())
+    assert list(host.state_dict()) == keys
+    ids = torch.randint(0, 100, (2, 40), generator=torch.Generator().manual_seed(1))
+    ids[0, :3] = 0
+    assert torch.equal(emb(ids), plain.get_input_embeddings()(ids))
+    torch.testing.assert_close(host(input_ids=ids).logits, plain(input_ids=ids).logits, rtol=0, atol=0)
+    with pytest.raises((AttributeError, KeyError)):  # read-only: nn.Module refuses to register over it
+        emb.weight = torch.nn.Parameter(table.clone())
+    with pytest.raises(AttributeError):
+        emb.weight = table.clone()
+    assert lc.apply_host_embedding(host) == 0  # once only
+    assert lc.host_embedding_refusal(host) == "already in host RAM"
+    # state_dict / load_state_dict keep the key: a plain model's weights load into it, strictly
+    other = _frozen(_tiny_llama(seed=1, pad_token_id=0).to(dt))
+    host.load_state_dict(other.state_dict())
+    assert torch.equal(emb.weight, other.get_input_embeddings().weight)
+    plain.load_state_dict(host.state_dict())
+    assert torch.equal(plain.get_input_embeddings().weight, emb.weight)
+
+
+def test_model_to_leaves_the_host_table_where_it_is():
+    """`model.to(device / dtype)` (the Trainer's and accelerate's placement) moves parameters and
+    buffers only: the table stays on the host in its dtype; `model.device` is the parameters'."""
+    import torch
+
+    from tuneplan.training import long_context as lc
+
+    model = _frozen(_tiny_llama())
+    assert lc.apply_host_embedding(model) > 0
+    model.to("meta")
+    emb = model.get_input_embeddings()
+    assert emb.weight.device == torch.device(lc.HOST_DEVICE) and emb.weight.dtype == torch.float32
+    assert model.device == torch.device("meta")
+    assert all(p.device.type == "meta" for p in model.parameters())
+    model.to(torch.float64)
+    assert emb.weight.dtype == torch.float32
+
+
+def test_host_embedding_keeps_the_input_require_grads_hook():
+    """`enable_input_require_grads()` (registered before the swap, as `prepare_for_training` does)
+    still marks the embedding output, so checkpointed LoRA layers get gradients."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from tuneplan.training import long_context as lc
+
+    model = _frozen(_tiny_llama())
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.config.use_cache = False
+    model.enable_input_require_grads()
+    model = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules="all-linear"))
+    model.train()
+    assert lc.apply_host_embedding(model) == 100 * 32 * 4
+    seen = []
+    model.get_input_embeddings().register_forward_hook(lambda m, a, out: seen.append(out.requires_grad))
+    ids = torch.randint(0, 100, (1, 20), generator=torch.Generator().manual_seed(1))
+    model(input_ids=ids, labels=ids).loss.backward()
+    assert seen == [True]
+    assert all(p.grad is not None for n, p in model.named_parameters() if "lora_A" in n)
+
+
+def test_tied_subclassed_or_trained_embeddings_stay_on_the_card():
+    from transformers import Gemma2Config, Gemma2ForCausalLM
+
+    from planner.setup import TrainSetup
+    from tuneplan.training import long_context as lc
+    from tuneplan.training.modeling import prepare_for_training
+
+    tied = _frozen(_tiny_llama(tie_word_embeddings=True))
+    assert tied.get_output_embeddings().weight is tied.get_input_embeddings().weight
+    assert lc.apply_host_embedding(tied) == 0 and "tied" in lc.host_embedding_refusal(tied)
+    gemma = _frozen(Gemma2ForCausalLM(Gemma2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=4, num_key_value_heads=2, head_dim=8,
+                                                   vocab_size=100, tie_word_embeddings=False)))
+    assert type(gemma.get_input_embeddings()) is not lc.HostEmbedding
+    assert lc.apply_host_embedding(gemma) == 0 and "not a plain nn.Embedding" in lc.host_embedding_refusal(gemma)
+    trained = _tiny_llama()
+    assert lc.apply_host_embedding(trained) == 0 and "trained" in lc.host_embedding_refusal(trained)
+    for m in (tied, gemma, trained):
+        assert "weight" in m.get_input_embeddings()._parameters
+    # through prepare_for_training: a note either way
+    notes: list[str] = []
+    model = prepare_for_training(_tiny_llama(), TrainSetup(method="full", offload_embedding=True), notes)
+    assert "weight" in model.get_input_embeddings()._parameters
+    assert any(n.startswith("embedding offload not applied: the input embedding is trained") for n in notes)
+    notes = []
+    model = prepare_for_training(_tiny_llama(), TrainSetup(method="lora", offload_embedding=True, num_gpus=2), notes)
+    assert "weight" in model.get_input_embeddings()._parameters
+    assert "embedding offload not applied: it is for one GPU (this run has 2)" in notes
+    notes = []
+    model = prepare_for_training(_tiny_llama(), TrainSetup(method="lora", offload_embedding=True), notes)
+    assert type(model.get_input_embeddings()) is lc.HostEmbedding
+    assert any(n.startswith("embedding offload: the input embedding table (0.00 GiB)") for n in notes)
