@@ -176,7 +176,14 @@ class MemoryEstimate:
     """Sentences that explain notable items (e.g. 'eager attention: scores grow with seq^2')."""
 
     def host_bytes(self) -> int:
-        """Host RAM the long-context path needs beside the card, in bytes: the offloaded
-        activations' pinned buffers (`details["host_activation_bytes"]`) and the host-resident
-        embedding table with its lookup (`details["host_embedding_bytes"]`); 0 without them."""
-        return int(self.details.get("host_activation_bytes", 0)) + int(self.details.get("host_embedding_bytes", 0))
+        """Host RAM the long-context path needs beside the card at its peak, in bytes; 0 without it.
+
+        The offloaded activations' pinned buffers (`details["host_activation_bytes"]`) and the
+        host-resident embedding (`details["host_embedding_bytes"]`: its table,
+        `details["embed_tokens_host"]`, plus one lookup's token ids and rows). The lookup runs
+        first in the forward and its ids and rows are freed before the first layer input is
+        offloaded, so the peak is the table plus the larger of the two (the CUDA-semantics trace)."""
+        act = int(self.details.get("host_activation_bytes", 0))
+        emb = int(self.details.get("host_embedding_bytes", 0))
+        table = int(self.details.get("embed_tokens_host", 0))
+        return table + max(act, emb - table) if emb else act

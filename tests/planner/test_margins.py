@@ -70,8 +70,7 @@ def test_the_long_context_cases_agree_with_the_trace_within_one_percent():
     off = []
     for case, est, row in rows:
         device = est.torch_peak_bytes / int(row["trace_peak_bytes"]) - 1
-        host = (est.details.get("host_activation_bytes", 0)
-                + est.details.get("host_embedding_bytes", 0)) / int(row["trace_host_peak_bytes"]) - 1
+        host = est.host_bytes() / int(row["trace_host_peak_bytes"]) - 1
         if abs(device) > 0.01 or abs(host) > 0.01:
             off.append(f"{case}: device {device:+.2%}, host {host:+.2%}")
     assert not off, off

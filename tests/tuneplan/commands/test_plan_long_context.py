@@ -59,7 +59,8 @@ def test_seq_len_max_on_48_gib(capsys):
     assert code == 0 and default["fits"] and default["config"]["offload_embedding"]
     assert default["config"]["seq_len"] >= 12_106
     mem = default["memory"]
-    assert mem["host_bytes"] == mem["host_activation_bytes"] + mem["host_embedding_bytes"] > 0
+    assert mem["host_embedding_bytes"] > 0 and mem["host_activation_bytes"] > 0
+    assert mem["host_activation_bytes"] < mem["host_bytes"] < mem["host_activation_bytes"] + mem["host_embedding_bytes"]
     code, kept, _ = run_json(capsys, "--model", "llama-3.1-70b", "--vram", "48GiB", *QLORA_R32, "--seq-len", "max",
                              "--offload-embedding", "off")
     assert code == 0 and kept["fits"] and not kept["config"]["offload_embedding"]
