@@ -19,7 +19,8 @@ Matrix: Llama-3.1-8B LoRA and QLoRA x checkpointing on/off x micro-batch 1/4 at 
 Llama-3.1-70B QLoRA with checkpointing; one MoE (Qwen3-30B-A3B LoRA, checkpointing); the
 solver's own choice for Llama-3.1-8B on this card; one long-context case (Llama-3.1-8B QLoRA
 r32 on all linear layers at 32k tokens with activation offloading, the tiled MLP, the chunked
-loss and checkpointing: tuneplan/training/long_context.py).
+RMSNorm, the host-resident embedding, the chunked loss and checkpointing:
+tuneplan/training/long_context.py).
 """
 
 from __future__ import annotations
@@ -52,7 +53,7 @@ BASE = TrainSetup(method="lora", compute_dtype="bfloat16", lora_rank=16, lora_al
 
 LONG_CONTEXT = replace(BASE, method="qlora", lora_rank=32, lora_alpha=32, lora_dropout=0.0, lora_targets="all-linear",
                        seq_len=32768, grad_checkpointing=True, fused_ce=True, offload_activations=True,
-                       tiled_mlp=True, chunked_norm=True)
+                       tiled_mlp=True, chunked_norm=True, offload_embedding=True)
 
 
 @dataclass
