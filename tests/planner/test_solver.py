@@ -116,11 +116,11 @@ def test_sequence_length_from_dataset_p99_rounded_up(specs):
     assert default.choice.setup.seq_len == 2048 and default.dataset_tokens_assumed
 
 
-def test_sequence_length_never_exceeds_the_context(specs):
+def test_a_sequence_length_from_the_data_never_exceeds_the_context_one_given_is_planned_as_given(specs):
     context = specs["qwen2.5-0.5b"].max_position_embeddings
     r = plan(specs, "qwen2.5-0.5b", "h100", fixed={"seq_len": context * 2})
-    assert r.choice.setup.seq_len == context
-    assert any(str(context * 2) in w and str(context) in w and "context" in w for w in r.warnings)
+    assert r.choice.setup.seq_len == context * 2
+    assert any(str(context * 2) in w and str(context) in w and "RoPE scaling" in w for w in r.warnings)
     r2 = plan(specs, "qwen2.5-0.5b", "h100", dataset=DatasetStats(p99_tokens=context * 3))
     assert r2.choice.setup.seq_len == context and r2.warnings
 

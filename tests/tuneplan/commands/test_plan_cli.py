@@ -138,9 +138,9 @@ def test_seq_len_beyond_context_warns_naming_both(capsys):
     code, out, err = run(capsys, "--model", "qwen2.5-0.5b", "--gpu", "h100", "--seq-len", "100000", "--json")
     data = json.loads(out)
     context = data["model"]["context_length"]
-    assert data["config"]["seq_len"] == context
+    assert data["config"]["seq_len"] == 100000 > context  # as asked, with the warning
     warning = [line for line in err.splitlines() if "warning" in line][0]
-    assert "100000" in warning and str(context) in warning
+    assert "100000" in warning and str(context) in warning and "RoPE scaling" in warning
     assert data["warnings"]
 
 

@@ -122,3 +122,27 @@ def test_train_takes_seq_len_max_as_the_planner_s_search():
     assert given.longest() and "seq_len" in given.auto() and "seq_len" not in given.fixed()
     fixed = train.given_setup(parser.parse_args(["--model", "m", "--dataset", "d", "--seq-len", "4096"]))
     assert not fixed.longest() and fixed.fixed()["seq_len"] == 4096
+
+
+def test_the_command_a_seq_len_max_plan_prints_plans_the_same_length(capsys):
+    """`--seq-len max` may answer past the model's context (Unsloth's 342,733 tokens on the 8B are);
+    the `tuneplan train` line it prints carries that length, and planning it again gives it back
+    (an explicit length past the context is planned as asked, with the RoPE-scaling warning)."""
+    import shlex
+
+    code, data, _ = run_json(capsys, "--model", "llama-3.1-8b", "--gpu", "a100-80gb", *QLORA_R32, "--seq-len", "max")
+    seq = data["config"]["seq_len"]
+    assert code == 0 and seq > data["model"]["context_length"]
+    argv = shlex.split(data["command"])[2:]  # drop `tuneplan train`
+    keep = []
+    skip = {"--dataset", "--epochs", "--lr"}
+    it = iter(argv)
+    for a in it:
+        if a in skip:
+            next(it)
+        else:
+            keep.append(a)
+    code, again, err = run_json(capsys, *keep)
+    assert code == 0 and again["config"]["seq_len"] == seq
+    assert again["config"] == data["config"]
+    assert "RoPE scaling" in err
