@@ -76,6 +76,35 @@ def test_the_long_context_cases_agree_with_the_trace_within_one_percent():
     assert not off, off
 
 
+def test_the_traced_seq_len_max_plans_are_the_plans_the_planner_makes_now():
+    """A `plan:` row of the grid stands for what `tuneplan plan` answers: its stored setup is the
+    current plan's, but for the accumulation (the trace runs at most two micro-batches per step:
+    bench/bench_trace_cuda.py `TRACE_GRAD_ACCUM`; the memory does not depend on it beyond two)."""
+    import shlex
+    import subprocess
+    import sys
+
+    with GRID.open() as fh:
+        rows = [r for r in csv.DictReader(fh) if r["case"].startswith("plan:") and "--seq-len max" in r["case"]]
+    assert rows
+    for row in rows:
+        model, gpu, extra = row["case"][len("plan:"):].split("@")
+        out = subprocess.run([sys.executable, "-m", "tuneplan", "plan", "--model", model, "--gpu", gpu, "--json",
+                              *shlex.split(extra)], capture_output=True, text=True, check=True).stdout
+        planned = json.loads(out)["config"]
+        stored = json.loads(row["setup"])
+        assert stored["grad_accum"] == min(planned["grad_accum"], 2)
+        assert {k: v for k, v in stored.items() if k != "grad_accum"} == \
+            {k: v for k, v in planned.items() if k in stored and k != "grad_accum"}, row["case"]
+        spec = catalog.load_spec(row["model"])
+        setup = TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
+        from dataclasses import replace
+
+        full = estimate_memory(spec, replace(setup, grad_accum=planned["grad_accum"]))
+        two = estimate_memory(spec, setup)
+        assert (full.torch_peak_bytes, full.host_bytes()) == (two.torch_peak_bytes, two.host_bytes())
+
+
 def test_the_full_size_cuda_grid_stays_within_the_stated_accuracy():
     errs = _grid_errors()
     assert len(errs) >= 20
