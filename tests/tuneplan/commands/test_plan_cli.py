@@ -338,3 +338,12 @@ def test_broken_jsonl_message_is_whole(tmp_path):
     with pytest.raises(Exception) as err:
         read_local_rows(str(bad))
     assert "line 2" in str(err.value) and "Invalid control character at column" in str(err.value)
+
+
+def test_the_bundled_sample_dataset_plans_as_train_takes_it(capsys):
+    """`--dataset tuneplan:sample-chat` is measured (its tokens counted) as `train` and `compare`
+    take it, and the printed train line keeps the portable name."""
+    code, out, err = run(capsys, "--model", "tuneplan:tiny", "--dataset", "tuneplan:sample-chat", "--json")
+    data = json.loads(out)
+    assert code == 0 and data["time"]["dataset_tokens"] > 0 and not data["time"]["dataset_tokens_assumed"]
+    assert "--dataset tuneplan:sample-chat" in data["command"]
