@@ -195,7 +195,7 @@ KNOBS: tuple[Knob, ...] = (
     Knob("seq_len", "--seq-len", COUNT, "sequence length", "tokens per sequence (default: dataset p99 or 2048; "
          "max: the longest that fits, docs/long-context.md)",
          planned=True, short="sequence length", screen="sequence length", screen_row=2, longest=True,
-         screen_help="sequence length: tokens per packed row; type a number"),
+         screen_help="sequence length: tokens per packed row; type a number, or max for the longest that fits"),
     Knob("micro_batch", "--batch", COUNT, "micro-batch", "micro-batch: sequences per forward/backward on one GPU",
          planned=True, refitted=True, short="micro-batch", screen="micro-batch", screen_row=3,
          screen_help="micro-batch: sequences per forward/backward; type a number"),

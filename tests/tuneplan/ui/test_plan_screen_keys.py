@@ -107,3 +107,23 @@ async def test_lora_rows_stay_in_place_disabled_under_full_fine_tuning(tmp_path)
         await pilot.pause()
         rank = screen.query_one("#lora_rank", Input)
         assert not rank.disabled and rank.value == str(screen.plan.setup.lora_rank)
+
+
+async def test_typing_max_in_the_sequence_length_searches_the_longest_that_fits(tmp_path):
+    """`max` in the sequence-length field is `--seq-len max`: the solver searches the longest that
+    fits the card with the other edited knobs held, the field then shows the length it found, and
+    the reasons say so; anything but digits or `max` cannot be typed there."""
+    app = create_app(make_services(tmp_path))
+    async with app.run_test(size=(100, 40)) as pilot:
+        screen = await open_plan_screen(app, pilot, model="llama-3.1-70b", card="a6000")
+        assert screen.plan.setup.seq_len == 2048
+        seq = screen.query_one("#seq_len", Input)
+        seq.focus()
+        await pilot.press("ctrl+u", "x", "m", "a", "x")  # "x" is refused: the field holds "max"
+        await wait_for(pilot, lambda: screen.plan.setup.seq_len > 2048, timeout=30)
+        s = screen.plan.setup
+        assert screen.plan.fits and s.seq_len >= 12_106  # Unsloth's published 48 GB maximum
+        assert s.offload_activations and s.tiled_mlp and s.offload_embedding
+        assert seq.value == str(s.seq_len)
+        assert any(r.startswith(f"Sequence length {s.seq_len}: the longest that fits") for r in screen.plan.reasons)
+        assert screen.fixed["seq_len"] == "max"

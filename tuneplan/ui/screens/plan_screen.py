@@ -15,7 +15,7 @@ from textual.message import Message
 from textual.widgets import DataTable, Footer, Input, Label, Static
 
 from planner.setup import ALL_LINEAR, ATTENTION_TARGETS
-from tuneplan.knobs import COUNT, KNOBS, LORA, SCREEN_KNOBS, TARGETS, Knob, PartialSetup, accumulation
+from tuneplan.knobs import COUNT, KNOBS, LONGEST, LORA, SCREEN_KNOBS, TARGETS, Knob, PartialSetup, accumulation
 from tuneplan.ui.app_base import WizardScreen
 from tuneplan.errors import UserError
 from tuneplan.ui.formatting import count, duration, gib, money, rate
@@ -31,6 +31,9 @@ from tuneplan.ui.widgets.step_bar import StepBar
 KNOB_HELP = {**{k.name: k.screen_help for k in KNOBS if k.screen_help},
              "alternatives": "alternatives: Enter uses the highlighted configuration"}
 INT_KNOBS = {k.name: k.screen for k in SCREEN_KNOBS if k.kind == COUNT}
+LONGEST_KNOBS = {k.name for k in SCREEN_KNOBS if k.longest}
+_LONGEST_INPUT = "|".join([r"[0-9]*"] + [LONGEST[:i] for i in range(1, len(LONGEST) + 1)])
+"""What a `longest` knob's field takes while typing: digits, or a prefix of `max`."""
 NOT_USED = "not used (full FT)"
 """What a LoRA row shows under full fine-tuning: it stays in place, greyed and skipped by the
 focus, so the rows never jump when the method changes (and no edit there can do nothing)."""
@@ -102,7 +105,10 @@ class PlanScreen(WizardScreen[None]):
                 with Grid(id="knobs"):
                     for knob in SCREEN_KNOBS:  # each row's id is its knob, the `TrainSetup` field
                         yield Label(knob.screen or knob.name)
-                        if knob.kind == COUNT:
+                        if knob.kind == COUNT and knob.longest:
+                            # a number, or `max`: the longest that fits (--seq-len max)
+                            yield Input(restrict=_LONGEST_INPUT, id=knob.name, compact=True)
+                        elif knob.kind == COUNT:
                             yield Input(type="integer", id=knob.name, compact=True)
                         else:
                             yield Choice(knob.screen_options(), id=knob.name)
@@ -168,6 +174,13 @@ class PlanScreen(WizardScreen[None]):
     def _int_changed(self, event: Input.Changed) -> None:
         knob = event.input.id
         if knob not in INT_KNOBS or self.plan is None:
+            return
+        if knob in LONGEST_KNOBS and event.value.strip().lower() == LONGEST:
+            # the longest that fits, the other edited knobs held: the solver searches it
+            self.fixed[knob] = LONGEST
+            self.query_one("#title", Static).update(Text(f"Searching the longest {INT_KNOBS[knob]} that fits...",
+                                                         style="dim"))
+            self.solve(PartialSetup(dict(self.fixed)))
             return
         try:
             value = int(event.value)
