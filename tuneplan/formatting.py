@@ -7,6 +7,16 @@ from __future__ import annotations
 
 from planner.gpus import format_gib as gib  # noqa: F401 (one GiB format for every layer)
 
+GiB = 1024**3
+
+
+def size(n: float | None) -> str:
+    """Bytes in GiB, with more digits below 1 GiB (the tiny CPU model is a few MiB); `-` when
+    unknown. Measured-beside-predicted tables (probe, compare) use it."""
+    if n is None:
+        return "-"
+    return gib(n, 2 if n >= GiB else 3)
+
 
 def duration(seconds: float | None) -> str:
     if seconds is None or seconds != seconds or seconds < 0:

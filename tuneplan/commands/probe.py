@@ -26,6 +26,7 @@ from typing import NoReturn
 
 from tuneplan.commands.arguments import whole_number
 from tuneplan.config import MAX_COUNT
+from tuneplan.formatting import size
 
 EXIT_PROBE_FAILED = 3
 
@@ -82,10 +83,6 @@ def _hardware(args: argparse.Namespace, cuda: bool):
     return hw, notes
 
 
-def size(n):
-    from tuneplan.services.probing import size as _size
-
-    return _size(n)
 
 
 def _planned(args: argparse.Namespace, hardware, random_weights: bool):

@@ -28,6 +28,7 @@ from typing import Any
 from planner.bakeoff import BakeoffResult, Recommendation, Trial, method_name, recommend
 from tuneplan.errors import UserError, check_path
 from tuneplan.events import dumps, read_events, read_status
+from tuneplan.formatting import duration, size
 from tuneplan.services import paths
 from tuneplan.services.eval_results import EVAL_FILE  # noqa: F401  (re-exported: what `tuneplan eval RUN` writes)
 
@@ -260,22 +261,6 @@ def find_bakeoff(runs_root: Path, model: str | None, dataset: str | None) -> Bak
 
 
 # -- the table ---------------------------------------------------------------------------------
-def _mib(n: Any) -> str:
-    if not isinstance(n, (int, float)):
-        return "-"
-    return f"{n / 2**30:.1f}G" if n >= 2**30 else f"{n / 2**20:.0f}M"
-
-
-def _duration(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 90:
-        return f"{seconds:.0f}s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f}m"
-    return f"{seconds / 3600:.1f}h"
-
-
 def render(folder: Path, record: dict[str, Any]) -> str:
     """The comparison as a table, then the skipped trials' reasons and the recommendation."""
     trials = trials_of(record)
@@ -296,9 +281,9 @@ def render(folder: Path, record: dict[str, Any]) -> str:
             method_name(t.method),
             f"{t.eval_loss:.4f}" if t.eval_loss is not None else "-",
             f"{t.metric:.3f}" if t.metric is not None else "-",
-            f"{_mib(t.peak_bytes)}/{_mib(t.predicted_bytes)}",
+            f"{size(t.peak_bytes)}/{size(t.predicted_bytes)}",
             f"{t.tokens_per_second:.0f}" if t.tokens_per_second else "-",
-            _duration(t.projected_seconds),
+            duration(t.projected_seconds),
             f"${t.projected_cost:.2f}" if t.projected_cost is not None else "-",
         ))
     widths = [max(len(c), *(len(r[i]) for r in rows)) if rows else len(c) for i, c in enumerate(cols)]

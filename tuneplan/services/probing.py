@@ -21,9 +21,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
-from planner.gpus import GiB, format_gib
 from planner.setup import TrainSetup
 from tuneplan.errors import UserError
+from tuneplan.formatting import size  # noqa: F401  (the probe table's byte format, re-exported)
 
 PROBE_FILE = "probe.json"
 PROBE_FORMAT = 1
@@ -33,13 +33,6 @@ PREDICTION_TOLERANCE = 0.10
 """Above this error on a memory figure the advice says the plan was off (planner/memory.py is
 tested to within 5% of the CPU trace; allocator and driver figures carry more spread)."""
 _METHOD = {"lora": "LoRA", "qlora": "QLoRA", "full": "full fine-tuning"}
-
-
-def size(n: float | None) -> str:
-    """Bytes in GiB, with more digits below 1 GiB (the tiny CPU model is a few MiB)."""
-    if n is None:
-        return "-"
-    return format_gib(n, 2 if n >= GiB else 3)
 
 
 def error(predicted: float | None, measured: float | None) -> float | None:
