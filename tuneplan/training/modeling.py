@@ -273,7 +273,9 @@ def prepare_for_training(model, setup: TrainSetup, notes: list[str]):
         if setup.num_gpus != 1:
             _note(notes, f"embedding offload not applied: it is for one GPU (this run has {setup.num_gpus})")
         elif moved:
-            _note(notes, f"embedding offload: the input embedding table ({moved / 1024**3:.2f} GiB) stays in host RAM; "
+            from tuneplan.formatting import size
+
+            _note(notes, f"embedding offload: the input embedding table ({size(moved)}) stays in host RAM; "
                          "each batch's tokens are looked up there and only their rows are copied to the device")
         else:
             _note(notes, "embedding offload not applied: " + (long_context.host_embedding_refusal(model) or "?"))
