@@ -477,6 +477,8 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
                         for opt in optimizers(method, True):
                             b = replace(replace(base, **over), method=method, grad_checkpointing=ck, fused_ce=fce,
                                         optimizer=opt)
+                            if method == "full":  # a full fine-tune trains the table: it stays on the card
+                                b = replace(b, offload_embedding=base.offload_embedding)
                             found = search.largest_fitting(b, v_mbs, effective, ga_for)
                             out[(vi, method, ck, fce, opt)] = found
                             any_fit = any_fit or bool(found)
@@ -484,6 +486,8 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
                             for opt in optimizers(method, False):
                                 b = replace(replace(base, **over), method=method, grad_checkpointing=ck,
                                             fused_ce=fce, optimizer=opt)
+                                if method == "full":
+                                    b = replace(b, offload_embedding=base.offload_embedding)
                                 out[(vi, method, ck, fce, opt)] = search.largest_fitting(b, v_mbs, effective, ga_for)
         return out
 
@@ -630,7 +634,7 @@ def _least_memory(base: TrainSetup, method: str, fixed: Mapping[str, Any], rungs
                 grad_checkpointing=fixed.get("grad_checkpointing", True),
                 optimizer=fixed.get("optimizer", "paged-adamw-8bit"))
     if method == "full":
-        s = replace(s, lora_dropout=base.lora_dropout)
+        s = replace(s, lora_dropout=base.lora_dropout, offload_embedding=base.offload_embedding)
     return s
 
 
