@@ -33,7 +33,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "covers every row; 0: no answers)")
     parser.add_argument("--max-new-tokens", type=whole_number("--max-new-tokens", 1, 100_000), default=64,
                         metavar="N", help="longest greedy answer (default 64 tokens)")
-    parser.add_argument("--force", action="store_true", help="evaluate again and replace an existing RUN/eval.json")
+    parser.add_argument("--force", action="store_true",
+                        help="evaluate again and replace an existing RUN/eval.json (whichever data it scored)")
     parser.add_argument("--show", action="store_true", help="print the run's eval.json and evaluate nothing")
     parser.add_argument("--json", action="store_true", help="print the report as JSON (progress goes to stderr)")
 

@@ -16,6 +16,11 @@ its base, or a full fine-tune's model):
   lower case, no punctuation, no articles a/an/the, single spaces), and ROUGE-L, the
   F-measure of the longest common token subsequence (Lin 2004, "ROUGE: A Package for
   Automatic Evaluation of Summaries", section 3.1, with beta = 1 as in Google's rouge-score).
+- with `data=` (`tuneplan eval RUN --data SOURCE`), the same measurements on every row of
+  another dataset instead of the split: `other_data` reads it through `training/data.py`
+  (`read_rows`, then `prepare_data` on the run's data configuration with the source and split
+  replaced and nothing held out) and checks it before any model loads; the report records it
+  (`scored_on = "data"`, `data_source`, `data_split`, `data_rows`).
 - optionally, **lm-evaluation-harness tasks** (`tasks=`), through its Python API
   (`lm_eval.simple_evaluate` on an `HFLM` wrapping the loaded model), on both models; task
   folders given with `task_paths=` (a task YAML and its data file) work offline.
