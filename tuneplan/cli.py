@@ -28,7 +28,7 @@ COMMANDS: dict[str, str] = {
     "resume": "continue a stopped or crashed run from its last checkpoint",
     "chat": "talk to a trained adapter in the terminal",
     "export": "make a run servable: merged safetensors, an Ollama Modelfile, or the vLLM command",
-    "eval": "evaluate a run's tuned model beside its base on its held-out split (and lm-eval tasks)",
+    "eval": "evaluate a run's tuned model beside its base on its held-out split or --data (and lm-eval tasks)",
     "push": "upload a run's adapter (or merged model) to the Hugging Face Hub with a model card",
     "presets": "list, show, save and delete presets",
     "demo": "train a tiny model on the bundled dataset, end to end, on any machine",

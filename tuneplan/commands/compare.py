@@ -345,7 +345,15 @@ def _evaluate_all(folder: Path, record: dict[str, Any], root: Path) -> None:
         try:
             if not path.is_file():
                 evaluate(run_dir, record.get("eval_examples"))
-            trial["eval"] = C.eval_summary(json.loads(path.read_text(encoding="utf-8")))
+            saved = json.loads(path.read_text(encoding="utf-8"))
+            if C.scored_other_data(saved):  # `tuneplan eval RUN --data`: not the split the trials share
+                trial.pop("eval", None)
+                trial["eval_error"] = (f"{path} scored {saved.get('data_source') or 'other data'} (--data), not the "
+                                       f"held-out split: `tuneplan eval {run_dir.name} --force` evaluates the split")
+                print(f"[{trial['method']}] {trial['eval_error']}", file=sys.stderr)
+                C.save(folder, record)
+                continue
+            trial["eval"] = C.eval_summary(saved)
             trial.pop("eval_error", None)
         except Exception as exc:  # one trial's evaluation failing must not lose the others
             trial["eval_error"] = f"evaluation failed: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"

@@ -202,6 +202,14 @@ def eval_summary(report: dict[str, Any]) -> dict[str, Any]:
             "base_loss": EvalReport.from_dict(report).base.loss}
 
 
+def scored_other_data(report: dict[str, Any]) -> bool:
+    """Whether an eval.json scored `tuneplan eval --data` rows rather than the run's held-out
+    split: the trials are compared on their shared split only."""
+    from tuneplan.services.eval_results import EvalReport
+
+    return EvalReport.from_dict(report).on_other_data
+
+
 def projected(measured: dict[str, Any], epochs: float, price_per_hour: float | None,
               num_gpus: int = 1) -> tuple[float | None, float | None]:
     """(seconds, USD) of the full run (`epochs` over the dataset) at the trial's measured speed:

@@ -20,6 +20,9 @@ from tuneplan.events import ADAPTER_DIR, MODEL_DIR, dumps
 
 EVAL_FILE = "eval.json"
 SCHEMA_VERSION = 1
+HELD_OUT = "held-out"
+OTHER_DATA = "data"
+"""`EvalReport.scored_on`: the run's held-out split, or the rows of `tuneplan eval --data SOURCE`."""
 CARD_START = "<!-- tuneplan eval -->"
 CARD_END = "<!-- /tuneplan eval -->"
 """Markers around the evaluation section of a run card: a new eval replaces the section, never the card."""
@@ -71,8 +74,9 @@ class EvalReport:
     """The tuned weights evaluated: `adapter`, `model`, a checkpoint's name, or a folder."""
     method: str
     data_format: str
-    """`chat` (answers generated and scored) or `text` (loss only); `none` without a held-out split."""
+    """`chat` (answers generated and scored) or `text` (loss only); `none` without data scored."""
     held_out_examples: int
+    """Rows scored: of the run's held-out split, or of `--data` (see `scored_on`); the key keeps its name."""
     base: ModelScores
     adapter: ModelScores
     examples: list[GenerationExample] = field(default_factory=list)
@@ -83,6 +87,16 @@ class EvalReport:
     created_at: float = 0.0
     seconds: float = 0.0
     schema: int = SCHEMA_VERSION
+    scored_on: str = HELD_OUT
+    """Which rows were scored: `held-out` (the run's own split; every eval.json written before
+    `--data` existed) or `data` (`tuneplan eval RUN --data SOURCE`, not the run's split)."""
+    data_source: str = ""
+    """The dataset scored: the run's `data.source`, or the `--data` SOURCE as given (a local file's
+    absolute path, `tuneplan:sample-chat`, a Hub id). Empty in older files."""
+    data_split: str = ""
+    """The Hub split read (`--data-split`; empty for a local file and for the held-out split)."""
+    data_rows: int = 0
+    """Rows SOURCE gave (before `--max-examples` and rows dropped as over-long); 0 for the held-out split."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -96,7 +110,20 @@ class EvalReport:
                    examples=[GenerationExample(**e) for e in d.get("examples") or []],
                    tasks=list(d.get("tasks") or []), notes=list(d.get("notes") or []),
                    settings=dict(d.get("settings") or {}), created_at=float(d.get("created_at") or 0.0),
-                   seconds=float(d.get("seconds") or 0.0), schema=int(d.get("schema", SCHEMA_VERSION)))
+                   seconds=float(d.get("seconds") or 0.0), schema=int(d.get("schema", SCHEMA_VERSION)),
+                   scored_on=str(d.get("scored_on") or HELD_OUT), data_source=str(d.get("data_source") or ""),
+                   data_split=str(d.get("data_split") or ""), data_rows=int(d.get("data_rows") or 0))
+
+    @property
+    def on_other_data(self) -> bool:
+        """Whether `--data` rows were scored instead of the run's held-out split."""
+        return self.scored_on == OTHER_DATA
+
+    def data_label(self) -> str:
+        """What was scored, in words: `the held-out split` or `SOURCE (split S)`."""
+        if not self.on_other_data:
+            return "the held-out split"
+        return self.data_source + (f" (split {self.data_split})" if self.data_split else "")
 
 
 def eval_path(run_dir: Path) -> Path:
@@ -116,7 +143,9 @@ def refuse_overwrite(run_dir: Path) -> None:
     """One line when `RUN/eval.json` exists: it is kept unless the caller forces a new one."""
     path = eval_path(run_dir)
     if path.exists():
-        raise UserError(f"{path} already exists (its results are kept): pass --force to evaluate again and "
+        old = read_eval(run_dir)
+        what = f" (on {old.data_label()})" if old is not None and (old.held_out_examples or old.on_other_data) else ""
+        raise UserError(f"{path} already exists{what}: its results are kept; pass --force to evaluate again and "
                         f"replace it, or `tuneplan eval {Path(run_dir).name} --show` to print it")
 
 
@@ -187,7 +216,8 @@ def summary(report: EvalReport) -> str:
     b, a = report.base, report.adapter
     parts = []
     if a.loss is not None and b.loss is not None:
-        parts.append(f"held-out loss {b.loss:.4f} -> {a.loss:.4f}")
+        where = f"loss on {_short(report.data_source)}" if report.on_other_data else "held-out loss"
+        parts.append(f"{where} {b.loss:.4f} -> {a.loss:.4f}")
     for name, key in (("exact match", "exact_match"), ("ROUGE-L", "rouge_l")):
         bv, av = getattr(b, key), getattr(a, key)
         if bv is not None and av is not None:
@@ -203,8 +233,12 @@ def summary(report: EvalReport) -> str:
 
 def card_section(report: EvalReport) -> list[str]:
     """The markdown section a model card carries (the run card and `push`'s card)."""
-    what = (f"{report.held_out_examples} held-out examples of the run's own dataset" if report.held_out_examples
-            else "no held-out split")
+    if report.on_other_data:
+        what = (f"{report.held_out_examples} examples of `{_md(report.data_label())}` "
+                f"(other data, not the run's held-out split)")
+    else:
+        what = (f"{report.held_out_examples} held-out examples of the run's own dataset" if report.held_out_examples
+                else "no held-out split")
     lines = ["## Evaluation", "",
              f"`tuneplan eval` on {what}: the base model beside the tuned one "
              f"(loss per scored token; greedy answers scored against the references).", "",
@@ -215,6 +249,11 @@ def card_section(report: EvalReport) -> list[str]:
         for ex in report.examples[:3]:
             lines.append(f"- `{_md(ex.prompt)}` / `{_md(ex.reference)}` / `{_md(ex.base)}` / `{_md(ex.adapter)}`")
     return lines
+
+
+def _short(source: str) -> str:
+    """A dataset source for one line: a local file's name, else the source as given."""
+    return Path(source).name if os.sep in source and os.path.exists(source) else source
 
 
 def _md(text: str, limit: int = 80) -> str:

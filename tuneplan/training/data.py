@@ -101,11 +101,19 @@ def _length(tokenizer, example: dict[str, Any]) -> int:
     return len(ids)
 
 
-def prepare_data(config: RunConfig, tokenizer, notes: list[str]) -> PreparedData:
-    """Load, convert, count over-long samples and split. Bad data raises `UserError`."""
+def read_rows(config: RunConfig) -> list[tuple[str, dict[str, Any]]]:
+    """The raw `(location, row)` pairs of `data.source` (`data.split` of a Hub dataset, the first
+    `data.max_samples`), as `prepare_data` reads them."""
+    return _raw_rows(config)
+
+
+def prepare_data(config: RunConfig, tokenizer, notes: list[str],
+                 rows: list[tuple[str, dict[str, Any]]] | None = None) -> PreparedData:
+    """Load, convert, count over-long samples and split. Bad data raises `UserError`.
+    `rows`: the source's rows already read by `read_rows(config)` (not read again)."""
     import datasets
 
-    rows = _raw_rows(config)
+    rows = _raw_rows(config) if rows is None else rows
     source = config.data.source
     if not rows:
         raise DatasetFormatError(f"dataset {source!r} has no rows; add examples or pick another file")

@@ -16,6 +16,11 @@ its base, or a full fine-tune's model):
   lower case, no punctuation, no articles a/an/the, single spaces), and ROUGE-L, the
   F-measure of the longest common token subsequence (Lin 2004, "ROUGE: A Package for
   Automatic Evaluation of Summaries", section 3.1, with beta = 1 as in Google's rouge-score).
+- with `data=` (`tuneplan eval RUN --data SOURCE`), the same measurements on every row of
+  another dataset instead of the split: `other_data` reads it through `training/data.py`
+  (`read_rows`, then `prepare_data` on the run's data configuration with the source and split
+  replaced and nothing held out) and checks it before any model loads; the report records it
+  (`scored_on = "data"`, `data_source`, `data_split`, `data_rows`).
 - optionally, **lm-evaluation-harness tasks** (`tasks=`), through its Python API
   (`lm_eval.simple_evaluate` on an `HFLM` wrapping the loaded model), on both models; task
   folders given with `task_paths=` (a task YAML and its data file) work offline.
@@ -45,7 +50,8 @@ from tuneplan.events import (
     ADAPTER_DIR, CONFIG_FILE, MODEL_DIR, DataEvent, Failure, effective_phase, read_events, read_status,
 )
 from tuneplan.services.eval_results import (
-    EvalReport, GenerationExample, ModelScores, refuse_overwrite, run_card_path, update_card_file, write_eval,
+    OTHER_DATA, EvalReport, GenerationExample, ModelScores, refuse_overwrite, run_card_path, update_card_file,
+    write_eval,
 )
 
 __all__ = ["EvalReport", "GenerationExample", "ModelScores", "evaluate_run", "exact_match", "token_f1", "rouge_l",
@@ -166,8 +172,93 @@ def check_held_out(run_dir: Path, config: RunConfig, tasks: Sequence[str]) -> No
     """One line when the run set no rows aside and no task was asked for."""
     if config.data.eval_fraction > 0 or tasks:
         return
-    raise UserError(f"run {Path(run_dir).name} has no held-out split (data.eval_fraction = 0): train with "
-                    "`--eval-fraction 0.05` to set rows aside, or give --tasks")
+    raise UserError(f"run {Path(run_dir).name} has no held-out split (data.eval_fraction = 0): score other data "
+                    "with `--data FILE`, train with `--eval-fraction 0.05` to set rows aside, or give --tasks")
+
+
+def _looks_like_a_path(source: str) -> bool:
+    """A source that cannot be a Hub id (`name` or `owner/name`): an absolute, home or relative
+    path, or more than one `/`."""
+    return source.startswith(("/", "~", ".")) or source.count("/") > 1 or "\\" in source
+
+
+def other_data(config: RunConfig, source: str, split: str | None) -> tuple[RunConfig, list, str]:
+    """`--data SOURCE [--data-split NAME]`, read and checked before any model is loaded: (the run's
+    configuration with `data.source`/`data.split` replaced, every row kept and nothing held out,
+    the source's `(location, row)` pairs, their format). The rows are read by `training/data.py`
+    (`read_rows`, as training reads `data.source`) and converted as the run's format takes them,
+    so a missing file, a file of no rows or columns that fit the run's format, or a Hub dataset
+    that cannot be had (offline and not cached) is one line."""
+    from dataclasses import replace
+
+    from tuneplan.dataset_formats import (
+        FORMAT_SAMPLE_ROWS, DatasetFormatError, detect_format_of_rows, is_local_source, row_to_training_example,
+    )
+    from tuneplan.services.bundled import SAMPLE_DATA
+    from tuneplan.training.data import read_rows
+
+    source = str(source).strip()
+    if not source:
+        raise UserError("--data is empty: give a .jsonl/.json/.csv/.parquet file, tuneplan:sample-chat or a Hub "
+                        "dataset id")
+    local = source == SAMPLE_DATA or is_local_source(source)
+    if split is not None and local:
+        raise UserError(f"--data-split {split}: {source} is one local file (one split); --data-split picks a split "
+                        "of a Hub dataset")
+    if source == SAMPLE_DATA:
+        from tuneplan.data import SAMPLE_CHAT
+
+        path = str(SAMPLE_CHAT)
+    elif source.startswith("tuneplan:"):
+        raise UserError(f"--data {source}: the bundled dataset is {SAMPLE_DATA}")
+    elif local:
+        path = str(Path(source).expanduser().resolve())
+        if not Path(path).is_file():
+            raise UserError(f"--data {source}: no such file" + (" (it is a folder)" if Path(path).is_dir() else ""))
+    elif _looks_like_a_path(source):
+        raise UserError(f"--data {source}: no such file (a Hub dataset id reads `owner/name`)")
+    else:
+        path = source
+    data = replace(config.data, source=path, split=split or type(config.data)().split, eval_fraction=0.0,
+                   max_samples=None)
+    eval_config = replace(config, data=data)
+    try:
+        rows = read_rows(eval_config)
+    except UserError:
+        raise
+    except Exception as exc:  # datasets' and the Hub's own errors: offline, not found, gated, a bad split
+        if local:
+            raise UserError(f"--data {source}: {type(exc).__name__}: {_first_line(exc)}") from None
+        from tuneplan.services.dataset_preview import _hub_error
+        from tuneplan.services.hub import hub_offline_mode, offline_fix
+
+        name = type(exc).__name__
+        if any(k in name for k in ("Offline", "Connect", "Timeout", "LocalEntryNotFound", "NetworkError")):
+            # datasets raises ConnectionError("Couldn't reach ... (OfflineModeIsEnabled)") when HF_HUB_OFFLINE is set
+            why = ("HF_HUB_OFFLINE is set" if hub_offline_mode() or "Offline" in str(exc)
+                   else "the Hugging Face Hub cannot be reached")
+            line = (f"{source}: no such local file, and as a Hub dataset: offline ({why}) and not in the local "
+                    f"Hub cache; {offline_fix('a local file')}")
+        else:
+            line = _hub_error(source, exc)
+        raise UserError(f"--data {line}") from None
+    if not rows:
+        raise UserError(f"--data {source}: no rows; give a file with examples")
+    where = Path(path).name if local else source
+    try:
+        fmt = (detect_format_of_rows([row for _, row in rows[:FORMAT_SAMPLE_ROWS]], source=where)
+               if data.format == "auto" else data.format)
+        for loc, row in rows:
+            row_to_training_example(row, fmt, where=loc)
+    except DatasetFormatError as exc:
+        fixed = f" (the run's data.format is {data.format})" if data.format != "auto" else ""
+        raise UserError(f"--data: {exc}{fixed}") from None
+    return eval_config, rows, fmt
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:300] if text else type(exc).__name__
 
 
 def resolve_tasks(tasks: Sequence[str], task_paths: Sequence[Path] = ()) -> Any:
@@ -221,10 +312,15 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
                  max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, max_answers: int | None = DEFAULT_MAX_ANSWERS,
                  task_paths: Sequence[Path] = (),
                  task_limit: int | None = None, model_dir: Path | None = None, force: bool = False,
-                 write: bool = True, progress: Callable[[str], None] | None = None) -> EvalReport:
+                 write: bool = True, progress: Callable[[str], None] | None = None,
+                 data: str | None = None, data_split: str | None = None) -> EvalReport:
     """Evaluate the run's tuned model beside its base model (see the module docstring).
 
-    `max_examples` caps the held-out rows scored (the first N of the split), `max_answers`
+    `data` scores every row of another dataset instead of the held-out split (a local
+    .jsonl/.json/.csv/.parquet file, `tuneplan:sample-chat` or a Hub id; `data_split` the Hub
+    split, default `train`), read, formatted and masked as the run's trainer takes its
+    `data.source`; the report records it (`scored_on = "data"`, `data_source`, `data_split`,
+    `data_rows`). `max_examples` caps the held-out rows scored (the first N of the split), `max_answers`
     the greedy answers per model (None: one per held-out row); `task_limit`
     caps the examples per lm-eval task. `model_dir` evaluates a plain model folder (e.g. the
     merged export) in the tuned model's place. `write=False` (or `model_dir`) writes nothing;
@@ -238,9 +334,15 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
     if max_examples is not None and max_examples < 1:
         raise UserError(f"--max-examples must be >= 1 (got {max_examples})")
     write = write and model_dir is None
+    if data_split is not None and data is None:
+        raise UserError("--data-split picks a split of the --data dataset: give --data too")
     if write and not force:
         refuse_overwrite(run_dir)
-    check_held_out(run_dir, config, tasks)
+    if data is None:
+        check_held_out(run_dir, config, tasks)
+        eval_config, data_rows, data_fmt = config, None, None
+    else:
+        eval_config, data_rows, data_fmt = other_data(config, data, data_split)
     manager = resolve_tasks(tasks, task_paths) if tasks else None
     if tasks:
         check_task_data(tasks, manager)  # no progress line before the checks: bad input stays one line
@@ -261,13 +363,16 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
     examples: list[GenerationExample] = []
     base_answers: list[str] = []
     data_format, n_held_out = "none", 0
-    if config.data.eval_fraction > 0:
-        held_out, data_format = _held_out(run_dir, config, tokenizer, notes)
+    if data is not None or config.data.eval_fraction > 0:
+        if data is None:
+            held_out, data_format = _held_out(run_dir, config, tokenizer, notes)
+        else:
+            held_out, data_format = _other_rows(run_dir, config, eval_config, data, data_rows, tokenizer, notes)
         if max_examples is not None and max_examples < len(held_out):
             held_out = held_out.select(range(max_examples))
         n_held_out = len(held_out)
-        say(f"held-out split: {n_held_out} examples ({data_format})")
-        batches = _batches(config, tuned, tokenizer, held_out)
+        say(f"{'held-out split' if data is None else data}: {n_held_out} examples ({data_format})")
+        batches = _batches(eval_config, tuned, tokenizer, held_out)
         prompts = _prompts(held_out) if data_format == "chat" else []
         if max_answers is not None:
             prompts = prompts[:max_answers]
@@ -296,6 +401,12 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
                         data_format=data_format, held_out_examples=n_held_out, base=base_scores,
                         adapter=tuned_scores, examples=examples, tasks=list(tasks), notes=notes, settings=settings,
                         created_at=time.time(), seconds=round(time.monotonic() - started, 2))
+    if data is None:
+        report.data_source = _portable_source(config) if n_held_out else ""
+    else:
+        report.scored_on, report.data_source = OTHER_DATA, _shown_source(data)
+        report.data_split = eval_config.data.split if not _is_local(data) else ""
+        report.data_rows = len(data_rows)
     if write:
         write_eval(run_dir, report, force=force)
         update_card_file(run_card_path(run_dir, config.setup.method), report)
@@ -368,6 +479,64 @@ def _held_out(run_dir: Path, config: RunConfig, tokenizer, notes: list[str]):
         notes.append(f"the dataset changed since training: {len(data.eval)} held-out rows now, "
                      f"{recorded[-1].eval_examples} then; the split may hold rows the run trained on")
     return data.eval, ("text" if data.format == "text" else "chat")
+
+
+def _other_rows(run_dir: Path, config: RunConfig, eval_config: RunConfig, source: str, rows: list, tokenizer,
+                notes: list[str]):
+    """(every row of `--data` as a `datasets.Dataset`, `chat` or `text`): `training/data.py`'s
+    `prepare_data` on the run's data configuration with the source replaced and nothing held out,
+    so the rows are converted, templated and length-checked as the run's trainer takes them."""
+    from tuneplan.training.data import prepare_data
+
+    prepared = prepare_data(eval_config, tokenizer, notes, rows=rows)
+    if prepared.dropped_too_long:
+        notes.append(f"{prepared.dropped_too_long} of the {len(rows)} rows of {source} are longer than "
+                     f"seq_len={config.setup.seq_len} tokens and were dropped, as the run drops them "
+                     "(data.overlong = \"drop\")")
+    if prepared.truncated:
+        notes.append(f"{prepared.truncated} rows of {source} are longer than seq_len={config.setup.seq_len} tokens: "
+                     "scored truncated, as the run trains them")
+    kind = "text" if prepared.format == "text" else "chat"
+    recorded = [e for e in read_events(run_dir) if isinstance(e, DataEvent)]
+    trained = recorded[-1].format if recorded else None
+    if trained and (trained == "text") != (kind == "text"):
+        notes.append(f"the run trained on {'text' if trained == 'text' else 'chat'} rows ({trained}); {source} has "
+                     f"{kind} rows ({prepared.format})")
+    if _is_local(source):
+        try:
+            same = Path(eval_config.data.source).resolve() == Path(config.data.source).expanduser().resolve()
+        except OSError:
+            same = False
+    else:
+        same = (eval_config.data.source, eval_config.data.split) == (config.data.source, config.data.split)
+    if same:
+        held = f" (its {config.data.eval_fraction:g} held-out split is what `tuneplan eval` scores without --data)" \
+            if config.data.eval_fraction > 0 else ""
+        notes.append(f"{source} is the run's own training data: the rows it trained on are scored{held}")
+    return prepared.train, kind
+
+
+def _is_local(source: str) -> bool:
+    from tuneplan.dataset_formats import is_local_source
+    from tuneplan.services.bundled import SAMPLE_DATA
+
+    return source == SAMPLE_DATA or is_local_source(source)
+
+
+def _shown_source(source: str) -> str:
+    """The `--data` source as eval.json keeps it: a local file's absolute path, else as given."""
+    from tuneplan.services.bundled import SAMPLE_DATA
+
+    if source != SAMPLE_DATA and _is_local(source):
+        return str(Path(source).expanduser().resolve())
+    return source
+
+
+def _portable_source(config: RunConfig) -> str:
+    """The run's `data.source`, the bundled sample as `tuneplan:sample-chat`."""
+    from tuneplan.services.bundled import portable_sources
+
+    return portable_sources(config).data.source
 
 
 def _batches(config: RunConfig, model, tokenizer, held_out) -> list[dict]:

@@ -94,13 +94,16 @@ class PlanToTrackerCallback(TrainerCallback):
 
 
 def eval_metrics(report) -> dict[str, float]:
-    """`tuneplan eval`'s numbers, flat: `eval/base/loss`, `eval/tuned/rouge_l`, `eval/tuned/TASK/METRIC`."""
+    """`tuneplan eval`'s numbers, flat: `eval/base/loss`, `eval/tuned/rouge_l`, `eval/tuned/TASK/METRIC`
+    (`eval_data/...` for the loss and answers of `tuneplan eval --data`, rows that are not the held-out split)."""
     out: dict[str, float] = {}
+    # rows of `tuneplan eval --data` are not the held-out split: their loss gets its own names
+    prefix = "eval_data" if getattr(report, "on_other_data", False) else "eval"
     for side, scores in (("base", report.base), ("tuned", report.adapter)):
         for key in ("loss", "perplexity", "exact_match", "token_f1", "rouge_l"):
             value = getattr(scores, key)
             if isinstance(value, (int, float)) and math.isfinite(value):
-                out[f"eval/{side}/{key}"] = float(value)
+                out[f"{prefix}/{side}/{key}"] = float(value)
         for task, metrics in scores.tasks.items():
             for metric, value in metrics.items():
                 out[f"eval/{side}/{task}/{metric}"] = float(value)
@@ -128,7 +131,8 @@ def log_evaluation(run_dir: Path, config: RunConfig, report) -> None:
         try:
             for key, value in metrics.items():
                 writer.add_scalar(key, value, step)
-            writer.add_text("tuneplan/eval", "```\n" + "\n".join(table_lines(report)) + "\n```", step)
+            scored = f"scored: {report.data_label()}\n\n" if getattr(report, "on_other_data", False) else ""
+            writer.add_text("tuneplan/eval", scored + "```\n" + "\n".join(table_lines(report)) + "\n```", step)
         finally:
             writer.close()
     elif report_to == "trackio":

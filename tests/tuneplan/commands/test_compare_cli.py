@@ -316,3 +316,22 @@ def test_every_trial_gets_the_same_data_seed_batch_and_token_budget(runs_root):
     assert len({c.data.source for c in planned}) == 1
     assert C.load(runs_root, folder.name)[1] == record  # saved before any trial starts
     assert not [p for p in runs_root.iterdir() if p.name != C.COMPARE_DIR]  # and no run was made
+
+
+def test_an_eval_json_of_other_data_is_not_compared(recorded, capsys):
+    """A trial whose eval.json scored `tuneplan eval --data` rows (not the split the trials share)
+    is not put in the table: the trial says why and how to evaluate the split."""
+    from tuneplan.commands.compare import _evaluate_all
+
+    root, folder, record = recorded
+    trial = next(t for t in record["trials"] if t.get("phase") == "done" and not t.get("skipped"))
+    path = root / trial["run"] / "eval.json"
+    report = json.loads(path.read_text(encoding="utf-8"))
+    report.update(scored_on="data", data_source="/elsewhere/other.jsonl", data_rows=3)
+    path.write_text(json.dumps(report), encoding="utf-8")
+    trial.pop("eval", None)
+    _evaluate_all(folder, record, root)
+    assert "eval" not in trial
+    assert trial["eval_error"].endswith(f"scored /elsewhere/other.jsonl (--data), not the held-out split: "
+                                        f"`tuneplan eval {trial['run']} --force` evaluates the split")
+    assert C.load(root, "latest")[1]["trials"][record["trials"].index(trial)]["eval_error"] == trial["eval_error"]

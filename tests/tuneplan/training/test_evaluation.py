@@ -274,3 +274,31 @@ def test_a_packed_text_run_gets_loss_and_perplexity_only(tiny_model, tmp_path):
     trainer_eval = [e for e in read_events(run_dir) if e.kind == "eval"][-1].eval_loss
     assert report.adapter.loss == pytest.approx(trainer_eval, rel=0.02)
     assert "exact match" not in "\n".join(eval_results.table_lines(report))
+
+
+@pytest.mark.slow
+def test_data_holding_the_held_out_rows_scores_as_the_split(lora_eval, tmp_path):
+    """`--data FILE` goes through the run's own data path: a file of the held-out rows (in the
+    split's order, picked as `training/data.py` splits: the run's seed) gives the split's loss and
+    answers exactly; the report names the file."""
+    import datasets
+
+    from tuneplan.config import load_config
+
+    run_dir, report = lora_eval
+    config = load_config(run_dir / "config.toml")
+    lines = Path(config.data.source).read_text(encoding="utf-8").splitlines()
+    n_eval = max(1, int(round(len(lines) * config.data.eval_fraction)))
+    order = datasets.Dataset.from_dict({"i": list(range(len(lines)))}).train_test_split(
+        test_size=n_eval, seed=config.training.seed, shuffle=True)["test"]["i"]
+    held = tmp_path / "held-out.jsonl"
+    held.write_text("".join(lines[i] + "\n" for i in order), encoding="utf-8")
+    other = evaluation.evaluate_run(run_dir, data=str(held), max_examples=6, max_new_tokens=8, write=False)
+    assert (other.scored_on, other.data_source, other.data_rows, other.held_out_examples) == \
+        ("data", str(held), n_eval, 6)
+    for mine, split in ((other.base, report.base), (other.adapter, report.adapter)):
+        assert mine.scored_tokens == split.scored_tokens
+        assert mine.loss == pytest.approx(split.loss, rel=1e-6)
+        assert mine.exact_match == split.exact_match and mine.rouge_l == pytest.approx(split.rouge_l)
+    assert [e.adapter for e in other.examples] == [e.adapter for e in report.examples]
+    assert report.scored_on == "held-out" and report.data_source == "tuneplan:sample-chat"
