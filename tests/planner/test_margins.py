@@ -62,8 +62,10 @@ def test_the_long_context_cases_agree_with_the_trace_within_one_percent():
     # the chunked norm existed)
     chunked = {row["case"] for _, est, row in rows if json.loads(row["setup"]).get("chunked_norm")}
     assert {"long:llama-3.1-8b:32768", "long:llama-3.1-8b:131072", "long:llama-3.1-70b:32768"} <= chunked
-    # and the planner's own longest sequence for Llama-3.1-70B on 48 GiB (`--seq-len max`), traced as planned
-    assert any(c.startswith("plan:llama-3.1-70b@") and c.endswith("--seq-len max --vram 48GiB") for c in chunked)
+    # and the planner's own longest sequences (`--seq-len max`, Unsloth's setup), traced as planned
+    # (the setups are the plans the planner makes now: the next test)
+    unsloth = "--method qlora --lora-r 32 --lora-targets all-linear --batch 1 --seq-len max"
+    assert {f"plan:llama-3.1-70b@a100-80gb@{unsloth}", f"plan:llama-3.1-70b@a100-80gb@{unsloth} --vram 48GiB"} <= chunked
     for model in ("llama-3.1-8b", "llama-3.1-70b"):
         for seq in (32768, 131072):
             assert f"long-transformers-norm:{model}:{seq}" in cases

@@ -362,4 +362,4 @@ def test_tied_subclassed_or_trained_embeddings_stay_on_the_card():
     notes = []
     model = prepare_for_training(_tiny_llama(), TrainSetup(method="lora", offload_embedding=True), notes)
     assert type(model.get_input_embeddings()) is lc.HostEmbedding
-    assert any(n.startswith("embedding offload: the input embedding table (0.00 GiB)") for n in notes)
+    assert any(n.startswith("embedding offload: the input embedding table (0.0") for n in notes)
