@@ -367,6 +367,7 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
         if data is None:
             held_out, data_format = _held_out(run_dir, config, tokenizer, notes)
         else:
+            assert data_rows is not None  # read by `other_data` above whenever `data` is given
             held_out, data_format = _other_rows(run_dir, config, eval_config, data, data_rows, tokenizer, notes)
         if max_examples is not None and max_examples < len(held_out):
             held_out = held_out.select(range(max_examples))
@@ -406,7 +407,7 @@ def evaluate_run(run_dir: Path, *, tasks: Sequence[str] = (), max_examples: int 
     else:
         report.scored_on, report.data_source = OTHER_DATA, _shown_source(data)
         report.data_split = eval_config.data.split if not _is_local(data) else ""
-        report.data_rows = len(data_rows)
+        report.data_rows = len(data_rows or ())
     if write:
         write_eval(run_dir, report, force=force)
         update_card_file(run_card_path(run_dir, config.setup.method), report)

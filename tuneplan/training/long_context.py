@@ -369,9 +369,16 @@ class HostEmbedding(torch.nn.Embedding):
                                       error_msgs)
 
 
+def _embeddings(model: Any, which: str) -> Any:
+    """`model.get_input_embeddings()` / `get_output_embeddings()` (transformers' and peft's models
+    have them), or None."""
+    get = getattr(model, f"get_{which}_embeddings", None)
+    return get() if callable(get) else None
+
+
 def host_embedding_refusal(model: torch.nn.Module) -> str | None:
     """Why `apply_host_embedding` leaves `model`'s input embedding on the card, or None."""
-    emb = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    emb = _embeddings(model, "input")
     if emb is None:
         return "the model has no input embedding"
     if type(emb) is HostEmbedding:
@@ -379,7 +386,7 @@ def host_embedding_refusal(model: torch.nn.Module) -> str | None:
     if type(emb) is not torch.nn.Embedding:
         return f"the input embedding is a {type(emb).__name__}, not a plain nn.Embedding"
     weight = emb.weight
-    out = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    out = _embeddings(model, "output")
     if out is not None and getattr(out, "weight", None) is weight:
         return "the input embedding is tied to the output embedding (the lm_head the loss uses on the card)"
     if weight.requires_grad:
@@ -393,7 +400,7 @@ def apply_host_embedding(model: torch.nn.Module) -> int:
     (`host_embedding_refusal` says why)."""
     if host_embedding_refusal(model) is not None:
         return 0
-    emb = model.get_input_embeddings()
+    emb = _embeddings(model, "input")
     param = emb._parameters.pop("weight")
     on_cuda = param.device.type == "cuda"
     table = param.detach().to(HOST_DEVICE)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
+
+if TYPE_CHECKING:  # the types only: building the bundle imports them (`default_services`)
+    from tuneplan.ui.adapters import ModelsAdapter, PlanningAdapter, RunsAdapter
 
 
 @dataclass(frozen=True)
@@ -18,12 +21,13 @@ class ServiceBundle:
     """The app's services. Each is the real service object; only boundaries are swapped."""
 
     gpu: Any
-    """`tuneplan.services.gpu.GpuProbe`: GPU probe and ~1 Hz samples (NVML boundary inside)."""
-    models: Any
+    """`tuneplan.services.gpu.GpuProbe` (typed loosely: the wizard reaches services only through
+    `tuneplan.app`, which hands the probe out as `gpu_probe()`): GPU probe and ~1 Hz samples (NVML boundary inside)."""
+    models: ModelsAdapter
     """`tuneplan.ui.adapters.ModelsAdapter`: catalog search and model resolution (Hub boundary inside)."""
-    planning: Any
+    planning: PlanningAdapter
     """`tuneplan.ui.adapters.PlanningAdapter`: the solver and single estimates (`tuneplan.app`)."""
-    runs: Any
+    runs: RunsAdapter
     """`tuneplan.ui.adapters.RunsAdapter`: launch, list, stop, save (`tuneplan.app`)."""
     hub_files: Any = None
     """Hub boundary for dataset previews and tokenizer files (None: the real Hub)."""

@@ -140,6 +140,7 @@ class DashboardScreen(WizardScreen[None]):
     def sample_gpu(self) -> None:
         gpu = self.app.services.gpu
         while not self._stop_event.is_set():
+            sample: Any
             try:
                 sample = gpu.sample(self.gpu_index)
                 if sample is None:
