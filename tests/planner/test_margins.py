@@ -61,7 +61,8 @@ def test_the_long_context_cases_agree_with_the_trace_within_one_percent():
     # `long:`, and with transformers' norm as `long-transformers-norm:` (the same cases traced before
     # the chunked norm existed)
     chunked = {row["case"] for _, est, row in rows if json.loads(row["setup"]).get("chunked_norm")}
-    assert {"long:llama-3.1-8b:32768", "long:llama-3.1-8b:131072", "long:llama-3.1-70b:32768"} <= chunked
+    assert {"long:llama-3.1-8b:32768", "long:llama-3.1-8b:131072", "long:llama-3.1-70b:32768",
+            "long:llama-3.1-70b:131072"} <= chunked
     # and the planner's own longest sequences (`--seq-len max`, Unsloth's setup), traced as planned
     # (the setups are the plans the planner makes now: the next test)
     unsloth = "--method qlora --lora-r 32 --lora-targets all-linear --batch 1 --seq-len max"
