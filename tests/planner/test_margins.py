@@ -66,7 +66,8 @@ def test_the_long_context_cases_agree_with_the_trace_within_one_percent():
     # and the planner's own longest sequences (`--seq-len max`, Unsloth's setup), traced as planned
     # (the setups are the plans the planner makes now: the next test)
     unsloth = "--method qlora --lora-r 32 --lora-targets all-linear --batch 1 --seq-len max"
-    assert {f"plan:llama-3.1-70b@a100-80gb@{unsloth}", f"plan:llama-3.1-70b@a100-80gb@{unsloth} --vram 48GiB"} <= chunked
+    assert {f"plan:llama-3.1-8b@a100-80gb@{unsloth}", f"plan:llama-3.1-70b@a100-80gb@{unsloth}",
+            f"plan:llama-3.1-70b@a100-80gb@{unsloth} --vram 48GiB"} <= chunked
     for model in ("llama-3.1-8b", "llama-3.1-70b"):
         for seq in (32768, 131072):
             assert f"long-transformers-norm:{model}:{seq}" in cases
