@@ -70,16 +70,23 @@ def tiny_model_dir(*, build: bool = True) -> Path:
     return folder
 
 
+def dataset_path(source: str) -> str:
+    """`source` with the bundled sample's name (`tuneplan:sample-chat`) replaced by its file; any
+    other source as given."""
+    from tuneplan.data import SAMPLE_CHAT
+
+    return str(SAMPLE_CHAT) if source == SAMPLE_DATA else source
+
+
 def resolve_sources(config: RunConfig, *, build: bool = True) -> RunConfig:
     """Replace the bundled-source names (`tuneplan:tiny`, `tuneplan:sample-chat`) by paths."""
-    from tuneplan.data import SAMPLE_CHAT
 
     if config.model.source == TINY_MODEL:
         config = replace(config, model=replace(config.model, source=str(tiny_model_dir(build=build))))
     elif config.model.source.startswith("tuneplan:"):
         raise UserError(f"model.source {config.model.source!r}: the bundled model is {TINY_MODEL}")
     if config.data.source == SAMPLE_DATA:
-        config = replace(config, data=replace(config.data, source=str(SAMPLE_CHAT)))
+        config = replace(config, data=replace(config.data, source=dataset_path(SAMPLE_DATA)))
     elif config.data.source.startswith("tuneplan:"):
         raise UserError(f"data.source {config.data.source!r}: the bundled dataset is {SAMPLE_DATA}")
     return config

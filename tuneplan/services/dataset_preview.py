@@ -321,12 +321,9 @@ def preview_dataset(source: str, *, model_source: str | None = None, hub: HubFil
     source = source.strip()
     if not source:
         raise UserError("dataset: give a local .jsonl/.json/.csv/.parquet file or a Hub dataset id")
-    from tuneplan.services.bundled import SAMPLE_DATA
+    from tuneplan.services.bundled import dataset_path
 
-    if source == SAMPLE_DATA:  # the bundled sample, as `train` and `compare` take it
-        from tuneplan.data import SAMPLE_CHAT
-
-        source = str(SAMPLE_CHAT)
+    source = dataset_path(source)  # the bundled sample, as `train` and `compare` take it
     path = Path(check_path(source, "the dataset name")).expanduser()
     notes: list[str] = []
     if path.exists() or path.is_symlink():  # a FIFO or device too: open_dataset says what it is

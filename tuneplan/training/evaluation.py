@@ -194,7 +194,7 @@ def other_data(config: RunConfig, source: str, split: str | None) -> tuple[RunCo
     from tuneplan.dataset_formats import (
         FORMAT_SAMPLE_ROWS, DatasetFormatError, detect_format_of_rows, is_local_source, row_to_training_example,
     )
-    from tuneplan.services.bundled import SAMPLE_DATA
+    from tuneplan.services.bundled import SAMPLE_DATA, dataset_path
     from tuneplan.training.data import read_rows
 
     source = str(source).strip()
@@ -206,9 +206,7 @@ def other_data(config: RunConfig, source: str, split: str | None) -> tuple[RunCo
         raise UserError(f"--data-split {split}: {source} is one local file (one split); --data-split picks a split "
                         "of a Hub dataset")
     if source == SAMPLE_DATA:
-        from tuneplan.data import SAMPLE_CHAT
-
-        path = str(SAMPLE_CHAT)
+        path = dataset_path(source)
     elif source.startswith("tuneplan:"):
         raise UserError(f"--data {source}: the bundled dataset is {SAMPLE_DATA}")
     elif local:
