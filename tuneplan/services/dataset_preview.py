@@ -197,7 +197,7 @@ def _hub_data_file(repo_id: str, hub: HubFiles) -> tuple[Path, str]:
     try:
         files = hub.list_files(repo_id, "dataset")
     except Exception as exc:  # the Hub's own errors: name what went wrong in one line
-        raise UserError(_hub_error(repo_id, exc)) from None
+        raise UserError(hub_error(repo_id, exc)) from None
     data = [f for f in files if f.lower().endswith(DATA_SUFFIXES) and not f.startswith(".")]
     if not data:
         raise UserError(f"dataset {repo_id}: no .jsonl/.json/.csv/.parquet data file in the repo")
@@ -206,10 +206,10 @@ def _hub_data_file(repo_id: str, hub: HubFiles) -> tuple[Path, str]:
     try:
         return hub.download(repo_id, data[0], "dataset"), data[0]
     except Exception as exc:
-        raise UserError(_hub_error(repo_id, exc)) from None
+        raise UserError(hub_error(repo_id, exc)) from None
 
 
-def _hub_error(repo_id: str, exc: Exception) -> str:
+def hub_error(repo_id: str, exc: Exception) -> str:
     name = type(exc).__name__
     if "Gated" in name:
         return f"dataset {repo_id} is gated: accept its terms on huggingface.co and set HF_TOKEN"
@@ -245,7 +245,7 @@ def load_tokenizer(model_source: str | None, hub: HubFiles | None) -> tuple[Call
         try:
             path = hub.download(model_source, "tokenizer.json", "model")
         except Exception as exc:
-            return None, _hub_error(model_source, exc).replace("dataset ", "tokenizer of ").replace(
+            return None, hub_error(model_source, exc).replace("dataset ", "tokenizer of ").replace(
                 "a local file", "a local model folder")
     else:
         return None, f"no tokenizer.json for {model_source}"

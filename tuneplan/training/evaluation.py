@@ -192,7 +192,7 @@ def other_data(config: RunConfig, source: str, split: str | None) -> tuple[RunCo
     from dataclasses import replace
 
     from tuneplan.dataset_formats import (
-        FORMAT_SAMPLE_ROWS, DatasetFormatError, detect_format_of_rows, is_local_source, row_to_training_example,
+        FORMAT_SAMPLE_ROWS, DatasetFormatError, detect_format_of_rows, row_to_training_example,
     )
     from tuneplan.services.bundled import SAMPLE_DATA, dataset_path
     from tuneplan.training.data import read_rows
@@ -201,7 +201,7 @@ def other_data(config: RunConfig, source: str, split: str | None) -> tuple[RunCo
     if not source:
         raise UserError("--data is empty: give a .jsonl/.json/.csv/.parquet file, tuneplan:sample-chat or a Hub "
                         "dataset id")
-    local = source == SAMPLE_DATA or is_local_source(source)
+    local = _is_local(source)
     if split is not None and local:
         raise UserError(f"--data-split {split}: {source} is one local file (one split); --data-split picks a split "
                         "of a Hub dataset")
@@ -227,7 +227,7 @@ def other_data(config: RunConfig, source: str, split: str | None) -> tuple[RunCo
     except Exception as exc:  # datasets' and the Hub's own errors: offline, not found, gated, a bad split
         if local:
             raise UserError(f"--data {source}: {type(exc).__name__}: {_first_line(exc)}") from None
-        from tuneplan.services.dataset_preview import _hub_error
+        from tuneplan.services.dataset_preview import hub_error
         from tuneplan.services.hub import hub_offline_mode, offline_fix
 
         name = type(exc).__name__
@@ -238,7 +238,7 @@ def other_data(config: RunConfig, source: str, split: str | None) -> tuple[RunCo
             line = (f"{source}: no such local file, and as a Hub dataset: offline ({why}) and not in the local "
                     f"Hub cache; {offline_fix('a local file')}")
         else:
-            line = _hub_error(source, exc)
+            line = hub_error(source, exc)
         raise UserError(f"--data {line}") from None
     if not rows:
         raise UserError(f"--data {source}: no rows; give a file with examples")
