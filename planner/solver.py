@@ -466,6 +466,12 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
         seq = _longest_seq(search, base, methods, fixed, rungs, effective, ga_for, reasons, warnings, spec)
         base = replace(base, seq_len=seq)
 
+    def setup_for(over: dict, method: str, ck: bool, fce: bool, opt: str) -> TrainSetup:
+        s = replace(replace(base, **over), method=method, grad_checkpointing=ck, fused_ce=fce, optimizer=opt)
+        if method == "full":  # a full fine-tune trains the table: it stays on the card
+            s = replace(s, offload_embedding=base.offload_embedding)
+        return s
+
     def search_groups(variants) -> dict[tuple, list[Candidate]]:
         out: dict[tuple, list[Candidate]] = {}
         for vi, (over, v_mbs) in enumerate(variants):
@@ -475,20 +481,14 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
                     for fce in fused:
                         any_fit = False
                         for opt in optimizers(method, True):
-                            b = replace(replace(base, **over), method=method, grad_checkpointing=ck, fused_ce=fce,
-                                        optimizer=opt)
-                            if method == "full":  # a full fine-tune trains the table: it stays on the card
-                                b = replace(b, offload_embedding=base.offload_embedding)
-                            found = search.largest_fitting(b, v_mbs, effective, ga_for)
+                            found = search.largest_fitting(setup_for(over, method, ck, fce, opt), v_mbs, effective,
+                                                           ga_for)
                             out[(vi, method, ck, fce, opt)] = found
                             any_fit = any_fit or bool(found)
                         if not any_fit and "optimizer" not in fixed and method != "full":
                             for opt in optimizers(method, False):
-                                b = replace(replace(base, **over), method=method, grad_checkpointing=ck,
-                                            fused_ce=fce, optimizer=opt)
-                                if method == "full":
-                                    b = replace(b, offload_embedding=base.offload_embedding)
-                                out[(vi, method, ck, fce, opt)] = search.largest_fitting(b, v_mbs, effective, ga_for)
+                                out[(vi, method, ck, fce, opt)] = search.largest_fitting(
+                                    setup_for(over, method, ck, fce, opt), v_mbs, effective, ga_for)
         return out
 
     groups = search_groups([({}, mbs)])
