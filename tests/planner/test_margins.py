@@ -31,13 +31,17 @@ def _long_context(setup: TrainSetup) -> bool:
     return setup.offload_activations or setup.tiled_mlp or setup.chunked_norm
 
 
+def _setup(row) -> TrainSetup:
+    """The traced setup of a grid row (its JSON)."""
+    return TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in json.loads(row["setup"]).items()})
+
+
 def _grid_rows(long_context: bool = False):
     """(case, estimate, row) of every grid case; the long-context ones (activation offloading,
     tiled MLP: bench/bench_trace_cuda.py LONG_CONTEXT) apart, with `long_context=True`."""
     with GRID.open() as fh:
         for row in csv.DictReader(fh):
-            fields = json.loads(row["setup"]).items()
-            setup = TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in fields})
+            setup = _setup(row)
             if _long_context(setup) != long_context:
                 continue
             gpu = GPU(key=row["arch"], name=row["arch"], memory_bytes=80 * 2**30, bf16=True, arch=row["arch"])
@@ -84,28 +88,26 @@ def test_the_traced_seq_len_max_plans_are_the_plans_the_planner_makes_now():
     """A `plan:` row of the grid stands for what `tuneplan plan` answers: its stored setup is the
     current plan's, but for the accumulation (the trace runs at most two micro-batches per step:
     bench/bench_trace_cuda.py `TRACE_GRAD_ACCUM`; the memory does not depend on it beyond two)."""
-    import shlex
-    import subprocess
+    import importlib.util
     import sys
+    from dataclasses import replace
 
+    path = Path(__file__).resolve().parents[2] / "bench" / "bench_trace_cuda.py"
+    spec = importlib.util.spec_from_file_location("bench_trace_cuda", path)
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules["bench_trace_cuda"] = bench
+    spec.loader.exec_module(bench)
     with GRID.open() as fh:
         rows = [r for r in csv.DictReader(fh) if r["case"].startswith("plan:") and "--seq-len max" in r["case"]]
     assert rows
     for row in rows:
-        model, gpu, extra = row["case"][len("plan:"):].split("@")
-        out = subprocess.run([sys.executable, "-m", "tuneplan", "plan", "--model", model, "--gpu", gpu, "--json",
-                              *shlex.split(extra)], capture_output=True, text=True, check=True).stdout
-        planned = json.loads(out)["config"]
-        stored = json.loads(row["setup"])
-        assert stored["grad_accum"] == min(planned["grad_accum"], 2)
-        assert {k: v for k, v in stored.items() if k != "grad_accum"} == \
-            {k: v for k, v in planned.items() if k in stored and k != "grad_accum"}, row["case"]
-        spec = catalog.load_spec(row["model"])
-        setup = TrainSetup(**{k: tuple(v) if isinstance(v, list) else v for k, v in stored.items()})
-        from dataclasses import replace
-
-        full = estimate_memory(spec, replace(setup, grad_accum=planned["grad_accum"]))
-        two = estimate_memory(spec, setup)
+        # what `tuneplan plan` answers now, as the bench traces a `plan:` case
+        model, planned, _ = bench.plan_setup(*row["case"][len("plan:"):].split("@"))
+        stored = _setup(row)
+        assert model == row["model"]
+        assert stored == replace(planned, grad_accum=min(planned.grad_accum, bench.TRACE_GRAD_ACCUM)), row["case"]
+        spec_ = catalog.load_spec(row["model"])
+        full, two = estimate_memory(spec_, planned), estimate_memory(spec_, stored)
         assert (full.torch_peak_bytes, full.host_bytes()) == (two.torch_peak_bytes, two.host_bytes())
 
 
