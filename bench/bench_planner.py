@@ -102,7 +102,7 @@ def main() -> None:
         print(f"--seq-len max, {name} QLoRA r32 all-linear batch 1 on a100-80gb: median "
               f"{statistics.median(runs) * 1e3:.1f} ms ({r.evaluated} estimates; seq {r.choice.setup.seq_len}, "
               f"{r.choice.memory.device_bytes / 2**30:.1f} GiB, host "
-              f"{r.choice.memory.details.get('host_activation_bytes', 0) / 2**30:.0f} GiB)")
+              f"{r.choice.host_bytes() / 2**30:.0f} GiB)")
 
     from planner.throughput import CALIBRATION
 

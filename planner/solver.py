@@ -223,7 +223,8 @@ class PlanResult:
     host_ram_bytes: int | None = None
     """Host RAM the offloaded activations were checked against (None: unknown)."""
     host_ram_short_bytes: int | None = None
-    """When only the host RAM kept a configuration from fitting: the pinned host bytes it needs."""
+    """When only the host RAM kept a configuration from fitting: the host bytes it needs
+    (`MemoryEstimate.host_bytes`)."""
 
     def headroom_bytes(self) -> int:
         """Usable memory left beside the chosen configuration's device_bytes (may be < 0)."""
@@ -518,7 +519,8 @@ def _solve_count(spec: ModelSpec, hardware: Hardware, constraints: Constraints,
         host_short = short.host_bytes() if short is not None else None
         if short is not None and host_short is not None:
             suggestions = list(suggestions) + [
-                f"Offloading the activations needs {_gib(host_short)} of pinned host RAM "
+                f"What the long-context path keeps in host RAM (offloaded activations, the embedding table) "
+                f"needs {_gib(host_short)} "
                 f"({short.describe()}); {_gib(constraints.host_ram_bytes)} is available."]
         secs = training_seconds(choice.throughput.tokens_per_second, tokens, constraints.epochs) if fits else None
         return PlanResult(
@@ -557,8 +559,11 @@ def _long_context_rungs(base: TrainSetup, fixed: Mapping[str, Any], mbs: list[in
        RMSNorm where the model's norm is Llama's (planner/memory.py `LLAMA_RMSNORM_MODEL_TYPES`):
        it only takes memory away and costs a few more op calls (planner/throughput.py), so every
        variant of the step has it, and it alone is the step's first variant.
-    3. `dropout`: the same with LoRA dropout 0 (peft's dropout makes a copy of every adapted
-       module's input, planner/memory.py `_layer_activations`).
+    3. `embedding`: the same with the input embedding table in host RAM (LoRA/QLoRA with an
+       untied table: planner/memory.py `embedding_offload_applies`).
+    4. `dropout`: the variants of steps 2 and 3 with LoRA dropout 0 (peft's dropout makes a copy of
+       every adapted module's input, planner/memory.py `_layer_activations`); those of step 2 keep
+       the table on the card, for a host short of RAM for it.
     Knobs the user fixed are never changed; a step that would change nothing is left out."""
     rungs: list[tuple[str, list[tuple[dict, list[int]]]]] = []
     lin: dict[str, Any] = {}
@@ -590,8 +595,10 @@ def _long_context_rungs(base: TrainSetup, fixed: Mapping[str, Any], mbs: list[in
             and not spec.tie_word_embeddings and any(m != "full" for m in methods)):
         # the frozen input embedding table into host RAM (planner/memory.py `embedding_offload_applies`):
         # it takes the table off the card and costs one copy of the looked-up rows per micro-batch
-        variants = [({**over, "offload_embedding": True}, v_mbs) for over, v_mbs in (variants or [(dict(lin), lin_mbs)])]
-        rungs.append(("embedding", variants))
+        embedded = [({**over, "offload_embedding": True}, v_mbs) for over, v_mbs in (variants or [(dict(lin), lin_mbs)])]
+        rungs.append(("embedding", embedded))
+        # dropout 0 follows with the table on the card too: a host short of RAM for the table
+        variants = variants + embedded
     if "lora_dropout" not in fixed and base.lora_dropout > 0 and any(m != "full" for m in methods):
         last = variants or [(dict(lin), lin_mbs)]
         rungs.append(("dropout", [({**over, "lora_dropout": 0.0}, v_mbs) for over, v_mbs in last]))
@@ -657,6 +664,16 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
             # one shard (a sequence up to the hidden size) costs more tiled than untiled: the
             # untiled variant has its own, monotone, limit
             setups.append(replace(least, tiled_mlp=False))
+        if search.host_ram is not None:
+            # a host with little RAM: the least-memory configuration may not fit the host at all
+            # while one that keeps less there fits a shorter sequence (each its own monotone limit)
+            for lean in ({"offload_embedding": False}, {"offload_embedding": False, "offload_activations": False}):
+                if any(k in fixed for k in lean):
+                    continue
+                for s in list(setups):
+                    v = replace(s, **lean)
+                    if v not in setups:
+                        setups.append(v)
     for setup in setups:
         lo = _longest_units(setup, functools.partial(fits, setup), 1, MAX_SEQ_SEARCH // SEQ_ROUND, spec.hidden_size)
         if lo is None:

@@ -120,8 +120,9 @@ def run(args: argparse.Namespace) -> int:
         print(fill(f"tuneplan plan: warning: {w}", err_width), file=sys.stderr)
     if not r.fits:
         if r.host_ram_short_bytes is not None:
-            print(fill(f"tuneplan plan: does not fit: the offloaded activations need {_gib(r.host_ram_short_bytes)} "
-                       f"of host RAM, {_gib(r.host_ram_bytes)} available", err_width), file=sys.stderr)
+            print(fill(f"tuneplan plan: does not fit: what it keeps in host RAM (offloaded activations, the "
+                       f"embedding table) needs {_gib(r.host_ram_short_bytes)} of host RAM, "
+                       f"{_gib(r.host_ram_bytes)} available", err_width), file=sys.stderr)
             return EXIT_DOES_NOT_FIT
         print(fill(f"tuneplan plan: does not fit: {outcome.model.name} needs {_gib(r.choice.memory.device_bytes)} "
                    f"at least, {_gib(r.budget_bytes)} usable on {outcome.hardware.gpu.name}", err_width),

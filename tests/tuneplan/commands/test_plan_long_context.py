@@ -86,7 +86,11 @@ def test_planning_for_this_machine_checks_its_ram(capsys, monkeypatch):
     monkeypatch.setattr(gpu_service, "ram_bytes", lambda: (64 * GiB, 48 * GiB))
     code, data, _ = run_json(capsys, "--model", "llama-3.1-8b", *QLORA_R32, "--seq-len", "max")
     assert code == 0 and data["memory"]["host_ram_bytes"] == 48 * GiB
-    assert 0 < data["memory"]["host_activation_bytes"] <= 48 * GiB
+    assert 0 < data["memory"]["host_bytes"] <= 48 * GiB
+    # the RAM bounds the answer: with it unbounded (--gpu: a named card, RAM unchecked) the search goes
+    # further; with 48 GiB the longest is the one that keeps the layer inputs on the card
+    code, unbounded, _ = run_json(capsys, "--model", "llama-3.1-8b", "--gpu", "a100-80gb", *QLORA_R32, "--seq-len", "max")
+    assert code == 0 and data["config"]["seq_len"] < unbounded["config"]["seq_len"]
 
 
 def test_long_context_knobs_are_flags_and_bad_combinations_are_one_line(capsys):
