@@ -667,11 +667,13 @@ def _longest_seq(search: "_Search", base: TrainSetup, methods: list[str], fixed:
         if search.host_ram is not None:
             # a host with little RAM: the least-memory configuration may not fit the host at all
             # while one that keeps less there fits a shorter sequence (each its own monotone limit)
-            for lean in ({"offload_embedding": False}, {"offload_embedding": False, "offload_activations": False}):
-                if any(k in fixed for k in lean):
+            for lean_activations in (False, True):
+                if "offload_embedding" in fixed or (lean_activations and "offload_activations" in fixed):
                     continue
                 for s in list(setups):
-                    v = replace(s, **lean)
+                    v = replace(s, offload_embedding=False)
+                    if lean_activations:
+                        v = replace(v, offload_activations=False)
                     if v not in setups:
                         setups.append(v)
     for setup in setups:
